@@ -1,0 +1,1 @@
+"""Long-running device agent (MQTT telemetry, jobs, model versions). Torch-free."""

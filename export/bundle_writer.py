@@ -1,0 +1,52 @@
+"""Stage a bundle in a temporary sibling folder, hash every file, write the manifest last, then swap it in."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ftedge.errors import ExportError
+from ftedge.runtime.hashing import atomic_write_json, sha256_file
+from ftedge.runtime.manifest import MANIFEST_NAME
+
+
+class BundleStage:
+    """A staging directory that becomes the bundle on :meth:`commit`."""
+
+    def __init__(self, target: Path, force: bool) -> None:
+        self.target = Path(target)
+        if self.target.exists() and not force:
+            raise ExportError(f"{self.target} already exists; choose another -o or pass --force to replace it")
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+
+    def path(self, rel: str) -> Path:
+        p = self.dir / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def file_table(self) -> dict[str, dict[str, Any]]:
+        table = {}
+        for p in sorted(self.dir.rglob("*")):
+            if p.is_file():
+                rel = p.relative_to(self.dir).as_posix()
+                table[rel] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+        return table
+
+    def commit(self, manifest: dict[str, Any]) -> None:
+        """Write ``manifest.json`` (with the files table) last, then move the bundle into place."""
+        manifest["files"] = self.file_table()
+        atomic_write_json(self.dir / MANIFEST_NAME, manifest)
+        if self.target.exists():
+            old = self.target.with_name(f".{self.target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            self.target.rename(old)
+            self.dir.rename(self.target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            self.dir.rename(self.target)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)

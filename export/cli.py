@@ -1,0 +1,98 @@
+"""`ftedge export` argument parsing (imports torch only when the command runs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ftedge.errors import UsageError
+from ftedge.runtime.manifest import DTYPES, LOSSES, OPTIMIZERS, parse_input_spec
+
+EXAMPLE = """examples:
+  ftedge export my_models/kws.py:build_model -o bundles/kws \\
+      --input x:float32:1,101,40 --head classifier --labels yes,no,up,down
+  ftedge export mypkg.models:Encoder -o bundles/enc \\
+      --input input_ids:int64:1,64:0-30522 --input attention_mask:int64:1,64:1-2 \\
+      --output last_hidden_state --trainable 'layers\\.5\\.' --loss mse
+
+MODEL is package.module:attr or path/to/file.py:attr, where attr is an nn.Module
+or a zero-argument callable returning one. Input dtypes: """ + ", ".join(DTYPES) + """.
+The bundle is checked against PyTorch (two batch sizes) before it is written."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="turn a PyTorch model into a training bundle (host side, needs torch)",
+        description="Freeze a pretrained PyTorch model's backbone, optionally replace its head, and write a "
+        "versioned, hashed training bundle of ONNX Runtime training artifacts, verified against PyTorch.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", metavar="MODEL", help="package.module:attr or path/to/file.py:attr")
+    p.add_argument("-o", dest="bundle", metavar="BUNDLE", required=True, type=Path, help="bundle directory to write")
+    p.add_argument("--input", dest="inputs", metavar="NAME:DTYPE:D1,D2,...[:LOW-HIGH]", action="append", default=[],
+                   help="a model input, batch dimension first (exported as dynamic); repeat for several inputs, in "
+                   "forward() order. LOW-HIGH bounds random integer test values, e.g. token ids 0-30522")
+    p.add_argument("--output", dest="output_name", metavar="NAME",
+                   help="which output to train on when the model returns a dict/ModelOutput (key) or tuple (index); "
+                   "default: 'logits' or the first")
+    p.add_argument("--head", metavar="MODULE", help="the head module (dotted name); default: the last nn.Linear")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--num-classes", type=int, metavar="N", help="replace the head's last Linear with a fresh N-way one")
+    g.add_argument("--labels", metavar="a,b,c", help="class names; replaces the head with a fresh len(labels)-way one")
+    g.add_argument("--labels-file", type=Path, metavar="F", help="class names, one per line (like --labels)")
+    p.add_argument("--trainable", metavar="REGEX", action="append", default=[],
+                   help="train the parameters whose names match (re.search); repeatable. Default: the head's")
+    p.add_argument("--loss", choices=LOSSES, default="cross-entropy", help="training loss (default: cross-entropy)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="optimizer (default: adamw)")
+    p.add_argument("--lr", type=float, default=1e-3, help="default learning rate recorded in the bundle (1e-3)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17; use 16 if a trainable block fails)")
+    p.add_argument("--no-split", dest="split", action="store_false",
+                   help="write one merged full-graph training bundle instead of backbone + head")
+    p.add_argument("--quantize-backbone", choices=["int8"], help="also write an int8 (dynamic, MatMul) backbone")
+    p.add_argument("--sign-key", metavar="KEY", help="(reserved) sign the manifest; not implemented yet")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max abs diff vs PyTorch (fp32; default 1e-4)")
+    p.add_argument("--skip-parity", action="store_true", help="do not check against PyTorch (a warning is logged)")
+    p.add_argument("--name", help="bundle name recorded in the manifest (default: the folder name)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the new head's initialisation (default 0)")
+    p.add_argument("--force", action="store_true", help="replace BUNDLE if it exists")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ftedge.export.exporter import export_bundle
+    from ftedge.export.options import ExportOptions
+
+    if args.sign_key:
+        raise UsageError("--sign-key is not implemented yet (bundle signing arrives with `deploy`); drop the flag")
+    labels = None
+    if args.labels:
+        labels = [s.strip() for s in args.labels.split(",") if s.strip()]
+    elif args.labels_file:
+        try:
+            labels = [ln.strip() for ln in args.labels_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except OSError as exc:
+            raise UsageError(f"cannot read --labels-file {args.labels_file}: {exc}") from exc
+    if labels is not None and (not labels or len(set(labels)) != len(labels)):
+        raise UsageError("labels must be non-empty and unique")
+    opts = ExportOptions(
+        model=args.model, output=args.bundle, inputs=[parse_input_spec(s) for s in args.inputs],
+        output_name=args.output_name, head=args.head, num_classes=args.num_classes, labels=labels,
+        trainable=args.trainable, loss=args.loss, optimizer=args.optimizer, lr=args.lr, opset=args.opset,
+        split=args.split, quantize_backbone=args.quantize_backbone, skip_parity=args.skip_parity,
+        tolerance=args.tolerance, name=args.name, seed=args.seed, force=args.force,
+    )
+    say = (lambda _m: None) if (args.quiet or args.json) else (lambda m: print(f"… {m}", file=sys.stderr))
+    manifest = export_bundle(opts, progress=say)
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+    elif not args.quiet:
+        from ftedge.runtime.inspect import summary
+
+        print(summary(args.bundle, manifest))
+    return 0

@@ -1,0 +1,180 @@
+"""`ftedge export`: PyTorch model → verified training bundle."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import onnx
+import torch
+
+import ftedge
+from ftedge.errors import ExportError, UsageError
+from ftedge.export import artifacts as art
+from ftedge.export.backbone import quantize_int8, save_optimized
+from ftedge.export.bundle_writer import BundleStage
+from ftedge.export.graph_split import measure_tensors, split_graph
+from ftedge.export.head import find_head, replace_head, select_trainable, set_modes
+from ftedge.export.model_loader import load_model
+from ftedge.export.onnx_export import (
+    check_trainable_initializers,
+    export_graph,
+    fold_eval_batchnorm,
+    frozen_parameter_names,
+    sample_inputs,
+)
+from ftedge.export.options import ExportOptions
+from ftedge.export.parity import check_parity
+from ftedge.export.wrapper import OutputSelector
+from ftedge.runtime.manifest import BATCH, LOSSES, OPTIMIZERS, SCHEMA_VERSION, TensorSpec
+from ftedge.runtime.ort_backend import ort
+
+log = logging.getLogger(__name__)
+
+
+def _validate(opts: ExportOptions) -> None:
+    if not opts.inputs:
+        raise UsageError("give at least one --input NAME:DTYPE:D1,D2,... (batch dimension first)")
+    names = [s.name for s in opts.inputs]
+    if len(set(names)) != len(names):
+        raise UsageError(f"--input names must be unique, got {names}")
+    if opts.loss not in LOSSES:
+        raise UsageError(f"--loss {opts.loss!r}: use one of {', '.join(LOSSES)}")
+    if opts.optimizer not in OPTIMIZERS:
+        raise UsageError(f"--optimizer {opts.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+    if opts.labels is not None and opts.num_classes is not None and len(opts.labels) != opts.num_classes:
+        raise UsageError(f"--num-classes {opts.num_classes} disagrees with {len(opts.labels)} --labels")
+    if opts.quantize_backbone not in (None, "int8"):
+        raise UsageError("--quantize-backbone supports only int8")
+    if not opts.lr > 0:
+        raise UsageError("--lr must be positive")
+
+
+def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda _msg: None) -> dict[str, Any]:
+    """Export ``opts.model`` into a bundle at ``opts.output`` and return its manifest."""
+    _validate(opts)
+    t0 = time.perf_counter()
+    torch.manual_seed(opts.seed)
+    progress("loading model")
+    model = load_model(opts.model)
+    num_classes = len(opts.labels) if opts.labels else opts.num_classes
+    head_name = None
+    if opts.head is not None or not opts.trainable or num_classes:
+        head_name, _ = find_head(model, opts.head)
+    if num_classes:
+        replace_head(model, head_name, num_classes, opts.seed)
+    trainable = select_trainable(model, opts.trainable, head_name)
+    frozen = frozen_parameter_names(model, trainable)
+    set_modes(model, trainable)
+
+    wrapper = OutputSelector(model, [s.name for s in opts.inputs], opts.output_name)
+    output_name = opts.output_name if opts.output_name and not opts.output_name.isdigit() else (
+        f"output_{opts.output_name}" if opts.output_name else "logits")
+    with torch.no_grad():
+        try:
+            was = [m.training for m in model.modules()]
+            model.eval()
+            probe = wrapper(*sample_inputs(opts.inputs, 2, seed=opts.seed))
+        except ExportError:
+            raise
+        except Exception as exc:
+            raise ExportError(
+                f"the model does not run on the --input spec: {type(exc).__name__}: {exc}. "
+                "Check names, dtypes and shapes (batch first)"
+            ) from exc
+        finally:
+            for m, w in zip(model.modules(), was):
+                m.training = w
+    out_shape = [BATCH, *probe.shape[1:]]
+    labels = list(opts.labels) if opts.labels else None
+    if opts.loss == "cross-entropy":
+        if probe.dim() != 2:
+            raise ExportError(f"cross-entropy needs [batch, classes] output, the model gives {list(probe.shape)}; pick --loss")
+        if labels is None:
+            labels = [str(i) for i in range(probe.shape[1])]
+        if len(labels) != probe.shape[1]:
+            raise ExportError(f"{len(labels)} labels but the head has {probe.shape[1]} outputs; pass --num-classes/--labels")
+
+    progress("exporting to ONNX")
+    full = export_graph(wrapper, opts.inputs, output_name, opts.opset)
+    check_trainable_initializers(full, trainable)
+
+    split = split_graph(full, trainable, opts.inputs) if opts.split else None
+    layout = "split" if split else "full"
+    if opts.split and split is None:
+        log.warning("the trainable part starts at the model inputs: nothing to cache, writing a full bundle")
+
+    stage = BundleStage(opts.output, opts.force)
+    try:
+        roles: dict[str, str] = {}
+        backbones: dict[str, Path] = {}
+        if split:
+            progress("optimizing backbone")
+            save_optimized(split.backbone, stage.path("backbone.onnx"))
+            roles["backbone"] = "backbone.onnx"
+            backbones["fp32"] = stage.path("backbone.onnx")
+            if opts.quantize_backbone == "int8":
+                quantize_int8(stage.path("backbone.onnx"), stage.path("backbone.int8.onnx"))
+                roles["backbone_int8"] = "backbone.int8.onnx"
+                backbones["int8"] = stage.path("backbone.int8.onnx")
+            head_model, head_inputs, train_dir = split.head, split.head_inputs, "head"
+        else:
+            head_model = full
+            head_inputs = [TensorSpec(s.name, s.dtype, list(s.shape), s.value_range, {"source": "input"}) for s in opts.inputs]
+            train_dir = "full"
+        progress("building training artifacts")
+        bn_inputs = [n.input[0] for n in head_model.graph.node if n.op_type == "BatchNormalization"]
+        if bn_inputs:
+            shapes = measure_tensors(head_model, head_inputs, sorted(set(bn_inputs) - {s.name for s in head_inputs}))[2]
+            ranks = {k: v.ndim for k, v in shapes.items()}
+            ranks.update({s.name: len(s.shape) for s in head_inputs})
+            fold_eval_batchnorm(head_model, ranks)
+        paths = art.build_artifacts(head_model, trainable, frozen, opts.loss, opts.optimizer, output_name, stage.dir / train_dir)
+        for role, p in paths.items():
+            roles[role] = p.relative_to(stage.dir).as_posix()
+
+        if opts.skip_parity:
+            log.warning("--skip-parity: the bundle is NOT checked against PyTorch")
+            parity: dict[str, Any] = {"skipped": True, "tolerance": opts.tolerance}
+        else:
+            progress("checking parity against PyTorch")
+            parity = check_parity(wrapper, opts.inputs, head_inputs, paths, output_name, backbones, opts.tolerance)
+            parity["skipped"] = False
+
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "name": opts.name or Path(opts.output).name,
+            "created_by": f"ftedge {ftedge.__version__}",
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "producer": {
+                "ftedge": ftedge.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                "onnxruntime": ort().__version__, "opset": opts.opset,
+            },
+            "source_model": opts.model if isinstance(opts.model, str) else type(opts.model).__name__,
+            "inputs": [s.to_json() for s in opts.inputs],
+            "output": TensorSpec(output_name, "float32", out_shape).to_json(),
+            "labels": labels,
+            "task": "classification" if opts.loss in ("cross-entropy", "bce") else "regression",
+            "loss": opts.loss,
+            "optimizer": {"name": opts.optimizer, "lr": opts.lr},
+            "head": head_name,
+            "trainable": trainable,
+            "frozen": frozen,
+            "trainable_parameter_count": int(sum(p.numel() for n, p in model.named_parameters() if n in set(trainable))),
+            "parameter_count": int(sum(p.numel() for p in model.parameters())),
+            "layout": layout,
+            "roles": roles,
+            "head_inputs": [s.to_json() for s in head_inputs],
+            "train_inputs": [s.name for s in head_inputs] + ["labels"],
+            "parity": parity,
+            "preprocessing": dict(opts.preprocessing),
+            "export_seconds": round(time.perf_counter() - t0, 3),
+        }
+        stage.commit(manifest)
+    except BaseException:
+        stage.discard()
+        raise
+    return manifest

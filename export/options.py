@@ -1,0 +1,33 @@
+"""What `ftedge export` was asked to do, as one dataclass (no torch import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftedge.runtime.manifest import TensorSpec
+
+
+@dataclass
+class ExportOptions:
+    model: Any  # "pkg.module:attr", "path/file.py:attr", or an nn.Module
+    output: Path
+    inputs: list[TensorSpec]
+    output_name: str | None = None
+    head: str | None = None
+    num_classes: int | None = None
+    labels: list[str] | None = None
+    trainable: list[str] = field(default_factory=list)
+    loss: str = "cross-entropy"
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    opset: int = 17
+    split: bool = True
+    quantize_backbone: str | None = None
+    skip_parity: bool = False
+    tolerance: float = 1e-4
+    name: str | None = None
+    seed: int = 0
+    force: bool = False
+    preprocessing: dict[str, Any] = field(default_factory=dict)

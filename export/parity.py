@@ -1,0 +1,84 @@
+"""Check the exported graphs against PyTorch on random inputs of two batch sizes."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ftedge.errors import ParityError
+from ftedge.export.onnx_export import sample_inputs
+from ftedge.export.wrapper import OutputSelector
+from ftedge.runtime.manifest import TensorSpec
+from ftedge.runtime.ort_backend import InferenceModel, TrainableModel
+
+BATCH_SIZES = (2, 5)
+
+
+def onnx_forward(
+    feeds: dict[str, np.ndarray],
+    head_inputs: list[TensorSpec],
+    head_infer: InferenceModel,
+    backbone: InferenceModel | None,
+) -> np.ndarray:
+    """Backbone (if split) then head; the device runs exactly this chain."""
+    values = dict(feeds)
+    if backbone is not None:
+        values.update(backbone.run(feeds))
+    head_feeds = {s.name: values[s.name] for s in head_inputs}
+    return next(iter(head_infer.run(head_feeds).values()))
+
+
+def check_parity(
+    wrapper: OutputSelector,
+    inputs: list[TensorSpec],
+    head_inputs: list[TensorSpec],
+    artifacts: dict[str, Path],
+    output_name: str,
+    backbones: dict[str, Path],
+    tolerance: float,
+    seed: int = 7,
+) -> dict:
+    """Max abs diff per (graph, batch size); raises ``ParityError`` listing every failure.
+
+    ``backbones`` maps a label ("fp32", "int8") to a backbone graph; empty for
+    the full layout. Quantized backbones are reported, judged against
+    ``tolerance`` only for fp32.
+    """
+    wrapper.eval()
+    trainable = TrainableModel(artifacts["training"], artifacts["eval"], artifacts["optimizer"], artifacts["checkpoint"])
+    results: dict[str, float] = {}
+    failures: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        head_path = Path(tmp) / "head_inference.onnx"
+        trainable.export_inference(head_path, [output_name])
+        head = InferenceModel(head_path)
+        chains = {k: InferenceModel(p) for k, p in backbones.items()} or {"fp32": None}
+        for batch in BATCH_SIZES:
+            tensors = sample_inputs(inputs, batch, seed=seed + batch)
+            with torch.no_grad():
+                ref = wrapper(*tensors).float().numpy()
+            feeds = {s.name: t.numpy() for s, t in zip(inputs, tensors)}
+            for label, backbone in chains.items():
+                got = onnx_forward(feeds, head_inputs, head, backbone).astype(np.float32)
+                key = f"{output_name}[{label},batch={batch}]"
+                if got.shape != ref.shape:
+                    failures.append({"output": key, "error": f"shape {got.shape} vs PyTorch {ref.shape}"})
+                    continue
+                diff = float(np.max(np.abs(got - ref))) if ref.size else 0.0
+                results[key] = diff
+                if label == "fp32" and not diff <= tolerance:
+                    failures.append({"output": key, "max_abs_diff": diff, "tolerance": tolerance})
+    if failures:
+        lines = "; ".join(
+            f"{f['output']}: " + (f["error"] if "error" in f else f"max abs diff {f['max_abs_diff']:.3g} > {f['tolerance']:.1g}")
+            for f in failures
+        )
+        raise ParityError(
+            f"exported graphs disagree with PyTorch on {len(failures)} output(s): {lines}. "
+            "Check for ops that behave differently in eval mode, raise --tolerance, or pass --skip-parity",
+            failures,
+        )
+    return {"max_abs_diff": results, "tolerance": tolerance, "batch_sizes": list(BATCH_SIZES), "reference": "pytorch eval mode"}

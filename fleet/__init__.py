@@ -1,0 +1,1 @@
+"""Fleet collector: MQTT telemetry to Prometheus, a dashboard and a CLI."""

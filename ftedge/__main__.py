@@ -1,0 +1,5 @@
+import sys
+
+from ftedge.cli import main
+
+sys.exit(main())

@@ -1,0 +1,9 @@
+"""Torch-free device runtime: bundle loading and verification, ORT backend.
+
+Importing this package never imports torch (a test proves it).
+"""
+
+from ftedge.runtime.bundle import Bundle, load_bundle
+from ftedge.runtime.manifest import SCHEMA_VERSION, TensorSpec
+
+__all__ = ["Bundle", "load_bundle", "SCHEMA_VERSION", "TensorSpec"]

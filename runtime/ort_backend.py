@@ -1,0 +1,147 @@
+"""The one module that talks to ONNX Runtime (inference and training APIs).
+
+``import onnxruntime.training`` imports torch (through ``training/optim``).
+On the device we register a bare package object for ``onnxruntime.training``
+before importing ``onnxruntime.training.api``, so training runs with no torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import types
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ftedge.errors import RuntimeBackendError
+
+_INSTALL_HINT = (
+    "install the device extra: pip install 'ftedge[device]' "
+    "(onnxruntime-training-cpu==1.19.2; on CUDA boxes onnxruntime-training==1.19.2 instead)"
+)
+
+
+def ort() -> types.ModuleType:
+    """The ``onnxruntime`` module, or a clear error saying how to install it."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise RuntimeBackendError(f"onnxruntime is not installed ({exc}); {_INSTALL_HINT}") from exc
+    onnxruntime.set_default_logger_severity(3)
+    return onnxruntime
+
+
+def training_api() -> types.ModuleType:
+    """``onnxruntime.training.api`` imported without importing torch."""
+    rt = ort()
+    if "onnxruntime.training.api" in sys.modules:
+        return sys.modules["onnxruntime.training.api"]
+    if "onnxruntime.training" not in sys.modules:
+        spec = importlib.util.find_spec("onnxruntime.training")
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeBackendError(
+                f"onnxruntime {rt.__version__} has no training support; {_INSTALL_HINT}"
+            )
+        pkg = types.ModuleType("onnxruntime.training")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        pkg.__file__ = spec.origin
+        pkg.__package__ = "onnxruntime.training"
+        sys.modules["onnxruntime.training"] = pkg
+    try:
+        return importlib.import_module("onnxruntime.training.api")
+    except ImportError as exc:
+        raise RuntimeBackendError(f"cannot load onnxruntime.training.api ({exc}); {_INSTALL_HINT}") from exc
+
+
+def available_providers() -> list[str]:
+    return list(ort().get_available_providers())
+
+
+def _session_options(threads: int | None) -> Any:
+    so = ort().SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    return so
+
+
+class InferenceModel:
+    """A plain ``InferenceSession`` with name-keyed inputs and outputs."""
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
+        rt = ort()
+        try:
+            self.session = rt.InferenceSession(
+                str(path), sess_options=_session_options(threads), providers=list(providers or ["CPUExecutionProvider"])
+            )
+        except Exception as exc:  # ORT raises its own exception types
+            raise RuntimeBackendError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        names = list(outputs or self.output_names)
+        values = self.session.run(names, {k: feeds[k] for k in self.input_names})
+        return dict(zip(names, values))
+
+
+class TrainableModel:
+    """Training artifacts (training/eval/optimizer graphs + checkpoint) as one object."""
+
+    def __init__(
+        self,
+        training: str | Path,
+        eval_: str | Path,
+        optimizer: str | Path,
+        checkpoint: str | Path,
+        device: str = "cpu",
+    ) -> None:
+        api = training_api()
+        try:
+            self.state = api.CheckpointState.load_checkpoint(str(checkpoint))
+            self.module = api.Module(str(training), self.state, str(eval_), device=device)
+            self.optimizer = api.Optimizer(str(optimizer), self.module)
+        except Exception as exc:
+            raise RuntimeBackendError(f"ONNX Runtime cannot load the training artifacts ({exc})") from exc
+        self.input_names = list(self.module.input_names())
+        self.output_names = list(self.module.output_names())
+
+    def train_step(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Forward + backward + optimizer step; returns the training graph outputs (loss first)."""
+        self.module.train()
+        out = self.module(*inputs)
+        self.optimizer.step()
+        self.module.lazy_reset_grad()
+        return tuple(out) if isinstance(out, (list, tuple)) else (out,)
+
+    def eval_step(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Forward of the eval graph (dropout off); returns its outputs (loss first)."""
+        self.module.eval()
+        out = self.module(*inputs)
+        return tuple(out) if isinstance(out, (list, tuple)) else (out,)
+
+    def set_learning_rate(self, lr: float) -> None:
+        self.optimizer.set_learning_rate(float(lr))
+
+    def learning_rate(self) -> float:
+        return float(self.optimizer.get_learning_rate())
+
+    def save_checkpoint(self, path: str | Path, include_optimizer_state: bool = True) -> None:
+        training_api().CheckpointState.save_checkpoint(self.state, str(path), include_optimizer_state)
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        return {name: np.array(p.data) for name, p in self.state.parameters}
+
+    def export_inference(self, path: str | Path, output_names: Sequence[str]) -> None:
+        """Write the eval graph with the current parameters as a plain inference model."""
+        self.module.export_model_for_inferencing(str(path), list(output_names))
+
+
+def quiet_ort_env() -> None:
+    """Silence ORT's INFO logging for this process (used around artifact generation)."""
+    os.environ.setdefault("ORT_LOG_LEVEL", "ERROR")
+    ort().set_default_logger_severity(3)

@@ -1,0 +1,88 @@
+"""Shared fixtures: export bundles through the real CLI, random feeds, a smoke trainer."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ftedge.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+ZOO = ROOT / "tests" / "zoo.py"
+
+# Every architecture family the exporter must handle: (id, MODEL, extra CLI args).
+FAMILIES = {
+    "cnn-batchnorm-depthwise": ("cnn", ["--input", "x:float32:1,101,40", "--head", "classifier",
+                                        "--labels", "yes,no,up,down"]),
+    "gru": ("gru", ["--input", "x:float32:1,12,8"]),
+    "lstm": ("lstm", ["--input", "x:float32:1,12,8", "--num-classes", "4"]),
+    "transformer-last-block": ("transformer", ["--input", "tokens:int64:1,10:0-50",
+                                               "--trainable", r"encoder\.layers\.1\.", "--trainable", "^head"]),
+    "transformer-seq-first": ("transformer_seq_first", ["--input", "tokens:int64:1,10:0-50",
+                                                        "--trainable", r"encoder\.layers\.1\.", "--trainable", "^head"]),
+    "mlp-mse": ("mlp", ["--input", "x:float32:1,20", "--loss", "mse"]),
+    "mlp-l1-sgd": ("mlp", ["--input", "x:float32:1,20", "--loss", "l1", "--optimizer", "sgd", "--lr", "0.05"]),
+    "two-inputs-float-int64": ("two_inputs", ["--input", "feats:float32:1,6", "--input", "cats:int64:1,4:0-10"]),
+    "dict-output-bce": ("dict_output", ["--input", "x:float32:1,10", "--output", "scores", "--loss", "bce"]),
+}
+
+
+def export(model: str, out: Path, *args: str) -> dict:
+    """Run `ftedge export` in-process; returns the manifest (asserts success)."""
+    rc = main(["export", model, "-o", str(out), "--quiet", *args])
+    assert rc == 0, f"export of {model} failed with exit code {rc}"
+    return json.loads((out / "manifest.json").read_text())
+
+
+def random_feeds(specs, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for s in specs:
+        shape = s.concrete_shape(batch)
+        if s.dtype.startswith("float"):
+            feeds[s.name] = rng.standard_normal(shape).astype(s.dtype)
+        else:
+            lo, hi = s.value_range or (0, 2)
+            feeds[s.name] = rng.integers(lo, hi, shape).astype(s.dtype)
+    return feeds
+
+
+def random_targets(bundle, batch: int, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if bundle.loss == "cross-entropy":
+        return rng.integers(0, len(bundle.labels), batch)
+    if bundle.loss == "bce":
+        return rng.integers(0, 2, bundle.output.concrete_shape(batch)).astype(np.float32)
+    return rng.standard_normal(bundle.output.concrete_shape(batch)).astype(np.float32)
+
+
+def smoke_train(bundle_path: Path, steps: int = 5, batch: int = 16) -> tuple[float, float]:
+    """Eval loss on one fixed batch before and after ``steps`` ORT training steps on it."""
+    from ftedge.runtime import load_bundle
+    from ftedge.runtime.session import BundleSession
+
+    bundle = load_bundle(bundle_path)
+    session = BundleSession(bundle)
+    head = session.embed(random_feeds(bundle.inputs, batch))
+    y = random_targets(bundle, batch)
+    before = session.eval_step(head, y)[0]
+    for _ in range(steps):
+        session.train_step(head, y)
+    return before, session.eval_step(head, y)[0]
+
+
+@pytest.fixture(scope="session")
+def cnn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bundles") / "kws"
+    model, args = FAMILIES["cnn-batchnorm-depthwise"]
+    export(f"{ZOO}:{model}", out, *args)
+    return out
+
+
+@pytest.fixture()
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -1,0 +1,107 @@
+"""Every architecture family exports with parity <= 1e-4 against PyTorch and trains in ORT."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+
+from conftest import FAMILIES, ZOO, export, random_feeds, smoke_train
+from ftedge.runtime import load_bundle
+from ftedge.runtime.session import BundleSession
+
+
+def _fp32_diffs(manifest: dict) -> dict[str, float]:
+    return {k: v for k, v in manifest["parity"]["max_abs_diff"].items() if "int8" not in k}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_family_exports_with_parity_and_loss_falls(family, tmp_path):
+    model, args = FAMILIES[family]
+    manifest = export(f"{ZOO}:{model}", tmp_path / family, *args)
+
+    assert manifest["parity"]["skipped"] is False
+    diffs = _fp32_diffs(manifest)
+    assert len(diffs) == 2, "parity runs two batch sizes"
+    assert all(d <= 1e-4 for d in diffs.values()), diffs
+    assert manifest["layout"] == "split"
+
+    before, after = smoke_train(tmp_path / family)
+    assert after < before, f"{family}: loss did not fall ({before} -> {after})"
+
+
+@pytest.mark.parametrize("layout_args", [
+    ["--trainable", "^head"],
+    ["--trainable", "^head", "--no-split"],
+    ["--trainable", "conv|head"],
+], ids=["bn-in-backbone", "bn-frozen-in-merged-graph", "bn-between-trainable-layers"])
+def test_frozen_batchnorm_uses_running_statistics_while_training(tmp_path, layout_args):
+    """ORT turns BatchNormalization into training-mode BatchNormInternal in training graphs;
+    frozen BatchNorm must still normalise with its running statistics in training steps."""
+    import numpy as np
+
+    export(f"{ZOO}:conv_bn", tmp_path / "b", "--input", "x:float32:1,3,10", *layout_args)
+    bundle = load_bundle(tmp_path / "b")
+    train = onnx.load(str(bundle.file("training")))
+    assert not [n for n in train.graph.node if n.op_type.startswith("BatchNorm")]
+    session = BundleSession(bundle)
+    head = session.embed(random_feeds(bundle.inputs, 8))
+    y = np.zeros(8, np.int64)
+    eval_out = session.eval_step(head, y)[1]
+    session.model.module.train()
+    train_out = session.model.module(*session._args(head, y))[1]
+    np.testing.assert_allclose(train_out, eval_out, atol=1e-6)
+
+
+def test_trainable_parameters_are_initializers_or_checkpointed(cnn_bundle):
+    bundle = load_bundle(cnn_bundle)
+    assert bundle.manifest["trainable"] == ["classifier.1.weight", "classifier.1.bias"]
+    session = BundleSession(bundle)
+    params = session.model.parameters()
+    assert set(params) == set(bundle.manifest["trainable"])
+    assert params["classifier.1.weight"].shape == (4, 32)
+
+
+def test_default_trainable_is_last_linear(tmp_path):
+    manifest = export(f"{ZOO}:mlp", tmp_path / "b", "--input", "x:float32:1,20")
+    assert manifest["trainable"] == ["out.weight", "out.bias"]
+    assert "body.0.weight" in manifest["frozen"]
+    assert manifest["labels"] == ["0", "1", "2", "3"]
+
+
+def test_no_split_bundle_trains_like_split_bundle(tmp_path):
+    """The merged full graph and backbone+head give the same losses on the same data."""
+    split = tmp_path / "split"
+    full = tmp_path / "full"
+    export(f"{ZOO}:mlp", split, "--input", "x:float32:1,20", "--loss", "mse")
+    manifest = export(f"{ZOO}:mlp", full, "--input", "x:float32:1,20", "--loss", "mse", "--no-split")
+    assert manifest["layout"] == "full" and "backbone" not in manifest["roles"]
+    assert all(d <= 1e-4 for d in _fp32_diffs(manifest).values())
+    s_before, s_after = smoke_train(split)
+    f_before, f_after = smoke_train(full)
+    assert f_after < f_before
+    assert abs(s_before - f_before) < 1e-5 and abs(s_after - f_after) < 1e-4
+
+
+def test_cached_embeddings_are_per_sample(cnn_bundle):
+    """Running the backbone on a batch equals running it sample by sample (what the cache relies on)."""
+    import numpy as np
+
+    bundle = load_bundle(cnn_bundle)
+    session = BundleSession(bundle)
+    feeds = random_feeds(bundle.inputs, 6)
+    whole = session.embed(feeds)["embedding_0"]
+    one_by_one = np.concatenate([session.embed({"x": feeds["x"][i:i + 1]})["embedding_0"] for i in range(6)])
+    np.testing.assert_allclose(whole, one_by_one, atol=1e-5)
+    assert bundle.head_inputs[0].shape == ["batch", 32]
+
+
+def test_int8_backbone_is_written_and_reported(tmp_path):
+    manifest = export(f"{ZOO}:two_inputs", tmp_path / "q", "--input", "feats:float32:1,6",
+                      "--input", "cats:int64:1,4:0-10", "--quantize-backbone", "int8")
+    assert manifest["roles"]["backbone_int8"] == "backbone.int8.onnx"
+    int8 = {k: v for k, v in manifest["parity"]["max_abs_diff"].items() if "int8" in k}
+    assert len(int8) == 2
+    bundle = load_bundle(tmp_path / "q")
+    session = BundleSession(bundle, backbone_variant="backbone_int8")
+    out = session.predict(random_feeds(bundle.inputs, 3))
+    assert out.shape == (3, 3)

@@ -1,0 +1,198 @@
+"""Small architectures built in the tests (random weights, seeded): one per family ftedge must export.
+
+Import as ``MODEL`` specs: ``tests/zoo.py:cnn`` etc.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+class DepthwiseCNN(nn.Module):
+    """Keyword-spotting style CNN: BatchNorm, depthwise-separable convs, global pooling."""
+
+    def __init__(self, classes: int = 12) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.Conv2d(16, 32, 1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+        )
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(32, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x.unsqueeze(1)).flatten(1))
+
+
+class RecurrentNet(nn.Module):
+    """GRU or LSTM over a sequence, linear head on the last step."""
+
+    def __init__(self, cell: str = "gru", classes: int = 5) -> None:
+        super().__init__()
+        rnn = nn.GRU if cell == "gru" else nn.LSTM
+        self.rnn = rnn(input_size=8, hidden_size=24, num_layers=2, batch_first=True)
+        self.head = nn.Linear(24, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+class TinyTransformer(nn.Module):
+    """Token classifier: embedding + 2 encoder layers + mean pooling + head."""
+
+    def __init__(self, vocab: int = 50, d: int = 32, classes: int = 3, batch_first: bool = True) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        layer = nn.TransformerEncoderLayer(d, nhead=4, dim_feedforward=64, dropout=0.1, batch_first=batch_first)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+        self.batch_first = batch_first
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.embed(tokens)
+        if not self.batch_first:
+            h = self.encoder(h.transpose(0, 1)).transpose(0, 1)
+        else:
+            h = self.encoder(h)
+        return self.head(h.mean(dim=1))
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 32), nn.Tanh())
+        self.out = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(x))
+
+
+class TwoInputs(nn.Module):
+    """A float feature vector and int64 category ids, fused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cat = nn.Embedding(10, 8)
+        self.num = nn.Linear(6, 8)
+        self.fuse = nn.Linear(16 + 8, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, feats: torch.Tensor, cats: torch.Tensor) -> torch.Tensor:
+        c = self.cat(cats).mean(dim=1)
+        h = torch.relu(self.fuse(torch.cat([self.num(feats), c, c], dim=-1)))
+        return self.head(h)
+
+
+class DictOutput(nn.Module):
+    """Returns a dict; ``--output scores`` selects the tensor to train."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(10, 16), nn.GELU())
+        self.scores = nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.body(x)
+        return {"hidden": h, "scores": self.scores(h)}
+
+
+class WithInstanceNorm(nn.Module):
+    """InstanceNorm has no ORT gradient: training it must fail with a clear error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(4, 8, 3)
+        self.norm = nn.InstanceNorm1d(8, affine=True)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.conv(x)).mean(-1))
+
+
+def _seeded(cls, *args, **kwargs):  # noqa: ANN001, ANN202
+    torch.manual_seed(0)
+    return cls(*args, **kwargs)
+
+
+def cnn() -> nn.Module:
+    return _seeded(DepthwiseCNN)
+
+
+def gru() -> nn.Module:
+    return _seeded(RecurrentNet, "gru")
+
+
+def lstm() -> nn.Module:
+    return _seeded(RecurrentNet, "lstm")
+
+
+def transformer() -> nn.Module:
+    return _seeded(TinyTransformer)
+
+
+def transformer_seq_first() -> nn.Module:
+    return _seeded(TinyTransformer, batch_first=False)
+
+
+def mlp() -> nn.Module:
+    return _seeded(MLP)
+
+
+def two_inputs() -> nn.Module:
+    return _seeded(TwoInputs)
+
+
+def dict_output() -> nn.Module:
+    return _seeded(DictOutput)
+
+
+def instance_norm() -> nn.Module:
+    return _seeded(WithInstanceNorm)
+
+
+not_a_module = 42
+
+
+class BatchSizeBranch(nn.Module):
+    """Python control flow on the batch size: tracing bakes one branch, so parity must fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x)
+        if x.shape[0] > 3:
+            h = h * 2.0
+        return self.head(h)
+
+
+def batch_branch() -> nn.Module:
+    return _seeded(BatchSizeBranch)
+
+
+def broken_factory() -> nn.Module:
+    raise RuntimeError("weights file not found")
+
+
+class ConvBN(nn.Module):
+    """Conv + BatchNorm with non-trivial running statistics, no dropout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(3, 8, 3)
+        self.bn = nn.BatchNorm1d(8)
+        self.head = nn.Linear(8, 2)
+        with torch.no_grad():
+            self.bn.running_mean.fill_(0.5)
+            self.bn.running_var.fill_(4.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.bn(self.conv(x))).mean(-1))
+
+
+def conv_bn() -> nn.Module:
+    return _seeded(ConvBN)
