@@ -196,3 +196,20 @@ class ConvBN(nn.Module):
 
 def conv_bn() -> nn.Module:
     return _seeded(ConvBN)
+
+
+# Every architecture family the exporter must handle: (id, MODEL, extra CLI args).
+FAMILIES = {
+    "cnn-batchnorm-depthwise": ("cnn", ["--input", "x:float32:1,101,40", "--head", "classifier",
+                                        "--labels", "yes,no,up,down"]),
+    "gru": ("gru", ["--input", "x:float32:1,12,8"]),
+    "lstm": ("lstm", ["--input", "x:float32:1,12,8", "--num-classes", "4"]),
+    "transformer-last-block": ("transformer", ["--input", "tokens:int64:1,10:0-50",
+                                               "--trainable", r"encoder\.layers\.1\.", "--trainable", "^head"]),
+    "transformer-seq-first": ("transformer_seq_first", ["--input", "tokens:int64:1,10:0-50",
+                                                        "--trainable", r"encoder\.layers\.1\.", "--trainable", "^head"]),
+    "mlp-mse": ("mlp", ["--input", "x:float32:1,20", "--loss", "mse"]),
+    "mlp-l1-sgd": ("mlp", ["--input", "x:float32:1,20", "--loss", "l1", "--optimizer", "sgd", "--lr", "0.05"]),
+    "two-inputs-float-int64": ("two_inputs", ["--input", "feats:float32:1,6", "--input", "cats:int64:1,4:0-10"]),
+    "dict-output-bce": ("dict_output", ["--input", "x:float32:1,10", "--output", "scores", "--loss", "bce"]),
+}
