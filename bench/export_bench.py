@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from ftedge.export import ExportOptions, export_bundle  # noqa: E402
+from ftedge.export.graph_split import random_feeds  # noqa: E402
 from ftedge.export.head import set_modes  # noqa: E402
 from ftedge.export.model_loader import load_model  # noqa: E402
 from ftedge.export.onnx_export import TORCH_DTYPES  # noqa: E402
@@ -67,18 +68,6 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _feeds(bundle, batch: int, rng) -> dict[str, np.ndarray]:
-    out = {}
-    for s in bundle.inputs:
-        shape = s.concrete_shape(batch)
-        if s.dtype.startswith("float"):
-            out[s.name] = rng.standard_normal(shape).astype(s.dtype)
-        else:
-            lo, hi = s.value_range or (0, 2)
-            out[s.name] = rng.integers(lo, hi, shape).astype(s.dtype)
-    return out
-
-
 def run_case(name, spec, inputs, extra, batch, steps, tmp: Path) -> dict:
     specs = [parse_input_spec(s) for s in inputs]
     row: dict = {"model": name, "batch": batch}
@@ -93,7 +82,7 @@ def run_case(name, spec, inputs, extra, batch, steps, tmp: Path) -> dict:
     rng = np.random.default_rng(0)
     split = BundleSession(load_bundle(row["bundle_split"]))
     full = BundleSession(load_bundle(row["bundle_full"]))
-    feeds = _feeds(split.bundle, batch, rng)
+    feeds = random_feeds(split.bundle.inputs, batch)
     y = rng.integers(0, len(split.bundle.labels), batch)
     cache = split.embed(feeds)
     row["ms_backbone"] = round(_median_ms(lambda: split.embed(feeds), steps), 3)

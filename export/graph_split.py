@@ -33,7 +33,8 @@ class Split:
     head_inputs: list[TensorSpec]  # meta: {"source": "backbone"|"input"}
 
 
-def _random_feeds(specs: list[TensorSpec], batch: int, seed: int) -> dict[str, np.ndarray]:
+def random_feeds(specs: list[TensorSpec], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random (synthetic) inputs for ``specs``; integer inputs within their ``value_range``."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for s in specs:
@@ -60,7 +61,7 @@ def measure_tensors(model: onnx.ModelProto, specs: list[TensorSpec], names: list
     sess = ort().InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
     out: dict[int, dict[str, np.ndarray]] = {}
     for batch in (2, 3):
-        values = sess.run(names, _random_feeds(specs, batch, seed=batch))
+        values = sess.run(names, random_feeds(specs, batch, seed=batch))
         out[batch] = dict(zip(names, values))
     return out
 

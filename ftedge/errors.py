@@ -43,5 +43,9 @@ class BundleError(FtedgeError):
     """A bundle is missing, tampered with, or of an unknown schema."""
 
 
+class DataError(FtedgeError):
+    """Training or evaluation data does not match the bundle's inputs."""
+
+
 class RuntimeBackendError(FtedgeError):
     """ONNX Runtime (training) is missing or failed."""

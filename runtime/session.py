@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ftedge.errors import FtedgeError
+from ftedge.errors import DataError
 from ftedge.runtime.bundle import Bundle
 from ftedge.runtime.ort_backend import InferenceModel, TrainableModel
 
@@ -38,6 +38,7 @@ class BundleSession:
 
     def embed(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Model inputs → head inputs (backbone outputs plus passed-through inputs)."""
+        check_feeds(self.bundle, feeds)
         values = dict(feeds)
         if self.backbone is not None:
             values.update(self.backbone.run(feeds))
@@ -77,10 +78,10 @@ def check_feeds(bundle: Bundle, feeds: dict[str, np.ndarray]) -> None:
     """Raise a clear error when ``feeds`` do not match the bundle's input spec."""
     for spec in bundle.inputs:
         if spec.name not in feeds:
-            raise FtedgeError(f"missing input {spec.name!r}; the bundle expects {[s.name for s in bundle.inputs]}")
+            raise DataError(f"missing input {spec.name!r}; the bundle expects {[s.name for s in bundle.inputs]}")
         arr = feeds[spec.name]
         if list(arr.shape[1:]) != spec.sample_shape or str(arr.dtype) != spec.dtype:
-            raise FtedgeError(
+            raise DataError(
                 f"input {spec.name!r} is {arr.dtype}{list(arr.shape)}, the bundle expects {spec.dtype}[batch, "
                 + ", ".join(map(str, spec.sample_shape)) + "]"
             )

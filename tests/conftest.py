@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ftedge.cli import main
+from ftedge.export.graph_split import random_feeds  # noqa: F401  (used by tests)
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO = ROOT / "tests" / "zoo.py"
@@ -21,19 +22,6 @@ def export(model: str, out: Path, *args: str) -> dict:
     rc = main(["export", model, "-o", str(out), "--quiet", *args])
     assert rc == 0, f"export of {model} failed with exit code {rc}"
     return json.loads((out / "manifest.json").read_text())
-
-
-def random_feeds(specs, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for s in specs:
-        shape = s.concrete_shape(batch)
-        if s.dtype.startswith("float"):
-            feeds[s.name] = rng.standard_normal(shape).astype(s.dtype)
-        else:
-            lo, hi = s.value_range or (0, 2)
-            feeds[s.name] = rng.integers(lo, hi, shape).astype(s.dtype)
-    return feeds
 
 
 def random_targets(bundle, batch: int, seed: int = 1) -> np.ndarray:

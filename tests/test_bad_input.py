@@ -159,3 +159,16 @@ def test_debug_shows_traceback(capsys, tmp_path):
     rc = main(["inspect", str(tmp_path), "--debug"])
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" in err and "error: " in err
+
+
+def test_feeds_not_matching_bundle_inputs_get_clear_error(cnn_bundle):
+    import numpy as np
+
+    from ftedge.errors import DataError
+    from ftedge.runtime.session import BundleSession
+
+    session = BundleSession(load_bundle(cnn_bundle))
+    with pytest.raises(DataError, match=r"input 'x' is float32\[2, 40, 101\], the bundle expects float32\[batch, 101, 40\]"):
+        session.embed({"x": np.zeros((2, 40, 101), np.float32)})
+    with pytest.raises(DataError, match="missing input 'x'"):
+        session.embed({"y": np.zeros((2, 101, 40), np.float32)})

@@ -63,7 +63,7 @@ def test_device_environment_trains_a_bundle_without_torch_installed(cnn_bundle, 
     if not python:
         if in_ci:
             pytest.fail("FTEDGE_DEVICE_PYTHON is not set: .ci/run must build the [device]-only venv")
-        pytest.skip("set FTEDGE_DEVICE_PYTHON to a venv with only ftedge[device] (make test does)")
+        pytest.skip("set FTEDGE_DEVICE_PYTHON to a venv with only ftedge[device] (scripts/dev.sh test does)")
     assert Path(python).exists(), python
     proc = subprocess.run([python, "-c", TRAIN, str(cnn_bundle)], capture_output=True, text=True, cwd=ROOT / "tests")
     assert proc.returncode == 0, proc.stdout + proc.stderr
