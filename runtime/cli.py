@@ -1,12 +1,20 @@
-"""Device-side commands: `ftedge inspect` (and, later, train/evaluate). Torch-free."""
+"""Device-side commands: `ftedge inspect`, `ftedge train`, `ftedge evaluate`. Torch-free."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
+from pathlib import Path
 
 from ftedge.runtime.bundle import load_bundle
 from ftedge.runtime.inspect import summary
+
+
+def _default_cache() -> Path:
+    base = os.environ.get("FTEDGE_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "ftedge")
+    return Path(base).expanduser() / "embeddings"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +30,63 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the manifest plus {'verified': true} as JSON")
     p.set_defaults(handler=run_inspect)
 
+    t = sub.add_parser(
+        "train",
+        help="fine-tune a bundle on local data (torch-free)",
+        description="Fine-tune BUNDLE on local data and write RUN_DIR: metrics.jsonl, result.json, checkpoint/ "
+        "(resumable) and model.onnx (backbone + tuned head, plain onnxruntime). The untuned model is evaluated "
+        "on the same validation split; result.json says whether the tuned one is promoted.",
+        epilog="""examples:
+  ftedge train bundles/kws --data /data/my_voice -o runs/2026-11-22 --epochs 20
+  ftedge train bundles/kws --data /data/my_voice -o runs/2026-11-22 --epochs 20 --resume   # after a crash
+  ftedge train bundles/kws --data samples.npz -o runs/r2 --patience 3 --max-seconds 120 --json
+
+data: PATH/<label>/*.npy (one sample per file), or a .npz with one array per input name plus 'labels'.
+Unreadable or mismatched samples are skipped and listed in result.json.""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("bundle", metavar="BUNDLE")
+    t.add_argument("--data", required=True, metavar="PATH", help="folder per label, or a .npz")
+    t.add_argument("-o", dest="run_dir", required=True, metavar="RUN_DIR", type=Path, help="run directory to write")
+    t.add_argument("--epochs", type=int, default=20, help="epochs (default 20)")
+    t.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    t.add_argument("--lr", type=float, help="peak learning rate (default: the bundle's)")
+    t.add_argument("--schedule", choices=["cosine", "linear", "constant"], default="cosine",
+                   help="decay after a 10%% linear warm-up (default cosine)")
+    t.add_argument("--val-fraction", type=float, default=0.2, help="stratified validation share (default 0.2)")
+    t.add_argument("--patience", type=int, default=0, help="stop after N epochs without improvement; 0: off")
+    t.add_argument("--seed", type=int, default=0, help="seed for split, shuffling and dropout (default 0)")
+    t.add_argument("--max-seconds", type=float, help="time budget; stops cleanly at an epoch boundary")
+    t.add_argument("--mode", choices=["auto", "cached", "full"], default="auto",
+                   help="cached: backbone once per sample, head trains on the cache; full: backbone every step "
+                   "(or the merged graph of a --no-split bundle); auto: cached when the bundle is split")
+    t.add_argument("--providers", metavar="P1,P2", help="execution providers for the backbone, e.g. CUDA,CPU "
+                   "(unavailable ones fall back to CPU with a warning)")
+    t.add_argument("--backbone", choices=["fp32", "int8"], default="fp32", help="backbone variant (int8 needs "
+                   "export --quantize-backbone int8)")
+    t.add_argument("--min-gain", type=float, default=0.0, help="promote only if better than the untuned model "
+                   "by more than this (accuracy, or MAE for regression; default 0)")
+    t.add_argument("--cache-dir", type=Path, default=None,
+                   help="embedding cache (default $FTEDGE_CACHE_DIR or ~/.cache/ftedge/embeddings)")
+    t.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk embedding cache")
+    t.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last complete epoch")
+    t.add_argument("--json", action="store_true", help="print result.json to stdout")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(handler=run_train)
+
+    e = sub.add_parser(
+        "evaluate",
+        help="accuracy, macro-F1 and confusion matrix of a run's model.onnx or a bundle",
+        description="Evaluate a personalized model (RUN_DIR with model.onnx) or an untuned BUNDLE on local data.",
+        epilog="example:\n  ftedge evaluate runs/2026-11-22 --data /data/my_voice_test --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e.add_argument("target", metavar="MODEL_OR_BUNDLE", help="run directory or bundle directory")
+    e.add_argument("--data", required=True, metavar="PATH")
+    e.add_argument("--providers", metavar="P1,P2", help="execution providers (default CPU)")
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.set_defaults(handler=run_evaluate)
+
 
 def run_inspect(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.bundle, verify=True)  # raises BundleError (exit 1) if tampered
@@ -29,4 +94,50 @@ def run_inspect(args: argparse.Namespace) -> int:
         print(json.dumps({**bundle.manifest, "verified": True}, indent=2))
     else:
         print(summary(bundle.path, bundle.manifest, verified=True))
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ftedge.runtime.trainer import TrainConfig, train
+
+    cfg = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
+        patience=args.patience, seed=args.seed, max_seconds=args.max_seconds, mode=args.mode,
+        providers=args.providers.split(",") if args.providers else None, resume=args.resume,
+        min_gain=args.min_gain, schedule=args.schedule, backbone=args.backbone,
+        cache_dir=None if args.no_cache else (args.cache_dir or _default_cache()),
+    )
+    result = train(args.bundle, args.data, args.run_dir, cfg, progress=not (args.quiet or args.json))
+    if args.json:
+        print(json.dumps(result))
+    elif not args.quiet:
+        m, b = result["metrics"], result["baseline"]
+        key = "accuracy" if "accuracy" in b else "mae"
+        print(f"{result['status']}: {result['epochs_run']} epoch(s), best {result['best_epoch']} "
+              f"({result['stop_reason']}); val {key} {b.get(key, float('nan')):.4f} untuned → "
+              f"{m.get(key, float('nan')):.4f} tuned; promoted: {result['promoted']}; "
+              f"{result['samples']['total']} samples, {len(result['skipped'])} skipped; {result['duration_s']:.1f} s")
+        if result["skipped"]:
+            print(f"skipped {len(result['skipped'])} sample(s); see {args.run_dir / 'result.json'}", file=sys.stderr)
+    return 0 if result["status"] == "succeeded" else 1
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from ftedge.runtime.evaluate import evaluate
+
+    result = evaluate(args.target, args.data, providers=args.providers.split(",") if args.providers else None)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['kind']} {result['model']} on {result['samples']} samples ({len(result['skipped'])} skipped)")
+    if "accuracy" in result:
+        print(f"accuracy {result['accuracy']:.4f}   macro-F1 {result['macro_f1']:.4f}")
+        for label, c in (result.get("per_class") or {}).items():
+            print(f"  {label:16s} support {c['support']:5d}  correct {c['correct']:5d}  predicted {c['predicted']:5d}")
+        if "confusion_matrix" in result:
+            print("confusion matrix (rows: truth, columns: prediction)")
+            for row in result["confusion_matrix"]:
+                print("  " + " ".join(f"{v:5d}" for v in row))
+    else:
+        print(f"MAE {result['mae']:.4f}   RMSE {result['rmse']:.4f}")
     return 0

@@ -61,6 +61,21 @@ def available_providers() -> list[str]:
     return list(ort().get_available_providers())
 
 
+def resolve_providers(requested: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """Requested execution providers that this ORT build has, CPU always last; plus the unavailable ones."""
+    have = available_providers()
+    wanted = [p.strip() for p in (requested or []) if p.strip()]
+    wanted = [p if p.endswith("ExecutionProvider") else f"{p}ExecutionProvider" for p in wanted]
+    chosen = [p for p in wanted if p in have and p != "CPUExecutionProvider"]
+    missing = [p for p in wanted if p not in have]
+    return chosen + ["CPUExecutionProvider"], missing
+
+
+def set_seed(seed: int) -> None:
+    """Seed ORT's random generators (dropout in training graphs)."""
+    ort().set_seed(int(seed))
+
+
 def _session_options(threads: int | None) -> Any:
     so = ort().SessionOptions()
     so.log_severity_level = 3
@@ -82,6 +97,7 @@ class InferenceModel:
             raise RuntimeBackendError(f"ONNX Runtime cannot load {path}: {exc}") from exc
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.providers = list(self.session.get_providers())
 
     def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         names = list(outputs or self.output_names)

@@ -26,12 +26,13 @@ class BundleSession:
         providers: Sequence[str] | None = None,
         checkpoint: str | Path | None = None,
         backbone_variant: str = "backbone",
+        device: str = "cpu",
     ) -> None:
         self.bundle = bundle
         self.backbone = InferenceModel(bundle.file(backbone_variant), providers) if bundle.layout == "split" else None
         self.model = TrainableModel(
             bundle.file("training"), bundle.file("eval"), bundle.file("optimizer"),
-            checkpoint or bundle.file("checkpoint"),
+            checkpoint or bundle.file("checkpoint"), device=device,
         )
         self.head_inputs = bundle.head_inputs
         self.output_name = bundle.output.name

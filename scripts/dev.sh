@@ -37,7 +37,7 @@ apt_install() {
 
 stamp_ok() {  # $1 stamp file; newer than every input?
   [ -f "$1" ] || return 1
-  [ -z "$(find pyproject.toml ftedge runtime device_agent export fleet -newer "$1" -name '*.py' -o -newer "$1" -name pyproject.toml 2>/dev/null | head -1)" ]
+  [ -z "$(find pyproject.toml src runtime device_agent export fleet -newer "$1" -name '*.py' -o -newer "$1" -name pyproject.toml 2>/dev/null | head -1)" ]
 }
 
 setup() {

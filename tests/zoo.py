@@ -213,3 +213,28 @@ FAMILIES = {
     "two-inputs-float-int64": ("two_inputs", ["--input", "feats:float32:1,6", "--input", "cats:int64:1,4:0-10"]),
     "dict-output-bce": ("dict_output", ["--input", "x:float32:1,10", "--output", "scores", "--loss", "bce"]),
 }
+
+
+def gaussian_classes(n_per_class: int = 60, dims: int = 20, classes: int = 4, seed: int = 0, scale: float = 1.0):
+    """SYNTHETIC data: ``classes`` Gaussian blobs in ``dims`` dimensions (x float32 [N, dims], y int64 [N])."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    means = np.random.default_rng(1234).standard_normal((classes, dims)).astype(np.float32) * scale
+    y = np.repeat(np.arange(classes), n_per_class)
+    x = (means[y] + rng.standard_normal((len(y), dims))).astype(np.float32)
+    return x, y
+
+
+def pretrained_mlp() -> nn.Module:
+    """The MLP trained in PyTorch on ``gaussian_classes`` (a good head: the gate's baseline is high)."""
+    torch.manual_seed(0)
+    model = MLP()
+    x, y = gaussian_classes(seed=99, scale=0.6)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(xt), yt).backward()
+        opt.step()
+    return model.eval()

@@ -1,0 +1,96 @@
+"""On-disk embedding cache: backbone outputs per sample, keyed by sample content hash + backbone hash.
+
+One SQLite file (WAL) per cache directory; a row holds one sample's head inputs as raw bytes in the
+order and shapes the bundle's ``head_inputs`` give. Re-runs, more epochs and new samples only pay the
+backbone for samples not seen before with this exact backbone.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ftedge.runtime.manifest import TensorSpec
+
+
+class EmbeddingCache:
+    def __init__(self, directory: str | Path) -> None:
+        self.path = Path(directory) / "embeddings.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS emb (backbone TEXT, sample TEXT, data BLOB, PRIMARY KEY (backbone, sample))")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def lookup(self, backbone: str, samples: list[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for i in range(0, len(samples), 500):
+            chunk = samples[i:i + 500]
+            q = f"SELECT sample, data FROM emb WHERE backbone=? AND sample IN ({','.join('?' * len(chunk))})"
+            found.update(self.db.execute(q, [backbone, *chunk]).fetchall())
+        return found
+
+    def store(self, backbone: str, rows: list[tuple[str, bytes]]) -> None:
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?, ?)", [(backbone, s, d) for s, d in rows])
+
+
+def _per_sample(spec: TensorSpec) -> tuple[list[int], int]:
+    shape = spec.sample_shape
+    return shape, int(np.prod(shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+
+
+def pack(specs: list[TensorSpec], values: dict[str, np.ndarray], i: int) -> bytes:
+    """Sample ``i`` of a batch of head inputs as one bytes blob."""
+    parts = []
+    for s in specs:
+        arr = np.take(values[s.name], i, axis=s.batch_axis or 0)
+        parts.append(np.ascontiguousarray(arr, dtype=s.dtype).tobytes())
+    return b"".join(parts)
+
+
+def unpack(specs: list[TensorSpec], blobs: list[bytes]) -> dict[str, np.ndarray]:
+    """Blobs of N samples → head inputs with the batch on each tensor's own batch axis."""
+    out: dict[str, np.ndarray] = {}
+    offset = 0
+    raw = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), -1)
+    for s in specs:
+        shape, nbytes = _per_sample(s)
+        arr = np.ascontiguousarray(raw[:, offset:offset + nbytes]).view(s.dtype).reshape(len(blobs), *shape)
+        out[s.name] = np.moveaxis(arr, 0, s.batch_axis or 0) if (s.batch_axis or 0) != 0 else arr
+        offset += nbytes
+    return out
+
+
+def embed_with_cache(
+    cache: EmbeddingCache | None,
+    backbone_key: str,
+    specs: list[TensorSpec],
+    hashes: list[str],
+    inputs: dict[str, np.ndarray],
+    embed: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+    batch_size: int,
+    progress: Callable[[int], None] = lambda _n: None,
+) -> tuple[dict[str, np.ndarray], int]:
+    """Head inputs for every sample; runs ``embed`` only on samples missing from the cache.
+
+    Returns (head inputs stacked on their batch axes, number of samples computed now).
+    """
+    found = cache.lookup(backbone_key, hashes) if cache else {}
+    missing = [i for i, h in enumerate(hashes) if h not in found]
+    blobs: dict[str, bytes] = dict(found)
+    for start in range(0, len(missing), batch_size):
+        idx = np.asarray(missing[start:start + batch_size])
+        values = embed({k: v[idx] for k, v in inputs.items()})
+        rows = [(hashes[j], pack(specs, values, k)) for k, j in enumerate(idx)]
+        if cache:
+            cache.store(backbone_key, rows)
+        blobs.update(rows)
+        progress(len(idx))
+    return unpack(specs, [blobs[h] for h in hashes]), len(missing)

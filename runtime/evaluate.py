@@ -1,0 +1,45 @@
+"""`ftedge evaluate`: metrics of a personalized model (run dir) or an untuned bundle on local data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftedge.errors import FtedgeError
+from ftedge.runtime import metrics as M
+from ftedge.runtime.bundle import load_bundle
+from ftedge.runtime.data import ModelIO, load_dataset
+from ftedge.runtime.manifest import MANIFEST_NAME
+from ftedge.runtime.ort_backend import InferenceModel
+from ftedge.runtime.session import BundleSession
+
+
+def evaluate(target: str | Path, data: str | Path, batch_size: int = 64,
+             providers: list[str] | None = None) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class counts and confusion matrix (or MAE) of ``target`` on ``data``."""
+    target = Path(target)
+    if (target / "model.onnx").is_file() and (target / "model.json").is_file():
+        spec = json.loads((target / "model.json").read_text())
+        io = ModelIO.from_manifest(spec)
+        model = InferenceModel(target / "model.onnx", providers)
+        out_name = spec["output"]["name"]
+
+        def predict(feeds: dict[str, np.ndarray]) -> np.ndarray:
+            return model.run(feeds, [out_name])[out_name]
+        kind = "personalized model"
+    elif (target / MANIFEST_NAME).is_file():
+        bundle = load_bundle(target)
+        io = ModelIO.from_manifest(bundle.manifest)
+        session = BundleSession(bundle, providers)
+        predict = session.predict
+        kind = "bundle (untuned)"
+    else:
+        raise FtedgeError(f"{target} is neither a run directory (model.onnx + model.json) nor a bundle")
+    ds = load_dataset(data, io)
+    outs = [predict({k: v[i:i + batch_size] for k, v in ds.inputs.items()}) for i in range(0, len(ds), batch_size)]
+    result: dict[str, Any] = {"model": str(target), "kind": kind, "samples": len(ds), "skipped": ds.skipped}
+    result.update(M.task_metrics(io.loss, np.concatenate(outs), ds.targets, ds.label_names))
+    return result

@@ -1,0 +1,328 @@
+"""`ftedge train`: fine-tune a bundle on local data, torch-free.
+
+Cached mode runs the frozen backbone once per sample (through the on-disk embedding cache) and trains
+the head on the cache; full mode runs the backbone (split bundle) or the merged graph (full bundle) on
+every batch. Every epoch is checkpointed atomically; ``resume`` continues from the last complete epoch
+and, with the same seed, reaches the same result. The untuned model is evaluated on the same validation
+split and the tuned one is promoted only if it beats it by ``min_gain``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftedge.errors import FtedgeError, UsageError
+from ftedge.runtime import metrics as M
+from ftedge.runtime.bundle import Bundle, load_bundle
+from ftedge.runtime.cache import EmbeddingCache, embed_with_cache
+from ftedge.runtime.data import Dataset, ModelIO, load_dataset
+from ftedge.runtime.hashing import atomic_write_json
+from ftedge.runtime.ort_backend import TrainableModel, resolve_providers, set_seed
+from ftedge.runtime.personalized import write_personalized
+from ftedge.runtime.run_state import CheckpointDir, RunState
+from ftedge.runtime.schedule import learning_rate
+from ftedge.runtime.session import BundleSession
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float | None = None          # default: the bundle's
+    val_fraction: float = 0.2
+    patience: int = 0                # 0: no early stopping
+    seed: int = 0
+    max_seconds: float | None = None
+    mode: str = "auto"               # auto | cached | full
+    providers: list[str] | None = None
+    resume: bool = False
+    min_gain: float = 0.0
+    schedule: str = "cosine"         # cosine | linear | constant, after warm-up
+    warmup_fraction: float = 0.1
+    cache_dir: Path | None = None
+    backbone: str = "fp32"           # fp32 | int8 (needs --quantize-backbone at export)
+
+
+class TrainCallbacks:
+    """Hooks the device agent uses for progress and cancellation."""
+
+    def on_start(self, info: dict[str, Any]) -> None: ...
+    def on_epoch(self, record: dict[str, Any]) -> None: ...
+    def on_batch(self, epoch: int, step: int, loss: float) -> None: ...
+    def should_stop(self) -> bool:
+        return False
+
+
+def stratified_split(y: np.ndarray, fraction: float, seed: int, classification: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val); per class ``round(n * fraction)`` to validation, at least one when n >= 2."""
+    rng = np.random.default_rng(seed)
+    if fraction <= 0:
+        return np.arange(len(y)), np.arange(0)
+    groups = [np.flatnonzero(y == c) for c in np.unique(y)] if classification else [np.arange(len(y))]
+    train, val = [], []
+    for g in groups:
+        g = rng.permutation(g)
+        k = min(len(g) - 1, max(1 if len(g) >= 2 else 0, int(round(len(g) * fraction))))
+        val.extend(g[:k])
+        train.extend(g[k:])
+    return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))
+
+
+def _resolve_mode(mode: str, bundle: Bundle) -> str:
+    if mode not in ("auto", "cached", "full"):
+        raise UsageError(f"--mode {mode!r}: use auto, cached or full")
+    if bundle.layout == "full":
+        if mode == "cached":
+            raise UsageError("--mode cached needs a split bundle (this one was exported with --no-split); use --mode full")
+        return "full"
+    return "cached" if mode == "auto" else mode
+
+
+def _fingerprint(bundle: Bundle, data: Dataset, cfg: TrainConfig) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(bundle.manifest["files"], sort_keys=True).encode())
+    h.update("".join(data.sample_hashes()).encode())
+    keep = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "max_seconds", "providers", "cache_dir")}
+    h.update(json.dumps(keep, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+class Trainer:
+    def __init__(self, bundle: str | Path | Bundle, data: str | Path, run_dir: str | Path, config: TrainConfig,
+                 callbacks: TrainCallbacks | None = None, progress: bool = False) -> None:
+        self.t0 = time.perf_counter()
+        self.cfg = config
+        self.cb = callbacks or TrainCallbacks()
+        self.show_progress = progress
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.run_dir = Path(run_dir)
+        self.ckpt = CheckpointDir(self.run_dir)
+        if config.epochs < 1 or config.batch_size < 1:
+            raise UsageError("--epochs and --batch-size must be at least 1")
+        if not 0 <= config.val_fraction < 1:
+            raise UsageError("--val-fraction must be in [0, 1)")
+        if config.backbone not in ("fp32", "int8"):
+            raise UsageError("--backbone must be fp32 or int8")
+        self.backbone_role = "backbone" if config.backbone == "fp32" else "backbone_int8"
+        if config.backbone == "int8" and "backbone_int8" not in self.bundle.manifest["roles"]:
+            raise UsageError("this bundle has no int8 backbone; export it with --quantize-backbone int8")
+        self.mode = _resolve_mode(config.mode, self.bundle)
+        self.io = ModelIO.from_manifest(self.bundle.manifest)
+        self.data = load_dataset(data, self.io)
+        for s in self.data.skipped:
+            log.warning("skipped %s: %s", s["file"], s["reason"])
+        self.classification = self.io.classification
+        self.train_idx, self.val_idx = stratified_split(self.data.targets, config.val_fraction, config.seed,
+                                                        self.classification)
+        if len(self.train_idx) == 0:
+            raise FtedgeError("no training samples left after the validation split; add data or lower --val-fraction")
+        self.providers, missing = resolve_providers(config.providers)
+        if missing:
+            log.warning("execution provider(s) unavailable here: %s; using %s", ", ".join(missing), ", ".join(self.providers))
+        self.lr = float(config.lr if config.lr is not None else self.bundle.manifest["optimizer"]["lr"])
+        self.timings: dict[str, float] = {"load_s": time.perf_counter() - self.t0}
+
+    def _session(self, checkpoint: Path | None) -> BundleSession:
+        device = "cuda" if "CUDAExecutionProvider" in self.providers else "cpu"
+        return BundleSession(self.bundle, self.providers, checkpoint=checkpoint, backbone_variant=self.backbone_role,
+                             device=device)
+
+    # ---- features -------------------------------------------------------------------------------
+    def _prepare_features(self, session: BundleSession) -> None:
+        t = time.perf_counter()
+        self.cache_stats = {"computed": 0, "reused": 0}
+        if self.mode != "cached":
+            self.features = None
+            return
+        cache = EmbeddingCache(self.cfg.cache_dir) if self.cfg.cache_dir else None
+        entry = self.bundle.manifest["files"][self.bundle.manifest["roles"][self.backbone_role]]
+        key = f"{entry['sha256']}:{self.backbone_role}"
+        hashes = self.data.sample_hashes()
+        try:
+            self.features, computed = embed_with_cache(
+                cache, key, self.bundle.head_inputs, hashes, self.data.inputs, session.embed,
+                max(self.cfg.batch_size, 64))
+        finally:
+            if cache:
+                cache.close()
+        self.cache_stats = {"computed": computed, "reused": len(hashes) - computed}
+        self.timings["embed_s"] = time.perf_counter() - t
+
+    def _batch(self, session: BundleSession, idx: np.ndarray) -> dict[str, np.ndarray]:
+        if self.features is not None:
+            return {s.name: np.take(self.features[s.name], idx, axis=s.batch_axis or 0) for s in self.bundle.head_inputs}
+        return session.embed({k: v[idx] for k, v in self.data.inputs.items()})
+
+    def evaluate(self, session: BundleSession, idx: np.ndarray) -> dict[str, Any]:
+        """Loss and task metrics of the session's current parameters on samples ``idx`` (eval mode)."""
+        if len(idx) == 0:
+            return {}
+        losses, outs = [], []
+        for start in range(0, len(idx), max(self.cfg.batch_size, 64)):
+            b = idx[start:start + max(self.cfg.batch_size, 64)]
+            loss, out = session.eval_step(self._batch(session, b), self.data.targets[b])
+            losses.append(loss * len(b))
+            outs.append(out)
+        outputs = np.concatenate(outs)
+        result = {"loss": float(sum(losses) / len(idx))}
+        result.update(M.task_metrics(self.bundle.loss, outputs, self.data.targets[idx], self.data.label_names))
+        return result
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        fingerprint = _fingerprint(self.bundle, self.data, cfg)
+        if cfg.resume and self.ckpt.exists():
+            state = self.ckpt.load()
+            if state.fingerprint != fingerprint:
+                raise FtedgeError(f"{self.run_dir} was started with other data, bundle or options; "
+                                  "resume with the same ones or use a new run directory")
+        else:
+            if self.ckpt.exists() or (self.run_dir / "result.json").exists():
+                raise FtedgeError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose a new -o")
+            state = RunState(fingerprint=fingerprint)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        session = self._session(self.ckpt.path(state.last_checkpoint))
+        self._prepare_features(session)
+        monitor = self.val_idx if len(self.val_idx) else self.train_idx
+        if not state.baseline:
+            state.baseline = self.evaluate(session, monitor)  # the untuned model, same split
+        metrics_path = self.run_dir / "metrics.jsonl"
+        if state.epochs_done == 0:
+            metrics_path.write_text("")
+        else:  # drop records of a partially logged epoch after a crash
+            lines = [ln for ln in metrics_path.read_text().splitlines() if ln.strip()]
+            metrics_path.write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["epoch"] <= state.epochs_done))
+        steps_per_epoch = math.ceil(len(self.train_idx) / cfg.batch_size)
+        total_steps = steps_per_epoch * cfg.epochs
+        warmup = int(total_steps * cfg.warmup_fraction)
+        self.cb.on_start({"mode": self.mode, "samples": len(self.data), "train": len(self.train_idx),
+                          "val": len(self.val_idx), "epochs": cfg.epochs, "resumed_from_epoch": state.epochs_done})
+        status, stop_reason = "succeeded", "completed"
+        bar = None
+        if self.show_progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.epochs, initial=state.epochs_done, unit="epoch", desc="train", leave=False)
+        t_train = time.perf_counter()
+        elapsed_before = state.elapsed_s
+        for epoch in range(state.epochs_done + 1, cfg.epochs + 1):
+            t_epoch = time.perf_counter()
+            set_seed(cfg.seed * 1000 + epoch)
+            order = self.train_idx[np.random.default_rng([cfg.seed, epoch]).permutation(len(self.train_idx))]
+            total, seen, lr = 0.0, 0, self.lr
+            for start in range(0, len(order), cfg.batch_size):
+                if self.cb.should_stop():
+                    status, stop_reason = "cancelled", "cancelled"
+                    break
+                b = order[start:start + cfg.batch_size]
+                lr = learning_rate(state.global_step, total_steps, self.lr, warmup, cfg.schedule)
+                session.set_learning_rate(lr)
+                loss, _ = session.train_step(self._batch(session, b), self.data.targets[b])
+                state.global_step += 1
+                if not math.isfinite(loss):
+                    status, stop_reason = "diverged", f"non-finite training loss ({loss}) at epoch {epoch}"
+                    break
+                total += loss * len(b)
+                seen += len(b)
+                self.cb.on_batch(epoch, state.global_step, loss)
+            if status != "succeeded":
+                break
+            val = self.evaluate(session, monitor)
+            if not math.isfinite(val["loss"]):
+                status, stop_reason = "diverged", f"non-finite validation loss at epoch {epoch}"
+                break
+            dt = time.perf_counter() - t_epoch
+            record = {"epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": val["loss"],
+                      "val_accuracy": val.get("accuracy"), "val_macro_f1": val.get("macro_f1"), "val_mae": val.get("mae"),
+                      "lr": lr, "samples_per_s": seen / dt if dt > 0 else None,
+                      "elapsed_s": elapsed_before + time.perf_counter() - t_train,
+                      "split": "val" if len(self.val_idx) else "train"}
+            score = M.primary(self.bundle.loss, val)
+            state.epochs_done = epoch
+            state.elapsed_s = record["elapsed_s"]
+            if state.best_score is None or score > state.best_score or (
+                    score == state.best_score and val["loss"] < (state.best_loss or math.inf)):
+                state.best_score, state.best_loss, state.best_epoch, state.since_best = score, val["loss"], epoch, 0
+                state.best_checkpoint = self.ckpt.save_model(session.model, f"best-{epoch:04d}.ckpt", with_optimizer=False)
+            else:
+                state.since_best += 1
+            state.last_checkpoint = self.ckpt.save_model(session.model, f"epoch-{epoch:04d}.ckpt", with_optimizer=True)
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            self.ckpt.commit(state)
+            self.cb.on_epoch(record)
+            if bar is not None:
+                bar.set_postfix(loss=f"{record['train_loss']:.4f}", val=f"{score:.3f}")
+                bar.update(1)
+            if cfg.patience and state.since_best >= cfg.patience:
+                stop_reason = f"early stopping: no improvement for {cfg.patience} epoch(s)"
+                break
+            if cfg.max_seconds and time.perf_counter() - self.t0 + dt > cfg.max_seconds:
+                stop_reason = f"time budget of {cfg.max_seconds:g} s"
+                break
+        if bar is not None:
+            bar.close()
+        self.timings["train_s"] = time.perf_counter() - t_train
+        return self._finish(state, status, stop_reason)
+
+    def _finish(self, state: RunState, status: str, stop_reason: str) -> dict[str, Any]:
+        baseline = state.baseline
+        final: dict[str, Any] = {}
+        promoted, gain = False, None
+        if state.best_checkpoint and status == "succeeded":
+            t = time.perf_counter()
+            best = self._session(self.ckpt.path(state.best_checkpoint))
+            monitor = self.val_idx if len(self.val_idx) else self.train_idx
+            final = self.evaluate(best, monitor)
+            write_personalized(self.bundle, best.model, self.run_dir / "model.onnx", self.backbone_role)
+            atomic_write_json(self.run_dir / "model.json", {
+                k: self.bundle.manifest.get(k) for k in ("name", "inputs", "output", "labels", "loss", "task", "preprocessing")})
+            self.timings["export_s"] = time.perf_counter() - t
+            gain = M.primary(self.bundle.loss, final) - M.primary(self.bundle.loss, baseline)
+            promoted = gain > self.cfg.min_gain or (
+                self.cfg.min_gain == 0 and gain == 0 and final["loss"] < baseline["loss"])
+            if not len(self.val_idx):
+                promoted = False
+                stop_reason += "; no validation split (--val-fraction 0): not promoted"
+        result = {
+            "status": status,
+            "stop_reason": stop_reason,
+            "best_epoch": state.best_epoch,
+            "epochs_run": state.epochs_done,
+            "metrics": final,
+            "baseline": baseline,
+            "gain": gain,
+            "min_gain": self.cfg.min_gain,
+            "promoted": bool(promoted),
+            "duration_s": round(time.perf_counter() - self.t0, 3),
+            "samples": {"total": len(self.data), "train": int(len(self.train_idx)), "val": int(len(self.val_idx))},
+            "skipped": self.data.skipped,
+            "providers": {"backbone": self.providers if self.bundle.layout == "split" else [],
+                          "training": "cuda" if "CUDAExecutionProvider" in self.providers else "cpu"},
+            "mode": self.mode,
+            "backbone": self.cfg.backbone,
+            "cache": self.cache_stats,
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "bundle": {"name": self.bundle.name, "path": str(self.bundle.path)},
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.cfg).items()},
+        }
+        atomic_write_json(self.run_dir / "result.json", result)
+        return result
+
+
+def train(bundle: str | Path, data: str | Path, run_dir: str | Path, config: TrainConfig | None = None,
+          callbacks: TrainCallbacks | None = None, progress: bool = False) -> dict[str, Any]:
+    """Fine-tune ``bundle`` on ``data`` into ``run_dir``; returns the result (also in result.json)."""
+    return Trainer(bundle, data, run_dir, config or TrainConfig(), callbacks, progress).run()
