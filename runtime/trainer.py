@@ -194,6 +194,7 @@ class Trainer:
             state = RunState(fingerprint=fingerprint)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         session = self._session(self.ckpt.path(state.last_checkpoint))
+        self.ran_on = session.backbone.providers if session.backbone else []
         self._prepare_features(session)
         monitor = self.val_idx if len(self.val_idx) else self.train_idx
         if not state.baseline:
@@ -309,7 +310,7 @@ class Trainer:
             "duration_s": round(time.perf_counter() - self.t0, 3),
             "samples": {"total": len(self.data), "train": int(len(self.train_idx)), "val": int(len(self.val_idx))},
             "skipped": self.data.skipped,
-            "providers": {"backbone": self.providers if self.bundle.layout == "split" else [],
+            "providers": {"backbone": self.ran_on,
                           "training": "cuda" if "CUDAExecutionProvider" in self.providers else "cpu"},
             "mode": self.mode,
             "backbone": self.cfg.backbone,

@@ -75,3 +75,34 @@ def test_device_environment_trains_resumes_and_evaluates_without_torch(device_py
     ev = ftedge("evaluate", str(tmp_path / "run"), "--data", str(tmp_path / "d.npz"), "--json")
     assert ev.returncode == 0, ev.stderr
     assert json.loads(ev.stdout)["samples"] == 64
+
+
+def test_every_family_trains_in_the_device_environment(device_python, tmp_path):
+    """Bundles of every exported architecture family train and export model.onnx with only [device]."""
+    import json
+
+    import numpy as np
+
+    from conftest import FAMILIES, ZOO, export, random_feeds, random_targets
+    from ftedge.runtime import load_bundle
+
+    jobs = []
+    for family, (model, args) in sorted(FAMILIES.items()):
+        out = tmp_path / family
+        export(f"{ZOO}:{model}", out, *args)
+        bundle = load_bundle(out)
+        np.savez(tmp_path / f"{family}.npz", labels=random_targets(bundle, 24), **random_feeds(bundle.inputs, 24))
+        jobs.append((str(out), str(tmp_path / f"{family}.npz"), str(tmp_path / f"run-{family}")))
+    script = (
+        "import json, sys\n"
+        "from ftedge.cli import main\n"
+        "for bundle, data, run in json.loads(sys.argv[1]):\n"
+        "    assert main(['train', bundle, '--data', data, '-o', run, '--epochs', '2', '--quiet', '--no-cache']) == 0\n"
+        "assert 'torch' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([device_python, "-c", script, json.dumps(jobs)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for _, _, run in jobs:
+        assert (Path(run) / "model.onnx").stat().st_size > 0
+        assert json.loads((Path(run) / "result.json").read_text())["status"] == "succeeded"
