@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--num-classes", type=int, metavar="N", help="replace the head's last Linear with a fresh N-way one")
     g.add_argument("--labels", metavar="a,b,c", help="class names; replaces the head with a fresh len(labels)-way one")
     g.add_argument("--labels-file", type=Path, metavar="F", help="class names, one per line (like --labels)")
+    p.add_argument("--keep-head", action="store_true",
+                   help="with --labels/--labels-file: keep the pretrained head and just name its classes "
+                   "(its output size must equal the number of labels)")
     p.add_argument("--trainable", metavar="REGEX", action="append", default=[],
                    help="train the parameters whose names match (re.search); repeatable. Default: the head's")
     p.add_argument("--loss", choices=LOSSES, default="cross-entropy", help="training loss (default: cross-entropy)")
@@ -83,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     opts = ExportOptions(
         model=args.model, output=args.bundle, inputs=[parse_input_spec(s) for s in args.inputs],
         output_name=args.output_name, head=args.head, num_classes=args.num_classes, labels=labels,
+        keep_head=args.keep_head,
         trainable=args.trainable, loss=args.loss, optimizer=args.optimizer, lr=args.lr, opset=args.opset,
         split=args.split, quantize_backbone=args.quantize_backbone, skip_parity=args.skip_parity,
         tolerance=args.tolerance, name=args.name, seed=args.seed, force=args.force,

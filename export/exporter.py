@@ -47,10 +47,25 @@ def _validate(opts: ExportOptions) -> None:
         raise UsageError(f"--optimizer {opts.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
     if opts.labels is not None and opts.num_classes is not None and len(opts.labels) != opts.num_classes:
         raise UsageError(f"--num-classes {opts.num_classes} disagrees with {len(opts.labels)} --labels")
+    if opts.keep_head and opts.num_classes is not None:
+        raise UsageError("--keep-head names the existing head's classes with --labels; it cannot go with --num-classes")
     if opts.quantize_backbone not in (None, "int8"):
         raise UsageError("--quantize-backbone supports only int8")
     if not opts.lr > 0:
         raise UsageError("--lr must be positive")
+
+
+def audio_preprocessing(model: torch.nn.Module, inputs: list[TensorSpec]) -> dict[str, Any]:
+    """If the model starts with a LogMel frontend, what the device must feed it: raw samples at a rate."""
+    from ftedge.export.frontends import LogMel
+
+    fronts = [m for m in model.modules() if isinstance(m, LogMel)]
+    waves = [s for s in inputs if s.dtype.startswith("float") and len(s.sample_shape) == 1]
+    if not fronts or not waves:
+        return {}
+    return {"type": "audio", "input": waves[0].name, "sample_rate": fronts[0].sample_rate,
+            "clip_samples": waves[0].sample_shape[0], "clip_seconds": waves[0].sample_shape[0] / fronts[0].sample_rate,
+            "frontend": fronts[0].config()}
 
 
 def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda _msg: None) -> dict[str, Any]:
@@ -60,7 +75,7 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
     torch.manual_seed(opts.seed)
     progress("loading model")
     model = load_model(opts.model)
-    num_classes = len(opts.labels) if opts.labels else opts.num_classes
+    num_classes = None if opts.keep_head else (len(opts.labels) if opts.labels else opts.num_classes)
     head_name = None
     if opts.head is not None or not opts.trainable or num_classes:
         head_name, _ = find_head(model, opts.head)
@@ -159,7 +174,10 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
             "labels": labels,
             "task": "classification" if opts.loss in ("cross-entropy", "bce") else "regression",
             "loss": opts.loss,
-            "optimizer": {"name": opts.optimizer, "lr": opts.lr},
+            # ORT 1.19.2 onnxblock defaults (what the optimizer graph computes)
+            "optimizer": {"name": opts.optimizer, "lr": opts.lr, **(
+                {"betas": [0.9, 0.999], "eps": 1e-6, "weight_decay": 0.0, "bias_correction": True}
+                if opts.optimizer == "adamw" else {"momentum": 0.0})},
             "head": head_name,
             "trainable": trainable,
             "frozen": frozen,
@@ -170,7 +188,7 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
             "head_inputs": [s.to_json() for s in head_inputs],
             "train_inputs": [s.name for s in head_inputs] + ["labels"],
             "parity": parity,
-            "preprocessing": dict(opts.preprocessing),
+            "preprocessing": {**audio_preprocessing(model, opts.inputs), **opts.preprocessing},
             "export_seconds": round(time.perf_counter() - t0, 3),
         }
         stage.commit(manifest)

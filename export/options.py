@@ -18,6 +18,7 @@ class ExportOptions:
     head: str | None = None
     num_classes: int | None = None
     labels: list[str] | None = None
+    keep_head: bool = False  # with labels: name the existing head's classes instead of replacing it
     trainable: list[str] = field(default_factory=list)
     loss: str = "cross-entropy"
     optimizer: str = "adamw"

@@ -209,3 +209,6 @@ def load_dataset(path: str | Path, io: ModelIO) -> Dataset:
             raise DataError(f"{path}: unknown data file type; use a folder per label or one of {', '.join(_FILE_LOADERS)}")
         return loader(path, io)
     raise DataError(f"--data {path} does not exist")
+
+
+from ftedge.runtime import audio as _audio  # noqa: E402,F401  (registers .wav; audio imports this module)

@@ -105,3 +105,29 @@ def test_int8_backbone_is_written_and_reported(tmp_path):
     session = BundleSession(bundle, backbone_variant="backbone_int8")
     out = session.predict(random_feeds(bundle.inputs, 3))
     assert out.shape == (3, 3)
+
+
+def test_keep_head_names_pretrained_classes_without_replacing_them(tmp_path):
+    import torch
+
+    from ftedge.export.model_loader import load_model
+
+    manifest = export(f"{ZOO}:pretrained_mlp", tmp_path / "b", "--input", "x:float32:1,20",
+                      "--labels", "a,b,c,d", "--keep-head")
+    assert manifest["labels"] == ["a", "b", "c", "d"]
+    session = BundleSession(load_bundle(tmp_path / "b"))
+    x = random_feeds(load_bundle(tmp_path / "b").inputs, 4)
+    model = load_model(f"{ZOO}:pretrained_mlp")
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x["x"])).numpy()
+    import numpy as np
+
+    np.testing.assert_allclose(session.predict(x), ref, atol=1e-5)  # the pretrained head, not a fresh one
+
+
+def test_keep_head_with_wrong_label_count_fails(tmp_path, capsys):
+    from ftedge.cli import main
+
+    rc = main(["export", f"{ZOO}:pretrained_mlp", "-o", str(tmp_path / "b"), "--input", "x:float32:1,20",
+               "--labels", "a,b,c", "--keep-head"])
+    assert rc == 1 and "3 labels but the head has 4 outputs" in capsys.readouterr().err
