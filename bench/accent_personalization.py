@@ -8,7 +8,7 @@ en-gb-x-rp, en-us-nyc, en-029 and en-gb-x-gbclan only):
    the first ``--shots`` per word are the user's local data, the rest the test set;
 2. export the shipped base model (``examples/kws/model.py``; pretrained head kept, classes named);
 3. zero-shot: the untuned bundle on the test clips (``ftedge evaluate``);
-4. personalize: ``ftedge train`` as a separate process on the device venv (torch-free, WAV decoding
+4. personalize: ``ftedge train`` (fp32 backbone, and again with the int8 backbone) as a separate process on the device venv (torch-free, WAV decoding
    included in its wall time), then ``ftedge evaluate`` of the run's model.onnx on the test clips;
 5. reference: a separate PyTorch process fine-tunes the same head with the same hyperparameters (same
    data loader and validation split, AdamW with ORT's defaults, warm-up + cosine, same shuffling,
@@ -138,6 +138,11 @@ def run_voice(voice: str, shots: int, test_per_word: int, seed: int, epochs: int
                              "--val-fraction", str(val_fraction), "--seed", str(seed), "--no-cache", "--json"])
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     personalized = evaluate(run_dir, test_dir)["accuracy"]
+    int8_dir = work / f"{voice}-run-int8"
+    int8_s, proc8 = _timed([python, "-m", "ftedge", "train", str(bundle), "--data", str(train_dir), "-o", str(int8_dir),
+                            "--epochs", str(epochs), "--lr", str(lr), "--batch-size", str(batch), "--backbone", "int8",
+                            "--val-fraction", str(val_fraction), "--seed", str(seed), "--no-cache", "--json"])
+    personalized_int8 = evaluate(int8_dir, test_dir)["accuracy"]
 
     torch_s, tproc = _timed([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps({
         "bundle": str(bundle), "train_dir": str(train_dir), "test_dir": str(test_dir), "epochs": epochs, "lr": lr,
@@ -147,6 +152,7 @@ def run_voice(voice: str, shots: int, test_per_word: int, seed: int, epochs: int
         "holdout": voice, "shots": shots, "train_files": result["samples"]["total"],
         "test_clips": len(list(test_dir.rglob("*.wav"))),
         "zero_shot_accuracy": zero, "personalized_accuracy": personalized, "torch_reference_accuracy": ref["accuracy"],
+        "personalized_accuracy_int8_backbone": personalized_int8, "ftedge_train_seconds_int8": round(int8_s, 2),
         "promoted": result["promoted"], "ftedge_train_seconds": round(ftedge_s, 2),
         "torch_reference_seconds": round(torch_s, 2), "torch_over_ftedge": round(torch_s / ftedge_s, 2),
         "ftedge_device_venv": python == str(DEVICE_PY),
@@ -181,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         bundle = work / "kws-bundle"
         rc = ftedge_main(["export", f"{KWS / 'model.py'}:build_model", "-o", str(bundle), "--quiet",
                           "--input", "waveform:float32:1,16000", "--head", "classifier",
-                          "--labels", ",".join(kws.WORDS), "--keep-head"])
+                          "--labels", ",".join(kws.WORDS), "--keep-head", "--quantize-backbone", "int8"])
         if rc:
             return rc
         for voice in [v.strip() for v in args.holdout.split(",") if v.strip()]:
@@ -189,13 +195,13 @@ def main(argv: list[str] | None = None) -> int:
                                   args.batch_size, args.val_fraction, bundle, work))
             print(f"done: {voice}", file=sys.stderr)
     print("data: SYNTHETIC speech (espeak-ng); base model never saw these voices")
-    print("| held-out voice | shots/word | zero-shot | ftedge personalized | PyTorch reference | promoted | "
-          "ftedge train s (whole process) | PyTorch s | PyTorch ÷ ftedge |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| held-out voice | shots/word | zero-shot | ftedge personalized | PyTorch reference | ftedge, int8 backbone | "
+          "promoted | ftedge train s (whole process) | PyTorch s | PyTorch ÷ ftedge |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['holdout']} | {r['shots']} | {r['zero_shot_accuracy']:.3f} | {r['personalized_accuracy']:.3f} | "
-              f"{r['torch_reference_accuracy']:.3f} | {r['promoted']} | {r['ftedge_train_seconds']:.2f} | "
-              f"{r['torch_reference_seconds']:.2f} | {r['torch_over_ftedge']:.1f}× |")
+              f"{r['torch_reference_accuracy']:.3f} | {r['personalized_accuracy_int8_backbone']:.3f} | {r['promoted']} | "
+              f"{r['ftedge_train_seconds']:.2f} | {r['torch_reference_seconds']:.2f} | {r['torch_over_ftedge']:.1f}× |")
     summary = {
         "holdout": [r["holdout"] for r in rows], "shots": args.shots, "seed": args.seed,
         "zero_shot_accuracy": float(np.mean([r["zero_shot_accuracy"] for r in rows])),

@@ -96,7 +96,7 @@ def run_case(name, spec, inputs, extra, batch, steps, tmp: Path) -> dict:
 
         head_name, _ = find_head(model, extra.get("head"))
         replace_head(model, head_name, len(extra["labels"]), 0)
-    set_modes(model, manifest["trainable"])
+    set_modes(model, manifest["trainable"], manifest.get("head"))
     params = [p for n, p in model.named_parameters() if n in set(manifest["trainable"])]
     opt = torch.optim.AdamW(params, lr=1e-3)
     tx = [torch.from_numpy(feeds[s.name]).to(TORCH_DTYPES[s.dtype]) for s in specs]

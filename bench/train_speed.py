@@ -1,6 +1,6 @@
 """Personalization speed and memory: `ftedge train` (torch-free) vs PyTorch, whole processes, side by side.
 
-Reproduce (repo root, host venv; about 1-2 minutes on 2 cores with the defaults):
+Reproduce (repo root, host venv; about 2 minutes on an otherwise idle 2-core box with the defaults):
 
     .venv/bin/python bench/train_speed.py                 # 1,024 samples, 10 epochs, batch 32, 3 repeats
     .venv/bin/python bench/train_speed.py --json          # + one JSON object on the last line
@@ -15,8 +15,9 @@ samples; it is not pretrained. Only the head (`classifier`, a fresh Linear) trai
 Setup (host, torch): write the data .npz, the weights, and three bundles with the CLI
 (`ftedge export ... --head classifier --labels ... --quiet --force`): split (default), `--no-split`,
 and split + `--quantize-backbone int8`. Then every contender runs as its own subprocess (wall time of the
-whole process, including interpreter start and imports; peak RSS = the child's ru_maxrss from os.wait4),
-all with OMP_NUM_THREADS=2 (torch.set_num_threads(2) in the torch workers; ORT's default is one thread
+whole process, including interpreter start and imports; peak RSS = the child's ru_maxrss from os.wait4,
+taken in a tiny fork+exec launcher because ru_maxrss survives execve: a child forked straight from this
+torch-holding parent would report at least the parent's RSS), all with OMP_NUM_THREADS=2 (torch.set_num_threads(2) in the torch workers; ORT's default is one thread
 per core = 2 here), same data, same stratified 0.2 validation split, same batch order, same AdamW
 (eps 1e-6, no weight decay, as in the ORT artifacts), same peak lr with ftedge's 10 % warm-up + cosine:
 
@@ -30,7 +31,9 @@ per core = 2 here), same data, same stratified 0.2 validation split, same batch 
 The ftedge runs do more than the torch workers: they verify bundle hashes, evaluate the untuned model,
 evaluate on the validation split after every epoch, write two checkpoints per epoch (fsync), reload the
 best checkpoint, evaluate it and write model.onnx. The torch workers evaluate once, at the end, and
-write nothing. Each contender runs --repeat times (round-robin); the tables show medians.
+write nothing. Each contender runs --repeat times (round-robin; fewer if another round would pass
+--budget-s); the tables show medians and list every run's wall time. Progress goes to stderr; the report
+(Markdown) to stdout, with --json followed by one JSON object on the last line.
 """
 
 from __future__ import annotations
@@ -273,7 +276,8 @@ def worker_torch(args: argparse.Namespace, cached: bool) -> dict:
             out = head(feats[b]) if cached else model(x[b])
             correct += int((out.argmax(1) == yt[b]).sum())
     t5 = time.perf_counter()
-    return {"import_s": t1 - t0, "setup_s": t2 - t1, "optimizer_init_s": t2 - t_opt, "embed_s": t3 - t2, "train_s": t4 - t3, "eval_s": t5 - t4,
+    return {"import_s": t1 - t0, "setup_s": t2 - t1, "optimizer_init_s": t2 - t_opt, "embed_s": t3 - t2,
+            "train_s": t4 - t3, "eval_s": t5 - t4,
             "work_s": t5 - t1, "accuracy": correct / max(len(val_idx), 1), "last_train_loss": last_loss,
             "steps": step, "threads": torch.get_num_threads(), "torch": torch.__version__}
 
@@ -444,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-fraction", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=3, help="runs per contender, round-robin; medians reported")
+    ap.add_argument("--budget-s", type=float, default=270.0,
+                    help="stop repeating once another round would end the bench after this many seconds (default 270)")
     ap.add_argument("--workdir", type=Path, help="keep data, bundles and runs here (default: a temp dir, removed)")
     ap.add_argument("--json", action="store_true", help="also print one JSON object on the last line")
     # worker mode (internal)
@@ -457,7 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 4 <= args.classes <= 12:
         ap.error("--classes must be 4-12")
 
-    say = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    if args.samples < 5 * args.classes:
+        ap.error("--samples must be at least 5 per class")
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731 - progress; the report goes to stdout
     t_start = time.perf_counter()
     load_before = os.getloadavg()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ftedge-train-speed-"))
@@ -467,11 +475,13 @@ def main(argv: list[str] | None = None) -> int:
         device_py = DEVICE_PY
         if not device_py.exists():
             say(f"NOTE: {DEVICE_PY} is missing; running the ftedge contenders with the host venv ({sys.executable}) "
-                "instead: NOT a torch-free process, its imports and RSS are not representative of a device")
+                "instead: NOT a torch-free process (with torch installed, `import onnxruntime` of onnxruntime-training "
+                "1.19.2 imports torch), so its start-up time and RSS are not representative of a device")
             device_py = Path(sys.executable)
         env = child_env()
         # untimed warm-up: page-cache the shared libraries of both stacks
-        run_checked([str(device_py), "-c", "import onnx; from ftedge.runtime.ort_backend import training_api; training_api()"], env)
+        warm = "import onnx; from ftedge.runtime.ort_backend import training_api; training_api()"
+        run_checked([str(device_py), "-c", warm], env)
         run_checked([str(HOST_PY if HOST_PY.exists() else sys.executable), "-c", "import torch"], env)
         floor_rec, _, _ = launch([shutil.which("true") or "/bin/true"], env)  # RSS the launcher itself passes on
         ctx["info"]["rss_floor_mib"] = round(floor_rec["maxrss_kib"] / 1024, 1)
@@ -489,10 +499,12 @@ def main(argv: list[str] | None = None) -> int:
             "b": lambda r: ft + [str(b["full"]), "-o", str(work / f"run-b-{r}"), "--mode", "full", *ft_opts],
             "c": lambda r: [torch_py, str(THIS), "--worker", "torch-eager", *torch_opts],
             "d": lambda r: [torch_py, str(THIS), "--worker", "torch-cached", *torch_opts],
-            "e": lambda r: ft + [str(b["int8"]), "-o", str(work / f"run-e-{r}"), "--mode", "cached", "--backbone", "int8", *ft_opts],
+            "e": lambda r: ft + [str(b["int8"]), "-o", str(work / f"run-e-{r}"), "--mode", "cached",
+                                 "--backbone", "int8", *ft_opts],
         }
         runs: dict[str, list[dict]] = {k: [] for k in contenders}
         for r in range(args.repeat):
+            t_round = time.perf_counter()
             for name, cmd in contenders.items():
                 shutil.rmtree(work / f"run-{name}-{r}", ignore_errors=True)  # a reused --workdir
                 m = measure(cmd(r), env)
@@ -501,12 +513,17 @@ def main(argv: list[str] | None = None) -> int:
                     m["last_epoch_accuracy"] = json.loads(lines[-1])["val_accuracy"]
                 runs[name].append(m)
                 say(f"  repeat {r + 1}/{args.repeat} {name}: {m['wall_s']:.2f} s, {m['rss_mib']:.0f} MiB")
+            elapsed, last_round = time.perf_counter() - t_start, time.perf_counter() - t_round
+            if r + 1 < args.repeat and elapsed + last_round > args.budget_s:
+                say(f"  stopping after {r + 1} repeat(s): another round (~{last_round:.0f} s) would pass --budget-s "
+                    f"{args.budget_s:g} (elapsed {elapsed:.0f} s)")
+                break
         load_after = os.getloadavg()
         report = build_report(args, ctx, runs, device_py, load_before, load_after, time.perf_counter() - t_start)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
-    print_report(report, say)
+    print_report(report, print)
     if args.json:
         print(json.dumps(report))
     return 0
@@ -562,7 +579,8 @@ def build_report(args, ctx, runs, device_py, load_before, load_after, total_s) -
                         "fingerprint, baseline eval, training loop with per-epoch val eval + 2 fsynced checkpoints, "
                         "best-checkpoint reload + eval + model.onnx export; denominator: ftedge's embedding pass "
                         "(sample hashing + backbone over all samples + pack/unpack). Excludes interpreter start, "
-                        "imports, CLI parsing, bundle verification and data loading (load_s).",
+                        "imports of ftedge/numpy, CLI parsing, and load_s (bundle hash verification, data loading and "
+                        "the lazy `import onnxruntime`).",
         },
         "vs_pure_pass_compute": {
             "value": beyond / ref["timings"]["infer_s"],
@@ -611,18 +629,19 @@ def build_report(args, ctx, runs, device_py, load_before, load_after, total_s) -
                   "parity_max_abs_diff": info["parity_max_abs_diff"]},
         "config": {"samples": args.samples, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                    "val_fraction": args.val_fraction, "seed": args.seed, "classes": args.classes,
-                   "repeat": args.repeat, "threads": THREADS, "train": info["train_samples"], "val": info["val_samples"]},
+                   "repeat": len(runs["a"]), "threads": THREADS, "train": info["train_samples"], "val": info["val_samples"]},
         "device_python": str(device_py), "device_venv": device_py == DEVICE_PY,
         "export_s": info["export_s"],
         "rss_floor_mib": info["rss_floor_mib"],
         "int8": {"quantized_nodes_in_backbone_int8": info["int8_quantized_nodes"],
                  "backbone_ops": info["backbone_ops"], "int8_backbone_ops": info["int8_backbone_ops"],
                  "accuracy_fp32": rows["a"]["accuracy"], "accuracy_int8": rows["e"]["accuracy"],
-                 "accuracy_delta": (rows["e"]["accuracy"] - rows["a"]["accuracy"])
+                 "accuracy_delta": round(rows["e"]["accuracy"] - rows["a"]["accuracy"], 4)
                  if rows["a"]["accuracy"] is not None and rows["e"]["accuracy"] is not None else None},
         "runs": rows,
         "overheads": {k: {**v, "value": round(v["value"], 4)} for k, v in overheads.items()},
-        "targets": {k: {kk: (round(vv, 4) if isinstance(vv, float) else vv) for kk, vv in t.items()} for k, t in targets.items()},
+        "targets": {k: {kk: (round(vv, 4) if isinstance(vv, float) else vv) for kk, vv in t.items()}
+                    for k, t in targets.items()},
         "loadavg_before": [round(v, 2) for v in load_before], "loadavg_after": [round(v, 2) for v in load_after],
         "bench_total_s": round(total_s, 1),
     }
@@ -652,8 +671,9 @@ def print_report(rep: dict, say) -> None:  # noqa: ANN001
             f"{r['rss_mib'] / c['rss_mib']:.2f} | {r['rss_mib'] / d['rss_mib']:.2f} |")
     say("")
     say("whole-process s: wall time of the subprocess (interpreter start + imports + everything); in-process s: "
-        "ftedge's duration_s (from Trainer start: excludes interpreter start, imports, CLI parsing) / the torch and "
-        "ORT workers' time after their imports. (c)/(d) report final-epoch accuracy (evaluated once); ftedge "
+        "ftedge's duration_s (from Trainer start: excludes interpreter start, ftedge/numpy imports and CLI parsing, "
+        "includes the lazy `import onnxruntime`) / the torch and ORT workers' time after their imports. (c)/(d) "
+        "report final-epoch accuracy (evaluated once); ftedge "
         "reports its best-epoch checkpoint (selected on the same val split) and the last epoch.")
     say("")
     say("ftedge timings (median, s): " + "; ".join(
@@ -662,13 +682,18 @@ def print_report(rep: dict, say) -> None:  # noqa: ANN001
     say("torch timings (median, s): " + "; ".join(
         f"{n}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[n]["timings"].items()) for n in ("c", "d")))
     say("ORT pass (median, s): " + ", ".join(f"{k} {v:.3f}" for k, v in rows["ref"]["timings"].items()))
+    say("every run's whole-process s: " + "; ".join(
+        f"{n} " + ", ".join(f"{w:.2f}" for w in rows[n]["wall_s_all"]) for n in ("a", "b", "e", "c", "d", "ref")))
+    say("torch setup_s includes optimizer_init_s: constructing the first torch.optim.AdamW imports torch._dynamo "
+        "(torch 2.13); a cost any PyTorch program using AdamW pays, counted in (c)/(d). The torch runs are plain "
+        "fp32 eager (no torch.compile, channels_last or inference_mode).")
     say("")
     say("Training overhead beyond one backbone inference pass:")
     for k, o in rep["overheads"].items():
         say(f"- {k}: {o['value'] * 100:.0f} %  [{o['formula']}] ({'≤ 20 %: met' if o['met_<=20%'] else '> 20 %: not met'})")
     say("")
     i8 = rep["int8"]
-    say(f"int8: val accuracy fp32 {i8['accuracy_fp32']} vs int8 {i8['accuracy_int8']} (Δ {i8['accuracy_delta']}); "
+    say(f"int8: val accuracy fp32 {i8['accuracy_fp32']:.4f} vs int8 {i8['accuracy_int8']:.4f} (Δ {i8['accuracy_delta']:+.4f}); "
         f"quantized nodes in backbone.int8.onnx: {i8['quantized_nodes_in_backbone_int8']}"
         + (" — NOTHING was quantized: ftedge's int8 path quantizes MatMul only and this backbone is all Conv, so (e) "
            "runs an fp32 graph" if not i8["quantized_nodes_in_backbone_int8"] else ""))

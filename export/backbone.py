@@ -26,11 +26,29 @@ def save_optimized(model: onnx.ModelProto, path: Path) -> None:
         raw.unlink(missing_ok=True)
 
 
-def quantize_int8(src: Path, dst: Path) -> None:
-    """Dynamic int8 quantization of MatMul weights (ORT's CPU ConvInteger rejects int8 weights)."""
+def quantize_int8(src: Path, dst: Path, exclude_prefixes: tuple[str, ...] = ()) -> dict[str, int]:
+    """Dynamic int8 quantization of the backbone's weights: MatMul with int8 weights, Conv with uint8
+    weights (ORT's CPU ConvInteger has no int8-weight kernel). Nodes whose names start with one of
+    ``exclude_prefixes`` (e.g. an in-graph audio frontend, whose DFT basis needs full precision) stay fp32.
+    Returns how many nodes of each quantized op type the result holds.
+    """
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    names = [n.name for n in onnx.load(str(src)).graph.node]
+    exclude = [n for n in names if n.startswith(exclude_prefixes)] if exclude_prefixes else []
+    mid = dst.with_suffix(".matmul.onnx")
     try:
-        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+        quantize_dynamic(str(src), str(mid), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
+                         nodes_to_exclude=exclude)
+        quantize_dynamic(str(mid), str(dst), op_types_to_quantize=["Conv"], weight_type=QuantType.QUInt8,
+                         nodes_to_exclude=exclude)
     except Exception as exc:
         raise ExportError(f"int8 quantization of the backbone failed: {exc}; export without --quantize-backbone") from exc
+    finally:
+        mid.unlink(missing_ok=True)
+    ops: dict[str, int] = {}
+    for node in onnx.load(str(dst)).graph.node:
+        if node.op_type in ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"):
+            ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return ops

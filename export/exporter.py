@@ -83,7 +83,7 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
         replace_head(model, head_name, num_classes, opts.seed)
     trainable = select_trainable(model, opts.trainable, head_name)
     frozen = frozen_parameter_names(model, trainable)
-    set_modes(model, trainable)
+    set_modes(model, trainable, head_name)
 
     wrapper = OutputSelector(model, [s.name for s in opts.inputs], opts.output_name)
     output_name = opts.output_name if opts.output_name and not opts.output_name.isdigit() else (
@@ -126,13 +126,20 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
     try:
         roles: dict[str, str] = {}
         backbones: dict[str, Path] = {}
+        quantized_ops: dict[str, int] | None = None
         if split:
             progress("optimizing backbone")
             save_optimized(split.backbone, stage.path("backbone.onnx"))
             roles["backbone"] = "backbone.onnx"
             backbones["fp32"] = stage.path("backbone.onnx")
             if opts.quantize_backbone == "int8":
-                quantize_int8(stage.path("backbone.onnx"), stage.path("backbone.int8.onnx"))
+                from ftedge.export.frontends import LogMel
+
+                keep_fp32 = tuple(f"/model/{n.replace('.', '/')}/" for n, m in model.named_modules()
+                                  if isinstance(m, LogMel))
+                quantized_ops = quantize_int8(stage.path("backbone.onnx"), stage.path("backbone.int8.onnx"), keep_fp32)
+                if not quantized_ops:
+                    log.warning("--quantize-backbone int8: the backbone has no MatMul or Conv weights to quantize")
                 roles["backbone_int8"] = "backbone.int8.onnx"
                 backbones["int8"] = stage.path("backbone.int8.onnx")
             head_model, head_inputs, train_dir = split.head, split.head_inputs, "head"
@@ -186,6 +193,9 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
             "layout": layout,
             "roles": roles,
             "head_inputs": [s.to_json() for s in head_inputs],
+            "quantization": None if quantized_ops is None else {
+                "backbone_int8": {"method": "dynamic", "matmul_weights": "int8", "conv_weights": "uint8",
+                                  "quantized_nodes": quantized_ops}},
             "train_inputs": [s.name for s in head_inputs] + ["labels"],
             "parity": parity,
             "preprocessing": {**audio_preprocessing(model, opts.inputs), **opts.preprocessing},

@@ -88,7 +88,9 @@ def split_graph(model: onnx.ModelProto, trainable: list[str], inputs: list[Tenso
     static: set[int] = set()
     for idx, n in enumerate(nodes):
         ins = [i for i in n.input if i]
-        if any(i in tainted for i in ins):
+        # Training-mode Dropout (a trainable module's, exported with its training_mode input) is random:
+        # it must run in the head's training graph, never in the cached inference backbone.
+        if any(i in tainted for i in ins) or (n.op_type == "Dropout" and len(n.input) >= 3 and n.input[2]):
             head.add(idx)
             tainted.update(n.output)
         if any(i in input_dep for i in ins):

@@ -86,18 +86,21 @@ def select_trainable(model: nn.Module, patterns: Iterable[str], head_name: str |
     return chosen
 
 
-def set_modes(model: nn.Module, trainable: list[str]) -> list[str]:
+def set_modes(model: nn.Module, trainable: list[str], head: str | None = None) -> list[str]:
     """Freeze everything but ``trainable``; eval mode for frozen modules, train mode for the rest.
 
     Frozen BatchNorm then uses running statistics and frozen dropout disappears,
     while dropout inside trainable modules stays in the training graph.
-    Returns the names of the modules put in training mode.
+    When everything that trains lies in the ``head`` module, the whole head (dropout included) is put in
+    training mode. Returns the names of the modules put in training mode.
     """
     wanted = set(trainable)
     for name, p in model.named_parameters():
         p.requires_grad_(name in wanted)
     model.eval()
     owners = sorted({n.rpartition(".")[0] for n in trainable})
+    if head is not None and all(n.startswith(head + ".") for n in trainable):
+        owners = [head]  # the whole head trains as a unit: its dropout is active in training steps
     for owner in owners:
         (model.get_submodule(owner) if owner else model).train()
     return owners

@@ -82,15 +82,21 @@ def embed_with_cache(
 
     Returns (head inputs stacked on their batch axes, number of samples computed now).
     """
-    found = cache.lookup(backbone_key, hashes) if cache else {}
+    if cache is None:  # nothing to persist: embed in batches, no per-sample packing
+        parts: list[dict[str, np.ndarray]] = []
+        for start in range(0, len(hashes), batch_size):
+            parts.append(embed({k: v[start:start + batch_size] for k, v in inputs.items()}))
+            progress(len(parts[-1][specs[0].name]) if specs else 0)
+        joined = {s.name: np.concatenate([p[s.name] for p in parts], axis=s.batch_axis or 0) for s in specs}
+        return joined, len(hashes)
+    found = cache.lookup(backbone_key, hashes)
     missing = [i for i, h in enumerate(hashes) if h not in found]
     blobs: dict[str, bytes] = dict(found)
     for start in range(0, len(missing), batch_size):
         idx = np.asarray(missing[start:start + batch_size])
         values = embed({k: v[idx] for k, v in inputs.items()})
         rows = [(hashes[j], pack(specs, values, k)) for k, j in enumerate(idx)]
-        if cache:
-            cache.store(backbone_key, rows)
+        cache.store(backbone_key, rows)
         blobs.update(rows)
         progress(len(idx))
     return unpack(specs, [blobs[h] for h in hashes]), len(missing)

@@ -46,6 +46,7 @@ class Dataset:
     sources: list[str]                     # where each sample came from
     skipped: list[dict[str, str]]          # {"file": …, "reason": …}
     label_names: list[str]
+    _hashes: list[str] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -56,6 +57,8 @@ class Dataset:
 
     def sample_hashes(self) -> list[str]:
         """Content hash of each sample (all inputs, dtype and shape included): the embedding-cache key part."""
+        if self._hashes is not None:
+            return self._hashes
         out = []
         for i in range(len(self)):
             h = hashlib.sha256()
@@ -64,6 +67,7 @@ class Dataset:
                 h.update(f"{name}|{a.dtype}|{a.shape}|".encode())
                 h.update(a.tobytes())
             out.append(h.hexdigest())
+        self._hashes = out
         return out
 
 

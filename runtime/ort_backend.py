@@ -25,12 +25,23 @@ _INSTALL_HINT = (
 )
 
 
+_ORTMODULE = "onnxruntime.training.ortmodule"
+
+
 def ort() -> types.ModuleType:
     """The ``onnxruntime`` module, or a clear error saying how to install it."""
+    if "onnxruntime" not in sys.modules:
+        # onnxruntime's build-info check imports onnxruntime.training.ortmodule, which imports torch when
+        # torch is installed (0.1-1.7 s, and defeats the torch-free training import below). ftedge never
+        # uses ORTModule: hide it for that first import only.
+        sys.modules.setdefault(_ORTMODULE, None)
     try:
         import onnxruntime
     except ImportError as exc:
         raise RuntimeBackendError(f"onnxruntime is not installed ({exc}); {_INSTALL_HINT}") from exc
+    finally:
+        if _ORTMODULE in sys.modules and sys.modules[_ORTMODULE] is None:
+            del sys.modules[_ORTMODULE]
     onnxruntime.set_default_logger_severity(3)
     return onnxruntime
 

@@ -30,12 +30,20 @@ class BundleSession:
     ) -> None:
         self.bundle = bundle
         self.backbone = InferenceModel(bundle.file(backbone_variant), providers) if bundle.layout == "split" else None
-        self.model = TrainableModel(
-            bundle.file("training"), bundle.file("eval"), bundle.file("optimizer"),
-            checkpoint or bundle.file("checkpoint"), device=device,
-        )
+        self._checkpoint = checkpoint or bundle.file("checkpoint")
+        self._device = device
+        self._model: TrainableModel | None = None
         self.head_inputs = bundle.head_inputs
         self.output_name = bundle.output.name
+
+    @property
+    def model(self) -> TrainableModel:
+        """The training artifacts, loaded on first use: an idle training session slows the backbone pass."""
+        if self._model is None:
+            b = self.bundle
+            self._model = TrainableModel(b.file("training"), b.file("eval"), b.file("optimizer"), self._checkpoint,
+                                         device=self._device)
+        return self._model
 
     def embed(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Model inputs → head inputs (backbone outputs plus passed-through inputs)."""

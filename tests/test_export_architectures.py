@@ -131,3 +131,22 @@ def test_keep_head_with_wrong_label_count_fails(tmp_path, capsys):
     rc = main(["export", f"{ZOO}:pretrained_mlp", "-o", str(tmp_path / "b"), "--input", "x:float32:1,20",
                "--labels", "a,b,c", "--keep-head"])
     assert rc == 1 and "3 labels but the head has 4 outputs" in capsys.readouterr().err
+
+
+def test_head_dropout_trains_and_never_reaches_the_cached_backbone(cnn_bundle):
+    """`--head classifier` = Sequential(Dropout, Linear): the whole head trains, so its Dropout is in the
+    training graph (random) and not in the backbone, whose outputs are cached."""
+    import numpy as np
+
+    backbone = onnx.load(str(cnn_bundle / "backbone.onnx"))
+    assert "Dropout" not in {n.op_type for n in backbone.graph.node}
+    train = onnx.load(str(cnn_bundle / "head" / "training_model.onnx"))
+    assert "Dropout" in {n.op_type for n in train.graph.node}
+    session = BundleSession(load_bundle(cnn_bundle))
+    head = session.embed(random_feeds(load_bundle(cnn_bundle).inputs, 8))
+    y = np.zeros(8, np.int64)
+    a, b = session.eval_step(head, y)[1], session.eval_step(head, y)[1]
+    np.testing.assert_array_equal(a, b)  # eval: dropout off, deterministic
+    session.model.module.train()
+    t = session.model.module(*session._args(head, y))[1]
+    assert np.abs(t - a).max() > 1e-3  # training: dropout active
