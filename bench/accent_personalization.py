@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         bundle = work / "kws-bundle"
         rc = ftedge_main(["export", f"{KWS / 'model.py'}:build_model", "-o", str(bundle), "--quiet",
                           "--input", "waveform:float32:1,16000", "--head", "classifier",
-                          "--labels", ",".join(kws.WORDS), "--keep-head", "--quantize-backbone", "int8"])
+                          "--labels", ",".join(kws.WORDS), "--keep-head", "--quantize-backbone", "int8-conv"])
         if rc:
             return rc
         for voice in [v.strip() for v in args.holdout.split(",") if v.strip()]:

@@ -407,7 +407,7 @@ def setup(args: argparse.Namespace, work: Path, say) -> dict:  # noqa: ANN001
     base = [sys.executable, "-m", "ftedge", "export", f"{THIS}:export_model", "--input", f"x:float32:1,{T},{F}",
             "--head", HEAD, "--labels", labels, "--lr", str(args.lr), "--quiet", "--force"]
     bundles = {"split": work / "bundle-split", "full": work / "bundle-full", "int8": work / "bundle-int8"}
-    extra = {"split": [], "full": ["--no-split"], "int8": ["--quantize-backbone", "int8"]}
+    extra = {"split": [], "full": ["--no-split"], "int8": ["--quantize-backbone", "int8-conv"]}
     info["export_s"] = {}
     for kind, out in bundles.items():
         info["export_s"][kind] = round(run_checked(base + ["-o", str(out)] + extra[kind], env), 2)

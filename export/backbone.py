@@ -26,9 +26,10 @@ def save_optimized(model: onnx.ModelProto, path: Path) -> None:
         raw.unlink(missing_ok=True)
 
 
-def quantize_int8(src: Path, dst: Path, exclude_prefixes: tuple[str, ...] = ()) -> dict[str, int]:
-    """Dynamic int8 quantization of the backbone's weights: MatMul with int8 weights, Conv with uint8
-    weights (ORT's CPU ConvInteger has no int8-weight kernel). Nodes whose names start with one of
+def quantize_int8(src: Path, dst: Path, exclude_prefixes: tuple[str, ...] = (), conv: bool = False) -> dict[str, int]:
+    """Dynamic int8 quantization of the backbone's weights: MatMul with int8 weights and, with ``conv``,
+    Conv with uint8 weights (ORT's CPU ConvInteger has no int8-weight kernel; dynamic ConvInteger is
+    usually *slower* than fp32 Conv on CPU — it saves size, not time). Nodes whose names start with one of
     ``exclude_prefixes`` (e.g. an in-graph audio frontend, whose DFT basis needs full precision) stay fp32.
     Returns how many nodes of each quantized op type the result holds.
     """
@@ -41,8 +42,11 @@ def quantize_int8(src: Path, dst: Path, exclude_prefixes: tuple[str, ...] = ()) 
     try:
         quantize_dynamic(str(src), str(mid), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
                          nodes_to_exclude=exclude)
-        quantize_dynamic(str(mid), str(dst), op_types_to_quantize=["Conv"], weight_type=QuantType.QUInt8,
-                         nodes_to_exclude=exclude)
+        if conv:
+            quantize_dynamic(str(mid), str(dst), op_types_to_quantize=["Conv"], weight_type=QuantType.QUInt8,
+                             nodes_to_exclude=exclude)
+        else:
+            mid.replace(dst)
     except Exception as exc:
         raise ExportError(f"int8 quantization of the backbone failed: {exc}; export without --quantize-backbone") from exc
     finally:

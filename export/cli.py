@@ -55,7 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17; use 16 if a trainable block fails)")
     p.add_argument("--no-split", dest="split", action="store_false",
                    help="write one merged full-graph training bundle instead of backbone + head")
-    p.add_argument("--quantize-backbone", choices=["int8"], help="also write an int8 (dynamic, MatMul) backbone")
+    p.add_argument("--quantize-backbone", choices=["int8", "int8-conv"],
+                   help="also write a dynamically quantized backbone (train with --backbone int8): int8 quantizes "
+                   "MatMul weights (transformers: faster); int8-conv also Conv weights (smaller, but ORT's CPU "
+                   "ConvInteger is usually slower than fp32)")
     p.add_argument("--sign-key", metavar="KEY", help="(reserved) sign the manifest; not implemented yet")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max abs diff vs PyTorch (fp32; default 1e-4)")
     p.add_argument("--skip-parity", action="store_true", help="do not check against PyTorch (a warning is logged)")

@@ -49,8 +49,8 @@ def _validate(opts: ExportOptions) -> None:
         raise UsageError(f"--num-classes {opts.num_classes} disagrees with {len(opts.labels)} --labels")
     if opts.keep_head and opts.num_classes is not None:
         raise UsageError("--keep-head names the existing head's classes with --labels; it cannot go with --num-classes")
-    if opts.quantize_backbone not in (None, "int8"):
-        raise UsageError("--quantize-backbone supports only int8")
+    if opts.quantize_backbone not in (None, "int8", "int8-conv"):
+        raise UsageError("--quantize-backbone supports int8 (MatMul weights) and int8-conv (MatMul + Conv weights)")
     if not opts.lr > 0:
         raise UsageError("--lr must be positive")
 
@@ -132,14 +132,18 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
             save_optimized(split.backbone, stage.path("backbone.onnx"))
             roles["backbone"] = "backbone.onnx"
             backbones["fp32"] = stage.path("backbone.onnx")
-            if opts.quantize_backbone == "int8":
+            if opts.quantize_backbone in ("int8", "int8-conv"):
                 from ftedge.export.frontends import LogMel
 
                 keep_fp32 = tuple(f"/model/{n.replace('.', '/')}/" for n, m in model.named_modules()
                                   if isinstance(m, LogMel))
-                quantized_ops = quantize_int8(stage.path("backbone.onnx"), stage.path("backbone.int8.onnx"), keep_fp32)
+                conv = opts.quantize_backbone == "int8-conv"
+                quantized_ops = quantize_int8(stage.path("backbone.onnx"), stage.path("backbone.int8.onnx"), keep_fp32,
+                                              conv=conv)
                 if not quantized_ops:
-                    log.warning("--quantize-backbone int8: the backbone has no MatMul or Conv weights to quantize")
+                    log.warning("--quantize-backbone %s: the backbone has no %s weights to quantize%s",
+                                opts.quantize_backbone, "MatMul or Conv" if conv else "MatMul",
+                                "" if conv else " (int8-conv also quantizes Conv)")
                 roles["backbone_int8"] = "backbone.int8.onnx"
                 backbones["int8"] = stage.path("backbone.int8.onnx")
             head_model, head_inputs, train_dir = split.head, split.head_inputs, "head"
@@ -194,7 +198,8 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
             "roles": roles,
             "head_inputs": [s.to_json() for s in head_inputs],
             "quantization": None if quantized_ops is None else {
-                "backbone_int8": {"method": "dynamic", "matmul_weights": "int8", "conv_weights": "uint8",
+                "backbone_int8": {"method": "dynamic", "matmul_weights": "int8",
+                                  "conv_weights": "uint8" if opts.quantize_backbone == "int8-conv" else "fp32",
                                   "quantized_nodes": quantized_ops}},
             "train_inputs": [s.name for s in head_inputs] + ["labels"],
             "parity": parity,

@@ -7,7 +7,6 @@ backbone for samples not seen before with this exact backbone.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +17,8 @@ from ftedge.runtime.manifest import TensorSpec
 
 class EmbeddingCache:
     def __init__(self, directory: str | Path) -> None:
+        import sqlite3  # only when a cache is used
+
         self.path = Path(directory) / "embeddings.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30)

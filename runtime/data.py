@@ -179,19 +179,41 @@ def _load_npz(path: Path, io: ModelIO) -> Dataset:
     bad_len = [k for k in [s.name for s in io.inputs] if len(arrays[k]) != n]
     if bad_len:
         raise DataError(f"{path}: array(s) {', '.join(bad_len)} do not have {n} rows like 'labels'")
-    samples, targets, sources, skipped = [], [], [], []
-    for i in range(n):
-        src = f"{path.name}[{i}]"
+    # Vectorised: one conversion per array, one reason per bad row (a per-row Python loop cost ~50 ms/1k rows).
+    reasons: dict[int, str] = {}
+    inputs: dict[str, np.ndarray] = {}
+    for spec in io.inputs:
+        arr = arrays[spec.name]
         try:
-            target = _target(arrays["labels"][i], io)
-            sample = {s.name: _conform(s, arrays[s.name][i]) for s in io.inputs}
-        except Exception as exc:
-            skipped.append({"file": src, "reason": str(exc)})
+            _conform(spec, np.zeros(arr.shape[1:], arr.dtype))  # shape and dtype rules, once
+        except ValueError as exc:
+            reasons.update({i: str(exc) for i in range(n) if i not in reasons})
             continue
-        samples.append(sample)
-        targets.append(target)
-        sources.append(src)
-    return _assemble(samples, targets, sources, skipped, io, str(path))
+        arr = arr.astype(spec.dtype, copy=False)
+        if arr.dtype.kind == "f":
+            bad = ~np.isfinite(arr.reshape(n, -1)).all(axis=1)
+            reasons.update({int(i): "contains NaN or infinite values" for i in np.flatnonzero(bad) if i not in reasons})
+        inputs[spec.name] = arr
+    targets: list = [None] * n
+    memo: dict = {}
+    for i, raw in enumerate(arrays["labels"]):
+        key = raw.item() if hasattr(raw, "item") and np.ndim(raw) == 0 else None
+        try:
+            if key is not None and key in memo:
+                targets[i] = memo[key]
+            else:
+                targets[i] = _target(raw, io)
+                if key is not None:
+                    memo[key] = targets[i]
+        except Exception as exc:
+            reasons.setdefault(i, str(exc))
+    keep = np.asarray([i for i in range(n) if i not in reasons], dtype=np.int64)
+    skipped = [{"file": f"{path.name}[{i}]", "reason": reasons[i]} for i in sorted(reasons)]
+    if len(keep) == 0:
+        return _assemble([], [], [], skipped, io, str(path))
+    y = np.asarray([targets[i] for i in keep], dtype=np.int64 if io.classification else np.float32)
+    return Dataset({k: np.ascontiguousarray(v[keep]) for k, v in inputs.items()}, y,
+                   [f"{path.name}[{i}]" for i in keep], skipped, list(io.labels))
 
 
 _FILE_LOADERS: dict[str, Callable[[Path, ModelIO], Dataset]] = {".npz": _load_npz}

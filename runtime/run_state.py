@@ -27,6 +27,7 @@ class RunState:
     best_epoch: int | None = None
     best_score: float | None = None
     best_loss: float | None = None
+    best_metrics: dict[str, Any] = field(default_factory=dict)
     since_best: int = 0
     baseline: dict[str, Any] = field(default_factory=dict)
     last_checkpoint: str | None = None

@@ -256,6 +256,7 @@ class Trainer:
             if state.best_score is None or score > state.best_score or (
                     score == state.best_score and val["loss"] < (state.best_loss or math.inf)):
                 state.best_score, state.best_loss, state.best_epoch, state.since_best = score, val["loss"], epoch, 0
+                state.best_metrics = val
                 state.best_checkpoint = self.ckpt.save_model(session.model, f"best-{epoch:04d}.ckpt", with_optimizer=False)
             else:
                 state.since_best += 1
@@ -276,17 +277,19 @@ class Trainer:
         if bar is not None:
             bar.close()
         self.timings["train_s"] = time.perf_counter() - t_train
-        return self._finish(state, status, stop_reason)
+        return self._finish(state, status, stop_reason, session)
 
-    def _finish(self, state: RunState, status: str, stop_reason: str) -> dict[str, Any]:
+    def _finish(self, state: RunState, status: str, stop_reason: str, session: BundleSession) -> dict[str, Any]:
         baseline = state.baseline
         final: dict[str, Any] = {}
         promoted, gain = False, None
         if state.best_checkpoint and status == "succeeded":
             t = time.perf_counter()
-            best = self._session(self.ckpt.path(state.best_checkpoint))
-            monitor = self.val_idx if len(self.val_idx) else self.train_idx
-            final = self.evaluate(best, monitor)
+            # The live session holds the best parameters when the best epoch is the last one trained here;
+            # otherwise (early stopping, or a resumed run) reload the best checkpoint.
+            trained_here = state.best_epoch == state.epochs_done and session._model is not None
+            best = session if trained_here else self._session(self.ckpt.path(state.best_checkpoint))
+            final = state.best_metrics  # measured on the same split when that epoch ended; eval is deterministic
             write_personalized(self.bundle, best.model, self.run_dir / "model.onnx", self.backbone_role)
             atomic_write_json(self.run_dir / "model.json", {
                 k: self.bundle.manifest.get(k) for k in ("name", "inputs", "output", "labels", "loss", "task", "preprocessing")})
