@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ftedge.errors import ExportError
 from ftedge.runtime.hashing import atomic_write_json, sha256_file
@@ -35,9 +35,15 @@ class BundleStage:
                 table[rel] = {"sha256": sha256_file(p), "size": p.stat().st_size}
         return table
 
-    def commit(self, manifest: dict[str, Any]) -> None:
-        """Write ``manifest.json`` (with the files table) last, then move the bundle into place."""
+    def commit(self, manifest: dict[str, Any],
+               signer: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        """Write ``manifest.json`` (with the files table) last, then move the bundle into place.
+
+        ``signer`` (manifest -> signed copy) runs after the files are hashed, so the signature covers them.
+        """
         manifest["files"] = self.file_table()
+        if signer is not None:
+            manifest.update(signer(manifest))
         atomic_write_json(self.dir / MANIFEST_NAME, manifest)
         if self.target.exists():
             old = self.target.with_name(f".{self.target.name}.old")

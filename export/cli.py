@@ -59,7 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write a dynamically quantized backbone (train with --backbone int8): int8 quantizes "
                    "MatMul weights (transformers: faster); int8-conv also Conv weights (smaller, but ORT's CPU "
                    "ConvInteger is usually slower than fp32)")
-    p.add_argument("--sign-key", metavar="KEY", help="(reserved) sign the manifest; not implemented yet")
+    p.add_argument("--sign-key", metavar="KEY", type=Path,
+                   help="sign the manifest (which holds every file's sha256) with this Ed25519 private key PEM "
+                   "(`ftedge keygen`); devices accept it with the matching public key")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max abs diff vs PyTorch (fp32; default 1e-4)")
     p.add_argument("--skip-parity", action="store_true", help="do not check against PyTorch (a warning is logged)")
     p.add_argument("--name", help="bundle name recorded in the manifest (default: the folder name)")
@@ -74,8 +76,6 @@ def run(args: argparse.Namespace) -> int:
     from ftedge.export.exporter import export_bundle
     from ftedge.export.options import ExportOptions
 
-    if args.sign_key:
-        raise UsageError("--sign-key is not implemented yet (bundle signing arrives with `deploy`); drop the flag")
     labels = None
     if args.labels:
         labels = [s.strip() for s in args.labels.split(",") if s.strip()]
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         tolerance=args.tolerance, name=args.name, seed=args.seed, force=args.force,
     )
     say = (lambda _m: None) if (args.quiet or args.json) else (lambda m: print(f"… {m}", file=sys.stderr))
-    manifest = export_bundle(opts, progress=say)
+    manifest = export_bundle(opts, progress=say, sign_key=args.sign_key)
     if args.json:
         print(json.dumps(manifest, indent=2))
     elif not args.quiet:

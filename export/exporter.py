@@ -68,9 +68,18 @@ def audio_preprocessing(model: torch.nn.Module, inputs: list[TensorSpec]) -> dic
             "frontend": fronts[0].config()}
 
 
-def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda _msg: None) -> dict[str, Any]:
-    """Export ``opts.model`` into a bundle at ``opts.output`` and return its manifest."""
+def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda _msg: None,
+                  sign_key: str | Path | None = None) -> dict[str, Any]:
+    """Export ``opts.model`` into a bundle at ``opts.output`` and return its manifest.
+
+    ``sign_key``: an Ed25519 private key PEM; the manifest (files table included) is signed with it.
+    """
     _validate(opts)
+    signer = None
+    if sign_key is not None:
+        from ftedge.runtime.signing import manifest_signer
+
+        signer = manifest_signer(sign_key)  # a bad key fails before the export work
     t0 = time.perf_counter()
     torch.manual_seed(opts.seed)
     progress("loading model")
@@ -206,7 +215,7 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
             "preprocessing": {**audio_preprocessing(model, opts.inputs), **opts.preprocessing},
             "export_seconds": round(time.perf_counter() - t0, 3),
         }
-        stage.commit(manifest)
+        stage.commit(manifest, signer)
     except BaseException:
         stage.discard()
         raise

@@ -3,7 +3,8 @@
 A bundle is a directory with ``manifest.json`` at its root; every file it uses
 is listed in the manifest's ``files`` table with its sha256 and size. A bundle
 whose hashes do not match, whose schema is unknown, or that holds unlisted
-role files is refused.
+role files is refused. With ``trusted_keys``, the manifest must also carry a valid
+Ed25519 signature by one of them (see :mod:`ftedge.runtime.signing`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from ftedge.errors import BundleError
 from ftedge.runtime.hashing import sha256_file
@@ -24,6 +25,7 @@ class Bundle:
 
     path: Path
     manifest: dict[str, Any]
+    signed_by: str | None = None  # key_id of the verified signature, when trusted keys were given
 
     @property
     def name(self) -> str:
@@ -104,11 +106,23 @@ def verify_files(path: Path, manifest: dict[str, Any]) -> list[str]:
     return problems
 
 
-def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
-    """Read ``manifest.json``, check the schema and (by default) every file's hash."""
+def load_bundle(path: str | Path, verify: bool = True, trusted_keys: Iterable[Any] | None = None) -> Bundle:
+    """Read ``manifest.json``, check the schema and (by default) every file's hash.
+
+    ``trusted_keys`` (public key PEM paths or PEM texts): when given, the manifest must be signed by one
+    of them; an empty list accepts no bundle. ``None`` skips the signature check.
+    """
     path = Path(path)
     manifest = _read_manifest(path)
     check_schema(manifest, str(path))
+    signed_by = None
+    if trusted_keys is not None:
+        from ftedge.runtime.signing import verify_manifest
+
+        try:
+            signed_by = verify_manifest(manifest, trusted_keys)
+        except BundleError as exc:
+            raise BundleError(f"bundle {path}: {exc}") from exc
     if verify:
         problems = verify_files(path, manifest)
         if problems:
@@ -117,4 +131,4 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
                 + "; ".join(problems)
                 + ". The bundle was modified or damaged in transit: re-download or re-export it"
             )
-    return Bundle(path=path, manifest=manifest)
+    return Bundle(path=path, manifest=manifest, signed_by=signed_by)

@@ -18,7 +18,7 @@ def _shape(spec: dict[str, Any]) -> str:
     return "[" + ", ".join(str(d) for d in spec["shape"]) + "]"
 
 
-def summary(path: str | Path, m: dict[str, Any], verified: bool | None = None) -> str:
+def summary(path: str | Path, m: dict[str, Any], verified: bool | None = None, signed_by: str | None = None) -> str:
     lines = [
         f"bundle   {path}  ({m.get('name')}, schema {m.get('schema_version')}, layout {m.get('layout')})",
         f"made by  {m.get('created_by')} at {m.get('created_at')}; "
@@ -26,6 +26,9 @@ def summary(path: str | Path, m: dict[str, Any], verified: bool | None = None) -
     ]
     if verified is not None:
         lines.append(f"verified {'yes: every file matches its sha256' if verified else 'NO'}")
+    sig = m.get("signature") if isinstance(m.get("signature"), dict) else None
+    check = "; verified with a trusted key" if signed_by else "; not checked (pass --trusted-key)" if verified else ""
+    lines.append(f"sig      signed by {sig.get('key_id')} ({sig.get('alg')}){check}" if sig else "sig      unsigned")
     lines.append("inputs   " + "; ".join(f"{t['name']} {t['dtype']} {_shape(t)}" for t in m.get("inputs", [])))
     out = m.get("output") or {}
     lines.append(f"output   {out.get('name')} {out.get('dtype')} {_shape(out) if out else ''}")

@@ -49,3 +49,7 @@ class DataError(FtedgeError):
 
 class RuntimeBackendError(FtedgeError):
     """ONNX Runtime (training) is missing or failed."""
+
+
+class AgentError(FtedgeError):
+    """The device agent's configuration or state is invalid."""

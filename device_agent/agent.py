@@ -1,0 +1,311 @@
+"""The long-running device agent: MQTT session, durable outbox, commands, jobs, model versions.
+
+Threads: paho's network thread (callbacks only enqueue), the *pump* (the only thread that publishes:
+outbox → paho, PUBACK → delete), the *command* thread (validates and answers ``cmd/{verb}``), the *job*
+thread (trains). Every device→host message goes through the SQLite outbox first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import queue
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import ftedge
+from ftedge.device_agent.commands import ReplyCache, Rejected, parse_request, train_job
+from ftedge.device_agent.config import AgentConfig, topic_root
+from ftedge.device_agent.jobs import Job, JobRunner, JobStore
+from ftedge.device_agent.mqtt_link import Incoming, LinkSettings, MqttLink
+from ftedge.device_agent.outbox import Outbox
+from ftedge.device_agent.versions import ModelStore
+from ftedge.errors import FtedgeError
+
+log = logging.getLogger(__name__)
+MAX_INFLIGHT = 100
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.root = topic_root(cfg)
+        self.state_dir = Path(cfg.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(self.state_dir / "outbox.sqlite", cfg.device_id,
+                             max_bytes=cfg.outbox.max_bytes, max_age_s=cfg.outbox.max_age_s)
+        self.boot = self.outbox.boot
+        self.models = ModelStore(self.state_dir)
+        self.jobs = JobRunner(JobStore(self.state_dir), self.state_dir, self._emit_job, self._job_finished)
+        self.replies = ReplyCache(self.state_dir / "replies.json")
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self.inflight: dict[int, int] = {}
+        self.acks: "queue.Queue[tuple[int, int, str]]" = queue.Queue()
+        self.commands: "queue.Queue[Incoming | None]" = queue.Queue()
+        self.denied = 0
+        self.connections = 0          # connections made during this boot
+        self.connected_at_ms = 0      # when the current connection came up
+        m = cfg.mqtt
+        self.link = MqttLink(
+            LinkSettings(host=m.host, port=m.port, client_id=f"ftedge-{cfg.fleet}-{cfg.device_id}", tls=m.tls,
+                         username=m.username, password=m.password,
+                         ca_file=str(m.ca_file) if m.ca_file else None,
+                         cert_file=str(m.cert_file) if m.cert_file else None,
+                         key_file=str(m.key_file) if m.key_file else None,
+                         keepalive=m.keepalive, session_expiry=m.session_expiry, will_delay=m.will_delay),
+            will=(self.root + "status", self._status_body("offline", "lwt", will=True)),
+            subscriptions=[self.root + "cmd/+"],
+            on_message=self.commands.put, on_connection=self._connection, on_puback=self._puback,
+        )
+        self.threads = [threading.Thread(target=self._pump, name="ftedge-pump", daemon=True),
+                        threading.Thread(target=self._command_loop, name="ftedge-commands", daemon=True)]
+
+    # -- publishing (everything through the outbox) --------------------------------------------------
+    def _status_body(self, state: str, reason: str, will: bool = False) -> bytes:
+        # The Last Will cannot take a place in the seq sequence: it carries seq 0 and will=true.
+        body = {"state": state, "reason": reason, "v": 1, "ts": int(time.time() * 1000), "dev": self.cfg.device_id,
+                "boot": self.boot, "seq": 0, "hist": False, "will": will}
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def publish(self, kind: str, suffix: str, body: dict[str, Any], retain: bool = False) -> None:
+        self.outbox.enqueue(self.root + suffix, body, kind=kind, qos=1, retain=retain)
+        self.wake.set()
+
+    def _emit_job(self, kind: str, body: dict[str, Any]) -> None:
+        if kind == "job":
+            self.publish("job", "job", body, retain=True)
+        else:
+            self.publish(kind, f"jobs/{body['job']}/{kind}", body)
+
+    def meta(self) -> dict[str, Any]:
+        from ftedge.runtime.ort_backend import available_providers, ort
+
+        active = self.models.active()
+        return {
+            "agent": ftedge.__version__, "onnxruntime": ort().__version__, "providers": available_providers(),
+            "hardware": {"cpus": os.cpu_count(), "machine": platform.machine(), "system": platform.system(),
+                         "python": platform.python_version()},
+            "models": [v["id"] for v in self.models.list()],
+            "active_version": active["id"] if active else None,
+        }
+
+    def status(self) -> dict[str, Any]:
+        current = self.jobs.current
+        return {"state": "online", "boot": self.boot, "active_version": (self.models.active() or {}).get("id"),
+                "current_job": current.id if current else None, "queued": self.jobs.queued(),
+                "outbox": self.outbox.stats(), "denied_publishes": self.denied}
+
+    def resync(self) -> None:
+        """Republish every retained topic (a collector that lost state asks for it)."""
+        self.publish("status", "status", {"state": "online", "reason": "resync"}, retain=True)
+        self.publish("meta", "meta", self.meta(), retain=True)
+        jobs = self.jobs.store.all()
+        if jobs:
+            self.publish("job", "job", jobs[-1].public(), retain=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                signal.signal(sig, lambda *_: self.stopping.set())
+            except ValueError:  # not the main thread (tests)
+                pass
+        self.start()
+        try:
+            while not self.stopping.wait(1.0):
+                pass
+        finally:
+            self.shutdown()
+        return 0
+
+    def start(self) -> None:
+        log.info("agent %s/%s boot %s starting (%s)", self.cfg.fleet, self.cfg.device_id, self.boot,
+                 json.dumps(self.cfg.to_public_dict()["mqtt"]))
+        self.publish("status", "status", {"state": "online", "reason": "birth"}, retain=True)
+        self.publish("meta", "meta", self.meta(), retain=True)
+        for t in self.threads:
+            t.start()
+        self.link.start()
+        self.jobs.start()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop jobs at the next batch (they resume on the next start), say offline, flush, disconnect."""
+        self.jobs.shutting_down = True
+        self.jobs.stop()
+        self.publish("status", "status", {"state": "offline", "reason": "shutdown"}, retain=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline and self.outbox.depth() and self.link.connected.is_set():
+            self.wake.set()
+            time.sleep(0.02)
+        self.stopping.set()
+        self.commands.put(None)
+        self.wake.set()
+        self.link.stop()
+        for t in self.threads:
+            t.join(timeout=5)
+        log.info("agent stopped; %d message(s) left in the outbox for the next start", self.outbox.depth())
+
+    # -- pump: outbox → paho, PUBACK → delete ------------------------------------------------------------
+    def _connection(self, up: bool) -> None:
+        if up:
+            self.connections += 1
+            self.connected_at_ms = int(time.time() * 1000)
+        self.acks.put((-1, 0, "up" if up else "down"))
+        self.wake.set()
+
+    def _puback(self, mid: int, code: int, reason: str) -> None:
+        self.acks.put((mid, code, reason))
+        self.wake.set()
+
+    def _pump(self) -> None:
+        while not (self.stopping.is_set() and self.commands.empty() and self.acks.empty() and not self.wake.is_set()):
+            self.wake.wait(0.5)
+            self.wake.clear()
+            while True:
+                try:
+                    mid, code, reason = self.acks.get_nowait()
+                except queue.Empty:
+                    break
+                if mid == -1:  # connection changed: republish whatever is unacknowledged
+                    self.inflight.clear()
+                    continue
+                row = self.inflight.pop(mid, None)
+                if row is None:
+                    continue
+                if code >= 128:  # v5: the broker refused it (e.g. 135 not authorized): log, do not retry forever
+                    self.denied += 1
+                    log.error("broker refused a publish (%s); dropping it from the outbox", reason)
+                self.outbox.ack(row)
+            if not self.link.connected.is_set():
+                continue
+            busy = set(self.inflight.values())
+            for msg in self.outbox.pending(limit=MAX_INFLIGHT * 2):
+                if len(self.inflight) >= MAX_INFLIGHT:
+                    break
+                if msg.id in busy:
+                    continue
+                corr = msg.body.get("correlation") if msg.kind == "cmdres" else None
+                # hist: a retry, a leftover of an earlier boot, or queued during an outage of this boot
+                hist = msg.is_replay(self.boot) or (self.connections > 1 and msg.body["ts"] < self.connected_at_ms)
+                mid = self.link.publish(msg.topic, msg.payload(hist=hist), qos=msg.qos,
+                                        retain=msg.retain, correlation=bytes.fromhex(corr) if corr else None)
+                if mid is None:
+                    break
+                self.inflight[mid] = msg.id
+                self.outbox.mark_attempt(msg.id)
+
+    # -- commands ------------------------------------------------------------------------------------
+    def _reply(self, incoming: Incoming, cmd_id: str | None, status: str, code: str, detail: str,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = {"cmd_id": cmd_id, "status": status, "code": code, "detail": detail, **(extra or {})}
+        if incoming.correlation is not None:
+            body["correlation"] = incoming.correlation.hex()
+        topic = incoming.response_topic or ""
+        suffix = topic[len(self.root):] if topic.startswith(self.root + "cmdres/") else "cmdres/unknown"
+        self.publish("cmdres", suffix, body)
+        return body
+
+    def _command_loop(self) -> None:
+        while True:
+            incoming = self.commands.get()
+            if incoming is None:
+                return
+            try:
+                self._handle(incoming)
+            except Exception as exc:  # noqa: BLE001 - one bad command must not stop the agent
+                log.exception("command on %s failed", incoming.topic)
+                self._reply(incoming, None, "error", "internal", f"{type(exc).__name__}: {exc}")
+
+    def _handle(self, incoming: Incoming) -> None:
+        verb = incoming.topic.rsplit("/", 1)[-1]
+        cmd_id = None
+        try:
+            cmd_id, args = parse_request(incoming.payload)
+            previous = self.replies.get(cmd_id)
+            if previous is not None:  # idempotent: same answer again, nothing redone
+                self._reply(incoming, cmd_id, previous["status"], previous["code"], previous["detail"],
+                            {k: v for k, v in previous.items() if k not in ("cmd_id", "status", "code", "detail", "correlation")})
+                return
+            status, code, detail, extra = self._dispatch(verb, cmd_id, args, incoming)
+        except Rejected as rej:
+            cmd_id = cmd_id or rej.cmd_id
+            log.warning("rejected %s command %s: %s", verb, cmd_id, rej.detail)
+            reply = self._reply(incoming, cmd_id, "rejected", rej.code, rej.detail)
+        else:
+            reply = self._reply(incoming, cmd_id, status, code, detail, extra)
+        if cmd_id is not None:
+            self.replies.put(cmd_id, {k: v for k, v in reply.items() if k != "correlation"})
+
+    def _dispatch(self, verb: str, cmd_id: str, args: dict[str, Any],
+                  incoming: Incoming) -> tuple[str, str, str, dict[str, Any]]:
+        if verb == "ping":
+            return "done", "ok", "pong", {"agent_boot": self.boot}
+        if verb == "status":
+            return "done", "ok", "agent status", {"agent": self.status()}
+        if verb == "resync":
+            self.resync()
+            return "done", "ok", "retained state republished", {}
+        if verb == "train":
+            job = train_job(args, self.cfg.paths.data_root, self.cfg.paths.bundle_root, cmd_id)
+            self.jobs.submit(job)
+            return "accepted", "queued", f"job {job.id} queued", {"job": job.id}
+        if verb == "cancel":
+            job_id = args.get("job") or (self.jobs.current.id if self.jobs.current else None)
+            if not isinstance(job_id, str) or not self.jobs.cancel(job_id):
+                raise Rejected("unknown_job", f"no queued or running job {job_id!r}")
+            return "done", "cancelling", f"job {job_id} stops at its next batch", {"job": job_id}
+        if verb == "rollback":
+            to = args.get("to")
+            if to is not None and not isinstance(to, str):
+                raise Rejected("bad_args", "args.to must be a version id string")
+            try:
+                active = self.models.rollback(to)
+            except FtedgeError as exc:
+                raise Rejected("rollback_refused", str(exc)) from exc
+            self.publish("meta", "meta", self.meta(), retain=True)
+            return "done", "ok", f"active version is now {active['id']}", {"active_version": active["id"]}
+        if verb == "deploy":
+            return self._deploy(cmd_id, args, incoming)
+        raise Rejected("unknown_verb", f"unknown verb {verb!r}; verbs: ping, status, resync, train, cancel, "
+                                       "rollback, deploy")
+
+    def _deploy(self, cmd_id: str, args: dict[str, Any], incoming: Incoming) -> tuple[str, str, str, dict[str, Any]]:
+        url, sha = args.get("url"), args.get("sha256")
+        if not isinstance(url, str) or not isinstance(sha, str) or len(sha) != 64:
+            raise Rejected("bad_args", "deploy needs args.url (string) and args.sha256 (64 hex characters)")
+        name = args.get("name")
+        if name is not None and (not isinstance(name, str) or "/" in name or name in ("", ".", "..")):
+            raise Rejected("bad_args", "args.name must be a plain directory name")
+
+        def work() -> None:
+            from ftedge.runtime.deploy import deploy_bundle
+
+            try:
+                path = deploy_bundle(url, sha, self.cfg.paths.bundle_root, name=name,
+                                     trusted_keys=list(self.cfg.deploy.trusted_keys) or None,
+                                     replace=bool(args.get("replace", False)))
+            except FtedgeError as exc:
+                reply = self._reply(incoming, cmd_id, "error", "deploy_failed", str(exc))
+            else:
+                reply = self._reply(incoming, cmd_id, "done", "deployed", f"bundle at {path.name}",
+                                    {"bundle": path.name})
+            self.replies.put(cmd_id, {k: v for k, v in reply.items() if k != "correlation"})
+
+        threading.Thread(target=work, name="ftedge-deploy", daemon=True).start()
+        return "accepted", "downloading", f"fetching {url}", {}
+
+    # -- jobs ------------------------------------------------------------------------------------------
+    def _job_finished(self, job: Job) -> None:
+        if job.status == "succeeded" and job.result and job.result.get("promoted"):
+            try:
+                version = self.models.add_version(self.state_dir / "runs" / job.id, job.id)
+                job.version = version["id"]
+            except FtedgeError as exc:
+                log.error("could not store the model of job %s: %s", job.id, exc)
+            self.publish("meta", "meta", self.meta(), retain=True)

@@ -1,0 +1,140 @@
+"""The one adapter around paho-mqtt (2.x, MQTT v5): connection, session, Last Will, TLS, publish, subscribe.
+
+paho's network thread (``loop_start``) owns the socket; its callbacks only hand events to the agent
+through the callables given here and never block. Publishes come from a single agent thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LinkSettings:
+    host: str
+    port: int
+    client_id: str
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    keepalive: int = 30
+    session_expiry: int = 86400
+    will_delay: int = 10
+
+
+@dataclass
+class Incoming:
+    topic: str
+    payload: bytes
+    response_topic: str | None
+    correlation: bytes | None
+    expiry: int | None
+
+
+class MqttLink:
+    """A persistent MQTT v5 session with a Last Will; reconnects by itself with backoff."""
+
+    def __init__(self, settings: LinkSettings, will: tuple[str, bytes], subscriptions: list[str],
+                 on_message: Callable[[Incoming], None], on_connection: Callable[[bool], None],
+                 on_puback: Callable[[int, int, str], None]) -> None:
+        self.settings = settings
+        self.subscriptions = subscriptions
+        self._on_message, self._on_connection, self._on_puback = on_message, on_connection, on_puback
+        self.connected = threading.Event()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id, protocol=mqtt.MQTTv5)
+        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        c.max_inflight_messages_set(100)
+        c.max_queued_messages_set(0)
+        if settings.username:
+            c.username_pw_set(settings.username, settings.password)
+        if settings.tls:
+            c.tls_set(ca_certs=settings.ca_file, certfile=settings.cert_file, keyfile=settings.key_file,
+                      cert_reqs=ssl.CERT_REQUIRED)
+        will_props = Properties(PacketTypes.WILLMESSAGE)
+        will_props.WillDelayInterval = settings.will_delay
+        c.will_set(will[0], will[1], qos=1, retain=True, properties=will_props)
+        c.on_connect = self._connected
+        c.on_disconnect = self._disconnected
+        c.on_message = self._message
+        c.on_publish = self._published
+        self.client = c
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect in the background; a broker that is down now is retried, never fatal."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.settings.session_expiry
+        self.client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive,
+                                  clean_start=False, properties=props)
+        self.client.loop_start()
+
+    def stop(self, last: tuple[str, bytes] | None = None, timeout: float = 5.0) -> None:
+        """Publish ``last`` (e.g. the offline status) if connected, then disconnect cleanly (no Will)."""
+        if last is not None and self.connected.is_set():
+            info = self.client.publish(last[0], last[1], qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                pass
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # -- traffic -----------------------------------------------------------------------------------
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                correlation: bytes | None = None) -> int | None:
+        """Hand one message to paho; returns its mid, or None when not connected (the outbox keeps it)."""
+        if not self.connected.is_set():
+            return None
+        props = None
+        if correlation is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = correlation
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return None
+        return info.mid
+
+    # -- paho callbacks (network thread; never block) -------------------------------------------------
+    def _connected(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused the connection: %s (check credentials, certificates and ACL)", reason_code)
+            return
+        for topic in self.subscriptions:
+            client.subscribe(topic, qos=1)
+        self.connected.set()
+        log.info("connected to %s:%s (session present: %s)", self.settings.host, self.settings.port,
+                 getattr(flags, "session_present", "?"))
+        self._on_connection(True)
+
+    def _disconnected(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        was = self.connected.is_set()
+        self.connected.clear()
+        if was:
+            log.warning("disconnected from the broker (%s); reconnecting with backoff", reason_code)
+            self._on_connection(False)
+
+    def _message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        props = msg.properties
+        self._on_message(Incoming(
+            topic=msg.topic, payload=bytes(msg.payload),
+            response_topic=getattr(props, "ResponseTopic", None),
+            correlation=getattr(props, "CorrelationData", None),
+            expiry=getattr(props, "MessageExpiryInterval", None),
+        ))
+
+    def _published(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        value = getattr(reason_code, "value", 0)
+        self._on_puback(mid, int(value), str(reason_code))

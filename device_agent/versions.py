@@ -1,0 +1,286 @@
+"""Every personalized model the device ever produced, and which one is active.
+
+Layout under ``STATE_DIR/models/``::
+
+    v0001/  model.onnx  model.json  result.json  version.json
+    v0002/  ...
+    active.json    {"active": "v0002", "history": ["v0001", "v0002"], "events": [...]}
+
+A version is staged in a hidden temp directory (files fsynced) and renamed into place, so ``vNNNN/``
+is always complete; ``active.json`` is replaced atomically. ``history`` is the activation stack that
+``rollback`` pops; ``events`` is an append-only log. Nothing is ever deleted.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ftedge.errors import AgentError
+from ftedge.runtime.hashing import atomic_write_json, sha256_file
+
+RUN_FILES = ("model.onnx", "model.json", "result.json")
+_ID_RE = re.compile(r"v(\d{4,})")
+_CHUNK = 1 << 20
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy_durable(src: Path, dst: Path) -> str:
+    """Copy ``src`` to ``dst``, fsync it; returns the sha256 of the bytes written."""
+    h = hashlib.sha256()
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        while chunk := fi.read(_CHUNK):
+            h.update(chunk)
+            fo.write(chunk)
+        fo.flush()
+        os.fsync(fo.fileno())
+    return h.hexdigest()
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise AgentError(f"{what} {path} is unreadable ({exc})") from None
+
+
+class ModelStore:
+    """Versioned personalized models under ``state_dir/models``; thread-safe."""
+
+    def __init__(self, state_dir: str | Path) -> None:
+        self.root = Path(state_dir) / "models"
+        self.state_path = self.root / "active.json"
+        self._lock = threading.RLock()
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every version's record, oldest first, each with ``active``."""
+        with self._lock:
+            active = self._state()["active"]
+            return [{**self._record(v), "active": v == active} for v in self._ids()]
+
+    def get(self, version_id: str) -> dict[str, Any]:
+        """One version's record (``version.json`` plus ``active``)."""
+        with self._lock:
+            return {**self._record(version_id), "active": version_id == self._state()["active"]}
+
+    def active(self) -> dict[str, Any] | None:
+        """The active version's record, or None when no version was ever activated."""
+        with self._lock:
+            active = self._state()["active"]
+            return None if active is None else {**self._record(active), "active": True}
+
+    def path(self, version_id: str) -> Path:
+        """The ``model.onnx`` of ``version_id``."""
+        with self._lock:
+            self._record(version_id)
+            return self.root / version_id / "model.onnx"
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def add_version(self, run_dir: str | Path, job_id: str, note: dict | None = None) -> dict[str, Any]:
+        """Store ``run_dir``'s model as a new version; activate it only if its result says ``promoted``.
+
+        Returns the version record plus ``active``/``activated`` and a ``message`` saying what happened.
+        """
+        run_dir = Path(run_dir)
+        if not isinstance(job_id, str) or not job_id:
+            raise AgentError(f"job_id must be a non-empty string, got {job_id!r}")
+        missing = [f for f in RUN_FILES if not (run_dir / f).is_file()]
+        if missing:
+            raise AgentError(f"run directory {run_dir} lacks {', '.join(missing)}: only a finished, "
+                             "succeeded `ftedge train` run can become a model version")
+        result = _read_json(run_dir / "result.json", "run result")
+        model_info = _read_json(run_dir / "model.json", "model description")
+        if not isinstance(result, dict) or result.get("status") != "succeeded":
+            status = result.get("status") if isinstance(result, dict) else None
+            raise AgentError(f"run {run_dir} did not succeed (status {status!r}): nothing to store; "
+                             "train again")
+        promoted = result.get("promoted") is True
+        bundle = (result.get("bundle") or {}).get("name") or (model_info or {}).get("name")
+        with self._lock:
+            self.root.mkdir(parents=True, exist_ok=True)
+            state = self._state()
+            parent = state["active"]
+            staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+            try:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700
+                digests = {f: _copy_durable(run_dir / f, staging / f) for f in RUN_FILES}
+                record = {
+                    "id": None,
+                    "created_at": _now(),
+                    "job": job_id,
+                    "bundle": bundle,
+                    "metrics": result.get("metrics"),
+                    "baseline": result.get("baseline"),
+                    "gain": result.get("gain"),
+                    "promoted": promoted,
+                    "sha256": digests["model.onnx"],
+                    "size": (staging / "model.onnx").stat().st_size,
+                    "parent": parent,
+                    "source": str(run_dir.absolute()),
+                    "note": note,
+                }
+                version_id = self._place(staging, record)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)  # our own partial copy, never a version
+                raise
+            if promoted:
+                self._push(state, version_id, "promoted")
+                message = f"{version_id} is active (promoted; previously {parent or 'no version'})"
+            else:
+                state["events"].append({"at": _now(), "action": "stored", "id": version_id, "from": parent})
+                self._write_state(state)
+                message = (f"{version_id} stored but NOT activated: not promoted (it did not beat the "
+                           f"untuned model); {parent or 'no version'} stays active")
+            return {**record, "active": promoted, "activated": promoted, "message": message}
+
+    def activate(self, version_id: str) -> dict[str, Any]:
+        """Make ``version_id`` active (pushed on the history, so ``rollback()`` undoes it)."""
+        with self._lock:
+            record = self._verified(version_id)
+            state = self._state()
+            previous = state["active"]
+            if previous == version_id:
+                return {**record, "active": True, "changed": False, "previous": previous,
+                        "message": f"{version_id} is already active"}
+            self._push(state, version_id, "activate")
+            return {**record, "active": True, "changed": True, "previous": previous,
+                    "message": f"{version_id} is active (was {previous or 'no version'})"}
+
+    def rollback(self, to: str | None = None) -> dict[str, Any]:
+        """Go back to the version active before the current one, or to ``to`` (an earlier active one)."""
+        with self._lock:
+            state = self._state()
+            history, current = state["history"], state["active"]
+            if not history:
+                raise AgentError("nothing to roll back to: no version is active"
+                                 + (f"; use activate('{to}') to make it active" if to else ""))
+            if to is None:
+                if len(history) < 2:
+                    raise AgentError(f"nothing to roll back to: {current} is the first version ever activated")
+                index = len(history) - 2
+            else:
+                self._record(to)
+                if to == current:
+                    return {**self._record(to), "active": True, "changed": False, "previous": current,
+                            "message": f"{to} is already active"}
+                earlier = [i for i, v in enumerate(history[:-1]) if v == to]
+                if not earlier:
+                    raise AgentError(f"nothing to roll back to: {to} was never active before {current}; "
+                                     f"use activate('{to}') to make it active anyway")
+                index = earlier[-1]
+            target = history[index]
+            record = self._verified(target)
+            state["history"] = history[:index + 1]
+            state["active"] = target
+            state["events"].append({"at": _now(), "action": "rollback", "id": target, "from": current})
+            self._write_state(state)
+            return {**record, "active": True, "changed": True, "previous": current,
+                    "message": f"rolled back from {current} to {target}"}
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _ids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        found = [(int(m.group(1)), p.name) for p in self.root.iterdir()
+                 if p.is_dir() and (m := _ID_RE.fullmatch(p.name))]
+        return [name for _, name in sorted(found)]
+
+    def _unknown(self, version_id: str) -> AgentError:
+        ids = self._ids()
+        known = ", ".join(ids if len(ids) <= 20 else ids[:5] + ["…"] + ids[-10:]) or "none yet"
+        return AgentError(f"unknown model version {version_id!r}; known versions: {known}")
+
+    def _record(self, version_id: str) -> dict[str, Any]:
+        if not isinstance(version_id, str) or not _ID_RE.fullmatch(version_id):
+            raise self._unknown(version_id)
+        path = self.root / version_id / "version.json"
+        if not path.is_file():
+            raise self._unknown(version_id)
+        record = _read_json(path, "model version record")
+        if not isinstance(record, dict):
+            raise AgentError(f"model version record {path} is not a JSON object")
+        return record
+
+    def _verified(self, version_id: str) -> dict[str, Any]:
+        """The record, after checking its model.onnx still has the recorded sha256."""
+        record = self._record(version_id)
+        model = self.root / version_id / "model.onnx"
+        try:
+            digest = sha256_file(model)
+        except OSError as exc:
+            raise AgentError(f"{model} is unreadable ({exc}); activate another version") from None
+        if digest != record.get("sha256"):
+            raise AgentError(f"{model} does not match its recorded sha256 (corrupted on disk?); "
+                             "activate another version")
+        return record
+
+    def _place(self, staging: Path, record: dict[str, Any]) -> str:
+        """Write version.json into ``staging`` and rename it to the next free ``vNNNN``."""
+        ids = self._ids()
+        n = int(ids[-1][1:]) + 1 if ids else 1
+        for _ in range(1000):
+            version_id = f"v{n:04d}"
+            record["id"] = version_id
+            data = (json.dumps(record, indent=2) + "\n").encode("utf-8")
+            with open(staging / "version.json", "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync_dir(staging)
+            try:
+                os.rename(staging, self.root / version_id)
+            except OSError as exc:  # another process took this number
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                n += 1
+                continue
+            _fsync_dir(self.root)
+            return version_id
+        raise AgentError(f"no free version number in {self.root}")
+
+    def _state(self) -> dict[str, Any]:
+        if not self.state_path.exists():
+            return {"active": None, "history": [], "events": []}
+        state = _read_json(self.state_path, "model activation state")
+        ok = (isinstance(state, dict) and isinstance(state.get("history"), list)
+              and isinstance(state.get("events"), list)
+              and state.get("active") == (state["history"][-1] if state["history"] else None))
+        if not ok:
+            raise AgentError(f"model activation state {self.state_path} is inconsistent: fix it or move it "
+                             "away (the versions themselves are intact), then activate a version")
+        return state
+
+    def _push(self, state: dict[str, Any], version_id: str, action: str) -> None:
+        state["events"].append({"at": _now(), "action": action, "id": version_id, "from": state["active"]})
+        state["history"].append(version_id)
+        state["active"] = version_id
+        self._write_state(state)
+
+    def _write_state(self, state: dict[str, Any]) -> None:
+        atomic_write_json(self.state_path, state)

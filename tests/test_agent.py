@@ -1,0 +1,380 @@
+"""The device agent against a real Mosquitto broker (started per test on a free loopback port)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from broker import Broker
+from conftest import FAMILIES, ROOT, ZOO, export
+from zoo import gaussian_classes
+
+pytestmark = pytest.mark.skipif(not Path("/usr/sbin/mosquitto").exists() and not shutil.which("mosquitto"),
+                                reason="mosquitto not installed (scripts/dev.sh installs it)")
+FLEET, DEV = "demo", "dev-001"
+ROOT_TOPIC = f"ftedge/v1/{FLEET}/{DEV}/"
+
+
+class Collector:
+    """A persistent MQTT v5 subscriber that records every message of the fleet."""
+
+    def __init__(self, broker: Broker, client_id: str = "collector", username: str | None = None,
+                 password: str | None = None) -> None:
+        self.messages: list[tuple[str, dict, bool]] = []
+        self.lock = threading.Lock()
+        self.replies: dict[str, list[dict]] = {}
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        if username:
+            c.username_pw_set(username, password)
+        c.on_connect = lambda cl, *_: cl.subscribe(f"ftedge/v1/{FLEET}/#", qos=1)
+        c.on_message = self._on_message
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        c.reconnect_delay_set(0.2, 1)
+        c.connect_async("127.0.0.1", broker.port, clean_start=False, properties=props)
+        c.loop_start()
+        self.client = c
+        assert self.wait(lambda: c.is_connected(), 10), "collector could not connect"
+
+    def _on_message(self, client, userdata, msg) -> None:
+        try:
+            body = json.loads(msg.payload)
+        except ValueError:
+            body = {"raw": msg.payload.decode(errors="replace")}
+        with self.lock:
+            self.messages.append((msg.topic, body, bool(msg.retain)))
+            if "/cmdres/" in msg.topic:
+                self.replies.setdefault(body.get("cmd_id"), []).append(body)
+
+    @staticmethod
+    def wait(cond, timeout: float = 30) -> bool:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if cond():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def wait_online(self, count: int = 1) -> None:
+        """Commands sent before the agent subscribed would be lost: wait for its birth message(s)."""
+        assert self.wait(lambda: sum(b.get("reason") == "birth" for b in self.of("status")) >= count, 30), \
+            "the agent never came online"
+
+    def of(self, suffix: str) -> list[dict]:
+        with self.lock:
+            return [b for t, b, _ in self.messages if t == ROOT_TOPIC + suffix]
+
+    def topics(self, prefix: str) -> list[tuple[str, dict]]:
+        with self.lock:
+            return [(t, b) for t, b, _ in self.messages if t.startswith(ROOT_TOPIC + prefix)]
+
+    def send(self, verb: str, args: dict | None = None, cmd_id: str | None = None, raw: bytes | None = None,
+             wait_for: str | None = "any", timeout: float = 30) -> dict | None:
+        cmd_id = cmd_id or uuid.uuid4().hex[:12]
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = ROOT_TOPIC + "cmdres/test-host"
+        props.CorrelationData = cmd_id.encode()
+        payload = raw if raw is not None else json.dumps({"cmd_id": cmd_id, "args": args or {}}).encode()
+        self.client.publish(ROOT_TOPIC + f"cmd/{verb}", payload, qos=1, properties=props)
+        if wait_for is None:
+            return None
+        key = cmd_id if raw is None else None
+
+        def got() -> dict | None:
+            with self.lock:
+                for r in self.replies.get(key, []):
+                    if wait_for == "any" or r["status"] == wait_for:
+                        return r
+            return None
+        assert self.wait(lambda: got() is not None, timeout), f"no {wait_for} reply to {verb} {cmd_id}"
+        return got()
+
+    def seqs(self) -> dict[str, list[int]]:
+        """Distinct seqs per boot of every enveloped D→H message (de-duplicated as a consumer would)."""
+        out: dict[str, set[int]] = {}
+        with self.lock:
+            for t, b, _ in self.messages:
+                if t.startswith(ROOT_TOPIC) and "/cmd/" not in t and b.get("seq", 0) > 0:
+                    out.setdefault(b["boot"], set()).add(b["seq"])
+        return {boot: sorted(s) for boot, s in out.items()}
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def assert_no_holes(seqs: dict[str, list[int]]) -> None:
+    for boot, s in seqs.items():
+        assert s == list(range(1, len(s) + 1)), f"boot {boot}: holes in seq {sorted(set(range(1, s[-1] + 1)) - set(s))}"
+
+
+@pytest.fixture()
+def broker(tmp_path):
+    b = Broker(tmp_path / "broker").start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bundles")
+    export(f"{ZOO}:mlp", root / "mlp", "--input", "x:float32:1,20", "--labels", "a,b,c,d", "--lr", "0.01")
+    model, args = FAMILIES["cnn-batchnorm-depthwise"]
+    export(f"{ZOO}:{model}", root / "kws", *args, "--lr", "0.02")
+    return root
+
+
+@pytest.fixture()
+def device(tmp_path, bundles):
+    """State dir, data root with SYNTHETIC datasets, bundle root, and a config writer."""
+    data = tmp_path / "data"
+    data.mkdir()
+    x, y = gaussian_classes(seed=5)
+    np.savez(data / "blobs.npz", x=x, labels=y)
+    rng = np.random.default_rng(0)
+    yk = np.repeat(np.arange(4), 32)
+    np.savez(data / "clips.npz", x=(0.7 * yk[:, None, None] + rng.standard_normal((128, 101, 40))).astype(np.float32),
+             labels=yk)
+    bundle_root = tmp_path / "bundles"
+    shutil.copytree(bundles, bundle_root)
+
+    def write(broker: Broker, **mqtt_extra) -> Path:
+        lines = [f'device_id = "{DEV}"', f'fleet = "{FLEET}"', f'state_dir = "{tmp_path / "state"}"',
+                 'log_level = "info"', "[mqtt]", f'url = "{broker.url}"', "will_delay = 1", "keepalive = 5"]
+        lines += [f"{k} = {json.dumps(str(v))}" for k, v in mqtt_extra.items()]
+        lines += ["[paths]", f'data_root = "{data}"', f'bundle_root = "{bundle_root}"']
+        cfg = tmp_path / "agent.toml"
+        cfg.write_text("\n".join(lines) + "\n")
+        return cfg
+    return write
+
+
+class AgentProc:
+    def __init__(self, config: Path, log: Path) -> None:
+        self.log = log
+        self.proc = subprocess.Popen([sys.executable, "-m", "ftedge", "agent", "run", "--config", str(config)],
+                                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(30)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture()
+def agents(tmp_path):
+    started: list[AgentProc] = []
+
+    def start(config: Path) -> AgentProc:
+        a = AgentProc(config, tmp_path / "agent.log")
+        started.append(a)
+        return a
+    yield start
+    for a in started:
+        if a.proc.poll() is None:
+            a.proc.kill()
+            a.proc.wait()
+
+
+def test_birth_retained_and_offline_on_sigterm_and_lwt_on_sigkill(broker, device, agents):
+    cfg = device(broker)
+    col = Collector(broker)
+    agent = agents(cfg)
+    assert col.wait(lambda: any(b["state"] == "online" for b in col.of("status")))
+    birth = [b for b in col.of("status") if b["state"] == "online"][0]
+    assert birth["reason"] == "birth" and birth["seq"] >= 1 and birth["dev"] == DEV and birth["hist"] is False
+    assert col.wait(lambda: col.of("meta")) and "onnxruntime" in col.of("meta")[0]
+    assert col.send("ping")["status"] == "done"
+    assert agent.stop(signal.SIGTERM) == 0
+    assert col.wait(lambda: any(b["state"] == "offline" for b in col.of("status")))
+    assert [b for b in col.of("status") if b["state"] == "offline"][-1]["reason"] == "shutdown"
+
+    late = Collector(broker, client_id="late")  # retained: a newcomer sees the last status
+    assert late.wait(lambda: late.of("status")) and late.of("status")[-1]["state"] == "offline"
+
+    agent = agents(cfg)
+    assert col.wait(lambda: sum(b["state"] == "online" for b in col.of("status")) >= 2)
+    agent.stop(signal.SIGKILL)
+    assert col.wait(lambda: any(b.get("reason") == "lwt" for b in col.of("status")), 20), "no Last Will"
+    will = [b for b in col.of("status") if b.get("reason") == "lwt"][-1]
+    assert will["state"] == "offline" and will["will"] is True and will["seq"] == 0
+    col.close()
+    late.close()
+
+
+def test_train_job_over_mqtt_with_progress_result_and_version(broker, device, agents):
+    col = Collector(broker)
+    agents(device(broker))
+    col.wait_online()
+    reply = col.send("train", {"bundle": "mlp", "data": "blobs.npz", "epochs": 5, "batch_size": 16})
+    assert reply["status"] == "accepted" and reply["cmd_id"] and reply["job"]
+    job = reply["job"]
+    assert col.wait(lambda: col.of(f"jobs/{job}/result"), 60)
+    result = col.of(f"jobs/{job}/result")[0]
+    assert result["status"] == "succeeded" and result["promoted"] is True and result["version"]
+    assert result["final"]["accuracy"] > result["baseline"]["accuracy"]
+    progress = col.of(f"jobs/{job}/progress")
+    assert [p["epoch"] for p in progress] == [1, 2, 3, 4, 5]
+    assert all(k in progress[0] for k in ("job", "epoch", "step", "loss", "metrics", "lr", "samples_per_s", "rss_mb"))
+    assert col.wait(lambda: any(m.get("active_version") == result["version"] for m in col.of("meta")))
+    assert col.wait(lambda: any(j["status"] == "succeeded" for j in col.of("job")))
+    again = col.send("train", {"bundle": "mlp", "data": "blobs.npz", "epochs": 5}, cmd_id=reply["cmd_id"])
+    assert again["job"] == job, "a repeated cmd_id must not start a second job"
+    assert_no_holes(col.seqs())
+    col.close()
+
+
+def test_cancel_stops_a_running_job(broker, device, agents):
+    col = Collector(broker)
+    agents(device(broker))
+    col.wait_online()
+    job = col.send("train", {"bundle": "kws", "data": "clips.npz", "epochs": 500, "mode": "full",
+                             "batch_size": 8})["job"]
+    assert col.wait(lambda: col.of(f"jobs/{job}/progress"), 60)
+    assert col.send("cancel", {"job": job})["status"] == "done"
+    assert col.wait(lambda: col.of(f"jobs/{job}/result"), 60)
+    assert col.of(f"jobs/{job}/result")[0]["status"] == "cancelled"
+    col.close()
+
+
+MALFORMED = [
+    ("train", b"{not json", "malformed_json"),
+    ("train", json.dumps({"args": {}}).encode(), "bad_cmd_id"),
+    ("frobnicate", None, "unknown_verb"),
+    ("train", {"bundle": "mlp"}, "bad_args"),
+    ("train", {"bundle": "mlp", "data": "blobs.npz", "epochs": "ten"}, "bad_args"),
+    ("train", {"bundle": "mlp", "data": "../../etc/passwd"}, "path_outside_root"),
+    ("train", {"bundle": "../mlp", "data": "blobs.npz"}, "path_outside_root"),
+    ("train", {"bundle": "nope", "data": "blobs.npz"}, "unknown_bundle"),
+    ("train", {"bundle": "mlp", "data": "blobs.npz", "wat": 1}, "bad_args"),
+    ("cancel", {"job": "j-unknown"}, "unknown_job"),
+    ("rollback", {}, "rollback_refused"),
+    ("deploy", {"url": "file:///x.tar.gz"}, "bad_args"),
+]
+
+
+def test_every_malformed_command_is_rejected_and_agent_keeps_answering(broker, device, agents):
+    col = Collector(broker)
+    agents(device(broker))
+    col.wait_online()
+    assert col.send("ping")["status"] == "done"
+    for verb, args, code in MALFORMED:
+        cmd_id = uuid.uuid4().hex[:12]
+        if isinstance(args, bytes):
+            col.send(verb, raw=args, wait_for=None)
+            assert col.wait(lambda: any(r["code"] == code for rs in col.replies.values() for r in rs)), code
+        else:
+            reply = col.send(verb, args, cmd_id=cmd_id)
+            assert reply["status"] == "rejected" and reply["code"] == code, (verb, args, reply)
+    expired = uuid.uuid4().hex[:12]
+    col.client.publish(ROOT_TOPIC + "cmd/ping", json.dumps({"cmd_id": expired, "expires": 1}).encode(), qos=1)
+    assert col.wait(lambda: any(r["code"] == "expired" for r in col.replies.get(expired, [])))
+    assert col.send("ping")["status"] == "done"
+    assert not col.topics("jobs/"), "a rejected command must not start anything"
+    col.close()
+
+
+def _hold_until(col: Collector, cond, timeout: float = 60) -> None:
+    assert col.wait(cond, timeout)
+
+
+def test_broker_restart_mid_job_loses_nothing(broker, device, agents):
+    col = Collector(broker)
+    agents(device(broker))
+    col.wait_online()
+    job = col.send("train", {"bundle": "kws", "data": "clips.npz", "epochs": 120, "mode": "full",
+                             "batch_size": 8})["job"]
+    _hold_until(col, lambda: len(col.of(f"jobs/{job}/progress")) >= 3)
+    broker.stop()
+    time.sleep(2.0)  # the job keeps training; its telemetry waits in the outbox
+    broker.start()
+    _hold_until(col, lambda: col.of(f"jobs/{job}/result"), 120)
+    time.sleep(1.0)
+    epochs = sorted({p["epoch"] for p in col.of(f"jobs/{job}/progress")})
+    assert epochs == list(range(1, 121)) or col.of(f"jobs/{job}/result")[0]["status"] == "succeeded"
+    assert epochs == list(range(1, epochs[-1] + 1))
+    assert len({json.dumps(r, sort_keys=True) for r in col.of(f"jobs/{job}/result")}) == 1
+    assert_no_holes(col.seqs())
+    assert any(b.get("hist") for _, b in col.topics("jobs/")), "replayed messages are marked hist"
+    col.close()
+
+
+def test_agent_sigkilled_mid_job_resumes_and_publishes_one_result(broker, device, agents):
+    cfg = device(broker)
+    col = Collector(broker)
+    agent = agents(cfg)
+    col.wait_online()
+    job = col.send("train", {"bundle": "kws", "data": "clips.npz", "epochs": 80, "mode": "full",
+                             "batch_size": 8})["job"]
+    _hold_until(col, lambda: len(col.of(f"jobs/{job}/progress")) >= 5)
+    agent.stop(signal.SIGKILL)
+    agent = agents(cfg)
+    _hold_until(col, lambda: col.of(f"jobs/{job}/result"), 120)
+    time.sleep(1.0)
+    results = col.of(f"jobs/{job}/result")
+    assert len(results) == 1 and results[0]["status"] == "succeeded"
+    seqs = col.seqs()
+    assert len(seqs) == 2, "two boots"
+    assert_no_holes(seqs)
+    epochs = [p["epoch"] for p in col.of(f"jobs/{job}/progress")]
+    assert sorted(set(epochs)) == list(range(1, 81)), "every epoch reported once the duplicates are removed"
+    col.close()
+
+
+def test_wrong_password_is_refused_and_acl_denial_is_reported(tmp_path, device, agents):
+    acl = "user collector\ntopic read ftedge/v1/#\ntopic write ftedge/v1/+/+/cmd/#\n" \
+          "pattern readwrite ftedge/v1/+/%u/#\n"
+    b = Broker(tmp_path / "authbroker", users={"dev-001": "s3cret", "dev-002": "other", "collector": "c0l"},
+               acl=acl).start()
+    try:
+        col = Collector(b, username="collector", password="c0l")
+        (tmp_path / "bad.pass").write_text("wrong\n")
+        agent = agents(device(b, username="dev-001", password_file=tmp_path / "bad.pass"))
+        time.sleep(3)
+        assert not col.of("status"), "a wrong password must not get in"
+        assert "refused" in agent.text() or "Not authorized" in agent.text() or "Bad user" in agent.text()
+        agent.stop()
+
+        (tmp_path / "other.pass").write_text("other\n")  # dev-002's credentials, dev-001's topics: ACL denies
+        agent = agents(device(b, username="dev-002", password_file=tmp_path / "other.pass"))
+        assert col.wait(lambda: "broker refused a publish" in agent.text(), 20), agent.text()[-2000:]
+        assert not col.of("status")
+        agent.stop()
+        col.close()
+    finally:
+        b.stop()
+
+
+def test_mutual_tls(tmp_path, device, agents):
+    b = Broker(tmp_path / "tlsbroker", tls=True, require_certificate=True).start()
+    try:
+        certs = b.certs
+        col = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="tls-col", protocol=mqtt.MQTTv5)
+        col.tls_set(ca_certs=str(certs["ca.crt"]), certfile=str(certs["client.crt"]), keyfile=str(certs["client.key"]))
+        seen: list[dict] = []
+        col.on_connect = lambda cl, *_: cl.subscribe(f"ftedge/v1/{FLEET}/#", qos=1)
+        col.on_message = lambda cl, ud, msg: seen.append(json.loads(msg.payload))
+        col.connect("127.0.0.1", b.port)
+        col.loop_start()
+        agents(device(b, ca_file=certs["ca.crt"], cert_file=certs["client.crt"], key_file=certs["client.key"]))
+        assert Collector.wait(lambda: any(m.get("state") == "online" for m in seen), 20)
+        col.loop_stop()
+    finally:
+        b.stop()
