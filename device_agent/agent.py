@@ -74,7 +74,11 @@ class Agent:
         return json.dumps(body, separators=(",", ":")).encode()
 
     def publish(self, kind: str, suffix: str, body: dict[str, Any], retain: bool = False) -> None:
-        self.outbox.enqueue(self.root + suffix, body, kind=kind, qos=1, retain=retain)
+        try:
+            self.outbox.enqueue(self.root + suffix, body, kind=kind, qos=1, retain=retain)
+        except FtedgeError as exc:  # e.g. disk full: log loudly, keep the agent (and its job) alive
+            log.error("could not queue a %s message for %s: %s", kind, suffix, exc)
+            return
         self.wake.set()
 
     def _emit_job(self, kind: str, body: dict[str, Any]) -> None:
@@ -220,7 +224,10 @@ class Agent:
                 self._handle(incoming)
             except Exception as exc:  # noqa: BLE001 - one bad command must not stop the agent
                 log.exception("command on %s failed", incoming.topic)
-                self._reply(incoming, None, "error", "internal", f"{type(exc).__name__}: {exc}")
+                try:
+                    self._reply(incoming, None, "error", "internal", f"{type(exc).__name__}: {exc}")
+                except Exception:  # noqa: BLE001
+                    log.exception("could not even reply")
 
     def _handle(self, incoming: Incoming) -> None:
         verb = incoming.topic.rsplit("/", 1)[-1]

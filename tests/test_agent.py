@@ -378,3 +378,44 @@ def test_mutual_tls(tmp_path, device, agents):
         col.loop_stop()
     finally:
         b.stop()
+
+
+def test_deploy_over_mqtt_then_train_it_and_refuse_a_wrong_hash(broker, device, agents, bundles, tmp_path):
+    from ftedge.runtime.deploy import pack_bundle
+
+    archive = tmp_path / "mlp2.tar.gz"
+    sha = pack_bundle(bundles / "mlp", archive)
+    col = Collector(broker)
+    agents(device(broker))
+    col.wait_online()
+    bad = col.send("deploy", {"url": archive.as_uri(), "sha256": "0" * 64, "name": "mlp-bad"}, wait_for="error")
+    assert bad["code"] == "deploy_failed" and "sha256" in bad["detail"]
+    assert not (tmp_path / "bundles" / "mlp-bad").exists()
+    ok = col.send("deploy", {"url": archive.as_uri(), "sha256": sha, "name": "mlp2"}, wait_for="done")
+    assert ok["bundle"] == "mlp2" and (tmp_path / "bundles" / "mlp2" / "manifest.json").is_file()
+    job = col.send("train", {"bundle": "mlp2", "data": "blobs.npz", "epochs": 2})["job"]
+    assert col.wait(lambda: col.of(f"jobs/{job}/result"), 60)
+    assert col.of(f"jobs/{job}/result")[0]["status"] == "succeeded"
+    col.close()
+
+
+def test_versions_and_rollback_over_mqtt(broker, device, agents, tmp_path):
+    col = Collector(broker)
+    agents(device(broker))
+    col.wait_online()
+    versions = []
+    for epochs in (3, 6):
+        job = col.send("train", {"bundle": "mlp", "data": "blobs.npz", "epochs": epochs})["job"]
+        assert col.wait(lambda: col.of(f"jobs/{job}/result"), 60)
+        versions.append(col.of(f"jobs/{job}/result")[0]["version"])
+    assert len(set(versions)) == 2 and all(versions)
+    assert col.send("status")["agent"]["active_version"] == versions[1]
+    reply = col.send("rollback")
+    assert reply["status"] == "done" and reply["active_version"] == versions[0]
+    assert col.wait(lambda: col.of("meta")[-1]["active_version"] == versions[0])
+    assert sorted(col.of("meta")[-1]["models"]) == sorted(versions), "nothing is deleted by a rollback"
+    status = subprocess.run([sys.executable, "-m", "ftedge", "agent", "status", "--config", str(tmp_path / "agent.toml"),
+                             "--json"], capture_output=True, text=True, cwd=ROOT)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["active_version"] == versions[0]
+    col.close()
