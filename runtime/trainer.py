@@ -275,8 +275,10 @@ class Trainer:
             state.last_checkpoint = self.ckpt.save_model(session.model, f"epoch-{epoch:04d}.ckpt", with_optimizer=True)
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-            self.ckpt.commit(state)
+            # Report before committing: a crash in between re-runs this epoch (a duplicate report) rather
+            # than skipping its report.
             self.cb.on_epoch(record)
+            self.ckpt.commit(state)
             if bar is not None:
                 bar.set_postfix(loss=f"{record['train_loss']:.4f}", val=f"{score:.3f}")
                 bar.update(1)

@@ -166,7 +166,9 @@ def device(tmp_path, bundles):
 class AgentProc:
     def __init__(self, config: Path, log: Path) -> None:
         self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "ftedge", "agent", "run", "--config", str(config)],
+        # In CI the agent runs in the torch-free [device] venv, as on a box.
+        python = os.environ.get("FTEDGE_DEVICE_PYTHON") or sys.executable
+        self.proc = subprocess.Popen([python, "-m", "ftedge", "agent", "run", "--config", str(config)],
                                      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
@@ -414,7 +416,7 @@ def test_versions_and_rollback_over_mqtt(broker, device, agents, tmp_path):
     assert reply["status"] == "done" and reply["active_version"] == versions[0]
     assert col.wait(lambda: col.of("meta")[-1]["active_version"] == versions[0])
     assert sorted(col.of("meta")[-1]["models"]) == sorted(versions), "nothing is deleted by a rollback"
-    status = subprocess.run([sys.executable, "-m", "ftedge", "agent", "status", "--config", str(tmp_path / "agent.toml"),
+    status = subprocess.run([os.environ.get("FTEDGE_DEVICE_PYTHON") or sys.executable, "-m", "ftedge", "agent", "status", "--config", str(tmp_path / "agent.toml"),
                              "--json"], capture_output=True, text=True, cwd=ROOT)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["active_version"] == versions[0]
