@@ -421,3 +421,20 @@ def test_versions_and_rollback_over_mqtt(broker, device, agents, tmp_path):
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["active_version"] == versions[0]
     col.close()
+
+
+def test_agent_started_while_the_broker_is_down_connects_when_it_comes_up(tmp_path, device, agents):
+    b = Broker(tmp_path / "late-broker")  # configured, not started
+    agent = agents(device(b))
+    time.sleep(2)
+    assert agent.proc.poll() is None, "a failed first connect must not kill the agent"
+    b.start()
+    try:
+        col = Collector(b)
+        col.wait_online()
+        assert col.send("ping")["status"] == "done"
+        birth = [m for m in col.of("status") if m.get("reason") == "birth"][0]
+        assert birth["seq"] == 1
+        col.close()
+    finally:
+        b.stop()
