@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ftedge.errors import AgentError
-from ftedge.runtime.hashing import atomic_write_json, sha256_file
+from ftedge.runtime.hashing import atomic_write_json, fsync_dir, sha256_file
 
 RUN_FILES = ("model.onnx", "model.json", "result.json")
 _ID_RE = re.compile(r"v(\d{4,})")
@@ -35,14 +35,6 @@ _CHUNK = 1 << 20
 
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _copy_durable(src: Path, dst: Path) -> str:
@@ -252,7 +244,7 @@ class ModelStore:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            _fsync_dir(staging)
+            fsync_dir(staging)
             try:
                 os.rename(staging, self.root / version_id)
             except OSError as exc:  # another process took this number
@@ -260,7 +252,7 @@ class ModelStore:
                     raise
                 n += 1
                 continue
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             return version_id
         raise AgentError(f"no free version number in {self.root}")
 

@@ -29,7 +29,7 @@ from typing import IO, Any, Callable, Iterable
 import ftedge
 from ftedge.errors import BundleError, FtedgeError
 from ftedge.runtime.bundle import load_bundle
-from ftedge.runtime.hashing import sha256_file
+from ftedge.runtime.hashing import fsync_dir, sha256_file
 from ftedge.runtime.manifest import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
@@ -91,14 +91,6 @@ def _redact(url: str) -> str:
     except ValueError:
         return "<unparseable URL>"
     return urllib.parse.urlunsplit((p.scheme, host, p.path, "…" if p.query else "", ""))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- pack ---------------------------------------------------------------------------------------------
@@ -251,7 +243,7 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))
 
 
 # -- deploy -------------------------------------------------------------------------------------------
@@ -376,7 +368,7 @@ def _install(bundle_dir: Path, root: Path, name: str, keys: list[Any] | None, re
     else:
         _fsync_tree(bundle_dir)
         os.rename(bundle_dir, target)
-    _fsync_dir(root)
+    fsync_dir(root)
     return target
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ftedge.errors import FtedgeError
-from ftedge.runtime.hashing import atomic_write_json
+from ftedge.runtime.hashing import atomic_write_json, fsync_dir
 from ftedge.runtime.ort_backend import TrainableModel
 
 
@@ -33,14 +33,6 @@ class RunState:
     last_checkpoint: str | None = None
     best_checkpoint: str | None = None
     elapsed_s: float = 0.0
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class CheckpointDir:
@@ -67,7 +59,7 @@ class CheckpointDir:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, self.dir / name)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         return name
 
     def commit(self, state: RunState) -> None:

@@ -28,7 +28,7 @@ from ftedge.runtime.bundle import Bundle, load_bundle
 from ftedge.runtime.cache import EmbeddingCache, embed_with_cache
 from ftedge.runtime.data import Dataset, ModelIO, load_dataset
 from ftedge.runtime.hashing import atomic_write_json
-from ftedge.runtime.ort_backend import TrainableModel, resolve_providers, set_seed
+from ftedge.runtime.ort_backend import resolve_providers, set_seed
 from ftedge.runtime.personalized import write_personalized
 from ftedge.runtime.run_state import CheckpointDir, RunState
 from ftedge.runtime.schedule import learning_rate

@@ -56,7 +56,7 @@ def test_base_model_recognizes_new_clips_of_a_source_accent(kws_bundle, tmp_path
 def test_dataset_tool_is_deterministic(tmp_path):
     maker = _maker()
     a = maker.make_dataset(tmp_path / "a", ["en-gb-scotland"], words=["yes", "go"], per_word=2, seed=7)
-    b = maker.make_dataset(tmp_path / "b", ["en-gb-scotland"], words=["yes", "go"], per_word=2, seed=7)
+    maker.make_dataset(tmp_path / "b", ["en-gb-scotland"], words=["yes", "go"], per_word=2, seed=7)
     assert a["synthetic"] is True and len(a["clips"]) == 4
     for clip in a["clips"]:
         assert (tmp_path / "a" / clip["file"]).read_bytes() == (tmp_path / "b" / clip["file"]).read_bytes()
