@@ -168,6 +168,7 @@ class Agent:
         self.wake.set()
 
     def _pump(self) -> None:
+        acked: list[int] = []
         while not (self.stopping.is_set() and self.commands.empty() and self.acks.empty() and not self.wake.is_set()):
             self.wake.wait(0.5)
             self.wake.clear()
@@ -185,24 +186,26 @@ class Agent:
                 if code >= 128:  # v5: the broker refused it (e.g. 135 not authorized): log, do not retry forever
                     self.denied += 1
                     log.error("broker refused a publish (%s); dropping it from the outbox", reason)
-                self.outbox.ack(row)
-            if not self.link.connected.is_set():
-                continue
-            busy = set(self.inflight.values())
-            for msg in self.outbox.pending(limit=MAX_INFLIGHT * 2):
-                if len(self.inflight) >= MAX_INFLIGHT:
-                    break
-                if msg.id in busy:
-                    continue
-                corr = msg.body.get("correlation") if msg.kind == "cmdres" else None
-                # hist: a retry, a leftover of an earlier boot, or queued during an outage of this boot
-                hist = msg.is_replay(self.boot) or (self.connections > 1 and msg.body["ts"] < self.connected_at_ms)
-                mid = self.link.publish(msg.topic, msg.payload(hist=hist), qos=msg.qos,
-                                        retain=msg.retain, correlation=bytes.fromhex(corr) if corr else None)
-                if mid is None:
-                    break
-                self.inflight[mid] = msg.id
-                self.outbox.mark_attempt(msg.id)
+                acked.append(row)
+            attempted: list[int] = []
+            if self.link.connected.is_set() and len(self.inflight) < MAX_INFLIGHT:
+                busy = set(self.inflight.values())
+                for msg in self.outbox.pending(limit=MAX_INFLIGHT + len(busy)):
+                    if len(self.inflight) >= MAX_INFLIGHT:
+                        break
+                    if msg.id in busy or msg.id in acked:
+                        continue
+                    # hist: a retry, a leftover of an earlier boot, or queued during an outage of this boot
+                    hist = msg.is_replay(self.boot) or (self.connections > 1 and msg.body["ts"] < self.connected_at_ms)
+                    corr = msg.body.get("correlation") if msg.kind == "cmdres" else None
+                    mid = self.link.publish(msg.topic, msg.payload(hist=hist), qos=msg.qos, retain=msg.retain,
+                                            correlation=bytes.fromhex(corr) if corr else None)
+                    if mid is None:
+                        break
+                    self.inflight[mid] = msg.id
+                    attempted.append(msg.id)
+            self.outbox.settle(acked, attempted)  # one transaction per pass, not one per message
+            acked = []
 
     # -- commands ------------------------------------------------------------------------------------
     def _reply(self, incoming: Incoming, cmd_id: str | None, status: str, code: str, detail: str,

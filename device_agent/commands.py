@@ -92,7 +92,7 @@ def train_job(args: dict[str, Any], data_root: Path, bundle_root: Path, cmd_id: 
     try:
         from ftedge.runtime.bundle import load_bundle
 
-        load_bundle(bundle)
+        load_bundle(bundle, verify=False)  # schema and roles now; the job verifies every hash before training
     except FtedgeError as exc:
         raise Rejected("bad_bundle", str(exc)) from exc
     return Job(id=new_job_id(), bundle=str(bundle), data=str(data), options=options, cmd_id=cmd_id)

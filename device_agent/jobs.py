@@ -74,6 +74,18 @@ class JobStore:
         return sorted(jobs, key=lambda j: (j.created_ms, j.id))
 
 
+def _current_rss_mb() -> float:
+    """Resident memory now (Linux /proc); the peak (ru_maxrss) elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 class _Callbacks:
     """Trainer → MQTT progress; cancellation at the next batch."""
 
@@ -87,7 +99,7 @@ class _Callbacks:
         self.step = step
 
     def on_epoch(self, record: dict[str, Any]) -> None:
-        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rss_mb = _current_rss_mb()
         self.emit("progress", {
             "job": self.job.id, "epoch": record["epoch"], "step": self.step, "loss": record["train_loss"],
             "metrics": {k: record.get(k) for k in ("val_loss", "val_accuracy", "val_macro_f1", "val_mae")

@@ -54,8 +54,9 @@ class MqttLink:
         self.subscriptions = subscriptions
         self._on_message, self._on_connection, self._on_puback = on_message, on_connection, on_puback
         self.connected = threading.Event()
+        self._closing = False
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id, protocol=mqtt.MQTTv5)
-        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        c.reconnect_delay_set(min_delay=1, max_delay=5)  # replay soon after an outage ends
         c.max_inflight_messages_set(100)
         c.max_queued_messages_set(0)
         if settings.username:
@@ -89,6 +90,7 @@ class MqttLink:
                 info.wait_for_publish(timeout)
             except (RuntimeError, ValueError):
                 pass
+        self._closing = True
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -122,7 +124,7 @@ class MqttLink:
     def _disconnected(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         was = self.connected.is_set()
         self.connected.clear()
-        if was:
+        if was and not self._closing:
             log.warning("disconnected from the broker (%s); reconnecting with backoff", reason_code)
             self._on_connection(False)
 

@@ -241,6 +241,16 @@ class Outbox:
         with self._tx(durable=False) as db:
             return db.execute("DELETE FROM messages WHERE id = ?", (id,)).rowcount > 0
 
+    def settle(self, acked: list[int], attempted: list[int]) -> None:
+        """Batch form of :meth:`ack` and :meth:`mark_attempt`: one transaction per pump pass."""
+        if not acked and not attempted:
+            return
+        with self._tx(durable=False) as db:
+            if acked:
+                db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in acked])
+            if attempted:
+                db.executemany("UPDATE messages SET attempts = attempts + 1 WHERE id = ?", [(i,) for i in attempted])
+
     def enforce_bounds(self) -> dict[str, Any]:
         """Thin per the module docstring; returns ``thinned``, ``depth``, ``bytes``, ``over_budget``."""
         with self._tx(durable=False) as db:
