@@ -10,11 +10,9 @@ split and the tuned one is promoted only if it beats it by ``min_gain``.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import math
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,13 +62,6 @@ class TrainCallbacks:
     def on_batch(self, epoch: int, step: int, loss: float) -> None: ...
     def should_stop(self) -> bool:
         return False
-
-
-def _warm_import(name: str) -> None:
-    try:
-        importlib.import_module(name)
-    except Exception:  # noqa: BLE001 - the real import later reports the problem
-        pass
 
 
 def stratified_split(y: np.ndarray, fraction: float, seed: int, classification: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -204,9 +195,6 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         session = self._session(self.ckpt.path(state.last_checkpoint))
         self.ran_on = session.backbone.providers if session.backbone else []
-        # model.onnx is written with the onnx package (~0.1 s to import): import it while ORT computes
-        # embeddings (ORT releases the GIL), not after training.
-        threading.Thread(target=_warm_import, args=("onnx",), daemon=True).start()
         self._prepare_features(session)
         monitor = self.val_idx if len(self.val_idx) else self.train_idx
         if not state.baseline:
