@@ -346,22 +346,7 @@ def proc_status(pid: int) -> dict[str, int]:
 
 # Peak RSS caveat (as in train_speed.py): ru_maxrss survives execve and a child forked from this parent would
 # report at least the parent's RSS, so the CLI runs are started by a bare `python -I -S` fork+exec launcher.
-LAUNCHER = r"""
-import json, os, sys, time
-out, cmd = sys.argv[1], sys.argv[2:]
-t = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    try:
-        os.execv(cmd[0], cmd)
-    finally:
-        os._exit(127)
-_, status, ru = os.wait4(pid, 0)
-wall = time.perf_counter() - t
-with open(out, "w") as f:
-    json.dump({"exit": os.waitstatus_to_exitcode(status), "wall_s": wall, "maxrss_kib": ru.ru_maxrss,
-               "utime_s": ru.ru_utime, "stime_s": ru.ru_stime}, f)
-"""
+from proc_launcher import LAUNCHER  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
 
 def measure(cmd: list[str], env: dict[str, str], cwd: Path) -> dict:

@@ -309,22 +309,7 @@ def child_env() -> dict[str, str]:
 # address space it replaced), and a child forked from this parent (which holds torch, ~300+ MiB) would report at
 # least the parent's RSS. So every measured command is started by this tiny launcher (a bare `python -I -S`,
 # ~6 MiB, below any Python worker's own RSS): it forks, execs the command, and reports os.wait4's rusage.
-LAUNCHER = r"""
-import json, os, sys, time
-out, cmd = sys.argv[1], sys.argv[2:]
-t = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    try:
-        os.execv(cmd[0], cmd)
-    finally:
-        os._exit(127)
-_, status, ru = os.wait4(pid, 0)
-wall = time.perf_counter() - t
-with open(out, "w") as f:
-    json.dump({"exit": os.waitstatus_to_exitcode(status), "wall_s": wall, "maxrss_kib": ru.ru_maxrss,
-               "utime_s": ru.ru_utime, "stime_s": ru.ru_stime}, f)
-"""
+from proc_launcher import LAUNCHER  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
 
 def launch(cmd: list[str], env: dict[str, str]) -> tuple[dict, str, str]:
