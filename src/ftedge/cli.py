@@ -23,9 +23,10 @@ def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     from ftedge import demo
     from ftedge.device_agent import cli as agent_cli
     from ftedge.export import cli as export_cli
+    from ftedge.fleet import cli as fleet_cli
     from ftedge.runtime import cli as runtime_cli
 
-    return [export_cli.register, runtime_cli.register, agent_cli.register, demo.register]
+    return [export_cli.register, runtime_cli.register, agent_cli.register, fleet_cli.register, demo.register]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,148 @@
+"""`ftedge fleet serve|status|send|train`: the fleet collector's command line (torch-free)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ftedge.errors import FtedgeError, UsageError
+
+DEFAULT_DB = Path("fleet.sqlite")
+
+
+def _broker(url: str) -> tuple[str, int, bool]:
+    u = urlparse(url)
+    if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+        raise UsageError(f"--broker {url!r}: use mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+    return u.hostname, u.port or (8883 if u.scheme == "mqtts" else 1883), u.scheme == "mqtts"
+
+
+def _mqtt_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--broker", required=required, metavar="URL", help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    p.add_argument("--username", help="MQTT username")
+    p.add_argument("--password-file", type=Path, help="file holding the MQTT password")
+    p.add_argument("--ca-file", help="CA certificate (mqtts)")
+    p.add_argument("--cert-file", help="client certificate (mutual TLS)")
+    p.add_argument("--key-file", help="client key (mutual TLS)")
+    p.add_argument("--client-id", default=None, help="MQTT client id (default ftedge-fleet-<host>)")
+
+
+def _collector(args: argparse.Namespace, share: str | None = None, **extra):  # noqa: ANN202
+    import socket
+
+    from ftedge.fleet.ingest import Collector
+    from ftedge.fleet.store import FleetStore
+
+    host, port, tls = _broker(args.broker)
+    password = args.password_file.read_text().rstrip("\r\n") if args.password_file else None
+    store = FleetStore(Path(getattr(args, "db", None) or DEFAULT_DB))
+    client_id = args.client_id or f"ftedge-fleet-{socket.gethostname()}"
+    return Collector(store, host=host, port=port, tls=tls, username=args.username, password=password,
+                     ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
+                     share=share, client_id=client_id, **extra), store
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fleet", help="fleet collector: ingest telemetry, serve API/metrics/dashboard, send commands",
+                       description="Collect the fleet's MQTT telemetry into SQLite and serve it; send commands.",
+                       epilog="examples:\n  ftedge fleet serve --broker mqtt://127.0.0.1:1883 --http 127.0.0.1:8080 "
+                              "--db fleet.sqlite\n  ftedge fleet status --db fleet.sqlite\n"
+                              "  ftedge fleet send dev-001 ping --broker mqtt://127.0.0.1:1883",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    fs = p.add_subparsers(dest="fleet_command", metavar="ACTION")
+    s = fs.add_parser("serve", help="ingest telemetry and serve /api, /metrics and the dashboard until Ctrl-C")
+    _mqtt_args(s)
+    s.add_argument("--http", default="127.0.0.1:8080", metavar="HOST:PORT", help="HTTP bind (default loopback:8080)")
+    s.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite file (default fleet.sqlite)")
+    s.add_argument("--share", metavar="GROUP", help="use the shared subscription $share/GROUP/… (split a fleet)")
+    s.add_argument("--token", help="bearer token enabling POST /api/devices/{id}/commands/{verb}")
+    s.set_defaults(handler=_serve)
+    st = fs.add_parser("status", help="a table of devices from the collector's database")
+    st.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite file (default fleet.sqlite)")
+    st.add_argument("--json", action="store_true", help="print JSON")
+    st.set_defaults(handler=_status)
+    se = fs.add_parser("send", help="send one command and print the reply (MQTT v5 request/response)")
+    se.add_argument("device", metavar="DEVICE")
+    se.add_argument("verb", metavar="VERB", help="ping, status, resync, train, cancel, rollback, deploy")
+    se.add_argument("--args", default="{}", metavar="JSON", help="command args as a JSON object")
+    se.add_argument("--fleet", default="demo", help="fleet name (default demo)")
+    se.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply (default 10)")
+    se.add_argument("--db", type=Path, default=None, help=argparse.SUPPRESS)
+    _mqtt_args(se)
+    se.set_defaults(handler=_send)
+    p.set_defaults(handler=lambda _a: (p.print_help(sys.stderr), 2)[1])
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ftedge.fleet.http import FleetHTTPServer
+
+    host, _, port = args.http.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--http {args.http!r}: use HOST:PORT, e.g. 127.0.0.1:8080")
+    collector, store = _collector(args, share=args.share)
+    collector.start()
+    server = FleetHTTPServer(store, host, int(port), token=args.token,
+                             send=lambda f, d, v, a: collector.send(f, d, v, a, timeout=10.0)).start()
+    print(f"collecting from {args.broker} into {args.db}; dashboard {server.url}/", file=sys.stderr)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+    collector.stop()
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from ftedge.fleet.store import FleetStore
+
+    if not args.db.exists():
+        raise FtedgeError(f"{args.db} does not exist: run `ftedge fleet serve --db {args.db}` first")
+    devices = FleetStore(args.db).devices()
+    if args.json:
+        print(json.dumps(devices))
+        return 0
+    print(f"{'fleet':10s} {'device':14s} {'state':8s} {'job':28s} {'status':10s} {'epoch':>5s} {'loss':>8s} "
+          f"{'val acc':>8s} {'version':8s}")
+    for d in devices:
+        job, m = d.get("job") or {}, d.get("metrics") or {}
+        val = (m.get("metrics") or {}).get("val_accuracy")
+        print(f"{d['fleet']:10s} {d['device']:14s} {str(d.get('state')):8s} {str(job.get('id') or '-'):28s} "
+              f"{str(job.get('status') or '-'):10s} {str(m.get('epoch', '-')):>5s} "
+              f"{('-' if m.get('loss') is None else format(m['loss'], '.4f')):>8s} "
+              f"{('-' if val is None else format(val, '.3f')):>8s} {str(d.get('active_version') or '-'):8s}")
+    return 0
+
+
+def _send(args: argparse.Namespace) -> int:
+    import tempfile
+
+    try:
+        cmd_args = json.loads(args.args)
+    except ValueError as exc:
+        raise UsageError(f"--args is not JSON: {exc}") from exc
+    if not isinstance(cmd_args, dict):
+        raise UsageError("--args must be a JSON object")
+    logging.getLogger("ftedge").setLevel(logging.WARNING)
+    import uuid
+
+    args.client_id = args.client_id or f"ftedge-send-{uuid.uuid4().hex[:8]}"  # never steal `serve`'s session
+    with tempfile.TemporaryDirectory() as tmp:
+        args.db = Path(tmp) / "send.sqlite"
+        collector, _ = _collector(args, listen=False, session_expiry=0)  # only its own replies, no lingering session
+        collector.start()
+        try:
+            reply = collector.send(args.fleet, args.device, args.verb, cmd_args, timeout=args.timeout)
+        except TimeoutError as exc:
+            raise FtedgeError(f"no reply from {args.fleet}/{args.device} within {args.timeout:g} s ({exc}); "
+                              "is the device online?") from exc
+        finally:
+            collector.stop()
+    print(json.dumps(reply))
+    return 1 if reply.get("status") in ("rejected", "error") else 0

@@ -1,0 +1,847 @@
+"""Fleet state built from the MQTT contract (SQLite in WAL mode, stdlib only).
+
+``FleetStore.ingest_batch`` takes what the collector received — ``(topic, payload, retained)`` tuples — and
+applies a whole batch in **one transaction**. Topics are ``ftedge/v1/{fleet}/{device}/{rest}`` (DESIGN.md,
+"MQTT"); ``cmd/…`` (host → device) is ignored. Every device message carries the envelope ``v, ts, dev,
+boot, seq, hist``; a payload that is not a JSON object with that envelope (or whose ``dev`` is not the
+topic's device) counts in ``malformed_total`` and is otherwise ignored.
+
+**De-duplication and loss.** Messages are unique by ``(fleet, device, boot, seq)``. Per boot (a *stream*)
+the store keeps ``contiguous``, the highest seq up to which every seq arrived (or was written off as a
+hole), plus the seqs seen beyond it (table ``seen``). A seq ≤ ``contiguous`` is a duplicate (unless it
+fills a counted hole); a seq beyond ``contiguous + 1`` leaves a *pending hole*. A hole still open
+``reorder_window_s`` after it was noticed is counted by :meth:`FleetStore.check_gaps` (one ``gaps`` row and
+one ``seq_gaps_total`` per missing range) and returned so the collector can ask the device to ``resync``.
+A late arrival that fills a counted hole is accepted (``late_fills_total``) and the hole is marked filled
+once complete; the counter is not decremented. Retained replays (``retained=True``) never open a hole
+by themselves: they are old by nature. A boot first seen mid-way (a collector that joins a running
+fleet) shows its unseen beginning as one hole. Only the newest ``keep_boots`` boots per device are kept
+for de-duplication. ``seq 0`` is the Last Will (not part of the sequence): de-duplicated by
+``(boot, will)``, except that a live repeat of the current boot's Will after the device came back counts.
+
+**Which state wins.** A device's *current boot* is the one that started last, judged by the smallest
+envelope ``ts`` seen for each boot (a Will's ``ts`` is written when its agent starts). Snapshots —
+``status``, ``meta``, ``job`` and the latest ``progress`` (``metrics``) — apply only from the current boot
+and only if newer (by seq) than the applied one, so a replayed or stale message never overwrites newer
+state. In particular an offline Will from an older boot (a crash followed by a quick restart: the old
+connection's Will arrives after the new boot's birth) is ignored (``stale_wills_total``). Two inferences
+keep ``state`` honest because the agent publishes ``online`` only at birth: a message from a newer boot
+than the one that went offline sets ``online`` (reason ``new_boot``), and a live message of the current
+boot published after its Will sets ``online`` (reason ``reconnect``). ``progress`` rows and ``result``
+rows are recorded from every boot (a result is idempotent per job). ``cmdres`` replies are kept (the
+newest ``max_replies``) for ``fleet send``.
+
+One ``FleetStore`` object owns a database file (it caches per-device and per-boot state in memory);
+it is thread-safe (one lock). Counters: ``messages_total`` (unique device messages), ``duplicates_total``,
+``seq_gaps_total``, ``malformed_total``, ``late_fills_total``, ``stale_wills_total``, ``ignored_total``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftedge.errors import FtedgeError
+
+SCHEMA_VERSION = 1
+TOPIC_ROOT = "ftedge/v1"
+COUNTERS = ("messages_total", "duplicates_total", "seq_gaps_total", "malformed_total", "late_fills_total",
+            "stale_wills_total", "ignored_total")
+ENVELOPE_KEYS = ("v", "ts", "dev", "boot", "seq", "hist")
+_INT64 = 2**63
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = [
+    # Migration i brings the file from user_version i to i + 1 (one transaction each).
+    """
+    CREATE TABLE devices (
+        fleet TEXT NOT NULL,
+        device TEXT NOT NULL,
+        state TEXT,                                 -- online / offline (from status, Will, inference)
+        reason TEXT,                                -- birth / shutdown / lwt / resync / new_boot / reconnect
+        last_seen_ms INTEGER,                       -- collector clock (retained replays: their ts at most)
+        boot TEXT,                                  -- current boot
+        last_seq INTEGER NOT NULL DEFAULT 0,        -- max seq of the current boot
+        meta_json TEXT,                             -- latest meta body (as published)
+        job_json TEXT,                              -- latest job body
+        metrics_json TEXT,                          -- latest progress body of the current boot
+        active_version TEXT,
+        status_ts INTEGER,                          -- envelope ts of the applied status
+        marks_json TEXT NOT NULL DEFAULT '{}',      -- seq of the applied snapshot per kind (current boot)
+        PRIMARY KEY (fleet, device)
+    );
+    CREATE TABLE boots (
+        fleet TEXT NOT NULL,
+        device TEXT NOT NULL,
+        boot TEXT NOT NULL,
+        first_ts INTEGER NOT NULL,                  -- smallest envelope ts seen: orders boots
+        first_seen_ms INTEGER NOT NULL,             -- collector clock
+        contiguous INTEGER NOT NULL DEFAULT 0,      -- every seq <= this arrived or is a counted hole
+        max_seq INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (fleet, device, boot)
+    );
+    CREATE TABLE seen (                             -- seqs beyond `contiguous`, hole fills, the Will (seq 0)
+        fleet TEXT NOT NULL,
+        device TEXT NOT NULL,
+        boot TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (fleet, device, boot, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE gaps (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        fleet TEXT NOT NULL,
+        device TEXT NOT NULL,
+        boot TEXT NOT NULL,
+        missing_from INTEGER NOT NULL,
+        missing_to INTEGER NOT NULL,
+        ts INTEGER NOT NULL,                        -- when counted (collector clock, ms)
+        filled INTEGER NOT NULL DEFAULT 0,          -- seqs of the range that arrived late
+        filled_ts INTEGER                           -- set once the whole range arrived
+    );
+    CREATE INDEX gaps_open ON gaps (fleet, device, boot) WHERE filled_ts IS NULL;
+    CREATE TABLE progress (
+        fleet TEXT NOT NULL,
+        device TEXT NOT NULL,
+        job TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        ts INTEGER NOT NULL,
+        body_json TEXT NOT NULL,
+        PRIMARY KEY (fleet, device, job, epoch)
+    );
+    CREATE TABLE results (
+        fleet TEXT NOT NULL,
+        device TEXT NOT NULL,
+        job TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        body_json TEXT NOT NULL,
+        PRIMARY KEY (fleet, device, job)
+    );
+    CREATE TABLE replies (
+        cmd_id TEXT PRIMARY KEY,
+        fleet TEXT NOT NULL,
+        device TEXT NOT NULL,
+        body_json TEXT NOT NULL,
+        ts INTEGER NOT NULL                         -- when received (collector clock, ms)
+    );
+    CREATE INDEX replies_ts ON replies (ts);
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO counters (name, value) VALUES ('messages_total', 0), ('duplicates_total', 0),
+        ('seq_gaps_total', 0), ('malformed_total', 0), ('late_fills_total', 0), ('stale_wills_total', 0),
+        ('ignored_total', 0);
+    """,
+]
+assert len(_SCHEMA) == SCHEMA_VERSION
+
+_DEVICE_COLUMNS = ("fleet, device, state, reason, last_seen_ms, boot, last_seq, meta_json, job_json, metrics_json,"
+                   " active_version, status_ts, marks_json")
+
+
+class FleetStoreError(FtedgeError):
+    """The fleet database cannot be opened or written."""
+
+
+# -- in-memory state (flushed at the end of every transaction) -------------------------------------------------
+
+@dataclass
+class _Device:
+    fleet: str
+    device: str
+    state: str | None = None
+    reason: str | None = None
+    last_seen_ms: int | None = None
+    boot: str | None = None
+    last_seq: int = 0
+    meta: str | None = None
+    job: str | None = None
+    metrics: str | None = None
+    active_version: str | None = None
+    status_ts: int | None = None
+    marks: dict[str, int] = field(default_factory=dict)
+    switched: bool = False  # current boot changed in this transaction: prune old boots
+
+
+@dataclass
+class _Hole:
+    id: int
+    lo: int
+    hi: int
+    filled: int = 0
+
+
+@dataclass
+class _Stream:
+    fleet: str
+    device: str
+    boot: str
+    first_ts: int
+    first_seen_ms: int
+    contiguous: int = 0
+    max_seq: int = 0
+    above: set[int] = field(default_factory=set)              # seqs seen beyond `contiguous`
+    marks: list[tuple[int, float]] = field(default_factory=list)  # (max seq beyond, when noticed)
+    mark_max: int = 0
+    holes: list[_Hole] = field(default_factory=list)          # counted, not yet filled
+    purge: bool = False
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.fleet, self.device, self.boot
+
+
+@dataclass
+class _Msg:
+    fleet: str
+    device: str
+    kind: str           # status meta job progress result cmdres other
+    job: str | None
+    body: dict[str, Any]
+    text: str
+    retained: bool
+    ts: int
+    boot: str
+    seq: int
+
+
+class _Report(dict):
+    def add(self, key: str, n: int = 1) -> None:
+        self[key] = self.get(key, 0) + n
+
+
+class FleetStore:
+    """The collector's database; see the module docstring for the rules."""
+
+    def __init__(self, path: Path | str, reorder_window_s: float = 5.0, keep_boots: int = 4,
+                 max_replies: int = 1000) -> None:
+        self.path = Path(path) if str(path) != ":memory:" else None
+        self.reorder_window_s = float(reorder_window_s)
+        self.keep_boots = max(2, int(keep_boots))
+        self.max_replies = max(1, int(max_replies))
+        self.transactions = 0          # committed write transactions (ingest_batch, check_gaps)
+        self._lock = threading.RLock()
+        self._devices: dict[tuple[str, str], _Device] = {}
+        self._streams: dict[tuple[str, str, str], _Stream] = {}
+        self._pending: set[tuple[str, str, str]] = set()   # streams with a pending hole
+        self._malformed_logged = 0
+        target = ":memory:" if self.path is None else self.path
+        try:
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(target, timeout=30, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise FleetStoreError(f"cannot open the fleet database {target}: {exc}; check that the directory "
+                                  "exists or can be created, and its permissions") from exc
+        try:
+            if self.path is not None:
+                mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise FleetStoreError(f"{self.path}: SQLite refused WAL mode ({mode}); use a local disk")
+            # The collector can re-learn the last commits from retained state and resync: NORMAL is enough.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+            self._load_pending()
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise FleetStoreError(f"cannot open the fleet database {target}: {exc}; if the file is damaged, "
+                                  "move it aside (the collector rebuilds state from retained messages)") from exc
+        except BaseException:
+            self._db.close()
+            raise
+
+    # -- writing ------------------------------------------------------------------------------------------
+
+    def ingest_batch(self, msgs: Iterable[tuple[str, bytes, bool]], now: float | None = None) -> dict[str, Any]:
+        """Apply ``(topic, payload, retained)`` messages in one transaction.
+
+        Returns counts for this batch: ``messages`` (unique), ``duplicates``, ``malformed``, ``ignored``,
+        ``late_fills``, ``stale_wills``, and ``replies`` (cmd_ids of the ``cmdres`` replies stored).
+        ``now`` (epoch seconds, default the clock) is when the batch was received.
+        """
+        now = time.time() if now is None else float(now)
+        now_ms = int(now * 1000)
+        rep = _Report(messages=0, duplicates=0, malformed=0, ignored=0, late_fills=0, stale_wills=0)
+        replies: list[str] = []
+        parsed: list[_Msg] = []
+        for topic, payload, retained in msgs:          # JSON decoding outside the lock
+            m = self._parse(topic, payload, retained)
+            if isinstance(m, _Msg):
+                parsed.append(m)
+            else:
+                rep.add(m)
+        with self._tx() as db:
+            rows: dict[str, list[tuple]] = {"progress": [], "results": [], "replies": []}
+            touched_devices: dict[tuple[str, str], _Device] = {}
+            touched_streams: dict[tuple[str, str, str], _Stream] = {}
+            for m in parsed:
+                dev, st = self._apply(db, m, now, now_ms, rep, rows)
+                touched_devices[(dev.fleet, dev.device)] = dev
+                touched_streams[st.key] = st
+            if rows["progress"]:
+                db.executemany("INSERT OR REPLACE INTO progress (fleet, device, job, epoch, ts, body_json)"
+                               " VALUES (?, ?, ?, ?, ?, ?)", rows["progress"])
+            if rows["results"]:
+                db.executemany("INSERT OR REPLACE INTO results (fleet, device, job, ts, body_json)"
+                               " VALUES (?, ?, ?, ?, ?)", rows["results"])
+            if rows["replies"]:
+                db.executemany("INSERT OR REPLACE INTO replies (cmd_id, fleet, device, body_json, ts)"
+                               " VALUES (?, ?, ?, ?, ?)", rows["replies"])
+                replies = [r[0] for r in rows["replies"]]
+                db.execute("DELETE FROM replies WHERE cmd_id IN (SELECT cmd_id FROM replies ORDER BY ts DESC"
+                           " LIMIT -1 OFFSET ?)", (self.max_replies,))
+            for st in touched_streams.values():
+                self._save_stream(db, st)
+            for dev in touched_devices.values():
+                self._save_device(db, dev)
+                if dev.switched:
+                    self._prune_boots(db, dev)
+            self._bump(db, {"messages_total": rep["messages"], "duplicates_total": rep["duplicates"],
+                            "malformed_total": rep["malformed"], "ignored_total": rep["ignored"],
+                            "late_fills_total": rep["late_fills"], "stale_wills_total": rep["stale_wills"]})
+        out: dict[str, Any] = dict(rep)
+        out["replies"] = replies
+        return out
+
+    def check_gaps(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Count the holes open for at least ``reorder_window_s``; returns the newly counted ones.
+
+        Each: ``fleet``, ``device``, ``boot``, ``missing_from``, ``missing_to`` (inclusive), ``ts`` (ms).
+        """
+        now = time.time() if now is None else float(now)
+        cutoff = now - self.reorder_window_s
+        counted: list[dict[str, Any]] = []
+        with self._lock:
+            if not self._pending:
+                return counted
+            with self._tx() as db:
+                for key in sorted(self._pending):
+                    st = self._streams.get(key)
+                    if st is None:
+                        self._pending.discard(key)
+                        continue
+                    due = [s for s, t in st.marks if t <= cutoff]
+                    if not due:
+                        continue
+                    top = max(due)
+                    lo, ranges = st.contiguous + 1, []
+                    present = sorted(x for x in st.above if x <= top)
+                    for x in present:
+                        if x > lo:
+                            ranges.append((lo, x - 1))
+                        lo = x + 1
+                    for a, b in ranges:
+                        gid = db.execute(
+                            "INSERT INTO gaps (fleet, device, boot, missing_from, missing_to, ts) VALUES"
+                            " (?, ?, ?, ?, ?, ?)", (st.fleet, st.device, st.boot, a, b, int(now * 1000))).lastrowid
+                        st.holes.append(_Hole(gid, a, b))
+                        counted.append({"fleet": st.fleet, "device": st.device, "boot": st.boot,
+                                        "missing_from": a, "missing_to": b, "ts": int(now * 1000)})
+                    st.above.difference_update(present)
+                    st.contiguous = max(st.contiguous, top)
+                    self._advance(st)
+                    self._save_stream(db, st)
+                self._bump(db, {"seq_gaps_total": len(counted)})
+        for h in counted:
+            log.warning("seq hole %s/%s boot %s: %d..%d missing for %.1f s", h["fleet"], h["device"], h["boot"],
+                        h["missing_from"], h["missing_to"], self.reorder_window_s)
+        return counted
+
+    # -- reading ------------------------------------------------------------------------------------------
+
+    def devices(self, fleet: str | None = None) -> list[dict[str, Any]]:
+        """Every device (optionally of one fleet), sorted by fleet and device id."""
+        sql = f"SELECT {_DEVICE_COLUMNS} FROM devices"
+        args: tuple = ()
+        if fleet is not None:
+            sql, args = sql + " WHERE fleet = ?", (fleet,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY fleet, device", args).fetchall()
+        return [_device_view(r) for r in rows]
+
+    def device(self, fleet: str, device: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE fleet = ? AND device = ?",
+                                   (fleet, device)).fetchone()
+        return None if row is None else _device_view(row)
+
+    def job(self, fleet: str, device: str, job: str) -> dict[str, Any] | None:
+        """``progress`` (bodies in epoch order), ``result`` (body or None), ``status``; None if unknown."""
+        with self._lock:
+            progress = [json.loads(b) for (b,) in self._db.execute(
+                "SELECT body_json FROM progress WHERE fleet = ? AND device = ? AND job = ? ORDER BY epoch",
+                (fleet, device, job))]
+            row = self._db.execute("SELECT body_json FROM results WHERE fleet = ? AND device = ? AND job = ?",
+                                   (fleet, device, job)).fetchone()
+            snap = self._db.execute("SELECT job_json FROM devices WHERE fleet = ? AND device = ?",
+                                    (fleet, device)).fetchone()
+        result = json.loads(row[0]) if row else None
+        snapshot = json.loads(snap[0]) if snap and snap[0] else None
+        if snapshot is not None and snapshot.get("job") != job:
+            snapshot = None
+        if not progress and result is None and snapshot is None:
+            return None
+        status = (result or {}).get("status") or (snapshot or {}).get("status") or "running"
+        return {"fleet": fleet, "device": device, "job": job, "status": status, "progress": progress,
+                "result": result, "snapshot": snapshot}
+
+    def jobs(self, fleet: str | None = None, device: str | None = None) -> list[dict[str, Any]]:
+        """Known jobs: ``fleet``, ``device``, ``job``, ``epochs`` (progress rows), ``last_ts``, ``status``
+        (from the result, or None while no result arrived)."""
+        where, args = [], []
+        for col, val in (("fleet", fleet), ("device", device)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        cond = (" WHERE " + " AND ".join(where)) if where else ""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT fleet, device, job, SUM(epochs), MAX(ts), MAX(result) FROM ("
+                f" SELECT fleet, device, job, COUNT(*) AS epochs, MAX(ts) AS ts, NULL AS result FROM progress{cond}"
+                "  GROUP BY fleet, device, job"
+                f" UNION ALL SELECT fleet, device, job, 0, ts, body_json FROM results{cond})"
+                " GROUP BY fleet, device, job ORDER BY MAX(ts)", args * 2).fetchall()
+        return [{"fleet": f, "device": d, "job": j, "epochs": int(n or 0), "last_ts": ts,
+                 "status": json.loads(r).get("status") if r else None} for f, d, j, n, ts, r in rows]
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            rows = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+        return {k: int(rows.get(k, 0)) for k in COUNTERS}
+
+    def gaps(self, fleet: str | None = None, device: str | None = None, open_only: bool = False) -> list[dict]:
+        """Counted holes: ``fleet, device, boot, missing_from, missing_to, ts, filled, filled_ts``."""
+        where, args = [], []
+        for col, val in (("fleet", fleet), ("device", device)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        if open_only:
+            where.append("filled_ts IS NULL")
+        cond = (" WHERE " + " AND ".join(where)) if where else ""
+        with self._lock:
+            rows = self._db.execute("SELECT fleet, device, boot, missing_from, missing_to, ts, filled, filled_ts"
+                                    f" FROM gaps{cond} ORDER BY id", args).fetchall()
+        keys = ("fleet", "device", "boot", "missing_from", "missing_to", "ts", "filled", "filled_ts")
+        return [dict(zip(keys, r)) for r in rows]
+
+    def fleet_summary(self, fleet: str | None = None) -> dict[str, Any]:
+        """``devices``, ``online``, ``offline``, ``jobs_running``, and over the devices whose latest
+        succeeded-and-promoted result reports ``baseline.accuracy`` and ``final.accuracy``:
+        ``promoted_devices``, ``accuracy_before``, ``accuracy_after`` (means; None when no such device)."""
+        devs = self.devices(fleet)
+        sql, args = "SELECT fleet, device, body_json FROM results", ()
+        if fleet is not None:
+            sql, args = sql + " WHERE fleet = ?", (fleet,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY ts", args).fetchall()
+        latest: dict[tuple[str, str], tuple[float, float]] = {}
+        for f, d, text in rows:
+            body = json.loads(text)
+            if body.get("status") != "succeeded" or not body.get("promoted"):
+                continue
+            before = _number((body.get("baseline") or {}).get("accuracy"))
+            after = _number((body.get("final") or {}).get("accuracy"))
+            if before is not None and after is not None:
+                latest[(f, d)] = (before, after)   # ordered by ts: the newest wins
+        n = len(latest)
+        before = sum(b for b, _ in latest.values()) / n if n else None
+        after = sum(a for _, a in latest.values()) / n if n else None
+        return {
+            "devices": len(devs),
+            "online": sum(d["state"] == "online" for d in devs),
+            "offline": sum(d["state"] == "offline" for d in devs),
+            "jobs_running": sum(bool(d["job"]) and d["job"].get("status") == "running" for d in devs),
+            "promoted_devices": n,
+            "accuracy_before": before,
+            "accuracy_after": after,
+        }
+
+    def reply(self, cmd_id: str) -> dict[str, Any] | None:
+        """The newest ``cmdres`` body with this ``cmd_id`` (as published), or None."""
+        with self._lock:
+            row = self._db.execute("SELECT body_json FROM replies WHERE cmd_id = ?", (cmd_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> FleetStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals: parsing -------------------------------------------------------------------------------
+
+    def _parse(self, topic: str, payload: bytes, retained: bool) -> _Msg | str:
+        if not isinstance(topic, str):
+            return self._malformed(repr(topic), "topic is not a string")
+        parts = topic.split("/", 4)
+        if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT or not all(parts[2:]):
+            return self._malformed(topic, "topic is not ftedge/v1/{fleet}/{device}/...")
+        fleet, device, rest = parts[2], parts[3], parts[4]
+        if rest == "cmd" or rest.startswith("cmd/"):
+            return "ignored"
+        try:
+            text = payload if isinstance(payload, str) else bytes(payload).decode("utf-8")
+            body = json.loads(text)
+        except (UnicodeDecodeError, ValueError, TypeError, RecursionError):
+            return self._malformed(topic, "payload is not UTF-8 JSON")
+        if not isinstance(body, dict):
+            return self._malformed(topic, "payload is not a JSON object")
+        ts, boot, seq = body.get("ts"), body.get("boot"), body.get("seq")
+        if ("v" not in body or not _is_int(seq) or not 0 <= seq < _INT64 or not isinstance(boot, str) or not boot
+                or _number(ts) is None or not math.isfinite(ts) or not 0 <= ts < _INT64):
+            return self._malformed(topic, "missing or invalid envelope (v, ts, dev, boot, seq)")
+        if body.get("dev") != device:
+            return self._malformed(topic, f"envelope dev {body.get('dev')!r} is not the topic's device")
+        job = None
+        if rest in ("status", "meta", "job"):
+            kind = rest
+        elif rest.startswith("jobs/"):
+            segs = rest.split("/")
+            if len(segs) == 3 and segs[1] and segs[2] in ("progress", "result"):
+                kind, job = segs[2], segs[1]
+            else:
+                kind = "other"
+        elif rest.startswith("cmdres/"):
+            kind = "cmdres"
+        else:
+            kind = "other"
+        if seq == 0 and kind != "status":
+            return self._malformed(topic, "seq 0 is reserved for the Last Will (status)")
+        return _Msg(fleet, device, kind, job, body, text, bool(retained), int(ts), boot, seq)
+
+    def _malformed(self, topic: str, why: str) -> str:
+        self._malformed_logged += 1
+        level = logging.WARNING if self._malformed_logged <= 20 else logging.DEBUG
+        log.log(level, "malformed message on %s: %s", topic, why)
+        return "malformed"
+
+    # -- internals: applying ------------------------------------------------------------------------------
+
+    def _apply(self, db: sqlite3.Connection, m: _Msg, now: float, now_ms: int, rep: _Report,
+               rows: dict[str, list[tuple]]) -> tuple[_Device, _Stream]:
+        dev = self._device(db, m.fleet, m.device)
+        st = self._stream(db, m.fleet, m.device, m.boot, now, create_ts=m.ts, now_ms=now_ms)
+        will = m.seq == 0
+        fresh = self._will_is_new(db, m, dev) if will else self._seq_is_new(db, st, m, now, rep)
+        if not fresh:
+            rep.add("duplicates")
+            return dev, st
+        rep.add("messages")
+        st.max_seq = max(st.max_seq, m.seq)
+        current = self._settle_boot(db, dev, st, now)
+        if will:
+            pass   # published by the broker, not the device: says nothing about when it was last seen
+        elif m.retained:
+            dev.last_seen_ms = max(dev.last_seen_ms or 0, min(m.ts, now_ms))
+        else:
+            dev.last_seen_ms = max(dev.last_seen_ms or 0, now_ms)
+        if not current:
+            if will:
+                rep.add("stale_wills")
+                log.info("ignoring the Will of %s/%s boot %s: boot %s started later", m.fleet, m.device, m.boot,
+                         dev.boot)
+        else:
+            dev.last_seq = st.max_seq
+            if (not will and not m.retained and m.kind != "status" and dev.state == "offline"
+                    and dev.reason == "lwt" and "will" in dev.marks and m.seq > dev.marks["will"]):
+                dev.state, dev.reason = "online", "reconnect"
+                del dev.marks["will"]
+        thinned = bool(m.body.get("thinned"))
+        body = m.body
+        if m.kind == "status":
+            if current and will:
+                dev.state = _str(body.get("state")) or "offline"
+                dev.reason = _str(body.get("reason")) or "lwt"
+                dev.status_ts = m.ts
+                dev.marks["will"] = st.max_seq
+            elif current and self._newer(dev, "status", m.seq) and not thinned:
+                dev.state, dev.reason, dev.status_ts = _str(body.get("state")), _str(body.get("reason")), m.ts
+                dev.marks.pop("will", None)
+        elif m.kind == "meta":
+            if current and not thinned and self._newer(dev, "meta", m.seq):
+                dev.meta = m.text
+                av = body.get("active_version")
+                dev.active_version = None if av is None else str(av)
+        elif m.kind == "job":
+            if current and not thinned and self._newer(dev, "job", m.seq):
+                dev.job = m.text
+        elif m.kind == "progress":
+            if not thinned and _is_int(body.get("epoch")) and abs(body["epoch"]) < _INT64:
+                rows["progress"].append((m.fleet, m.device, m.job, body["epoch"], m.ts, m.text))
+                if current and self._newer(dev, "metrics", m.seq):
+                    dev.metrics = m.text
+        elif m.kind == "result":
+            rows["results"].append((m.fleet, m.device, m.job, m.ts, m.text))
+        elif m.kind == "cmdres":
+            cmd_id = body.get("cmd_id")
+            if isinstance(cmd_id, str) and cmd_id:
+                rows["replies"].append((cmd_id, m.fleet, m.device, m.text, now_ms))
+        return dev, st
+
+    @staticmethod
+    def _newer(dev: _Device, kind: str, seq: int) -> bool:
+        if seq < dev.marks.get(kind, 0):
+            return False
+        dev.marks[kind] = seq
+        return True
+
+    def _will_is_new(self, db: sqlite3.Connection, m: _Msg, dev: _Device) -> bool:
+        if db.execute("INSERT OR IGNORE INTO seen (fleet, device, boot, seq) VALUES (?, ?, ?, 0)",
+                      (m.fleet, m.device, m.boot)).rowcount:
+            return True
+        # The same Will fires again (same bytes) if the device came back and dropped off again.
+        return not m.retained and dev.boot == m.boot and dev.state == "online"
+
+    def _seq_is_new(self, db: sqlite3.Connection, st: _Stream, m: _Msg, now: float, rep: _Report) -> bool:
+        seq = m.seq
+        if seq <= st.contiguous:
+            for hole in st.holes:
+                if hole.lo <= seq <= hole.hi:
+                    if not db.execute("INSERT OR IGNORE INTO seen (fleet, device, boot, seq) VALUES (?, ?, ?, ?)",
+                                      (st.fleet, st.device, st.boot, seq)).rowcount:
+                        return False
+                    hole.filled += 1
+                    rep.add("late_fills")
+                    done = hole.filled >= hole.hi - hole.lo + 1
+                    db.execute("UPDATE gaps SET filled = ?, filled_ts = ? WHERE id = ?",
+                               (hole.filled, int(now * 1000) if done else None, hole.id))
+                    if done:
+                        st.holes.remove(hole)
+                        st.purge = True
+                    return True
+            return False
+        if seq in st.above:
+            return False
+        if seq == st.contiguous + 1:
+            st.contiguous = seq
+            if st.above:
+                self._advance(st)
+            return True
+        st.above.add(seq)
+        db.execute("INSERT OR IGNORE INTO seen (fleet, device, boot, seq) VALUES (?, ?, ?, ?)",
+                   (st.fleet, st.device, st.boot, seq))
+        if not m.retained and seq > st.mark_max:   # a retained replay is old: it notices no loss
+            st.marks.append((seq, now))
+            st.mark_max = seq
+            self._pending.add(st.key)
+        return True
+
+    def _advance(self, st: _Stream) -> None:
+        while st.contiguous + 1 in st.above:
+            st.contiguous += 1
+            st.above.discard(st.contiguous)
+            st.purge = True
+        if any(s <= st.contiguous for s in st.above):
+            st.above = {s for s in st.above if s > st.contiguous}
+            st.purge = True
+        st.marks = [(s, t) for s, t in st.marks if s > st.contiguous]
+        if not st.marks:
+            self._pending.discard(st.key)
+
+    def _settle_boot(self, db: sqlite3.Connection, dev: _Device, st: _Stream, now: float) -> bool:
+        """Make ``st`` the device's current boot if it started later; True if it is the current boot."""
+        if dev.boot == st.boot:
+            return True
+        if dev.boot is not None:
+            cur = self._stream(db, dev.fleet, dev.device, dev.boot, now)
+            if cur is not None and st.first_ts <= cur.first_ts:
+                return False
+            if dev.state is not None and dev.state != "online":
+                dev.state, dev.reason = "online", "new_boot"   # it restarted after going offline
+        dev.boot, dev.marks, dev.last_seq, dev.switched = st.boot, {}, st.max_seq, True
+        return True
+
+    def _device(self, db: sqlite3.Connection, fleet: str, device: str) -> _Device:
+        key = (fleet, device)
+        dev = self._devices.get(key)
+        if dev is None:
+            row = db.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE fleet = ? AND device = ?",
+                             key).fetchone()
+            if row is None:
+                dev = _Device(fleet, device)
+            else:
+                dev = _Device(*row[:12], marks=json.loads(row[12] or "{}"))
+            self._devices[key] = dev
+        return dev
+
+    def _stream(self, db: sqlite3.Connection, fleet: str, device: str, boot: str, now: float,
+                create_ts: int | None = None, now_ms: int = 0) -> _Stream | None:
+        key = (fleet, device, boot)
+        st = self._streams.get(key)
+        if st is None:
+            st = self._load_stream(db, key, now)
+            if st is None:
+                if create_ts is None:
+                    return None
+                st = _Stream(fleet, device, boot, create_ts, now_ms)
+            self._streams[key] = st
+        if create_ts is not None and create_ts < st.first_ts:
+            st.first_ts = create_ts
+        return st
+
+    def _load_stream(self, db: sqlite3.Connection, key: tuple[str, str, str], now: float) -> _Stream | None:
+        row = db.execute("SELECT first_ts, first_seen_ms, contiguous, max_seq FROM boots"
+                         " WHERE fleet = ? AND device = ? AND boot = ?", key).fetchone()
+        if row is None:
+            return None
+        st = _Stream(*key, *row)
+        st.above = {s for (s,) in db.execute("SELECT seq FROM seen WHERE fleet = ? AND device = ? AND boot = ?"
+                                              " AND seq > ?", (*key, st.contiguous))}
+        st.holes = [_Hole(*r) for r in db.execute(
+            "SELECT id, missing_from, missing_to, filled FROM gaps WHERE fleet = ? AND device = ? AND boot = ?"
+            " AND filled_ts IS NULL", key)]
+        if st.above:   # pending holes survive a restart: noticed again now
+            st.mark_max = max(st.above)
+            st.marks = [(st.mark_max, now)]
+            self._pending.add(key)
+        return st
+
+    def _load_pending(self) -> None:
+        """Streams with seqs beyond their contiguous mark: their holes are pending again after a restart."""
+        now = time.time()
+        keys = self._db.execute(
+            "SELECT DISTINCT s.fleet, s.device, s.boot FROM seen s JOIN boots b ON b.fleet = s.fleet"
+            " AND b.device = s.device AND b.boot = s.boot WHERE s.seq > b.contiguous").fetchall()
+        for key in keys:
+            st = self._load_stream(self._db, tuple(key), now)
+            if st is not None:
+                self._streams[st.key] = st
+
+    # -- internals: persistence ---------------------------------------------------------------------------
+
+    def _save_stream(self, db: sqlite3.Connection, st: _Stream) -> None:
+        db.execute(
+            "INSERT INTO boots (fleet, device, boot, first_ts, first_seen_ms, contiguous, max_seq)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fleet, device, boot) DO UPDATE SET"
+            " first_ts = excluded.first_ts, contiguous = excluded.contiguous, max_seq = excluded.max_seq",
+            (st.fleet, st.device, st.boot, st.first_ts, st.first_seen_ms, st.contiguous, st.max_seq))
+        if st.purge:   # seqs <= contiguous need no row, except inside holes (late fills) and the Will (0)
+            lo = 1
+            for hole in sorted(st.holes, key=lambda h: h.lo):
+                if hole.lo > lo:
+                    self._delete_seen(db, st, lo, min(hole.lo - 1, st.contiguous))
+                lo = max(lo, hole.hi + 1)
+            self._delete_seen(db, st, lo, st.contiguous)
+            st.purge = False
+
+    @staticmethod
+    def _delete_seen(db: sqlite3.Connection, st: _Stream, lo: int, hi: int) -> None:
+        if lo <= hi:
+            db.execute("DELETE FROM seen WHERE fleet = ? AND device = ? AND boot = ? AND seq BETWEEN ? AND ?",
+                       (st.fleet, st.device, st.boot, lo, hi))
+
+    def _save_device(self, db: sqlite3.Connection, dev: _Device) -> None:
+        db.execute(
+            f"INSERT OR REPLACE INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (dev.fleet, dev.device, dev.state, dev.reason, dev.last_seen_ms, dev.boot, dev.last_seq, dev.meta,
+             dev.job, dev.metrics, dev.active_version, dev.status_ts, json.dumps(dev.marks, separators=(",", ":"))))
+
+    def _prune_boots(self, db: sqlite3.Connection, dev: _Device) -> None:
+        """Keep the newest ``keep_boots`` boots of a device for de-duplication."""
+        dev.switched = False
+        old = db.execute("SELECT boot FROM boots WHERE fleet = ? AND device = ? AND boot != ?"
+                         " ORDER BY first_ts DESC LIMIT -1 OFFSET ?",
+                         (dev.fleet, dev.device, dev.boot, self.keep_boots - 1)).fetchall()
+        for (boot,) in old:
+            key = (dev.fleet, dev.device, boot)
+            db.execute("DELETE FROM seen WHERE fleet = ? AND device = ? AND boot = ?", key)
+            db.execute("DELETE FROM boots WHERE fleet = ? AND device = ? AND boot = ?", key)
+            self._streams.pop(key, None)
+            self._pending.discard(key)
+
+    @staticmethod
+    def _bump(db: sqlite3.Connection, deltas: dict[str, int]) -> None:
+        db.executemany("UPDATE counters SET value = value + ? WHERE name = ?",
+                       [(n, k) for k, n in deltas.items() if n])
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock; on failure the in-memory caches are dropped (reloaded)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+                self.transactions += 1
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                self._devices.clear()
+                self._streams.clear()
+                self._pending.clear()
+                try:
+                    self._load_pending()
+                except sqlite3.Error:
+                    log.exception("could not reload pending holes")
+                raise
+
+    def _migrate(self) -> None:
+        """Bring the file to SCHEMA_VERSION (``PRAGMA user_version``), one transaction per step."""
+        with self._lock:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise FleetStoreError(
+                    f"{self.path} has fleet schema {version}, newer than this ftedge understands "
+                    f"({SCHEMA_VERSION}); upgrade ftedge or use another --db")
+            for v in range(version, SCHEMA_VERSION):
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in _statements(_SCHEMA[v]):
+                        self._db.execute(statement)
+                    self._db.execute(f"PRAGMA user_version = {v + 1}")
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+
+def _device_view(row: tuple) -> dict[str, Any]:
+    (fleet, device, state, reason, last_seen, boot, last_seq, meta, job, metrics, active, status_ts, _marks) = row
+    job_view = None
+    if job:
+        body = json.loads(job)
+        job_view = {"id": body.get("job"), "status": body.get("status"),
+                    **{k: v for k, v in body.items() if k not in ("job", "status")}}
+    return {
+        "fleet": fleet, "device": device, "state": state, "reason": reason, "last_seen": last_seen,
+        "last_seq": last_seq, "boot": boot, "job": job_view, "metrics": json.loads(metrics) if metrics else None,
+        "active_version": active, "meta": json.loads(meta) if meta else None, "status_ts": status_ts,
+    }
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _number(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def _str(x: Any) -> str | None:
+    return x if isinstance(x, str) else None
+
+
+def _statements(script: str) -> Iterator[str]:
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            yield buf
+            buf = ""

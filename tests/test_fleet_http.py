@@ -1,0 +1,143 @@
+"""Collector HTTP side (API, Prometheus, dashboard) and the `ftedge fleet` CLI, incl. `send` to a real agent."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from ftedge.cli import main
+from ftedge.fleet.http import FleetHTTPServer
+from ftedge.fleet.store import FleetStore
+
+BOOT = "b00t00000001"
+
+
+def msg(device: str, suffix: str, body: dict, seq: int, fleet: str = "demo") -> tuple[str, bytes, bool]:
+    env = {"v": 1, "ts": 1_700_000_000_000 + seq, "dev": device, "boot": BOOT, "seq": seq, "hist": False}
+    return f"ftedge/v1/{fleet}/{device}/{suffix}", json.dumps({**body, **env}).encode(), False
+
+
+@pytest.fixture()
+def store(tmp_path) -> FleetStore:
+    s = FleetStore(tmp_path / "fleet.sqlite")
+    batch = [msg("dev-001", "status", {"state": "online", "reason": "birth"}, 1),
+             msg("dev-001", "meta", {"active_version": "v0001", "models": ["v0001"]}, 2),
+             msg("dev-001", "job", {"job": "j1", "status": "running"}, 3)]
+    for e in range(1, 6):
+        batch.append(msg("dev-001", "jobs/j1/progress", {"job": "j1", "epoch": e, "step": e * 4, "loss": 1.0 / e,
+                                                         "metrics": {"val_accuracy": 0.5 + e / 20}, "lr": 0.01,
+                                                         "samples_per_s": 1000.0, "rss_mb": 90.0}, 3 + e))
+    batch.append(msg("dev-001", "jobs/j1/result", {"job": "j1", "status": "succeeded", "promoted": True,
+                                                   "final": {"accuracy": 0.95}, "baseline": {"accuracy": 0.6},
+                                                   "duration_s": 3.0, "error": None}, 9))
+    batch.append(msg("dev-001", "jobs/j1/progress", {"job": "j1", "epoch": 5, "loss": 0.2}, 8))  # a duplicate seq
+    batch.append(msg("dev-002", "status", {"state": "online", "reason": "birth"}, 1))
+    s.ingest_batch(batch)
+    return s
+
+
+@pytest.fixture()
+def server(store):
+    srv = FleetHTTPServer(store, "127.0.0.1", 0, token="t0ken").start()
+    yield srv
+    srv.stop()
+
+
+def get(url: str) -> tuple[int, str, str]:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.status, r.headers.get("Content-Type", ""), r.read().decode()
+
+
+def test_api_devices_lists_every_device_with_latest_state(server):
+    code, ctype, body = get(server.url + "/api/devices")
+    devices = {d["device"]: d for d in json.loads(body)}
+    assert code == 200 and ctype.startswith("application/json")
+    d = devices["dev-001"]
+    for key in ("device", "fleet", "state", "last_seen", "last_seq", "job", "metrics", "active_version"):
+        assert key in d, key
+    assert d["state"] == "online" and d["active_version"] == "v0001" and d["last_seq"] == 9
+    assert d["metrics"]["epoch"] == 5 and set(devices) == {"dev-001", "dev-002"}
+
+
+def test_api_job_has_progress_series_and_result(server):
+    _, _, body = get(server.url + "/api/devices/dev-001/jobs/j1")
+    job = json.loads(body)
+    assert [p["epoch"] for p in job["progress"]] == [1, 2, 3, 4, 5]
+    assert job["result"]["status"] == "succeeded"
+    with pytest.raises(urllib.error.HTTPError) as err:
+        get(server.url + "/api/devices/dev-001/jobs/nope")
+    assert err.value.code == 404
+
+
+def test_metrics_exposition(server):
+    _, ctype, text = get(server.url + "/metrics")
+    assert ctype.startswith("text/plain")
+    assert 'ftedge_device_up{device="dev-001",fleet="demo"} 1.0' in text
+    assert 'ftedge_job_loss{device="dev-001",fleet="demo"} 0.2' in text
+    assert 'ftedge_job_val_accuracy{device="dev-001",fleet="demo"} 0.75' in text
+    for name in ("ftedge_device_last_seen_timestamp_seconds", "ftedge_messages_total",
+                 "ftedge_messages_duplicate_total", "ftedge_seq_gaps_total"):
+        assert name in text
+    assert "ftedge_messages_duplicate_total 1.0" in text
+    assert "j1" not in text, "no per-job labels (bounded cardinality)"
+
+
+def test_dashboard_renders_summary_table_and_charts(server):
+    _, ctype, page = get(server.url + "/")
+    assert ctype.startswith("text/html") and "<script" in page and "cdn" not in page.lower()
+    assert 'id="n-devices">2<' in page and "60.0% → 95.0%" in page
+    assert page.count("<polyline") == 2 and 'data-device="dev-001"' in page
+
+
+def test_http_commands_need_a_bearer_token(server):
+    req = urllib.request.Request(server.url + "/api/devices/dev-001/commands/ping", data=b"{}", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=5)
+    assert err.value.code == 401
+    srv = FleetHTTPServer(server.store, "127.0.0.1", 0).start()  # no token configured: commands disabled
+    try:
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(urllib.request.Request(srv.url + "/api/devices/dev-001/commands/ping", data=b"{}",
+                                                          method="POST"), timeout=5)
+        assert err.value.code == 403
+    finally:
+        srv.stop()
+
+
+def test_fleet_status_table_and_json(store, tmp_path, capsys):
+    assert main(["fleet", "status", "--db", str(tmp_path / "fleet.sqlite")]) == 0
+    out = capsys.readouterr().out
+    assert "dev-001" in out and "dev-002" in out and "v0001" in out
+    assert main(["fleet", "status", "--db", str(tmp_path / "fleet.sqlite"), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+    assert main(["fleet", "status", "--db", str(tmp_path / "missing.sqlite")]) == 1
+
+
+def test_fleet_send_round_trip_against_a_real_agent(tmp_path, capsys):
+    from broker import Broker
+    from test_agent import ROOT_TOPIC, AgentProc, Collector  # noqa: F401
+
+    b = Broker(tmp_path / "broker").start()
+    cfg = tmp_path / "agent.toml"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "bundles").mkdir()
+    cfg.write_text(f'device_id = "dev-001"\nfleet = "demo"\nstate_dir = "{tmp_path / "state"}"\n[mqtt]\n'
+                   f'url = "{b.url}"\n[paths]\ndata_root = "{tmp_path / "data"}"\nbundle_root = "{tmp_path / "bundles"}"\n')
+    agent = AgentProc(cfg, tmp_path / "agent.log")
+    try:
+        watch = Collector(b)
+        watch.wait_online()
+        assert main(["fleet", "send", "dev-001", "ping", "--broker", b.url, "--timeout", "10"]) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["status"] == "done"
+        assert main(["fleet", "send", "dev-001", "train", "--args", '{"bundle": "nope", "data": "x"}',
+                     "--broker", b.url]) == 1
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["status"] == "rejected"
+        assert main(["fleet", "send", "dev-404", "ping", "--broker", b.url, "--timeout", "1"]) == 1
+        assert "no reply" in capsys.readouterr().err
+        watch.close()
+    finally:
+        agent.stop()
+        b.stop()
