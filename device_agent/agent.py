@@ -179,6 +179,9 @@ class Agent:
                     break
                 if mid == -1:  # connection changed: republish whatever is unacknowledged
                     self.inflight.clear()
+                    if reason == "up" and self.connections > 1:
+                        # The Will may have marked us offline (retained) during the outage: say online again.
+                        self.publish("status", "status", {"state": "online", "reason": "reconnect"}, retain=True)
                     continue
                 row = self.inflight.pop(mid, None)
                 if row is None:

@@ -438,3 +438,18 @@ def test_agent_started_while_the_broker_is_down_connects_when_it_comes_up(tmp_pa
         col.close()
     finally:
         b.stop()
+
+
+def test_status_returns_to_online_after_an_outage_longer_than_the_will_delay(broker, device, agents):
+    col = Collector(broker)
+    agents(device(broker))
+    col.wait_online()
+    broker.stop()
+    time.sleep(1.5)
+    broker.start()
+    assert col.wait(lambda: any(b.get("reason") == "reconnect" for b in col.of("status")), 30)
+    late = Collector(broker, client_id="late-joiner")  # the retained status a newcomer sees
+    assert late.wait(lambda: late.of("status")) and late.of("status")[-1]["state"] == "online"
+    assert_no_holes(col.seqs())
+    col.close()
+    late.close()
