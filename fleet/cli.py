@@ -76,6 +76,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     se.add_argument("--db", type=Path, default=None, help=argparse.SUPPRESS)
     _mqtt_args(se)
     se.set_defaults(handler=_send)
+    tr = fs.add_parser("train", help="start a train job on several devices at once and (with --wait) follow them",
+                       description="Send `train` to every device in --devices; each resolves --bundle and --data "
+                                   "under its own bundle_root/data_root (the data never leaves the box).",
+                       epilog="example:\n  ftedge fleet train --devices box-1,box-2 --bundle kws --data user "
+                              "--epochs 30 --wait --broker mqtt://127.0.0.1:1883",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr.add_argument("--devices", required=True, metavar="A,B,…", help="comma-separated device ids")
+    tr.add_argument("--bundle", required=True, help="bundle name under each device's bundle_root")
+    tr.add_argument("--data", required=True, help="data folder/file under each device's data_root")
+    tr.add_argument("--fleet", default="demo", help="fleet name (default demo)")
+    for flag, typ, what in (("--epochs", int, "epochs"), ("--batch-size", int, "batch size"),
+                            ("--lr", float, "learning rate"), ("--seed", int, "seed"),
+                            ("--patience", int, "early-stopping patience"),
+                            ("--max-seconds", float, "time budget per job")):
+        tr.add_argument(flag, type=typ, help=f"{what} (default: the bundle's / the agent's)")
+    tr.add_argument("--mode", choices=("auto", "cached", "full"), help="training mode (default auto)")
+    tr.add_argument("--wait", action="store_true", help="follow the jobs until every device reports its result")
+    tr.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each reply (default 10)")
+    tr.add_argument("--job-timeout", type=float, default=3600.0, help="seconds to wait for results with --wait")
+    tr.add_argument("--json", action="store_true", help="print one JSON object per device")
+    _mqtt_args(tr)
+    tr.set_defaults(handler=_train)
     p.set_defaults(handler=lambda _a: (p.print_help(sys.stderr), 2)[1])
 
 
@@ -120,6 +142,63 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _oneshot(args: argparse.Namespace, tmp: str, listen: bool = False):  # noqa: ANN202
+    """A short-lived collector on a throw-away database: its own client id, no lingering session."""
+    import uuid
+
+    logging.getLogger("ftedge").setLevel(logging.WARNING)
+    args.client_id = args.client_id or f"ftedge-send-{uuid.uuid4().hex[:8]}"  # never steal `serve`'s session
+    args.db = Path(tmp) / "send.sqlite"
+    collector, _ = _collector(args, listen=listen, session_expiry=0, detect_gaps=False)
+    return collector.start()
+
+
+def _train(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from ftedge.fleet.fanout import fan_out, follow
+
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+    if not devices or len(set(devices)) != len(devices):
+        raise UsageError(f"--devices {args.devices!r}: give distinct device ids separated by commas")
+    job_args: dict = {"bundle": args.bundle, "data": args.data}
+    for key in ("epochs", "batch_size", "lr", "seed", "patience", "max_seconds", "mode"):
+        if getattr(args, key) is not None:
+            job_args[key] = getattr(args, key)
+
+    def show(run) -> None:  # noqa: ANN001
+        if args.json:
+            return
+        if run.result is not None:
+            r = run.result
+            acc = lambda m: "-" if not m or m.get("accuracy") is None else format(m["accuracy"], ".3f")  # noqa: E731
+            print(f"{run.device}: job {run.job} {r.get('status')} — val accuracy {acc(r.get('baseline'))} → "
+                  f"{acc(r.get('final'))}, promoted {r.get('promoted')}, {r.get('duration_s', 0):.1f} s", flush=True)
+        elif run.last:
+            print(f"{run.device}: epoch {run.last.get('epoch')} loss {run.last.get('loss')}", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        collector = _oneshot(args, tmp, listen=args.wait)
+        try:
+            runs = fan_out(collector, args.fleet, devices, "train", job_args, timeout=args.timeout)
+            for run in runs:
+                if not args.json:
+                    print(f"{run.device}: " + (run.error or f"accepted, job {run.job}"), flush=True)
+            if args.wait:
+                follow(collector, [r for r in runs if r.error is None], args.job_timeout, show)
+        except TimeoutError as exc:
+            raise FtedgeError(f"{exc}; check --broker and that the broker is running") from exc
+        finally:
+            collector.stop()
+    if args.json:
+        for run in runs:
+            print(json.dumps(run.row()))
+    failed = [r for r in runs if not r.ok]
+    if failed and not args.json:
+        print(f"{len(failed)} of {len(runs)} devices failed: {', '.join(r.device for r in failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _send(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -129,14 +208,8 @@ def _send(args: argparse.Namespace) -> int:
         raise UsageError(f"--args is not JSON: {exc}") from exc
     if not isinstance(cmd_args, dict):
         raise UsageError("--args must be a JSON object")
-    logging.getLogger("ftedge").setLevel(logging.WARNING)
-    import uuid
-
-    args.client_id = args.client_id or f"ftedge-send-{uuid.uuid4().hex[:8]}"  # never steal `serve`'s session
     with tempfile.TemporaryDirectory() as tmp:
-        args.db = Path(tmp) / "send.sqlite"
-        collector, _ = _collector(args, listen=False, session_expiry=0)  # only its own replies, no lingering session
-        collector.start()
+        collector = _oneshot(args, tmp)
         try:
             reply = collector.send(args.fleet, args.device, args.verb, cmd_args, timeout=args.timeout)
         except TimeoutError as exc:

@@ -1,14 +1,16 @@
-"""`ftedge demo`: a voice-command box adapts to its user's accent, end to end on this machine.
+"""`ftedge demo`: a fleet of three voice-command boxes adapts to three users' accents, on this machine.
 
-1. Synthesize the user's recordings: SYNTHETIC speech from espeak-ng in a held-out accent (default
-   ``es``: Spanish voice reading English) that the shipped base model never heard — ``--shots`` clips
-   per command word to train on, more to test on.
+1. Synthesize each user's recordings: SYNTHETIC speech from espeak-ng, one held-out accent per box (voices
+   the shipped base model never heard) — ``--shots`` clips per command word to train on, 20 more to test.
 2. `ftedge export` the shipped keyword-spotting model (``examples/kws``: raw waveform in, log-mel in the
-   graph, pretrained on six other accents), checked against PyTorch.
-3. `ftedge train` on the box: torch-free (the ``.venv-device`` interpreter when present), WAV decoding,
-   backbone once per clip, head fine-tuning, safety gate, personalized ``model.onnx``.
-4. `ftedge evaluate` the untuned bundle and the personalized model on the held-out clips.
-Needs a checkout of the repository (examples/ and bench/) and ``apt-get install espeak-ng``.
+   graph, pretrained on six other accents), checked against PyTorch; install the bundle on every box.
+3. Start a local Mosquitto, the fleet collector with its dashboard, and three device agents (each with its
+   own state dir, data and bundle folders; torch-free ``.venv-device`` interpreter when present).
+4. `ftedge fleet train` fans one job out; each box trains on its own clips (they never leave it) and
+   reports progress and its result over MQTT; the collector turns that into the fleet table.
+5. Check each box's new model on its held-out clips against the untuned model.
+The dashboard stays up until Ctrl-C when run from a terminal (``--serve``/``--no-serve`` to choose).
+Needs a checkout of the repository (examples/ and bench/), ``apt-get install espeak-ng mosquitto``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +29,9 @@ from typing import Any, Callable
 from ftedge.errors import FtedgeError
 
 REPO = Path(__file__).resolve().parents[2]
+FLEET = "demo"
+DEFAULT_VOICES = ("es", "it", "fr")     # zero-shot 0.85, 0.86, 0.91 for the shipped model (BENCHMARKS.md)
+JOB = {"bundle": "kws", "data": "train", "epochs": 30, "lr": 0.01, "batch_size": 16}
 
 
 def _module(path: Path, name: str):  # noqa: ANN202
@@ -46,24 +52,88 @@ def _split(raw: Path, dst: Path, shots: int, words: list[str]) -> tuple[Path, Pa
     return dst / "train", dst / "test"
 
 
-def _train(bundle: Path, data: Path, run_dir: Path, seed: int) -> tuple[dict[str, Any], str]:
-    args = ["train", str(bundle), "--data", str(data), "-o", str(run_dir), "--epochs", "30", "--lr", "0.01",
-            "--batch-size", "16", "--seed", str(seed), "--no-cache", "--json", "--quiet"]
-    device_py = REPO / ".venv-device" / "bin" / "python"
-    if device_py.exists():
-        proc = subprocess.run([str(device_py), "-m", "ftedge", *args], capture_output=True, text=True, cwd=REPO)
-        if proc.returncode not in (0, 1) or not proc.stdout.strip():
-            raise FtedgeError(f"ftedge train on the device venv failed:\n{proc.stderr[-2000:]}")
-        return json.loads(proc.stdout.strip().splitlines()[-1]), "device venv (no torch installed)"
-    from ftedge.runtime.trainer import TrainConfig, train
+class _Box:
+    """One simulated edge box: an agent process with its own config, state, data and bundles."""
 
-    cfg = TrainConfig(epochs=30, lr=0.01, batch_size=16, seed=seed)
-    return train(bundle, data, run_dir, cfg), "this interpreter"
+    def __init__(self, root: Path, name: str, voice: str) -> None:
+        self.root, self.name, self.voice = root, name, voice
+        self.data, self.bundles, self.state = root / "data", root / "bundles", root / "state"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, broker_url: str) -> None:
+        from ftedge.fleet.local_broker import die_with_parent
+
+        config = self.root / "agent.toml"
+        config.write_text(f'device_id = "{self.name}"\nfleet = "{FLEET}"\nstate_dir = "{self.state}"\n'
+                          f'[mqtt]\nurl = "{broker_url}"\nwill_delay = 2\n'
+                          f'[paths]\ndata_root = "{self.data}"\nbundle_root = "{self.bundles}"\n')
+        device_py = REPO / ".venv-device" / "bin" / "python"
+        python = str(device_py) if device_py.exists() else sys.executable
+        with open(self.root / "agent.log", "ab") as log:
+            self.proc = subprocess.Popen([python, "-m", "ftedge", "agent", "run", "--config", str(config)],
+                                         stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+                                         start_new_session=True, preexec_fn=die_with_parent)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()   # SIGTERM: the agent publishes offline/shutdown and exits
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
-def run_demo(workdir: Path, voice: str = "es", shots: int = 5, seed: int = 0,
-             say: Callable[[str], None] = print) -> dict[str, Any]:
+def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise FtedgeError(f"{what} within {timeout:g} s")
+        time.sleep(0.1)
+
+
+def _bind(http: str) -> tuple[str, int]:
+    from ftedge.fleet.local_broker import free_port
+
+    host, _, port = http.rpartition(":")
+    if not host or not port.isdigit():
+        raise FtedgeError(f"--http {http!r}: use HOST:PORT, e.g. 127.0.0.1:8080")
+    import socket
+
+    try:   # a busy default port is not worth failing the demo for: take a free one instead
+        with socket.socket() as s:
+            s.bind((host, int(port)))
+    except OSError:
+        return host, free_port()
+    return host, int(port)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
+    lines = [f"{'box':6s} {'accent':8s} {'state':8s} {'job':10s} {'version':8s} {'val acc (box)':>16s} "
+             f"{'held-out acc':>16s}"]
+    for r in rows:
+        lines.append(f"{r['device']:6s} {r['voice']:8s} {str(r['state']):8s} {str(r['job_status']):10s} "
+                     f"{str(r['version'] or '-'):8s} "
+                     f"{pct(r['val_accuracy_before']) + ' → ' + pct(r['val_accuracy_after']):>16s} "
+                     f"{pct(r['accuracy_before']) + ' → ' + pct(r['accuracy_after']):>16s}")
+    return "\n".join(lines)
+
+
+def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int = 5, seed: int = 0,
+             say: Callable[[str], None] = print, http: str = "127.0.0.1:8080", serve: bool = False,
+             ready: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run the fleet story; returns per-box and fleet-wide figures. ``serve`` keeps everything running
+    (dashboard up) until Ctrl-C / SIGTERM; ``ready`` is called with the result before that wait."""
     from ftedge.export import ExportOptions, export_bundle
+    from ftedge.fleet.fanout import fan_out, follow
+    from ftedge.fleet.http import FleetHTTPServer
+    from ftedge.fleet.ingest import Collector
+    from ftedge.fleet.local_broker import LocalBroker, find_mosquitto
+    from ftedge.fleet.store import FleetStore
     from ftedge.runtime.evaluate import evaluate
     from ftedge.runtime.manifest import parse_input_spec
 
@@ -72,55 +142,152 @@ def run_demo(workdir: Path, voice: str = "es", shots: int = 5, seed: int = 0,
     kws = _module(REPO / "examples" / "kws" / "model.py", "kws_model")
     if shutil.which("espeak-ng") is None:
         raise FtedgeError("espeak-ng is not installed: sudo apt-get install espeak-ng (scripts/dev.sh demo does)")
+    find_mosquitto()
+    if len(set(voices)) != len(voices) or not voices:
+        raise FtedgeError(f"--voices {','.join(voices)!r}: give distinct espeak-ng voices, one per box")
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
+    boxes = [_Box(workdir / "boxes" / f"box-{i + 1}", f"box-{i + 1}", v) for i, v in enumerate(voices)]
 
-    say(f"1/4 synthesizing the user's recordings: SYNTHETIC speech, voice '{voice}' (unseen by the base model)")
-    maker.make_dataset(workdir / "raw", [voice], kws.WORDS, shots + 20, seed)
-    train_dir, test_dir = _split(workdir / "raw", workdir / "user", shots, kws.WORDS)
+    say(f"1/5 synthesizing each user's recordings: SYNTHETIC speech, voices {', '.join(voices)} "
+        "(unseen by the base model)")
+    for box in boxes:
+        maker.make_dataset(workdir / "raw" / box.voice, [box.voice], kws.WORDS, shots + 20, seed)
+        _split(workdir / "raw" / box.voice, box.data, shots, kws.WORDS)
 
-    say("2/4 ftedge export of the shipped keyword model (waveform in, log-mel in the graph), parity-checked")
+    say("2/5 ftedge export of the shipped keyword model (waveform in, log-mel in the graph), parity-checked")
     bundle = workdir / "kws-bundle"
     manifest = export_bundle(ExportOptions(
         model=f"{REPO / 'examples' / 'kws' / 'model.py'}:build_model", output=bundle,
         inputs=[parse_input_spec("waveform:float32:1,16000")], head="classifier", labels=kws.WORDS,
         keep_head=True, name="kws", force=True))
+    for box in boxes:
+        shutil.copytree(bundle, box.bundles / JOB["bundle"])
 
-    say(f"3/4 ftedge train on {shots} clips per word ({shots * len(kws.WORDS)} WAV files)")
-    trained, where = _train(bundle, train_dir, workdir / "run", seed)
-    say(f"    trained in {where}: {trained['status']}, promoted: {trained['promoted']}, "
-        f"{trained['duration_s']:.1f} s")
+    broker = LocalBroker(workdir / "broker")
+    store = FleetStore(workdir / "fleet.sqlite")
+    collector = server = None
+    try:
+        broker.start()
+        collector = Collector(store, host="127.0.0.1", port=broker.port, client_id="ftedge-demo-collector").start()
+        host, port = _bind(http)
+        server = FleetHTTPServer(store, host, port,
+                                 send=lambda f, d, v, a: collector.send(f, d, v, a, timeout=10.0)).start()
+        say(f"3/5 Mosquitto on {broker.url}, collector + dashboard on {server.url}/, "
+            f"starting {len(boxes)} boxes")
+        for box in boxes:
+            box.start(broker.url)
+        names = {b.name for b in boxes}
+        _wait(lambda: {d["device"] for d in store.devices(FLEET) if d["state"] == "online"} >= names, 90,
+              f"the boxes did not come online (see {workdir / 'boxes'}/*/agent.log)")
 
-    say("4/4 ftedge evaluate on the user's other clips")
-    before = evaluate(bundle, test_dir)
-    after = evaluate(workdir / "run", test_dir) if (workdir / "run" / "model.onnx").exists() else before
-    result = {
-        "data": "synthetic speech (espeak-ng)", "voice": voice, "shots": shots,
-        "train_files": trained["samples"]["total"], "test_clips": before["samples"],
-        "accuracy_before": round(before["accuracy"], 4), "accuracy_after": round(after["accuracy"], 4),
-        "promoted": trained["promoted"], "parity_max_abs_diff": max(manifest["parity"]["max_abs_diff"].values()),
-        "train_seconds": trained["duration_s"], "trained_in": where, "run": str(workdir / "run"),
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
-    say(f"accent '{voice}', {result['test_clips']} held-out SYNTHETIC clips: accuracy {before['accuracy']:.1%} "
-        f"before → {after['accuracy']:.1%} after personalization ({result['seconds']} s in all)")
-    (workdir / "demo-result.json").write_text(json.dumps(result, indent=2))
-    return result
+        say(f"4/5 ftedge fleet train --devices {','.join(sorted(names))} --bundle kws --data train: "
+            f"{shots} clips per word on each box, which never leave it")
+        runs = fan_out(collector, FLEET, [b.name for b in boxes], "train", {**JOB, "seed": seed}, timeout=30)
+        bad = [r for r in runs if r.error]
+        if bad:
+            raise FtedgeError("boxes refused the job: " + "; ".join(f"{r.device}: {r.error}" for r in bad))
+
+        def progress(run) -> None:  # noqa: ANN001
+            if run.result is not None:
+                r = run.result
+                say(f"    {run.device}: {r['status']}, promoted {r['promoted']}, {r.get('duration_s', 0):.1f} s")
+            elif run.epochs % 10 == 0:
+                say(f"    {run.device}: epoch {run.epochs}, loss {run.last.get('loss', float('nan')):.4f}")
+
+        follow(collector, runs, 600, progress)
+        failed = [r for r in runs if not r.ok]
+        if failed:
+            raise FtedgeError("training failed on " + ", ".join(f"{r.device} ({r.error or r.result})" for r in failed)
+                              + f"; see {workdir / 'boxes'}/*/agent.log")
+        collector.flush()
+
+        say("5/5 held-out check: each box's active model vs the untuned bundle on its user's other clips")
+        from ftedge.device_agent.versions import ModelStore
+
+        rows = []
+        devices = {d["device"]: d for d in store.devices(FLEET)}
+        for box, run in zip(boxes, runs):
+            before = evaluate(bundle, box.data / "test")
+            active = ModelStore(box.state).active()
+            after = evaluate(ModelStore(box.state).path(active["id"]).parent, box.data / "test") if active else before
+            res, dev = run.result or {}, devices.get(box.name, {})
+            rows.append({
+                "device": box.name, "voice": box.voice, "state": dev.get("state"), "job": run.job,
+                "job_status": res.get("status"), "promoted": bool(res.get("promoted")),
+                "version": (active or {}).get("id"), "train_files": shots * len(kws.WORDS),
+                "test_clips": before["samples"], "epochs_reported": run.epochs,
+                "val_accuracy_before": (res.get("baseline") or {}).get("accuracy"),
+                "val_accuracy_after": (res.get("final") or {}).get("accuracy"),
+                "accuracy_before": round(before["accuracy"], 4), "accuracy_after": round(after["accuracy"], 4),
+            })
+        summary = store.fleet_summary(FLEET)
+        result = {
+            "data": "synthetic speech (espeak-ng)", "shots": shots, "boxes": rows, "fleet": summary,
+            "dashboard": server.url + "/", "broker": broker.url,
+            "parity_max_abs_diff": max(manifest["parity"]["max_abs_diff"].values()),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        (workdir / "demo-result.json").write_text(json.dumps(result, indent=2))
+        say("")
+        say(_table(rows))
+        say(f"fleet: {summary['online']}/{summary['devices']} online, {summary['promoted_devices']} promoted; "
+            f"held-out accuracy (mean over boxes) "
+            f"{sum(r['accuracy_before'] for r in rows) / len(rows):.1%} → "
+            f"{sum(r['accuracy_after'] for r in rows) / len(rows):.1%}; {result['seconds']} s in all")
+        say(f"dashboard: {server.url}/   (also `ftedge fleet status --db {workdir / 'fleet.sqlite'}`)")
+        if ready is not None:
+            ready(result)
+        if serve:
+            say("serving the dashboard; press Ctrl-C to stop the boxes, collector and broker")
+            _serve_until_signal()
+        return result
+    finally:
+        for box in boxes:
+            box.stop()
+        if server is not None:
+            server.stop()
+        if collector is not None:
+            collector.stop()
+        store.close()
+        broker.stop()
+
+
+def _serve_until_signal() -> None:
+    """Block until Ctrl-C (KeyboardInterrupt propagates to the caller's cleanup) or SIGTERM."""
+    import signal
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="personalize the shipped keyword model to an unseen accent, end to end (needs the export extra)",
+        help="a fleet of three boxes personalizes the shipped keyword model to three accents, end to end",
         description=__doc__,
-        epilog="example:\n  ftedge demo --voice es --shots 5 --workdir /tmp/ftedge-demo --json",
+        epilog="example:\n  ftedge demo --workdir /tmp/ftedge-demo            # then open the dashboard URL\n"
+               "  ftedge demo --no-serve --json --quiet             # for scripts: figures, then exit",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--voice", default="es", help="espeak-ng voice of the 'user' (default es; not a training accent)")
+    p.add_argument("--voices", default=",".join(DEFAULT_VOICES),
+                   help=f"espeak-ng voice per box, comma-separated (default {','.join(DEFAULT_VOICES)}; "
+                        "none is a training accent)")
     p.add_argument("--shots", type=int, default=5, help="recordings per command word to train on (default 5)")
-    p.add_argument("--workdir", type=Path, default=Path("ftedge-demo"), help="where to write data, bundle and run")
+    p.add_argument("--workdir", type=Path, default=Path("ftedge-demo"), help="where to write data, boxes and db")
     p.add_argument("--seed", type=int, default=0, help="seed for data and training (default 0)")
+    p.add_argument("--http", default="127.0.0.1:8080", metavar="HOST:PORT",
+                   help="dashboard address (default 127.0.0.1:8080; a free port if that one is busy)")
+    serve = p.add_mutually_exclusive_group()
+    serve.add_argument("--serve", dest="serve", action="store_true", default=None,
+                       help="keep the dashboard up until Ctrl-C (default when run from a terminal)")
+    serve.add_argument("--no-serve", dest="serve", action="store_false", help="stop everything after the table")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(handler=_run)
@@ -131,8 +298,25 @@ def _run(args: argparse.Namespace) -> int:
         import torch  # noqa: F401
     except ImportError as exc:
         raise FtedgeError("the demo exports a PyTorch model first: pip install 'ftedge[export]'") from exc
-    say = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr if args.json else sys.stdout))
-    result = run_demo(args.workdir, args.voice, args.shots, args.seed, say)
-    if args.json:
-        print(json.dumps(result))
-    return 0 if result["accuracy_after"] >= result["accuracy_before"] else 1
+    say = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr if args.json else sys.stdout,
+                                                                flush=True))
+    serve = args.serve if args.serve is not None else (sys.stdin.isatty() and sys.stdout.isatty())
+    voices = tuple(v.strip() for v in args.voices.split(",") if v.strip())
+
+    finished: list[dict[str, Any]] = []
+
+    def ready(result: dict[str, Any]) -> None:
+        finished.append(result)
+        if args.json:
+            print(json.dumps(result), flush=True)
+
+    try:
+        result = run_demo(args.workdir, voices, args.shots, args.seed, say, args.http, serve, ready)
+    except KeyboardInterrupt:
+        print("stopped the boxes, the collector and the broker", file=sys.stderr)
+        if not finished:
+            return 130
+        result = finished[0]
+    ok = all(r["job_status"] == "succeeded" and r["accuracy_after"] >= r["accuracy_before"] for r in result["boxes"])
+    return 0 if ok else 1
+
