@@ -16,7 +16,9 @@ Needs a checkout of the repository (examples/ and bench/), ``apt-get install esp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import io
 import json
 import shutil
 import subprocess
@@ -153,8 +155,11 @@ def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int
     say(f"1/5 synthesizing each user's recordings: SYNTHETIC speech, voices {', '.join(voices)} "
         "(unseen by the base model)")
     for box in boxes:
-        maker.make_dataset(workdir / "raw" / box.voice, [box.voice], kws.WORDS, shots + 20, seed)
+        quiet = io.StringIO()   # the dataset tool's own report; its dataset.json keeps the details
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            maker.make_dataset(workdir / "raw" / box.voice, [box.voice], kws.WORDS, shots + 20, seed)
         _split(workdir / "raw" / box.voice, box.data, shots, kws.WORDS)
+        say(f"    {box.name}: {(shots + 20) * len(kws.WORDS)} clips of voice '{box.voice}' in {box.data}")
 
     say("2/5 ftedge export of the shipped keyword model (waveform in, log-mel in the graph), parity-checked")
     bundle = workdir / "kws-bundle"
