@@ -10,11 +10,12 @@ from __future__ import annotations
 import html
 import json
 import logging
+import math
 import threading
-from http import HTTPStatus
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, urlencode, urlparse
 
 log = logging.getLogger(__name__)
 
@@ -59,65 +60,194 @@ def prometheus_text(store: Any) -> bytes:
 
 
 # -- dashboard ---------------------------------------------------------------------------------------------
-def svg_chart(values: list[float], title: str, color: str, width: int = 280, height: int = 90) -> str:
-    """A small line chart as inline SVG (no external library)."""
-    pts = [v for v in values if v is not None]
+PAGE_SIZE = 100     # device-table rows per page: the page stays small (fast first paint) with any fleet size
+MAX_CHARTS = 8      # devices charted per page (each costs one job query and ~2 KB of SVG)
+LOSS_COLOR, ACC_COLOR = "#c0392b", "#2471a3"
+
+
+def _finite(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{v:.1%}"
+
+
+def svg_chart(values: list[Any], title: str, color: str, width: int = 200, height: int = 96,
+              baseline: float | None = None) -> str:
+    """A small line chart as inline SVG (no external library): one ``<polyline class="series">`` with one
+    point per finite value (``data-points`` says how many), min/max labels, and an optional dashed
+    ``baseline`` (e.g. the accuracy before personalization)."""
+    pts = [f for f in (_finite(v) for v in values) if f is not None]
+    esc = html.escape(title)
+    head = (f'<svg class="chart" data-title="{esc}" data-points="{len(pts)}" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" role="img" aria-label="{esc}">')
     if not pts:
-        return f'<svg class="chart" width="{width}" height="{height}"><text x="8" y="20">{html.escape(title)}: no data</text></svg>'
+        return head + f'<text x="8" y="16" font-size="11">{esc}: no data</text></svg>'
+    left, right, top, bottom = 38, 8, 22, 16
     lo, hi = min(pts), max(pts)
+    if baseline is not None:
+        lo, hi = min(lo, baseline), max(hi, baseline)
     span = (hi - lo) or 1.0
     n = max(len(pts) - 1, 1)
-    coords = " ".join(f"{8 + i * (width - 16) / n:.1f},{height - 8 - (v - lo) / span * (height - 30):.1f}"
-                      for i, v in enumerate(pts))
-    return (f'<svg class="chart" data-title="{html.escape(title)}" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}"><text x="8" y="14" font-size="11">{html.escape(title)} '
-            f'{pts[-1]:.4g} (min {lo:.3g}, max {hi:.3g})</text>'
-            f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{coords}"/></svg>')
+
+    def y(v: float) -> float:
+        return height - bottom - (v - lo) / span * (height - top - bottom)
+
+    coords = " ".join(f"{left + i * (width - left - right) / n:.1f},{y(v):.1f}" for i, v in enumerate(pts))
+    parts = [head,
+             f'<text x="8" y="14" font-size="11">{esc} <tspan class="last" font-weight="bold">{pts[-1]:.4g}</tspan>'
+             f'</text>',
+             f'<path class="axes" d="M{left},{top}V{height - bottom}H{width - right}" stroke="#999" fill="none"/>',
+             f'<text x="{left - 3}" y="{top + 4}" font-size="9" text-anchor="end">{hi:.3g}</text>',
+             f'<text x="{left - 3}" y="{height - bottom}" font-size="9" text-anchor="end">{lo:.3g}</text>',
+             f'<text x="{width - right}" y="{height - 4}" font-size="9" text-anchor="end">{len(pts)} epochs</text>']
+    if baseline is not None:
+        parts.append(f'<line class="baseline" x1="{left}" x2="{width - right}" y1="{y(baseline):.1f}" '
+                     f'y2="{y(baseline):.1f}" stroke="#777" stroke-dasharray="4 3"><title>before: {baseline:.4g}'
+                     "</title></line>")
+    parts.append(f'<polyline class="series" fill="none" stroke="{color}" stroke-width="2" points="{coords}"/></svg>')
+    return "".join(parts)
 
 
-def dashboard_fragment(store: Any) -> str:
+def _query(page: int, device: str | None) -> str:
+    """The dashboard URL query for a table page and a charted device."""
+    args: dict[str, Any] = {"page": page} if page > 1 else {}
+    if device:
+        args["device"] = device
+    return "?" + urlencode(args) if args else "?"
+
+
+def _has_job(d: dict[str, Any]) -> bool:
+    return bool((d.get("job") or {}).get("id"))
+
+
+def _device_row(d: dict[str, Any], page: int, now_ms: int) -> str:
+    """One row of the device table; the device links to the page that charts it first."""
+    job = d.get("job") or {}
+    m = d.get("metrics") or {}
+    loss = _finite(m.get("loss"))
+    acc = _finite((m.get("metrics") or {}).get("val_accuracy"))
+    state = str(d.get("state") or "unknown")
+    age = "" if not d.get("last_seen") else f"{max(0, now_ms - int(d['last_seen'])) // 1000} s ago"
+    dev = html.escape(d["device"])
+    return (f'<tr class="device" data-device="{dev}" data-fleet="{html.escape(d["fleet"])}" '
+            f'data-state="{html.escape(state)}"><td>{html.escape(d["fleet"])}</td>'
+            f'<td><a href="{html.escape(_query(page, d["device"]))}">{dev}</a></td>'
+            f'<td class="state state-{html.escape(state)}">{html.escape(state)}</td>'
+            f'<td class="job">{html.escape(str(job.get("id") or ""))}</td>'
+            f'<td class="status">{html.escape(str(job.get("status") or ""))}</td>'
+            f'<td class="epoch">{html.escape(str(m.get("epoch", "")))}</td>'
+            f'<td class="loss">{"" if loss is None else f"{loss:.4f}"}</td>'
+            f'<td class="acc">{"" if acc is None else _pct(acc)}</td>'
+            f'<td>{html.escape(str(d.get("active_version") or ""))}</td><td class="seen">{age}</td></tr>')
+
+
+def _device_charts(store: Any, d: dict[str, Any]) -> str:
+    """Loss and accuracy charts of the device's current job, with its before → after verdict once known."""
+    job_id = str((d.get("job") or {}).get("id"))
+    detail = store.job(d["fleet"], d["device"], job_id) or {}
+    prog = detail.get("progress") or []
+    result = detail.get("result") or {}
+    before = _finite((result.get("baseline") or {}).get("accuracy"))
+    after = _finite((result.get("final") or {}).get("accuracy"))
+    verdict = ""
+    if before is not None and after is not None:
+        verdict = (f' <span class="verdict" data-before="{before}" data-after="{after}">accuracy {_pct(before)} → '
+                   f'{_pct(after)}{" (promoted)" if result.get("promoted") else ""}</span>')
+    dev = html.escape(d["device"])
+    return (f'<div class="device-charts" data-device="{dev}" data-job="{html.escape(job_id)}" '
+            f'data-status="{html.escape(str(detail.get("status") or ""))}"><h3>{dev} · {html.escape(job_id)} · '
+            f'{html.escape(str(detail.get("status") or ""))}{verdict}</h3>'
+            + svg_chart([p.get("loss") for p in prog], "loss", LOSS_COLOR)
+            + svg_chart([(p.get("metrics") or {}).get("val_accuracy") for p in prog], "val accuracy", ACC_COLOR,
+                        baseline=before)
+            + "</div>")
+
+
+def dashboard_fragment(store: Any, page: int = 1, device: str | None = None, now_ms: int | None = None) -> str:
+    """The live part of the dashboard: fleet summary, one page of the device table (``PAGE_SIZE`` rows) and
+    loss/accuracy charts for at most ``MAX_CHARTS`` devices — the selected ``device`` first, then devices of
+    this page with a running job, then the others of this page that have a job. Its size and cost do not grow
+    with the fleet beyond reading the device list."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     s = store.fleet_summary()
+    devices = store.devices()
+    pages = max(1, math.ceil(len(devices) / PAGE_SIZE))
+    page = min(max(1, page), pages)
+    shown = devices[(page - 1) * PAGE_SIZE:page * PAGE_SIZE]
+    focus = [d for d in devices if device and d["device"] == device and _has_job(d)][:1]
+    with_job = [d for d in shown if _has_job(d) and d not in focus]
+    running = [d for d in with_job if d["job"].get("status") == "running"]
+    charted = focus + running + [d for d in with_job if d not in running]
     before, after = s.get("accuracy_before"), s.get("accuracy_after")
-    fmt = (lambda v: "—" if v is None else f"{v:.1%}")
-    rows, charts = [], []
-    for d in store.devices():
-        job = d.get("job") or {}
-        m = d.get("metrics") or {}
-        val = (m.get("metrics") or {}).get("val_accuracy")
-        loss_txt = "" if m.get("loss") is None else f"{m['loss']:.4f}"
-        rows.append(
-            f'<tr class="device" data-device="{html.escape(d["device"])}"><td>{html.escape(d["fleet"])}</td>'
-            f'<td>{html.escape(d["device"])}</td><td class="state-{html.escape(str(d.get("state")))}">'
-            f'{html.escape(str(d.get("state")))}</td><td>{html.escape(str(job.get("id") or ""))}</td>'
-            f'<td>{html.escape(str(job.get("status") or ""))}</td><td>{m.get("epoch", "")}</td>'
-            f'<td>{loss_txt}</td><td>{fmt(val)}</td>'
-            f'<td>{html.escape(str(d.get("active_version") or ""))}</td></tr>')
-        if job.get("id"):
-            detail = store.job(d["fleet"], d["device"], job["id"]) or {}
-            prog = detail.get("progress") or []
-            charts.append(
-                f'<div class="device-charts" data-device="{html.escape(d["device"])}"><h3>{html.escape(d["device"])} · '
-                f'{html.escape(job["id"])}</h3>'
-                + svg_chart([p.get("loss") for p in prog], "loss", "#c0392b")
-                + svg_chart([(p.get("metrics") or {}).get("val_accuracy") for p in prog], "val accuracy", "#2471a3")
-                + "</div>")
+    first, last = (page - 1) * PAGE_SIZE + 1 if shown else 0, (page - 1) * PAGE_SIZE + len(shown)
+    nav = [f'devices <b>{first}–{last}</b> of <b>{len(devices)}</b>' if devices
+           else "no devices yet: waiting for the first message from the fleet"]
+    if page > 1:
+        nav.append(f'<a rel="prev" href="{html.escape(_query(page - 1, device))}">‹ prev</a>')
+    if page < pages:
+        nav.append(f'<a rel="next" href="{html.escape(_query(page + 1, device))}">next ›</a>')
+    if device:
+        nav.append(f'charts: <b>{html.escape(device)}</b> first · <a href="{html.escape(_query(page, None))}">'
+                   "clear</a>")
     return (
-        f'<section id="summary"><span>devices <b id="n-devices">{s.get("devices", 0)}</b></span> '
+        f'<section id="summary" data-devices="{s.get("devices", 0)}" data-online="{s.get("online", 0)}" '
+        f'data-offline="{s.get("offline", 0)}" data-running="{s.get("jobs_running", 0)}" '
+        f'data-promoted="{s.get("promoted_devices", 0)}" data-acc-before="{"" if before is None else before}" '
+        f'data-acc-after="{"" if after is None else after}">'
+        f'<span>devices <b id="n-devices">{s.get("devices", 0)}</b></span> '
         f'<span>online <b id="n-online">{s.get("online", 0)}</b></span> '
+        f'<span>offline <b id="n-offline">{s.get("offline", 0)}</b></span> '
         f'<span>jobs running <b id="n-running">{s.get("jobs_running", 0)}</b></span> '
-        f'<span>accuracy before → after personalization <b id="acc">{fmt(before)} → {fmt(after)}</b></span></section>'
-        '<table id="devices"><tr><th>fleet</th><th>device</th><th>state</th><th>job</th><th>status</th><th>epoch</th>'
-        '<th>loss</th><th>val acc</th><th>active version</th></tr>' + "".join(rows) + "</table>"
-        '<section id="charts">' + "".join(charts) + "</section>")
+        f'<span>accuracy before → after personalization <b id="acc">{_pct(before)} → {_pct(after)}</b> '
+        f'(<span id="n-promoted">{s.get("promoted_devices", 0)}</span> promoted)</span></section>'
+        f'<section id="charts" data-charted="{min(len(charted), MAX_CHARTS)}" data-with-job="{len(charted)}">'
+        + "".join(_device_charts(store, d) for d in charted[:MAX_CHARTS]) + "</section>"
+        f'<nav id="pager" data-page="{page}" data-pages="{pages}">' + " · ".join(nav) + "</nav>"
+        '<table id="devices"><thead><tr><th>fleet</th><th>device</th><th>state</th><th>job</th><th>status</th>'
+        '<th>epoch</th><th>loss</th><th>val acc</th><th>active version</th><th>last seen</th></tr></thead><tbody>'
+        + "".join(_device_row(d, page, now_ms) for d in shown) + "</tbody></table>")
 
 
-PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>ftedge fleet</title>
-<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}td,th{padding:.2em .6em;
-border-bottom:1px solid #ddd}.state-online{color:#1e8449}.state-offline{color:#a93226}#summary span{margin-right:2em}
-.device-charts{display:inline-block;margin:.5em;padding:.5em;border:1px solid #eee}</style></head>
-<body><h1>ftedge fleet</h1><div id="live">%s</div>
-<script>setInterval(async()=>{try{const r=await fetch('/fragment');if(r.ok)document.getElementById('live').innerHTML=
-await r.text();}catch(e){}},2000);</script></body></html>"""
+def _page_args(query: str) -> tuple[int, str | None]:
+    """``page`` and ``device`` from a query string (bad values fall back to page 1, no device)."""
+    q = parse_qs(query)
+    raw = (q.get("page") or ["1"])[0]
+    page = int(raw) if raw.isdigit() and len(raw) < 7 else 1
+    return page, (q.get("device") or [None])[0] or None
+
+
+PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>ftedge fleet</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">
+<style>body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;font-size:.9em}
+td,th{padding:.15em .6em;border-bottom:1px solid #e5e5e5;text-align:left}.state-online{color:#1e8449}
+.state-offline{color:#a93226}#summary>span{margin-right:1.6em}#pager{margin:.8em 0}
+#charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(425px,1fr));gap:.6em;margin:.8em 0}
+.device-charts{padding:.4em .5em;border:1px solid #eee}
+.device-charts h3{font-size:.95em;margin:.2em 0}.verdict{display:block;font-weight:normal;color:#555;font-size:.85em}
+#live.stale #summary::after{content:"collector unreachable: showing the last data";color:#a93226}</style>
+</head><body><h1>ftedge fleet</h1><div id="live" data-refreshes="0">%s</div>
+<script>(() => {
+  const live = document.getElementById('live');
+  let busy = false, n = 0;
+  setInterval(async () => {          // live refresh: re-render the server-side fragment every 2 s
+    if (busy) return;
+    busy = true;
+    try {
+      const r = await fetch('/fragment' + location.search, {cache: 'no-store'});
+      if (!r.ok) throw new Error(r.status);
+      live.innerHTML = await r.text();
+      live.dataset.refreshes = ++n;
+      live.classList.remove('stale');
+    } catch (e) { live.classList.add('stale'); } finally { busy = false; }
+  }, 2000);
+})();</script></body></html>"""
+
+
+def dashboard_page(store: Any, page: int = 1, device: str | None = None) -> str:
+    """The whole ``/`` page: server-rendered (paints without waiting for any script), then live."""
+    return PAGE % dashboard_fragment(store, page, device)
 
 
 # -- server --------------------------------------------------------------------------------------------------
@@ -134,6 +264,7 @@ class FleetHTTPServer:
             def _reply(self, code: int, body: bytes, ctype: str) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
+                self.send_header("Cache-Control", "no-store")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -146,9 +277,11 @@ class FleetHTTPServer:
                 parts = [p for p in url.path.split("/") if p]
                 try:
                     if url.path == "/":
-                        self._reply(200, (PAGE % dashboard_fragment(outer.store)).encode(), "text/html; charset=utf-8")
+                        self._reply(200, dashboard_page(outer.store, *_page_args(url.query)).encode(),
+                                    "text/html; charset=utf-8")
                     elif url.path == "/fragment":
-                        self._reply(200, dashboard_fragment(outer.store).encode(), "text/html; charset=utf-8")
+                        self._reply(200, dashboard_fragment(outer.store, *_page_args(url.query)).encode(),
+                                    "text/html; charset=utf-8")
                     elif url.path == "/metrics":
                         from prometheus_client import CONTENT_TYPE_LATEST
 

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3-venv python3-dev espeak-ng mosquitto mosquitto-clients openssl)   # system packages the demo and tests need
+APT_PACKAGES=(python3-venv python3-dev espeak-ng mosquitto mosquitto-clients openssl chromium)   # system packages the demo and tests need
 VENV=.venv                                # host: torch + export + device + dev extras
 DEVICE_VENV=.venv-device                  # edge box: only ftedge[device], no torch
 TORCH_PIN=torch==2.13.0                   # CPU build; an unpinned torch pulls a multi-GB CUDA build
