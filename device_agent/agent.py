@@ -43,7 +43,8 @@ class Agent:
         self.models = ModelStore(self.state_dir)
         self.jobs = JobRunner(JobStore(self.state_dir), self.state_dir, self._emit_job, self._job_finished)
         self.replies = ReplyCache(self.state_dir / "replies.json")
-        self.stopping = threading.Event()
+        self.stopping = threading.Event()   # asked to stop (signal); `run` then calls `shutdown`
+        self._drained = threading.Event()   # shutdown flushed the outbox: the pump thread may exit
         self.wake = threading.Event()
         self.inflight: dict[int, int] = {}
         self.acks: "queue.Queue[tuple[int, int, str]]" = queue.Queue()
@@ -148,6 +149,7 @@ class Agent:
             self.wake.set()
             time.sleep(0.02)
         self.stopping.set()
+        self._drained.set()
         self.commands.put(None)
         self.wake.set()
         self.link.stop()
@@ -169,7 +171,9 @@ class Agent:
 
     def _pump(self) -> None:
         acked: list[int] = []
-        while not (self.stopping.is_set() and self.commands.empty() and self.acks.empty() and not self.wake.is_set()):
+        # Exits only after `shutdown` flushed: a signal sets `stopping` first, and the offline status that
+        # shutdown publishes still needs this thread to send it and to take its PUBACK off the outbox.
+        while not (self._drained.is_set() and self.commands.empty() and self.acks.empty() and not self.wake.is_set()):
             self.wake.wait(0.5)
             self.wake.clear()
             while True:

@@ -207,6 +207,8 @@ def test_birth_retained_and_offline_on_sigterm_and_lwt_on_sigkill(broker, device
     assert agent.stop(signal.SIGTERM) == 0
     assert col.wait(lambda: any(b["state"] == "offline" for b in col.of("status")))
     assert [b for b in col.of("status") if b["state"] == "offline"][-1]["reason"] == "shutdown"
+    # the offline status was acknowledged before exit, not left in the outbox to be re-sent on the next start
+    assert "agent stopped; 0 message(s) left in the outbox" in agent.text(), agent.text()[-1500:]
 
     late = Collector(broker, client_id="late")  # retained: a newcomer sees the last status
     assert late.wait(lambda: late.of("status")) and late.of("status")[-1]["state"] == "offline"

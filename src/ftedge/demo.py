@@ -260,16 +260,18 @@ def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int
 
 
 def _serve_until_signal() -> None:
-    """Block until Ctrl-C (KeyboardInterrupt propagates to the caller's cleanup) or SIGTERM."""
+    """Block until Ctrl-C or SIGTERM. Handles SIGINT itself too: a demo started in the background by a
+    non-interactive shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
     import signal
 
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while not stop.wait(0.5):
             pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -308,20 +310,17 @@ def _run(args: argparse.Namespace) -> int:
     serve = args.serve if args.serve is not None else (sys.stdin.isatty() and sys.stdout.isatty())
     voices = tuple(v.strip() for v in args.voices.split(",") if v.strip())
 
-    finished: list[dict[str, Any]] = []
-
     def ready(result: dict[str, Any]) -> None:
-        finished.append(result)
         if args.json:
             print(json.dumps(result), flush=True)
 
     try:
         result = run_demo(args.workdir, voices, args.shots, args.seed, say, args.http, serve, ready)
     except KeyboardInterrupt:
+        print("interrupted: stopped the boxes, the collector and the broker", file=sys.stderr)
+        return 130
+    if serve:
         print("stopped the boxes, the collector and the broker", file=sys.stderr)
-        if not finished:
-            return 130
-        result = finished[0]
     ok = all(r["job_status"] == "succeeded" and r["accuracy_after"] >= r["accuracy_before"] for r in result["boxes"])
     return 0 if ok else 1
 
