@@ -62,6 +62,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sign-key", metavar="KEY", type=Path,
                    help="sign the manifest (which holds every file's sha256) with this Ed25519 private key PEM "
                    "(`ftedge keygen`); devices accept it with the matching public key")
+    t = p.add_argument_group("preprocessing recorded for the device (text and images)")
+    t.add_argument("--tokenizer", type=Path, metavar="tokenizer.json",
+                   help="text: a Hugging Face tokenizers file; copied into the bundle, used on the device")
+    t.add_argument("--max-length", type=int, metavar="N", help="text: token length (must match --input input_ids)")
+    t.add_argument("--image-size", metavar="H,W", help="images: the size the device resizes to (input 1,3,H,W)")
+    t.add_argument("--mean", metavar="R,G,B", help="images: per-channel mean on 0..1 pixels (default ImageNet)")
+    t.add_argument("--std", metavar="R,G,B", help="images: per-channel std (default ImageNet)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max abs diff vs PyTorch (fp32; default 1e-4)")
     p.add_argument("--skip-parity", action="store_true", help="do not check against PyTorch (a warning is logged)")
     p.add_argument("--name", help="bundle name recorded in the manifest (default: the folder name)")
@@ -86,6 +93,24 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot read --labels-file {args.labels_file}: {exc}") from exc
     if labels is not None and (not labels or len(set(labels)) != len(labels)):
         raise UsageError("labels must be non-empty and unique")
+    def floats(flag: str, text: str | None, n: int | None = None) -> list[float] | None:
+        if text is None:
+            return None
+        try:
+            vals = [float(v) for v in text.split(",")]
+        except ValueError as exc:
+            raise UsageError(f"{flag} {text!r}: give comma-separated numbers") from exc
+        if n is not None and len(vals) != n:
+            raise UsageError(f"{flag} {text!r}: give {n} comma-separated numbers")
+        return vals
+
+    size = floats("--image-size", args.image_size, 2)
+    if size is not None and any(v != int(v) or v < 1 for v in size):
+        raise UsageError(f"--image-size {args.image_size!r}: give two positive integers H,W")
+    if (args.mean or args.std) and size is None:
+        raise UsageError("--mean/--std describe images: give --image-size H,W too")
+    if args.max_length is not None and args.tokenizer is None:
+        raise UsageError("--max-length is the tokenizer's padded length: give --tokenizer too")
     opts = ExportOptions(
         model=args.model, output=args.bundle, inputs=[parse_input_spec(s) for s in args.inputs],
         output_name=args.output_name, head=args.head, num_classes=args.num_classes, labels=labels,
@@ -93,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
         trainable=args.trainable, loss=args.loss, optimizer=args.optimizer, lr=args.lr, opset=args.opset,
         split=args.split, quantize_backbone=args.quantize_backbone, skip_parity=args.skip_parity,
         tolerance=args.tolerance, name=args.name, seed=args.seed, force=args.force,
+        tokenizer=args.tokenizer, max_length=args.max_length,
+        image_size=None if size is None else (int(size[0]), int(size[1])),
+        mean=floats("--mean", args.mean, 3), std=floats("--std", args.std, 3),
     )
     say = (lambda _m: None) if (args.quiet or args.json) else (lambda m: print(f"… {m}", file=sys.stderr))
     manifest = export_bundle(opts, progress=say, sign_key=args.sign_key)

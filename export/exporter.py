@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +29,7 @@ from ftedge.export.onnx_export import (
 )
 from ftedge.export.options import ExportOptions
 from ftedge.export.parity import check_parity
+from ftedge.export.preprocessing import TOKENIZER_FILE, image_preprocessing, text_preprocessing
 from ftedge.export.wrapper import OutputSelector
 from ftedge.runtime.manifest import BATCH, LOSSES, OPTIMIZERS, SCHEMA_VERSION, TensorSpec
 from ftedge.runtime.ort_backend import ort
@@ -55,6 +57,17 @@ def _validate(opts: ExportOptions) -> None:
         raise UsageError("--lr must be positive")
 
 
+def _declared_preprocessing(opts: ExportOptions) -> dict[str, Any]:
+    """Text / image preprocessing from the command line, checked against the inputs (before any work)."""
+    if opts.tokenizer is not None and opts.image_size is not None:
+        raise UsageError("--tokenizer and --image-size describe different modalities: give one")
+    if opts.tokenizer is not None:
+        return text_preprocessing(Path(opts.tokenizer), opts.max_length, opts.inputs)
+    if opts.image_size is not None:
+        return image_preprocessing(opts.image_size, opts.mean, opts.std, opts.inputs)
+    return {}
+
+
 def audio_preprocessing(model: torch.nn.Module, inputs: list[TensorSpec]) -> dict[str, Any]:
     """If the model starts with a LogMel frontend, what the device must feed it: raw samples at a rate."""
     from ftedge.export.frontends import LogMel
@@ -75,6 +88,7 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
     ``sign_key``: an Ed25519 private key PEM; the manifest (files table included) is signed with it.
     """
     _validate(opts)
+    declared = _declared_preprocessing(opts)
     signer = None
     if sign_key is not None:
         from ftedge.runtime.signing import manifest_signer
@@ -134,6 +148,9 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
     stage = BundleStage(opts.output, opts.force)
     try:
         roles: dict[str, str] = {}
+        if opts.tokenizer is not None:
+            shutil.copyfile(opts.tokenizer, stage.path(TOKENIZER_FILE))
+            roles["tokenizer"] = TOKENIZER_FILE
         backbones: dict[str, Path] = {}
         quantized_ops: dict[str, int] | None = None
         if split:
@@ -212,7 +229,7 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
                                   "quantized_nodes": quantized_ops}},
             "train_inputs": [s.name for s in head_inputs] + ["labels"],
             "parity": parity,
-            "preprocessing": {**audio_preprocessing(model, opts.inputs), **opts.preprocessing},
+            "preprocessing": {**audio_preprocessing(model, opts.inputs), **declared, **opts.preprocessing},
             "export_seconds": round(time.perf_counter() - t0, 3),
         }
         stage.commit(manifest, signer)

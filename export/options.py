@@ -32,3 +32,8 @@ class ExportOptions:
     seed: int = 0
     force: bool = False
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Path | None = None            # text: a tokenizers JSON copied into the bundle
+    max_length: int | None = None            # text: must equal the token inputs' length
+    image_size: tuple[int, int] | None = None  # images: H, W the device resizes to
+    mean: list[float] | None = None          # images: per-channel mean (RGB, on 0..1 pixels)
+    std: list[float] | None = None
