@@ -171,6 +171,7 @@ class _Device:
     status_ts: int | None = None
     marks: dict[str, int] = field(default_factory=dict)
     switched: bool = False  # current boot changed in this transaction: prune old boots
+    stored: bool = False    # a row exists (UPDATE, not INSERT)
 
 
 @dataclass
@@ -195,6 +196,7 @@ class _Stream:
     mark_max: int = 0
     holes: list[_Hole] = field(default_factory=list)          # counted, not yet filled
     purge: bool = False
+    stored: bool = False                                      # a row exists (UPDATE, not INSERT)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -224,7 +226,7 @@ class FleetStore:
     """The collector's database; see the module docstring for the rules."""
 
     def __init__(self, path: Path | str, reorder_window_s: float = 5.0, keep_boots: int = 4,
-                 max_replies: int = 1000) -> None:
+                 max_replies: int = 1000, cache_mib: int = 32) -> None:
         self.path = Path(path) if str(path) != ":memory:" else None
         self.reorder_window_s = float(reorder_window_s)
         self.keep_boots = max(2, int(keep_boots))
@@ -250,6 +252,11 @@ class FleetStore:
                     raise FleetStoreError(f"{self.path}: SQLite refused WAL mode ({mode}); use a local disk")
             # The collector can re-learn the last commits from retained state and resync: NORMAL is enough.
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # Every device's stream appends to its own spot of the progress index and rewrites its devices row:
+            # with a thousand devices that working set outgrows SQLite's default 2 MiB cache (pages re-read
+            # every batch), and a larger WAL lets checkpoints write a hot page once for many commits.
+            self._db.execute(f"PRAGMA cache_size = -{max(2, int(cache_mib)) * 1024}")
+            self._db.execute("PRAGMA wal_autocheckpoint = 10000")
             self._migrate()
             self._load_pending()
         except sqlite3.Error as exc:
@@ -300,10 +307,9 @@ class FleetStore:
                 replies = [r[0] for r in rows["replies"]]
                 db.execute("DELETE FROM replies WHERE cmd_id IN (SELECT cmd_id FROM replies ORDER BY ts DESC"
                            " LIMIT -1 OFFSET ?)", (self.max_replies,))
-            for st in touched_streams.values():
-                self._save_stream(db, st)
+            self._save_streams(db, touched_streams.values())
+            self._save_devices(db, touched_devices.values())
             for dev in touched_devices.values():
-                self._save_device(db, dev)
                 if dev.switched:
                     self._prune_boots(db, dev)
             self._bump(db, {"messages_total": rep["messages"], "duplicates_total": rep["duplicates"],
@@ -675,7 +681,7 @@ class FleetStore:
             if row is None:
                 dev = _Device(fleet, device)
             else:
-                dev = _Device(*row[:12], marks=json.loads(row[12] or "{}"))
+                dev = _Device(*row[:12], marks=json.loads(row[12] or "{}"), stored=True)
             self._devices[key] = dev
         return dev
 
@@ -699,7 +705,7 @@ class FleetStore:
                          " WHERE fleet = ? AND device = ? AND boot = ?", key).fetchone()
         if row is None:
             return None
-        st = _Stream(*key, *row)
+        st = _Stream(*key, *row, stored=True)
         st.above = {s for (s,) in db.execute("SELECT seq FROM seen WHERE fleet = ? AND device = ? AND boot = ?"
                                               " AND seq > ?", (*key, st.contiguous))}
         st.holes = [_Hole(*r) for r in db.execute(
@@ -725,19 +731,34 @@ class FleetStore:
     # -- internals: persistence ---------------------------------------------------------------------------
 
     def _save_stream(self, db: sqlite3.Connection, st: _Stream) -> None:
-        db.execute(
-            "INSERT INTO boots (fleet, device, boot, first_ts, first_seen_ms, contiguous, max_seq)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fleet, device, boot) DO UPDATE SET"
-            " first_ts = excluded.first_ts, contiguous = excluded.contiguous, max_seq = excluded.max_seq",
-            (st.fleet, st.device, st.boot, st.first_ts, st.first_seen_ms, st.contiguous, st.max_seq))
-        if st.purge:   # seqs <= contiguous need no row, except inside holes (late fills) and the Will (0)
-            lo = 1
-            for hole in sorted(st.holes, key=lambda h: h.lo):
-                if hole.lo > lo:
-                    self._delete_seen(db, st, lo, min(hole.lo - 1, st.contiguous))
-                lo = max(lo, hole.hi + 1)
-            self._delete_seen(db, st, lo, st.contiguous)
-            st.purge = False
+        self._save_streams(db, (st,))
+
+    def _save_streams(self, db: sqlite3.Connection, streams: Iterable[_Stream]) -> None:
+        new, old, full = [], [], []
+        for st in streams:
+            row = (st.fleet, st.device, st.boot, st.first_ts, st.first_seen_ms, st.contiguous, st.max_seq)
+            full.append(row)
+            if st.stored:
+                old.append((st.first_ts, st.contiguous, st.max_seq, st.fleet, st.device, st.boot))
+            else:
+                new.append(row)
+                st.stored = True
+            if st.purge:   # seqs <= contiguous need no row, except inside holes (late fills) and the Will (0)
+                lo = 1
+                for hole in sorted(st.holes, key=lambda h: h.lo):
+                    if hole.lo > lo:
+                        self._delete_seen(db, st, lo, min(hole.lo - 1, st.contiguous))
+                    lo = max(lo, hole.hi + 1)
+                self._delete_seen(db, st, lo, st.contiguous)
+                st.purge = False
+        if old and db.executemany("UPDATE boots SET first_ts = ?, contiguous = ?, max_seq = ?"
+                                  " WHERE fleet = ? AND device = ? AND boot = ?", old).rowcount != len(old):
+            new = full   # a row vanished under us (the file edited by hand?): write every row in full
+        if new:
+            db.executemany(
+                "INSERT INTO boots (fleet, device, boot, first_ts, first_seen_ms, contiguous, max_seq)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fleet, device, boot) DO UPDATE SET"
+                " first_ts = excluded.first_ts, contiguous = excluded.contiguous, max_seq = excluded.max_seq", new)
 
     @staticmethod
     def _delete_seen(db: sqlite3.Connection, st: _Stream, lo: int, hi: int) -> None:
@@ -745,11 +766,26 @@ class FleetStore:
             db.execute("DELETE FROM seen WHERE fleet = ? AND device = ? AND boot = ? AND seq BETWEEN ? AND ?",
                        (st.fleet, st.device, st.boot, lo, hi))
 
-    def _save_device(self, db: sqlite3.Connection, dev: _Device) -> None:
-        db.execute(
-            f"INSERT OR REPLACE INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (dev.fleet, dev.device, dev.state, dev.reason, dev.last_seen_ms, dev.boot, dev.last_seq, dev.meta,
-             dev.job, dev.metrics, dev.active_version, dev.status_ts, json.dumps(dev.marks, separators=(",", ":"))))
+    def _save_devices(self, db: sqlite3.Connection, devices: Iterable[_Device]) -> None:
+        new, old, full = [], [], []
+        for dev in devices:
+            marks = "{" + ",".join([f'"{k}":{v}' for k, v in dev.marks.items()]) + "}"   # str keys, int values
+            values = (dev.state, dev.reason, dev.last_seen_ms, dev.boot, dev.last_seq, dev.meta, dev.job,
+                      dev.metrics, dev.active_version, dev.status_ts, marks)
+            full.append((dev.fleet, dev.device, *values))
+            if dev.stored:
+                old.append((*values, dev.fleet, dev.device))
+            else:
+                new.append(full[-1])
+                dev.stored = True
+        if old and db.executemany(
+                "UPDATE devices SET state = ?, reason = ?, last_seen_ms = ?, boot = ?, last_seq = ?, meta_json = ?,"
+                " job_json = ?, metrics_json = ?, active_version = ?, status_ts = ?, marks_json = ?"
+                " WHERE fleet = ? AND device = ?", old).rowcount != len(old):
+            new = full   # a row vanished under us (the file edited by hand?): write every row in full
+        if new:
+            db.executemany(f"INSERT OR REPLACE INTO devices ({_DEVICE_COLUMNS}) VALUES"
+                           " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new)
 
     def _prune_boots(self, db: sqlite3.Connection, dev: _Device) -> None:
         """Keep the newest ``keep_boots`` boots of a device for de-duplication."""

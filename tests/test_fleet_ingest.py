@@ -603,3 +603,120 @@ def test_a_poison_message_does_not_sink_its_batch(tmp_path):
     assert store.counters()["messages_total"] == 2 and col.stats["errors"] == 1
     assert col.stats["processed"] == 3
     store.close()
+
+
+# -- the collector's receive path ------------------------------------------------------------------------------
+
+def _publish_packet(topic: bytes, payload: bytes, qos: int = 1, mid: int = 1, retain: bool = False,
+                    props: bytes = b"") -> bytes:
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            b, n = n & 0x7F, n >> 7
+            out.append(b | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+    body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"")
+    body += varint(len(props)) + props + payload
+    return bytes([0x30 | qos << 1 | int(retain)]) + varint(len(body)) + body
+
+
+class _FakeSocket:
+    """Hands out pre-cut chunks of a byte stream, as a non-blocking socket would."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = list(chunks)
+
+    def recv(self, n: int) -> bytes:
+        if not self.chunks:
+            raise BlockingIOError
+        head = self.chunks.pop(0)
+        if len(head) > n:
+            self.chunks.insert(0, head[n:])
+            head = head[:n]
+        return head
+
+
+def test_fast_receive_path_decodes_packets_split_anywhere():
+    import random
+
+    from ftedge.fleet.ingest import _FastClient
+
+    got: list[tuple[int, list, list]] = []
+    c = _FastClient(mqtt.CallbackAPIVersion.VERSION2, client_id="unit", protocol=mqtt.MQTTv5,
+                    sink=lambda g, m, ids: got.append((g, m, ids)))
+    assert c.fast, "the installed paho lacks the internals the fast receive path needs"
+    big = b"x" * 300_000                                      # 3-byte remaining length, more than one recv
+    expected = [("ftedge/v1/f/d1/status", b'{"a":1}', True, 7), ("ftedge/v1/f/d1/meta", b"", False, 0),
+                ("ftedge/v1/f/d2/jobs/j/progress", big, False, 65535), (b"ftedge/v1/f/\xff/x", b"{}", False, 9)]
+    stream = b"".join(_publish_packet(t if isinstance(t, bytes) else t.encode(), p, qos=1 if mid else 0,
+                                      mid=mid, retain=r, props=b"\x03\x00\x10application/json" if mid == 7 else b"")
+                      for t, p, r, mid in expected)
+    rng = random.Random(1)
+    for trial in range(30):
+        cuts = sorted(rng.sample(range(1, len(stream)), rng.randint(0, 40))) if trial else []
+        chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+        got.clear()
+        c._sock = _FakeSocket(chunks)
+        while c._sock.chunks:
+            assert c.loop_read() == mqtt.MQTT_ERR_SUCCESS
+        msgs = [m for _, ms, _ in got for m in ms]
+        ids = [mid for _, _, mids in got for mid in mids]
+        assert [(t, p, r) for t, p, r in msgs] == [(t, p, r) for t, p, r, _ in expected]
+        assert ids == [7, 65535, 9]                         # QoS 1 packet ids, in order; QoS 0 has none
+        assert not c._rbuf
+    # a PUBLISH whose topic length runs past its packet is a protocol error (the connection is dropped)
+    bad = b"\x32\x05\x00\x09abc" + _publish_packet(b"ftedge/v1/f/d1/meta", b"{}")
+    lost: list[int] = []
+    c._loop_rc_handle = lambda rc: lost.append(rc) or rc  # type: ignore[method-assign]
+    got.clear()
+    c._sock = _FakeSocket([bad])
+    assert c.loop_read() == mqtt.MQTT_ERR_PROTOCOL and lost == [mqtt.MQTT_ERR_PROTOCOL] and not got
+    c._sock = None
+
+
+def test_fast_receive_path_acks_only_on_its_connection():
+    from ftedge.fleet.ingest import _FastClient
+
+    c = _FastClient(mqtt.CallbackAPIVersion.VERSION2, client_id="unit", protocol=mqtt.MQTTv5, sink=print)
+    queued: list[bytes] = []
+    c._packet_queue = lambda cmd, packet, mid, qos, info=None: queued.append(bytes(packet))  # type: ignore
+    assert not c.ack(0, [1])                                 # not connected yet
+    c.session_up()
+    assert c.ack(1, [1, 258]) and queued == [b"\x40\x02\x00\x01\x40\x02\x01\x02"]
+    c.session_down()
+    c.session_up()
+    assert not c.ack(1, [3]) and len(queued) == 1            # from the previous connection: dropped
+
+
+@needs_broker
+def test_unacknowledged_messages_are_redelivered_after_a_crash(tmp_path, broker, running):
+    """Messages are acknowledged after commit: a collector that dies before committing loses nothing."""
+    release = threading.Event()
+
+    class Stuck(FleetStore):
+        def ingest_batch(self, msgs, now=None):
+            release.wait(30)           # the writer never gets to commit (the process "dies" meanwhile)
+            return {}
+
+    stuck = Stuck(tmp_path / "stuck.sqlite")
+    col = Collector(stuck, CollectorSettings(host="127.0.0.1", port=broker.port), client_id="collector-crash",
+                    gap_check_s=0.1).start()
+    assert col.wait_connected(10)
+    dev = SimDevice(broker, "dev-1")
+    for e in range(1, 51):
+        dev.publish("jobs/j/progress", {"job": "j", "epoch": e, "loss": 1.0 / e})
+    dev.sync()
+    assert wait_for(lambda: col.stats["received"] == 50)
+    col.client.loop_stop()             # crash: no DISCONNECT, no PUBACK for anything received
+    col.client.socket().close()
+    col._closing = True
+    store = FleetStore(tmp_path / "fleet.sqlite")
+    col2 = running(store, client_id="collector-crash")   # the same persistent session
+    assert wait_for(lambda: store.counters()["messages_total"] >= 50), store.counters()
+    assert col2.flush(10)
+    c = store.counters()
+    assert (c["messages_total"], c["seq_gaps_total"]) == (50, 0)
+    assert [p["epoch"] for p in store.job(FLEET, "dev-1", "j")["progress"]] == list(range(1, 51))
+    release.set()
+    dev.close()
