@@ -83,6 +83,7 @@ class CollectorSettings:
     batch_size: int = 5000              # messages per transaction at most …
     batch_interval_s: float = 0.2       # … or what arrived this long after the first one
     receive_maximum: int = 20000        # unacknowledged messages the broker may send us (MQTT v5 Receive Maximum)
+    fast_receive: bool = True           # False: stock paho receive path (ack on receipt), e.g. on a new paho
     gap_check_s: float = 1.0
     command_expiry_s: int = 300         # MessageExpiryInterval of resync commands
 
@@ -299,6 +300,7 @@ class Collector:
         self._closing = False
         c = _FastClient(mqtt.CallbackAPIVersion.VERSION2, client_id=s.client_id, protocol=mqtt.MQTTv5,
                         sink=self._received)
+        c.fast = c.fast and s.fast_receive
         c.reconnect_delay_set(min_delay=1, max_delay=5)
         c.max_inflight_messages_set(100)
         if s.username:

@@ -327,9 +327,11 @@ def simulate_training(dev: SimDevice, job: str, before: float, after: float, epo
 
 
 @needs_broker
-def test_collector_ingests_a_simulated_fleet(tmp_path, broker, running):
+@pytest.mark.parametrize("fast_receive", [True, False], ids=["fast-receive", "stock-paho"])
+def test_collector_ingests_a_simulated_fleet(tmp_path, broker, running, fast_receive):
     store = FleetStore(tmp_path / "fleet.sqlite")
-    col = running(store)
+    col = running(store, fast_receive=fast_receive)
+    assert col.client.fast is fast_receive
     accs = {"dev-001": (0.50, 0.90), "dev-002": (0.60, 0.80), "dev-003": (0.70, 0.70)}
     devs = [SimDevice(broker, name) for name in accs]
     for d in devs:
