@@ -2,7 +2,7 @@
 
 Layout under ``STATE_DIR/models/``::
 
-    v0001/  model.onnx  model.json  result.json  version.json
+    v0001/  model.onnx  model.json  result.json  version.json  [tokenizer.json]
     v0002/  ...
     active.json    {"active": "v0002", "history": ["v0001", "v0002"], "events": [...]}
 
@@ -29,6 +29,7 @@ from ftedge.errors import AgentError
 from ftedge.runtime.hashing import atomic_write_json, fsync_dir, sha256_file
 
 RUN_FILES = ("model.onnx", "model.json", "result.json")
+OPTIONAL_RUN_FILES = ("tokenizer.json",)  # preprocessing files a run carries (text models)
 _ID_RE = re.compile(r"v(\d{4,})")
 _CHUNK = 1 << 20
 
@@ -120,7 +121,8 @@ class ModelStore:
                 umask = os.umask(0)
                 os.umask(umask)
                 os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700
-                digests = {f: _copy_durable(run_dir / f, staging / f) for f in RUN_FILES}
+                files = RUN_FILES + tuple(f for f in OPTIONAL_RUN_FILES if (run_dir / f).is_file())
+                digests = {f: _copy_durable(run_dir / f, staging / f) for f in files}
                 record = {
                     "id": None,
                     "created_at": _now(),
