@@ -67,12 +67,14 @@ def register(sub: argparse._SubParsersAction) -> None:
   ftedge train bundles/kws --data /data/my_voice -o runs/2026-11-22 --epochs 20 --resume   # after a crash
   ftedge train bundles/kws --data samples.npz -o runs/r2 --patience 3 --max-seconds 120 --json
 
-data: PATH/<label>/*.npy (one sample per file), or a .npz with one array per input name plus 'labels'.
+data: a folder per label, PATH/<label>/<sample>: *.npy (any bundle), *.wav (audio bundles),
+*.png/*.jpg/*.jpeg (image bundles), *.txt (text bundles); or a .npz with one array per input name
+plus 'labels'; or a .csv with text,label columns (text bundles).
 Unreadable or mismatched samples are skipped and listed in result.json.""",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     t.add_argument("bundle", metavar="BUNDLE")
-    t.add_argument("--data", required=True, metavar="PATH", help="folder per label, or a .npz")
+    t.add_argument("--data", required=True, metavar="PATH", help="folder per label, a .npz, or a .csv (text)")
     t.add_argument("-o", dest="run_dir", required=True, metavar="RUN_DIR", type=Path, help="run directory to write")
     t.add_argument("--epochs", type=int, default=20, help="epochs (default 20)")
     t.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")

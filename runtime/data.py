@@ -28,15 +28,16 @@ class ModelIO:
     labels: list[str]
     loss: str
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    root: Path | None = None   # the bundle or run directory (where e.g. tokenizer.json lives)
 
     @property
     def classification(self) -> bool:
         return self.loss == "cross-entropy"
 
     @classmethod
-    def from_manifest(cls, m: dict[str, Any]) -> "ModelIO":
+    def from_manifest(cls, m: dict[str, Any], root: str | Path | None = None) -> "ModelIO":
         return cls([TensorSpec.from_json(t) for t in m["inputs"]], list(m.get("labels") or []), m["loss"],
-                   dict(m.get("preprocessing") or {}))
+                   dict(m.get("preprocessing") or {}), None if root is None else Path(root))
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Dataset:
     sources: list[str]                     # where each sample came from
     skipped: list[dict[str, str]]          # {"file": …, "reason": …}
     label_names: list[str]
+    notes: dict[str, list[str]] = field(default_factory=dict)  # kept samples a loader changed: {"truncated": [...]}
     _hashes: list[str] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -71,7 +73,9 @@ class Dataset:
         return out
 
 
-# A decoder turns one file into {input name: array of one sample}; it raises on unreadable input.
+# A decoder turns one file into {input name: array of one sample}; it raises on unreadable input. It may add
+# {NOTE_KEY: remark} for a sample it kept but changed (text: "truncated"); Dataset.notes lists those.
+NOTE_KEY = "__note__"
 Decoder = Callable[[Path, ModelIO], dict[str, np.ndarray]]
 _DECODERS: dict[str, Decoder] = {}
 
@@ -108,7 +112,7 @@ def _conform(spec: TensorSpec, arr: np.ndarray) -> np.ndarray:
 
 
 def _assemble(samples: list[dict[str, np.ndarray]], targets: list, sources: list[str], skipped: list[dict[str, str]],
-              io: ModelIO, where: str) -> Dataset:
+              io: ModelIO, where: str, notes: dict[str, list[str]] | None = None) -> Dataset:
     if not samples:
         reasons = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5])
         raise DataError(
@@ -121,7 +125,7 @@ def _assemble(samples: list[dict[str, np.ndarray]], targets: list, sources: list
         y = np.asarray(targets, dtype=np.int64)
     else:
         y = np.asarray(targets, dtype=np.float32)
-    return Dataset(inputs, y, sources, skipped, list(io.labels))
+    return Dataset(inputs, y, sources, skipped, list(io.labels), notes=notes or {})
 
 
 def _target(label: Any, io: ModelIO) -> Any:
@@ -144,6 +148,7 @@ def _target(label: Any, io: ModelIO) -> Any:
 
 def _load_folders(root: Path, io: ModelIO) -> Dataset:
     samples, targets, sources, skipped = [], [], [], []
+    notes: dict[str, list[str]] = {}
     label_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     for d in label_dirs:
         for f in sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith(".")):
@@ -163,7 +168,9 @@ def _load_folders(root: Path, io: ModelIO) -> Dataset:
             samples.append(sample)
             targets.append(target)
             sources.append(rel)
-    return _assemble(samples, targets, sources, skipped, io, str(root))
+            if arrays.get(NOTE_KEY):
+                notes.setdefault(str(arrays[NOTE_KEY]), []).append(rel)
+    return _assemble(samples, targets, sources, skipped, io, str(root), notes)
 
 
 def _load_npz(path: Path, io: ModelIO) -> Dataset:
@@ -238,3 +245,5 @@ def load_dataset(path: str | Path, io: ModelIO) -> Dataset:
 
 
 from ftedge.runtime import audio as _audio  # noqa: E402,F401  (registers .wav; audio imports this module)
+from ftedge.runtime import image as _image  # noqa: E402,F401  (registers .png/.jpg/.jpeg)
+from ftedge.runtime import text as _text  # noqa: E402,F401  (registers .txt and .csv)

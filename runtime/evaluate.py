@@ -23,7 +23,7 @@ def evaluate(target: str | Path, data: str | Path, batch_size: int = 64,
     target = Path(target)
     if (target / "model.onnx").is_file() and (target / "model.json").is_file():
         spec = json.loads((target / "model.json").read_text())
-        io = ModelIO.from_manifest(spec)
+        io = ModelIO.from_manifest(spec, target)
         model = InferenceModel(target / "model.onnx", providers)
         out_name = spec["output"]["name"]
 
@@ -32,7 +32,7 @@ def evaluate(target: str | Path, data: str | Path, batch_size: int = 64,
         kind = "personalized model"
     elif (target / MANIFEST_NAME).is_file():
         bundle = load_bundle(target)
-        io = ModelIO.from_manifest(bundle.manifest)
+        io = ModelIO.from_manifest(bundle.manifest, bundle.path)
         session = BundleSession(bundle, providers)
         predict = session.predict
         kind = "bundle (untuned)"
@@ -40,6 +40,7 @@ def evaluate(target: str | Path, data: str | Path, batch_size: int = 64,
         raise FtedgeError(f"{target} is neither a run directory (model.onnx + model.json) nor a bundle")
     ds = load_dataset(data, io)
     outs = [predict({k: v[i:i + batch_size] for k, v in ds.inputs.items()}) for i in range(0, len(ds), batch_size)]
-    result: dict[str, Any] = {"model": str(target), "kind": kind, "samples": len(ds), "skipped": ds.skipped}
+    result: dict[str, Any] = {"model": str(target), "kind": kind, "samples": len(ds), "skipped": ds.skipped,
+                              "notes": ds.notes}
     result.update(M.task_metrics(io.loss, np.concatenate(outs), ds.targets, ds.label_names))
     return result

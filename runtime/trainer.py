@@ -26,7 +26,7 @@ from ftedge.runtime.bundle import Bundle, load_bundle
 from ftedge.runtime.cache import EmbeddingCache, embed_with_cache
 from ftedge.runtime.data import Dataset, ModelIO, load_dataset
 from ftedge.runtime.hashing import atomic_write_json
-from ftedge.runtime.ort_backend import resolve_providers, set_seed
+from ftedge.runtime.ort_backend import TrainableModel, resolve_providers, set_seed
 from ftedge.runtime.personalized import write_personalized
 from ftedge.runtime.run_state import CheckpointDir, RunState
 from ftedge.runtime.schedule import learning_rate
@@ -118,10 +118,13 @@ class Trainer:
         if config.backbone == "int8" and "backbone_int8" not in self.bundle.manifest["roles"]:
             raise UsageError("this bundle has no int8 backbone; export it with --quantize-backbone int8")
         self.mode = _resolve_mode(config.mode, self.bundle)
-        self.io = ModelIO.from_manifest(self.bundle.manifest)
+        self.io = ModelIO.from_manifest(self.bundle.manifest, self.bundle.path)
         self.data = load_dataset(data, self.io)
         for s in self.data.skipped:
             log.warning("skipped %s: %s", s["file"], s["reason"])
+        for note, files in self.data.notes.items():
+            log.warning("%d sample(s) %s: %s (listed in result.json notes)", len(files), note,
+                        ", ".join(files[:5]) + (", …" if len(files) > 5 else ""))
         self.classification = self.io.classification
         self.train_idx, self.val_idx = stratified_split(self.data.targets, config.val_fraction, config.seed,
                                                         self.classification)
@@ -290,9 +293,13 @@ class Trainer:
             # The live session holds the best parameters when the best epoch is the last one trained here;
             # otherwise (early stopping, or a resumed run) reload the best checkpoint.
             trained_here = state.best_epoch == state.epochs_done and session._model is not None
-            best = session if trained_here else self._session(self.ckpt.path(state.best_checkpoint))
+            # Only the head is needed: a second BundleSession would load a second backbone (+170 MB for MiniLM).
+            best = session.model if trained_here else TrainableModel(
+                self.bundle.file("training"), self.bundle.file("eval"), self.bundle.file("optimizer"),
+                self.ckpt.path(state.best_checkpoint),
+                device="cuda" if "CUDAExecutionProvider" in self.providers else "cpu")
             final = state.best_metrics  # measured on the same split when that epoch ended; eval is deterministic
-            write_personalized(self.bundle, best.model, self.run_dir / "model.onnx", self.backbone_role)
+            write_personalized(self.bundle, best, self.run_dir / "model.onnx", self.backbone_role)
             atomic_write_json(self.run_dir / "model.json", {
                 k: self.bundle.manifest.get(k) for k in ("name", "inputs", "output", "labels", "loss", "task", "preprocessing")})
             self.timings["export_s"] = time.perf_counter() - t
@@ -315,6 +322,7 @@ class Trainer:
             "duration_s": round(time.perf_counter() - self.t0, 3),
             "samples": {"total": len(self.data), "train": int(len(self.train_idx)), "val": int(len(self.val_idx))},
             "skipped": self.data.skipped,
+            "notes": self.data.notes,
             "providers": {"backbone": self.ran_on,
                           "training": "cuda" if "CUDAExecutionProvider" in self.providers else "cpu"},
             "mode": self.mode,
