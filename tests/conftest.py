@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,26 @@ def cnn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
 @pytest.fixture()
 def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    return _in_ci()
+
+
+NO_TORCH = "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
+
+
+@pytest.fixture(scope="session")
+def device_python() -> str:
+    """The torch-free `.[device]` venv CI builds (FTEDGE_DEVICE_PYTHON); required under CI, skipped elsewhere."""
+    python = os.environ.get("FTEDGE_DEVICE_PYTHON")
+    if not python:
+        if _in_ci():
+            pytest.fail("FTEDGE_DEVICE_PYTHON is not set: .ci/run must build the [device]-only venv")
+        pytest.skip("set FTEDGE_DEVICE_PYTHON to a venv with only ftedge[device] (scripts/dev.sh test does)")
+    assert Path(python).exists(), python
+    assert subprocess.run([python, "-c", NO_TORCH]).returncode == 0, "torch is installed in the device venv"
+    return python

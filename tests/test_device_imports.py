@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from conftest import ROOT
 
@@ -32,22 +30,6 @@ def test_no_bare_top_level_runtime_package(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
-
-
-NO_TORCH = "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
-
-
-@pytest.fixture()
-def device_python(in_ci) -> str:
-    """CI builds a second venv with only `.[device]`; FTEDGE_DEVICE_PYTHON points at it."""
-    python = os.environ.get("FTEDGE_DEVICE_PYTHON")
-    if not python:
-        if in_ci:
-            pytest.fail("FTEDGE_DEVICE_PYTHON is not set: .ci/run must build the [device]-only venv")
-        pytest.skip("set FTEDGE_DEVICE_PYTHON to a venv with only ftedge[device] (scripts/dev.sh test does)")
-    assert Path(python).exists(), python
-    assert subprocess.run([python, "-c", NO_TORCH]).returncode == 0, "torch is installed in the device venv"
-    return python
 
 
 def test_device_environment_trains_resumes_and_evaluates_without_torch(device_python, cnn_bundle, tmp_path):

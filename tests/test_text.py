@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,20 +81,6 @@ def tweets(tmp_path_factory) -> Path:
     prep.write_csv(train, d / "train.csv")
     prep.write_csv(test, d / "test.csv")
     return d
-
-
-@pytest.fixture(scope="module")
-def device_python() -> str:
-    """The torch-free `.[device]` venv (FTEDGE_DEVICE_PYTHON); required under CI."""
-    python = os.environ.get("FTEDGE_DEVICE_PYTHON")
-    if not python:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("FTEDGE_DEVICE_PYTHON is not set: .ci/run must build the [device]-only venv")
-        pytest.skip("set FTEDGE_DEVICE_PYTHON to a venv with only ftedge[device] (scripts/dev.sh test does)")
-    assert Path(python).exists(), python
-    no_torch = "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
-    assert subprocess.run([python, "-c", no_torch]).returncode == 0, "torch is installed in the device venv"
-    return python
 
 
 def _device(python: str, *args: str) -> subprocess.CompletedProcess:

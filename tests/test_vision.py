@@ -61,20 +61,6 @@ def digits(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture()
-def device_python(in_ci) -> str:
-    """The torch-free [device] venv (FTEDGE_DEVICE_PYTHON); required in CI, skipped elsewhere without it."""
-    python = os.environ.get("FTEDGE_DEVICE_PYTHON")
-    if not python:
-        if in_ci:
-            pytest.fail("FTEDGE_DEVICE_PYTHON is not set: .ci/run must build the [device]-only venv")
-        pytest.skip("set FTEDGE_DEVICE_PYTHON to a venv with only ftedge[device] (scripts/dev.sh test does)")
-    assert Path(python).exists(), python
-    no_torch = "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
-    assert subprocess.run([python, "-c", no_torch]).returncode == 0, "torch is installed in the device venv"
-    return python
-
-
 def image_io(size: int = SIZE, mean: float = LITE_MEAN, std: float = LITE_STD) -> ModelIO:
     pre = {"type": "image", "input": "image", "size": [size, size], "mean": [mean] * 3, "std": [std] * 3,
            "channels": 3, "layout": "NCHW", "scale": 1 / 255, "resize": "bilinear"}
