@@ -13,7 +13,6 @@ import urllib.request
 from pathlib import Path
 
 
-from conftest import ROOT
 from ftedge.cli import main
 
 
@@ -41,9 +40,9 @@ def _processes_under(path: Path) -> list[str]:
 def test_demo_fleet_personalizes_three_accents_then_ctrl_c_stops_everything(tmp_path):
     """SYNTHETIC speech of three unseen accents, one per box; each box's new model must beat the untuned
     one on its 200 held-out clips; the dashboard and API show the fleet; Ctrl-C stops every process."""
-    work = tmp_path / "demo"
-    proc = subprocess.Popen([sys.executable, "-m", "ftedge", "demo", "--workdir", str(work), "--serve", "--json",
-                             "--quiet", "--http", "127.0.0.1:0"], cwd=ROOT, stdout=subprocess.PIPE,
+    work = tmp_path / "demo"   # given relative, as the README's default is
+    proc = subprocess.Popen([sys.executable, "-m", "ftedge", "demo", "--workdir", "demo", "--serve", "--json",
+                             "--quiet", "--http", "127.0.0.1:0"], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     watchdog = threading.Timer(600, proc.kill)
     watchdog.start()

@@ -140,6 +140,7 @@ def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int
     from ftedge.runtime.manifest import parse_input_spec
 
     t0 = time.perf_counter()
+    workdir = Path(workdir).resolve()   # agents run with their box folder as cwd: no relative paths
     maker = _module(REPO / "bench" / "make_kws_dataset.py", "make_kws_dataset")
     kws = _module(REPO / "examples" / "kws" / "model.py", "kws_model")
     if shutil.which("espeak-ng") is None:
@@ -184,8 +185,15 @@ def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int
         for box in boxes:
             box.start(broker.url)
         names = {b.name for b in boxes}
-        _wait(lambda: {d["device"] for d in store.devices(FLEET) if d["state"] == "online"} >= names, 90,
-              f"the boxes did not come online (see {workdir / 'boxes'}/*/agent.log)")
+
+        def online() -> bool:
+            for box in boxes:
+                if box.proc is not None and box.proc.poll() is not None:
+                    log = (box.root / "agent.log").read_text(errors="replace").strip().splitlines()[-3:]
+                    raise FtedgeError(f"{box.name}'s agent exited ({box.proc.returncode}): " + " | ".join(log))
+            return {d["device"] for d in store.devices(FLEET) if d["state"] == "online"} >= names
+
+        _wait(online, 90, f"the boxes did not come online (see {workdir / 'boxes'}/*/agent.log)")
 
         say(f"4/5 ftedge fleet train --devices {','.join(sorted(names))} --bundle kws --data train: "
             f"{shots} clips per word on each box, which never leave it")
