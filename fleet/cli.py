@@ -187,7 +187,7 @@ def _train(args: argparse.Namespace) -> int:
             if args.wait:
                 follow(collector, [r for r in runs if r.error is None], args.job_timeout, show)
         except TimeoutError as exc:
-            raise FtedgeError(f"{exc}; check --broker and that the broker is running") from exc
+            raise _unreachable(collector, exc) from exc
         finally:
             collector.stop()
     if args.json:
@@ -197,6 +197,12 @@ def _train(args: argparse.Namespace) -> int:
     if failed and not args.json:
         print(f"{len(failed)} of {len(runs)} devices failed: {', '.join(r.device for r in failed)}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _unreachable(collector, exc: Exception) -> FtedgeError:  # noqa: ANN001
+    if collector.refused:
+        return FtedgeError(f"{exc}; check --username/--password-file, the client certificate and the broker's ACL")
+    return FtedgeError(f"{exc}; check --broker and that the broker is running")
 
 
 def _send(args: argparse.Namespace) -> int:
@@ -213,8 +219,9 @@ def _send(args: argparse.Namespace) -> int:
         try:
             reply = collector.send(args.fleet, args.device, args.verb, cmd_args, timeout=args.timeout)
         except TimeoutError as exc:
-            raise FtedgeError(f"no reply from {args.fleet}/{args.device} within {args.timeout:g} s ({exc}); "
-                              "is the device online?") from exc
+            if not collector.subscribed.is_set():
+                raise _unreachable(collector, exc) from exc
+            raise FtedgeError(f"{exc}") from exc
         finally:
             collector.stop()
     print(json.dumps(reply))

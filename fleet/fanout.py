@@ -53,8 +53,7 @@ def fan_out(collector: Collector, fleet: str, devices: list[str], verb: str, arg
     Devices that do not answer within ``timeout`` seconds get ``error`` set; nothing raises for them.
     """
     if not collector.subscribed.wait(timeout):
-        raise TimeoutError(f"not connected to the broker {collector.settings.host}:{collector.settings.port} "
-                           f"within {timeout:g} s")
+        raise TimeoutError(collector.not_connected(timeout))
     runs = [DeviceRun(fleet, d, collector.publish_command(fleet, d, verb, args, expiry_s=max(1, int(timeout))))
             for d in devices]
     deadline = time.monotonic() + timeout

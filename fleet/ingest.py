@@ -292,6 +292,7 @@ class Collector:
         self.detect_gaps = (s.share is None) if s.detect_gaps is None else bool(s.detect_gaps)
         self.connected = threading.Event()
         self.subscribed = threading.Event()   # SUBACK of the current connection received
+        self.refused: str | None = None       # the last CONNACK refusal reason (bad credentials, not authorized)
         self.stats: dict[str, int] = {"received": 0, "processed": 0, "batches": 0, "errors": 0, "resyncs": 0,
                                       "connections": 0, "unacked": 0}
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -422,8 +423,7 @@ class Collector:
         if self._writer is None:
             raise CollectorError("start() the collector before send()")
         if not self.subscribed.wait(timeout):   # the reply subscription must exist before the command leaves
-            raise TimeoutError(f"not connected to the broker {self.settings.host}:{self.settings.port} "
-                               f"within {timeout:g} s")
+            raise TimeoutError(self.not_connected(timeout))
         remaining = max(0.0, deadline - time.monotonic())
         cmd_id = self.publish_command(fleet, device, verb, args, expiry_s=max(1, math.ceil(remaining)))
         with self._cv:
@@ -544,8 +544,14 @@ class Collector:
 
     # -- paho callbacks (network thread; never block) ----------------------------------------------------------
 
+    def not_connected(self, timeout: float) -> str:
+        """Why nothing could be sent: the broker's refusal if it gave one, else no connection in time."""
+        why = f"; the broker refused the connection: {self.refused}" if self.refused else ""
+        return f"not connected to the broker {self.settings.host}:{self.settings.port} within {timeout:g} s{why}"
+
     def _connected(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
+            self.refused = str(reason_code)
             log.error("broker refused the collector's connection: %s (check credentials, certificates, ACL)",
                       reason_code)
             return
