@@ -86,7 +86,7 @@ def train_job(args: dict[str, Any], data_root: Path, bundle_root: Path, cmd_id: 
         options[key] = value
     if options.get("mode", "auto") not in _MODES:
         raise Rejected("bad_args", f"args.mode must be one of {', '.join(_MODES)}")
-    for key in ("epochs", "batch_size"):
+    for key in ("epochs", "batch_size", "embed_batch_size"):
         if key in options and options[key] < 1:
             raise Rejected("bad_args", f"args.{key} must be at least 1")
     try:

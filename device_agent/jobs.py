@@ -23,7 +23,7 @@ ACTIVE = ("queued", "running")
 TRAIN_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "epochs": int, "batch_size": int, "lr": (int, float), "mode": str, "patience": int,
     "max_seconds": (int, float), "val_fraction": (int, float), "seed": int, "min_gain": (int, float),
-    "schedule": str, "backbone": str,
+    "schedule": str, "backbone": str, "embed_batch_size": int,
 }
 
 

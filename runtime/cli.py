@@ -78,6 +78,9 @@ Unreadable or mismatched samples are skipped and listed in result.json.""",
     t.add_argument("-o", dest="run_dir", required=True, metavar="RUN_DIR", type=Path, help="run directory to write")
     t.add_argument("--epochs", type=int, default=20, help="epochs (default 20)")
     t.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    t.add_argument("--embed-batch-size", type=int, metavar="N",
+                   help="samples per backbone pass (default max(batch size, 64)); lower it to cut peak memory "
+                        "with large inputs, e.g. 224×224 images")
     t.add_argument("--lr", type=float, help="peak learning rate (default: the bundle's)")
     t.add_argument("--schedule", choices=["cosine", "linear", "constant"], default="cosine",
                    help="decay after a 10%% linear warm-up (default cosine)")
@@ -150,6 +153,7 @@ def run_train(args: argparse.Namespace) -> int:
         patience=args.patience, seed=args.seed, max_seconds=args.max_seconds, mode=args.mode,
         providers=args.providers.split(",") if args.providers else None, resume=args.resume,
         min_gain=args.min_gain, schedule=args.schedule, backbone=args.backbone,
+        embed_batch_size=args.embed_batch_size,
         cache_dir=None if args.no_cache else (args.cache_dir or _default_cache()),
     )
     result = train(args.bundle, args.data, args.run_dir, cfg, progress=not (args.quiet or args.json))

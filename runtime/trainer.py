@@ -52,6 +52,12 @@ class TrainConfig:
     warmup_fraction: float = 0.1
     cache_dir: Path | None = None
     backbone: str = "fp32"           # fp32 | int8 (needs --quantize-backbone at export)
+    embed_batch_size: int | None = None  # samples per backbone pass; default max(batch_size, 64). Peak memory
+                                         # grows with it (activations of big images): lower it on small boxes
+
+    @property
+    def embed_batch(self) -> int:
+        return self.embed_batch_size or max(self.batch_size, 64)
 
 
 class TrainCallbacks:
@@ -110,6 +116,8 @@ class Trainer:
         self.ckpt = CheckpointDir(self.run_dir)
         if config.epochs < 1 or config.batch_size < 1:
             raise UsageError("--epochs and --batch-size must be at least 1")
+        if config.embed_batch_size is not None and config.embed_batch_size < 1:
+            raise UsageError("--embed-batch-size must be at least 1")
         if not 0 <= config.val_fraction < 1:
             raise UsageError("--val-fraction must be in [0, 1)")
         if config.backbone not in ("fp32", "int8"):
@@ -155,7 +163,7 @@ class Trainer:
         try:
             self.features, computed = embed_with_cache(
                 cache, key, self.bundle.head_inputs, hashes, self.data.inputs, session.embed,
-                max(self.cfg.batch_size, 64))
+                self.cfg.embed_batch)
         finally:
             if cache:
                 cache.close()
@@ -172,8 +180,8 @@ class Trainer:
         if len(idx) == 0:
             return {}
         losses, outs = [], []
-        for start in range(0, len(idx), max(self.cfg.batch_size, 64)):
-            b = idx[start:start + max(self.cfg.batch_size, 64)]
+        for start in range(0, len(idx), self.cfg.embed_batch):
+            b = idx[start:start + self.cfg.embed_batch]
             loss, out = session.eval_step(self._batch(session, b), self.data.targets[b])
             losses.append(loss * len(b))
             outs.append(out)

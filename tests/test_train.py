@@ -78,6 +78,21 @@ def test_cached_and_full_modes_reach_matching_accuracy(tmp_path):
     assert cached["metrics"]["accuracy"] > 0.5  # chance is 0.25
 
 
+def test_embedding_batch_size_changes_memory_not_results(tmp_path, capsys):
+    """A small backbone batch (for big images on small boxes) gives the same embeddings and the same model."""
+    data = cnn_folder(tmp_path / "data", n=20)
+    model, args = FAMILIES["cnn-batchnorm-depthwise"]
+    export(f"{ZOO}:{model}", tmp_path / "b", *args, "--lr", "0.05")
+    cfg = dict(epochs=4, batch_size=8, seed=3)
+    wide = train(tmp_path / "b", data, tmp_path / "wide", TrainConfig(**cfg))
+    narrow = train(tmp_path / "b", data, tmp_path / "narrow", TrainConfig(embed_batch_size=3, **cfg))
+    assert narrow["metrics"]["accuracy"] == wide["metrics"]["accuracy"]
+    assert narrow["metrics"]["loss"] == pytest.approx(wide["metrics"]["loss"], abs=1e-5)
+    assert main(["train", str(tmp_path / "b"), "--data", str(data), "-o", str(tmp_path / "bad"),
+                 "--embed-batch-size", "0"]) == 2
+    assert "--embed-batch-size must be at least 1" in capsys.readouterr().err
+
+
 def test_embedding_cache_only_computes_new_samples(mlp_bundle, blobs, tmp_path):
     cache = tmp_path / "cache"
     first = train(mlp_bundle, blobs, tmp_path / "r1", TrainConfig(epochs=1, cache_dir=cache))
