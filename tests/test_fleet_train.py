@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -23,28 +24,35 @@ pytestmark = pytest.mark.skipif(not Path("/usr/sbin/mosquitto").exists() and not
 def fleet(tmp_path):
     """Three agents on one broker: dev-a and dev-b hold SYNTHETIC data, dev-c has none."""
     broker = Broker(tmp_path / "broker").start()
-    export(f"{ZOO}:mlp", tmp_path / "bundle", "--input", "x:float32:1,20", "--labels", "a,b,c,d", "--lr", "0.01")
-    procs = []
-    for i, name in enumerate(("dev-a", "dev-b", "dev-c")):
-        root = tmp_path / name
-        (root / "data").mkdir(parents=True)
-        shutil.copytree(tmp_path / "bundle", root / "bundles" / "mlp")
-        if name != "dev-c":
-            x, y = gaussian_classes(seed=10 + i)
-            np.savez(root / "data" / "blobs.npz", x=x, labels=y)
-        cfg = root / "agent.toml"
-        cfg.write_text(f'device_id = "{name}"\nfleet = "demo"\nstate_dir = "{root / "state"}"\n[mqtt]\n'
-                       f'url = "{broker.url}"\nwill_delay = 1\n[paths]\ndata_root = "{root / "data"}"\n'
-                       f'bundle_root = "{root / "bundles"}"\n')
-        procs.append(AgentProc(cfg, root / "agent.log"))
-    watch = Collector(broker)   # a command to a box that never connected has no session to wait in
-    assert watch.wait(lambda: {t.split("/")[3] for t, b, _ in list(watch.messages)
-                               if t.endswith("/status") and b.get("reason") == "birth"} == {"dev-a", "dev-b", "dev-c"})
-    watch.close()
-    yield broker, tmp_path
-    for p in procs:
-        p.stop()
-    broker.stop()
+    procs: list[AgentProc] = []
+    try:   # stop the agents and the broker even when the set-up itself fails
+        export(f"{ZOO}:mlp", tmp_path / "bundle", "--input", "x:float32:1,20", "--labels", "a,b,c,d",
+               "--lr", "0.01")
+        for i, name in enumerate(("dev-a", "dev-b", "dev-c")):
+            root = tmp_path / name
+            (root / "data").mkdir(parents=True)
+            shutil.copytree(tmp_path / "bundle", root / "bundles" / "mlp")
+            if name != "dev-c":
+                x, y = gaussian_classes(seed=10 + i)
+                np.savez(root / "data" / "blobs.npz", x=x, labels=y)
+            cfg = root / "agent.toml"
+            cfg.write_text(f'device_id = "{name}"\nfleet = "demo"\nstate_dir = "{root / "state"}"\n[mqtt]\n'
+                           f'url = "{broker.url}"\nwill_delay = 1\n[paths]\ndata_root = "{root / "data"}"\n'
+                           f'bundle_root = "{root / "bundles"}"\n')
+            procs.append(AgentProc(cfg, root / "agent.log"))
+        watch = Collector(broker)   # a command to a box that never connected has no session to wait in
+        births = lambda: {t.split("/")[3] for t, b, _ in list(watch.messages)  # noqa: E731
+                          if t.endswith("/status") and b.get("reason") == "birth"}
+        assert watch.wait(lambda: births() == {"dev-a", "dev-b", "dev-c"}), births()
+        watch.close()
+        yield broker, tmp_path
+    finally:
+        for p in procs:
+            try:
+                p.stop()
+            except subprocess.TimeoutExpired:
+                p.proc.kill()
+        broker.stop()
 
 
 def test_fleet_train_fans_out_and_reports_every_device(fleet, capsys):
