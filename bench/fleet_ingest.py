@@ -491,49 +491,21 @@ def child_collector(cfg: dict[str, Any]) -> int:
 
 from proc_launcher import LAUNCHER  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ftedge.fleet.local_broker import LocalBroker, free_port  # noqa: E402
 
 
-class Mosquitto:
+class Mosquitto(LocalBroker):
+    """ftedge's local broker with the benchmark's configuration: no per-client queue limit (a collector that
+    falls behind loses nothing at the broker) and no per-PUBLISH logging; started at construction."""
+
     def __init__(self, root: Path) -> None:
-        self.root, self.port = root, free_port()
-        root.mkdir(parents=True, exist_ok=True)
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence false",
-                 "max_queued_messages 0", f"log_dest file {root}/mosquitto.log", "log_type error",
-                 "log_type warning", "log_type notice", "log_type subscribe", "connection_messages false"]
-        if os.geteuid() == 0:
-            lines.append("user root")
-        (root / "mosquitto.conf").write_text("\n".join(lines) + "\n")
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(root / "mosquitto.conf")], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
-        deadline = time.time() + 10
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {self.proc.stderr.read().decode()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise RuntimeError("mosquitto did not listen within 10 s") from None
-                time.sleep(0.05)
+        super().__init__(root)
+        self.start()
 
-    def log(self) -> str:
-        p = self.root / "mosquitto.log"
-        return p.read_text(errors="replace") if p.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def config_lines(self) -> list[str]:
+        return [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence false",
+                "max_queued_messages 0", f"log_dest file {self.root}/mosquitto.log", "log_type error",
+                "log_type warning", "log_type notice", "log_type subscribe", "connection_messages false"]
 
 
 def proc_cpu_s(pid: int) -> float:

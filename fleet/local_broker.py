@@ -42,28 +42,40 @@ def free_port() -> int:
 
 
 class LocalBroker:
-    """``mosquitto -c CONF`` listening on 127.0.0.1 only, anonymous, state under ``root``; a context manager."""
+    """``mosquitto -c CONF`` listening on 127.0.0.1 only, state under ``root``; a context manager.
+
+    The demo's broker is anonymous and in-memory; subclasses (the tests' broker with passwords, ACL and TLS,
+    the ingest benchmark's) override :meth:`config_lines` and keep this start/stop lifecycle.
+    """
 
     def __init__(self, root: Path, port: int | None = None) -> None:
         self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        self.conf = self.root / "mosquitto.conf"
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
+    def config_lines(self) -> list[str]:
+        """The configuration, without the ``user root`` line :meth:`start` adds when running as root."""
+        return [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence false",
+                f"log_dest file {self.root / 'mosquitto.log'}", "max_queued_messages 100000"]
+
+    def log(self) -> str:
+        p = self.root / "mosquitto.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
     def start(self, timeout: float = 10.0) -> LocalBroker:
         binary = find_mosquitto()
-        self.root.mkdir(parents=True, exist_ok=True)
-        conf = self.root / "mosquitto.conf"
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence false",
-                 f"log_dest file {self.root / 'mosquitto.log'}", "max_queued_messages 100000"]
+        lines = self.config_lines()
         if os.geteuid() == 0:
             lines.append("user root")   # mosquitto otherwise drops to `mosquitto`, which cannot write root's dirs
-        conf.write_text("\n".join(lines) + "\n")
+        self.conf.write_text("\n".join(lines) + "\n")
         # its own process group: a Ctrl-C in the terminal reaches the demo, which then stops the broker last
-        self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        self.proc = subprocess.Popen([binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      start_new_session=True, preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -80,6 +92,7 @@ class LocalBroker:
         raise FtedgeError(f"mosquitto did not listen on 127.0.0.1:{self.port} within {timeout:g} s")
 
     def stop(self) -> None:
+        """SIGTERM (mosquitto saves its persistence file), SIGKILL after 10 s."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:

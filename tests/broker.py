@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 
+from ftedge.fleet.local_broker import LocalBroker
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_certs(directory: Path) -> dict[str, Path]:
@@ -37,24 +30,20 @@ def make_certs(directory: Path) -> dict[str, Path]:
     return {k: d / f"{k}" for k in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")}
 
 
-class Broker:
+class Broker(LocalBroker):
+    """The product's local broker plus what tests need: persistence across restarts, full logs, passwords, an
+    ACL and TLS. Configured at construction, started by ``start()`` (again after ``stop()``, same port)."""
+
     def __init__(self, root: Path, users: dict[str, str] | None = None, acl: str | None = None,
                  tls: bool = False, require_certificate: bool = False) -> None:
-        self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        super().__init__(root)
         self.users, self.acl, self.tls, self.require_certificate = users, acl, tls, require_certificate
-        self.certs = make_certs(root / "certs") if tls else {}
-        self.proc: subprocess.Popen | None = None
-        self.conf = root / "mosquitto.conf"
-        self._write_conf()
+        self.certs = make_certs(self.root / "certs") if tls else {}
 
-    def _write_conf(self) -> None:
+    def config_lines(self) -> list[str]:
         lines = [f"listener {self.port} 127.0.0.1", "persistence true", f"persistence_location {self.root}/",
                  "autosave_interval 1", f"log_dest file {self.root}/mosquitto.log", "log_type all",
                  "max_queued_messages 100000"]
-        if os.geteuid() == 0:
-            lines.append("user root")
         if self.users is not None:
             pw = self.root / "passwd"
             pw.write_text("")
@@ -71,36 +60,8 @@ class Broker:
                       f"keyfile {self.certs['server.key']}"]
             if self.require_certificate:
                 lines += ["require_certificate true"]
-        self.conf.write_text("\n".join(lines) + "\n")
+        return lines
 
     @property
     def url(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
-
-    def start(self) -> "Broker":
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {self.proc.stderr.read().decode()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start listening within 10 s")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: mosquitto saves its persistence file
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def log(self) -> str:
-        p = self.root / "mosquitto.log"
-        return p.read_text(errors="replace") if p.exists() else ""
