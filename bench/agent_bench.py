@@ -346,25 +346,12 @@ def proc_status(pid: int) -> dict[str, int]:
 
 # Peak RSS caveat (as in train_speed.py): ru_maxrss survives execve and a child forked from this parent would
 # report at least the parent's RSS, so the CLI runs are started by a bare `python -I -S` fork+exec launcher.
-from proc_launcher import LAUNCHER  # noqa: E402  (bench/ is sys.path[0] when run as a script)
+from proc_launcher import run_measured  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
 
 def measure(cmd: list[str], env: dict[str, str], cwd: Path) -> dict:
     """Whole-process wall time, peak RSS (ru_maxrss), CPU time and the last-line JSON of ``cmd``."""
-    with tempfile.TemporaryDirectory() as tmp:
-        rec_path, out_path, err_path = Path(tmp) / "rusage.json", Path(tmp) / "out", Path(tmp) / "err"
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            subprocess.run([str(HOST_PY if HOST_PY.exists() else sys.executable), "-I", "-S", "-c", LAUNCHER,
-                            str(rec_path), *cmd], stdout=out, stderr=err, env=env, cwd=cwd, check=False)
-        stdout, stderr = out_path.read_text(errors="replace"), err_path.read_text(errors="replace")
-        if not rec_path.exists():
-            raise RuntimeError(f"launcher failed for {' '.join(cmd)}\n{stderr[-3000:]}")
-        rec = json.loads(rec_path.read_text())
-    if rec["exit"] != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {rec['exit']}\n{stdout[-2000:]}\n{stderr[-3000:]}")
-    lines = [ln for ln in stdout.splitlines() if ln.strip()]
-    return {"wall_s": rec["wall_s"], "rss_mib": rec["maxrss_kib"] / 1024, "cpu_s": rec["utime_s"] + rec["stime_s"],
-            "result": json.loads(lines[-1])}
+    return run_measured(cmd, cwd, env)
 
 
 class Worker:

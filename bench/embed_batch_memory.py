@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proc_launcher import LAUNCHER  # noqa: E402
+from proc_launcher import run_measured  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE_PY = ROOT / ".venv-device" / "bin" / "python"
@@ -44,15 +44,13 @@ def main() -> int:
                         *LITE, "--head", "_fc", "--labels", ",".join(map(str, range(10))), "--quiet"],
                        check=True, cwd=ROOT, capture_output=True)
         for eb in [int(x) for x in args.sizes.split(",")]:
-            rec = work / f"rec-{eb}.json"
-            out = subprocess.run([sys.executable, "-I", "-S", "-c", LAUNCHER, str(rec), py, "-m", "ftedge", "train",
-                                  str(work / "bundle"), "--data", str(work / "digits" / "train"), "-o",
-                                  str(work / f"run-{eb}"), "--epochs", str(args.epochs), "--no-cache", "--quiet",
-                                  "--json", "--embed-batch-size", str(eb)], capture_output=True, text=True, cwd=ROOT)
-            proc = json.loads(rec.read_text())
-            result = json.loads(out.stdout.strip().splitlines()[-1])
-            rows.append({"embed_batch": eb, "peak_rss_mib": round(proc["maxrss_kib"] / 1024),
-                         "wall_s": round(proc["wall_s"], 2), "embed_s": round(result["timings"]["embed_s"], 2),
+            rec = run_measured([py, "-m", "ftedge", "train", str(work / "bundle"), "--data",
+                                str(work / "digits" / "train"), "-o", str(work / f"run-{eb}"), "--epochs",
+                                str(args.epochs), "--no-cache", "--quiet", "--json", "--embed-batch-size", str(eb)],
+                               ROOT)
+            result = rec["result"]
+            rows.append({"embed_batch": eb, "peak_rss_mib": round(rec["rss_mib"]), "wall_s": round(rec["wall_s"], 2),
+                         "embed_s": round(result["timings"]["embed_s"], 2),
                          "val_accuracy": result["metrics"]["accuracy"]})
     base = rows[0]
     print(f"EfficientNet-Lite0 {args.size}×{args.size}, {args.train} REAL digits, {args.epochs} epochs, device venv")

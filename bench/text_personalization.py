@@ -52,7 +52,7 @@ HOST_PY = ROOT / ".venv" / "bin" / "python"
 DEVICE_PY = ROOT / ".venv-device" / "bin" / "python"
 MODEL = f"{ROOT / 'examples' / 'minilm_classifier.py'}:build_model"
 
-from proc_launcher import LAUNCHER  # noqa: E402  (bench/ is sys.path[0] when run as a script)
+from proc_launcher import run_measured  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
 
 def _prepare():  # noqa: ANN202 - examples/text/prepare_tweets.py as a module
@@ -67,19 +67,9 @@ def say(msg: str) -> None:
 
 
 def measure(cmd: list[str]) -> tuple[dict, str]:
-    """Run ``cmd`` under the launcher: (rusage record with wall_s/maxrss_kib, stdout); raises on failure."""
-    with tempfile.TemporaryDirectory() as tmp:
-        rec_path, out_path, err_path = Path(tmp) / "rec.json", Path(tmp) / "out", Path(tmp) / "err"
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            subprocess.run([str(HOST_PY if HOST_PY.exists() else sys.executable), "-I", "-S", "-c", LAUNCHER,
-                            str(rec_path), *cmd], stdout=out, stderr=err, cwd=ROOT, check=False)
-        stdout, stderr = out_path.read_text(errors="replace"), err_path.read_text(errors="replace")
-        if not rec_path.exists():
-            raise RuntimeError(f"launcher failed for {' '.join(cmd)}\n{stderr[-3000:]}")
-        rec = json.loads(rec_path.read_text())
-    if rec["exit"] != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {rec['exit']}\n{stderr[-3000:]}")
-    return rec, stdout
+    """Run ``cmd`` under the launcher: (record with wall_s/rss_mib, stdout); raises on failure."""
+    rec = run_measured(cmd, ROOT)
+    return rec, rec["stdout"]
 
 
 def last_json(stdout: str) -> dict:
@@ -147,7 +137,7 @@ def run(args: argparse.Namespace) -> dict:
 
     rec, out = measure([device_py, "-m", "ftedge", "evaluate", str(bundle), "--data", str(work / "test.csv"), "--json"])
     untuned = last_json(out)
-    untuned_eval = {"accuracy": untuned["accuracy"], "wall_s": rec["wall_s"], "rss_mib": rec["maxrss_kib"] / 1024,
+    untuned_eval = {"accuracy": untuned["accuracy"], "wall_s": rec["wall_s"], "rss_mib": rec["rss_mib"],
                     "truncated": len(untuned["notes"].get("truncated", []))}
     say(f"untuned head: accuracy {untuned['accuracy']:.3f} ({rec['wall_s']:.1f} s for {len(test)} tweets)")
 
@@ -182,8 +172,8 @@ def run(args: argparse.Namespace) -> dict:
                        "embed_ms_per_example": 1000 * tm["embed_s"] / result["samples"]["total"],
                        "train_ms_per_example_epoch": 1000 * tm["train_s"] / (result["epochs_run"] * n_train),
                        "train_s": tm["train_s"], "embed_s": tm["embed_s"], "train_process_wall_s": rec["wall_s"],
-                       "train_peak_rss_mib": rec["maxrss_kib"] / 1024, "eval_wall_s": ev_rec["wall_s"],
-                       "eval_peak_rss_mib": ev_rec["maxrss_kib"] / 1024,
+                       "train_peak_rss_mib": rec["rss_mib"], "eval_wall_s": ev_rec["wall_s"],
+                       "eval_peak_rss_mib": ev_rec["rss_mib"],
                        "truncated_train": len(result.get("notes", {}).get("truncated", []))}
                 rows.append(row)
                 say(f"seed {seed} n {n}: {method} {ev['accuracy']:.3f} (val/train {row['val_accuracy']:.3f}, "

@@ -309,33 +309,13 @@ def child_env() -> dict[str, str]:
 # address space it replaced), and a child forked from this parent (which holds torch, ~300+ MiB) would report at
 # least the parent's RSS. So every measured command is started by this tiny launcher (a bare `python -I -S`,
 # ~6 MiB, below any Python worker's own RSS): it forks, execs the command, and reports os.wait4's rusage.
-from proc_launcher import LAUNCHER  # noqa: E402  (bench/ is sys.path[0] when run as a script)
-
-
-def launch(cmd: list[str], env: dict[str, str]) -> tuple[dict, str, str]:
-    """Run ``cmd`` under LAUNCHER; returns (its rusage record, stdout, stderr)."""
-    with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "out", "w+b") as out, open(Path(tmp) / "err", "w+b") as err:
-        rec_path = Path(tmp) / "rusage.json"
-        launcher_py = str(HOST_PY if HOST_PY.exists() else sys.executable)
-        subprocess.run([launcher_py, "-I", "-S", "-c", LAUNCHER, str(rec_path), *cmd], stdout=out, stderr=err,
-                       env=env, cwd=ROOT, check=False)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-        if not rec_path.exists():
-            raise RuntimeError(f"launcher failed for {' '.join(cmd)}\n{stderr[-3000:]}")
-        rec = json.loads(rec_path.read_text())
-    return rec, stdout, stderr
+from proc_launcher import run_measured  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
 
 def measure(cmd: list[str], env: dict[str, str]) -> dict:
     """Whole-process wall time of ``cmd``, its peak RSS (ru_maxrss, KiB → MiB), CPU time and last-line JSON."""
-    rec, stdout, stderr = launch(cmd, env)
-    if rec["exit"] != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {rec['exit']}\nstdout:\n{stdout[-2000:]}\nstderr:\n{stderr[-3000:]}")
-    lines = [ln for ln in stdout.splitlines() if ln.strip()]
-    return {"wall_s": rec["wall_s"], "rss_mib": rec["maxrss_kib"] / 1024, "cpu_s": rec["utime_s"] + rec["stime_s"],
-            "result": json.loads(lines[-1]), "stderr": stderr.strip()}
+    rec = run_measured(cmd, ROOT, env)
+    return {**rec, "stderr": rec["stderr"].strip()}
 
 
 def run_checked(cmd: list[str], env: dict[str, str]) -> float:
@@ -468,8 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         warm = "import onnx; from ftedge.runtime.ort_backend import training_api; training_api()"
         run_checked([str(device_py), "-c", warm], env)
         run_checked([str(HOST_PY if HOST_PY.exists() else sys.executable), "-c", "import torch"], env)
-        floor_rec, _, _ = launch([shutil.which("true") or "/bin/true"], env)  # RSS the launcher itself passes on
-        ctx["info"]["rss_floor_mib"] = round(floor_rec["maxrss_kib"] / 1024, 1)
+        floor_rec = run_measured([shutil.which("true") or "/bin/true"], ROOT, env)  # RSS the launcher passes on
+        ctx["info"]["rss_floor_mib"] = round(floor_rec["rss_mib"], 1)
 
         d, b = ctx["data"], ctx["bundles"]
         common = ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),

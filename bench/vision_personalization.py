@@ -55,7 +55,7 @@ MEAN, STD = 127 / 255, 128 / 255
 LABELS = ",".join(str(d) for d in range(10))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proc_launcher import LAUNCHER  # noqa: E402  (bench/ is on sys.path)
+from proc_launcher import run_measured  # noqa: E402  (bench/ is on sys.path)
 
 
 def say(msg: str) -> None:
@@ -82,16 +82,7 @@ def run_json(cmd: list[str], cwd: Path) -> dict:
 
 def measured(cmd: list[str], cwd: Path) -> dict:
     """Whole-process wall time and peak RSS (fork+exec launcher) plus the command's last JSON line."""
-    with tempfile.TemporaryDirectory() as tmp:
-        rec, out, err = Path(tmp) / "rusage.json", Path(tmp) / "out", Path(tmp) / "err"
-        with open(out, "wb") as o, open(err, "wb") as e:
-            subprocess.run([str(HOST_PY if HOST_PY.exists() else sys.executable), "-I", "-S", "-c", LAUNCHER,
-                            str(rec), *cmd], stdout=o, stderr=e, cwd=cwd, env=_env(), check=False)
-        r = json.loads(rec.read_text()) if rec.exists() else {"exit": -1}
-        if r["exit"] != 0:
-            raise SystemExit(f"{' '.join(cmd[:5])} … exited {r['exit']}:\n{err.read_text()[-3000:]}")
-        lines = [ln for ln in out.read_text().splitlines() if ln.strip()]
-    return {"wall_s": r["wall_s"], "rss_mib": r["maxrss_kib"] / 1024, "result": json.loads(lines[-1])}
+    return run_measured(cmd, cwd, _env())
 
 
 def export(size: int, out: Path) -> float:
