@@ -89,11 +89,13 @@ class Agent:
             self.publish(kind, f"jobs/{body['job']}/{kind}", body)
 
     def meta(self) -> dict[str, Any]:
+        from ftedge.runtime.engine import available_engines
         from ftedge.runtime.ort_backend import available_providers, ort
 
         active = self.models.active()
         return {
             "agent": ftedge.__version__, "onnxruntime": ort().__version__, "providers": available_providers(),
+            "engines": available_engines(),
             "hardware": {"cpus": os.cpu_count(), "machine": platform.machine(), "system": platform.system(),
                          "python": platform.python_version()},
             "models": [v["id"] for v in self.models.list()],

@@ -20,6 +20,7 @@ from ftedge.errors import FtedgeError
 log = logging.getLogger(__name__)
 
 VERBS = ("train", "cancel", "status", "rollback", "deploy", "ping", "resync")
+_ENGINES = ("auto", "portable", "ort-training")
 _MODES = ("auto", "cached", "full")
 
 
@@ -86,6 +87,8 @@ def train_job(args: dict[str, Any], data_root: Path, bundle_root: Path, cmd_id: 
         options[key] = value
     if options.get("mode", "auto") not in _MODES:
         raise Rejected("bad_args", f"args.mode must be one of {', '.join(_MODES)}")
+    if options.get("engine", "auto") not in _ENGINES:
+        raise Rejected("bad_args", f"args.engine must be one of {', '.join(_ENGINES)}")
     for key in ("epochs", "batch_size", "embed_batch_size"):
         if key in options and options[key] < 1:
             raise Rejected("bad_args", f"args.{key} must be at least 1")

@@ -23,7 +23,7 @@ ACTIVE = ("queued", "running")
 TRAIN_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "epochs": int, "batch_size": int, "lr": (int, float), "mode": str, "patience": int,
     "max_seconds": (int, float), "val_fraction": (int, float), "seed": int, "min_gain": (int, float),
-    "schedule": str, "backbone": str, "embed_batch_size": int,
+    "schedule": str, "backbone": str, "embed_batch_size": int, "engine": str,
 }
 
 
@@ -205,7 +205,7 @@ class JobRunner:
         job.status, job.error, job.finished_ms = status, error, int(time.time() * 1000)
         job.result = None if result is None else {k: result.get(k) for k in (
             "status", "stop_reason", "best_epoch", "epochs_run", "metrics", "baseline", "gain", "promoted",
-            "duration_s", "samples", "mode")}
+            "duration_s", "samples", "mode", "engine")}
         self.on_finished(job)  # e.g. store a new model version (sets job.version)
         self.emit("result", {
             "job": job.id, "status": status, "final": (result or {}).get("metrics"),

@@ -69,6 +69,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--image-size", metavar="H,W", help="images: the size the device resizes to (input 1,3,H,W)")
     t.add_argument("--mean", metavar="R,G,B", help="images: per-channel mean on 0..1 pixels (default ImageNet)")
     t.add_argument("--std", metavar="R,G,B", help="images: per-channel std (default ImageNet)")
+    p.add_argument("--engine", choices=["auto", "portable", "ort-training", "all"], default="auto",
+                   help="training engines the bundle carries: portable (standard-op step graphs for plain "
+                   "onnxruntime, any platform), ort-training (onnxruntime-training 1.19.2 artifacts; needs that "
+                   "package on this host), all; auto (default): portable, plus ort-training where this host has "
+                   "onnxruntime-training and the trainable part is differentiable by it")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max abs diff vs PyTorch (fp32; default 1e-4)")
     p.add_argument("--skip-parity", action="store_true", help="do not check against PyTorch (a warning is logged)")
     p.add_argument("--name", help="bundle name recorded in the manifest (default: the folder name)")
@@ -117,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         keep_head=args.keep_head,
         trainable=args.trainable, loss=args.loss, optimizer=args.optimizer, lr=args.lr, opset=args.opset,
         split=args.split, quantize_backbone=args.quantize_backbone, skip_parity=args.skip_parity,
-        tolerance=args.tolerance, name=args.name, seed=args.seed, force=args.force,
+        tolerance=args.tolerance, name=args.name, seed=args.seed, force=args.force, engine=args.engine,
         tokenizer=args.tokenizer, max_length=args.max_length,
         image_size=None if size is None else (int(size[0]), int(size[1])),
         mean=floats("--mean", args.mean, 3), std=floats("--std", args.std, 3),

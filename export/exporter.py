@@ -31,8 +31,9 @@ from ftedge.export.options import ExportOptions
 from ftedge.export.parity import check_parity
 from ftedge.export.preprocessing import TOKENIZER_FILE, image_preprocessing, text_preprocessing
 from ftedge.export.wrapper import OutputSelector
+from ftedge.export.step_graph import OPTIMIZER_DEFAULTS, build_step
 from ftedge.runtime.manifest import BATCH, LOSSES, OPTIMIZERS, SCHEMA_VERSION, TensorSpec
-from ftedge.runtime.ort_backend import ort
+from ftedge.runtime.ort_backend import has_training_api, ort
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,22 @@ def _validate(opts: ExportOptions) -> None:
         raise UsageError("--quantize-backbone supports int8 (MatMul weights) and int8-conv (MatMul + Conv weights)")
     if not opts.lr > 0:
         raise UsageError("--lr must be positive")
+    if opts.engine not in ("auto", "portable", "ort-training", "all"):
+        raise UsageError(f"--engine {opts.engine!r}: use auto, portable, ort-training or all")
+    if opts.engine in ("ort-training", "all") and not has_training_api():
+        raise UsageError(f"--engine {opts.engine} needs onnxruntime-training on this host (onnxruntime "
+                         f"{ort().__version__} here has no training API): pip uninstall -y onnxruntime && pip install "
+                         "onnxruntime-training-cpu==1.19.2 onnx==1.17.0 (x86_64, CPython 3.10-3.12); or use --engine "
+                         "portable")
+
+
+def _engines(opts: ExportOptions) -> tuple[list[str], bool]:
+    """(engines to write, whether ort-training may be dropped with a warning when it cannot differentiate)."""
+    if opts.engine == "all":
+        return ["portable", "ort-training"], False
+    if opts.engine == "auto":
+        return (["portable", "ort-training"], True) if has_training_api() else (["portable"], False)
+    return [opts.engine], False
 
 
 def _declared_preprocessing(opts: ExportOptions) -> dict[str, Any]:
@@ -107,6 +124,10 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
     trainable = select_trainable(model, opts.trainable, head_name)
     frozen = frozen_parameter_names(model, trainable)
     set_modes(model, trainable, head_name)
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.MultiheadAttention) and m.training and m.dropout > 0:
+            log.warning("%s: attention dropout (p=%g) is not in the exported training graph (torch.onnx drops "
+                        "scaled_dot_product_attention's dropout); it trains without it", name, m.dropout)
 
     wrapper = OutputSelector(model, [s.name for s in opts.inputs], opts.output_name)
     output_name = opts.output_name if opts.output_name and not opts.output_name.isdigit() else (
@@ -177,24 +198,50 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
             head_model = full
             head_inputs = [TensorSpec(s.name, s.dtype, list(s.shape), s.value_range, {"source": "input"}) for s in opts.inputs]
             train_dir = "full"
-        progress("building training artifacts")
         bn_inputs = [n.input[0] for n in head_model.graph.node if n.op_type == "BatchNormalization"]
         if bn_inputs:
             shapes = measure_tensors(head_model, head_inputs, sorted(set(bn_inputs) - {s.name for s in head_inputs}))[2]
             ranks = {k: v.ndim for k, v in shapes.items()}
             ranks.update({s.name: len(s.shape) for s in head_inputs})
             fold_eval_batchnorm(head_model, ranks)
-        paths = art.build_artifacts(head_model, trainable, frozen, opts.loss, opts.optimizer, output_name, stage.dir / train_dir)
-        for role, p in paths.items():
-            roles[role] = p.relative_to(stage.dir).as_posix()
+        wanted, optional = _engines(opts)
+        engines: dict[str, dict[str, Any]] = {}
+        heads: dict[str, Path] = {}
+        out_spec = TensorSpec(output_name, "float32", out_shape)
+        if "portable" in wanted:
+            progress("building the portable training step (PyTorch autograd -> ONNX)")
+            clean = onnx.ModelProto()
+            clean.CopyFrom(head_model)
+            files, step_spec = build_step(clean, head_inputs, out_spec, trainable, opts.loss, opts.optimizer,
+                                          stage.dir / "portable")
+            rel = {role: p.relative_to(stage.dir).as_posix() for role, p in files.items()}
+            engines["portable"] = {"files": rel, **step_spec.to_json()}
+            roles.update(rel)
+            heads["portable"] = files["head"]
+        if "ort-training" in wanted:
+            progress("building onnxruntime-training artifacts")
+            try:
+                paths = art.build_artifacts(head_model, trainable, frozen, opts.loss, opts.optimizer, output_name,
+                                            stage.dir / train_dir)
+            except ExportError as exc:
+                if not optional:
+                    raise
+                log.warning("not writing the ort-training engine: %s", exc)
+            else:
+                rel = {role: p.relative_to(stage.dir).as_posix() for role, p in paths.items()}
+                engines["ort-training"] = {"files": rel}
+                roles.update(rel)
+                heads["ort-training"] = paths
 
         if opts.skip_parity:
             log.warning("--skip-parity: the bundle is NOT checked against PyTorch")
             parity: dict[str, Any] = {"skipped": True, "tolerance": opts.tolerance}
         else:
             progress("checking parity against PyTorch")
-            parity = check_parity(wrapper, opts.inputs, head_inputs, paths, output_name, backbones, opts.tolerance)
+            parity = check_parity(wrapper, opts.inputs, head_inputs, heads, output_name, backbones, opts.tolerance)
             parity["skipped"] = False
+        if "portable" in engines:
+            parity["step"] = step_spec.check
 
         manifest = {
             "schema_version": SCHEMA_VERSION,
@@ -211,10 +258,9 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
             "labels": labels,
             "task": "classification" if opts.loss in ("cross-entropy", "bce") else "regression",
             "loss": opts.loss,
-            # ORT 1.19.2 onnxblock defaults (what the optimizer graph computes)
-            "optimizer": {"name": opts.optimizer, "lr": opts.lr, **(
-                {"betas": [0.9, 0.999], "eps": 1e-6, "weight_decay": 0.0, "bias_correction": True}
-                if opts.optimizer == "adamw" else {"momentum": 0.0})},
+            # ORT 1.19.2 onnxblock defaults (what both engines' optimizer graphs compute)
+            "optimizer": {"name": opts.optimizer, "lr": opts.lr, **OPTIMIZER_DEFAULTS[opts.optimizer]},
+            "engines": engines,
             "head": head_name,
             "trainable": trainable,
             "frozen": frozen,

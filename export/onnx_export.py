@@ -65,6 +65,8 @@ def export_graph(wrapper: OutputSelector, specs: list[TensorSpec], output_name: 
     """
     wrapper.training = True
     args = tuple(sample_inputs(specs, 2, seed=1234))
+    # Tracing runs forward: train-mode BatchNorm would fold the random export inputs into its running statistics.
+    buffers = {n: b.detach().clone() for n, b in wrapper.named_buffers()}
     buf = io.BytesIO()
     dynamic_axes = {s.name: {0: "batch"} for s in specs}
     dynamic_axes[output_name] = {0: "batch"}
@@ -84,8 +86,16 @@ def export_graph(wrapper: OutputSelector, specs: list[TensorSpec], output_name: 
             f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
             "Check --input (names, dtypes, shapes must match the model's forward) and --opset"
         ) from exc
+    finally:
+        with torch.no_grad():
+            for n, b in wrapper.named_buffers():
+                b.copy_(buffers[n])
     model = onnx.load_from_string(buf.getvalue())
     _strip_prefix(model)
+    originals = {n[len(PREFIX):]: b for n, b in buffers.items() if n.startswith(PREFIX)}
+    for init in model.graph.initializer:
+        if init.name in originals and originals[init.name].is_floating_point():
+            init.CopyFrom(onnx.numpy_helper.from_array(originals[init.name].numpy(), init.name))
     return model
 
 

@@ -31,6 +31,7 @@ class ExportOptions:
     name: str | None = None
     seed: int = 0
     force: bool = False
+    engine: str = "auto"  # auto | portable | ort-training | all
     preprocessing: dict[str, Any] = field(default_factory=dict)
     tokenizer: Path | None = None            # text: a tokenizers JSON copied into the bundle
     max_length: int | None = None            # text: must equal the token inputs' length

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,7 +13,7 @@ from ftedge.errors import ParityError
 from ftedge.export.onnx_export import sample_inputs
 from ftedge.export.wrapper import OutputSelector
 from ftedge.runtime.manifest import TensorSpec
-from ftedge.runtime.ort_backend import InferenceModel, TrainableModel
+from ftedge.runtime.ort_backend import InferenceModel
 
 BATCH_SIZES = (2, 5)
 
@@ -35,35 +36,43 @@ def check_parity(
     wrapper: OutputSelector,
     inputs: list[TensorSpec],
     head_inputs: list[TensorSpec],
-    artifacts: dict[str, Path],
+    heads: dict[str, Any],
     output_name: str,
     backbones: dict[str, Path],
     tolerance: float,
     seed: int = 7,
 ) -> dict:
-    """Max abs diff per (graph, batch size); raises ``ParityError`` listing every failure.
+    """Max abs diff per (engine, graph, batch size); raises ``ParityError`` listing every failure.
 
-    ``backbones`` maps a label ("fp32", "int8") to a backbone graph; empty for
-    the full layout. Quantized backbones are reported, judged against
-    ``tolerance`` only for fp32.
+    ``heads`` maps an engine to its inference head: the portable engine's ``head.onnx`` path, or the
+    ort-training artifacts (a dict of paths; their eval graph is exported for inference). ``backbones`` maps a
+    label ("fp32", "int8") to a backbone graph; empty for the full layout. Quantized backbones are reported,
+    judged against ``tolerance`` only for fp32. Keys: ``out[fp32,batch=2]`` (portable),
+    ``out[ort-training/fp32,batch=2]``.
     """
     wrapper.eval()
-    trainable = TrainableModel(artifacts["training"], artifacts["eval"], artifacts["optimizer"], artifacts["checkpoint"])
     results: dict[str, float] = {}
     failures: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        head_path = Path(tmp) / "head_inference.onnx"
-        trainable.export_inference(head_path, [output_name])
-        head = InferenceModel(head_path)
+        models = {}
+        for engine, head in heads.items():
+            if isinstance(head, dict):
+                from ftedge.runtime.ort_backend import TrainableModel
+
+                path = Path(tmp) / f"{engine}_head.onnx"
+                TrainableModel(head["training"], head["eval"], head["optimizer"], head["checkpoint"]).export_inference(
+                    path, [output_name])
+                head = path
+            models[engine] = InferenceModel(head)
         chains = {k: InferenceModel(p) for k, p in backbones.items()} or {"fp32": None}
         for batch in BATCH_SIZES:
             tensors = sample_inputs(inputs, batch, seed=seed + batch)
             with torch.no_grad():
                 ref = wrapper(*tensors).float().numpy()
             feeds = {s.name: t.numpy() for s, t in zip(inputs, tensors)}
-            for label, backbone in chains.items():
+            for (engine, head), (label, backbone) in ((h, c) for h in models.items() for c in chains.items()):
                 got = onnx_forward(feeds, head_inputs, head, backbone).astype(np.float32)
-                key = f"{output_name}[{label},batch={batch}]"
+                key = f"{output_name}[{'' if engine == 'portable' else engine + '/'}{label},batch={batch}]"
                 if got.shape != ref.shape:
                     failures.append({"output": key, "error": f"shape {got.shape} vs PyTorch {ref.shape}"})
                     continue

@@ -93,6 +93,10 @@ Unreadable or mismatched samples are skipped and listed in result.json.""",
                    "(or the merged graph of a --no-split bundle); auto: cached when the bundle is split")
     t.add_argument("--providers", metavar="P1,P2", help="execution providers for the backbone, e.g. CUDA,CPU "
                    "(unavailable ones fall back to CPU with a warning)")
+    t.add_argument("--engine", choices=["auto", "portable", "ort-training"], default="auto",
+                   help="training engine: portable (plain onnxruntime, any platform and execution provider), "
+                   "ort-training (onnxruntime-training 1.19.2, x86_64 + CPython <= 3.12 only); auto (default): "
+                   "portable when the bundle carries it, else ort-training")
     t.add_argument("--backbone", choices=["fp32", "int8"], default="fp32", help="backbone variant (int8 needs "
                    "export --quantize-backbone int8)")
     t.add_argument("--min-gain", type=float, default=0.0, help="promote only if better than the untuned model "
@@ -153,7 +157,7 @@ def run_train(args: argparse.Namespace) -> int:
         patience=args.patience, seed=args.seed, max_seconds=args.max_seconds, mode=args.mode,
         providers=args.providers.split(",") if args.providers else None, resume=args.resume,
         min_gain=args.min_gain, schedule=args.schedule, backbone=args.backbone,
-        embed_batch_size=args.embed_batch_size,
+        embed_batch_size=args.embed_batch_size, engine=args.engine,
         cache_dir=None if args.no_cache else (args.cache_dir or _default_cache()),
     )
     result = train(args.bundle, args.data, args.run_dir, cfg, progress=not (args.quiet or args.json))
@@ -165,7 +169,8 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"{result['status']}: {result['epochs_run']} epoch(s), best {result['best_epoch']} "
               f"({result['stop_reason']}); val {key} {b.get(key, float('nan')):.4f} untuned → "
               f"{m.get(key, float('nan')):.4f} tuned; promoted: {result['promoted']}; "
-              f"{result['samples']['total']} samples, {len(result['skipped'])} skipped; {result['duration_s']:.1f} s")
+              f"{result['samples']['total']} samples, {len(result['skipped'])} skipped; {result['duration_s']:.1f} s; "
+              f"engine {result['engine']}")
         if result["skipped"]:
             print(f"skipped {len(result['skipped'])} sample(s); see {args.run_dir / 'result.json'}", file=sys.stderr)
     return 0 if result["status"] == "succeeded" else 1

@@ -40,6 +40,11 @@ def summary(path: str | Path, m: dict[str, Any], verified: bool | None = None, s
     opt = m.get("optimizer") or {}
     lines.append(f"train    loss {m.get('loss')}, optimizer {opt.get('name')} lr {opt.get('lr')}; "
                  f"{m.get('trainable_parameter_count', '?')} of {m.get('parameter_count', '?')} parameters train")
+    engines = m.get("engines") or ({"ort-training": {}} if m.get("schema_version") == 1 else {})
+    lines.append("engines  " + "; ".join(
+        (f"{name} ({len(e.get('masks') or [])} dropout mask(s), {len(e.get('buffers') or [])} BatchNorm statistic(s))"
+         if name == "portable" else name) for name, e in engines.items())
+        + ("" if "portable" in engines else "  — re-export for the portable engine (plain onnxruntime)"))
     tr = m.get("trainable") or []
     lines.append(f"trains   {len(tr)} tensors: {', '.join(tr[:8])}{' …' if len(tr) > 8 else ''}")
     lines.append(f"frozen   {len(m.get('frozen') or [])} tensors")
@@ -54,6 +59,10 @@ def summary(path: str | Path, m: dict[str, Any], verified: bool | None = None, s
                      "int8 rows are informational")
         for k, v in diffs.items():
             lines.append(f"           {k}: {v:.2e}")
+        if parity.get("step"):
+            st = parity["step"]
+            lines.append(f"step     training-step graph vs the PyTorch step: max rel diff {st['max_rel_diff']:.2e} "
+                         f"(tolerance {st['tolerance']})")
     lines.append("files")
     roles = {v: k for k, v in (m.get("roles") or {}).items()}
     for rel, e in (m.get("files") or {}).items():

@@ -12,8 +12,8 @@ from typing import Any
 
 from ftedge.errors import BundleError, UsageError
 
-SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+SCHEMA_VERSION = 2  # 2: `engines` (portable and/or ort-training); 1: ort-training artifacts only
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2})
 MANIFEST_NAME = "manifest.json"
 BATCH = "batch"
 
@@ -21,8 +21,9 @@ DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "b
 LOSSES = ("cross-entropy", "bce", "mse", "l1")
 OPTIMIZERS = ("adamw", "sgd")
 
-# Roles a bundle file can play; `layout` decides which must be present.
-SPLIT_ROLES = ("backbone", "training", "eval", "optimizer", "checkpoint")
+# Roles a bundle file can play; `layout` (and, from schema 2, `engines`) decide which must be present.
+ENGINE_ROLES = {"ort-training": ("training", "eval", "optimizer", "checkpoint"), "portable": ("step", "head", "init")}
+SPLIT_ROLES = ("backbone", "training", "eval", "optimizer", "checkpoint")  # schema 1
 FULL_ROLES = ("training", "eval", "optimizer", "checkpoint")
 
 
@@ -119,7 +120,13 @@ def check_schema(manifest: dict[str, Any], where: str) -> None:
     if layout not in ("split", "full"):
         raise BundleError(f"{where}: unknown bundle layout {layout!r}; re-export the bundle")
     roles = manifest.get("roles") or {}
-    needed = SPLIT_ROLES if layout == "split" else FULL_ROLES
+    if version == 1:
+        needed: tuple[str, ...] = SPLIT_ROLES if layout == "split" else FULL_ROLES
+    else:
+        engines = manifest.get("engines")
+        if not isinstance(engines, dict) or not engines or any(e not in ENGINE_ROLES for e in engines):
+            raise BundleError(f"{where}: manifest lists no known training engine ({engines!r}); re-export the bundle")
+        needed = (("backbone",) if layout == "split" else ()) + tuple(r for e in engines for r in ENGINE_ROLES[e])
     missing = [r for r in needed if r not in roles]
     if missing:
         raise BundleError(f"{where}: manifest names no file for role(s) {', '.join(missing)}; re-export the bundle")

@@ -1,4 +1,5 @@
-"""The one module that talks to ONNX Runtime (inference and training APIs).
+"""The one module that talks to ONNX Runtime: inference sessions, the portable engine's step sessions
+(plain ``onnxruntime``), and the training API of ``onnxruntime-training`` (the second engine).
 
 ``import onnxruntime.training`` imports torch (through ``training/optim``).
 On the device we register a bare package object for ``onnxruntime.training``
@@ -19,9 +20,11 @@ import numpy as np
 
 from ftedge.errors import RuntimeBackendError
 
-_INSTALL_HINT = (
-    "install the device extra: pip install 'ftedge[device]' "
-    "(onnxruntime-training-cpu==1.19.2; on CUDA boxes onnxruntime-training==1.19.2 instead)"
+_INSTALL_HINT = "install the device extra: pip install 'ftedge[device]' (plain onnxruntime; onnxruntime-gpu on CUDA boxes)"
+_TRAINING_HINT = (
+    "the ort-training engine needs onnxruntime-training 1.19.2 (x86_64 Linux, CPython 3.10-3.12) installed "
+    "instead of onnxruntime: pip uninstall -y onnxruntime && pip install 'ftedge[ort-training]'; "
+    "or use the portable engine (--engine portable)"
 )
 
 
@@ -54,9 +57,7 @@ def training_api() -> types.ModuleType:
     if "onnxruntime.training" not in sys.modules:
         spec = importlib.util.find_spec("onnxruntime.training")
         if spec is None or not spec.submodule_search_locations:
-            raise RuntimeBackendError(
-                f"onnxruntime {rt.__version__} has no training support; {_INSTALL_HINT}"
-            )
+            raise RuntimeBackendError(f"onnxruntime {rt.__version__} has no training support; {_TRAINING_HINT}")
         pkg = types.ModuleType("onnxruntime.training")
         pkg.__path__ = list(spec.submodule_search_locations)
         pkg.__file__ = spec.origin
@@ -65,7 +66,16 @@ def training_api() -> types.ModuleType:
     try:
         return importlib.import_module("onnxruntime.training.api")
     except ImportError as exc:
-        raise RuntimeBackendError(f"cannot load onnxruntime.training.api ({exc}); {_INSTALL_HINT}") from exc
+        raise RuntimeBackendError(f"cannot load onnxruntime.training.api ({exc}); {_TRAINING_HINT}") from exc
+
+
+def has_training_api() -> bool:
+    """Whether this onnxruntime build is onnxruntime-training (checked without importing it)."""
+    try:
+        ort()
+    except RuntimeBackendError:
+        return False
+    return importlib.util.find_spec("onnxruntime.training") is not None
 
 
 def available_providers() -> list[str]:
@@ -114,6 +124,55 @@ class InferenceModel:
         names = list(outputs or self.output_names)
         values = self.session.run(names, {k: feeds[k] for k in self.input_names})
         return dict(zip(names, values))
+
+
+class StepSession:
+    """A graph run step after step with its state kept as OrtValues on the session's device.
+
+    ``state`` maps input names to OrtValues; each run feeds them plus the batch, and the outputs named
+    ``<input>_out`` replace them, with no numpy round trip.
+    """
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
+        rt = ort()
+        try:
+            self.session = rt.InferenceSession(
+                str(path), sess_options=_session_options(threads), providers=list(providers or ["CPUExecutionProvider"])
+            )
+        except Exception as exc:
+            raise RuntimeBackendError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+        self.providers = list(self.session.get_providers())
+        self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        # initializers that are also graph inputs: bound when given, their stored value otherwise
+        self.overridable = [i.name for i in self.session.get_overridable_initializers()]
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def to_device(self, value: np.ndarray) -> Any:
+        return ort().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), self.device, 0)
+
+    def run(self, state: dict[str, Any], feeds: dict[str, np.ndarray], fetch: Sequence[str]) -> dict[str, np.ndarray]:
+        """Run once; ``state`` is updated in place from the ``_out`` outputs; returns ``fetch`` as numpy."""
+        binding = self.session.io_binding()
+        for name in self.overridable:
+            if name in state:
+                binding.bind_ortvalue_input(name, state[name])
+        for name in self.input_names:
+            if name in state:
+                binding.bind_ortvalue_input(name, state[name])
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(feeds[name]))
+        for name in self.output_names:
+            binding.bind_output(name, "cpu" if name in fetch else self.device)
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as exc:
+            raise RuntimeBackendError(f"ONNX Runtime failed to run a step: {exc}") from exc
+        outs = dict(zip(self.output_names, binding.get_outputs()))
+        for name in state:
+            if name + "_out" in outs:
+                state[name] = outs[name + "_out"]
+        return {name: outs[name].numpy() for name in fetch}
 
 
 class TrainableModel:

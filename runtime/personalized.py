@@ -10,7 +10,6 @@ from typing import BinaryIO, Iterator
 from ftedge.errors import RuntimeBackendError
 from ftedge.runtime.bundle import Bundle
 from ftedge.runtime.hashing import atomic_write_bytes, fsync_dir
-from ftedge.runtime.ort_backend import TrainableModel
 
 HEAD_PREFIX = "head::"
 
@@ -228,8 +227,24 @@ def copy_side_files(bundle: Bundle, out_dir: Path) -> list[str]:
     return copied
 
 
-def write_personalized(bundle: Bundle, model: TrainableModel, out: Path, backbone_role: str = "backbone") -> None:
-    """``out`` ← the model as trained (current parameters of ``model``), written atomically; the files its
+def bake_initializers(head_path: Path, values: dict, out: Path) -> None:
+    """Write ``head_path`` with the initializers named in ``values`` replaced by them and no longer graph inputs
+    (the portable engine's ``head.onnx`` takes its trainable parameters as overridable inputs)."""
+    onnx = _onnx()
+    from onnx import numpy_helper
+
+    model = onnx.load(str(head_path))
+    for i, init in enumerate(model.graph.initializer):
+        if init.name in values:
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(values[init.name], init.name))
+    keep = [vi for vi in model.graph.input if vi.name not in values]
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+    onnx.save(model, str(out))
+
+
+def write_personalized(bundle: Bundle, model, out: Path, backbone_role: str = "backbone") -> None:  # noqa: ANN001
+    """``out`` ← the model as trained (current parameters of ``model``, any engine), written atomically; the files its
     preprocessing needs (``tokenizer.json``) are copied next to it first."""
     out = Path(out)
     copy_side_files(bundle, out.parent)

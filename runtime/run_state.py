@@ -1,6 +1,6 @@
 """The resumable part of a run directory: ``RUN_DIR/checkpoint/``.
 
-``state.json`` names the last complete epoch's ORT checkpoint (parameters + optimizer state) and the
+``state.json`` names the last complete epoch's engine checkpoint (parameters + optimizer state) and the
 best epoch's. Each checkpoint file is written to a temporary name, fsynced and renamed; ``state.json``
 is replaced atomically only after the file it names is durable, so a crash at any instant leaves a
 consistent pair.
@@ -16,7 +16,6 @@ from typing import Any
 
 from ftedge.errors import FtedgeError
 from ftedge.runtime.hashing import atomic_write_json, fsync_dir
-from ftedge.runtime.ort_backend import TrainableModel
 
 
 @dataclass
@@ -33,6 +32,7 @@ class RunState:
     last_checkpoint: str | None = None
     best_checkpoint: str | None = None
     elapsed_s: float = 0.0
+    engine: str | None = None  # the engine that wrote the checkpoints (resume uses the same)
 
 
 class CheckpointDir:
@@ -52,7 +52,7 @@ class CheckpointDir:
     def path(self, name: str | None) -> Path | None:
         return self.dir / name if name else None
 
-    def save_model(self, model: TrainableModel, name: str, with_optimizer: bool) -> str:
+    def save_model(self, model, name: str, with_optimizer: bool) -> str:  # noqa: ANN001 - any engine
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".{name}.tmp"
         model.save_checkpoint(tmp, include_optimizer_state=with_optimizer)

@@ -14,7 +14,8 @@ import numpy as np
 
 from ftedge.errors import DataError
 from ftedge.runtime.bundle import Bundle
-from ftedge.runtime.ort_backend import InferenceModel, TrainableModel
+from ftedge.runtime.engine import Engine, open_engine, resolve_engine
+from ftedge.runtime.ort_backend import InferenceModel
 
 
 class BundleSession:
@@ -26,23 +27,22 @@ class BundleSession:
         providers: Sequence[str] | None = None,
         checkpoint: str | Path | None = None,
         backbone_variant: str = "backbone",
-        device: str = "cpu",
+        engine: str = "auto",
     ) -> None:
         self.bundle = bundle
+        self.engine_name = resolve_engine(engine, bundle)
+        self.providers = list(providers or ["CPUExecutionProvider"])
         self.backbone = InferenceModel(bundle.file(backbone_variant), providers) if bundle.layout == "split" else None
-        self._checkpoint = checkpoint or bundle.file("checkpoint")
-        self._device = device
-        self._model: TrainableModel | None = None
+        self._checkpoint = checkpoint
+        self._model: Engine | None = None
         self.head_inputs = bundle.head_inputs
         self.output_name = bundle.output.name
 
     @property
-    def model(self) -> TrainableModel:
-        """The training artifacts, loaded on first use: an idle training session slows the backbone pass."""
+    def model(self) -> Engine:
+        """The training engine, loaded on first use: an idle training session slows the backbone pass."""
         if self._model is None:
-            b = self.bundle
-            self._model = TrainableModel(b.file("training"), b.file("eval"), b.file("optimizer"), self._checkpoint,
-                                         device=self._device)
+            self._model = open_engine(self.engine_name, self.bundle, self._checkpoint, self.providers)
         return self._model
 
     def embed(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -58,18 +58,16 @@ class BundleSession:
             return np.asarray(labels, dtype=np.int64).reshape(-1)
         return np.asarray(labels, dtype=np.float32)
 
-    def _args(self, head_feeds: dict[str, np.ndarray], labels: np.ndarray) -> list[np.ndarray]:
-        return [np.ascontiguousarray(head_feeds[s.name]) for s in self.head_inputs] + [self.labels_array(labels)]
+    def _args(self, head_feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [np.ascontiguousarray(head_feeds[s.name]) for s in self.head_inputs]
 
     def train_step(self, head_feeds: dict[str, np.ndarray], labels: np.ndarray) -> tuple[float, np.ndarray]:
         """One optimizer step on a batch of head inputs; returns (loss, outputs)."""
-        loss, out = self.model.train_step(*self._args(head_feeds, labels))[:2]
-        return float(loss), out
+        return self.model.train_step(self._args(head_feeds), self.labels_array(labels))
 
     def eval_step(self, head_feeds: dict[str, np.ndarray], labels: np.ndarray) -> tuple[float, np.ndarray]:
         """Loss and outputs with dropout off; parameters unchanged."""
-        loss, out = self.model.eval_step(*self._args(head_feeds, labels))[:2]
-        return float(loss), out
+        return self.model.eval_step(self._args(head_feeds), self.labels_array(labels))
 
     def predict(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Model outputs for raw model inputs (backbone + head, eval mode)."""

@@ -26,7 +26,8 @@ from ftedge.runtime.bundle import Bundle, load_bundle
 from ftedge.runtime.cache import EmbeddingCache, embed_with_cache
 from ftedge.runtime.data import Dataset, ModelIO, load_dataset
 from ftedge.runtime.hashing import atomic_write_json
-from ftedge.runtime.ort_backend import TrainableModel, resolve_providers, set_seed
+from ftedge.runtime.engine import open_engine, resolve_engine
+from ftedge.runtime.ort_backend import resolve_providers
 from ftedge.runtime.personalized import write_personalized
 from ftedge.runtime.run_state import CheckpointDir, RunState
 from ftedge.runtime.schedule import learning_rate
@@ -54,6 +55,7 @@ class TrainConfig:
     backbone: str = "fp32"           # fp32 | int8 (needs --quantize-backbone at export)
     embed_batch_size: int | None = None  # samples per backbone pass; default max(batch_size, 64). Peak memory
                                          # grows with it (activations of big images): lower it on small boxes
+    engine: str = "auto"             # auto | portable | ort-training
 
     @property
     def embed_batch(self) -> int:
@@ -99,7 +101,8 @@ def _fingerprint(bundle: Bundle, data: Dataset, cfg: TrainConfig) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(bundle.manifest["files"], sort_keys=True).encode())
     h.update("".join(data.sample_hashes()).encode())
-    keep = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "max_seconds", "providers", "cache_dir")}
+    keep = {k: v for k, v in asdict(cfg).items()
+            if k not in ("resume", "max_seconds", "providers", "cache_dir", "engine")}
     h.update(json.dumps(keep, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
@@ -141,13 +144,13 @@ class Trainer:
         self.providers, missing = resolve_providers(config.providers)
         if missing:
             log.warning("execution provider(s) unavailable here: %s; using %s", ", ".join(missing), ", ".join(self.providers))
+        self.engine = resolve_engine(config.engine, self.bundle)
         self.lr = float(config.lr if config.lr is not None else self.bundle.manifest["optimizer"]["lr"])
         self.timings: dict[str, float] = {"load_s": time.perf_counter() - self.t0}
 
     def _session(self, checkpoint: Path | None) -> BundleSession:
-        device = "cuda" if "CUDAExecutionProvider" in self.providers else "cpu"
         return BundleSession(self.bundle, self.providers, checkpoint=checkpoint, backbone_variant=self.backbone_role,
-                             device=device)
+                             engine=self.engine)
 
     # ---- features -------------------------------------------------------------------------------
     def _prepare_features(self, session: BundleSession) -> None:
@@ -199,10 +202,16 @@ class Trainer:
             if state.fingerprint != fingerprint:
                 raise FtedgeError(f"{self.run_dir} was started with other data, bundle or options; "
                                   "resume with the same ones or use a new run directory")
+            if state.engine and state.engine != self.engine:
+                if self.cfg.engine != "auto":
+                    raise FtedgeError(f"{self.run_dir} was trained with the {state.engine} engine; resume it with "
+                                      f"--engine {state.engine} (or --engine auto)")
+                self.engine = resolve_engine(state.engine, self.bundle)
         else:
             if self.ckpt.exists() or (self.run_dir / "result.json").exists():
                 raise FtedgeError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose a new -o")
             state = RunState(fingerprint=fingerprint)
+        state.engine = self.engine
         self.run_dir.mkdir(parents=True, exist_ok=True)
         session = self._session(self.ckpt.path(state.last_checkpoint))
         self.ran_on = session.backbone.providers if session.backbone else []
@@ -231,7 +240,7 @@ class Trainer:
         elapsed_before = state.elapsed_s
         for epoch in range(state.epochs_done + 1, cfg.epochs + 1):
             t_epoch = time.perf_counter()
-            set_seed(cfg.seed * 1000 + epoch)
+            session.model.set_seed(cfg.seed * 1000 + epoch)
             order = self.train_idx[np.random.default_rng([cfg.seed, epoch]).permutation(len(self.train_idx))]
             total, seen, lr = 0.0, 0, self.lr
             for start in range(0, len(order), cfg.batch_size):
@@ -302,10 +311,8 @@ class Trainer:
             # otherwise (early stopping, or a resumed run) reload the best checkpoint.
             trained_here = state.best_epoch == state.epochs_done and session._model is not None
             # Only the head is needed: a second BundleSession would load a second backbone (+170 MB for MiniLM).
-            best = session.model if trained_here else TrainableModel(
-                self.bundle.file("training"), self.bundle.file("eval"), self.bundle.file("optimizer"),
-                self.ckpt.path(state.best_checkpoint),
-                device="cuda" if "CUDAExecutionProvider" in self.providers else "cpu")
+            best = session.model if trained_here else open_engine(
+                self.engine, self.bundle, self.ckpt.path(state.best_checkpoint), self.providers)
             final = state.best_metrics  # measured on the same split when that epoch ended; eval is deterministic
             write_personalized(self.bundle, best, self.run_dir / "model.onnx", self.backbone_role)
             atomic_write_json(self.run_dir / "model.json", {
@@ -334,6 +341,7 @@ class Trainer:
             "providers": {"backbone": self.ran_on,
                           "training": "cuda" if "CUDAExecutionProvider" in self.providers else "cpu"},
             "mode": self.mode,
+            "engine": self.engine,
             "backbone": self.cfg.backbone,
             "cache": self.cache_stats,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},

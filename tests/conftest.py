@@ -50,6 +50,25 @@ def smoke_train(bundle_path: Path, steps: int = 5, batch: int = 16) -> tuple[flo
 
 
 @pytest.fixture(scope="session")
+def family_bundle(tmp_path_factory: pytest.TempPathFactory):
+    """``family_bundle(name)`` -> the bundle of a zoo family (FAMILIES or PORTABLE_ONLY), exported once per session.
+    Shared: tests must not modify it (copy it first)."""
+    from zoo import PORTABLE_ONLY
+
+    root = tmp_path_factory.mktemp("families")
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            model, args = {**FAMILIES, **PORTABLE_ONLY}[name]
+            export(f"{ZOO}:{model}", root / name, *args)
+            made[name] = root / name
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def cnn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "kws"
     model, args = FAMILIES["cnn-batchnorm-depthwise"]
@@ -79,4 +98,19 @@ def device_python() -> str:
         pytest.skip("set FTEDGE_DEVICE_PYTHON to a venv with only ftedge[device] (scripts/dev.sh test does)")
     assert Path(python).exists(), python
     assert subprocess.run([python, "-c", NO_TORCH]).returncode == 0, "torch is installed in the device venv"
+    return python
+
+
+@pytest.fixture(scope="session")
+def legacy_python() -> str:
+    """The venv with onnxruntime-training 1.19.2 + torch (FTEDGE_LEGACY_PYTHON): the second engine; required under
+    CI on x86_64 with CPython <= 3.12 (scripts/dev.sh builds it), skipped elsewhere."""
+    python = os.environ.get("FTEDGE_LEGACY_PYTHON")
+    if not python:
+        if _in_ci():
+            pytest.fail("FTEDGE_LEGACY_PYTHON is not set: .ci/run must build the onnxruntime-training venv")
+        pytest.skip("set FTEDGE_LEGACY_PYTHON to a venv with onnxruntime-training (scripts/dev.sh test does)")
+    assert Path(python).exists(), python
+    probe = "import importlib.util as u, sys; sys.exit(u.find_spec('onnxruntime.training') is None)"
+    assert subprocess.run([python, "-c", probe]).returncode == 0, "onnxruntime-training is missing in the legacy venv"
     return python

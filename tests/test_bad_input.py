@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ZOO, export
+from conftest import ZOO, export, smoke_train
 from ftedge.cli import main
 from ftedge.runtime import load_bundle
 
@@ -72,11 +72,20 @@ def test_input_spec_not_matching_model(capsys, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-def test_layer_without_ort_gradient_names_op_and_module(capsys, tmp_path):
-    rc, err = run(capsys, "export", f"{ZOO}:instance_norm", "-o", str(tmp_path / "b"), "--input", "x:float32:1,4,10",
-                  "--trainable", ".")
-    assert rc == 1
-    assert "InstanceNormalization in module norm" in err and "Freeze" in err
+def test_layer_without_ort_gradient_trains_on_the_portable_engine(tmp_path):
+    """InstanceNormalization has no onnxruntime-training gradient; the portable engine trains through it (the
+    ort-training engine's refusal, naming op and module, is tested in test_ort_training_engine.py)."""
+    manifest = export(f"{ZOO}:instance_norm", tmp_path / "b", "--input", "x:float32:1,4,10", "--trainable", ".")
+    assert list(manifest["engines"]) == ["portable"] and manifest["layout"] == "full"
+    before, after = smoke_train(tmp_path / "b")
+    assert after < before
+
+
+def test_ort_training_export_without_that_package_says_how_to_get_it(capsys, tmp_path):
+    rc, err = run(capsys, "export", f"{ZOO}:mlp", "-o", str(tmp_path / "b"), "--input", "x:float32:1,20",
+                  "--engine", "ort-training")
+    assert rc == 2
+    assert "needs onnxruntime-training on this host" in err and "--engine portable" in err
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.*")), "staging folder left behind"
 
 
@@ -121,13 +130,13 @@ def _copy(src: Path, dst: Path) -> Path:
 
 def test_tampered_bundle_file_is_refused(capsys, cnn_bundle, tmp_path):
     bundle = _copy(cnn_bundle, tmp_path / "t")
-    ckpt = bundle / "head" / "checkpoint"
+    ckpt = bundle / "portable" / "init.safetensors"
     data = bytearray(ckpt.read_bytes())
     data[len(data) // 2] ^= 0xFF
     ckpt.write_bytes(bytes(data))
     rc, err = run(capsys, "inspect", str(bundle))
     assert rc == 1
-    assert "head/checkpoint: sha256" in err and "re-download or re-export" in err
+    assert "portable/init.safetensors: sha256" in err and "re-download or re-export" in err
 
 
 def test_missing_and_unlisted_files_are_refused(capsys, cnn_bundle, tmp_path):

@@ -44,7 +44,7 @@ def test_inspect_shows_what_is_inside(capsys, cnn_bundle):
     assert main(["inspect", str(cnn_bundle)]) == 0
     out = capsys.readouterr().out
     for needle in ["layout split", "x float32 [batch, 101, 40]", "labels   4: yes, no, up, down",
-                   "classifier.1.weight", "verified yes", "head/training_model.onnx", "parity"]:
+                   "classifier.1.weight", "verified yes", "portable/step.onnx", "engines  portable", "parity"]:
         assert needle in out, needle
 
 

@@ -59,32 +59,68 @@ def test_device_environment_trains_resumes_and_evaluates_without_torch(device_py
     assert json.loads(ev.stdout)["samples"] == 64
 
 
-def test_every_family_trains_in_the_device_environment(device_python, tmp_path):
-    """Bundles of every exported architecture family train and export model.onnx with only [device]."""
+KILL_AT_EPOCH_2 = """
+import os, signal, sys
+from ftedge.runtime.trainer import TrainCallbacks, TrainConfig, train
+
+class Crash(TrainCallbacks):
+    def on_epoch(self, record):
+        if record["epoch"] == 2:  # after epoch 2's checkpoint files are written, before they are committed
+            os.kill(os.getpid(), signal.SIGKILL)
+
+bundle, data, run = sys.argv[1:4]
+train(bundle, data, run, TrainConfig(epochs=4, seed=3, cache_dir=None), callbacks=Crash())
+"""
+
+
+def test_every_family_trains_resumes_after_sigkill_and_evaluates_in_the_device_environment(device_python, tmp_path,
+                                                                                           family_bundle):
+    """Bundles of every exported architecture family (and the portable-only GroupNorm / HardSwish blocks) train on
+    the portable engine with only [device] (no torch, no onnxruntime.training), resume after a SIGKILL to the same
+    result as an uninterrupted run (dropout masks included), evaluate, and write model.onnx."""
     import json
 
     import numpy as np
 
-    from conftest import FAMILIES, ZOO, export, random_feeds, random_targets
+    from conftest import FAMILIES, random_feeds, random_targets
     from ftedge.runtime import load_bundle
+    from zoo import PORTABLE_ONLY
 
+    probe = "import importlib.util as u, sys; sys.exit(u.find_spec('onnxruntime.training') is not None)"
+    assert subprocess.run([device_python, "-c", probe]).returncode == 0, "onnxruntime-training in the device venv"
     jobs = []
-    for family, (model, args) in sorted(FAMILIES.items()):
-        out = tmp_path / family
-        export(f"{ZOO}:{model}", out, *args)
+    for family in sorted({**FAMILIES, **PORTABLE_ONLY}):
+        out = family_bundle(family)
         bundle = load_bundle(out)
         np.savez(tmp_path / f"{family}.npz", labels=random_targets(bundle, 24), **random_feeds(bundle.inputs, 24))
         jobs.append((str(out), str(tmp_path / f"{family}.npz"), str(tmp_path / f"run-{family}")))
+    for bundle, data, run in jobs:
+        crashed = subprocess.run([device_python, "-c", KILL_AT_EPOCH_2, bundle, data, run + "-crash"],
+                                 capture_output=True, text=True, cwd=ROOT)
+        assert crashed.returncode == -9, crashed.stderr[-2000:]
+        assert json.loads(Path(run + "-crash", "checkpoint", "state.json").read_text())["epochs_done"] == 1
     script = (
         "import json, sys\n"
         "from ftedge.cli import main\n"
         "for bundle, data, run in json.loads(sys.argv[1]):\n"
-        "    assert main(['train', bundle, '--data', data, '-o', run, '--epochs', '2', '--quiet', '--no-cache']) == 0\n"
-        "assert 'torch' not in sys.modules\n"
+        "    base = ['train', bundle, '--data', data, '--epochs', '4', '--seed', '3', '--quiet', '--no-cache']\n"
+        "    assert main([*base, '-o', run]) == 0\n"
+        "    assert main([*base, '-o', run + '-crash', '--resume']) == 0\n"
+        "    assert main(['evaluate', run, '--data', data, '--json']) == 0\n"
+        "assert 'torch' not in sys.modules and 'onnxruntime.training' not in sys.modules\n"
         "print('ok')\n"
     )
     proc = subprocess.run([device_python, "-c", script, json.dumps(jobs)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for _, _, run in jobs:
         assert (Path(run) / "model.onnx").stat().st_size > 0
-        assert json.loads((Path(run) / "result.json").read_text())["status"] == "succeeded"
+        whole = json.loads((Path(run) / "result.json").read_text())
+        resumed = json.loads((Path(run + "-crash") / "result.json").read_text())
+        assert whole["status"] == resumed["status"] == "succeeded" and whole["engine"] == "portable"
+        assert resumed["epochs_run"] == 4
+        lines = [json.loads(x) for x in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+        again = [json.loads(x) for x in (Path(run + "-crash") / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in again] == [1, 2, 3, 4]
+        for a, b in zip(lines, again):  # the same losses: resume is exact, dropout masks included
+            assert abs(a["train_loss"] - b["train_loss"]) <= 1e-6 * max(1.0, abs(a["train_loss"])), (run, a, b)
+            assert abs(a["val_loss"] - b["val_loss"]) <= 1e-6 * max(1.0, abs(a["val_loss"])), (run, a, b)

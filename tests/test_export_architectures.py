@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -16,9 +18,9 @@ def _fp32_diffs(manifest: dict) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_family_exports_with_parity_and_loss_falls(family, tmp_path):
-    model, args = FAMILIES[family]
-    manifest = export(f"{ZOO}:{model}", tmp_path / family, *args)
+def test_family_exports_with_parity_and_loss_falls(family, family_bundle):
+    path = family_bundle(family)
+    manifest = json.loads((path / "manifest.json").read_text())
 
     assert manifest["parity"]["skipped"] is False
     diffs = _fp32_diffs(manifest)
@@ -26,7 +28,7 @@ def test_family_exports_with_parity_and_loss_falls(family, tmp_path):
     assert all(d <= 1e-4 for d in diffs.values()), diffs
     assert manifest["layout"] == "split"
 
-    before, after = smoke_train(tmp_path / family)
+    before, after = smoke_train(path)
     assert after < before, f"{family}: loss did not fall ({before} -> {after})"
 
 
@@ -42,14 +44,15 @@ def test_frozen_batchnorm_uses_running_statistics_while_training(tmp_path, layou
 
     export(f"{ZOO}:conv_bn", tmp_path / "b", "--input", "x:float32:1,3,10", *layout_args)
     bundle = load_bundle(tmp_path / "b")
-    train = onnx.load(str(bundle.file("training")))
-    assert not [n for n in train.graph.node if n.op_type.startswith("BatchNorm")]
+    step = onnx.load(str(bundle.file("step")))
+    assert not [n for n in step.graph.node if n.op_type.startswith("BatchNorm")]
+    assert bundle.manifest["engines"]["portable"]["buffers"] == []  # frozen: no running statistics to update
     session = BundleSession(bundle)
     head = session.embed(random_feeds(bundle.inputs, 8))
     y = np.zeros(8, np.int64)
     eval_out = session.eval_step(head, y)[1]
-    session.model.module.train()
-    train_out = session.model.module(*session._args(head, y))[1]
+    session.set_learning_rate(0.0)
+    train_out = session.train_step(head, y)[1]  # the training forward, parameters unchanged
     np.testing.assert_allclose(train_out, eval_out, atol=1e-6)
 
 
@@ -148,13 +151,14 @@ def test_head_dropout_trains_and_never_reaches_the_cached_backbone(cnn_bundle):
 
     backbone = onnx.load(str(cnn_bundle / "backbone.onnx"))
     assert "Dropout" not in {n.op_type for n in backbone.graph.node}
-    train = onnx.load(str(cnn_bundle / "head" / "training_model.onnx"))
-    assert "Dropout" in {n.op_type for n in train.graph.node}
-    session = BundleSession(load_bundle(cnn_bundle))
-    head = session.embed(random_feeds(load_bundle(cnn_bundle).inputs, 8))
+    bundle = load_bundle(cnn_bundle)
+    masks = bundle.manifest["engines"]["portable"]["masks"]
+    assert [(m["shape"], round(m["ratio"], 6)) for m in masks] == [(["batch", 32], 0.2)]
+    session = BundleSession(bundle)
+    head = session.embed(random_feeds(bundle.inputs, 8))
     y = np.zeros(8, np.int64)
     a, b = session.eval_step(head, y)[1], session.eval_step(head, y)[1]
     np.testing.assert_array_equal(a, b)  # eval: dropout off, deterministic
-    session.model.module.train()
-    t = session.model.module(*session._args(head, y))[1]
+    session.set_learning_rate(0.0)
+    t = session.train_step(head, y)[1]
     assert np.abs(t - a).max() > 1e-3  # training: dropout active

@@ -151,7 +151,7 @@ def test_pack_is_deterministic(capsys, signed, archive, tmp_path):
 def test_pack_refuses_damaged_bundle(capsys, signed, tmp_path):
     bundle = tmp_path / "d"
     shutil.copytree(signed, bundle)
-    (bundle / "head" / "checkpoint").write_bytes(b"junk")
+    (bundle / "portable" / "init.safetensors").write_bytes(b"junk")
     assert main(["pack", str(bundle), "-o", str(tmp_path / "d.tar.gz")]) == 1
     assert "failed verification" in capsys.readouterr().err and not (tmp_path / "d.tar.gz").exists()
 

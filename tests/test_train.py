@@ -283,13 +283,11 @@ def test_unavailable_provider_falls_back_to_cpu_with_warning(mlp_bundle, blobs, 
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_every_family_trains_and_model_onnx_matches_eval_graph(family, tmp_path):
-    model, args = FAMILIES[family]
-    export(f"{ZOO}:{model}", tmp_path / "b", *args)
-    bundle = load_bundle(tmp_path / "b")
+def test_every_family_trains_and_model_onnx_matches_eval_graph(family, tmp_path, family_bundle):
+    bundle = load_bundle(family_bundle(family))
     feeds = random_feeds(bundle.inputs, 40, seed=3)
     np.savez(tmp_path / "d.npz", labels=random_targets(bundle, 40), **feeds)
-    result = train(tmp_path / "b", tmp_path / "d.npz", tmp_path / "r", TrainConfig(epochs=2, batch_size=8))
+    result = train(bundle.path, tmp_path / "d.npz", tmp_path / "r", TrainConfig(epochs=2, batch_size=8))
     assert result["status"] == "succeeded"
     state = json.loads((tmp_path / "r" / "checkpoint" / "state.json").read_text())
     tuned = BundleSession(bundle, checkpoint=tmp_path / "r" / "checkpoint" / state["best_checkpoint"])

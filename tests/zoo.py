@@ -198,6 +198,59 @@ def conv_bn() -> nn.Module:
     return _seeded(ConvBN)
 
 
+class Wav2Vec2StyleEncoder(nn.Module):
+    """wav2vec2-style feature encoder on raw samples: strided Conv1d + GroupNorm + GELU blocks (GroupNorm has no
+    onnxruntime-training gradient: only the portable engine trains it)."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv1d(1, 16, 10, stride=5, bias=False)
+        self.norm0 = nn.GroupNorm(16, 16)
+        self.conv1 = nn.Conv1d(16, 24, 3, stride=2, bias=False)
+        self.norm1 = nn.GroupNorm(4, 24)
+        self.head = nn.Linear(24, classes)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        h = nn.functional.gelu(self.norm0(self.conv0(waveform.unsqueeze(1))))
+        h = nn.functional.gelu(self.norm1(self.conv1(h)))
+        return self.head(h.mean(-1))
+
+
+class MobileNetV3Block(nn.Module):
+    """MobileNetV3-style inverted residual: 1x1 expand, BatchNorm, HardSwish, depthwise 3x3, squeeze-excite with
+    HardSigmoid, 1x1 project (HardSwish has no onnxruntime-training gradient)."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.Hardswish())
+        self.expand = nn.Sequential(nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish())
+        self.depthwise = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16),
+                                       nn.Hardswish())
+        self.se_reduce, self.se_expand = nn.Conv2d(16, 4, 1), nn.Conv2d(4, 16, 1)
+        self.project = nn.Sequential(nn.Conv2d(16, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.head = nn.Linear(8, classes)
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.2, 0.2)
+                    m.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stem(x)
+        h = self.depthwise(self.expand(s))
+        w = nn.functional.hardsigmoid(self.se_expand(torch.relu(self.se_reduce(h.mean((2, 3), keepdim=True)))))
+        h = self.project(h * w) + s
+        return self.head(h.mean((2, 3)))
+
+
+def wav2vec2_encoder() -> nn.Module:
+    return _seeded(Wav2Vec2StyleEncoder)
+
+
+def mobilenet_v3_block() -> nn.Module:
+    return _seeded(MobileNetV3Block)
+
+
 # Every architecture family the exporter must handle: (id, MODEL, extra CLI args).
 FAMILIES = {
     "cnn-batchnorm-depthwise": ("cnn", ["--input", "x:float32:1,101,40", "--head", "classifier",
@@ -212,6 +265,14 @@ FAMILIES = {
     "mlp-l1-sgd": ("mlp", ["--input", "x:float32:1,20", "--loss", "l1", "--optimizer", "sgd", "--lr", "0.05"]),
     "two-inputs-float-int64": ("two_inputs", ["--input", "feats:float32:1,6", "--input", "cats:int64:1,4:0-10"]),
     "dict-output-bce": ("dict_output", ["--input", "x:float32:1,10", "--output", "scores", "--loss", "bce"]),
+}
+
+# Families only the portable engine trains: a trainable GroupNorm block and a trainable HardSwish block.
+PORTABLE_ONLY = {
+    "groupnorm-block": ("wav2vec2_encoder", ["--input", "waveform:float32:1,400",
+                                             "--trainable", r"^(conv1|norm1|head)\."]),
+    "hardswish-block": ("mobilenet_v3_block", ["--input", "x:float32:1,3,16,16",
+                                               "--trainable", r"^(expand|depthwise|se_|project|head)"]),
 }
 
 

@@ -1,0 +1,269 @@
+"""Training engines behind one interface, and which one a bundle and this box can use.
+
+- ``portable`` (default): the bundle's ``step.onnx`` (forward, loss, backward and optimizer update in standard
+  ONNX ops) run by plain ``onnxruntime`` on any execution provider; parameters and optimizer state stay
+  OrtValues between steps; checkpoints are safetensors files.
+- ``ort-training``: onnxruntime-training 1.19.2's artifacts (training/eval/optimizer graphs + checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from ftedge.errors import BundleError, RuntimeBackendError, UsageError
+from ftedge.runtime.bundle import Bundle
+from ftedge.runtime.ort_backend import StepSession, TrainableModel, has_training_api, ort
+
+ENGINES = ("portable", "ort-training")
+ORT_TRAINING_ROLES = ("training", "eval", "optimizer", "checkpoint")
+PORTABLE_ROLES = ("step", "head", "init")
+
+
+class Engine(Protocol):
+    name: str
+
+    def train_step(self, head_feeds: list[np.ndarray], labels: np.ndarray) -> tuple[float, np.ndarray]: ...
+    def eval_step(self, head_feeds: list[np.ndarray], labels: np.ndarray) -> tuple[float, np.ndarray]: ...
+    def set_learning_rate(self, lr: float) -> None: ...
+    def set_seed(self, seed: int) -> None: ...
+    def save_checkpoint(self, path: str | Path, include_optimizer_state: bool = True) -> None: ...
+    def parameters(self) -> dict[str, np.ndarray]: ...
+    def export_inference(self, path: str | Path, output_names: Sequence[str]) -> None: ...
+
+
+def bundle_engines(bundle: Bundle) -> dict[str, dict[str, Any]]:
+    """The engines a bundle carries (schema 1 bundles: ort-training only)."""
+    if bundle.manifest.get("engines"):
+        return dict(bundle.manifest["engines"])
+    roles = bundle.manifest.get("roles") or {}
+    if all(r in roles for r in ORT_TRAINING_ROLES):
+        return {"ort-training": {"files": {r: roles[r] for r in ORT_TRAINING_ROLES}}}
+    return {}
+
+
+def available_engines() -> list[str]:
+    """Engines this box can run: portable wherever onnxruntime imports; ort-training with onnxruntime-training."""
+    try:
+        ort()
+    except RuntimeBackendError:
+        return []
+    return ["portable", "ort-training"] if has_training_api() else ["portable"]
+
+
+def resolve_engine(requested: str | None, bundle: Bundle) -> str:
+    """The engine to train ``bundle`` with: ``auto`` prefers portable; a clear error when none fits."""
+    requested = requested or "auto"
+    if requested not in ("auto", *ENGINES):
+        raise UsageError(f"--engine {requested!r}: use auto, portable or ort-training")
+    carried = bundle_engines(bundle)
+    here = available_engines()
+    reexport = ("re-export it with this ftedge (`ftedge export …` writes the portable engine by default; "
+                "`--engine all` on a host with onnxruntime-training writes both)")
+    if requested == "auto":
+        for name in ENGINES:
+            if name in carried and name in here:
+                return name
+        if "portable" not in carried:
+            raise BundleError(
+                f"bundle {bundle.path} carries only the {', '.join(carried) or 'no'} engine, which this box cannot "
+                f"run (onnxruntime {ort().__version__} has no training API): {reexport}, or install the "
+                "ort-training engine: pip uninstall -y onnxruntime && pip install 'ftedge[ort-training]'")
+        raise RuntimeBackendError("onnxruntime is not installed; pip install 'ftedge[device]'")
+    if requested not in carried:
+        raise BundleError(f"bundle {bundle.path} does not carry the {requested} engine (it has: "
+                          f"{', '.join(carried) or 'none'}); {reexport}")
+    if requested not in here:
+        if requested == "ort-training":
+            training_api_hint = (f"onnxruntime {ort().__version__} here has no training API: pip uninstall -y "
+                                 "onnxruntime && pip install 'ftedge[ort-training]' (x86_64, CPython 3.10-3.12), "
+                                 "or use --engine portable")
+            raise RuntimeBackendError(f"--engine ort-training: {training_api_hint}")
+        raise RuntimeBackendError("onnxruntime is not installed; pip install 'ftedge[device]'")
+    return requested
+
+
+def _loss_numpy(loss: str, out: np.ndarray, labels: np.ndarray) -> float:
+    """The bundle loss (mean over the batch), as the training graphs compute it."""
+    if loss == "cross-entropy":
+        z = out - out.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return float(-logp[np.arange(len(labels)), labels.astype(np.int64)].mean())
+    if loss == "bce":
+        return float((np.maximum(out, 0) - out * labels + np.log1p(np.exp(-np.abs(out)))).mean())
+    if loss == "mse":
+        return float(((out - labels) ** 2).mean())
+    return float(np.abs(out - labels).mean())
+
+
+class PortableEngine:
+    """Runs ``step.onnx`` / ``head.onnx`` with plain onnxruntime."""
+
+    name = "portable"
+
+    def __init__(self, bundle: Bundle, checkpoint: str | Path | None = None,
+                 providers: Sequence[str] | None = None) -> None:
+        from safetensors.numpy import load_file
+
+        self.bundle = bundle
+        self.info = bundle_engines(bundle)["portable"]
+        files = self.info["files"]
+        self.params: list[str] = list(self.info["params"])
+        self.buffers: list[str] = list(self.info["buffers"])
+        self.masks: list[dict[str, Any]] = list(self.info.get("masks") or [])
+        self.optimizer = self.info["optimizer"]
+        hyper = dict(bundle.manifest.get("optimizer") or {})
+        self.weight_decay = float(hyper.get("weight_decay", 0.0))
+        self.max_grad_norm = float(hyper.get("max_grad_norm", 0.0))
+        self.betas = list(hyper.get("betas", [0.9, 0.999]))
+        self.bias_correction = bool(hyper.get("bias_correction", True))
+        self.loss = bundle.loss
+        self.output_name = bundle.output.name
+        self.head_names = [s.name for s in bundle.head_inputs]
+        self.step = StepSession(bundle.path / files["step"], providers)
+        self.head = StepSession(bundle.path / files["head"], providers)
+        self.lr = float(hyper.get("lr", 1e-3))
+        self.rng = np.random.default_rng(0)
+        init = load_file(os.fspath(bundle.path / files["init"]))
+        self.steps_done = 0
+        values = {f"p:{k}": init[k] for k in self.params} | {f"b:{k}": init[k] for k in self.buffers}
+        if self.optimizer == "adamw":
+            values |= {f"{s}:{k}": np.zeros_like(init[k]) for k in self.params for s in "mv"}
+        if checkpoint is not None:
+            values = self._load(Path(checkpoint), values)
+        self.state = {k: self.step.to_device(v) for k, v in values.items()}
+
+    def _load(self, path: Path, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(os.fspath(path), framework="numpy") as f:
+                meta = f.metadata() or {}
+                if meta.get("engine") != "portable":
+                    raise BundleError(f"{path} is not a portable-engine checkpoint; resume with the engine that wrote it")
+                stored = {k: f.get_tensor(k) for k in f.keys()}
+        except BundleError:
+            raise
+        except Exception as exc:
+            raise BundleError(f"checkpoint {path} is unreadable ({exc}); start a new run directory") from exc
+        for k in values:
+            if k in stored:
+                if stored[k].shape != values[k].shape:
+                    raise BundleError(f"checkpoint {path} does not fit this bundle ({k}: {stored[k].shape} vs "
+                                      f"{values[k].shape}); resume with the bundle that wrote it")
+                values[k] = stored[k]
+        self.steps_done = int(meta.get("steps", 0))
+        return values
+
+    def _batch(self, head_feeds: list[np.ndarray], labels: np.ndarray) -> dict[str, np.ndarray]:
+        feeds = dict(zip(self.head_names, head_feeds))
+        feeds["labels"] = labels
+        return feeds
+
+    def train_step(self, head_feeds: list[np.ndarray], labels: np.ndarray) -> tuple[float, np.ndarray]:
+        feeds = self._batch(head_feeds, labels)
+        n = len(labels)
+        feeds["weights"] = np.ones(n, np.float32)
+        self.steps_done += 1
+        feeds.update({"lr": np.array(self._step_size(self.steps_done), np.float32),
+                      "lr_wd": np.array(np.float32(self.lr) * np.float32(self.weight_decay), np.float32),
+                      "max_grad_norm": np.array(self.max_grad_norm, np.float32)})
+        for m in self.masks:  # inverted dropout, drawn from the engine's seeded generator
+            shape = [n if d == "batch" else int(d) for d in m["shape"]]
+            keep = 1.0 - float(m["ratio"])
+            feeds[m["name"]] = (self.rng.random(shape, dtype=np.float32) < keep).astype(np.float32) / keep
+        out = self.step.run(self.state, feeds, ["loss", self.output_name])
+        return float(out["loss"]), out[self.output_name]
+
+    def _step_size(self, t: int) -> np.float32:
+        """AdamW's bias-corrected step size, in float32 with pow in double (onnxruntime-training's AdamWOptimizer)."""
+        lr = np.float32(self.lr)
+        if self.optimizer != "adamw" or not self.bias_correction:
+            return lr
+        b1, b2 = (np.float32(b) for b in self.betas)
+        bc1 = np.float32(1) - np.float32(float(b1) ** t)
+        bc2 = np.float32(1) - np.float32(float(b2) ** t)
+        return lr * np.float32(np.float32(np.sqrt(bc2)) / bc1)
+
+    def eval_step(self, head_feeds: list[np.ndarray], labels: np.ndarray) -> tuple[float, np.ndarray]:
+        feeds = dict(zip(self.head_names, head_feeds))
+        params = {k[2:]: v for k, v in self.state.items() if k[:2] in ("p:", "b:")}
+        out = self.head.run(params, feeds, [self.output_name])[self.output_name]
+        return _loss_numpy(self.loss, out, labels), out
+
+    def set_learning_rate(self, lr: float) -> None:
+        self.lr = float(lr)
+
+    def learning_rate(self) -> float:
+        return self.lr
+
+    def set_seed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(int(seed))
+
+    def save_checkpoint(self, path: str | Path, include_optimizer_state: bool = True) -> None:
+        from safetensors.numpy import save_file
+
+        keep = {k: v.numpy() for k, v in self.state.items() if include_optimizer_state or k[:2] in ("p:", "b:")}
+        save_file(keep, os.fspath(path), metadata={"engine": "portable", "steps": str(self.steps_done),
+                                                    "optimizer": self.optimizer})
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        return {k[2:]: self.state[k].numpy() for k in self.state if k.startswith("p:")}
+
+    def buffer_values(self) -> dict[str, np.ndarray]:
+        return {k[2:]: self.state[k].numpy() for k in self.state if k.startswith("b:")}
+
+    def export_inference(self, path: str | Path, output_names: Sequence[str]) -> None:
+        """``head.onnx`` with the current parameters and statistics baked in as plain initializers."""
+        from ftedge.runtime.personalized import bake_initializers
+
+        bake_initializers(self.bundle.path / self.info["files"]["head"], {**self.parameters(), **self.buffer_values()},
+                          Path(path))
+
+
+class OrtTrainingEngine:
+    """onnxruntime-training 1.19.2's artifacts (``TrainableModel``), behind the engine interface."""
+
+    name = "ort-training"
+
+    def __init__(self, bundle: Bundle, checkpoint: str | Path | None = None, device: str = "cpu") -> None:
+        files = bundle_engines(bundle)["ort-training"]["files"]
+        self.loss = bundle.loss
+        self.model = TrainableModel(bundle.path / files["training"], bundle.path / files["eval"],
+                                    bundle.path / files["optimizer"], checkpoint or bundle.path / files["checkpoint"],
+                                    device=device)
+
+    def train_step(self, head_feeds: list[np.ndarray], labels: np.ndarray) -> tuple[float, np.ndarray]:
+        loss, out = self.model.train_step(*head_feeds, labels)[:2]
+        return float(loss), out
+
+    def eval_step(self, head_feeds: list[np.ndarray], labels: np.ndarray) -> tuple[float, np.ndarray]:
+        loss, out = self.model.eval_step(*head_feeds, labels)[:2]
+        return float(loss), out
+
+    def set_learning_rate(self, lr: float) -> None:
+        self.model.set_learning_rate(lr)
+
+    def learning_rate(self) -> float:
+        return self.model.learning_rate()
+
+    def set_seed(self, seed: int) -> None:
+        ort().set_seed(int(seed))
+
+    def save_checkpoint(self, path: str | Path, include_optimizer_state: bool = True) -> None:
+        self.model.save_checkpoint(path, include_optimizer_state)
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        return self.model.parameters()
+
+    def export_inference(self, path: str | Path, output_names: Sequence[str]) -> None:
+        self.model.export_inference(path, output_names)
+
+
+def open_engine(name: str, bundle: Bundle, checkpoint: str | Path | None, providers: Sequence[str]) -> Engine:
+    if name == "portable":
+        return PortableEngine(bundle, checkpoint, providers)
+    return OrtTrainingEngine(bundle, checkpoint, device="cuda" if "CUDAExecutionProvider" in providers else "cpu")
