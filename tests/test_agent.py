@@ -203,6 +203,7 @@ def test_birth_retained_and_offline_on_sigterm_and_lwt_on_sigkill(broker, device
     birth = [b for b in col.of("status") if b["state"] == "online"][0]
     assert birth["reason"] == "birth" and birth["seq"] >= 1 and birth["dev"] == DEV and birth["hist"] is False
     assert col.wait(lambda: col.of("meta")) and "onnxruntime" in col.of("meta")[0]
+    assert "portable" in col.of("meta")[0]["engines"]  # the training engines this box can run
     assert col.send("ping")["status"] == "done"
     assert agent.stop(signal.SIGTERM) == 0
     assert col.wait(lambda: any(b["state"] == "offline" for b in col.of("status")))
@@ -268,6 +269,7 @@ MALFORMED = [
     ("train", {"bundle": "../mlp", "data": "blobs.npz"}, "path_outside_root"),
     ("train", {"bundle": "nope", "data": "blobs.npz"}, "unknown_bundle"),
     ("train", {"bundle": "mlp", "data": "blobs.npz", "wat": 1}, "bad_args"),
+    ("train", {"bundle": "mlp", "data": "blobs.npz", "engine": "tensorflow"}, "bad_args"),
     ("cancel", {"job": "j-unknown"}, "unknown_job"),
     ("rollback", {}, "rollback_refused"),
     ("deploy", {"url": "file:///x.tar.gz"}, "bad_args"),
