@@ -24,6 +24,27 @@ def save_optimized(model: onnx.ModelProto, path: Path) -> None:
         raise ExportError(f"ONNX Runtime cannot load the backbone graph: {exc}") from exc
     finally:
         raw.unlink(missing_ok=True)
+    _rename_inlined(path)
+
+
+_INLINED = "_inlfunc_"
+
+
+def _rename_inlined(path: Path) -> None:
+    """ORT names the tensors of function ops it inlines (HardSwish, …) ``_inlfunc_<op>_<var>``, the same for
+    every graph: in the personalized model (backbone + head) a head's HardSwish inlined at load time would
+    then redefine a backbone tensor. Give the backbone's its own prefix."""
+    model = onnx.load(str(path))
+    if not any(o.startswith(_INLINED) for n in model.graph.node for o in n.output):
+        return
+    rename = lambda name: "backbone" + name if name.startswith(_INLINED) else name  # noqa: E731
+    for node in model.graph.node:
+        node.input[:] = [rename(i) for i in node.input]
+        node.output[:] = [rename(o) for o in node.output]
+        node.name = rename(node.name)
+    for vi in model.graph.value_info:
+        vi.name = rename(vi.name)
+    onnx.save(model, str(path))
 
 
 def quantize_int8(src: Path, dst: Path, exclude_prefixes: tuple[str, ...] = (), conv: bool = False) -> dict[str, int]:

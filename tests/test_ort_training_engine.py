@@ -115,3 +115,16 @@ def test_cli_engine_ort_training_trains_resumes_and_reports_it(legacy_python, tm
     again = _run(legacy_python, *base, "-o", str(tmp_path / "r"), "--epochs", "6", "--resume", "--engine", "portable",
                  check=False)
     assert again.returncode == 1 and "trained with the ort-training engine" in again.stderr
+
+
+def test_bundle_from_a_plain_onnxruntime_host_loads_and_trains_on_onnxruntime_1_19(legacy_python, cnn_bundle):
+    """backbone.onnx, step.onnx and head.onnx written with onnx 1.2x / onnxruntime 1.3x (IR <= 10) load in
+    onnxruntime-training 1.19.2, where the portable engine trains them."""
+    proc = _run(legacy_python, "-c", (
+        "import sys; sys.path.insert(0, 'tests'); import numpy as np, onnxruntime; from conftest import random_feeds; "
+        "from ftedge.runtime import load_bundle; from ftedge.runtime.session import BundleSession; "
+        f"s = BundleSession(load_bundle({str(cnn_bundle)!r})); h = s.embed(random_feeds(s.bundle.inputs, 16)); "
+        "y = np.arange(16) % 4; s.set_learning_rate(0.05); losses = [s.train_step(h, y)[0] for _ in range(10)]; "
+        "print(onnxruntime.__version__, s.engine_name, losses[0], losses[-1]); assert losses[-1] < losses[0]"))
+    version, engine = proc.stdout.split()[:2]
+    assert version == "1.19.2" and engine == "portable"
