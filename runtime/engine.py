@@ -127,6 +127,8 @@ class PortableEngine:
         self.head = StepSession(bundle.path / files["head"], providers)
         self.lr = float(hyper.get("lr", 1e-3))
         self.rng = np.random.default_rng(0)
+        self._ones = np.ones(0, np.float32)
+        self._max_norm = np.array(self.max_grad_norm, np.float32)
         init = load_file(os.fspath(bundle.path / files["init"]))
         self.steps_done = 0
         values = {f"p:{k}": init[k] for k in self.params} | {f"b:{k}": init[k] for k in self.buffers}
@@ -166,11 +168,13 @@ class PortableEngine:
     def train_step(self, head_feeds: list[np.ndarray], labels: np.ndarray) -> tuple[float, np.ndarray]:
         feeds = self._batch(head_feeds, labels)
         n = len(labels)
-        feeds["weights"] = np.ones(n, np.float32)
+        if len(self._ones) != n:
+            self._ones = np.ones(n, np.float32)
+        feeds["weights"] = self._ones
         self.steps_done += 1
         feeds.update({"lr": np.array(self._step_size(self.steps_done), np.float32),
                       "lr_wd": np.array(np.float32(self.lr) * np.float32(self.weight_decay), np.float32),
-                      "max_grad_norm": np.array(self.max_grad_norm, np.float32)})
+                      "max_grad_norm": self._max_norm})
         for m in self.masks:  # inverted dropout, drawn from the engine's seeded generator
             shape = [n if d == "batch" else int(d) for d in m["shape"]]
             keep = 1.0 - float(m["ratio"])

@@ -62,6 +62,7 @@ def training_api() -> types.ModuleType:
         pkg.__path__ = list(spec.submodule_search_locations)
         pkg.__file__ = spec.origin
         pkg.__package__ = "onnxruntime.training"
+        pkg.__spec__ = spec
         sys.modules["onnxruntime.training"] = pkg
     try:
         return importlib.import_module("onnxruntime.training.api")
@@ -75,6 +76,8 @@ def has_training_api() -> bool:
         ort()
     except RuntimeBackendError:
         return False
+    if "onnxruntime.training" in sys.modules:  # training_api() registered its bare package (no __spec__)
+        return True
     return importlib.util.find_spec("onnxruntime.training") is not None
 
 

@@ -128,3 +128,17 @@ def test_bundle_from_a_plain_onnxruntime_host_loads_and_trains_on_onnxruntime_1_
         "print(onnxruntime.__version__, s.engine_name, losses[0], losses[-1]); assert losses[-1] < losses[0]"))
     version, engine = proc.stdout.split()[:2]
     assert version == "1.19.2" and engine == "portable"
+
+
+def test_one_process_trains_with_ort_training_then_portable(legacy_python, tmp_path):
+    """A long-lived agent on an onnxruntime-training box: after an ort-training job, engine resolution still works."""
+    data = _npz(tmp_path)
+    _run(legacy_python, "-m", "ftedge.cli", "export", f"{ZOO}:mlp", "-o", str(tmp_path / "b"), "--quiet",
+         "--input", "x:float32:1,20", "--engine", "all")
+    proc = _run(legacy_python, "-c", (
+        "from ftedge.runtime.trainer import TrainConfig, train; "
+        f"a = train({str(tmp_path / 'b')!r}, {str(data)!r}, {str(tmp_path / 'r1')!r}, "
+        "TrainConfig(epochs=2, engine='ort-training')); "
+        f"b = train({str(tmp_path / 'b')!r}, {str(data)!r}, {str(tmp_path / 'r2')!r}, TrainConfig(epochs=2)); "
+        "print(a['engine'], b['engine'])"))
+    assert proc.stdout.split()[-2:] == ["ort-training", "portable"]
