@@ -42,7 +42,6 @@ from ftedge.runtime.manifest import BATCH, TensorSpec
 
 log = logging.getLogger(__name__)
 
-OPTIMIZE = os.environ.get("FTEDGE_STEP_OPTIMIZE", "1") == "1"
 TRACE_BATCH = 17  # a batch size unlikely to equal another dimension (symbolic tracing unifies equal sizes)
 
 # What onnxruntime-training 1.19.2's generate_artifacts builds (onnxblock defaults: AdamW in adam_mode 1 with bias
@@ -51,8 +50,6 @@ OPTIMIZER_DEFAULTS = {
     "adamw": {"betas": [0.9, 0.999], "eps": 1e-6, "weight_decay": 0.0, "bias_correction": True, "max_grad_norm": 0.0},
     "sgd": {"momentum": 0.0, "weight_decay": 0.0, "max_grad_norm": 0.0},
 }
-
-ROLE_FILES = {"step": "portable/step.onnx", "head": "portable/head.onnx", "init": "portable/init.safetensors"}
 
 
 @dataclass
@@ -303,7 +300,7 @@ def build_step(head_model: onnx.ModelProto, head_inputs: list[TensorSpec], outpu
             warnings.simplefilter("ignore")
             logging.getLogger("torch.onnx").setLevel(logging.ERROR)
             program = torch.onnx.export(_Wrapped(gm), example, dynamo=True, input_names=in_names,
-                                        output_names=out_names, dynamic_shapes=(tuple(dyn),), optimize=OPTIMIZE,
+                                        output_names=out_names, dynamic_shapes=(tuple(dyn),), optimize=True,
                                         verbose=False, report=False)
             program.save(os.fspath(step_path))
     except Exception as exc:

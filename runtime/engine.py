@@ -20,7 +20,6 @@ from ftedge.runtime.ort_backend import StepSession, TrainableModel, has_training
 
 ENGINES = ("portable", "ort-training")
 ORT_TRAINING_ROLES = ("training", "eval", "optimizer", "checkpoint")
-PORTABLE_ROLES = ("step", "head", "init")
 
 
 class Engine(Protocol):
