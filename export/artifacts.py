@@ -17,6 +17,9 @@ from ftedge.runtime.ort_backend import ort
 
 # Ops ORT 1.19.2 has no gradient builder for (checked on the trainable path).
 NO_GRADIENT_OPS = {"InstanceNormalization", "GroupNormalization", "HardSwish", "CastLike"}
+# Its LSTMGrad / GRUGrad kernels run the forward direction only (lstm_io_utils.cc: "only supports the forward
+# direction for now"): a bidirectional or reverse recurrent layer fails when the artifacts load.
+FORWARD_ONLY_OPS = {"LSTM", "GRU", "RNN"}
 
 ROLE_FILES = {
     "training": "training_model.onnx",
@@ -43,6 +46,9 @@ def check_differentiable(model: onnx.ModelProto, trainable: list[str]) -> None:
             tainted.update(node.output)
             if node.op_type in NO_GRADIENT_OPS:
                 bad.append(f"{node.op_type} in module {_module_of(node)}")
+            direction = next((a.s.decode() for a in node.attribute if a.name == "direction"), "forward")
+            if node.op_type in FORWARD_ONLY_OPS and direction != "forward":
+                bad.append(f"{node.op_type} (direction={direction}) in module {_module_of(node)}")
     if bad:
         raise GradientError(
             "ONNX Runtime training has no gradient for: " + "; ".join(bad)
@@ -129,4 +135,25 @@ def build_artifacts(
     missing = [str(p) for p in paths.values() if not p.exists()]
     if missing:
         raise ExportError(f"ONNX Runtime did not write {', '.join(missing)}; re-run with --debug")
+    _fix_eval_batchnorm(paths["eval"])
     return paths
+
+
+def _fix_eval_batchnorm(path: Path) -> int:
+    """generate_artifacts turns a trainable (training-mode) BatchNormalization into ``training_mode=0`` in the eval
+    graph but keeps its running-statistics outputs, which opset 15+ forbids ("This number of op outputs should be 1
+    when Training_mode = False"): the eval graph would not load. Drop those (unused) outputs."""
+    model = onnx.load(os.fspath(path))
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    fixed = 0
+    for node in model.graph.node:
+        mode = next((a.i for a in node.attribute if a.name == "training_mode"), 0)
+        if node.op_type == "BatchNormalization" and not mode and len(node.output) > 1:
+            if any(o in used for o in node.output[1:]):
+                raise ExportError(f"the eval graph reads the running statistics of {node.name}; export with "
+                                  "--engine portable")
+            del node.output[1:]
+            fixed += 1
+    if fixed:
+        onnx.save(model, os.fspath(path))
+    return fixed

@@ -2,11 +2,17 @@
 
 The head is every node that depends on a trainable parameter; the backbone is
 everything that computes the head's other inputs. The tensors crossing the
-cut ("embeddings") must carry the batch on one axis so the device can run the
-backbone once per sample and cache the result; a crossing tensor without a
-batch axis (e.g. a ``Shape`` feeding a ``Reshape``) pulls its producer into
-the head until every crossing tensor does. Parameter-free constant subgraphs
-are copied to whichever side uses them.
+cut ("embeddings") are cached per sample on the device, so each must be a
+*per-sample* function of the inputs: carry the batch on one axis, and give
+the same values for a sample whether the backbone ran on it alone or in a
+batch with others (checked by running the graph on a batch and on its pieces).
+A crossing tensor that is not (a ``Shape`` feeding a ``Reshape``, the
+``arange(batch)`` row index of a decoder's last-token pooling) pulls its
+producer into the head until every crossing tensor is. Weight-free nodes the
+frozen part needs too (sequence-length arithmetic, rotary tables, masks) are
+then computed on both sides; a ``Shape`` pulled into the head reads an
+equally-shaped crossing tensor instead of caching one more tensor.
+Parameter-free constant subgraphs are copied to whichever side uses them.
 """
 
 from __future__ import annotations
@@ -49,8 +55,7 @@ def random_feeds(specs: list[TensorSpec], batch: int, seed: int = 0) -> dict[str
     return feeds
 
 
-def measure_tensors(model: onnx.ModelProto, specs: list[TensorSpec], names: list[str]) -> dict[int, dict[str, np.ndarray]]:
-    """Run ``model`` at batch sizes 2 and 3 with ``names`` exposed as outputs."""
+def _session(model: onnx.ModelProto, names: list[str]):  # noqa: ANN202
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     existing = {o.name for o in probe.graph.output}
@@ -58,12 +63,48 @@ def measure_tensors(model: onnx.ModelProto, specs: list[TensorSpec], names: list
     so = ort().SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort().GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort().InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ort().InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def measure_tensors(model: onnx.ModelProto, specs: list[TensorSpec], names: list[str]) -> dict[int, dict[str, np.ndarray]]:
+    """Run ``model`` at batch sizes 2 and 3 with ``names`` exposed as outputs."""
+    sess = _session(model, names)
     out: dict[int, dict[str, np.ndarray]] = {}
     for batch in (2, 3):
         values = sess.run(names, random_feeds(specs, batch, seed=batch))
         out[batch] = dict(zip(names, values))
     return out
+
+
+def not_per_sample(model: onnx.ModelProto, specs: list[TensorSpec], axes: dict[str, int]) -> set[str]:
+    """Tensors (name -> batch axis) whose values for a sample depend on the other samples of the batch.
+
+    Runs a batch of 3 whole and as pieces of 1 and 2 (the device embeds in chunks and caches per sample): a
+    per-sample tensor, concatenated over the pieces, equals the whole-batch one.
+    """
+    names = sorted(axes)
+    if not names:
+        return set()
+    sess = _session(model, names)
+    feeds = random_feeds(specs, 3, seed=11)
+    whole = dict(zip(names, sess.run(names, feeds)))
+    pieces = [dict(zip(names, sess.run(names, {k: v[sl] for k, v in feeds.items()})))
+              for sl in (slice(0, 1), slice(1, 3))]
+    bad = set()
+    for n in names:
+        try:
+            joined = np.concatenate([p[n] for p in pieces], axis=axes[n])
+        except ValueError:
+            bad.add(n)
+            continue
+        if joined.shape != whole[n].shape:
+            bad.add(n)
+            continue
+        a, b = joined.astype(np.float64), whole[n].astype(np.float64)
+        scale = max(1.0, float(np.nanmax(np.abs(b)))) if b.size else 1.0  # relative to the tensor's own scale
+        if b.size and not (np.nanmax(np.abs(a - b)) <= 1e-4 * scale and np.array_equal(np.isnan(a), np.isnan(b))):
+            bad.add(n)
+    return bad
 
 
 def _batch_axis(a: np.ndarray, b: np.ndarray) -> int | None:
@@ -77,6 +118,7 @@ def _batch_axis(a: np.ndarray, b: np.ndarray) -> int | None:
 
 def split_graph(model: onnx.ModelProto, trainable: list[str], inputs: list[TensorSpec]) -> Split | None:
     """Cut ``model`` at the first trainable parameter; ``None`` when nothing is left to freeze."""
+    model = _merge_duplicates(model)
     graph = model.graph
     nodes = list(graph.node)
     inits = {i.name: i for i in graph.initializer}
@@ -111,23 +153,50 @@ def split_graph(model: onnx.ModelProto, trainable: list[str], inputs: list[Tenso
         return seen
 
     shapes = measure_tensors(model, inputs, sorted({o for n in nodes for o in n.output if o and o in input_dep}))
+    axes = {t: ax for t in shapes[2] if (ax := _batch_axis(shapes[2][t], shapes[3][t])) is not None}
+    shared = not_per_sample(model, inputs, axes)  # batch-aligned, but mixes samples: never cached
+    trained = set(head)  # nodes that use a trainable parameter: the backbone must not need any of them
+    shape_src: dict[int, str] = {}  # a Shape node pulled into the head -> the crossing tensor it reads instead
+
+    def node_inputs(idx: int) -> list[str]:
+        ins = list(nodes[idx].input)
+        if idx in shape_src:
+            ins[0] = shape_src[idx]
+        return ins
+
+    def same_shape(a: str, b: str) -> bool:
+        return all(shapes[k][a].shape == shapes[k][b].shape for k in (2, 3)) if a in shapes[2] and b in shapes[2] \
+            else False
+
     while True:
-        head_all = head | static_closure({producer[i] for idx in head for i in nodes[idx].input if i in producer and producer[i] in static})
+        head_all = head | static_closure({producer[i] for idx in head for i in node_inputs(idx)
+                                          if i in producer and producer[i] in static})
         boundary: list[str] = []
         for idx in sorted(head_all):
-            for i in nodes[idx].input:
+            for i in node_inputs(idx):
                 if not i or i in inits or i in boundary:
                     continue
                 if i in producer and producer[i] in head_all:
                     continue
                 boundary.append(i)
-        movers = [producer[t] for t in boundary if t in producer and _batch_axis(shapes[2][t], shapes[3][t]) is None]
+        crossing_ok = [t for t in boundary if t in input_names or (t in axes and t not in shared)]
+        movers = [producer[t] for t in boundary if t in producer and (t not in axes or t in shared)]
         # A pure layout op over another crossing tensor would only cache the same values twice.
         movers += [
             producer[t] for t in boundary
             if t in producer and nodes[producer[t]].op_type in _LAYOUT_OPS and nodes[producer[t]].input[0] in boundary
         ]
-        if not movers:
+        # A tensor crossing only to have its shape read: read an equally-shaped crossing tensor's shape instead.
+        readers = {t: [idx for idx in head_all if t in node_inputs(idx)] for t in boundary if t not in input_names}
+        shape_only = {t for t, users in readers.items() if users and all(nodes[u].op_type == "Shape" for u in users)}
+        substituted = False
+        for t in sorted(shape_only):
+            alt = next((u for u in crossing_ok if u in readers and u not in shape_only and same_shape(u, t)), None)
+            if alt is not None:
+                shape_src.update({u: alt for u in readers[t]})
+                substituted = True
+        movers = [m for m in movers if m not in head]
+        if not movers and not substituted:
             break
         head.update(movers)
 
@@ -158,19 +227,22 @@ def split_graph(model: onnx.ModelProto, trainable: list[str], inputs: list[Tenso
             continue
         need.add(idx)
         todo.extend(producer[i] for i in nodes[idx].input if i in producer)
-    if need & head:
-        raise ExportError("internal: backbone and head overlap; export with --no-split")
+    if need & trained:
+        raise ExportError("internal: the frozen backbone needs a tensor computed from trainable parameters; "
+                          "export with --no-split")
 
     def build(node_ids: set[int], g_inputs, g_outputs, name: str, extra: list[onnx.NodeProto]) -> onnx.ModelProto:
         chosen = []
         for idx in sorted(node_ids):
             dst = onnx.NodeProto()
             dst.CopyFrom(nodes[idx])
+            if name == "head" and idx in shape_src:
+                dst.input[0] = shape_src[idx]
             for j, v in enumerate(dst.input):
                 if v in renames and name == "head":
                     dst.input[j] = renames[v]
             chosen.append(dst)
-        chosen.extend(extra)
+        chosen = _topological(chosen + extra)
         used = {i for n in chosen for i in n.input}
         g = helper.make_graph(chosen, name, g_inputs, g_outputs, [inits[i] for i in inits if i in used])
         m = helper.make_model(g, opset_imports=model.opset_import, ir_version=model.ir_version)
@@ -194,6 +266,60 @@ def split_graph(model: onnx.ModelProto, trainable: list[str], inputs: list[Tenso
         [],
     )
     return Split(backbone=backbone, head=head_model, head_inputs=head_inputs)
+
+
+def _merge_duplicates(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` where a node computing exactly what an earlier one computes (same op, inputs and
+    attributes; e.g. the two ``Cast`` of an RMSNorm input) is dropped and its readers read the earlier one's
+    output, so the cut does not cache one tensor twice. Random ops are never merged."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph_outputs = {o.name for o in out.graph.output}
+    seen: dict[tuple, list[str]] = {}
+    alias: dict[str, str] = {}
+    kept: list[onnx.NodeProto] = []
+    for node in out.graph.node:
+        for j, name in enumerate(node.input):
+            if name in alias:
+                node.input[j] = alias[name]
+        key = (node.domain, node.op_type, tuple(node.input),
+               tuple(a.SerializeToString() for a in sorted(node.attribute, key=lambda a: a.name)))
+        random = node.op_type.startswith("Random") or node.op_type in ("Dropout", "Multinomial", "Bernoulli")
+        if not random and key in seen and len(seen[key]) == len(node.output) \
+                and not graph_outputs.intersection(node.output):
+            alias.update({o: e for o, e in zip(node.output, seen[key]) if o})
+            continue
+        if not random:
+            seen.setdefault(key, list(node.output))
+        kept.append(node)
+    if alias:
+        del out.graph.node[:]
+        out.graph.node.extend(kept)
+    return out
+
+
+def _topological(chosen: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """``chosen`` reordered so every node follows the producers of its inputs (stable otherwise)."""
+    made = {o: k for k, n in enumerate(chosen) for o in n.output if o}
+    done: set[int] = set()
+    order: list[onnx.NodeProto] = []
+
+    def visit(k: int) -> None:
+        stack = [(k, False)]
+        while stack:
+            j, expanded = stack.pop()
+            if j in done:
+                continue
+            if expanded:
+                done.add(j)
+                order.append(chosen[j])
+                continue
+            stack.append((j, True))
+            stack.extend((made[i], False) for i in reversed(chosen[j].input) if i in made and made[i] not in done)
+
+    for k in range(len(chosen)):
+        visit(k)
+    return order
 
 
 def _sym(shape: list) -> list:

@@ -16,6 +16,15 @@ from ftedge.runtime.manifest import TensorSpec
 from ftedge.runtime.ort_backend import InferenceModel
 
 BATCH_SIZES = (2, 5)
+CHUNK = 2  # the largest batch also runs its backbone in chunks of this many samples
+
+
+def onnx_forward_inputs(feeds: dict[str, np.ndarray], head_inputs: list[TensorSpec],
+                        backbone: InferenceModel | None) -> dict[str, np.ndarray]:
+    values = dict(feeds)
+    if backbone is not None:
+        values.update(backbone.run(feeds))
+    return {s.name: values[s.name] for s in head_inputs}
 
 
 def onnx_forward(
@@ -23,12 +32,17 @@ def onnx_forward(
     head_inputs: list[TensorSpec],
     head_infer: InferenceModel,
     backbone: InferenceModel | None,
+    chunk: int = 0,
 ) -> np.ndarray:
-    """Backbone (if split) then head; the device runs exactly this chain."""
-    values = dict(feeds)
-    if backbone is not None:
-        values.update(backbone.run(feeds))
-    head_feeds = {s.name: values[s.name] for s in head_inputs}
+    """Backbone (if split) then head; the device runs exactly this chain. ``chunk``: run the backbone on pieces of
+    that many samples and the head on their concatenation (the embedding cache's path)."""
+    if backbone is not None and chunk:  # as the device embeds: in pieces, concatenated on each batch axis
+        n = len(next(iter(feeds.values())))
+        parts = [onnx_forward_inputs({k: v[i:i + chunk] for k, v in feeds.items()}, head_inputs, backbone)
+                 for i in range(0, n, chunk)]
+        head_feeds = {s.name: np.concatenate([p[s.name] for p in parts], axis=s.batch_axis or 0) for s in head_inputs}
+    else:
+        head_feeds = onnx_forward_inputs(feeds, head_inputs, backbone)
     return next(iter(head_infer.run(head_feeds).values()))
 
 
@@ -52,6 +66,7 @@ def check_parity(
     """
     wrapper.eval()
     results: dict[str, float] = {}
+    chunked: dict[str, float] = {}
     failures: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         models = {}
@@ -80,6 +95,19 @@ def check_parity(
                 results[key] = diff
                 if label == "fp32" and not diff <= tolerance:
                     failures.append({"output": key, "max_abs_diff": diff, "tolerance": tolerance})
+                if backbone is not None and label == "fp32" and batch == max(BATCH_SIZES):
+                    # Cached embeddings are computed in chunks: the head must see the same per-sample tensors.
+                    ckey = f"{key[:-1]},chunks={CHUNK}]"
+                    try:
+                        got = onnx_forward(feeds, head_inputs, head, backbone, chunk=CHUNK).astype(np.float32)
+                    except Exception as exc:  # e.g. a cached row index out of range: the case this check exists for
+                        failures.append({"output": ckey, "error": f"the head fails on chunked embeddings: "
+                                                                  f"{str(exc).strip().splitlines()[-1][:300]}"})
+                        continue
+                    diff = float(np.max(np.abs(got - ref))) if got.shape == ref.shape else float("inf")
+                    chunked[ckey] = diff
+                    if not diff <= tolerance:
+                        failures.append({"output": ckey, "max_abs_diff": diff, "tolerance": tolerance})
     if failures:
         lines = "; ".join(
             f"{f['output']}: " + (f["error"] if "error" in f else f"max abs diff {f['max_abs_diff']:.3g} > {f['tolerance']:.1g}")
@@ -87,7 +115,11 @@ def check_parity(
         )
         raise ParityError(
             f"exported graphs disagree with PyTorch on {len(failures)} output(s): {lines}. "
-            "Check for ops that behave differently in eval mode, raise --tolerance, or pass --skip-parity",
+            + ("A ',chunks=' output means the backbone's output for a sample depends on the other samples of its "
+               "batch, so cached embeddings would be wrong: export with --no-split. " if any(
+                   ",chunks=" in f["output"] for f in failures) else "")
+            + "Check for ops that behave differently in eval mode, raise --tolerance, or pass --skip-parity",
             failures,
         )
-    return {"max_abs_diff": results, "tolerance": tolerance, "batch_sizes": list(BATCH_SIZES), "reference": "pytorch eval mode"}
+    return {"max_abs_diff": results, "chunked_max_abs_diff": chunked, "tolerance": tolerance,
+            "batch_sizes": list(BATCH_SIZES), "chunk": CHUNK, "reference": "pytorch eval mode"}

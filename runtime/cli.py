@@ -192,6 +192,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
             print("confusion matrix (rows: truth, columns: prediction)")
             for row in result["confusion_matrix"]:
                 print("  " + " ".join(f"{v:5d}" for v in row))
+        if result.get("top_confusions"):
+            print(f"most frequent confusions (of {len(result['per_class'])} classes seen)")
+            for c in result["top_confusions"]:
+                print(f"  {c['truth']:16s} -> {c['predicted']:16s} {c['count']:5d}")
     else:
         print(f"MAE {result['mae']:.4f}   RMSE {result['rmse']:.4f}")
     return 0

@@ -190,7 +190,9 @@ class Trainer:
             outs.append(out)
         outputs = np.concatenate(outs)
         result = {"loss": float(sum(losses) / len(idx))}
-        result.update(M.task_metrics(self.bundle.loss, outputs, self.data.targets[idx], self.data.label_names))
+        # Compact (no per-class counts or confusions): it lands in state.json every epoch and in result.json.
+        result.update(M.task_metrics(self.bundle.loss, outputs, self.data.targets[idx], self.data.label_names,
+                                     detail=False))
         return result
 
     # ---- the loop -------------------------------------------------------------------------------

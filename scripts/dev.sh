@@ -19,7 +19,7 @@ TORCH_PIN=torch==2.13.0                   # CPU build; an unpinned torch pulls a
 # The legacy venv's packages, given explicitly (ftedge itself goes in with --no-deps): exactly one
 # package providing the `onnxruntime` module per venv, and here it is onnxruntime-training-cpu.
 LEGACY_DEPS=(onnxruntime-training-cpu==1.19.2 onnx==1.17.0 onnxscript numpy tqdm safetensors cryptography
-             tokenizers pillow soxr paho-mqtt pytest)
+             tokenizers pillow soxr paho-mqtt pytest "transformers>=4.40")
 
 log() { printf '\033[1m[ftedge]\033[0m %s\n' "$*" >&2; }
 

@@ -49,31 +49,65 @@ def smoke_train(bundle_path: Path, steps: int = 5, batch: int = 16) -> tuple[flo
     return before, session.eval_step(head, y)[0]
 
 
-@pytest.fixture(scope="session")
-def family_bundle(tmp_path_factory: pytest.TempPathFactory):
-    """``family_bundle(name)`` -> the bundle of a zoo family (FAMILIES or PORTABLE_ONLY), exported once per session.
-    Shared: tests must not modify it (copy it first)."""
+_FARM: dict = {}
+
+
+def _zoo_specs(names: set[str]) -> dict[str, tuple[Path, str, list[str]]]:
+    """Bundle name -> (zoo file, factory, export args) for the zoo fixtures the collected tests use."""
     from zoo import PORTABLE_ONLY
 
-    root = tmp_path_factory.mktemp("families")
-    made: dict[str, Path] = {}
+    specs: dict[str, tuple[Path, str, list[str]]] = {}
+    if names & {"family_bundle", "cnn_bundle"}:
+        specs.update({n: (ZOO, m, a) for n, (m, a) in {**FAMILIES, **PORTABLE_ONLY}.items()})
+    if "wide_bundles" in names:
+        from zoo_wide import WIDE
 
-    def get(name: str) -> Path:
-        if name not in made:
-            model, args = {**FAMILIES, **PORTABLE_ONLY}[name]
-            export(f"{ZOO}:{model}", root / name, *args)
-            made[name] = root / name
-        return made[name]
+        specs.update({f"wide-{n}": (ROOT / "tests" / "zoo_wide.py", m, a) for n, (m, a) in WIDE.items()})
+    return specs
 
-    return get
+
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection
+def pytest_collection_modifyitems(session, config, items):  # noqa: ANN001
+    """Start exporting, in the background, every zoo bundle the collected tests will ask for (tests/bundle_farm.py)."""
+    import tempfile
+
+    from bundle_farm import BundleFarm
+
+    specs = _zoo_specs({f for item in items for f in getattr(item, "fixturenames", ())})
+    if specs and "farm" not in _FARM:
+        root = Path(tempfile.mkdtemp(prefix="ftedge-zoo-"))
+        _FARM["farm"] = BundleFarm(root, specs, workers=max(1, (os.cpu_count() or 2) - 1))
+
+
+def pytest_sessionfinish(session, exitstatus):  # noqa: ANN001
+    import shutil
+
+    farm = _FARM.pop("farm", None)
+    if farm is not None:
+        farm.close()
+        shutil.rmtree(farm.root, ignore_errors=True)
+
+
+def zoo_bundle(name: str) -> Path:
+    """The bundle ``name`` from the background exports (asserting its export succeeded). Shared: copy before
+    modifying it."""
+    farm = _FARM.get("farm")
+    assert farm is not None and name in farm.specs, f"{name}: not among the collected tests' zoo bundles"
+    proc = farm.get(name)
+    assert proc.returncode == 0, f"exporting {name} failed:\n{proc.stderr[-3000:]}"
+    return farm.root / name
 
 
 @pytest.fixture(scope="session")
-def cnn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bundles") / "kws"
-    model, args = FAMILIES["cnn-batchnorm-depthwise"]
-    export(f"{ZOO}:{model}", out, *args)
-    return out
+def family_bundle():
+    """``family_bundle(name)`` -> the bundle of a zoo family (FAMILIES or PORTABLE_ONLY), exported once per session.
+    Shared: tests must not modify it (copy it first)."""
+    return zoo_bundle
+
+
+@pytest.fixture(scope="session")
+def cnn_bundle() -> Path:
+    return zoo_bundle("cnn-batchnorm-depthwise")
 
 
 def _in_ci() -> bool:

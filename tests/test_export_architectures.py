@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
 from conftest import FAMILIES, ZOO, export, random_feeds, smoke_train
+from ftedge.cli import main
 from ftedge.runtime import load_bundle
 from ftedge.runtime.session import BundleSession
 
@@ -162,3 +164,48 @@ def test_head_dropout_trains_and_never_reaches_the_cached_backbone(cnn_bundle):
     session.set_learning_rate(0.0)
     t = session.train_step(head, y)[1]
     assert np.abs(t - a).max() > 1e-3  # training: dropout active
+
+
+def _chunked_training_runs(bundle_path: Path, tmp_path: Path, n: int = 70) -> dict:
+    bundle = load_bundle(bundle_path)
+    data = tmp_path / "d.npz"
+    np.savez(data, labels=np.random.default_rng(0).integers(0, len(bundle.labels), n),
+             **random_feeds(bundle.inputs, n, seed=4))  # SYNTHETIC
+    run = tmp_path / "run"
+    assert main(["train", str(bundle_path), "--data", str(data), "-o", str(run), "--epochs", "2", "--batch-size", "16",
+                 "--embed-batch-size", "16", "--quiet"]) == 0
+    return json.loads((run / "result.json").read_text())
+
+
+def test_last_token_row_index_is_not_cached_as_an_embedding(tmp_path):
+    """arange(batch) (decoder last-token pooling) crossed the cut: cached in chunks of 64, later batches indexed
+    rows that do not exist ("Gather ... indices element out of data bounds")."""
+    manifest = export(f"{ZOO}:last_token_pooling", tmp_path / "b", "--input", "tokens:int64:1,6:0-20")
+    assert manifest["layout"] == "split"
+    chunked = manifest["parity"]["chunked_max_abs_diff"]
+    assert len(chunked) == 1 and max(chunked.values()) <= 1e-4
+    crossing = [s["meta"].get("tensor", s["name"]) for s in manifest["head_inputs"]]
+    assert not [t for t in crossing if "Range" in t], crossing  # the row index is recomputed in the head
+    assert _chunked_training_runs(tmp_path / "b", tmp_path)["status"] == "succeeded"
+
+
+def test_a_frozen_op_mixing_samples_moves_into_the_head(tmp_path):
+    """A backbone output that depends on the other samples of the batch cannot be cached per sample."""
+    manifest = export(f"{ZOO}:batch_centered", tmp_path / "b", "--input", "x:float32:1,6")
+    assert manifest["layout"] == "split"
+    assert max(manifest["parity"]["chunked_max_abs_diff"].values()) <= 1e-4
+    head = onnx.load(str(tmp_path / "b" / "portable" / "head.onnx"))
+    assert "ReduceMean" in {n.op_type for n in head.graph.node}  # the batch mean is taken in the head
+    assert _chunked_training_runs(tmp_path / "b", tmp_path)["status"] == "succeeded"
+
+
+def test_export_check_refuses_a_cut_whose_embedding_mixes_samples(tmp_path, monkeypatch, capsys):
+    """The second line of defence: were the split to miss a sample-mixing tensor, parity on embeddings computed in
+    chunks catches it and the export is refused."""
+    import ftedge.export.graph_split as gs
+
+    monkeypatch.setattr(gs, "not_per_sample", lambda *a, **k: set())
+    rc = main(["export", f"{ZOO}:batch_centered", "-o", str(tmp_path / "b"), "--quiet", "--input", "x:float32:1,6"])
+    err = capsys.readouterr().err
+    assert rc != 0 and ",chunks=2]" in err and "--no-split" in err, err
+    assert not (tmp_path / "b").exists()

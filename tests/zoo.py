@@ -251,6 +251,65 @@ def mobilenet_v3_block() -> nn.Module:
     return _seeded(MobileNetV3Block)
 
 
+class LastTokenPooling(nn.Module):
+    """Decoder-style classifier: scores every token and keeps the last non-pad one, indexing rows with
+    ``arange(batch)`` as Hugging Face's *ForSequenceClassification decoders do (that index is batch-shaped but not
+    a per-sample value: it must never be cached as an embedding)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 8)
+        self.body = nn.Linear(8, 8)
+        self.score = nn.Linear(8, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        logits = self.score(torch.tanh(self.body(self.embed(tokens))))
+        last = (tokens != 0).sum(1) - 1
+        return logits[torch.arange(tokens.shape[0]), last]
+
+
+class BatchCentered(nn.Module):
+    """Frozen features centred on their batch mean: each sample's value depends on the others in its batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(6, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.body(x))
+        return self.head(h - h.mean(0, keepdim=True))
+
+
+def last_token_pooling() -> nn.Module:
+    return _seeded(LastTokenPooling)
+
+
+def batch_centered() -> nn.Module:
+    return _seeded(BatchCentered)
+
+
+class BiRecurrent(nn.Module):
+    """Two-layer bidirectional LSTM or GRU; only the top layer trains (onnxruntime-training has no gradient for a
+    bidirectional recurrent layer: only the portable engine trains it)."""
+
+    def __init__(self, cell: str = "lstm") -> None:
+        super().__init__()
+        self.rnn = (nn.LSTM if cell == "lstm" else nn.GRU)(6, 12, num_layers=2, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(24, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0].mean(1))
+
+
+def bilstm() -> nn.Module:
+    return _seeded(BiRecurrent, "lstm")
+
+
+def bigru() -> nn.Module:
+    return _seeded(BiRecurrent, "gru")
+
+
 # Every architecture family the exporter must handle: (id, MODEL, extra CLI args).
 FAMILIES = {
     "cnn-batchnorm-depthwise": ("cnn", ["--input", "x:float32:1,101,40", "--head", "classifier",
@@ -273,6 +332,8 @@ PORTABLE_ONLY = {
                                              "--trainable", r"^(conv1|norm1|head)\."]),
     "hardswish-block": ("mobilenet_v3_block", ["--input", "x:float32:1,3,16,16",
                                                "--trainable", r"^(expand|depthwise|se_|project|head)"]),
+    "bilstm-top-layer": ("bilstm", ["--input", "x:float32:1,5,6", "--trainable", r"^rnn\..*_l1", "--trainable", "^head"]),
+    "bigru-top-layer": ("bigru", ["--input", "x:float32:1,5,6", "--trainable", r"^rnn\..*_l1", "--trainable", "^head"]),
 }
 
 
