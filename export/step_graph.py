@@ -160,36 +160,6 @@ def _batch_symbolic(example: tuple, axes: list[int | None]) -> list[torch.Tensor
     return out
 
 
-def _optimize(model: Any) -> None:
-    """onnxscript's default optimization minus its pattern rewriter and fusions: constant folding, dead code and
-    common subexpressions. The rewriter's matching grows with the graph (37 of 76 s of an unrolled bidirectional
-    GRU's export) while onnxruntime's own graph optimizations at session creation do the same rewrites."""
-    import onnx_ir as ir
-    import onnx_ir.passes.common as common
-    from onnxscript.optimizer import _constant_folding
-
-    if os.environ.get("FTEDGE_STEP_REWRITER") == "1":  # the full onnxscript optimizer, for comparison (bench/)
-        from onnxscript._framework_apis.torch_2_8 import optimize
-
-        optimize(model)
-        return
-    ir.passes.Sequential(
-        common.InlinePass(),
-        ir.passes.PassManager([_constant_folding.FoldConstantsPass(shape_inference=True,
-                                                                   input_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
-                                                                   output_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT),
-                               common.RemoveUnusedNodesPass(), common.RemoveUnusedFunctionsPass(),
-                               common.RemoveUnusedOpsetsPass()], steps=2, early_stop=True),
-        common.RemoveUnusedNodesPass(),
-        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
-        common.LiftSubgraphInitializersToMainGraphPass(),
-        common.DeduplicateInitializersPass(),
-        common.CommonSubexpressionEliminationPass(),
-        common.OutputFixPass(),
-        common.NameFixPass(),
-    )(model)
-
-
 class _Wrapped(torch.nn.Module):
     def __init__(self, gm: torch.nn.Module) -> None:
         super().__init__()
@@ -330,9 +300,8 @@ def build_step(head_model: onnx.ModelProto, head_inputs: list[TensorSpec], outpu
             warnings.simplefilter("ignore")
             logging.getLogger("torch.onnx").setLevel(logging.ERROR)
             program = torch.onnx.export(_Wrapped(gm), example, dynamo=True, input_names=in_names,
-                                        output_names=out_names, dynamic_shapes=(tuple(dyn),), optimize=False,
+                                        output_names=out_names, dynamic_shapes=(tuple(dyn),), optimize=True,
                                         verbose=False, report=False)
-            _optimize(program.model)
             program.save(os.fspath(step_path))
     except Exception as exc:
         cause = exc.__cause__ or exc

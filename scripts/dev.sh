@@ -150,7 +150,7 @@ case "$cmd" in
     if [ "${FTEDGE_RIGS_SETUP:-1}" != 0 ]; then rigs; else log "FTEDGE_RIGS_SETUP=0: no rigs (their tests skip, or fail under CI)"; fi
     export FTEDGE_DEVICE_PYTHON="$PWD/$DEVICE_VENV/bin/python"
     set +e
-    "$VENV/bin/python" -m pytest "$@"
+    "$VENV/bin/python" -m pytest --durations=25 "$@"
     rc=$?
     # pytest exit 5 = no tests collected: that is a failure, never a pass.
     [ "$rc" -eq 5 ] && { log "error: pytest collected no tests"; exit 1; }
