@@ -1,0 +1,112 @@
+"""Export coverage: export and train every wide-zoo family (tests/zoo_wide.py, plus the bidirectional LSTM/GRU
+top layers of tests/zoo.py) with the CLI, as a new user would; prints one line per family and the pass counts.
+
+Each family runs in a process of its own with a time limit: `ftedge export` (default engine), then
+`ftedge train` on 90 SYNTHETIC samples (random inputs and labels; 3 epochs, batch 32, embedding in chunks of 64),
+per engine the bundle carries. Reproduce (repo root):
+
+    .venv/bin/python bench/zoo_coverage.py                    # host venv: the portable engine
+    .venv-legacy/bin/python bench/zoo_coverage.py --engine all # with onnxruntime-training: both engines
+    .venv/bin/python bench/zoo_coverage.py --families gpt2,llama-last --json
+
+Against an older ftedge (the "before" counts of BENCHMARKS.md): `git worktree add /tmp/old <commit>`,
+`pip install --no-deps --target /tmp/oldpkg /tmp/old`, then run with `PYTHONPATH=/tmp/oldpkg`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = ROOT / "tests"
+
+
+def one(family: str, work: Path, engine: str) -> dict:
+    """Export + train ``family`` in this process (called in a child: ``--one``)."""
+    import contextlib
+    import io
+
+    import numpy as np
+
+    sys.path.insert(0, str(TESTS))
+    from conftest import random_targets
+    from zoo import PORTABLE_ONLY
+    from zoo_wide import WIDE
+
+    from ftedge.cli import main
+    from ftedge.export.graph_split import random_feeds
+    from ftedge.runtime import load_bundle
+
+    model, args = WIDE[family] if family in WIDE else PORTABLE_ONLY[family]
+    zoo = TESTS / ("zoo_wide.py" if family in WIDE else "zoo.py")
+    rec: dict = {"family": family}
+    err = io.StringIO()
+    t = time.perf_counter()
+    with contextlib.redirect_stderr(err):
+        rc = main(["export", f"{zoo}:{model}", "-o", str(work / family), "--quiet", "--engine", engine, *args])
+    rec["export_s"] = round(time.perf_counter() - t, 1)
+    if rc:
+        rec["export_error"] = (err.getvalue().strip().splitlines() or [""])[-1][:300]
+        return rec
+    bundle = load_bundle(work / family)
+    rec["engines"] = sorted(bundle.manifest["engines"])
+    np.savez(work / f"{family}.npz", labels=random_targets(bundle, 90, seed=0), **random_feeds(bundle.inputs, 90, seed=3))
+    for eng in rec["engines"]:
+        err = io.StringIO()
+        t = time.perf_counter()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            rc = main(["train", str(work / family), "--data", str(work / f"{family}.npz"), "-o",
+                       str(work / f"{family}-{eng}"), "--epochs", "3", "--quiet", "--engine", eng])
+        rec[f"train_{eng}_s"] = round(time.perf_counter() - t, 1)
+        if rc:
+            rec[f"train_{eng}_error"] = (err.getvalue().strip().splitlines() or [""])[-1][:300]
+    return rec
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--families", help="comma-separated (default: all)")
+    ap.add_argument("--engine", default="auto", help="export --engine (auto, portable, ort-training, all)")
+    ap.add_argument("--timeout", type=float, default=300, help="seconds per family (export + training)")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--one", nargs=2, metavar=("FAMILY", "WORKDIR"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one[0], Path(args.one[1]), args.engine)))
+        return
+    sys.path.insert(0, str(TESTS))
+    from zoo_wide import WIDE
+
+    families = args.families.split(",") if args.families else [*WIDE, "bilstm-top-layer", "bigru-top-layer"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for family in families:
+            try:
+                p = subprocess.run([sys.executable, __file__, "--engine", args.engine, "--one", family, tmp],
+                                   capture_output=True, text=True, timeout=args.timeout, cwd=ROOT)
+                lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+                rec = json.loads(lines[-1]) if lines else {"family": family, "crash": p.stderr[-300:]}
+            except subprocess.TimeoutExpired:
+                rec = {"family": family, "timeout_s": args.timeout}
+            rows.append(rec)
+            trained = [k for k in rec if k.startswith("train_") and k.endswith("_s")]
+            errors = {k: v for k, v in rec.items() if k.endswith("error") or k in ("crash", "timeout_s")}
+            print(f"{family:26s} export {rec.get('export_s', '-')!s:>6} s  "
+                  + "  ".join(f"{k[6:-2]} {rec[k]} s" for k in trained)
+                  + (f"  FAILED {errors}" if errors else ""), flush=True)
+    exported = [r for r in rows if "export_s" in r and "export_error" not in r]
+    ok = [r for r in exported if r.get("engines") and not any(k.endswith("_error") for k in r)]
+    print(f"export passed {len(exported)}/{len(rows)}, training passed {len(ok)}/{len(rows)} (every engine the "
+          "bundle carries)")
+    if args.json:
+        print(json.dumps({"engine": args.engine, "families": rows}))
+
+
+if __name__ == "__main__":
+    main()
