@@ -27,6 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
 
 
+def _error(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.startswith("error:")] or text.strip().splitlines() or [""]
+    return lines[-1][:300]
+
+
 def one(family: str, work: Path, engine: str) -> dict:
     """Export + train ``family`` in this process (called in a child: ``--one``)."""
     import contextlib
@@ -52,7 +57,7 @@ def one(family: str, work: Path, engine: str) -> dict:
         rc = main(["export", f"{zoo}:{model}", "-o", str(work / family), "--quiet", "--engine", engine, *args])
     rec["export_s"] = round(time.perf_counter() - t, 1)
     if rc:
-        rec["export_error"] = (err.getvalue().strip().splitlines() or [""])[-1][:300]
+        rec["export_error"] = _error(err.getvalue())
         return rec
     bundle = load_bundle(work / family)
     rec["engines"] = sorted(bundle.manifest["engines"])
@@ -65,7 +70,7 @@ def one(family: str, work: Path, engine: str) -> dict:
                        str(work / f"{family}-{eng}"), "--epochs", "3", "--quiet", "--engine", eng])
         rec[f"train_{eng}_s"] = round(time.perf_counter() - t, 1)
         if rc:
-            rec[f"train_{eng}_error"] = (err.getvalue().strip().splitlines() or [""])[-1][:300]
+            rec[f"train_{eng}_error"] = _error(err.getvalue())
     return rec
 
 
