@@ -285,9 +285,11 @@ def _merge_duplicates(model: onnx.ModelProto) -> onnx.ModelProto:
         key = (node.domain, node.op_type, tuple(node.input),
                tuple(a.SerializeToString() for a in sorted(node.attribute, key=lambda a: a.name)))
         random = node.op_type.startswith("Random") or node.op_type in ("Dropout", "Multinomial", "Bernoulli")
-        if not random and key in seen and len(seen[key]) == len(node.output) \
+        earlier = seen.get(key)
+        if not random and earlier is not None and len(earlier) == len(node.output) \
+                and all(e or not o for o, e in zip(node.output, earlier)) \
                 and not graph_outputs.intersection(node.output):
-            alias.update({o: e for o, e in zip(node.output, seen[key]) if o})
+            alias.update({o: e for o, e in zip(node.output, earlier) if o})
             continue
         if not random:
             seen.setdefault(key, list(node.output))
