@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
 
 class BundleFarm:
-    def __init__(self, root: Path, specs: dict[str, tuple[Path, str, list[str], str]], workers: int) -> None:
-        """``specs``: bundle name -> (zoo file, factory, export args, Python interpreter running the export)."""
+    def __init__(self, root: Path, specs: dict[str, tuple[Path, str, list[str]]], workers: int) -> None:
+        """``specs``: bundle name -> (zoo file, factory, export args)."""
         self.root, self.specs = root, specs
         self.pending = list(specs)
         self.results: dict[str, subprocess.CompletedProcess] = {}
@@ -35,8 +36,8 @@ class BundleFarm:
                 if self.closed or not self.pending:
                     return
                 name = self.pending.pop(0)
-                zoo, model, args, python = self.specs[name]
-                cmd = [python, "-m", "ftedge.cli", "export", f"{zoo}:{model}", "-o", str(self.root / name),
+                zoo, model, args = self.specs[name]
+                cmd = [sys.executable, "-m", "ftedge.cli", "export", f"{zoo}:{model}", "-o", str(self.root / name),
                        "--quiet", *args]
                 proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
                 self.running[name] = proc

@@ -52,22 +52,17 @@ def smoke_train(bundle_path: Path, steps: int = 5, batch: int = 16) -> tuple[flo
 _FARM: dict = {}
 
 
-def _zoo_specs(names: set[str]) -> dict[str, tuple[Path, str, list[str], str]]:
-    """Bundle name -> (zoo file, factory, export args, interpreter) for the zoo fixtures the collected tests use."""
-    import sys
-
+def _zoo_specs(names: set[str]) -> dict[str, tuple[Path, str, list[str]]]:
+    """Bundle name -> (zoo file, factory, export args) for the zoo fixtures the collected tests use."""
     from zoo import PORTABLE_ONLY
 
-    specs: dict[str, tuple[Path, str, list[str], str]] = {}
+    specs: dict[str, tuple[Path, str, list[str]]] = {}
     if names & {"family_bundle", "cnn_bundle"}:
-        specs.update({n: (ZOO, m, a, sys.executable) for n, (m, a) in {**FAMILIES, **PORTABLE_ONLY}.items()})
-    legacy = os.environ.get("FTEDGE_LEGACY_PYTHON")
-    if "legacy_bundle" in names and legacy and Path(legacy).exists():  # --engine all needs onnxruntime-training
-        specs.update({f"legacy-{n}": (ZOO, m, [*a, "--engine", "all"], legacy) for n, (m, a) in FAMILIES.items()})
+        specs.update({n: (ZOO, m, a) for n, (m, a) in {**FAMILIES, **PORTABLE_ONLY}.items()})
     if "wide_bundles" in names:
         from zoo_wide import WIDE
 
-        specs.update({f"wide-{n}": (ROOT / "tests" / "zoo_wide.py", m, a, sys.executable) for n, (m, a) in WIDE.items()})
+        specs.update({f"wide-{n}": (ROOT / "tests" / "zoo_wide.py", m, a) for n, (m, a) in WIDE.items()})
     return specs
 
 
@@ -108,13 +103,6 @@ def family_bundle():
     """``family_bundle(name)`` -> the bundle of a zoo family (FAMILIES or PORTABLE_ONLY), exported once per session.
     Shared: tests must not modify it (copy it first)."""
     return zoo_bundle
-
-
-@pytest.fixture(scope="session")
-def legacy_bundle(legacy_python: str):
-    """``legacy_bundle(family)`` -> a FAMILIES bundle exported with ``--engine all`` in the legacy venv (both engines).
-    Shared: copy before modifying."""
-    return lambda family: zoo_bundle(f"legacy-{family}")
 
 
 @pytest.fixture(scope="session")

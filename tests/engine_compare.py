@@ -1,9 +1,7 @@
-"""Run in the legacy venv (onnxruntime-training + torch): export a zoo model with --engine all (or take a bundle
-already exported so), then train the same batches with both engines; prints JSON with each engine's loss per step
-and predictions.
+"""Run in the legacy venv (onnxruntime-training + torch): export a zoo model with --engine all, then train the same
+batches with both engines; prints JSON with each engine's loss per step and predictions.
 
     python tests/engine_compare.py OUT_DIR MODEL [export args...]
-    python tests/engine_compare.py --bundle BUNDLE_DIR
 """
 
 from __future__ import annotations
@@ -27,12 +25,9 @@ def main() -> None:
     from ftedge.runtime import load_bundle
     from ftedge.runtime.session import BundleSession
 
-    if sys.argv[1] == "--bundle":
-        out = sys.argv[2]
-    else:
-        out, model, *args = sys.argv[1:]
-        rc = cli(["export", f"{HERE / 'zoo.py'}:{model}", "-o", out, "--quiet", "--engine", "all", *args])
-        assert rc == 0, rc
+    out, model, *args = sys.argv[1:]
+    rc = cli(["export", f"{HERE / 'zoo.py'}:{model}", "-o", out, "--quiet", "--engine", "all", *args])
+    assert rc == 0, rc
     bundle = load_bundle(out)
     raw = random_feeds(bundle.inputs, N, seed=5)
     y = random_targets(bundle, N, seed=1)

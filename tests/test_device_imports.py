@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -95,18 +94,10 @@ def test_every_family_trains_resumes_after_sigkill_and_evaluates_in_the_device_e
         bundle = load_bundle(out)
         np.savez(tmp_path / f"{family}.npz", labels=random_targets(bundle, 24), **random_feeds(bundle.inputs, 24))
         jobs.append((str(out), str(tmp_path / f"{family}.npz"), str(tmp_path / f"run-{family}")))
-    from concurrent.futures import ThreadPoolExecutor
-
-    def crash(job: tuple[str, str, str]) -> subprocess.CompletedProcess:
-        bundle, data, run = job
-        return subprocess.run([device_python, "-c", KILL_AT_EPOCH_2, bundle, data, run + "-crash"],
-                              capture_output=True, text=True, cwd=ROOT)
-
-    workers = max(1, min(4, os.cpu_count() or 1))  # independent processes: use the cores
-    with ThreadPoolExecutor(workers) as pool:
-        crashed = list(pool.map(crash, jobs))
-    for (_, _, run), proc in zip(jobs, crashed):
-        assert proc.returncode == -9, proc.stderr[-2000:]
+    for bundle, data, run in jobs:
+        crashed = subprocess.run([device_python, "-c", KILL_AT_EPOCH_2, bundle, data, run + "-crash"],
+                                 capture_output=True, text=True, cwd=ROOT)
+        assert crashed.returncode == -9, crashed.stderr[-2000:]
         assert json.loads(Path(run + "-crash", "checkpoint", "state.json").read_text())["epochs_done"] == 1
     script = (
         "import json, sys\n"
@@ -119,12 +110,8 @@ def test_every_family_trains_resumes_after_sigkill_and_evaluates_in_the_device_e
         "assert 'torch' not in sys.modules and 'onnxruntime.training' not in sys.modules\n"
         "print('ok')\n"
     )
-    with ThreadPoolExecutor(workers) as pool:
-        procs = list(pool.map(lambda part: subprocess.run([device_python, "-c", script, json.dumps(part)],
-                                                          capture_output=True, text=True, cwd=ROOT),
-                              [jobs[k::workers] for k in range(workers)]))
-    for proc in procs:
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([device_python, "-c", script, json.dumps(jobs)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     for _, _, run in jobs:
         assert (Path(run) / "model.onnx").stat().st_size > 0
         whole = json.loads((Path(run) / "result.json").read_text())

@@ -33,8 +33,9 @@ def _run(python: str, *args: str, check: bool = True) -> subprocess.CompletedPro
 
 
 @pytest.mark.parametrize("family", COMPARED)
-def test_both_engines_train_the_same_steps(family, legacy_python, legacy_bundle):
-    proc = _run(legacy_python, str(ROOT / "tests" / "engine_compare.py"), "--bundle", str(legacy_bundle(family)))
+def test_both_engines_train_the_same_steps(family, legacy_python, tmp_path):
+    model, args = FAMILIES[family]
+    proc = _run(legacy_python, str(ROOT / "tests" / "engine_compare.py"), str(tmp_path / "b"), model, *args)
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["engines"] == ["portable", "ort-training"]
     ours, theirs = report["portable"]["losses"], report["ort-training"]["losses"]
