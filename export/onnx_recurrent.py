@@ -11,7 +11,7 @@ from ftedge.errors import ExportError
 _ACTS = {"Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Relu": torch.relu}
 
 
-def _rnn_common(ins, at, gates: int):  # noqa: ANN001, ANN202
+def _rnn_common(ins, at):  # noqa: ANN001, ANN202
     """ONNX LSTM/GRU inputs as time-major X, per-direction weights, initial states and directions."""
     x, w, r = ins[0], ins[1], ins[2]
     b = ins[3] if len(ins) > 3 and ins[3] is not None else None
@@ -40,7 +40,7 @@ def _rnn_outputs(ys, hs, extra, at, ctx):  # noqa: ANN001, ANN202
 
 def lstm(ins, at, ctx):  # noqa: ANN001, ANN202
     """ONNX LSTM (opset 14 semantics, no sequence_lens / clip / input_forget) unrolled over the time steps."""
-    x, w, r, b, dirs, hidden, acts = _rnn_common(ins, at, 4)
+    x, w, r, b, dirs, hidden, acts = _rnn_common(ins, at)
     f, g, hact = (_ACTS[a] for a in (acts[:3] if acts else ["Sigmoid", "Tanh", "Tanh"]))
     h0 = ins[5] if len(ins) > 5 and ins[5] is not None else None
     c0 = ins[6] if len(ins) > 6 and ins[6] is not None else None
@@ -77,7 +77,7 @@ def lstm(ins, at, ctx):  # noqa: ANN001, ANN202
 
 def gru(ins, at, ctx):  # noqa: ANN001, ANN202
     """ONNX GRU (either linear_before_reset) unrolled over the time steps."""
-    x, w, r, b, dirs, hidden, acts = _rnn_common(ins, at, 3)
+    x, w, r, b, dirs, hidden, acts = _rnn_common(ins, at)
     f, g = (_ACTS[a] for a in (acts[:2] if acts else ["Sigmoid", "Tanh"]))
     h0 = ins[5] if len(ins) > 5 and ins[5] is not None else None
     before_reset = at.get("linear_before_reset", 0)
