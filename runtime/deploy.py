@@ -1,86 +1,63 @@
 """Pack a bundle into a deterministic .tar.gz; fetch one, verify it and unpack it atomically.
 
-:func:`deploy_bundle` downloads into a temporary file inside the bundle root (hashing while it streams),
-refuses a wrong sha256 before unpacking, unpacks only plain files and folders under one top-level folder,
-verifies the bundle (hashes, schema, and the signature when trusted keys are given) and only then renames
-it into place. On any failure the bundle root is left as it was.
+:func:`deploy_bundle` downloads into a temporary file inside the bundle root (hashing while it streams,
+within a size cap and an overall deadline), refuses a wrong sha256 before unpacking, then streams the
+archive through :mod:`ftedge.runtime.archive`: the manifest first (schema and signature checked before
+anything else is written), then only the files its table lists, each checked against its size and hash.
+It installs the verified folder by rename under :func:`bundle_lock`. On any failure the bundle root is
+left as it was.
 """
 
 from __future__ import annotations
 
-import copy
+import base64
+import contextlib
+import datetime as _dt
+import fcntl
+import glob
 import gzip
 import hashlib
+import json
 import logging
 import os
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zlib
 from http.client import HTTPException
-from pathlib import Path, PurePosixPath
-from typing import IO, Any, Callable, Iterable
+from pathlib import Path
+from typing import IO, Any, Callable, Iterable, Iterator
 
 import ftedge
 from ftedge.errors import BundleError, FtedgeError
+from ftedge.runtime.archive import (  # noqa: F401 - the deploy errors live with the unpacker; re-exported here
+    BundleExistsError,
+    BundleRejectedError,
+    DeployError,
+    DeployRequestError,
+    DowngradeError,
+    FetchError,
+    HashMismatchError,
+    UnsafeArchiveError,
+    unpack_bundle_archive,
+)
 from ftedge.runtime.bundle import load_bundle
 from ftedge.runtime.hashing import fsync_dir, sha256_file
-from ftedge.runtime.manifest import MANIFEST_NAME
+from ftedge.runtime.manifest import MANIFEST_NAME, check_schema
+from ftedge.runtime.signing import verify_manifest
 
 log = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".ftedge-deploy-"
+LOCK_NAME = ".ftedge-bundles.lock"
 _CHUNK = 1 << 20
-_MAX_MEMBERS = 10_000
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
-
-
-class DeployError(FtedgeError):
-    """A bundle could not be deployed; ``reason`` names the stage for status reports."""
-
-    reason = "deploy"
-
-
-class DeployRequestError(DeployError):
-    """The request itself is unusable: URL scheme, sha256, name, trusted keys."""
-
-    reason = "request"
-
-
-class FetchError(DeployError):
-    """The archive could not be downloaded, or is larger than allowed."""
-
-    reason = "fetch"
-
-
-class HashMismatchError(DeployError):
-    """The downloaded archive is not the one the sha256 names."""
-
-    reason = "sha256"
-
-
-class UnsafeArchiveError(DeployError):
-    """The archive is not a .tar.gz of one plain folder (links, devices, escaping paths, ...)."""
-
-    reason = "archive"
-
-
-class BundleRejectedError(DeployError):
-    """The unpacked bundle failed verification (hashes, schema, signature, unlisted files)."""
-
-    reason = "bundle"
-
-
-class BundleExistsError(DeployError):
-    """A different bundle already lives under the target name."""
-
-    reason = "exists"
 
 
 def _redact(url: str) -> str:
@@ -135,23 +112,76 @@ def pack_bundle(bundle: str | Path, archive: str | Path) -> str:
 Progress = Callable[[int, "int | None"], None]
 
 
-def _fetch(url: str, out: IO[bytes], timeout: float, max_bytes: int, progress: Progress | None = None) -> str:
-    """Stream ``url`` into ``out``; return the sha256 of what was written."""
+def _open_file(url: str, file_root: Path | None, max_bytes: int) -> tuple[IO[bytes], int]:
+    """Open a file:// URL: only a regular file, and (with ``file_root``) only one under that folder."""
+    shown = _redact(url)
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise DeployRequestError(f"{shown} names another host; a file:// URL must be file:///ABSOLUTE/PATH")
+    path = Path(os.path.realpath(urllib.request.url2pathname(parts.path)))
+    if file_root is not None:
+        root = Path(os.path.realpath(file_root))
+        if path != root and root not in path.parents:
+            raise DeployRequestError(f"{shown} is not under the deploy file_root {root}; copy the archive there "
+                                     "or serve it over https")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise FetchError(f"cannot open {shown}: {exc.strerror or exc}; check the path and its permissions") from exc
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise FetchError(f"{shown} is not a regular file (a device, FIFO or folder); give the path of a "
+                         "`ftedge pack` archive")
+    if st.st_size > max_bytes:
+        os.close(fd)
+        raise FetchError(f"{shown} is {st.st_size} bytes, more than the {max_bytes}-byte limit; raise max_bytes "
+                         "if this bundle is really that large")
+    return os.fdopen(fd, "rb"), st.st_size
+
+
+def _request(url: str) -> urllib.request.Request:
+    """The GET for ``url``; userinfo (``https://USER:PASS@host/...``) becomes a Basic Authorization header."""
+    headers = {"User-Agent": f"ftedge/{ftedge.__version__}"}
+    p = urllib.parse.urlsplit(url)
+    if p.username is not None:
+        cred = f"{urllib.parse.unquote(p.username)}:{urllib.parse.unquote(p.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(cred.encode()).decode("ascii")
+        host = f"[{p.hostname}]" if ":" in (p.hostname or "") else (p.hostname or "")
+        host += f":{p.port}" if p.port else ""
+        url = urllib.parse.urlunsplit((p.scheme, host, p.path, p.query, ""))
+    return urllib.request.Request(url, headers=headers)
+
+
+def _fetch(url: str, out: IO[bytes], timeout: float, max_bytes: int, progress: Progress | None = None,
+           deadline_s: float | None = None, file_root: Path | None = None) -> str:
+    """Stream ``url`` into ``out`` within ``deadline_s`` seconds in all; return the sha256 of what was written."""
     shown = _redact(url)
     h, n = hashlib.sha256(), 0
-    request = urllib.request.Request(url, headers={"User-Agent": f"ftedge/{ftedge.__version__}"})
+    end = None if deadline_s is None else time.monotonic() + deadline_s
+    read_timeout = timeout if deadline_s is None else max(0.1, min(timeout, deadline_s))
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        if urllib.parse.urlsplit(url).scheme.lower() == "file":
+            resp, total = _open_file(url, file_root, max_bytes)
+            read = resp.read1
+        else:
+            request = _request(url)
+            resp = urllib.request.urlopen(request, timeout=read_timeout)  # noqa: S310 - scheme checked by the caller
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.strip().isdigit() else None
+            read = resp.read1 if hasattr(resp, "read1") else resp.read
+        with resp:
             if total is not None and total > max_bytes:
                 raise FetchError(f"{shown} is {total} bytes, more than the {max_bytes}-byte limit; "
                                  "raise max_bytes if this bundle is really that large")
-            while chunk := resp.read(_CHUNK):
+            while chunk := read(_CHUNK):
                 n += len(chunk)
                 if n > max_bytes:
                     raise FetchError(f"{shown} sent more than the {max_bytes}-byte limit; download stopped "
                                      "(raise max_bytes if this bundle is really that large)")
+                if end is not None and time.monotonic() > end:
+                    raise FetchError(f"download of {shown} took longer than the {deadline_s:g} s deadline "
+                                     f"({n} bytes so far); retry from a faster server or raise the deploy deadline_s")
                 h.update(chunk)
                 out.write(chunk)
                 if progress is not None:
@@ -169,72 +199,6 @@ def _fetch(url: str, out: IO[bytes], timeout: float, max_bytes: int, progress: P
     return h.hexdigest()
 
 
-# -- unpack -------------------------------------------------------------------------------------------
-
-
-def _safe_members(tf: tarfile.TarFile, max_bytes: int) -> tuple[str, list[tarfile.TarInfo]]:
-    """Check every member; return the single top-level folder and sanitized copies of the members."""
-    top: str | None = None
-    members: list[tarfile.TarInfo] = []
-    seen: set[str] = set()
-    total = 0
-    for m in tf:
-        what = f"archive member {m.name!r}"
-        if len(members) >= _MAX_MEMBERS:
-            raise UnsafeArchiveError(f"the archive has more than {_MAX_MEMBERS} members; a bundle has a handful")
-        path = PurePosixPath(m.name)
-        if path.is_absolute() or m.name.startswith(("/", "\\")):
-            raise UnsafeArchiveError(f"{what} has an absolute path; pack bundles with `ftedge pack`")
-        if ".." in path.parts:
-            raise UnsafeArchiveError(f"{what} contains '..' and would escape the bundle folder; refusing it")
-        if m.issym() or m.islnk():
-            raise UnsafeArchiveError(f"{what} is a {'symlink' if m.issym() else 'hard link'}; bundles hold only "
-                                     "plain files (pack with `ftedge pack`)")
-        if not (m.isreg() or m.isdir()):
-            raise UnsafeArchiveError(f"{what} is a device, FIFO or other special file; bundles hold only plain files")
-        if not path.parts:
-            raise UnsafeArchiveError(f"{what} is the archive root; pack the bundle folder itself (`ftedge pack`)")
-        if top is None:
-            top = path.parts[0]
-        elif path.parts[0] != top:
-            raise UnsafeArchiveError(f"the archive has more than one top-level entry ({top!r}, {path.parts[0]!r}); "
-                                     "it must hold exactly one bundle folder (`ftedge pack` writes that)")
-        if len(path.parts) == 1 and not m.isdir():
-            raise UnsafeArchiveError(f"{what} is a file at the top level; the archive must hold one bundle folder")
-        key = path.as_posix()
-        if key in seen:
-            raise UnsafeArchiveError(f"{what} appears twice; refusing an archive whose entries overwrite each other")
-        seen.add(key)
-        total += m.size
-        if total > max_bytes:
-            raise UnsafeArchiveError(f"the archive unpacks to more than the {max_bytes}-byte limit; "
-                                     "raise max_bytes if this bundle is really that large")
-        c = copy.copy(m)  # never trust owner, mode or name spelling from the archive
-        c.name, c.mode = key, (0o755 if m.isdir() else 0o644)
-        c.uid, c.gid, c.uname, c.gname = os.getuid(), os.getgid(), "", ""
-        members.append(c)
-    if top is None:
-        raise UnsafeArchiveError("the archive is empty; pack the bundle with `ftedge pack`")
-    return top, members
-
-
-def _unpack(archive: Path, dest: Path, max_bytes: int) -> Path:
-    try:
-        with tarfile.open(archive, mode="r:gz") as tf:
-            top, members = _safe_members(tf, max_bytes)
-            extra: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tf.extractall(dest, members=members, **extra)
-    except DeployError:
-        raise
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise UnsafeArchiveError(f"cannot unpack the archive ({type(exc).__name__}: {exc}); it must be a .tar.gz "
-                                 "written by `ftedge pack`") from exc
-    bundle_dir = dest / top
-    if not bundle_dir.is_dir() or bundle_dir.is_symlink():
-        raise UnsafeArchiveError(f"the archive's top-level entry {top!r} is not a folder; pack with `ftedge pack`")
-    return bundle_dir
-
-
 def _fsync_tree(root: Path) -> None:
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
@@ -244,6 +208,26 @@ def _fsync_tree(root: Path) -> None:
             finally:
                 os.close(fd)
         fsync_dir(Path(dirpath))
+
+
+# -- lock ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def bundle_lock(bundle_root: str | Path, shared: bool = False) -> Iterator[None]:
+    """Hold the bundle root's lock: exclusive while a deploy swaps a folder in, shared while a job pins one.
+
+    Blocks until granted. It is an ``flock`` on ``BUNDLE_ROOT/.ftedge-bundles.lock``, so it excludes other
+    threads (each call opens its own descriptor) and other processes alike.
+    """
+    root = Path(bundle_root)
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # -- deploy -------------------------------------------------------------------------------------------
@@ -264,27 +248,59 @@ def _backup_path(root: Path, name: str) -> Path:
     return candidate
 
 
+def _created(manifest: dict[str, Any]) -> _dt.datetime | None:
+    """The manifest's ``created_at`` (the exporter writes it, and the signature covers it), or None."""
+    value = manifest.get("created_at")
+    try:
+        when = _dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    if when is not None and when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.timezone.utc)
+    return when
+
+
+def check_not_older(new: dict[str, Any], old: dict[str, Any], where: str) -> None:
+    """Refuse ``new`` if it was created before ``old`` (no ``created_at`` counts as oldest)."""
+    old_at, new_at = _created(old), _created(new)
+    if old_at is not None and (new_at is None or new_at < old_at):
+        raise DowngradeError(
+            f"the bundle (created {new.get('created_at') or 'at an unknown time'}) is older than the one at {where} "
+            f"(created {old.get('created_at')}); refusing a downgrade — send args.allow_downgrade: true "
+            "if the rollback is intended")
+
+
 def deploy_bundle(url: str, sha256: str, bundle_root: Path, name: str | None = None,
                   trusted_keys: Iterable[Any] | None = None, timeout: float = 60, max_bytes: int = 2 * 2**30,
-                  replace: bool = False, progress: Progress | None = None) -> Path:
+                  replace: bool = False, progress: Progress | None = None, *, deadline_s: float | None = None,
+                  allow_file: bool = True, file_root: Path | None = None, allow_downgrade: bool = False,
+                  keep_replaced: int | None = None) -> Path:
     """Fetch the .tar.gz at ``url``, check it is ``sha256``, verify it and install it as ``bundle_root/NAME``.
 
-    - ``url``: http://, https:// (certificates verified) or file://. ``timeout`` bounds connecting and
-      each read (not the whole download). ``max_bytes`` bounds the download *and* the unpacked size.
+    - ``url``: http://, https:// (certificates verified) or file:// (when ``allow_file``; only regular files,
+      and only under ``file_root`` when given). ``timeout`` bounds connecting and each read;
+      ``deadline_s`` the whole download. ``max_bytes`` bounds the download *and* the unpacked size.
     - ``name``: the folder to install as (default: the manifest's ``name``).
-    - ``trusted_keys``: public key PEM paths/texts; when given the manifest must be signed by one of them.
+    - ``trusted_keys``: public key PEM paths/texts; when given (even empty) the manifest must be signed by one
+      of them, checked before any member but the manifest is unpacked. ``None`` skips signature checks.
     - An existing identical bundle (same ``manifest.json`` sha256, still verifying) is returned as is; a
-      different one is refused unless ``replace``, which renames it to ``NAME.replaced-<UTC time>``.
-    - ``progress(bytes_done, bytes_total_or_None)`` is called after each downloaded MiB; an exception it
+      different one is refused unless ``replace``, which renames it to ``NAME.replaced-<UTC time>`` (keeping
+      the newest ``keep_replaced`` of those when given). A bundle created before the one it replaces is
+      refused unless ``allow_downgrade``.
+    - ``progress(bytes_done, bytes_total_or_None)`` is called after each downloaded chunk; an exception it
       raises cancels the deploy (it propagates after the cleanup).
 
     Returns the installed bundle's path. Raises a :class:`DeployError` subclass (``.reason`` names the
-    stage); on any failure nothing is added to ``bundle_root``.
+    stage); on any failure nothing is added to ``bundle_root``. Error messages never carry a hash of what
+    was read.
     """
     shown = _redact(url)
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
-    if scheme not in ("http", "https", "file"):
-        raise DeployRequestError(f"cannot deploy from {shown}: use an http://, https:// or file:// URL")
+    scheme = urllib.parse.urlsplit(url).scheme.lower() if isinstance(url, str) else ""
+    allowed = ("http", "https", "file") if allow_file else ("http", "https")
+    if scheme not in allowed:
+        raise DeployRequestError(f"cannot deploy from {shown}: use an "
+                                 + ("http://, https:// or file:// URL" if allow_file else
+                                    "http:// or https:// URL (file:// URLs need [deploy] file_root on the device)"))
     expected = sha256.strip().lower() if isinstance(sha256, str) else ""
     if not _SHA_RE.fullmatch(expected):
         raise DeployRequestError(f"sha256 {sha256!r} is not 64 hex digits; give the sha256 `ftedge pack` printed")
@@ -298,6 +314,9 @@ def deploy_bundle(url: str, sha256: str, bundle_root: Path, name: str | None = N
             keys = list(load_trusted_keys(trusted_keys).values())
         except FtedgeError as exc:
             raise DeployRequestError(f"trusted keys: {exc}") from exc
+        if not keys:
+            raise DeployRequestError("signatures are required but no trusted keys are configured, so every bundle "
+                                     "is refused; add [deploy] trusted_keys = [\"FLEET.pub.pem\"]")
     root = Path(bundle_root)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -308,27 +327,31 @@ def deploy_bundle(url: str, sha256: str, bundle_root: Path, name: str | None = N
     stage: Path | None = None
     try:
         with os.fdopen(fd, "wb") as out:
-            digest = _fetch(url, out, timeout, max_bytes, progress)
-        if digest != expected:
-            raise HashMismatchError(f"{shown} has sha256 {digest}, expected {expected}: the download is damaged or "
-                                    "the URL serves another file; nothing was unpacked")
+            digest = _fetch(url, out, timeout, max_bytes, progress, deadline_s, file_root)
+        if digest != expected:  # never say what the hash was: it would reveal a digest of any readable file
+            raise HashMismatchError(f"{shown} does not have the expected sha256 {expected}: the download is damaged "
+                                    "or the URL serves another file; nothing was unpacked")
+
+        def accept(manifest: dict[str, Any]) -> None:
+            try:
+                check_schema(manifest, "the archive's manifest")
+                if keys is not None:
+                    verify_manifest(manifest, keys)
+            except BundleError as exc:
+                raise BundleRejectedError(f"the bundle from {shown} was rejected: {exc}. Nothing was "
+                                          "unpacked") from exc
+
         stage = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=root))
-        bundle_dir = _unpack(Path(download), stage, max_bytes)
+        bundle_dir = unpack_bundle_archive(Path(download), stage, max_bytes, accept)
         Path(download).unlink()
         try:
             bundle = load_bundle(bundle_dir, trusted_keys=keys)
         except BundleError as exc:
             raise BundleRejectedError(f"the bundle from {shown} was rejected: {exc}. Nothing was installed") from exc
-        listed = {MANIFEST_NAME, *(bundle.manifest.get("files") or {})}
-        unlisted = sorted(p.relative_to(bundle_dir).as_posix() for p in bundle_dir.rglob("*")
-                          if not p.is_dir() and p.relative_to(bundle_dir).as_posix() not in listed)
-        if unlisted:
-            raise BundleRejectedError(f"the bundle from {shown} holds files its manifest does not list "
-                                      f"({', '.join(unlisted[:5])}); only hashed files may be deployed — re-pack it "
-                                      "with `ftedge pack`")
         final = name or _check_name(bundle.manifest.get("name"), "the manifest's bundle name", BundleRejectedError)
         try:
-            return _install(bundle_dir, root, final, keys, replace)
+            with bundle_lock(root):
+                return _install(bundle_dir, root, final, keys, replace, allow_downgrade, keep_replaced)
         except OSError as exc:
             raise DeployError(f"cannot install the bundle as {root / final}: {exc}; check space and permissions "
                               f"of {root}") from exc
@@ -338,8 +361,9 @@ def deploy_bundle(url: str, sha256: str, bundle_root: Path, name: str | None = N
             shutil.rmtree(stage, ignore_errors=True)
 
 
-def _install(bundle_dir: Path, root: Path, name: str, keys: list[Any] | None, replace: bool) -> Path:
-    """Rename the verified ``bundle_dir`` to ``root/name`` (idempotent for an identical bundle)."""
+def _install(bundle_dir: Path, root: Path, name: str, keys: list[Any] | None, replace: bool,
+             allow_downgrade: bool = False, keep_replaced: int | None = None) -> Path:
+    """Rename the verified ``bundle_dir`` to ``root/name`` (idempotent for an identical bundle); hold the lock."""
     target = root / name
     if target.exists() or target.is_symlink():
         new_sha = sha256_file(bundle_dir / MANIFEST_NAME)
@@ -356,6 +380,13 @@ def _install(bundle_dir: Path, root: Path, name: str, keys: list[Any] | None, re
         if not replace:
             raise BundleExistsError(f"{target} {problem}; deploy under another name, or pass replace=True "
                                     f"(the old folder is kept as {name}.replaced-<time>)")
+        if not allow_downgrade and old_manifest.is_file() and not old_manifest.is_symlink():
+            try:
+                old = json.loads(old_manifest.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                old = {}
+            new = json.loads((bundle_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+            check_not_older(new, old if isinstance(old, dict) else {}, str(target))
         _fsync_tree(bundle_dir)
         backup = _backup_path(root, name)
         os.rename(target, backup)
@@ -365,11 +396,24 @@ def _install(bundle_dir: Path, root: Path, name: str, keys: list[Any] | None, re
             os.rename(backup, target)
             raise
         log.warning("replaced bundle %s; the old one is kept as %s", target, backup)
+        if keep_replaced is not None:
+            prune_replaced(root, name, keep_replaced)
     else:
         _fsync_tree(bundle_dir)
         os.rename(bundle_dir, target)
     fsync_dir(root)
     return target
+
+
+def prune_replaced(bundle_root: Path, name: str, keep: int) -> list[Path]:
+    """Remove all but the newest ``keep`` ``NAME.replaced-*`` folders; return what was removed."""
+    old = sorted((p for p in Path(bundle_root).glob(f"{glob.escape(name)}.replaced-*")
+                  if p.is_dir() and not p.is_symlink()), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    gone = old[: max(0, len(old) - keep)]
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+        log.info("removed old bundle %s (keeping %d replaced folder(s) per bundle)", p, keep)
+    return gone
 
 
 def remove_stale_temp(bundle_root: Path) -> list[Path]:

@@ -110,7 +110,7 @@ def parse_input_spec(text: str) -> TensorSpec:
 
 def check_schema(manifest: dict[str, Any], where: str) -> None:
     version = manifest.get("schema_version")
-    if version not in SUPPORTED_SCHEMA_VERSIONS:
+    if not isinstance(version, int) or isinstance(version, bool) or version not in SUPPORTED_SCHEMA_VERSIONS:
         known = ", ".join(str(v) for v in sorted(SUPPORTED_SCHEMA_VERSIONS))
         raise BundleError(
             f"{where}: bundle schema_version {version!r} is not supported by this runtime "
@@ -120,6 +120,8 @@ def check_schema(manifest: dict[str, Any], where: str) -> None:
     if layout not in ("split", "full"):
         raise BundleError(f"{where}: unknown bundle layout {layout!r}; re-export the bundle")
     roles = manifest.get("roles") or {}
+    if not isinstance(roles, dict):
+        raise BundleError(f"{where}: manifest `roles` is not an object of file names; re-export the bundle")
     if version == 1:
         needed: tuple[str, ...] = SPLIT_ROLES if layout == "split" else FULL_ROLES
     else:

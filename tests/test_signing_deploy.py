@@ -24,6 +24,7 @@ from ftedge.runtime.deploy import (
     BundleRejectedError,
     DeployRequestError,
     FetchError,
+    LOCK_NAME,
     HashMismatchError,
     UnsafeArchiveError,
     deploy_bundle,
@@ -74,7 +75,8 @@ def _unsign(m: dict) -> dict:
 
 
 def _entries(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+    """What a deploy left in ``root`` (the bundle root's lock file does not count)."""
+    return sorted(p.name for p in root.iterdir() if p.name != LOCK_NAME) if root.exists() else []
 
 
 # -- signing ------------------------------------------------------------------------------------------
@@ -252,7 +254,9 @@ def _write_tar(path: Path, members: list[tuple[str, str, bytes | str]]) -> str:
     return sha256_file(path)
 
 
-MANIFEST = ("mlp/manifest.json", "file", b"{}")
+MANIFEST = ("mlp/manifest.json", "file", json.dumps({
+    "schema_version": 2, "name": "mlp", "layout": "full", "engines": {"portable": {}}, "files": {},
+    "roles": {"step": "s", "head": "h", "init": "i"}}).encode())
 
 
 @pytest.mark.parametrize("members,match", [
@@ -286,7 +290,7 @@ def test_unlisted_file_is_refused(signed, tmp_path):
     bundle = tmp_path / "mlp"
     shutil.copytree(signed, bundle)
     members = [(f"mlp/{p.relative_to(bundle).as_posix()}", "file", p.read_bytes())
-               for p in sorted(bundle.rglob("*")) if p.is_file()]
+               for p in sorted(bundle.rglob("*"), key=lambda p: p.name != "manifest.json") if p.is_file()]
     sha = _write_tar(tmp_path / "x.tar.gz", [*members, ("mlp/payload.sh", "file", b"#!/bin/sh\n")])
     with pytest.raises(BundleRejectedError, match="does not list.*payload.sh"):
         deploy_bundle((tmp_path / "x.tar.gz").as_uri(), sha, tmp_path / "b")
