@@ -19,11 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import ftedge
-from ftedge.device_agent.commands import ReplyCache, Rejected, parse_request, train_job
+from ftedge.device_agent.commands import ReplyCache, Rejected, cancel_target, parse_request, train_job
 from ftedge.device_agent.config import AgentConfig, topic_root
+from ftedge.device_agent.deployer import Deployer
+from ftedge.device_agent.disk import DiskGuard
 from ftedge.device_agent.jobs import Job, JobRunner, JobStore
 from ftedge.device_agent.mqtt_link import Incoming, LinkSettings, MqttLink
 from ftedge.device_agent.outbox import Outbox
+from ftedge.device_agent.retention import enforce_retention
 from ftedge.device_agent.versions import ModelStore
 from ftedge.errors import FtedgeError
 
@@ -41,8 +44,13 @@ class Agent:
                              max_bytes=cfg.outbox.max_bytes, max_age_s=cfg.outbox.max_age_s)
         self.boot = self.outbox.boot
         self.models = ModelStore(self.state_dir)
-        self.jobs = JobRunner(JobStore(self.state_dir), self.state_dir, self._emit_job, self._job_finished)
+        self.disk = DiskGuard(self.state_dir)
+        d = cfg.deploy
+        self.jobs = JobRunner(JobStore(self.state_dir), self.state_dir, self._emit_job, self._job_finished,
+                              max_starts=cfg.jobs.max_starts, disk=self.disk,
+                              trusted_keys=list(d.trusted_keys) if d.require_signed else None)
         self.replies = ReplyCache(self.state_dir / "replies.json")
+        self.deployer = Deployer(cfg.deploy, cfg.paths.bundle_root)
         self.stopping = threading.Event()   # asked to stop (signal); `run` then calls `shutdown`
         self._drained = threading.Event()   # shutdown flushed the outbox: the pump thread may exit
         self.wake = threading.Event()
@@ -59,7 +67,8 @@ class Agent:
                          ca_file=str(m.ca_file) if m.ca_file else None,
                          cert_file=str(m.cert_file) if m.cert_file else None,
                          key_file=str(m.key_file) if m.key_file else None,
-                         keepalive=m.keepalive, session_expiry=m.session_expiry, will_delay=m.will_delay),
+                         keepalive=m.keepalive, session_expiry=m.session_expiry, will_delay=m.will_delay,
+                         max_packet_size=m.max_packet_size),
             will=(self.root + "status", self._status_body("offline", "lwt", will=True)),
             subscriptions=[self.root + "cmd/+"],
             on_message=self.commands.put, on_connection=self._connection, on_puback=self._puback,
@@ -75,12 +84,33 @@ class Agent:
         return json.dumps(body, separators=(",", ":")).encode()
 
     def publish(self, kind: str, suffix: str, body: dict[str, Any], retain: bool = False) -> None:
-        try:
-            self.outbox.enqueue(self.root + suffix, body, kind=kind, qos=1, retain=retain)
-        except FtedgeError as exc:  # e.g. disk full: log loudly, keep the agent (and its job) alive
-            log.error("could not queue a %s message for %s: %s", kind, suffix, exc)
-            return
+        body = self._capped(kind, suffix, body)
+        for attempt in range(2):
+            try:
+                self.outbox.enqueue(self.root + suffix, body, kind=kind, qos=1, retain=retain)
+                break
+            except FtedgeError as exc:  # e.g. disk full: log loudly, keep the agent (and its job) alive
+                if attempt == 0 and self.disk.state()["full"]:
+                    continue  # the reserve was just released: one more try
+                log.error("could not queue a %s message for %s: %s", kind, suffix, exc)
+                return
         self.wake.set()
+
+    def _capped(self, kind: str, suffix: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``body``, or a small stand-in when it would not fit the MQTT maximum packet size."""
+        limit = self.cfg.mqtt.max_packet_size - 1024 - len(self.root + suffix)  # envelope + topic + headers
+        try:
+            size = len(json.dumps(body, default=str).encode())
+        except (TypeError, ValueError):
+            return body  # the outbox reports what is wrong with it
+        if size <= limit:
+            return body
+        log.error("a %s message for %s is %d bytes, over the %d-byte limit (mqtt.max_packet_size); sending a "
+                  "stand-in without its body", kind, suffix, size, limit)
+        keep = {k: body[k] for k in ("cmd_id", "status", "code", "job", "state", "reason", "correlation")
+                if k in body and isinstance(body[k], (str, int, float, bool, type(None)))}
+        return {**keep, "oversize": True, "bytes": size,
+                "detail": f"message body of {size} bytes exceeds the {limit}-byte limit; raise mqtt.max_packet_size"}
 
     def _emit_job(self, kind: str, body: dict[str, Any]) -> None:
         if kind == "job":
@@ -104,9 +134,17 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         current = self.jobs.current
-        return {"state": "online", "boot": self.boot, "active_version": (self.models.active() or {}).get("id"),
+        disk = self.disk.state()
+        problems = [p for p in [self.disk.problem() if disk["full"] else None] if p] + list(self.jobs.problems)
+        if not self.jobs.thread.is_alive() and self.jobs.thread.ident is not None:
+            problems.append("the job thread has stopped: restart the agent")
+        try:
+            active = (self.models.active() or {}).get("id")
+        except FtedgeError as exc:
+            active, problems = None, problems + [f"model versions: {exc}"]
+        return {"state": "online", "boot": self.boot, "active_version": active,
                 "current_job": current.id if current else None, "queued": self.jobs.queued(),
-                "outbox": self.outbox.stats(), "denied_publishes": self.denied}
+                "outbox": self.outbox.stats(), "denied_publishes": self.denied, "disk": disk, "problems": problems}
 
     def resync(self) -> None:
         """Republish every retained topic (a collector that lost state asks for it)."""
@@ -131,11 +169,21 @@ class Agent:
             self.shutdown()
         return 0
 
+    def _retain(self) -> None:
+        """Apply ``[retention]`` (at start and after every stored version: a long boot must not grow forever)."""
+        try:
+            enforce_retention(self.cfg.retention, self.state_dir, self.models)
+        except Exception:  # noqa: BLE001 - cleanup must never stop the agent
+            log.exception("retention cleanup failed; continuing without it")
+
     def start(self) -> None:
+        self.disk.state()  # makes the free-space reserve
+        self._retain()
         log.info("agent %s/%s boot %s starting (%s)", self.cfg.fleet, self.cfg.device_id, self.boot,
                  json.dumps(self.cfg.to_public_dict()["mqtt"]))
         self.publish("status", "status", {"state": "online", "reason": "birth"}, retain=True)
         self.publish("meta", "meta", self.meta(), retain=True)
+        self.deployer.cleanup()  # leftovers of a deploy interrupted by a power loss
         for t in self.threads:
             t.start()
         self.link.start()
@@ -244,9 +292,21 @@ class Agent:
     def _handle(self, incoming: Incoming) -> None:
         verb = incoming.topic.rsplit("/", 1)[-1]
         cmd_id = None
+        if incoming.retain:  # a retained command would run again at every (re)subscribe: never act on one
+            if not incoming.payload:
+                return  # someone clearing a retained command
+            try:
+                cmd_id = parse_request(incoming.payload)[0]
+            except Rejected as rej:
+                cmd_id = rej.cmd_id
+            log.warning("refused a retained %s command %s", verb, cmd_id)
+            self._reply(incoming, cmd_id, "rejected", "retained_command",
+                        f"retained commands are refused: publish cmd/{verb} with retain=false, and clear the "
+                        f"retained one (an empty retained publish to {incoming.topic})")
+            return
         try:
             cmd_id, args = parse_request(incoming.payload)
-            previous = self.replies.get(cmd_id)
+            previous = self.replies.get(cmd_id, verb)
             if previous is not None:  # idempotent: same answer again, nothing redone
                 self._reply(incoming, cmd_id, previous["status"], previous["code"], previous["detail"],
                             {k: v for k, v in previous.items() if k not in ("cmd_id", "status", "code", "detail", "correlation")})
@@ -259,7 +319,7 @@ class Agent:
         else:
             reply = self._reply(incoming, cmd_id, status, code, detail, extra)
         if cmd_id is not None:
-            self.replies.put(cmd_id, {k: v for k, v in reply.items() if k != "correlation"})
+            self.replies.put(cmd_id, {k: v for k, v in reply.items() if k != "correlation"}, verb)
 
     def _dispatch(self, verb: str, cmd_id: str, args: dict[str, Any],
                   incoming: Incoming) -> tuple[str, str, str, dict[str, Any]]:
@@ -275,8 +335,8 @@ class Agent:
             self.jobs.submit(job)
             return "accepted", "queued", f"job {job.id} queued", {"job": job.id}
         if verb == "cancel":
-            job_id = args.get("job") or (self.jobs.current.id if self.jobs.current else None)
-            if not isinstance(job_id, str) or not self.jobs.cancel(job_id):
+            job_id = cancel_target(args, self.jobs.current.id if self.jobs.current else None)
+            if job_id is None or not self.jobs.cancel(job_id):
                 raise Rejected("unknown_job", f"no queued or running job {job_id!r}")
             return "done", "cancelling", f"job {job_id} stops at its next batch", {"job": job_id}
         if verb == "rollback":
@@ -295,29 +355,16 @@ class Agent:
                                        "rollback, deploy")
 
     def _deploy(self, cmd_id: str, args: dict[str, Any], incoming: Incoming) -> tuple[str, str, str, dict[str, Any]]:
-        url, sha = args.get("url"), args.get("sha256")
-        if not isinstance(url, str) or not isinstance(sha, str) or len(sha) != 64:
-            raise Rejected("bad_args", "deploy needs args.url (string) and args.sha256 (64 hex characters)")
-        name = args.get("name")
-        if name is not None and (not isinstance(name, str) or "/" in name or name in ("", ".", "..")):
-            raise Rejected("bad_args", "args.name must be a plain directory name")
+        def finish(status: str, code: str, detail: str, extra: dict[str, Any]) -> None:
+            # `_handle` records the `accepted` reply when this method returns; wait for it so the final
+            # reply is published after it and replaces it in the cache (final replies always win).
+            deadline = time.monotonic() + 10
+            while self.replies.get(cmd_id, "deploy") is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            reply = self._reply(incoming, cmd_id, status, code, detail, extra)
+            self.replies.put(cmd_id, {k: v for k, v in reply.items() if k != "correlation"}, "deploy")
 
-        def work() -> None:
-            from ftedge.runtime.deploy import deploy_bundle
-
-            try:
-                path = deploy_bundle(url, sha, self.cfg.paths.bundle_root, name=name,
-                                     trusted_keys=list(self.cfg.deploy.trusted_keys) or None,
-                                     replace=bool(args.get("replace", False)))
-            except FtedgeError as exc:
-                reply = self._reply(incoming, cmd_id, "error", "deploy_failed", str(exc))
-            else:
-                reply = self._reply(incoming, cmd_id, "done", "deployed", f"bundle at {path.name}",
-                                    {"bundle": path.name})
-            self.replies.put(cmd_id, {k: v for k, v in reply.items() if k != "correlation"})
-
-        threading.Thread(target=work, name="ftedge-deploy", daemon=True).start()
-        return "accepted", "downloading", f"fetching {url}", {}
+        return self.deployer.submit(cmd_id, args, finish)
 
     # -- jobs ------------------------------------------------------------------------------------------
     def _job_finished(self, job: Job) -> None:
@@ -325,6 +372,15 @@ class Agent:
             try:
                 version = self.models.add_version(self.state_dir / "runs" / job.id, job.id)
                 job.version = version["id"]
-            except FtedgeError as exc:
+            except (FtedgeError, OSError) as exc:  # e.g. disk full: not promoted, and say why
                 log.error("could not store the model of job %s: %s", job.id, exc)
-            self.publish("meta", "meta", self.meta(), retain=True)
+                job.result["promoted"] = False
+                job.error = (f"training succeeded but the model could not be stored ({exc}); nothing was "
+                             "activated: free disk space or fix the models folder, then train again")
+            self._retain()
+            try:
+                meta = self.meta()
+            except (FtedgeError, OSError) as exc:
+                log.error("could not describe the model versions: %s", exc)
+                return
+            self.publish("meta", "meta", meta, retain=True)

@@ -2,26 +2,29 @@
 
 Every request is JSON ``{"cmd_id": str, "args": {...}}`` (optional ``"expires": epoch ms``). Anything
 malformed gets a ``rejected`` reply with a code and a detail and changes nothing. Replies are idempotent
-on ``cmd_id``: a repeated request gets the first reply again.
+on ``(cmd_id, verb)``: a repeated request gets the first reply again. NaN/Infinity are not JSON and are
+refused; every numeric train option has bounds (``TRAIN_LIMITS``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ftedge.device_agent.jobs import TRAIN_OPTIONS, Job, new_job_id
+from ftedge.device_agent.jobs import TRAIN_CHOICES, TRAIN_LIMITS, TRAIN_OPTIONS, Job, new_job_id, valid_job_id
 from ftedge.errors import FtedgeError
 
 log = logging.getLogger(__name__)
 
 VERBS = ("train", "cancel", "status", "rollback", "deploy", "ping", "resync")
-_ENGINES = ("auto", "portable", "ort-training")
-_MODES = ("auto", "cached", "full")
+REPLIES_KEEP = 10_000           # replies kept for idempotency …
+REPLIES_MAX_BYTES = 4 * 2**20   # … and at most this many bytes of them
 
 
 class Rejected(Exception):
@@ -30,21 +33,45 @@ class Rejected(Exception):
         self.code, self.detail, self.cmd_id = code, detail, cmd_id
 
 
+_MAX_PATH, _MAX_NAME = 1024, 255  # PATH_MAX-ish and NAME_MAX on Linux file systems
+
+
 def _inside(root: Path, rel: str, what: str) -> Path:
     """``rel`` resolved against ``root``; anything resolving outside it is rejected."""
     if not isinstance(rel, str) or not rel.strip():
         raise Rejected("bad_args", f"args.{what} must be a non-empty string")
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:  # JSON allows lone surrogates ("\udcff"); file names here are UTF-8
+        raise Rejected("bad_args", f"args.{what} is not valid UTF-8 text") from None
+    if "\0" in rel or len(rel) > _MAX_PATH or any(len(part.encode()) > _MAX_NAME for part in rel.split("/")):
+        raise Rejected("bad_args", f"args.{what} must be a relative path without NUL bytes, at most {_MAX_PATH} "
+                                   f"characters, each name at most {_MAX_NAME} bytes")
     root = root.resolve()
-    path = (root / rel).resolve()
+    try:
+        path = (root / rel).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:  # symlink loops and the like
+        raise Rejected("bad_args", f"args.{what} {rel[:200]!r} cannot be resolved: {exc}") from exc
     if path != root and root not in path.parents:
         raise Rejected("path_outside_root", f"args.{what} {rel!r} resolves outside {root}")
     return path
 
 
+def _non_finite(obj: Any, path: str = "args") -> str | None:
+    """The path of the first NaN/±Infinity in ``obj`` (Python's json accepts them; JSON does not)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return path
+    if isinstance(obj, dict):
+        return next((p for k, v in obj.items() if (p := _non_finite(v, f"{path}.{k}"))), None)
+    if isinstance(obj, list):
+        return next((p for i, v in enumerate(obj) if (p := _non_finite(v, f"{path}[{i}]"))), None)
+    return None
+
+
 def parse_request(payload: bytes) -> tuple[str, dict[str, Any]]:
     try:
         body = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise Rejected("malformed_json", f"payload is not UTF-8 JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise Rejected("malformed_json", "payload must be a JSON object {\"cmd_id\": …, \"args\": {…}}")
@@ -54,6 +81,10 @@ def parse_request(payload: bytes) -> tuple[str, dict[str, Any]]:
     args = body.get("args", {})
     if not isinstance(args, dict):
         raise Rejected("bad_args", "args must be a JSON object", cmd_id)
+    bad = _non_finite(body, "body")
+    if bad:
+        raise Rejected("bad_args", f"{bad.removeprefix('body.')} is NaN or infinite: send finite JSON numbers only",
+                       cmd_id)
     expires = body.get("expires")
     if expires is not None:
         if not isinstance(expires, (int, float)):
@@ -75,23 +106,7 @@ def train_job(args: dict[str, Any], data_root: Path, bundle_root: Path, cmd_id: 
         raise Rejected("unknown_bundle", f"no bundle {args['bundle']!r} under {bundle_root}; deploy it first")
     if not data.exists():
         raise Rejected("unknown_data", f"no data {args['data']!r} under {data_root}")
-    options: dict[str, Any] = {}
-    for key, typ in TRAIN_OPTIONS.items():
-        if key not in args:
-            continue
-        value = args[key]
-        if isinstance(value, bool) or not isinstance(value, typ):
-            raise Rejected("bad_args", f"args.{key} must be {getattr(typ, '__name__', 'a number')}, got {value!r}")
-        if isinstance(value, (int, float)) and value < 0:
-            raise Rejected("bad_args", f"args.{key} must not be negative")
-        options[key] = value
-    if options.get("mode", "auto") not in _MODES:
-        raise Rejected("bad_args", f"args.mode must be one of {', '.join(_MODES)}")
-    if options.get("engine", "auto") not in _ENGINES:
-        raise Rejected("bad_args", f"args.engine must be one of {', '.join(_ENGINES)}")
-    for key in ("epochs", "batch_size", "embed_batch_size"):
-        if key in options and options[key] < 1:
-            raise Rejected("bad_args", f"args.{key} must be at least 1")
+    options = {key: train_option(key, args[key]) for key in TRAIN_OPTIONS if key in args}
     try:
         from ftedge.runtime.bundle import load_bundle
 
@@ -101,30 +116,107 @@ def train_job(args: dict[str, Any], data_root: Path, bundle_root: Path, cmd_id: 
     return Job(id=new_job_id(), bundle=str(bundle), data=str(data), options=options, cmd_id=cmd_id)
 
 
+def train_option(key: str, value: Any) -> Any:
+    """``value`` checked against the type, bounds and choices of train option ``key``; else Rejected."""
+    typ = TRAIN_OPTIONS[key]
+    if typ is bool:  # JSON booleans only: "false" or 0 is not a boolean
+        if not isinstance(value, bool):
+            raise Rejected("bad_args", f"args.{key} must be a JSON boolean (true or false), got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, typ):
+        want = {int: "an integer", str: "a string"}.get(typ, "a number")  # type: ignore[call-overload]
+        raise Rejected("bad_args", f"args.{key} must be {want}, got {json.dumps(value)[:60]}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise Rejected("bad_args", f"args.{key} must be a finite number, got {value!r}")
+    if key in TRAIN_LIMITS:
+        lo, hi = TRAIN_LIMITS[key]
+        if not lo <= value <= hi:
+            raise Rejected("bad_args", f"args.{key} must be between {lo:g} and {hi:g}, got {value!r}")
+    if key in TRAIN_CHOICES and value not in TRAIN_CHOICES[key]:
+        raise Rejected("bad_args", f"args.{key} must be one of {', '.join(TRAIN_CHOICES[key])}, got {value!r}")
+    return value
+
+
+def cancel_target(args: dict[str, Any], current: str | None) -> str | None:
+    """The job a cancel names (``args.job``, else the running one); a malformed id is Rejected."""
+    if "job" not in args or args["job"] is None:
+        return current
+    job_id = args["job"]
+    if not valid_job_id(job_id):
+        raise Rejected("bad_args", f"args.job must be a job id like j20260101-120000-a1b2c3 (as the train reply "
+                                   f"gave it), got {json.dumps(job_id)[:60]}")
+    return job_id
+
+
 class ReplyCache:
-    """Replies by cmd_id (idempotency), persisted so a retry after an agent restart gets the same answer."""
+    """Replies by ``(cmd_id, verb)`` (idempotency), persisted so a retry after a restart gets the same answer.
 
-    def __init__(self, path: Path, keep: int = 1000) -> None:
-        self.path, self.keep = path, keep
+    Keeps the newest ``keep`` replies within ``max_bytes`` of JSON. A file that cannot be read back is
+    renamed ``replies.json.corrupt-<UTC time>`` (kept for inspection) and logged; the cache starts empty.
+    """
+
+    def __init__(self, path: Path, keep: int = REPLIES_KEEP, max_bytes: int = REPLIES_MAX_BYTES) -> None:
+        self.path, self.keep, self.max_bytes = Path(path), keep, max_bytes
         self.lock = threading.Lock()
+        self.replies: dict[str, dict[str, Any]] = self._load()
+        self.sizes = {k: len(json.dumps(v)) for k, v in self.replies.items()}
+
+    @staticmethod
+    def _key(cmd_id: str, verb: str) -> str:
+        return f"{verb}/{cmd_id}"  # verbs hold no "/": unambiguous
+
+    def _load(self) -> dict[str, dict[str, Any]]:
         try:
-            self.replies: dict[str, dict[str, Any]] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            self.replies = {}
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            log.error("reply cache %s is unreadable (%s); starting without it", self.path, exc)
+            return {}
+        try:
+            doc = json.loads(text)
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+            if doc.get("version") != 2:  # the first format was keyed by cmd_id alone: no verb to key on
+                log.warning("reply cache %s has the old format (keyed by cmd_id only); its %d repl(ies) are "
+                            "dropped", self.path, len(doc))
+                return {}
+            replies = doc.get("replies")
+            if not isinstance(replies, dict) or not all(isinstance(v, dict) for v in replies.values()):
+                raise ValueError("'replies' is not an object of objects")
+            return replies
+        except ValueError as exc:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+            try:
+                os.replace(self.path, aside)
+            except OSError:
+                aside = self.path
+            log.warning("reply cache %s is corrupt (%s); set aside as %s and starting empty: commands repeated "
+                        "from before now run again", self.path, exc, aside)
+            return {}
 
-    def get(self, cmd_id: str) -> dict[str, Any] | None:
+    # ``verb`` defaults to "deploy" only for the deploy worker's older call sites; pass it explicitly.
+    def get(self, cmd_id: str, verb: str = "deploy") -> dict[str, Any] | None:
         with self.lock:
-            return self.replies.get(cmd_id)
+            return self.replies.get(self._key(cmd_id, verb))
 
-    def put(self, cmd_id: str, reply: dict[str, Any]) -> None:
+    def put(self, cmd_id: str, reply: dict[str, Any], verb: str = "deploy") -> None:
         from ftedge.runtime.hashing import atomic_write_json
 
+        key = self._key(cmd_id, verb)
         with self.lock:
-            self.replies[cmd_id] = reply
-            if len(self.replies) > self.keep:
-                for k in list(self.replies)[: len(self.replies) - self.keep]:
-                    del self.replies[k]
-            atomic_write_json(self.path, self.replies)
+            self.replies.pop(key, None)
+            self.replies[key] = reply
+            self.sizes[key] = len(json.dumps(reply))
+            total = sum(self.sizes.values())
+            for k in list(self.replies):
+                if len(self.replies) <= max(1, self.keep) and total <= self.max_bytes:
+                    break
+                if k == key:
+                    continue
+                total -= self.sizes.pop(k, 0)
+                del self.replies[k]
+            atomic_write_json(self.path, {"version": 2, "replies": self.replies})
 
 
 Handler = Callable[[str, dict[str, Any]], tuple[str, dict[str, Any]]]

@@ -33,11 +33,13 @@ _U32 = 2**32 - 1
 
 # Known keys per table ("" is the top level); a dict value is a sub-table.
 _SCHEMA: dict[str, tuple[str, ...]] = {
-    "": ("device_id", "fleet", "state_dir", "log_level", "mqtt", "paths", "deploy", "outbox"),
+    "": ("device_id", "fleet", "state_dir", "log_level", "mqtt", "paths", "deploy", "outbox", "jobs", "retention"),
     "mqtt": ("url", "username", "password_file", "ca_file", "cert_file", "key_file",
-             "keepalive", "session_expiry", "will_delay"),
+             "keepalive", "session_expiry", "will_delay", "max_packet_size"),
+    "jobs": ("max_starts",),
+    "retention": ("keep_runs", "keep_versions", "cache_max_bytes"),
     "paths": ("data_root", "bundle_root"),
-    "deploy": ("trusted_keys",),
+    "deploy": ("trusted_keys", "require_signed", "file_root", "max_bytes", "deadline_s", "keep_replaced"),
     "outbox": ("max_bytes", "max_age_s"),
 }
 _HINTS = {
@@ -65,6 +67,7 @@ class MqttConfig:
     keepalive: int = 30
     session_expiry: int = 86400
     will_delay: int = 10
+    max_packet_size: int = 256 * 1024  # CONNECT MaximumPacketSize: bigger commands never reach the agent
 
     def to_public_dict(self) -> dict[str, Any]:
         """Every field, JSON-ready, with the password redacted."""
@@ -89,12 +92,31 @@ class PathsConfig:
 @dataclass(frozen=True)
 class DeployConfig:
     trusted_keys: tuple[Path, ...] = ()  # Ed25519 public keys for signed bundles
+    require_signed: bool = True          # false: accept unsigned bundles (signatures then go unchecked)
+    file_root: Path | None = None        # file:// deploys only from below this folder; unset: refused
+    max_bytes: int = 2 * 2**30           # download and unpacked-size cap
+    deadline_s: int = 1800               # the whole download
+    keep_replaced: int = 2               # NAME.replaced-* folders kept per bundle after `replace`
 
 
 @dataclass(frozen=True)
 class OutboxConfig:
     max_bytes: int = 64 * 1024 * 1024
     max_age_s: int = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    max_starts: int = 3  # starts without a finished epoch before a job is failed (crash loop guard)
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """What the agent deletes at start: the oldest beyond these caps."""
+
+    keep_runs: int = 20                      # run directories of finished jobs
+    keep_versions: int = 10                  # model versions (never the active one or its predecessor)
+    cache_max_bytes: int = 512 * 1024 * 1024  # embedding cache
 
 
 @dataclass(frozen=True)
@@ -107,13 +129,15 @@ class AgentConfig:
     paths: PathsConfig
     deploy: DeployConfig = field(default_factory=DeployConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     source: Path | None = None  # the file it was loaded from
 
     def to_public_dict(self) -> dict[str, Any]:
         """JSON-ready view safe to log or publish (password redacted)."""
         out = {f.name: _public(getattr(self, f.name)) for f in fields(self) if f.name != "mqtt"}
         out["mqtt"] = self.mqtt.to_public_dict()
-        for name in ("paths", "deploy", "outbox"):
+        for name in ("paths", "deploy", "outbox", "jobs", "retention"):
             obj = getattr(self, name)
             out[name] = {f.name: _public(getattr(obj, f.name)) for f in fields(obj)}
         return out
@@ -279,11 +303,12 @@ class _Reader:
         paths = self.paths(self.table(doc, "paths", required=True))
         deploy = self.deploy(self.table(doc, "deploy", required=False))
         outbox = self.outbox(self.table(doc, "outbox", required=False))
+        jobs, retention = self.jobs(self.table(doc, "jobs", required=False)), self.retention(self.table(doc, "retention", required=False))
         if self.errors:
             return None
         assert state_dir is not None and mqtt is not None and paths is not None
         return AgentConfig(device_id=device_id, fleet=fleet, state_dir=state_dir, log_level=log_level.lower(),
-                           mqtt=mqtt, paths=paths, deploy=deploy, outbox=outbox, source=source)
+                           mqtt=mqtt, paths=paths, deploy=deploy, outbox=outbox, source=source, jobs=jobs, retention=retention)
 
     def mqtt(self, t: dict | None) -> MqttConfig | None:
         if t is None:
@@ -307,11 +332,12 @@ class _Reader:
         keepalive = self.integer(t, "mqtt", "keepalive", 30, 0, 65535)
         session_expiry = self.integer(t, "mqtt", "session_expiry", 86400, 0, _U32)
         will_delay = self.integer(t, "mqtt", "will_delay", 10, 0, _U32)
+        max_packet = self.integer(t, "mqtt", "max_packet_size", 256 * 1024, 4096, 268_435_455)
         if host is None:
             return None
         return MqttConfig(host=host, port=port, tls=tls, username=username, password=password,
                           ca_file=ca_file, cert_file=cert_file, key_file=key_file, keepalive=keepalive,
-                          session_expiry=session_expiry, will_delay=will_delay)
+                          session_expiry=session_expiry, will_delay=will_delay, max_packet_size=max_packet)
 
     def url(self, url: str) -> tuple[str | None, int, bool]:
         key, usage = "mqtt.url", "write mqtt://HOST[:PORT], or mqtts://HOST[:PORT] for TLS"
@@ -373,8 +399,9 @@ class _Reader:
         return PathsConfig(data_root=data_root, bundle_root=bundle_root)
 
     def deploy(self, t: dict | None) -> DeployConfig:
+        d = DeployConfig()
         if t is None:
-            return DeployConfig()
+            return d
         self.unknown(t, "deploy")
         keys = self.get(t, "deploy", "trusted_keys", list)
         out: list[Path] = []
@@ -386,7 +413,20 @@ class _Reader:
             p = self.readable(key, self.path(value))
             if p is not None:
                 out.append(p)
-        return DeployConfig(trusted_keys=tuple(out))
+        require_signed = t.get("require_signed", d.require_signed)
+        if not isinstance(require_signed, bool):
+            self.err("deploy.require_signed", f"must be true or false, got {_toml_type(require_signed)} "
+                                              f"{require_signed!r}")
+            require_signed = d.require_signed
+        file_root = self.path_key(t, "deploy", "file_root")
+        if file_root is not None and not file_root.is_dir():
+            self.err("deploy.file_root", f"{file_root} is not a folder: create it or fix the path "
+                                         "(file:// deploys are allowed only from below it)")
+            file_root = None
+        return DeployConfig(trusted_keys=tuple(out), require_signed=require_signed, file_root=file_root,
+                            max_bytes=self.integer(t, "deploy", "max_bytes", d.max_bytes, 1, 2**63 - 1),
+                            deadline_s=self.integer(t, "deploy", "deadline_s", d.deadline_s, 1, 7 * 24 * 3600),
+                            keep_replaced=self.integer(t, "deploy", "keep_replaced", d.keep_replaced, 0, 1000))
 
     def outbox(self, t: dict | None) -> OutboxConfig:
         d = OutboxConfig()
@@ -395,3 +435,20 @@ class _Reader:
         self.unknown(t, "outbox")
         return OutboxConfig(max_bytes=self.integer(t, "outbox", "max_bytes", d.max_bytes, 1, 2**63 - 1),
                             max_age_s=self.integer(t, "outbox", "max_age_s", d.max_age_s, 1, 2**63 - 1))
+
+    def jobs(self, t: dict | None) -> JobsConfig:
+        d = JobsConfig()
+        if t is None:
+            return d
+        self.unknown(t, "jobs")
+        return JobsConfig(max_starts=self.integer(t, "jobs", "max_starts", d.max_starts, 1, 1000))
+
+    def retention(self, t: dict | None) -> RetentionConfig:
+        d = RetentionConfig()
+        if t is None:
+            return d
+        self.unknown(t, "retention")
+        return RetentionConfig(
+            keep_runs=self.integer(t, "retention", "keep_runs", d.keep_runs, 0, 1_000_000),
+            keep_versions=self.integer(t, "retention", "keep_versions", d.keep_versions, 1, 1_000_000),
+            cache_max_bytes=self.integer(t, "retention", "cache_max_bytes", d.cache_max_bytes, 0, 2**63 - 1))

@@ -4,26 +4,42 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
+import re
 import resource
+import shutil
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from ftedge.device_agent.disk import DiskGuard, is_disk_full
 from ftedge.errors import FtedgeError
 from ftedge.runtime.hashing import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 ACTIVE = ("queued", "running")
+MAX_STARTS = 3  # default of [jobs] max_starts: starts without a finished epoch before a job is failed
+JOB_ID_RE = re.compile(r"j\d{8}-\d{6}-[0-9a-f]{6}")  # what new_job_id() makes
 # `ftedge train` options a train command may set, with their types.
 TRAIN_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "epochs": int, "batch_size": int, "lr": (int, float), "mode": str, "patience": int,
     "max_seconds": (int, float), "val_fraction": (int, float), "seed": int, "min_gain": (int, float),
     "schedule": str, "backbone": str, "embed_batch_size": int, "engine": str,
+}
+# Inclusive bounds of the numeric options (val_fraction must stay below 1).
+TRAIN_LIMITS: dict[str, tuple[float, float]] = {
+    "epochs": (1, 10_000), "batch_size": (1, 4096), "embed_batch_size": (1, 4096), "lr": (0, 10),
+    "patience": (0, 10_000), "max_seconds": (0, 7 * 86400), "val_fraction": (0, 0.95), "seed": (0, 2**31 - 1),
+    "min_gain": (0, 1000),
+}
+TRAIN_CHOICES: dict[str, tuple[str, ...]] = {
+    "mode": ("auto", "cached", "full"), "engine": ("auto", "portable", "ort-training"),
+    "schedule": ("cosine", "linear", "constant"), "backbone": ("fp32", "int8"),
 }
 
 
@@ -42,6 +58,12 @@ class Job:
     result: dict[str, Any] | None = None
     error: str | None = None
     version: str | None = None
+    stalled_starts: int = 0  # starts since the last finished epoch (a crash loop shows here)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Job":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
     def public(self) -> dict[str, Any]:
         return {"job": self.id, "status": self.status, "bundle": Path(self.bundle).name, "cmd_id": self.cmd_id,
@@ -51,6 +73,10 @@ class Job:
 
 def new_job_id() -> str:
     return time.strftime("j%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def valid_job_id(value: Any) -> bool:
+    return isinstance(value, str) and JOB_ID_RE.fullmatch(value) is not None
 
 
 class JobStore:
@@ -66,11 +92,21 @@ class JobStore:
             atomic_write_json(self.dir / f"{job.id}.json", asdict(job))
 
     def get(self, job_id: str) -> Job | None:
+        if not valid_job_id(job_id):
+            return None
         p = self.dir / f"{job_id}.json"
-        return Job(**json.loads(p.read_text())) if p.is_file() else None
+        return self._read(p) if p.is_file() else None
+
+    @staticmethod
+    def _read(p: Path) -> Job | None:
+        try:
+            return Job.from_dict(json.loads(p.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            log.error("job file %s is unreadable (%s); ignoring it (move it away to silence this)", p, exc)
+            return None
 
     def all(self) -> list[Job]:
-        jobs = [Job(**json.loads(p.read_text())) for p in self.dir.glob("*.json")]
+        jobs = [j for p in self.dir.glob("*.json") if (j := self._read(p)) is not None]
         return sorted(jobs, key=lambda j: (j.created_ms, j.id))
 
 
@@ -87,10 +123,12 @@ def _current_rss_mb() -> float:
 
 
 class _Callbacks:
-    """Trainer → MQTT progress; cancellation at the next batch."""
+    """Trainer → MQTT progress; cancellation at the next batch (or embed/eval/merge chunk)."""
 
-    def __init__(self, job: Job, emit: Callable[[str, dict[str, Any]], None], cancel: threading.Event) -> None:
+    def __init__(self, job: Job, emit: Callable[[str, dict[str, Any]], None], cancel: threading.Event,
+                 on_epoch_done: Callable[[Job], None] = lambda _j: None) -> None:
         self.job, self.emit, self.cancel, self.step = job, emit, cancel, 0
+        self.on_epoch_done = on_epoch_done
 
     def on_start(self, info: dict[str, Any]) -> None:
         log.info("job %s started: %s", self.job.id, info)
@@ -106,21 +144,59 @@ class _Callbacks:
                         if record.get(k) is not None},
             "lr": record["lr"], "samples_per_s": record["samples_per_s"], "rss_mb": round(rss_mb, 1),
         })
+        self.on_epoch_done(self.job)
 
     def should_stop(self) -> bool:
         return self.cancel.is_set()
 
 
+def pin_bundle(src: Path, dst: Path) -> Path:
+    """A private copy of bundle ``src`` at ``dst`` (hard links where possible, else copies).
+
+    Only ``manifest.json`` and the files its ``files`` table lists are taken; a later ``deploy replace`` of
+    ``src`` renames a new folder into place and cannot change what the job reads. The caller verifies the
+    copy (hashes, signature) before training on it.
+    """
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    manifest_bytes = (src / "manifest.json").read_bytes()
+    (tmp / "manifest.json").write_bytes(manifest_bytes)
+    try:
+        files = json.loads(manifest_bytes).get("files") or {}
+    except ValueError as exc:
+        raise FtedgeError(f"bundle {src}: manifest.json is not JSON ({exc}); re-deploy the bundle") from exc
+    for rel in files if isinstance(files, dict) else ():
+        source, target = (src / rel).resolve(), (tmp / rel).resolve()
+        if src.resolve() not in source.parents or tmp.resolve() not in target.parents:
+            raise FtedgeError(f"bundle {src}: file {rel!r} escapes the bundle directory; re-export the bundle")
+        if not source.is_file():
+            continue  # verification reports it as missing
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
+    return dst
+
+
 class JobRunner:
-    """Runs queued jobs one at a time in its own thread."""
+    """Runs queued jobs one at a time in its own thread; the thread survives any exception."""
 
     def __init__(self, store: JobStore, state_dir: Path, emit: Callable[[str, dict[str, Any]], None],
-                 on_finished: Callable[[Job], None]) -> None:
+                 on_finished: Callable[[Job], None], max_starts: int = MAX_STARTS,
+                 trusted_keys: list[Path] | None = None, disk: DiskGuard | None = None) -> None:
         self.store, self.state_dir, self.emit, self.on_finished = store, Path(state_dir), emit, on_finished
+        self.max_starts, self.trusted_keys = max_starts, trusted_keys
+        self.disk = disk or DiskGuard(self.state_dir)
         self.queue: "queue.Queue[Job | None]" = queue.Queue()
         self.current: Job | None = None
         self.shutting_down = False  # stop at the next batch but leave the job running: resume on next start
         self.cancels: dict[str, threading.Event] = {}
+        self.done: set[str] = set()  # finished in this boot even if their final state could not be saved
+        self.problems: list[str] = []  # recent job-loop failures, for `status`
         self.thread = threading.Thread(target=self._loop, name="ftedge-jobs", daemon=True)
 
     def start(self) -> None:
@@ -149,29 +225,49 @@ class JobRunner:
     def cancel(self, job_id: str) -> bool:
         ev = self.cancels.get(job_id)
         job = self.store.get(job_id)
-        if ev is None or job is None or job.status not in ACTIVE:
+        if ev is None or job is None or job.status not in ACTIVE or job_id in self.done:
             return False
         ev.set()
         return True
 
     def queued(self) -> list[str]:
-        return [j.id for j in self.store.all() if j.status == "queued"]
+        return [j.id for j in self.store.all() if j.status == "queued" and j.id not in self.done]
+
+    def _problem(self, text: str) -> None:
+        self.problems = (self.problems + [text])[-10:]
 
     def _loop(self) -> None:
         while True:
             job = self.queue.get()
             if job is None:
                 return
-            job = self.store.get(job.id) or job
-            if job.status not in ACTIVE:
-                continue
             try:
-                self._run(job)
-            except Exception as exc:  # noqa: BLE001 - a job failure must never kill the agent
-                log.exception("job %s failed", job.id)
-                self._finish(job, "failed", None, f"{type(exc).__name__}: {exc}")
+                self._one(job)
+            except Exception as exc:  # noqa: BLE001 - even a failing failure path must not end the loop
+                log.exception("job loop: job %s could not be handled", job.id)
+                self._problem(f"job {job.id}: {type(exc).__name__}: {exc}")
+            finally:
+                self.current = None
+
+    def _one(self, job: Job) -> None:
+        if job.id in self.done:
+            return
+        job = self.store.get(job.id) or job
+        if job.status not in ACTIVE:
+            return
+        try:
+            self._run(job)
+        except Exception as exc:  # noqa: BLE001 - a job failure must never kill the agent
+            log.exception("job %s failed", job.id)
+            msg = f"{type(exc).__name__}: {exc}"
+            if is_disk_full(exc):
+                self.disk.state()  # releases the reserve so the failure can be recorded and reported
+                msg = (f"disk full ({exc}); free space on the state directory's filesystem "
+                       "(delete old runs/models), then send the train command again")
+            self._finish(job, "failed", None, msg)
 
     def _run(self, job: Job) -> None:
+        from ftedge.runtime.bundle import load_bundle
         from ftedge.runtime.trainer import TrainConfig, Trainer
 
         cancel = self.cancels.setdefault(job.id, threading.Event())
@@ -179,39 +275,90 @@ class JobRunner:
             if not self.shutting_down:
                 self._finish(job, "cancelled", None, None)
             return
+        if job.stalled_starts >= self.max_starts:
+            self._finish(job, "failed", None, (
+                f"job started {job.stalled_starts} times without finishing an epoch (the agent crashed or was "
+                f"killed each time, e.g. out of memory); it is not resumed again ([jobs] max_starts = "
+                f"{self.max_starts}). Lower batch_size/embed_batch_size or check the data, then send a new train"))
+            return
         run_dir = self.state_dir / "runs" / job.id
         resume = (run_dir / "checkpoint" / "state.json").exists()
         job.status, job.attempts = "running", job.attempts + 1
+        job.stalled_starts += 1
         job.started_ms = job.started_ms or int(time.time() * 1000)
         self.current = job
         self.store.save(job)
         self.emit("job", job.public())
+        pinned = run_dir / "bundle"
+        try:
+            if not (resume and (pinned / "manifest.json").is_file()):
+                pin_bundle(Path(job.bundle), pinned)
+            # Re-verify the private copy now (hashes; the signature when keys are required): it is what trains.
+            bundle = load_bundle(pinned, verify=True, trusted_keys=self.trusted_keys)
+        except FtedgeError as exc:
+            self._finish(job, "failed", None, f"bundle {Path(job.bundle).name} refused at job start: {exc}")
+            return
         cfg = TrainConfig(**{**job.options, "resume": resume, "cache_dir": self.state_dir / "cache"})
         try:
-            result = Trainer(job.bundle, job.data, run_dir, cfg, _Callbacks(job, self.emit, cancel)).run()
+            result = Trainer(bundle, job.data, run_dir, cfg,
+                             _Callbacks(job, self.emit, cancel, self._epoch_done)).run()
         except FtedgeError as exc:
+            if is_disk_full(exc):
+                raise
             self._finish(job, "failed", None, str(exc))
             return
         finally:
             self.current = None
         if result["status"] == "cancelled" and self.shutting_down:
             log.info("job %s paused for shutdown; it resumes from its checkpoint on the next start", job.id)
+            job.stalled_starts = 0  # a clean stop is not a crash
+            self.store.save(job)
             return
         status = {"succeeded": "succeeded", "cancelled": "cancelled"}.get(result["status"], "failed")
         error = None if status != "failed" else f"training {result['status']}: {result['stop_reason']}"
         self._finish(job, status, result, error)
 
+    def _epoch_done(self, job: Job) -> None:
+        if job.stalled_starts:
+            job.stalled_starts = 0
+            try:
+                self.store.save(job)
+            except OSError as exc:
+                log.error("could not save job %s after its epoch: %s", job.id, exc)
+
     def _finish(self, job: Job, status: str, result: dict[str, Any] | None, error: str | None) -> None:
+        """Record and report the end of ``job``; every step is attempted even if an earlier one fails."""
         job.status, job.error, job.finished_ms = status, error, int(time.time() * 1000)
         job.result = None if result is None else {k: result.get(k) for k in (
             "status", "stop_reason", "best_epoch", "epochs_run", "metrics", "baseline", "gain", "promoted",
             "duration_s", "samples", "mode", "engine")}
-        self.on_finished(job)  # e.g. store a new model version (sets job.version)
+        self.done.add(job.id)
+        try:
+            self.on_finished(job)  # (first: it may copy files the pinned bundle shares)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("job %s: post-processing failed", job.id)
+            if job.result:
+                job.result["promoted"] = False
+            job.error = job.error or f"the model could not be stored ({type(exc).__name__}: {exc})"
+        self.cancels.pop(job.id, None)
+        # The pinned bundle copy is only needed while the job may still resume.
+        shutil.rmtree(self.state_dir / "runs" / job.id / "bundle", ignore_errors=True)
+        res = job.result or {}
         self.emit("result", {
-            "job": job.id, "status": status, "final": (result or {}).get("metrics"),
-            "baseline": (result or {}).get("baseline"), "promoted": bool((result or {}).get("promoted")),
-            "duration_s": (result or {}).get("duration_s"), "error": error, "version": job.version,
+            "job": job.id, "status": status, "final": res.get("metrics"),
+            "baseline": res.get("baseline"), "promoted": bool(res.get("promoted")),
+            "duration_s": res.get("duration_s"), "error": job.error, "version": job.version,
             "skipped": len((result or {}).get("skipped") or []),
         })
-        self.store.save(job)
+        try:
+            self.store.save(job)
+        except OSError as exc:
+            self.disk.state()
+            log.error("could not save the final state of job %s (%s); it is reported, not resumed in this boot",
+                      job.id, exc)
+            self._problem(f"job {job.id}: final state not saved: {exc}")
+            try:
+                self.store.save(job)  # the reserve may have been released just now
+            except OSError:
+                pass
         self.emit("job", job.public())

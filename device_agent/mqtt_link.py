@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
@@ -26,13 +26,14 @@ class LinkSettings:
     client_id: str
     tls: bool = False
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a repr, a log line or a traceback
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
     keepalive: int = 30
     session_expiry: int = 86400
     will_delay: int = 10
+    max_packet_size: int = 256 * 1024  # told to the broker (CONNECT MaximumPacketSize); bigger is dropped
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Incoming:
     response_topic: str | None
     correlation: bytes | None
     expiry: int | None
+    retain: bool = False  # the broker delivered it as retained (subscriptions use Retain As Published)
 
 
 class MqttLink:
@@ -78,6 +80,7 @@ class MqttLink:
         """Connect in the background; a broker that is down now is retried, never fatal."""
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.settings.session_expiry
+        props.MaximumPacketSize = self.settings.max_packet_size
         self.client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive,
                                   clean_start=False, properties=props)
         self.client.loop_start()
@@ -114,8 +117,10 @@ class MqttLink:
         if reason_code.is_failure:
             log.error("broker refused the connection: %s (check credentials, certificates and ACL)", reason_code)
             return
-        for topic in self.subscriptions:
-            client.subscribe(topic, qos=1)
+        from paho.mqtt.subscribeoptions import SubscribeOptions
+
+        for topic in self.subscriptions:  # Retain As Published: a live retained command is recognisable too
+            client.subscribe(topic, options=SubscribeOptions(qos=1, retainAsPublished=True))
         self.connected.set()
         log.info("connected to %s:%s (session present: %s)", self.settings.host, self.settings.port,
                  getattr(flags, "session_present", "?"))
@@ -129,12 +134,17 @@ class MqttLink:
             self._on_connection(False)
 
     def _message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if len(msg.payload) > self.settings.max_packet_size:  # a broker that ignored our maximum
+            log.warning("dropped a %d-byte message on %s: over mqtt.max_packet_size (%d)", len(msg.payload),
+                        msg.topic, self.settings.max_packet_size)
+            return
         props = msg.properties
         self._on_message(Incoming(
             topic=msg.topic, payload=bytes(msg.payload),
             response_topic=getattr(props, "ResponseTopic", None),
             correlation=getattr(props, "CorrelationData", None),
             expiry=getattr(props, "MessageExpiryInterval", None),
+            retain=bool(msg.retain),
         ))
 
     def _published(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:

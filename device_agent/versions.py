@@ -8,7 +8,8 @@ Layout under ``STATE_DIR/models/``::
 
 A version is staged in a hidden temp directory (files fsynced) and renamed into place, so ``vNNNN/``
 is always complete; ``active.json`` is replaced atomically. ``history`` is the activation stack that
-``rollback`` pops; ``events`` is an append-only log. Nothing is ever deleted.
+``rollback`` pops; ``events`` is an append-only log. ``prune(keep)`` (agent start, ``[retention]
+keep_versions``) deletes the oldest versions, never the active one or its predecessor.
 """
 
 from __future__ import annotations
@@ -164,6 +165,31 @@ class ModelStore:
             self._push(state, version_id, "activate")
             return {**record, "active": True, "changed": True, "previous": previous,
                     "message": f"{version_id} is active (was {previous or 'no version'})"}
+
+    def prune(self, keep: int) -> list[str]:
+        """Delete the oldest versions beyond the newest ``keep``; never the active one or its predecessor
+        (what ``rollback()`` returns to). Deleted ids leave the activation history; returns them."""
+        with self._lock:
+            state = self._state()
+            history = state["history"]
+            protected = set(history[-2:])
+            ids = self._ids()
+            newest = set(ids[-keep:]) if keep > 0 else set()
+            doomed = [v for v in ids if v not in newest and v not in protected]
+            if not doomed:
+                return []
+            gone = set(doomed)
+            kept: list[str] = []
+            for v in history:  # drop deleted ids; collapse repeats they leave behind
+                if v not in gone and (not kept or kept[-1] != v):
+                    kept.append(v)
+            state["history"] = kept
+            state["events"].append({"at": _now(), "action": "pruned", "ids": doomed})
+            self._write_state(state)  # first: a crash now leaves unreferenced folders, never dangling ids
+            for v in doomed:
+                shutil.rmtree(self.root / v, ignore_errors=True)
+            fsync_dir(self.root)
+            return doomed
 
     def rollback(self, to: str | None = None) -> dict[str, Any]:
         """Go back to the version active before the current one, or to ``to`` (an earlier active one)."""

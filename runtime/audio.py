@@ -26,6 +26,12 @@ SILENCE_PEAK = 1e-3
 # A sample at |x| >= 0.999 sits at full scale; more than 1 % of those means the recording clipped.
 CLIP_LEVEL = 0.999
 MAX_CLIPPED_FRACTION = 0.01
+# Sample rates outside this range are a corrupt header, not audio: resampling 1 Hz to 16 kHz would allocate
+# 16000 output samples per input sample (found by tests/fuzz/wav.py).
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768000
+# Float WAVs hold [-1, 1]; a sample beyond +-16 (+24 dBFS) is garbage, and near float32's limit it overflows
+# the downmix to infinity (found by tests/fuzz/wav.py).
+MAX_FLOAT_SAMPLE = 16.0
 _CONVERT = "convert it with e.g. `ffmpeg -i IN -ac 1 -ar 16000 OUT.wav`"
 
 
@@ -68,6 +74,9 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
         raise WavError("fmt chunk declares 0 channels; the header is corrupt")
     if rate == 0:
         raise WavError("fmt chunk declares a sample rate of 0; the header is corrupt")
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise WavError(f"fmt chunk declares a sample rate of {rate} Hz, outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz;"
+                       f" the header is corrupt or the file is not a recording; {_CONVERT}")
     if not ((tag == PCM and bits in (8, 16, 24, 32)) or (tag == IEEE_FLOAT and bits in (32, 64))):
         kind = {PCM: "PCM", IEEE_FLOAT: "float"}.get(tag, f"format tag 0x{tag:04X}")
         raise WavError(f"unsupported WAV encoding: {kind} {bits}-bit (supported: PCM 8/16/24/32-bit, "
@@ -83,6 +92,10 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
         x = np.frombuffer(raw, "<f4" if bits == 32 else "<f8").astype(np.float32)
         if not np.isfinite(x).all():
             raise WavError("float samples contain NaN or infinity; re-export the recording")
+        peak = float(np.max(np.abs(x)))
+        if peak > MAX_FLOAT_SAMPLE:
+            raise WavError(f"float samples reach {peak:.3g}, far outside [-1, 1]: the file is corrupt or not "
+                           f"normalized; re-export the recording as PCM or normalized float")
     elif bits == 8:
         x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
     elif bits == 24:
@@ -130,11 +143,15 @@ def prepare_clip(samples: np.ndarray, rate: int, target_rate: int, clip_samples:
     x = np.asarray(samples, dtype=np.float32)
     if x.ndim not in (1, 2) or x.size == 0:
         raise WavError(f"expected samples shaped [frames] or [frames, channels], got {list(x.shape)}")
+    if not np.isfinite(x).all():
+        raise WavError("samples contain NaN or infinity; re-export the recording")
+    if not MIN_SAMPLE_RATE <= int(rate) <= MAX_SAMPLE_RATE:
+        raise WavError(f"sample rate {int(rate)} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz; {_CONVERT}")
     clipped = float(np.mean(np.abs(x) >= CLIP_LEVEL))
     if clipped > MAX_CLIPPED_FRACTION:
         raise WavError(f"clipped recording: {clipped:.1%} of samples at full scale (limit "
                        f"{MAX_CLIPPED_FRACTION:.0%}); re-record at a lower gain or remove it")
-    mono = x.mean(axis=1) if x.ndim == 2 else x
+    mono = x.mean(axis=1, dtype=np.float64).astype(np.float32) if x.ndim == 2 else x  # float64: no overflow
     clip = _fit(resample(np.ascontiguousarray(mono), int(rate), int(target_rate)), int(clip_samples))
     peak = float(np.max(np.abs(clip)))
     if peak < SILENCE_PEAK:

@@ -12,7 +12,12 @@ from typing import Callable
 
 import numpy as np
 
+from ftedge.errors import FtedgeError
 from ftedge.runtime.manifest import TensorSpec
+
+
+class StopRequested(FtedgeError):
+    """Cancel or shutdown asked a long phase (embed, evaluate, merge) to stop; the run ends as cancelled."""
 
 
 class EmbeddingCache:
@@ -40,6 +45,33 @@ class EmbeddingCache:
     def store(self, backbone: str, rows: list[tuple[str, bytes]]) -> None:
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?, ?)", [(backbone, s, d) for s, d in rows])
+
+    def size_bytes(self) -> int:
+        return int(self.db.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM emb").fetchone()[0])
+
+    def trim(self, max_bytes: int) -> int:
+        """Delete the oldest rows (insertion order) until the stored embeddings fit ``max_bytes``; returns
+        the number deleted. The file is compacted (VACUUM) when anything went; a full disk skips that."""
+        import sqlite3
+
+        total, deleted = self.size_bytes(), 0
+        if total <= max_bytes:
+            return 0
+        with self.db:
+            rows = self.db.execute("SELECT rowid, LENGTH(data) FROM emb ORDER BY rowid").fetchall()
+            victims = []
+            for rowid, n in rows:
+                if total <= max_bytes:
+                    break
+                victims.append((rowid,))
+                total -= n or 0
+            self.db.executemany("DELETE FROM emb WHERE rowid = ?", victims)
+            deleted = len(victims)
+        try:
+            self.db.execute("VACUUM")
+        except sqlite3.Error:
+            pass
+        return deleted
 
 
 def _per_sample(spec: TensorSpec) -> tuple[list[int], int]:
@@ -78,14 +110,22 @@ def embed_with_cache(
     embed: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
     batch_size: int,
     progress: Callable[[int], None] = lambda _n: None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> tuple[dict[str, np.ndarray], int]:
     """Head inputs for every sample; runs ``embed`` only on samples missing from the cache.
 
-    Returns (head inputs stacked on their batch axes, number of samples computed now).
+    Returns (head inputs stacked on their batch axes, number of samples computed now). ``should_stop`` is
+    asked before every batch; when it says yes, :class:`StopRequested` is raised (what was embedded so
+    far stays cached).
     """
+    def check() -> None:
+        if should_stop():
+            raise StopRequested("embedding stopped on request (cancel or shutdown)")
+
     if cache is None:  # nothing to persist: embed in batches, no per-sample packing
         parts: list[dict[str, np.ndarray]] = []
         for start in range(0, len(hashes), batch_size):
+            check()
             parts.append(embed({k: v[start:start + batch_size] for k, v in inputs.items()}))
             progress(len(parts[-1][specs[0].name]) if specs else 0)
         joined = {s.name: np.concatenate([p[s.name] for p in parts], axis=s.batch_axis or 0) for s in specs}
@@ -94,6 +134,7 @@ def embed_with_cache(
     missing = [i for i, h in enumerate(hashes) if h not in found]
     blobs: dict[str, bytes] = dict(found)
     for start in range(0, len(missing), batch_size):
+        check()
         idx = np.asarray(missing[start:start + batch_size])
         values = embed({k: v[idx] for k, v in inputs.items()})
         rows = [(hashes[j], pack(specs, values, k)) for k, j in enumerate(idx)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from ftedge.errors import RuntimeBackendError
 from ftedge.runtime.bundle import Bundle
@@ -90,10 +90,18 @@ def _read(f: BinaryIO, start: int, end: int) -> bytes:
     return f.read(end - start)
 
 
-def _copy(f: BinaryIO, out: BinaryIO, start: int, end: int) -> None:
+def _never() -> bool:
+    return False
+
+
+def _copy(f: BinaryIO, out: BinaryIO, start: int, end: int, should_stop: Callable[[], bool] = _never) -> None:
     f.seek(start)
     left = end - start
     while left:
+        if should_stop():
+            from ftedge.runtime.cache import StopRequested
+
+            raise StopRequested("writing the personalized model stopped on request (cancel or shutdown)")
         chunk = f.read(min(left, _CHUNK))
         if not chunk:
             raise RuntimeBackendError("truncated ONNX file; re-export the bundle")
@@ -101,7 +109,8 @@ def _copy(f: BinaryIO, out: BinaryIO, start: int, end: int) -> None:
         left -= len(chunk)
 
 
-def write_merged(backbone_path: Path, head_path: Path, bundle: Bundle, out: BinaryIO) -> None:
+def write_merged(backbone_path: Path, head_path: Path, bundle: Bundle, out: BinaryIO,
+                 should_stop: Callable[[], bool] = _never) -> None:
     """Backbone graph + head inference graph, joined on the head inputs (inputs/outputs keep their names),
     written to ``out``.
 
@@ -164,7 +173,7 @@ def write_merged(backbone_path: Path, head_path: Path, bundle: Bundle, out: Bina
         length = sum(stop - start for start, stop in keep) + len(tail_bytes)
         out.write(_encode_varint(_M_GRAPH << 3 | 2) + _encode_varint(length))
         for start, stop in keep:
-            _copy(f, out, start, stop)
+            _copy(f, out, start, stop, should_stop)
         out.write(tail_bytes)
 
 
@@ -243,9 +252,11 @@ def bake_initializers(head_path: Path, values: dict, out: Path) -> None:
     onnx.save(model, str(out))
 
 
-def write_personalized(bundle: Bundle, model, out: Path, backbone_role: str = "backbone") -> None:  # noqa: ANN001
+def write_personalized(bundle: Bundle, model, out: Path, backbone_role: str = "backbone",  # noqa: ANN001
+                       should_stop: Callable[[], bool] = _never) -> None:
     """``out`` ← the model as trained (current parameters of ``model``, any engine), written atomically; the files its
-    preprocessing needs (``tokenizer.json``) are copied next to it first."""
+    preprocessing needs (``tokenizer.json``) are copied next to it first. ``should_stop`` is asked per copied
+    chunk of the backbone (StopRequested; nothing is replaced)."""
     out = Path(out)
     copy_side_files(bundle, out.parent)
     with tempfile.TemporaryDirectory() as tmp:
@@ -261,7 +272,7 @@ def write_personalized(bundle: Bundle, model, out: Path, backbone_role: str = "b
             os.umask(umask)
             os.chmod(staged, 0o666 & ~umask)
             with os.fdopen(fd, "wb") as f:
-                write_merged(bundle.file(backbone_role), head, bundle, f)
+                write_merged(bundle.file(backbone_role), head, bundle, f, should_stop)
                 f.flush()
                 os.fsync(f.fileno())
             check_merged(Path(staged))

@@ -23,7 +23,7 @@ import numpy as np
 from ftedge.errors import FtedgeError, UsageError
 from ftedge.runtime import metrics as M
 from ftedge.runtime.bundle import Bundle, load_bundle
-from ftedge.runtime.cache import EmbeddingCache, embed_with_cache
+from ftedge.runtime.cache import EmbeddingCache, StopRequested, embed_with_cache
 from ftedge.runtime.data import Dataset, ModelIO, load_dataset
 from ftedge.runtime.hashing import atomic_write_json
 from ftedge.runtime.engine import open_engine, resolve_engine
@@ -166,7 +166,7 @@ class Trainer:
         try:
             self.features, computed = embed_with_cache(
                 cache, key, self.bundle.head_inputs, hashes, self.data.inputs, session.embed,
-                self.cfg.embed_batch)
+                self.cfg.embed_batch, should_stop=self.cb.should_stop)
         finally:
             if cache:
                 cache.close()
@@ -184,6 +184,8 @@ class Trainer:
             return {}
         losses, outs = [], []
         for start in range(0, len(idx), self.cfg.embed_batch):
+            if self.cb.should_stop():
+                raise StopRequested("evaluation stopped on request (cancel or shutdown)")
             b = idx[start:start + self.cfg.embed_batch]
             loss, out = session.eval_step(self._batch(session, b), self.data.targets[b])
             losses.append(loss * len(b))
@@ -217,10 +219,15 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         session = self._session(self.ckpt.path(state.last_checkpoint))
         self.ran_on = session.backbone.providers if session.backbone else []
-        self._prepare_features(session)
+        self.cache_stats = {"computed": 0, "reused": 0}
         monitor = self.val_idx if len(self.val_idx) else self.train_idx
-        if not state.baseline:
-            state.baseline = self.evaluate(session, monitor)  # the untuned model, same split
+        try:
+            self._prepare_features(session)
+            if not state.baseline:
+                state.baseline = self.evaluate(session, monitor)  # the untuned model, same split
+        except StopRequested as exc:  # cancel/SIGTERM while embedding or measuring the baseline
+            self.timings["train_s"] = 0.0
+            return self._finish(state, "cancelled", f"cancelled: {exc}", session)
         metrics_path = self.run_dir / "metrics.jsonl"
         if state.epochs_done == 0:
             metrics_path.write_text("")
@@ -262,7 +269,11 @@ class Trainer:
                 self.cb.on_batch(epoch, state.global_step, loss)
             if status != "succeeded":
                 break
-            val = self.evaluate(session, monitor)
+            try:
+                val = self.evaluate(session, monitor)
+            except StopRequested:
+                status, stop_reason = "cancelled", "cancelled"
+                break
             if not math.isfinite(val["loss"]):
                 status, stop_reason = "diverged", f"non-finite validation loss at epoch {epoch}"
                 break
@@ -316,7 +327,11 @@ class Trainer:
             best = session.model if trained_here else open_engine(
                 self.engine, self.bundle, self.ckpt.path(state.best_checkpoint), self.providers)
             final = state.best_metrics  # measured on the same split when that epoch ended; eval is deterministic
-            write_personalized(self.bundle, best, self.run_dir / "model.onnx", self.backbone_role)
+            try:
+                write_personalized(self.bundle, best, self.run_dir / "model.onnx", self.backbone_role,
+                                   should_stop=self.cb.should_stop)
+            except StopRequested as exc:
+                return self._finish(state, "cancelled", f"cancelled: {exc}", session)
             atomic_write_json(self.run_dir / "model.json", {
                 k: self.bundle.manifest.get(k) for k in ("name", "inputs", "output", "labels", "loss", "task", "preprocessing")})
             self.timings["export_s"] = time.perf_counter() - t

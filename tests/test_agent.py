@@ -8,191 +8,21 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
+from agent_harness import (  # noqa: F401 - fixtures
+    DEV, FLEET, ROOT_TOPIC, Collector, agents, assert_no_holes, broker, bundles, device,
+)
 from broker import Broker
-from conftest import FAMILIES, ROOT, ZOO, export
-from zoo import gaussian_classes
+from conftest import ROOT
 
 pytestmark = pytest.mark.skipif(not Path("/usr/sbin/mosquitto").exists() and not shutil.which("mosquitto"),
                                 reason="mosquitto not installed (scripts/dev.sh installs it)")
-FLEET, DEV = "demo", "dev-001"
-ROOT_TOPIC = f"ftedge/v1/{FLEET}/{DEV}/"
-
-
-class Collector:
-    """A persistent MQTT v5 subscriber that records every message of the fleet."""
-
-    def __init__(self, broker: Broker, client_id: str = "collector", username: str | None = None,
-                 password: str | None = None) -> None:
-        self.messages: list[tuple[str, dict, bool]] = []
-        self.lock = threading.Lock()
-        self.replies: dict[str, list[dict]] = {}
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        if username:
-            c.username_pw_set(username, password)
-        c.on_connect = lambda cl, *_: cl.subscribe(f"ftedge/v1/{FLEET}/#", qos=1)
-        c.on_message = self._on_message
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600
-        c.reconnect_delay_set(0.2, 1)
-        c.connect_async("127.0.0.1", broker.port, clean_start=False, properties=props)
-        c.loop_start()
-        self.client = c
-        assert self.wait(lambda: c.is_connected(), 10), "collector could not connect"
-
-    def _on_message(self, client, userdata, msg) -> None:
-        try:
-            body = json.loads(msg.payload)
-        except ValueError:
-            body = {"raw": msg.payload.decode(errors="replace")}
-        with self.lock:
-            self.messages.append((msg.topic, body, bool(msg.retain)))
-            if "/cmdres/" in msg.topic:
-                self.replies.setdefault(body.get("cmd_id"), []).append(body)
-
-    @staticmethod
-    def wait(cond, timeout: float = 30) -> bool:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if cond():
-                return True
-            time.sleep(0.05)
-        return False
-
-    def wait_online(self, count: int = 1) -> None:
-        """Commands sent before the agent subscribed would be lost: wait for its birth message(s)."""
-        assert self.wait(lambda: sum(b.get("reason") == "birth" for b in self.of("status")) >= count, 30), \
-            "the agent never came online"
-
-    def of(self, suffix: str) -> list[dict]:
-        with self.lock:
-            return [b for t, b, _ in self.messages if t == ROOT_TOPIC + suffix]
-
-    def topics(self, prefix: str) -> list[tuple[str, dict]]:
-        with self.lock:
-            return [(t, b) for t, b, _ in self.messages if t.startswith(ROOT_TOPIC + prefix)]
-
-    def send(self, verb: str, args: dict | None = None, cmd_id: str | None = None, raw: bytes | None = None,
-             wait_for: str | None = "any", timeout: float = 30) -> dict | None:
-        cmd_id = cmd_id or uuid.uuid4().hex[:12]
-        props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = ROOT_TOPIC + "cmdres/test-host"
-        props.CorrelationData = cmd_id.encode()
-        payload = raw if raw is not None else json.dumps({"cmd_id": cmd_id, "args": args or {}}).encode()
-        self.client.publish(ROOT_TOPIC + f"cmd/{verb}", payload, qos=1, properties=props)
-        if wait_for is None:
-            return None
-        key = cmd_id if raw is None else None
-
-        def got() -> dict | None:
-            with self.lock:
-                for r in self.replies.get(key, []):
-                    if wait_for == "any" or r["status"] == wait_for:
-                        return r
-            return None
-        assert self.wait(lambda: got() is not None, timeout), f"no {wait_for} reply to {verb} {cmd_id}"
-        return got()
-
-    def seqs(self) -> dict[str, list[int]]:
-        """Distinct seqs per boot of every enveloped D→H message (de-duplicated as a consumer would)."""
-        out: dict[str, set[int]] = {}
-        with self.lock:
-            for t, b, _ in self.messages:
-                if t.startswith(ROOT_TOPIC) and "/cmd/" not in t and b.get("seq", 0) > 0:
-                    out.setdefault(b["boot"], set()).add(b["seq"])
-        return {boot: sorted(s) for boot, s in out.items()}
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def assert_no_holes(seqs: dict[str, list[int]]) -> None:
-    for boot, s in seqs.items():
-        assert s == list(range(1, len(s) + 1)), f"boot {boot}: holes in seq {sorted(set(range(1, s[-1] + 1)) - set(s))}"
-
-
-@pytest.fixture()
-def broker(tmp_path):
-    b = Broker(tmp_path / "broker").start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("bundles")
-    export(f"{ZOO}:mlp", root / "mlp", "--input", "x:float32:1,20", "--labels", "a,b,c,d", "--lr", "0.01")
-    model, args = FAMILIES["cnn-batchnorm-depthwise"]
-    export(f"{ZOO}:{model}", root / "kws", *args, "--lr", "0.02")
-    return root
-
-
-@pytest.fixture()
-def device(tmp_path, bundles):
-    """State dir, data root with SYNTHETIC datasets, bundle root, and a config writer."""
-    data = tmp_path / "data"
-    data.mkdir()
-    x, y = gaussian_classes(seed=5)
-    np.savez(data / "blobs.npz", x=x, labels=y)
-    rng = np.random.default_rng(0)
-    yk = np.repeat(np.arange(4), 32)
-    np.savez(data / "clips.npz", x=(0.7 * yk[:, None, None] + rng.standard_normal((128, 101, 40))).astype(np.float32),
-             labels=yk)
-    bundle_root = tmp_path / "bundles"
-    shutil.copytree(bundles, bundle_root)
-
-    def write(broker: Broker, **mqtt_extra) -> Path:
-        lines = [f'device_id = "{DEV}"', f'fleet = "{FLEET}"', f'state_dir = "{tmp_path / "state"}"',
-                 'log_level = "info"', "[mqtt]", f'url = "{broker.url}"', "will_delay = 1", "keepalive = 5"]
-        lines += [f"{k} = {json.dumps(str(v))}" for k, v in mqtt_extra.items()]
-        lines += ["[paths]", f'data_root = "{data}"', f'bundle_root = "{bundle_root}"']
-        cfg = tmp_path / "agent.toml"
-        cfg.write_text("\n".join(lines) + "\n")
-        return cfg
-    return write
-
-
-class AgentProc:
-    def __init__(self, config: Path, log: Path) -> None:
-        self.log = log
-        # In CI the agent runs in the torch-free [device] venv, as on a box.
-        python = os.environ.get("FTEDGE_DEVICE_PYTHON") or sys.executable
-        self.proc = subprocess.Popen([python, "-m", "ftedge", "agent", "run", "--config", str(config)],
-                                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(30)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-@pytest.fixture()
-def agents(tmp_path):
-    started: list[AgentProc] = []
-
-    def start(config: Path) -> AgentProc:
-        a = AgentProc(config, tmp_path / "agent.log")
-        started.append(a)
-        return a
-    yield start
-    for a in started:
-        if a.proc.poll() is None:
-            a.proc.kill()
-            a.proc.wait()
 
 
 def test_birth_retained_and_offline_on_sigterm_and_lwt_on_sigkill(broker, device, agents):
@@ -270,7 +100,8 @@ MALFORMED = [
     ("train", {"bundle": "nope", "data": "blobs.npz"}, "unknown_bundle"),
     ("train", {"bundle": "mlp", "data": "blobs.npz", "wat": 1}, "bad_args"),
     ("train", {"bundle": "mlp", "data": "blobs.npz", "engine": "tensorflow"}, "bad_args"),
-    ("cancel", {"job": "j-unknown"}, "unknown_job"),
+    ("cancel", {"job": "j20260101-000000-abcdef"}, "unknown_job"),
+    ("cancel", {"job": "j-unknown"}, "bad_args"),  # not a job id at all
     ("rollback", {}, "rollback_refused"),
     ("deploy", {"url": "file:///x.tar.gz"}, "bad_args"),
 ]
@@ -345,8 +176,9 @@ def test_agent_sigkilled_mid_job_resumes_and_publishes_one_result(broker, device
 
 
 def test_wrong_password_is_refused_and_acl_denial_is_reported(tmp_path, device, agents):
-    acl = "user collector\ntopic read ftedge/v1/#\ntopic write ftedge/v1/+/+/cmd/#\n" \
-          "pattern readwrite ftedge/v1/+/%u/#\n"
+    from ftedge.fleet.acl import render_acl
+
+    acl = render_acl([(FLEET, "dev-001"), (FLEET, "dev-002")])  # the shipped layout (`ftedge fleet acl`)
     b = Broker(tmp_path / "authbroker", users={"dev-001": "s3cret", "dev-002": "other", "collector": "c0l"},
                acl=acl).start()
     try:
@@ -388,11 +220,18 @@ def test_mutual_tls(tmp_path, device, agents):
 
 def test_deploy_over_mqtt_then_train_it_and_refuse_a_wrong_hash(broker, device, agents, bundles, tmp_path):
     from ftedge.runtime.deploy import pack_bundle
+    from ftedge.runtime.signing import generate_keypair, sign_manifest
 
-    archive = tmp_path / "mlp2.tar.gz"
-    sha = pack_bundle(bundles / "mlp", archive)
+    # Signed, as recommended: the agent requires signatures by default. file:// needs a file_root.
+    private, public = generate_keypair(tmp_path / "keys" / "fleet")
+    src = tmp_path / "release" / "mlp"
+    shutil.copytree(bundles / "mlp", src)
+    manifest = json.loads((src / "manifest.json").read_text())
+    (src / "manifest.json").write_text(json.dumps(sign_manifest(manifest, private), indent=2))
+    archive = tmp_path / "release" / "mlp2.tar.gz"
+    sha = pack_bundle(src, archive)
     col = Collector(broker)
-    agents(device(broker))
+    agents(device(broker, extra_toml=f'[deploy]\ntrusted_keys = ["{public}"]\nfile_root = "{tmp_path / "release"}"'))
     col.wait_online()
     bad = col.send("deploy", {"url": archive.as_uri(), "sha256": "0" * 64, "name": "mlp-bad"}, wait_for="error")
     assert bad["code"] == "deploy_failed" and "sha256" in bad["detail"]

@@ -250,3 +250,56 @@ def test_python_310_without_tomli_says_what_to_install(tmp_path, monkeypatch):
 
 def test_agent_error_is_an_ftedge_error():
     assert issubclass(AgentError, FtedgeError)
+
+
+# -- [deploy] (issue 12: signatures required by default, file:// roots, download limits) -----------------------
+
+
+def test_deploy_defaults_require_signatures_and_refuse_file_urls(tmp_path):
+    d = load_config(write(tmp_path, MINIMAL)).deploy
+    assert d.require_signed is True and d.trusted_keys == () and d.file_root is None
+    assert (d.max_bytes, d.deadline_s, d.keep_replaced) == (2 * 2**30, 1800, 2)
+
+
+def test_deploy_table_loads(tmp_path):
+    (tmp_path / "srv").mkdir()
+    text = edit(FULL, 'trusted_keys = ["keys/fleet.pub"]\n', 'trusted_keys = ["keys/fleet.pub"]\nrequire_signed = false\n'
+                'file_root = "srv"\nmax_bytes = 1000\ndeadline_s = 60\nkeep_replaced = 0\n')
+    d = load_config(write(tmp_path, text)).deploy
+    assert (d.require_signed, d.file_root, d.max_bytes, d.deadline_s, d.keep_replaced) == \
+        (False, tmp_path.resolve() / "srv", 1000, 60, 0)
+
+
+@pytest.mark.parametrize("line,key,words", [
+    ('require_signed = "false"', "deploy.require_signed", "must be true or false"),
+    ('file_root = "no/such/dir"', "deploy.file_root", "is not a folder"),
+    ("max_bytes = 0", "deploy.max_bytes", "at least 1"),
+    ("deadline_s = 0", "deploy.deadline_s", "at least 1"),
+    ("keep_replaced = -1", "deploy.keep_replaced", "negative"),
+    ("require_sign = true", "deploy.require_sign", "did you mean 'require_signed'"),
+])
+def test_invalid_deploy_values_name_the_key(tmp_path, line, key, words):
+    msg = error(tmp_path, edit(FULL, 'trusted_keys = ["keys/fleet.pub"]\n', f'trusted_keys = ["keys/fleet.pub"]\n{line}\n'))
+    assert f"{key}: " in msg and words in msg, msg
+
+
+def test_limits_and_retention_defaults_and_values(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL))
+    assert cfg.mqtt.max_packet_size == 256 * 1024 and cfg.jobs.max_starts == 3
+    r = cfg.retention
+    assert (r.keep_runs, r.keep_versions, r.cache_max_bytes) == (20, 10, 512 * 1024 * 1024)
+    text = edit(MINIMAL, 'url = "mqtt://127.0.0.1"', 'url = "mqtt://127.0.0.1"\nmax_packet_size = 65536')
+    text += "[jobs]\nmax_starts = 5\n[retention]\nkeep_runs = 3\nkeep_versions = 4\ncache_max_bytes = 1000\n"
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.mqtt.max_packet_size == 65536 and cfg.jobs.max_starts == 5
+    assert (cfg.retention.keep_runs, cfg.retention.keep_versions, cfg.retention.cache_max_bytes) == (3, 4, 1000)
+    assert cfg.to_public_dict()["retention"]["keep_runs"] == 3
+
+
+@pytest.mark.parametrize("extra, key", [
+    ("[jobs]\nmax_starts = 0\n", "jobs.max_starts"),
+    ("[retention]\nkeep_versions = 0\n", "retention.keep_versions"),
+    ("[retention]\nkeep_run = 3\n", "retention.keep_run"),
+])
+def test_invalid_limits_name_the_key(tmp_path, extra, key):
+    assert key in error(tmp_path, MINIMAL + extra)
