@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -14,6 +15,7 @@ from urllib.parse import urlparse
 from ftedge.errors import FtedgeError, UsageError
 
 DEFAULT_DB = Path("fleet.sqlite")
+TOKEN_ENV = "FTEDGE_FLEET_TOKEN"
 
 
 def _broker(url: str) -> tuple[str, int, bool]:
@@ -41,7 +43,8 @@ def _collector(args: argparse.Namespace, share: str | None = None, **extra):  # 
 
     host, port, tls = _broker(args.broker)
     password = args.password_file.read_text().rstrip("\r\n") if args.password_file else None
-    store = FleetStore(Path(getattr(args, "db", None) or DEFAULT_DB))
+    store = FleetStore(Path(getattr(args, "db", None) or DEFAULT_DB),
+                       max_devices_per_fleet=getattr(args, "max_devices_per_fleet", None) or 100_000)
     client_id = args.client_id or f"ftedge-fleet-{socket.gethostname()}"
     return Collector(store, host=host, port=port, tls=tls, username=args.username, password=password,
                      ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
@@ -61,7 +64,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--http", default="127.0.0.1:8080", metavar="HOST:PORT", help="HTTP bind (default loopback:8080)")
     s.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite file (default fleet.sqlite)")
     s.add_argument("--share", metavar="GROUP", help="use the shared subscription $share/GROUP/… (split a fleet)")
-    s.add_argument("--token", help="bearer token enabling POST /api/devices/{id}/commands/{verb}")
+    s.add_argument("--token-file", type=Path, metavar="FILE",
+                   help=f"file holding the bearer token that enables POST /api/devices/{{id}}/commands/{{verb}} "
+                        f"(or set {TOKEN_ENV}); without one, commands over HTTP are disabled")
+    s.add_argument("--token", help=f"the token on the command line (visible to every local user in ps: "
+                                   f"prefer --token-file or {TOKEN_ENV})")
+    s.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a host name the dashboard is opened under (Host header); IP addresses and localhost "
+                        "are always allowed, other names get 421 (DNS-rebinding protection); repeatable")
+    s.add_argument("--max-devices-per-fleet", type=int, default=100_000, metavar="N",
+                   help="devices per fleet at most (default 100000); messages of further devices are rejected")
     s.set_defaults(handler=_serve)
     st = fs.add_parser("status", help="a table of devices from the collector's database")
     st.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite file (default fleet.sqlite)")
@@ -98,6 +110,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--json", action="store_true", help="print one JSON object per device")
     _mqtt_args(tr)
     tr.set_defaults(handler=_train)
+    ac = fs.add_parser("acl", help="print the Mosquitto ACL that pins every device to its fleet and subtree",
+                       description="One broker user per device (username = device id): it may write only its "
+                                   "own telemetry and read only its own commands, in its own fleet; collector "
+                                   "users read everything and write commands. Regenerate when devices are added.",
+                       epilog="examples:\n  ftedge fleet acl --fleet demo --devices box-1,box-2 > /etc/mosquitto/ftedge.acl"
+                              "\n  ftedge fleet acl --from devices.txt   # lines of 'FLEET DEVICE'",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    ac.add_argument("--fleet", help="the fleet of --devices")
+    ac.add_argument("--devices", metavar="A,B,…", help="comma-separated device ids (MQTT usernames)")
+    ac.add_argument("--from", dest="from_file", type=Path, metavar="FILE", help="a file of 'FLEET DEVICE' lines")
+    ac.add_argument("--collector", action="append", metavar="USER",
+                    help="MQTT username of a collector (default collector); repeatable")
+    ac.add_argument("-o", "--output", type=Path, help="write the file here instead of stdout")
+    ac.set_defaults(handler=_acl)
     p.set_defaults(handler=lambda _a: (p.print_help(sys.stderr), 2)[1])
 
 
@@ -107,9 +133,12 @@ def _serve(args: argparse.Namespace) -> int:
     host, _, port = args.http.rpartition(":")
     if not host or not port.isdigit():
         raise UsageError(f"--http {args.http!r}: use HOST:PORT, e.g. 127.0.0.1:8080")
+    token = _http_token(args)
+    if args.max_devices_per_fleet < 1:
+        raise UsageError("--max-devices-per-fleet must be at least 1")
     collector, store = _collector(args, share=args.share)
     collector.start()
-    server = FleetHTTPServer(store, host, int(port), token=args.token,
+    server = FleetHTTPServer(store, host, int(port), token=token, allowed_hosts=args.allow_host,
                              send=lambda f, d, v, a: collector.send(f, d, v, a, timeout=10.0)).start()
     print(f"collecting from {args.broker} into {args.db}; dashboard {server.url}/", file=sys.stderr)
     stop = threading.Event()
@@ -119,6 +148,55 @@ def _serve(args: argparse.Namespace) -> int:
     server.stop()
     collector.stop()
     return 0
+
+
+def _http_token(args: argparse.Namespace) -> str | None:
+    """The HTTP bearer token from --token-file, FTEDGE_FLEET_TOKEN or --token (one of them at most)."""
+    sources = [name for name, given in (("--token-file", args.token_file), (TOKEN_ENV, os.environ.get(TOKEN_ENV)),
+                                        ("--token", args.token)) if given]
+    if len(sources) > 1:
+        raise UsageError(f"the HTTP token is given by {' and '.join(sources)}: use exactly one of them")
+    if args.token_file:
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as exc:
+            raise UsageError(f"--token-file {args.token_file}: {exc}") from exc
+        if not token:
+            raise UsageError(f"--token-file {args.token_file} is empty: write the token into it "
+                             "(e.g. `openssl rand -hex 32 > FILE`)")
+        return token
+    token = os.environ.get(TOKEN_ENV) or args.token
+    return token.strip() if token else None
+
+
+def _acl(args: argparse.Namespace) -> int:
+    from ftedge.fleet.acl import read_device_list, render_acl
+
+    if args.from_file and (args.devices or args.fleet):
+        raise UsageError("give either --from FILE or --fleet with --devices, not both")
+    if args.from_file:
+        pairs = read_device_list(args.from_file)
+    elif args.fleet and args.devices:
+        pairs = [(args.fleet, d.strip()) for d in args.devices.split(",") if d.strip()]
+    else:
+        raise UsageError("name the devices: --fleet FLEET --devices A,B,… or --from FILE ('FLEET DEVICE' lines)")
+    text = render_acl(pairs, args.collector or ["collector"])
+    if args.output:
+        args.output.write_text(text)
+        print(f"wrote {args.output} ({len(pairs)} devices); reload Mosquitto (SIGHUP) to apply it", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _fmt(value: object, spec: str) -> str:
+    """``value`` formatted with ``spec`` if it is a number, else ``-`` (rows stored before validation)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "-"
+    try:
+        return format(value, spec)
+    except (ValueError, OverflowError):
+        return "-"
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -132,13 +210,17 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     print(f"{'fleet':10s} {'device':14s} {'state':8s} {'job':28s} {'status':10s} {'epoch':>5s} {'loss':>8s} "
           f"{'val acc':>8s} {'version':8s}")
+    obj = lambda v: v if isinstance(v, dict) else {}  # noqa: E731
     for d in devices:
-        job, m = d.get("job") or {}, d.get("metrics") or {}
-        val = (m.get("metrics") or {}).get("val_accuracy")
-        print(f"{d['fleet']:10s} {d['device']:14s} {str(d.get('state')):8s} {str(job.get('id') or '-'):28s} "
-              f"{str(job.get('status') or '-'):10s} {str(m.get('epoch', '-')):>5s} "
-              f"{('-' if m.get('loss') is None else format(m['loss'], '.4f')):>8s} "
-              f"{('-' if val is None else format(val, '.3f')):>8s} {str(d.get('active_version') or '-'):8s}")
+        try:
+            job, m = obj(d.get("job")), obj(d.get("metrics"))
+            val = obj(m.get("metrics")).get("val_accuracy")
+            print(f"{d['fleet']:10s} {d['device']:14s} {str(d.get('state')):8s} {str(job.get('id') or '-'):28s} "
+                  f"{str(job.get('status') or '-'):10s} {str(m.get('epoch', '-')):>5s} "
+                  f"{_fmt(m.get('loss'), '.4f'):>8s} {_fmt(val, '.3f'):>8s} "
+                  f"{str(d.get('active_version') or '-'):8s}")
+        except Exception as exc:  # noqa: BLE001 - one bad row must not hide the others
+            print(f"{str(d.get('fleet')):10s} {str(d.get('device')):14s} (cannot show this device: {exc})")
     return 0
 
 
@@ -171,9 +253,13 @@ def _train(args: argparse.Namespace) -> int:
             return
         if run.result is not None:
             r = run.result
-            acc = lambda m: "-" if not m or m.get("accuracy") is None else format(m["accuracy"], ".3f")  # noqa: E731
-            print(f"{run.device}: job {run.job} {r.get('status')} — val accuracy {acc(r.get('baseline'))} → "
-                  f"{acc(r.get('final'))}, promoted {r.get('promoted')}, {r.get('duration_s', 0):.1f} s", flush=True)
+            acc = lambda m: _fmt(m.get("accuracy"), ".3f") if isinstance(m, dict) else "-"  # noqa: E731
+            took = _fmt(r.get("duration_s"), ".1f")
+            line = (f"{run.device}: job {run.job} {r.get('status')} — val accuracy {acc(r.get('baseline'))} → "
+                    f"{acc(r.get('final'))}, promoted {r.get('promoted')}, {took} s")
+            if r.get("error"):
+                line += f"; error: {r['error']}"
+            print(line, flush=True)
         elif run.last:
             print(f"{run.device}: epoch {run.last.get('epoch')} loss {run.last.get('loss')}", flush=True)
 

@@ -60,7 +60,7 @@ def fan_out(collector: Collector, fleet: str, devices: list[str], verb: str, arg
     pending = list(runs)
     while pending:
         for run in list(pending):
-            reply = collector.store.reply(run.cmd_id)
+            reply = collector.store.reply(run.cmd_id, run.fleet, run.device)
             if reply is not None:
                 run.reply, run.job = reply, reply.get("job")
                 if reply.get("status") in ("rejected", "error"):

@@ -1,20 +1,25 @@
 """The collector's HTTP side: JSON API, Prometheus ``/metrics`` and a live dashboard (server-rendered SVG).
 
 Stdlib ``ThreadingHTTPServer`` bound to loopback by default; commands over HTTP need a bearer token (and
-are disabled when none is configured). No CDN, no JavaScript library: the page refreshes its fragment by
-``fetch`` every 2 s, so it works on an offline fleet host.
+are disabled when none is configured; compared in constant time). Every request's ``Host`` must be an IP
+address, ``localhost`` or an allowed name (else 421: a DNS-rebinding page cannot read the GET endpoints);
+connections have a socket timeout and POST bodies a size cap. Each device renders on its own: one whose
+stored row cannot be shown gets an error cell, the rest of the page renders. No CDN, no JavaScript
+library: the page refreshes its fragment by ``fetch`` every 2 s, so it works on an offline fleet host.
 """
 
 from __future__ import annotations
 
+import hmac
 import html
+import ipaddress
 import json
 import logging
 import math
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, urlencode, urlparse
 
 log = logging.getLogger(__name__)
@@ -35,20 +40,23 @@ def prometheus_text(store: Any) -> bytes:
             acc = GaugeMetricFamily("ftedge_job_val_accuracy", "validation accuracy of the device's latest epoch",
                                     labels=["fleet", "device"])
             for d in store.devices():
-                lab = [d["fleet"], d["device"]]
+                lab = [str(d["fleet"]), str(d["device"])]
                 up.add_metric(lab, 1.0 if d.get("state") == "online" else 0.0)
-                if d.get("last_seen"):
+                if isinstance(d.get("last_seen"), int):
                     seen.add_metric(lab, d["last_seen"] / 1000.0)
-                m = d.get("metrics") or {}
-                if m.get("loss") is not None:
-                    loss.add_metric(lab, float(m["loss"]))
-                val = (m.get("metrics") or {}).get("val_accuracy")
-                if val is not None:
-                    acc.add_metric(lab, float(val))
+                m = d.get("metrics") if isinstance(d.get("metrics"), dict) else {}
+                inner = m.get("metrics") if isinstance(m.get("metrics"), dict) else {}
+                for fam, value in ((loss, m.get("loss")), (acc, inner.get("val_accuracy"))):
+                    if _number(value) is not None:   # a row stored before validation may hold anything
+                        fam.add_metric(lab, _number(value))
             c = store.counters()
             yield from (up, seen, loss, acc)
             for name, key, doc in (("ftedge_messages", "messages_total", "device messages ingested"),
                                    ("ftedge_messages_duplicate", "duplicates_total", "duplicates dropped (dev, boot, seq)"),
+                                   ("ftedge_messages_malformed", "malformed_total",
+                                    "device messages refused: bad envelope, body field types or size"),
+                                   ("ftedge_messages_rejected", "rejected_total",
+                                    "messages of devices beyond the devices-per-fleet cap"),
                                    ("ftedge_seq_gaps", "seq_gaps_total", "holes in a device's seq after the reorder window")):
                 fam = CounterMetricFamily(name, doc)
                 fam.add_metric([], float(c.get(key, 0)))
@@ -65,8 +73,23 @@ MAX_CHARTS = 8      # devices charted per page (each costs one job query and ~2 
 LOSS_COLOR, ACC_COLOR = "#c0392b", "#2471a3"
 
 
+def _number(v: Any) -> float | None:
+    """``v`` as a float if it is a JSON number that a float can hold, else None."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        return float(v)
+    except OverflowError:
+        return None
+
+
+def _obj(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
+
+
 def _finite(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+    f = _number(v)
+    return f if f is not None and math.isfinite(f) else None
 
 
 def _pct(v: float | None) -> str:
@@ -119,15 +142,30 @@ def _query(page: int, device: str | None) -> str:
 
 
 def _has_job(d: dict[str, Any]) -> bool:
-    return bool((d.get("job") or {}).get("id"))
+    return bool(_obj(d.get("job")).get("id"))
+
+
+def _isolated(render: Callable[..., str], d: dict[str, Any], *args: Any, cols: int = 0) -> str:
+    """``render(d, *args)``, or an error cell (``cols`` wide) / box if this device's data cannot be shown:
+    one device's bad row never takes the page down."""
+    try:
+        return render(d, *args)
+    except Exception as exc:  # noqa: BLE001 - a row stored before validation, or edited by hand
+        log.warning("could not render device %r: %s", d.get("device"), exc)
+        dev, fleet = html.escape(str(d.get("device"))), html.escape(str(d.get("fleet")))
+        why = html.escape(f"could not render this device ({type(exc).__name__}); see the collector log")
+        if cols:
+            return (f'<tr class="device error" data-device="{dev}" data-fleet="{fleet}"><td>{fleet}</td>'
+                    f'<td>{dev}</td><td class="error" colspan="{cols - 2}">{why}</td></tr>')
+        return f'<div class="device-charts error" data-device="{dev}">{why}</div>'
 
 
 def _device_row(d: dict[str, Any], page: int, now_ms: int) -> str:
     """One row of the device table; the device links to the page that charts it first."""
-    job = d.get("job") or {}
-    m = d.get("metrics") or {}
+    job = _obj(d.get("job"))
+    m = _obj(d.get("metrics"))
     loss = _finite(m.get("loss"))
-    acc = _finite((m.get("metrics") or {}).get("val_accuracy"))
+    acc = _finite(_obj(m.get("metrics")).get("val_accuracy"))
     state = str(d.get("state") or "unknown")
     age = "" if not d.get("last_seen") else f"{max(0, now_ms - int(d['last_seen'])) // 1000} s ago"
     dev = html.escape(d["device"])
@@ -147,10 +185,10 @@ def _device_charts(store: Any, d: dict[str, Any]) -> str:
     """Loss and accuracy charts of the device's current job, with its before → after verdict once known."""
     job_id = str((d.get("job") or {}).get("id"))
     detail = store.job(d["fleet"], d["device"], job_id) or {}
-    prog = detail.get("progress") or []
-    result = detail.get("result") or {}
-    before = _finite((result.get("baseline") or {}).get("accuracy"))
-    after = _finite((result.get("final") or {}).get("accuracy"))
+    prog = [_obj(p) for p in detail.get("progress") or []]
+    result = _obj(detail.get("result"))
+    before = _finite(_obj(result.get("baseline")).get("accuracy"))
+    after = _finite(_obj(result.get("final")).get("accuracy"))
     verdict = ""
     if before is not None and after is not None:
         verdict = (f' <span class="verdict" data-before="{before}" data-after="{after}">accuracy {_pct(before)} → '
@@ -160,7 +198,7 @@ def _device_charts(store: Any, d: dict[str, Any]) -> str:
             f'data-status="{html.escape(str(detail.get("status") or ""))}"><h3>{dev} · {html.escape(job_id)} · '
             f'{html.escape(str(detail.get("status") or ""))}{verdict}</h3>'
             + svg_chart([p.get("loss") for p in prog], "loss", LOSS_COLOR)
-            + svg_chart([(p.get("metrics") or {}).get("val_accuracy") for p in prog], "val accuracy", ACC_COLOR,
+            + svg_chart([_obj(p.get("metrics")).get("val_accuracy") for p in prog], "val accuracy", ACC_COLOR,
                         baseline=before)
             + "</div>")
 
@@ -178,7 +216,7 @@ def dashboard_fragment(store: Any, page: int = 1, device: str | None = None, now
     shown = devices[(page - 1) * PAGE_SIZE:page * PAGE_SIZE]
     focus = [d for d in devices if device and d["device"] == device and _has_job(d)][:1]
     with_job = [d for d in shown if _has_job(d) and d not in focus]
-    running = [d for d in with_job if d["job"].get("status") == "running"]
+    running = [d for d in with_job if _obj(d.get("job")).get("status") == "running"]
     charted = focus + running + [d for d in with_job if d not in running]
     before, after = s.get("accuracy_before"), s.get("accuracy_after")
     first, last = (page - 1) * PAGE_SIZE + 1 if shown else 0, (page - 1) * PAGE_SIZE + len(shown)
@@ -203,11 +241,11 @@ def dashboard_fragment(store: Any, page: int = 1, device: str | None = None, now
         f'<span>accuracy before → after personalization <b id="acc">{_pct(before)} → {_pct(after)}</b> '
         f'(<span id="n-promoted">{s.get("promoted_devices", 0)}</span> promoted)</span></section>'
         f'<section id="charts" data-charted="{min(len(charted), MAX_CHARTS)}" data-with-job="{len(charted)}">'
-        + "".join(_device_charts(store, d) for d in charted[:MAX_CHARTS]) + "</section>"
+        + "".join(_isolated(lambda dv: _device_charts(store, dv), d) for d in charted[:MAX_CHARTS]) + "</section>"
         f'<nav id="pager" data-page="{page}" data-pages="{pages}">' + " · ".join(nav) + "</nav>"
         '<table id="devices"><thead><tr><th>fleet</th><th>device</th><th>state</th><th>job</th><th>status</th>'
         '<th>epoch</th><th>loss</th><th>val acc</th><th>active version</th><th>last seen</th></tr></thead><tbody>'
-        + "".join(_device_row(d, page, now_ms) for d in shown) + "</tbody></table>")
+        + "".join(_isolated(_device_row, d, page, now_ms, cols=10) for d in shown) + "</tbody></table>")
 
 
 def _page_args(query: str) -> tuple[int, str | None]:
@@ -251,15 +289,60 @@ def dashboard_page(store: Any, page: int = 1, device: str | None = None) -> str:
 
 
 # -- server --------------------------------------------------------------------------------------------------
+MAX_BODY = 64 * 1024   # bytes of a POST body (command args)
+TIMEOUT_S = 30.0       # socket timeout per read/write of a connection
+
+
+def host_allowed(header: str | None, allowed: frozenset[str]) -> bool:
+    """Whether a request's ``Host`` header names this server: an IP literal, ``localhost``, or a name in
+    ``allowed`` (lower case). A DNS-rebinding page reaches us under the attacker's own name, never these."""
+    if not header:
+        return False
+    h = header.strip().lower()
+    if h.startswith("["):                      # [IPv6]:port
+        name = h[1:h.find("]")] if "]" in h else ""
+    else:
+        name, sep, port = h.rpartition(":")
+        if not sep or not port.isdigit():
+            name = h
+    name = name.rstrip(".")
+    if not name:
+        return False
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return name == "localhost" or name in allowed
+
+
 class FleetHTTPServer:
+    """The HTTP side. ``token``: bearer token enabling POST commands (None: commands disabled);
+    ``allowed_hosts``: host names (besides IP literals and ``localhost``) the ``Host`` header may carry, e.g.
+    the DNS name the dashboard is opened under; ``timeout_s``: socket timeout of every connection."""
+
     def __init__(self, store: Any, host: str = "127.0.0.1", port: int = 8080, token: str | None = None,
-                 send: Callable[[str, str, str, dict], dict] | None = None) -> None:
-        self.store, self.token, self.send = store, token, send
+                 send: Callable[[str, str, str, dict], dict] | None = None,
+                 allowed_hosts: Iterable[str] = (), timeout_s: float = TIMEOUT_S) -> None:
+        self.store, self._token, self.send = store, token, send
+        names = {h.strip().lower().rstrip(".") for h in allowed_hosts if h.strip()}
+        if host and not host.replace(".", "").isdigit() and ":" not in host and host not in ("0.0.0.0", ""):
+            names.add(host.lower())            # bound to a name: that name is fine too
+        self.allowed_hosts = frozenset(names)
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = timeout_s   # StreamRequestHandler sets it on the socket: an idle client is dropped
+
             def log_message(self, fmt: str, *args: Any) -> None:
                 log.debug("http: " + fmt, *args)
+
+            def _host_ok(self) -> bool:
+                if host_allowed(self.headers.get("Host"), outer.allowed_hosts):
+                    return True
+                self._json(421, {"error": f"Host {self.headers.get('Host')!r} is not a name this server answers "
+                                          "to (DNS-rebinding protection): open it by IP address or localhost, or "
+                                          "start it with --allow-host NAME"})
+                return False
 
             def _reply(self, code: int, body: bytes, ctype: str) -> None:
                 self.send_response(code)
@@ -273,6 +356,8 @@ class FleetHTTPServer:
                 self._reply(code, json.dumps(obj).encode(), "application/json")
 
             def do_GET(self) -> None:  # noqa: N802 - http.server API
+                if not self._host_ok():
+                    return
                 url = urlparse(self.path)
                 parts = [p for p in url.path.split("/") if p]
                 try:
@@ -299,17 +384,29 @@ class FleetHTTPServer:
                     self._json(500, {"error": str(exc)})
 
             def do_POST(self) -> None:  # noqa: N802
+                if not self._host_ok():
+                    return
                 url = urlparse(self.path)
                 parts = [p for p in url.path.split("/") if p]
                 if not (len(parts) == 5 and parts[:2] == ["api", "devices"] and parts[3] == "commands"):
                     return self._json(404, {"error": f"no route {url.path}"})
-                if not outer.token:
-                    return self._json(403, {"error": "commands over HTTP are disabled: start the collector with --token"})
-                if self.headers.get("Authorization") != f"Bearer {outer.token}":
-                    return self._json(401, {"error": "missing or wrong bearer token"})
+                if not outer._token:
+                    return self._json(403, {"error": "commands over HTTP are disabled: start the collector with "
+                                                     "--token-file FILE or FTEDGE_FLEET_TOKEN"})
+                given = (self.headers.get("Authorization") or "").encode()
+                if not hmac.compare_digest(given, f"Bearer {outer._token}".encode()):
+                    return self._json(401, {"error": "missing or wrong bearer token: send "
+                                                     "'Authorization: Bearer TOKEN' with the collector's token"})
+                raw_length = self.headers.get("Content-Length") or "0"
+                if not raw_length.isdigit():
+                    return self._json(400, {"error": "Content-Length is not a number of bytes"})
+                length = int(raw_length)
+                if length > MAX_BODY:
+                    self.close_connection = True
+                    return self._json(413, {"error": f"the body of {length} bytes is too large: command args "
+                                                     f"must fit in {MAX_BODY} bytes"})
                 if outer.send is None:
                     return self._json(503, {"error": "this server has no MQTT connection to send commands"})
-                length = int(self.headers.get("Content-Length") or 0)
                 try:
                     args = json.loads(self.rfile.read(length) or b"{}")
                     if not isinstance(args, dict):
@@ -332,6 +429,13 @@ class FleetHTTPServer:
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
         return f"http://{host}:{port}"
+
+    @property
+    def token(self) -> str | None:
+        return self._token
+
+    def __repr__(self) -> str:   # never the token
+        return f"FleetHTTPServer({self.url}, commands {'enabled' if self._token else 'disabled'})"
 
     def _fleet_of(self, device: str) -> str | None:
         for d in self.store.devices():

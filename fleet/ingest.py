@@ -39,7 +39,7 @@ import struct
 import threading
 import time
 import uuid
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -71,7 +71,7 @@ class CollectorSettings:
     client_id: str = "ftedge-collector"
     tls: bool = False
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)   # never in a repr or a log line
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
@@ -86,6 +86,7 @@ class CollectorSettings:
     fast_receive: bool = True           # False: stock paho receive path (ack on receipt), e.g. on a new paho
     gap_check_s: float = 1.0
     command_expiry_s: int = 300         # MessageExpiryInterval of resync commands
+    max_packet_size: int = 256 * 1024   # MQTT v5 Maximum Packet Size: the broker drops bigger messages for us
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> CollectorSettings:
@@ -335,6 +336,7 @@ class Collector:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.settings.session_expiry
         props.ReceiveMaximum = max(1, min(65535, int(self.settings.receive_maximum)))
+        props.MaximumPacketSize = max(1024, min(268435455, int(self.settings.max_packet_size)))
         self.client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive,
                                   clean_start=False, properties=props)
         self.client.loop_start()
@@ -417,7 +419,8 @@ class Collector:
         ``cmd_id``, ``status`` accepted/rejected/done/error, ``code``, ``detail``, …).
 
         Raises ``TimeoutError`` if the broker is not reachable or no reply arrives within ``timeout`` s.
-        The reply is stored (``FleetStore.reply``), so a late one can still be looked up by cmd_id.
+        The reply is stored (``FleetStore.reply``), so a late one can still be looked up by cmd_id; only a
+        reply published by ``device`` itself (on its own ``cmdres`` topic) counts.
         """
         deadline = time.monotonic() + timeout
         if self._writer is None:
@@ -428,7 +431,7 @@ class Collector:
         cmd_id = self.publish_command(fleet, device, verb, args, expiry_s=max(1, math.ceil(remaining)))
         with self._cv:
             while True:
-                reply = self.store.reply(cmd_id)
+                reply = self.store.reply(cmd_id, fleet, device)
                 if reply is not None:
                     return reply
                 remaining = deadline - time.monotonic()

@@ -19,8 +19,11 @@ fleet) shows its unseen beginning as one hole. Only the newest ``keep_boots`` bo
 for de-duplication. ``seq 0`` is the Last Will (not part of the sequence): de-duplicated by
 ``(boot, will)``, except that a live repeat of the current boot's Will after the device came back counts.
 
-**Which state wins.** A device's *current boot* is the one that started last, judged by the smallest
-envelope ``ts`` seen for each boot (a Will's ``ts`` is written when its agent starts). Snapshots —
+**Which state wins.** A device's *current boot* is the one that started last, judged by the collector's
+clock when each boot was first seen (a box without a real-time clock may boot at 1970, so the envelope
+``ts`` cannot order boots). A Will (``seq 0``) or an outbox replay (``hist``) is no sighting of a running
+boot: a boot known only from those, and two boots first seen in the same batch, are ordered by their
+smallest envelope ``ts`` (a Will's ``ts`` is written when its agent starts). Snapshots —
 ``status``, ``meta``, ``job`` and the latest ``progress`` (``metrics``) — apply only from the current boot
 and only if newer (by seq) than the applied one, so a replayed or stale message never overwrites newer
 state. In particular an offline Will from an older boot (a crash followed by a quick restart: the old
@@ -29,11 +32,18 @@ keep ``state`` honest because the agent publishes ``online`` only at birth: a me
 than the one that went offline sets ``online`` (reason ``new_boot``), and a live message of the current
 boot published after its Will sets ``online`` (reason ``reconnect``). ``progress`` rows and ``result``
 rows are recorded from every boot (a result is idempotent per job). ``cmdres`` replies are kept (the
-newest ``max_replies``) for ``fleet send``.
+newest ``max_replies``) for ``fleet send``, keyed on ``(fleet, device, cmd_id)``: a device answering another's
+command only files a reply of its own.
+
+**Limits** (issue 12). Bodies are type-checked and size-capped (:mod:`~ftedge.fleet.validate`;
+``max_payload_bytes``, default 64 KiB): what fails counts in ``malformed_total`` and is stored nowhere. A
+fleet holds at most ``max_devices_per_fleet`` devices (default 100,000): messages of a further device count in
+``rejected_total`` and create no row (so no Prometheus series).
 
 One ``FleetStore`` object owns a database file (it caches per-device and per-boot state in memory);
 it is thread-safe (one lock). Counters: ``messages_total`` (unique device messages), ``duplicates_total``,
-``seq_gaps_total``, ``malformed_total``, ``late_fills_total``, ``stale_wills_total``, ``ignored_total``.
+``seq_gaps_total``, ``malformed_total``, ``late_fills_total``, ``stale_wills_total``, ``ignored_total``,
+``rejected_total``.
 """
 
 from __future__ import annotations
@@ -52,10 +62,13 @@ from typing import Any
 
 from ftedge.errors import FtedgeError
 
-SCHEMA_VERSION = 1
+from .validate import MAX_NAME, MAX_PAYLOAD, body_problem
+
+SCHEMA_VERSION = 2
 TOPIC_ROOT = "ftedge/v1"
 COUNTERS = ("messages_total", "duplicates_total", "seq_gaps_total", "malformed_total", "late_fills_total",
-            "stale_wills_total", "ignored_total")
+            "stale_wills_total", "ignored_total", "rejected_total")
+MAX_DEVICES_PER_FLEET = 100_000
 ENVELOPE_KEYS = ("v", "ts", "dev", "boot", "seq", "hist")
 _INT64 = 2**63
 
@@ -142,6 +155,23 @@ _SCHEMA = [
         ('seq_gaps_total', 0), ('malformed_total', 0), ('late_fills_total', 0), ('stale_wills_total', 0),
         ('ignored_total', 0);
     """,
+    # 2: replies keyed on (fleet, device, cmd_id); the rejected_total counter
+    """
+    CREATE TABLE replies_v2 (
+        fleet TEXT NOT NULL,
+        device TEXT NOT NULL,
+        cmd_id TEXT NOT NULL,
+        body_json TEXT NOT NULL,
+        ts INTEGER NOT NULL,                        -- when received (collector clock, ms)
+        PRIMARY KEY (fleet, device, cmd_id)
+    );
+    INSERT OR REPLACE INTO replies_v2 (fleet, device, cmd_id, body_json, ts)
+        SELECT fleet, device, cmd_id, body_json, ts FROM replies;
+    DROP TABLE replies;
+    ALTER TABLE replies_v2 RENAME TO replies;
+    CREATE INDEX replies_ts ON replies (ts);
+    INSERT OR IGNORE INTO counters (name, value) VALUES ('rejected_total', 0);
+    """,
 ]
 assert len(_SCHEMA) == SCHEMA_VERSION
 
@@ -226,8 +256,12 @@ class FleetStore:
     """The collector's database; see the module docstring for the rules."""
 
     def __init__(self, path: Path | str, reorder_window_s: float = 5.0, keep_boots: int = 4,
-                 max_replies: int = 1000, cache_mib: int = 32) -> None:
+                 max_replies: int = 1000, cache_mib: int = 32, max_payload_bytes: int = MAX_PAYLOAD,
+                 max_devices_per_fleet: int = MAX_DEVICES_PER_FLEET) -> None:
         self.path = Path(path) if str(path) != ":memory:" else None
+        self.max_payload_bytes = max(1024, int(max_payload_bytes))
+        self.max_devices_per_fleet = max(1, int(max_devices_per_fleet))
+        self._fleet_sizes: dict[str, int] = {}   # devices per fleet (rows + new in this transaction)
         self.reorder_window_s = float(reorder_window_s)
         self.keep_boots = max(2, int(keep_boots))
         self.max_replies = max(1, int(max_replies))
@@ -278,7 +312,7 @@ class FleetStore:
         """
         now = time.time() if now is None else float(now)
         now_ms = int(now * 1000)
-        rep = _Report(messages=0, duplicates=0, malformed=0, ignored=0, late_fills=0, stale_wills=0)
+        rep = _Report(messages=0, duplicates=0, malformed=0, ignored=0, late_fills=0, stale_wills=0, rejected=0)
         replies: list[str] = []
         parsed: list[_Msg] = []
         for topic, payload, retained in msgs:          # JSON decoding outside the lock
@@ -292,7 +326,10 @@ class FleetStore:
             touched_devices: dict[tuple[str, str], _Device] = {}
             touched_streams: dict[tuple[str, str, str], _Stream] = {}
             for m in parsed:
-                dev, st = self._apply(db, m, now, now_ms, rep, rows)
+                applied = self._apply(db, m, now, now_ms, rep, rows)
+                if applied is None:
+                    continue
+                dev, st = applied
                 touched_devices[(dev.fleet, dev.device)] = dev
                 touched_streams[st.key] = st
             if rows["progress"]:
@@ -305,7 +342,7 @@ class FleetStore:
                 db.executemany("INSERT OR REPLACE INTO replies (cmd_id, fleet, device, body_json, ts)"
                                " VALUES (?, ?, ?, ?, ?)", rows["replies"])
                 replies = [r[0] for r in rows["replies"]]
-                db.execute("DELETE FROM replies WHERE cmd_id IN (SELECT cmd_id FROM replies ORDER BY ts DESC"
+                db.execute("DELETE FROM replies WHERE rowid IN (SELECT rowid FROM replies ORDER BY ts DESC"
                            " LIMIT -1 OFFSET ?)", (self.max_replies,))
             self._save_streams(db, touched_streams.values())
             self._save_devices(db, touched_devices.values())
@@ -314,7 +351,8 @@ class FleetStore:
                     self._prune_boots(db, dev)
             self._bump(db, {"messages_total": rep["messages"], "duplicates_total": rep["duplicates"],
                             "malformed_total": rep["malformed"], "ignored_total": rep["ignored"],
-                            "late_fills_total": rep["late_fills"], "stale_wills_total": rep["stale_wills"]})
+                            "late_fills_total": rep["late_fills"], "stale_wills_total": rep["stale_wills"],
+                            "rejected_total": rep["rejected"]})
         out: dict[str, Any] = dict(rep)
         out["replies"] = replies
         return out
@@ -384,15 +422,16 @@ class FleetStore:
     def job(self, fleet: str, device: str, job: str) -> dict[str, Any] | None:
         """``progress`` (bodies in epoch order), ``result`` (body or None), ``status``; None if unknown."""
         with self._lock:
-            progress = [json.loads(b) for (b,) in self._db.execute(
+            progress = [_stored_object(b, "progress", []) for (b,) in self._db.execute(
                 "SELECT body_json FROM progress WHERE fleet = ? AND device = ? AND job = ? ORDER BY epoch",
                 (fleet, device, job))]
             row = self._db.execute("SELECT body_json FROM results WHERE fleet = ? AND device = ? AND job = ?",
                                    (fleet, device, job)).fetchone()
             snap = self._db.execute("SELECT job_json FROM devices WHERE fleet = ? AND device = ?",
                                     (fleet, device)).fetchone()
-        result = json.loads(row[0]) if row else None
-        snapshot = json.loads(snap[0]) if snap and snap[0] else None
+        progress = [p for p in progress if p is not None]
+        result = _stored_object(row[0], "result", []) if row else None
+        snapshot = _stored_object(snap[0], "job", []) if snap else None
         if snapshot is not None and snapshot.get("job") != job:
             snapshot = None
         if not progress and result is None and snapshot is None:
@@ -418,7 +457,8 @@ class FleetStore:
                 f" UNION ALL SELECT fleet, device, job, 0, ts, body_json FROM results{cond})"
                 " GROUP BY fleet, device, job ORDER BY MAX(ts)", args * 2).fetchall()
         return [{"fleet": f, "device": d, "job": j, "epochs": int(n or 0), "last_ts": ts,
-                 "status": json.loads(r).get("status") if r else None} for f, d, j, n, ts, r in rows]
+                 "status": (_stored_object(r, "result", []) or {}).get("status") if r else None}
+                for f, d, j, n, ts, r in rows]
 
     def counters(self) -> dict[str, int]:
         with self._lock:
@@ -453,11 +493,13 @@ class FleetStore:
             rows = self._db.execute(sql + " ORDER BY ts", args).fetchall()
         latest: dict[tuple[str, str], tuple[float, float]] = {}
         for f, d, text in rows:
-            body = json.loads(text)
-            if body.get("status") != "succeeded" or not body.get("promoted"):
+            body = _stored_object(text, "result", [])
+            if body is None or body.get("status") != "succeeded" or not body.get("promoted"):
                 continue
-            before = _number((body.get("baseline") or {}).get("accuracy"))
-            after = _number((body.get("final") or {}).get("accuracy"))
+            base, final = body.get("baseline"), body.get("final")
+            if not isinstance(base, dict) or not isinstance(final, dict):
+                continue   # stored before bodies were validated (see validate.py)
+            before, after = _number(base.get("accuracy")), _number(final.get("accuracy"))
             if before is not None and after is not None:
                 latest[(f, d)] = (before, after)   # ordered by ts: the newest wins
         n = len(latest)
@@ -473,10 +515,18 @@ class FleetStore:
             "accuracy_after": after,
         }
 
-    def reply(self, cmd_id: str) -> dict[str, Any] | None:
-        """The newest ``cmdres`` body with this ``cmd_id`` (as published), or None."""
+    def reply(self, cmd_id: str, fleet: str | None = None, device: str | None = None) -> dict[str, Any] | None:
+        """The ``cmdres`` body (as published) that ``fleet``/``device`` sent for ``cmd_id``, or None.
+
+        Pass the device the command was sent to: a reply with the same ``cmd_id`` from any other device is
+        not its answer. Without them, the newest reply from any device (diagnostics only)."""
+        sql, args = "SELECT body_json FROM replies WHERE cmd_id = ?", [cmd_id]
+        for col, val in (("fleet", fleet), ("device", device)):
+            if val is not None:
+                sql += f" AND {col} = ?"
+                args.append(val)
         with self._lock:
-            row = self._db.execute("SELECT body_json FROM replies WHERE cmd_id = ?", (cmd_id,)).fetchone()
+            row = self._db.execute(sql + " ORDER BY ts DESC LIMIT 1", args).fetchone()
         return json.loads(row[0]) if row else None
 
     def close(self) -> None:
@@ -500,6 +550,11 @@ class FleetStore:
         fleet, device, rest = parts[2], parts[3], parts[4]
         if rest == "cmd" or rest.startswith("cmd/"):
             return "ignored"
+        if len(fleet) > MAX_NAME or len(device) > MAX_NAME or len(rest) > 2 * MAX_NAME:
+            return self._malformed(topic[:300], f"fleet, device or topic name longer than {MAX_NAME} characters")
+        if len(payload) > self.max_payload_bytes:
+            return self._malformed(topic, f"payload of {len(payload)} bytes exceeds the {self.max_payload_bytes}"
+                                          " byte cap (FleetStore max_payload_bytes)")
         try:
             text = payload if isinstance(payload, str) else bytes(payload).decode("utf-8")
             body = json.loads(text)
@@ -528,6 +583,11 @@ class FleetStore:
             kind = "other"
         if seq == 0 and kind != "status":
             return self._malformed(topic, "seq 0 is reserved for the Last Will (status)")
+        if (kind in ("progress", "result") and job is not None and len(job) > MAX_NAME):
+            return self._malformed(topic, f"job name longer than {MAX_NAME} characters")
+        problem = body_problem(kind, body)
+        if problem is not None:
+            return self._malformed(topic, problem)
         return _Msg(fleet, device, kind, job, body, text, bool(retained), int(ts), boot, seq)
 
     def _malformed(self, topic: str, why: str) -> str:
@@ -539,9 +599,18 @@ class FleetStore:
     # -- internals: applying ------------------------------------------------------------------------------
 
     def _apply(self, db: sqlite3.Connection, m: _Msg, now: float, now_ms: int, rep: _Report,
-               rows: dict[str, list[tuple]]) -> tuple[_Device, _Stream]:
+               rows: dict[str, list[tuple]]) -> tuple[_Device, _Stream] | None:
         dev = self._device(db, m.fleet, m.device)
-        st = self._stream(db, m.fleet, m.device, m.boot, now, create_ts=m.ts, now_ms=now_ms)
+        if dev is None:
+            rep.add("rejected")
+            self._malformed_logged += 1
+            log.log(logging.WARNING if self._malformed_logged <= 20 else logging.DEBUG,
+                    "rejected a message of %s/%s: the fleet already has %d devices; raise the cap "
+                    "(--max-devices-per-fleet) if the fleet really is that large", m.fleet, m.device,
+                    self.max_devices_per_fleet)
+            return None
+        sighting = now_ms if m.seq != 0 and m.body.get("hist") is not True else 0
+        st = self._stream(db, m.fleet, m.device, m.boot, now, create_ts=m.ts, now_ms=sighting)
         will = m.seq == 0
         fresh = self._will_is_new(db, m, dev) if will else self._seq_is_new(db, st, m, now, rep)
         if not fresh:
@@ -665,20 +734,28 @@ class FleetStore:
             return True
         if dev.boot is not None:
             cur = self._stream(db, dev.fleet, dev.device, dev.boot, now)
-            if cur is not None and st.first_ts <= cur.first_ts:
+            if cur is not None and not _started_later(st, cur):
                 return False
             if dev.state is not None and dev.state != "online":
                 dev.state, dev.reason = "online", "new_boot"   # it restarted after going offline
         dev.boot, dev.marks, dev.last_seq, dev.switched = st.boot, {}, st.max_seq, True
         return True
 
-    def _device(self, db: sqlite3.Connection, fleet: str, device: str) -> _Device:
+    def _device(self, db: sqlite3.Connection, fleet: str, device: str) -> _Device | None:
+        """The device's cached state; None if it is new and its fleet is full (``max_devices_per_fleet``)."""
         key = (fleet, device)
         dev = self._devices.get(key)
         if dev is None:
             row = db.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE fleet = ? AND device = ?",
                              key).fetchone()
             if row is None:
+                size = self._fleet_sizes.get(fleet)
+                if size is None:
+                    size = db.execute("SELECT COUNT(*) FROM devices WHERE fleet = ?", (fleet,)).fetchone()[0]
+                if size >= self.max_devices_per_fleet:
+                    self._fleet_sizes[fleet] = size
+                    return None
+                self._fleet_sizes[fleet] = size + 1
                 dev = _Device(fleet, device)
             else:
                 dev = _Device(*row[:12], marks=json.loads(row[12] or "{}"), stored=True)
@@ -698,6 +775,8 @@ class FleetStore:
             self._streams[key] = st
         if create_ts is not None and create_ts < st.first_ts:
             st.first_ts = create_ts
+        if now_ms and not st.first_seen_ms:   # the first sighting of the running boot (not a Will, not hist)
+            st.first_seen_ms = now_ms
         return st
 
     def _load_stream(self, db: sqlite3.Connection, key: tuple[str, str, str], now: float) -> _Stream | None:
@@ -739,7 +818,8 @@ class FleetStore:
             row = (st.fleet, st.device, st.boot, st.first_ts, st.first_seen_ms, st.contiguous, st.max_seq)
             full.append(row)
             if st.stored:
-                old.append((st.first_ts, st.contiguous, st.max_seq, st.fleet, st.device, st.boot))
+                old.append((st.first_ts, st.first_seen_ms, st.contiguous, st.max_seq, st.fleet, st.device,
+                            st.boot))
             else:
                 new.append(row)
                 st.stored = True
@@ -751,14 +831,15 @@ class FleetStore:
                     lo = max(lo, hole.hi + 1)
                 self._delete_seen(db, st, lo, st.contiguous)
                 st.purge = False
-        if old and db.executemany("UPDATE boots SET first_ts = ?, contiguous = ?, max_seq = ?"
+        if old and db.executemany("UPDATE boots SET first_ts = ?, first_seen_ms = ?, contiguous = ?, max_seq = ?"
                                   " WHERE fleet = ? AND device = ? AND boot = ?", old).rowcount != len(old):
             new = full   # a row vanished under us (the file edited by hand?): write every row in full
         if new:
             db.executemany(
                 "INSERT INTO boots (fleet, device, boot, first_ts, first_seen_ms, contiguous, max_seq)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fleet, device, boot) DO UPDATE SET"
-                " first_ts = excluded.first_ts, contiguous = excluded.contiguous, max_seq = excluded.max_seq", new)
+                " first_ts = excluded.first_ts, first_seen_ms = excluded.first_seen_ms,"
+                " contiguous = excluded.contiguous, max_seq = excluded.max_seq", new)
 
     @staticmethod
     def _delete_seen(db: sqlite3.Connection, st: _Stream, lo: int, hi: int) -> None:
@@ -791,7 +872,7 @@ class FleetStore:
         """Keep the newest ``keep_boots`` boots of a device for de-duplication."""
         dev.switched = False
         old = db.execute("SELECT boot FROM boots WHERE fleet = ? AND device = ? AND boot != ?"
-                         " ORDER BY first_ts DESC LIMIT -1 OFFSET ?",
+                         " ORDER BY first_seen_ms DESC, first_ts DESC LIMIT -1 OFFSET ?",
                          (dev.fleet, dev.device, dev.boot, self.keep_boots - 1)).fetchall()
         for (boot,) in old:
             key = (dev.fleet, dev.device, boot)
@@ -818,6 +899,7 @@ class FleetStore:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 self._devices.clear()
+                self._fleet_sizes.clear()
                 self._streams.clear()
                 self._pending.clear()
                 try:
@@ -849,17 +931,44 @@ class FleetStore:
 # -- helpers -------------------------------------------------------------------------------------------------
 
 def _device_view(row: tuple) -> dict[str, Any]:
+    """A devices row as the API shows it; a stored body that does not decode to an object shows as None
+    (with ``error`` set) instead of failing the whole device list."""
     (fleet, device, state, reason, last_seen, boot, last_seq, meta, job, metrics, active, status_ts, _marks) = row
+    errors: list[str] = []
     job_view = None
-    if job:
-        body = json.loads(job)
+    body = _stored_object(job, "job", errors)
+    if body is not None:
         job_view = {"id": body.get("job"), "status": body.get("status"),
                     **{k: v for k, v in body.items() if k not in ("job", "status")}}
-    return {
+    view = {
         "fleet": fleet, "device": device, "state": state, "reason": reason, "last_seen": last_seen,
-        "last_seq": last_seq, "boot": boot, "job": job_view, "metrics": json.loads(metrics) if metrics else None,
-        "active_version": active, "meta": json.loads(meta) if meta else None, "status_ts": status_ts,
+        "last_seq": last_seq, "boot": boot, "job": job_view, "metrics": _stored_object(metrics, "metrics", errors),
+        "active_version": active, "meta": _stored_object(meta, "meta", errors), "status_ts": status_ts,
     }
+    if errors:
+        view["error"] = "; ".join(errors)
+    return view
+
+
+def _stored_object(text: str | None, what: str, errors: list[str]) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        errors.append(f"the stored {what} is not a JSON object")
+        return None
+    return value
+
+
+def _started_later(a: _Stream, b: _Stream) -> bool:
+    """Whether boot ``a`` started after boot ``b``: by when the collector first saw each running, else (a boot
+    seen only by its Will or outbox replays, or both first seen in one batch) by the envelope ``ts``."""
+    if a.first_seen_ms and b.first_seen_ms and a.first_seen_ms != b.first_seen_ms:
+        return a.first_seen_ms > b.first_seen_ms
+    return a.first_ts > b.first_ts
 
 
 def _is_int(x: Any) -> bool:
@@ -867,7 +976,12 @@ def _is_int(x: Any) -> bool:
 
 
 def _number(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    try:
+        return float(x)
+    except OverflowError:   # an integer beyond any float
+        return None
 
 
 def _str(x: Any) -> str | None:

@@ -38,7 +38,8 @@ def fleet(tmp_path):
             cfg = root / "agent.toml"
             cfg.write_text(f'device_id = "{name}"\nfleet = "demo"\nstate_dir = "{root / "state"}"\n[mqtt]\n'
                            f'url = "{broker.url}"\nwill_delay = 1\n[paths]\ndata_root = "{root / "data"}"\n'
-                           f'bundle_root = "{root / "bundles"}"\n')
+                           f'bundle_root = "{root / "bundles"}"\n'
+                           '[deploy]\nrequire_signed = false\n')   # unsigned test bundles: signing is tested elsewhere
             procs.append(AgentProc(cfg, root / "agent.log"))
         watch = Collector(broker)   # a command to a box that never connected has no session to wait in
         births = lambda: {t.split("/")[3] for t, b, _ in list(watch.messages)  # noqa: E731

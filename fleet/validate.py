@@ -1,0 +1,105 @@
+"""What the collector accepts from a device: the body schema per message kind, with type checks and size caps.
+
+A device message whose payload exceeds ``max_payload`` bytes, whose topic names are too long, or whose body
+has a known field of the wrong type is *malformed*: it is counted in ``malformed_total`` and stored nowhere,
+so no row can later break the dashboard, ``/metrics`` or ``fleet status``. Unknown fields are kept (newer
+agents may add some) but count towards the payload cap. Numbers are JSON numbers, never booleans; integers
+fit in 64 bits; identifiers and enum-like strings are at most ``MAX_ID`` characters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAX_PAYLOAD = 64 * 1024     # bytes of one device message (default of FleetStore(max_payload_bytes=…))
+MAX_NAME = 128              # characters of a fleet, device or job name in a topic
+MAX_ID = 256                # characters of an identifier / enum-like string field
+MAX_DEPTH = 16              # nesting of objects and arrays
+_INT64 = 2**63
+
+# Field types: "id" a short string, "text" a string, "int", "num" (int or float), "bool", "list" (of ids),
+# "obj" an object, "metrics" an object whose well-known keys are numbers, "any". A trailing "?" allows null.
+_COMMON = {"thinned": "bool?", "hist": "bool?"}
+SCHEMAS: dict[str, dict[str, str]] = {
+    "status": {"state": "id?", "reason": "id?", "will": "bool?"},
+    "meta": {"agent": "id?", "onnxruntime": "id?", "providers": "list?", "hardware": "obj?", "models": "list?",
+             "active_version": "id?"},
+    "job": {"job": "id?", "status": "id?", "bundle": "id?", "cmd_id": "id?", "created_ms": "int?",
+            "started_ms": "int?", "finished_ms": "int?", "attempts": "int?", "version": "id?", "error": "text?"},
+    "progress": {"job": "id?", "epoch": "int", "step": "int?", "loss": "num?", "metrics": "metrics?",
+                 "lr": "num?", "samples_per_s": "num?", "rss_mb": "num?"},
+    "result": {"job": "id?", "status": "id?", "final": "metrics?", "baseline": "metrics?", "promoted": "bool?",
+               "duration_s": "num?", "error": "text?", "version": "id?", "skipped": "int?"},
+    "cmdres": {"cmd_id": "id", "status": "id?", "code": "id?", "job": "id?"},
+}
+METRIC_KEYS = ("accuracy", "loss", "val_accuracy", "val_loss", "val_macro_f1", "val_mae", "macro_f1", "mae",
+               "rmse")
+
+
+def is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and -_INT64 < x < _INT64
+
+
+def is_num(x: Any) -> bool:
+    return is_int(x) or isinstance(x, float)
+
+
+def _ok(kind: str, x: Any) -> bool:
+    if kind.endswith("?"):
+        if x is None:
+            return True
+        kind = kind[:-1]
+    if kind == "id":
+        return isinstance(x, str) and len(x) <= MAX_ID
+    if kind == "text":
+        return isinstance(x, str)
+    if kind == "int":
+        return is_int(x)
+    if kind == "num":
+        return is_num(x)
+    if kind == "bool":
+        return isinstance(x, bool)
+    if kind == "list":
+        return isinstance(x, list) and all(isinstance(v, str) and len(v) <= MAX_ID for v in x)
+    if kind == "obj":
+        return isinstance(x, dict)
+    if kind == "metrics":
+        return isinstance(x, dict) and all(x.get(k) is None or is_num(x[k]) for k in METRIC_KEYS)
+    return True   # "any"
+
+
+def _depth_ok(x: Any, depth: int = 0) -> bool:
+    if depth > MAX_DEPTH:
+        return False
+    if isinstance(x, dict):
+        return all(_depth_ok(v, depth + 1) for v in x.values())
+    if isinstance(x, list):
+        return all(_depth_ok(v, depth + 1) for v in x)
+    return not isinstance(x, int) or isinstance(x, bool) or -_INT64 < x < _INT64
+
+
+def body_problem(kind: str, body: dict[str, Any]) -> str | None:
+    """Why ``body`` (a decoded message of ``kind``) must not be stored, or None if it may."""
+    if not _depth_ok(body):
+        return f"the body nests deeper than {MAX_DEPTH} levels or holds an integer beyond 64 bits"
+    schema = SCHEMAS.get(kind, {})
+    for name, kind_spec in (*_COMMON.items(), *schema.items()):
+        if name in body and not _ok(kind_spec, body[name]):
+            return f"field {name!r} of a {kind} message is {_describe(body[name])}, expected {_expected(kind_spec)}"
+        if name not in body and not kind_spec.endswith("?") and kind_spec != "any":
+            return f"a {kind} message needs the field {name!r} ({_expected(kind_spec)})"
+    return None
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, str):
+        return f"a string of {len(x)} characters"
+    return "null" if x is None else f"a JSON {type(x).__name__}"
+
+
+def _expected(spec: str) -> str:
+    base = spec.rstrip("?")
+    words = {"id": f"a string of at most {MAX_ID} characters", "text": "a string", "int": "a 64-bit integer",
+             "num": "a number", "bool": "true or false", "list": f"a list of strings (≤ {MAX_ID} characters)",
+             "obj": "an object", "metrics": f"an object whose {', '.join(METRIC_KEYS[:4])}, … are numbers"}
+    return words.get(base, base) + (" or null" if spec.endswith("?") else "")
