@@ -1,0 +1,104 @@
+"""(d) The agent's command parser: ``parse_request`` on any payload, then ``train_job`` (train) or
+``cancel_target`` (cancel) on the parsed args, against real bundle and data roots holding an escaping symlink.
+
+Input: ``VERB`` newline ``PAYLOAD`` (the topic's last segment and the MQTT payload; corpus files are exactly
+that). Contract: ``Rejected`` or a result; a train job's bundle and data resolve inside their roots and its
+options are the known ones within ``TRAIN_LIMITS`` / ``TRAIN_CHOICES``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from hypothesis import strategies as st
+
+from ftedge.device_agent import commands as cmds
+from ftedge.device_agent import jobs
+
+from fuzz.common import corpus, guarded, workdir
+from fuzz.mutate import mutated
+
+_DIR = workdir("commands")
+DATA, BUNDLES, OUTSIDE = _DIR / "data", _DIR / "bundles", _DIR / "outside"
+
+
+def _setup() -> None:
+    for d in (DATA, BUNDLES, OUTSIDE / "b"):
+        d.mkdir(parents=True, exist_ok=True)
+    np.savez(DATA / "blobs.npz", x=np.zeros((4, 20), np.float32), labels=np.arange(4))
+    (DATA / "clips").mkdir(exist_ok=True)
+    shutil.copytree(Path(__file__).resolve().parents[1] / "data" / "bundle_v1", BUNDLES / "bundle_v1",
+                    dirs_exist_ok=True)
+    shutil.copytree(Path(__file__).resolve().parent / "bases" / "mlp_v2", BUNDLES / "mlp", dirs_exist_ok=True)
+    shutil.copy(BUNDLES / "mlp" / "manifest.json", OUTSIDE / "b" / "manifest.json")
+    for link, target in ((BUNDLES / "evil", OUTSIDE / "b"), (DATA / "evil", OUTSIDE)):
+        if not link.is_symlink():
+            link.symlink_to(target)
+
+
+_setup()
+PATHS = ["mlp", "bundle_v1", "blobs.npz", "clips", "evil", "evil/b", "../outside/b", "/etc", "mlp/../bundle_v1",
+         "mlp/../../outside/b", "", " ", ".", "a\x00b", "x" * 300, ("y/" * 2100) + "z", "mlp/manifest.json", "~",
+         "\udcff", "%2e%2e/outside"]
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=10)
+    | st.sampled_from(PATHS),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8)
+option_values = {k: st.sampled_from([v for pair in [jobs.TRAIN_LIMITS.get(k, (0, 1))] for v in pair])
+                 | st.integers(-2**40, 2**40) | st.floats() | json_values for k in jobs.TRAIN_OPTIONS}
+for k, choices in jobs.TRAIN_CHOICES.items():
+    option_values[k] = st.sampled_from(list(choices)) | option_values[k]
+
+
+@st.composite
+def structured(draw: st.DrawFn) -> bytes:
+    verb = draw(st.sampled_from(["train", "train", "train", "cancel", "status", "deploy", "bogus", ""]))
+    args: dict = {}
+    if verb == "train" or draw(st.booleans()):
+        args["bundle"] = draw(st.sampled_from(PATHS) | json_values)
+        args["data"] = draw(st.sampled_from(PATHS) | json_values)
+        for key in draw(st.lists(st.sampled_from(sorted(jobs.TRAIN_OPTIONS)), max_size=4, unique=True)):
+            args[key] = draw(option_values[key])
+    if verb == "cancel":
+        args["job"] = draw(st.sampled_from(["j20260101-120000-a1b2c3", "../../x", "j2026", None]) | json_values)
+    if draw(st.integers(0, 4)) == 0:
+        args[draw(st.text(max_size=8))] = draw(json_values)
+    body: dict = {"cmd_id": draw(st.text(min_size=1, max_size=12) | st.sampled_from(["x" * 129, "", None, 7])),
+                  "args": args if draw(st.integers(0, 9)) else draw(json_values)}
+    if draw(st.integers(0, 5)) == 0:
+        body["expires"] = draw(st.sampled_from([0, 4102444800000, "soon", 1e308, -1]) | json_values)
+    payload = json.dumps(body, allow_nan=True, ensure_ascii=draw(st.booleans())).encode("utf-8", "surrogatepass")
+    return verb.encode() + b"\n" + payload
+
+
+def inputs() -> st.SearchStrategy[bytes]:
+    deep = st.integers(1, 200_000).map(lambda n: b"train\n" + b"[" * n + b"]" * (n % 3))
+    return st.one_of(structured(), structured(), mutated([p.read_bytes() for p in corpus("commands")]), deep,
+                     st.binary(max_size=200))
+
+
+def check(data: bytes) -> None:
+    """One command through the parser; raises ContractViolation."""
+    verb, _, payload = data.partition(b"\n")
+    verb_s = verb.decode("utf-8", "replace")
+    with guarded(f"parse_request({verb_s})", (cmds.Rejected,)):
+        cmd_id, args = cmds.parse_request(payload)
+        assert isinstance(cmd_id, str) and isinstance(args, dict), (cmd_id, args)
+        if verb_s == "train":
+            job = cmds.train_job(args, DATA, BUNDLES, cmd_id)
+            for what, root in (("bundle", BUNDLES), ("data", DATA)):
+                p = Path(getattr(job, what)).resolve()
+                assert p == root.resolve() or root.resolve() in p.parents, f"job {what} {p} is outside {root}"
+            for key, value in job.options.items():
+                assert key in jobs.TRAIN_OPTIONS, f"unknown option {key} accepted"
+                if key in jobs.TRAIN_LIMITS:
+                    lo, hi = jobs.TRAIN_LIMITS[key]
+                    assert lo <= value <= hi, f"{key}={value!r} accepted outside [{lo}, {hi}]"
+                if key in jobs.TRAIN_CHOICES:
+                    assert value in jobs.TRAIN_CHOICES[key], f"{key}={value!r} accepted"
+        elif verb_s == "cancel" and hasattr(cmds, "cancel_target"):
+            cmds.cancel_target(args, None)
