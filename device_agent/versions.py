@@ -32,6 +32,7 @@ from ftedge.runtime.hashing import atomic_write_json, fsync_dir, sha256_file
 RUN_FILES = ("model.onnx", "model.json", "result.json")
 OPTIONAL_RUN_FILES = ("tokenizer.json",)  # preprocessing files a run carries (text models)
 _ID_RE = re.compile(r"v(\d{4,})")
+MAX_EVENTS = 1000  # entries of active.json's event log kept (newest first out)
 _CHUNK = 1 << 20
 
 
@@ -303,4 +304,6 @@ class ModelStore:
         self._write_state(state)
 
     def _write_state(self, state: dict[str, Any]) -> None:
+        # The event log is an audit trail, not state: keep its newest entries so the file stays small.
+        state["events"] = state["events"][-MAX_EVENTS:]
         atomic_write_json(self.state_path, state)

@@ -163,3 +163,17 @@ def test_concurrent_adds_get_distinct_ids(tmp_path, store):
         t.join()
     assert [v["id"] for v in store.list()] == [f"v{i:04d}" for i in range(1, 9)]
     assert sorted(v["job"] for v in store.list()) == sorted(f"job{i}" for i in range(8))
+
+
+
+def test_the_event_log_of_active_json_stays_bounded(tmp_path, store, monkeypatch):
+    """Every store/activate/rollback appends an event; a box promoting all day must not grow the file forever."""
+    from ftedge.device_agent import versions
+
+    monkeypatch.setattr(versions, "MAX_EVENTS", 5)
+    for n in range(8):
+        store.add_version(fake_run(tmp_path, f"r{n}", True), f"job-{n}")
+    store.rollback()
+    state = json.loads((tmp_path / "state/models/active.json").read_text())
+    assert len(state["events"]) == 5 and state["events"][-1]["action"] == "rollback", state["events"]
+    assert store.active()["id"] == "v0007" and len(store.list()) == 8, "trimming the log changes no state"
