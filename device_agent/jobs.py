@@ -352,6 +352,7 @@ class JobRunner:
         })
         try:
             self.store.save(job)
+            self.done.discard(job.id)  # its saved state says finished: the in-memory mark is not needed
         except OSError as exc:
             self.disk.state()
             log.error("could not save the final state of job %s (%s); it is reported, not resumed in this boot",
@@ -359,6 +360,7 @@ class JobRunner:
             self._problem(f"job {job.id}: final state not saved: {exc}")
             try:
                 self.store.save(job)  # the reserve may have been released just now
+                self.done.discard(job.id)
             except OSError:
                 pass
         self.emit("job", job.public())

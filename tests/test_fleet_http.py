@@ -118,7 +118,7 @@ def test_fleet_status_table_and_json(store, tmp_path, capsys):
 
 def test_fleet_send_round_trip_against_a_real_agent(tmp_path, capsys):
     from broker import Broker
-    from test_agent import ROOT_TOPIC, AgentProc, Collector  # noqa: F401
+    from agent_harness import ROOT_TOPIC, AgentProc, Collector  # noqa: F401
 
     b = Broker(tmp_path / "broker").start()
     cfg = tmp_path / "agent.toml"

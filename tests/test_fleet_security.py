@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from agent_harness import AgentProc
 from broker import Broker
 from ftedge.cli import main
 from ftedge.fleet.ingest import Collector
 from ftedge.fleet.store import FleetStore
-from test_agent import AgentProc
 
 pytestmark = pytest.mark.skipif(not Path("/usr/sbin/mosquitto").exists() and not shutil.which("mosquitto"),
                                 reason="mosquitto not installed (scripts/dev.sh installs it)")

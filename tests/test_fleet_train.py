@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent_harness import AgentProc, Collector
 from broker import Broker
 from conftest import ZOO, export
 from ftedge.cli import main
-from test_agent import AgentProc, Collector
 from zoo import gaussian_classes
 
 pytestmark = pytest.mark.skipif(not Path("/usr/sbin/mosquitto").exists() and not shutil.which("mosquitto"),
