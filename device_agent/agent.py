@@ -58,6 +58,7 @@ class Agent:
         self.acks: "queue.Queue[tuple[int, int, str]]" = queue.Queue()
         self.commands: "queue.Queue[Incoming | None]" = queue.Queue()
         self.denied = 0
+        self.pump_errors = 0          # publishing passes that failed (and were retried)
         self.connections = 0          # connections made during this boot
         self.connected_at_ms = 0      # when the current connection came up
         m = cfg.mqtt
@@ -138,6 +139,8 @@ class Agent:
         problems = [p for p in [self.disk.problem() if disk["full"] else None] if p] + list(self.jobs.problems)
         if not self.jobs.thread.is_alive() and self.jobs.thread.ident is not None:
             problems.append("the job thread has stopped: restart the agent")
+        if not self.threads[0].is_alive() and self.threads[0].ident is not None:
+            problems.append("the publishing thread has stopped: restart the agent")
         try:
             active = (self.models.active() or {}).get("id")
         except FtedgeError as exc:
@@ -220,49 +223,59 @@ class Agent:
         self.wake.set()
 
     def _pump(self) -> None:
-        acked: list[int] = []
+        acked: list[int] = []  # PUBACKed rows not yet deleted (kept across a failed pass, deleted by the next)
         # Exits only after `shutdown` flushed: a signal sets `stopping` first, and the offline status that
         # shutdown publishes still needs this thread to send it and to take its PUBACK off the outbox.
         while not (self._drained.is_set() and self.commands.empty() and self.acks.empty() and not self.wake.is_set()):
             self.wake.wait(0.5)
             self.wake.clear()
-            while True:
-                try:
-                    mid, code, reason = self.acks.get_nowait()
-                except queue.Empty:
+            try:
+                self._pump_pass(acked)
+            except Exception as exc:  # noqa: BLE001 - e.g. "database or disk is full": retry, never die
+                log.error("publishing pass failed (%s: %s); retrying", type(exc).__name__, exc)
+                self.disk.state()  # a full disk releases the reserve, so the next pass can commit
+                self.pump_errors += 1
+                time.sleep(0.5)
+
+    def _pump_pass(self, acked: list[int]) -> None:
+        """One pass: take PUBACKs, hand pending outbox rows to paho, then delete the acked rows."""
+        while True:
+            try:
+                mid, code, reason = self.acks.get_nowait()
+            except queue.Empty:
+                break
+            if mid == -1:  # connection changed: republish whatever is unacknowledged
+                self.inflight.clear()
+                if reason == "up" and self.connections > 1:
+                    # The Will may have marked us offline (retained) during the outage: say online again.
+                    self.publish("status", "status", {"state": "online", "reason": "reconnect"}, retain=True)
+                continue
+            row = self.inflight.pop(mid, None)
+            if row is None:
+                continue
+            if code >= 128:  # v5: the broker refused it (e.g. 135 not authorized): log, do not retry forever
+                self.denied += 1
+                log.error("broker refused a publish (%s); dropping it from the outbox", reason)
+            acked.append(row)
+        attempted: list[int] = []
+        if self.link.connected.is_set() and len(self.inflight) < MAX_INFLIGHT:
+            busy = set(self.inflight.values())
+            for msg in self.outbox.pending(limit=MAX_INFLIGHT + len(busy)):
+                if len(self.inflight) >= MAX_INFLIGHT:
                     break
-                if mid == -1:  # connection changed: republish whatever is unacknowledged
-                    self.inflight.clear()
-                    if reason == "up" and self.connections > 1:
-                        # The Will may have marked us offline (retained) during the outage: say online again.
-                        self.publish("status", "status", {"state": "online", "reason": "reconnect"}, retain=True)
+                if msg.id in busy or msg.id in acked:
                     continue
-                row = self.inflight.pop(mid, None)
-                if row is None:
-                    continue
-                if code >= 128:  # v5: the broker refused it (e.g. 135 not authorized): log, do not retry forever
-                    self.denied += 1
-                    log.error("broker refused a publish (%s); dropping it from the outbox", reason)
-                acked.append(row)
-            attempted: list[int] = []
-            if self.link.connected.is_set() and len(self.inflight) < MAX_INFLIGHT:
-                busy = set(self.inflight.values())
-                for msg in self.outbox.pending(limit=MAX_INFLIGHT + len(busy)):
-                    if len(self.inflight) >= MAX_INFLIGHT:
-                        break
-                    if msg.id in busy or msg.id in acked:
-                        continue
-                    # hist: a retry, a leftover of an earlier boot, or queued during an outage of this boot
-                    hist = msg.is_replay(self.boot) or (self.connections > 1 and msg.body["ts"] < self.connected_at_ms)
-                    corr = msg.body.get("correlation") if msg.kind == "cmdres" else None
-                    mid = self.link.publish(msg.topic, msg.payload(hist=hist), qos=msg.qos, retain=msg.retain,
-                                            correlation=bytes.fromhex(corr) if corr else None)
-                    if mid is None:
-                        break
-                    self.inflight[mid] = msg.id
-                    attempted.append(msg.id)
-            self.outbox.settle(acked, attempted)  # one transaction per pass, not one per message
-            acked = []
+                # hist: a retry, a leftover of an earlier boot, or queued during an outage of this boot
+                hist = msg.is_replay(self.boot) or (self.connections > 1 and msg.body["ts"] < self.connected_at_ms)
+                corr = msg.body.get("correlation") if msg.kind == "cmdres" else None
+                mid = self.link.publish(msg.topic, msg.payload(hist=hist), qos=msg.qos, retain=msg.retain,
+                                        correlation=bytes.fromhex(corr) if corr else None)
+                if mid is None:
+                    break
+                self.inflight[mid] = msg.id
+                attempted.append(msg.id)
+        self.outbox.settle(acked, attempted)  # one transaction per pass, not one per message
+        acked.clear()
 
     # -- commands ------------------------------------------------------------------------------------
     def _reply(self, incoming: Incoming, cmd_id: str | None, status: str, code: str, detail: str,

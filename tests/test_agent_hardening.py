@@ -209,6 +209,7 @@ def test_full_disk_fails_the_job_but_not_the_job_loop_and_status_says_disk_full(
         assert col.wait(lambda: col.of(f"jobs/{again['job']}/result"), 60), "the job loop must survive ENOSPC"
         assert col.of(f"jobs/{again['job']}/result")[0]["status"] == "succeeded"
         assert col.send("status")["agent"]["disk"]["full"] is False
+        assert "Exception in thread" not in agent.text(), "an agent thread died on the full disk"
         col.close()
     finally:
         if agent is not None:

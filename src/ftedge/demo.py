@@ -62,13 +62,14 @@ class _Box:
         self.data, self.bundles, self.state = root / "data", root / "bundles", root / "state"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, broker_url: str) -> None:
+    def start(self, broker_url: str, trusted_key: Path) -> None:
         from ftedge.fleet.local_broker import die_with_parent
 
         config = self.root / "agent.toml"
         config.write_text(f'device_id = "{self.name}"\nfleet = "{FLEET}"\nstate_dir = "{self.state}"\n'
                           f'[mqtt]\nurl = "{broker_url}"\nwill_delay = 2\n'
-                          f'[paths]\ndata_root = "{self.data}"\nbundle_root = "{self.bundles}"\n')
+                          f'[paths]\ndata_root = "{self.data}"\nbundle_root = "{self.bundles}"\n'
+                          f'[deploy]\ntrusted_keys = ["{trusted_key}"]\n')  # boxes train only signed bundles
         device_py = REPO / ".venv-device" / "bin" / "python"
         python = str(device_py) if device_py.exists() else sys.executable
         with open(self.root / "agent.log", "ab") as log:
@@ -137,6 +138,7 @@ def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int
     from ftedge.fleet.local_broker import LocalBroker, find_mosquitto
     from ftedge.fleet.store import FleetStore
     from ftedge.runtime.evaluate import evaluate
+    from ftedge.runtime.signing import generate_keypair
     from ftedge.runtime.manifest import parse_input_spec
 
     t0 = time.perf_counter()
@@ -164,10 +166,18 @@ def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int
 
     say("2/5 ftedge export of the shipped keyword model (waveform in, log-mel in the graph), parity-checked")
     bundle = workdir / "kws-bundle"
+    # The release key signs the bundle; each box trusts only its public half (SECURITY.md).
+    keys = workdir / "keys"
+    keys.mkdir(exist_ok=True)
+    private_key, public_key = keys / "release.key.pem", keys / "release.pub.pem"
+    if not (private_key.is_file() and public_key.is_file()):  # a re-run keeps the demo's key
+        private_key.unlink(missing_ok=True)
+        public_key.unlink(missing_ok=True)
+        generate_keypair(keys / "release")
     manifest = export_bundle(ExportOptions(
         model=f"{REPO / 'examples' / 'kws' / 'model.py'}:build_model", output=bundle,
         inputs=[parse_input_spec("waveform:float32:1,16000")], head="classifier", labels=kws.WORDS,
-        keep_head=True, name="kws", force=True))
+        keep_head=True, name="kws", force=True), sign_key=private_key)
     for box in boxes:
         shutil.copytree(bundle, box.bundles / JOB["bundle"])
 
@@ -183,7 +193,7 @@ def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int
         say(f"3/5 Mosquitto on {broker.url}, collector + dashboard on {server.url}/, "
             f"starting {len(boxes)} boxes")
         for box in boxes:
-            box.start(broker.url)
+            box.start(broker.url, public_key)
         names = {b.name for b in boxes}
 
         def online() -> bool:
@@ -205,7 +215,9 @@ def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int
         def progress(run) -> None:  # noqa: ANN001
             if run.result is not None:
                 r = run.result
-                say(f"    {run.device}: {r['status']}, promoted {r['promoted']}, {r.get('duration_s', 0):.1f} s")
+                took = r.get("duration_s")
+                say(f"    {run.device}: {r['status']}, promoted {r['promoted']}"
+                    + (f", {took:.1f} s" if isinstance(took, (int, float)) else f" ({r.get('error') or 'no duration'})"))
             elif run.epochs % 10 == 0:
                 say(f"    {run.device}: epoch {run.epochs}, loss {run.last.get('loss', float('nan')):.4f}")
 
