@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ftedge.device_agent.disk import DiskGuard, is_disk_full
 from ftedge.errors import FtedgeError
@@ -182,6 +183,25 @@ def pin_bundle(src: Path, dst: Path) -> Path:
     return dst
 
 
+@contextlib.contextmanager
+def _shared_bundle_lock(bundle_root: Path) -> Iterator[None]:
+    """The bundle root's shared lock, or none where it cannot be taken (a read-only bundle root: no deploy
+    can swap folders there either; the hash check of the copy would catch a mix anyway)."""
+    from ftedge.runtime.deploy import bundle_lock
+
+    try:
+        lock = bundle_lock(bundle_root, shared=True)
+        lock.__enter__()
+    except OSError as exc:
+        log.warning("cannot take the bundle lock in %s (%s); pinning without it", bundle_root, exc)
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
 class JobRunner:
     """Runs queued jobs one at a time in its own thread; the thread survives any exception."""
 
@@ -292,7 +312,8 @@ class JobRunner:
         pinned = run_dir / "bundle"
         try:
             if not (resume and (pinned / "manifest.json").is_file()):
-                pin_bundle(Path(job.bundle), pinned)
+                with _shared_bundle_lock(Path(job.bundle).parent):  # a deploy cannot swap it mid-copy
+                    pin_bundle(Path(job.bundle), pinned)
             # Re-verify the private copy now (hashes; the signature when keys are required): it is what trains.
             bundle = load_bundle(pinned, verify=True, trusted_keys=self.trusted_keys)
         except FtedgeError as exc:
