@@ -91,11 +91,29 @@ class Agent:
                 self.outbox.enqueue(self.root + suffix, body, kind=kind, qos=1, retain=retain)
                 break
             except FtedgeError as exc:  # e.g. disk full: log loudly, keep the agent (and its job) alive
-                if attempt == 0 and self.disk.state()["full"]:
+                full = self.disk.state()["full"]
+                if attempt == 0 and full:
                     continue  # the reserve was just released: one more try
+                if full and self._publish_unstored(kind, suffix, body, retain):
+                    return
                 log.error("could not queue a %s message for %s: %s", kind, suffix, exc)
                 return
         self.wake.set()
+
+    def _publish_unstored(self, kind: str, suffix: str, body: dict[str, Any], retain: bool) -> bool:
+        """Disk full: send the message straight to the broker with the next seq, without the outbox's
+        durability (a reply to `status` must still say "disk full"). False if it could not be sent."""
+        try:
+            msg = self.outbox.ephemeral(self.root + suffix, body, kind=kind)
+        except FtedgeError as exc:
+            log.error("could not send a %s message for %s: %s", kind, suffix, exc)
+            return False
+        corr = body.get("correlation") if kind == "cmdres" else None
+        mid = self.link.publish(msg.topic, msg.payload(hist=False), qos=1, retain=retain,
+                                correlation=bytes.fromhex(corr) if isinstance(corr, str) else None)
+        log.warning("disk full: sent %s message seq %d for %s without storing it (%s)", kind, msg.seq, suffix,
+                    "handed to the broker" if mid is not None else "not connected: lost, a seq hole shows it")
+        return mid is not None
 
     def _capped(self, kind: str, suffix: str, body: dict[str, Any]) -> dict[str, Any]:
         """``body``, or a small stand-in when it would not fit the MQTT maximum packet size."""

@@ -216,7 +216,10 @@ class ReplyCache:
                     continue
                 total -= self.sizes.pop(k, 0)
                 del self.replies[k]
-            atomic_write_json(self.path, {"version": 2, "replies": self.replies})
+            try:
+                atomic_write_json(self.path, {"version": 2, "replies": self.replies})
+            except (OSError, FtedgeError) as exc:  # e.g. disk full: still idempotent until a restart
+                log.error("could not save the reply cache %s (%s); kept in memory", self.path, exc)
 
 
 Handler = Callable[[str, dict[str, Any]], tuple[str, dict[str, Any]]]

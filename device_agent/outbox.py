@@ -170,6 +170,7 @@ class Outbox:
         self._lock = threading.Lock()
         self._sync = ""
         self._boot_ord: int | None = None
+        self._ephemeral_seq = 0  # the highest seq handed out by `ephemeral` (not stored)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -208,7 +209,9 @@ class Outbox:
             with self._tx(durable=kind in _POWER_SAFE) as db:
                 # The boot is registered by its first message, so opening only to read (stats) writes nothing.
                 boot_ord = self._boot_ord if self._boot_ord is not None else self._register_boot(db)
-                db.execute("UPDATE boots SET last_seq = last_seq + 1 WHERE ord = ?", (boot_ord,))
+                # MAX(): seqs handed out by `ephemeral` while the disk was full are never reused.
+                db.execute("UPDATE boots SET last_seq = MAX(last_seq + 1, ?) WHERE ord = ?",
+                           (self._ephemeral_seq + 1, boot_ord))
                 seq = db.execute("SELECT last_seq FROM boots WHERE ord = ?", (boot_ord,)).fetchone()[0]
                 ts = int(self._clock() * 1000)
                 envelope = {"v": ENVELOPE_VERSION, "ts": ts, "dev": self.device, "boot": self.boot, "seq": seq,
@@ -240,6 +243,24 @@ class Outbox:
                         self.path, self.max_bytes, report["bytes"])
         self.last_bounds = report
         return Message(mid, topic, kind, qos, bool(retain), self.boot, seq, json.loads(text))
+
+    def ephemeral(self, topic: str, body: dict, *, kind: str) -> Message:
+        """The next ``seq`` and envelope for a message that cannot be stored (a full disk), without storing it.
+
+        The caller publishes it directly: it is not retried after a reconnect or a restart (if it is lost,
+        consumers see the hole it leaves, which is the truth). Later :meth:`enqueue` calls continue after it,
+        so every seq of the boot stays unique. Needs the boot's first message to have been stored.
+        """
+        _check(topic, body, kind, 1)
+        if self._boot_ord is None:
+            raise OutboxError(f"cannot send a {kind} message before the boot's first message is stored in "
+                              f"{self.path}; free space on its filesystem")
+        with self._lock:
+            row = self._db.execute("SELECT last_seq FROM boots WHERE ord = ?", (self._boot_ord,)).fetchone()
+            self._ephemeral_seq = seq = max(self._ephemeral_seq, row[0] if row else 0) + 1
+        envelope = {"v": ENVELOPE_VERSION, "ts": int(self._clock() * 1000), "dev": self.device, "boot": self.boot,
+                    "seq": seq, "hist": False}
+        return Message(0, topic, kind, 1, False, self.boot, seq, json.loads(_encode({**body, **envelope})))
 
     def mark_attempt(self, id: int) -> bool:
         """Count one hand-over to the MQTT client; False if ``id`` is gone (already acknowledged)."""

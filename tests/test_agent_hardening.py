@@ -167,11 +167,11 @@ def _mount_small_fs(where: Path, mb: int) -> list[str]:
     return ["umount", "-l", str(where)]
 
 
-def _fill(where: Path) -> Path:
+def _fill(where: Path, name: str = "filler.bin") -> Path:
     """Write a file until the filesystem says ENOSPC (really full, not faked)."""
     import os
 
-    filler = where / "filler.bin"
+    filler = where / name
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         for size in (1 << 20, 4096, 1):
@@ -200,10 +200,12 @@ def test_full_disk_fails_the_job_but_not_the_job_loop_and_status_says_disk_full(
         assert col.wait(lambda: col.of(f"jobs/{job}/result"), 60), agent.text()[-3000:]
         result = col.of(f"jobs/{job}/result")[0]
         assert result["status"] == "failed" and "space" in result["error"].lower(), result
+        more = _fill(state, "filler-2.bin")  # the released reserve is used up too: not a byte left
         status = col.send("status")["agent"]
         assert status["disk"]["full"] is True and isinstance(status["disk"]["free_bytes"], int), status
         assert any("disk full" in p for p in status["problems"]), status
         filler.unlink()
+        more.unlink()
         again = col.send("train", {"bundle": "mlp", "data": "blobs.npz", "epochs": 2})
         assert again["status"] == "accepted", again
         assert col.wait(lambda: col.of(f"jobs/{again['job']}/result"), 60), "the job loop must survive ENOSPC"

@@ -414,3 +414,18 @@ def test_throughput_enqueue_and_ack(tmp_path):
         elapsed = time.perf_counter() - start
         assert ob.depth() == 0
     print(f"\noutbox enqueue+ack: {n / elapsed:,.0f} messages/s ({elapsed * 1e3 / n:.2f} ms each)")
+
+
+def test_an_unstored_message_takes_the_next_seq_and_later_ones_continue_after_it(tmp_path):
+    """Disk full: `ephemeral` hands out a seq without storing; enqueue must never reuse it (no duplicate seq)."""
+    ob = Outbox(tmp_path / "o.sqlite", "dev-1")
+    with pytest.raises(OutboxError, match="first message"):
+        ob.ephemeral("t/cmdres/x", {"cmd_id": "c"}, kind="cmdres")
+    first = ob.enqueue("t/status", {"state": "online"}, kind="status")
+    unstored = ob.ephemeral("t/cmdres/x", {"cmd_id": "c"}, kind="cmdres")
+    again = ob.ephemeral("t/cmdres/x", {"cmd_id": "d"}, kind="cmdres")
+    later = ob.enqueue("t/status", {"state": "online"}, kind="status")
+    assert [first.seq, unstored.seq, again.seq, later.seq] == [1, 2, 3, 4]
+    assert unstored.body["boot"] == first.boot and unstored.body["seq"] == 2
+    assert [m.seq for m in ob.pending()] == [1, 4], "the unstored ones are not in the outbox"
+    ob.close()
