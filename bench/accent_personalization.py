@@ -4,7 +4,7 @@
 
 For each held-out voice (never seen by the shipped base model, which was pretrained on en-us, en-gb,
 en-gb-x-rp, en-us-nyc, en-029 and en-gb-x-gbclan only):
-1. synthesize ``--shots`` + ``--test-per-word`` clips per word with ``bench/make_kws_dataset.py``;
+1. synthesize ``--shots`` + ``--test-per-word`` clips per word with ``examples/demo/make_kws_dataset.py``;
    the first ``--shots`` per word are the user's local data, the rest the test set;
 2. export the shipped base model (``examples/kws/model.py``; pretrained head kept, classes named);
 3. zero-shot: the untuned bundle on the test clips (``ftedge evaluate``);
@@ -69,7 +69,7 @@ def torch_reference(bundle: Path, train_dir: Path, test_dir: Path, epochs: int, 
     """The same head fine-tuning in PyTorch (run as its own process by ``--worker``)."""
     import torch
 
-    from ftedge.runtime.bundle import load_bundle
+    from ftedge.bundle.loader import load_bundle
     from ftedge.runtime.data import ModelIO, load_dataset
     from ftedge.runtime.schedule import learning_rate
     from ftedge.runtime.trainer import stratified_split
@@ -124,7 +124,7 @@ def run_voice(voice: str, shots: int, test_per_word: int, seed: int, epochs: int
               val_fraction: float, bundle: Path, work: Path) -> dict:
     from ftedge.runtime.evaluate import evaluate
 
-    maker = _module(ROOT / "bench" / "make_kws_dataset.py", "make_kws_dataset")
+    maker = _module(ROOT / "examples" / "demo" / "make_kws_dataset.py", "make_kws_dataset")
     kws = _module(KWS / "model.py", "kws_model")
     raw = work / f"{voice}-raw"
     maker.make_dataset(raw, [voice], kws.WORDS, shots + test_per_word, seed)

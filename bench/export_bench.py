@@ -33,7 +33,7 @@ from ftedge.export.head import set_modes  # noqa: E402
 from ftedge.export.model_loader import load_model  # noqa: E402
 from ftedge.export.onnx_export import TORCH_DTYPES  # noqa: E402
 from ftedge.runtime import load_bundle  # noqa: E402
-from ftedge.runtime.manifest import parse_input_spec  # noqa: E402
+from ftedge.bundle.manifest import parse_input_spec  # noqa: E402
 from ftedge.runtime.session import BundleSession  # noqa: E402
 
 ZOO = ROOT / "tests" / "zoo.py"

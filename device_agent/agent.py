@@ -354,36 +354,45 @@ class Agent:
 
     def _dispatch(self, verb: str, cmd_id: str, args: dict[str, Any],
                   incoming: Incoming) -> tuple[str, str, str, dict[str, Any]]:
-        if verb == "ping":
-            return "done", "ok", "pong", {"agent_boot": self.boot}
-        if verb == "status":
-            return "done", "ok", "agent status", {"agent": self.status()}
-        if verb == "resync":
-            self.resync()
-            return "done", "ok", "retained state republished", {}
-        if verb == "train":
-            job = train_job(args, self.cfg.paths.data_root, self.cfg.paths.bundle_root, cmd_id)
-            self.jobs.submit(job)
-            return "accepted", "queued", f"job {job.id} queued", {"job": job.id}
-        if verb == "cancel":
-            job_id = cancel_target(args, self.jobs.current.id if self.jobs.current else None)
-            if job_id is None or not self.jobs.cancel(job_id):
-                raise Rejected("unknown_job", f"no queued or running job {job_id!r}")
-            return "done", "cancelling", f"job {job_id} stops at its next batch", {"job": job_id}
-        if verb == "rollback":
-            to = args.get("to")
-            if to is not None and not isinstance(to, str):
-                raise Rejected("bad_args", "args.to must be a version id string")
-            try:
-                active = self.models.rollback(to)
-            except FtedgeError as exc:
-                raise Rejected("rollback_refused", str(exc)) from exc
-            self.publish("meta", "meta", self.meta(), retain=True)
-            return "done", "ok", f"active version is now {active['id']}", {"active_version": active["id"]}
-        if verb == "deploy":
-            return self._deploy(cmd_id, args, incoming)
-        raise Rejected("unknown_verb", f"unknown verb {verb!r}; verbs: ping, status, resync, train, cancel, "
-                                       "rollback, deploy")
+        """Run ``verb`` through the one verb table; returns (status, code, detail, extra) for the reply."""
+        handler = _VERBS.get(verb)
+        if handler is None:
+            raise Rejected("unknown_verb", f"unknown verb {verb!r}; verbs: {', '.join(_VERBS)}")
+        return handler(self, cmd_id, args, incoming)
+
+    def _ping(self, cmd_id: str, args: dict[str, Any], incoming: Incoming) -> tuple[str, str, str, dict[str, Any]]:
+        return "done", "ok", "pong", {"agent_boot": self.boot}
+
+    def _status_verb(self, cmd_id: str, args: dict[str, Any],
+                     incoming: Incoming) -> tuple[str, str, str, dict[str, Any]]:
+        return "done", "ok", "agent status", {"agent": self.status()}
+
+    def _resync(self, cmd_id: str, args: dict[str, Any], incoming: Incoming) -> tuple[str, str, str, dict[str, Any]]:
+        self.resync()
+        return "done", "ok", "retained state republished", {}
+
+    def _train(self, cmd_id: str, args: dict[str, Any], incoming: Incoming) -> tuple[str, str, str, dict[str, Any]]:
+        job = train_job(args, self.cfg.paths.data_root, self.cfg.paths.bundle_root, cmd_id)
+        self.jobs.submit(job)
+        return "accepted", "queued", f"job {job.id} queued", {"job": job.id}
+
+    def _cancel(self, cmd_id: str, args: dict[str, Any], incoming: Incoming) -> tuple[str, str, str, dict[str, Any]]:
+        job_id = cancel_target(args, self.jobs.current.id if self.jobs.current else None)
+        if job_id is None or not self.jobs.cancel(job_id):
+            raise Rejected("unknown_job", f"no queued or running job {job_id!r}")
+        return "done", "cancelling", f"job {job_id} stops at its next batch", {"job": job_id}
+
+    def _rollback(self, cmd_id: str, args: dict[str, Any],
+                  incoming: Incoming) -> tuple[str, str, str, dict[str, Any]]:
+        to = args.get("to")
+        if to is not None and not isinstance(to, str):
+            raise Rejected("bad_args", "args.to must be a version id string")
+        try:
+            active = self.models.rollback(to)
+        except FtedgeError as exc:
+            raise Rejected("rollback_refused", str(exc)) from exc
+        self.publish("meta", "meta", self.meta(), retain=True)
+        return "done", "ok", f"active version is now {active['id']}", {"active_version": active["id"]}
 
     def _deploy(self, cmd_id: str, args: dict[str, Any], incoming: Incoming) -> tuple[str, str, str, dict[str, Any]]:
         def finish(status: str, code: str, detail: str, extra: dict[str, Any]) -> None:
@@ -415,3 +424,8 @@ class Agent:
                 log.error("could not describe the model versions: %s", exc)
                 return
             self.publish("meta", "meta", meta, retain=True)
+
+
+# The agent's verbs, in the order its "unknown verb" error lists them (commands.VERBS holds the same names).
+_VERBS = {"ping": Agent._ping, "status": Agent._status_verb, "resync": Agent._resync, "train": Agent._train,
+          "cancel": Agent._cancel, "rollback": Agent._rollback, "deploy": Agent._deploy}

@@ -18,19 +18,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ftedge.device_agent.jobs import TRAIN_CHOICES, TRAIN_LIMITS, TRAIN_OPTIONS, Job, new_job_id, valid_job_id
-from ftedge.errors import FtedgeError
+from ftedge.errors import FtedgeError, Rejected
 
 log = logging.getLogger(__name__)
 
 VERBS = ("train", "cancel", "status", "rollback", "deploy", "ping", "resync")
 REPLIES_KEEP = 10_000           # replies kept for idempotency …
 REPLIES_MAX_BYTES = 4 * 2**20   # … and at most this many bytes of them
-
-
-class Rejected(Exception):
-    def __init__(self, code: str, detail: str, cmd_id: str | None = None) -> None:
-        super().__init__(detail)
-        self.code, self.detail, self.cmd_id = code, detail, cmd_id
 
 
 _MAX_PATH, _MAX_NAME = 1024, 255  # PATH_MAX-ish and NAME_MAX on Linux file systems
@@ -108,7 +102,7 @@ def train_job(args: dict[str, Any], data_root: Path, bundle_root: Path, cmd_id: 
         raise Rejected("unknown_data", f"no data {args['data']!r} under {data_root}")
     options = {key: train_option(key, args[key]) for key in TRAIN_OPTIONS if key in args}
     try:
-        from ftedge.runtime.bundle import load_bundle
+        from ftedge.bundle.loader import load_bundle
 
         load_bundle(bundle, verify=False)  # schema and roles now; the job verifies every hash before training
     except FtedgeError as exc:
@@ -201,7 +195,7 @@ class ReplyCache:
             return self.replies.get(self._key(cmd_id, verb))
 
     def put(self, cmd_id: str, reply: dict[str, Any], verb: str = "deploy") -> None:
-        from ftedge.runtime.hashing import atomic_write_json
+        from ftedge.durable import atomic_write_json
 
         key = self._key(cmd_id, verb)
         with self.lock:

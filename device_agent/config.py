@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from ftedge.errors import AgentError
+from ftedge.errors import AgentError, UsageError
+from ftedge.mqtt.contract import BrokerSettings, device_prefix
 
 try:
     import tomllib
@@ -144,8 +144,8 @@ class AgentConfig:
 
 
 def topic_root(cfg: AgentConfig) -> str:
-    """``ftedge/v1/{fleet}/{device}/``: the prefix of every topic this device uses."""
-    return f"ftedge/v1/{cfg.fleet}/{cfg.device_id}/"
+    """``ftedge/v1/{fleet}/{device}/``: the prefix of every topic this device uses (``ftedge.mqtt.contract``)."""
+    return device_prefix(cfg.fleet, cfg.device_id)
 
 
 def load_config(path: str | Path) -> AgentConfig:
@@ -340,34 +340,17 @@ class _Reader:
                           session_expiry=session_expiry, will_delay=will_delay, max_packet_size=max_packet)
 
     def url(self, url: str) -> tuple[str | None, int, bool]:
-        key, usage = "mqtt.url", "write mqtt://HOST[:PORT], or mqtts://HOST[:PORT] for TLS"
-        if "://" not in url:
-            self.err(key, f"{url!r} has no scheme; {usage}")
+        key = "mqtt.url"
+        try:
+            broker = BrokerSettings.from_url(url)
+        except UsageError as exc:
+            self.err(key, str(exc))
             return None, 0, False
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            self.err(key, f"scheme {parts.scheme!r} is not mqtt:// or mqtts://; {usage}")
-            return None, 0, False
-        tls = parts.scheme == "mqtts"
-        if parts.username is not None or parts.password is not None:
+        if broker.has_credentials:
             self.err(key, "must not contain credentials: put the user in mqtt.username and the password "
                           "in the file named by mqtt.password_file")
             return None, 0, False
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            self.err(key, f"{url!r} has a path, query or fragment; {usage}")
-            return None, 0, False
-        if not parts.hostname:
-            self.err(key, f"{url!r} has no host; {usage}")
-            return None, 0, False
-        try:
-            port = parts.port
-        except ValueError:
-            self.err(key, f"{url!r} has an invalid port; use 1-65535")
-            return None, 0, False
-        if port == 0:
-            self.err(key, f"{url!r} has port 0; use 1-65535")
-            return None, 0, False
-        return parts.hostname, port or (8883 if tls else 1883), tls
+        return broker.host, broker.port, broker.tls
 
     def password(self, p: Path | None) -> str | None:
         if p is None:

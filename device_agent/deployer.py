@@ -19,7 +19,7 @@ from typing import Any, Callable
 from ftedge.device_agent.commands import Rejected
 from ftedge.device_agent.config import DeployConfig
 from ftedge.errors import FtedgeError
-from ftedge.runtime.deploy import DeployError, _check_name, _redact, deploy_bundle, remove_stale_temp
+from ftedge.device_agent.install import DeployError, _check_name, _redact, deploy_bundle, remove_stale_temp
 
 log = logging.getLogger(__name__)
 

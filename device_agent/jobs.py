@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 from ftedge.device_agent.disk import DiskGuard, is_disk_full
 from ftedge.errors import FtedgeError
-from ftedge.runtime.hashing import atomic_write_json
+from ftedge.durable import atomic_write_json, swap_dir
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +178,9 @@ def pin_bundle(src: Path, dst: Path) -> Path:
             os.link(source, target)
         except OSError:
             shutil.copy2(source, target)
-    shutil.rmtree(dst, ignore_errors=True)
-    os.replace(tmp, dst)
+    old = swap_dir(tmp, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return dst
 
 
@@ -187,7 +188,7 @@ def pin_bundle(src: Path, dst: Path) -> Path:
 def _shared_bundle_lock(bundle_root: Path) -> Iterator[None]:
     """The bundle root's shared lock, or none where it cannot be taken (a read-only bundle root: no deploy
     can swap folders there either; the hash check of the copy would catch a mix anyway)."""
-    from ftedge.runtime.deploy import bundle_lock
+    from ftedge.device_agent.install import bundle_lock
 
     try:
         lock = bundle_lock(bundle_root, shared=True)
@@ -287,7 +288,7 @@ class JobRunner:
             self._finish(job, "failed", None, msg)
 
     def _run(self, job: Job) -> None:
-        from ftedge.runtime.bundle import load_bundle
+        from ftedge.bundle.loader import load_bundle
         from ftedge.runtime.trainer import TrainConfig, Trainer
 
         cancel = self.cancels.setdefault(job.id, threading.Event())

@@ -2,7 +2,7 @@
 
 The agent enqueues a message *before* publishing it and deletes it on PUBACK, so nothing it produced is
 lost to a broker outage, a process kill or a power cut. ``enqueue`` adds the envelope of the MQTT
-contract (DESIGN.md, "MQTT"): ``v`` (1), ``ts`` (epoch ms), ``dev``, ``boot`` (a new id per agent start),
+contract (ARCHITECTURE.md, "The MQTT contract"): ``v`` (1), ``ts`` (epoch ms), ``dev``, ``boot`` (a new id per agent start),
 ``seq`` (per boot 1, 2, 3, … with no holes, assigned in the same transaction that stores the message and
 never reused, even after acknowledged rows are deleted) and ``hist``. ``hist`` is stored as false and
 set at publish time by ``Message.payload``: true when the message is re-published (handed to the client
@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sqlite3
+from ftedge import sqlite_db
 import threading
 import time
 import uuid
@@ -45,11 +45,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftedge.errors import FtedgeError
+from ftedge.errors import FtedgeError, OutboxError
+from ftedge.mqtt.contract import CMDRES, JOB, MESSAGE_KINDS, META, PROGRESS, RESULT, STATUS
 
 ENVELOPE_VERSION = 1
 SCHEMA_VERSION = 1
-KINDS = ("status", "meta", "job", "progress", "result", "cmdres")
+KINDS = MESSAGE_KINDS  # status meta job progress result cmdres (ftedge.mqtt.contract)
 ENVELOPE_KEYS = ("v", "ts", "dev", "boot", "seq", "hist")
 
 # messages.thin_rank: what enforce_bounds may thin, in this order. NULL: never (status, result,
@@ -110,11 +111,7 @@ assert len(_SCHEMA) == SCHEMA_VERSION
 _COLUMNS = "id, topic, kind, qos, retain, boot, seq, body, attempts, thinned"
 
 
-_POWER_SAFE = frozenset({"result", "status", "cmdres"})  # fsynced at enqueue
-
-
-class OutboxError(FtedgeError):
-    """The outbox file cannot be used, or a message cannot be stored."""
+_POWER_SAFE = frozenset({RESULT, STATUS, CMDRES})  # fsynced at enqueue
 
 
 def _dumps(obj: Any) -> str:
@@ -171,18 +168,12 @@ class Outbox:
         self._sync = ""
         self._boot_ord: int | None = None
         self._ephemeral_seq = 0  # the highest seq handed out by `ephemeral` (not stored)
+        self._db = sqlite_db.connect(
+            self.path, error=OutboxError, what="outbox", synchronous=None,
+            damaged_hint="if the file is damaged, move it aside (it may hold unsent messages) and restart the agent")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        except (OSError, sqlite3.Error) as exc:
-            hint = "check that the directory exists or can be created, and its permissions"
-            raise OutboxError(f"cannot open outbox {self.path}: {exc}; {hint}") from exc
-        try:
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise OutboxError(f"{self.path}: SQLite refused WAL mode ({mode}); put the outbox on a local disk")
             self._migrate()
-        except sqlite3.Error as exc:
+        except sqlite_db.Error as exc:
             self._db.close()
             raise OutboxError(
                 f"cannot open outbox {self.path}: {exc}; if the file is damaged, move it aside "
@@ -204,7 +195,7 @@ class Outbox:
         so no hole appears (the next start is a new boot).
         """
         _check(topic, body, kind, qos)
-        rank = {"progress": _PROGRESS, "meta": _CURRENT, "job": _CURRENT}.get(kind)
+        rank = {PROGRESS: _PROGRESS, META: _CURRENT, JOB: _CURRENT}.get(kind)
         try:
             with self._tx(durable=kind in _POWER_SAFE) as db:
                 # The boot is registered by its first message, so opening only to read (stats) writes nothing.
@@ -236,7 +227,7 @@ class Outbox:
                     )
                 report = self._enforce(db)
             self._boot_ord = boot_ord  # only once committed
-        except sqlite3.Error as exc:
+        except sqlite_db.Error as exc:
             raise OutboxError(f"cannot store a {kind} message in {self.path}: {exc}; check free space") from exc
         if report["over_budget"] and not self.last_bounds.get("over_budget"):
             log.warning("outbox %s over its %d-byte budget (%d bytes) with nothing left to thin; keeping all",
@@ -342,7 +333,7 @@ class Outbox:
     # -- internals ------------------------------------------------------------------------------
 
     @contextmanager
-    def _tx(self, durable: bool) -> Iterator[sqlite3.Connection]:
+    def _tx(self, durable: bool) -> Iterator[sqlite_db.Connection]:
         """One write transaction under the lock.
 
         WAL + ``synchronous=FULL`` fsyncs the WAL at every commit, so an enqueued message survives a
@@ -356,30 +347,18 @@ class Outbox:
             if sync != self._sync:
                 self._db.execute(f"PRAGMA synchronous={sync}")
                 self._sync = sync
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+            with sqlite_db.transaction(self._db) as db:
+                yield db
 
     def _migrate(self) -> None:
         """Bring the file to SCHEMA_VERSION (``PRAGMA user_version``); checked inside the write lock."""
-        with self._tx(durable=True) as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise OutboxError(
-                    f"{self.path} has outbox schema {version}, newer than this ftedge understands "
-                    f"({SCHEMA_VERSION}); upgrade ftedge, or move the file aside (it may hold unsent messages)"
-                )
-            for v in range(version, SCHEMA_VERSION):
-                for statement in _statements(_SCHEMA[v]):
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version = {v + 1}")
+        with self._lock:
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._sync = "FULL"
+            sqlite_db.migrate(self._db, _SCHEMA, error=OutboxError, what=f"the outbox {self.path}",
+                              newer_hint="upgrade ftedge, or move the file aside (it may hold unsent messages)")
 
-    def _register_boot(self, db: sqlite3.Connection) -> int:
+    def _register_boot(self, db: sqlite_db.Connection) -> int:
         now = int(self._clock() * 1000)
         db.execute("INSERT OR IGNORE INTO boots (boot, started_ms) VALUES (?, ?)", (self.boot, now))
         ord_ = db.execute("SELECT ord FROM boots WHERE boot = ?", (self.boot,)).fetchone()[0]
@@ -394,7 +373,7 @@ class Outbox:
     def _totals(self) -> tuple[int, int]:
         return self._db.execute("SELECT depth, bytes FROM totals WHERE id = 1").fetchone()
 
-    def _enforce(self, db: sqlite3.Connection) -> dict[str, Any]:
+    def _enforce(self, db: sqlite_db.Connection) -> dict[str, Any]:
         """Age, then byte bounds; O(log n) when nothing needs thinning (partial indexes)."""
         thinned = 0
         cutoff = int((self._clock() - self.max_age_s) * 1000)
@@ -439,15 +418,6 @@ def _check(topic: str, body: dict, kind: str, qos: int) -> None:
         raise OutboxError(f"the body for {topic} sets envelope field(s) {clash}; the outbox adds them, rename yours")
 
 
-def _statements(script: str) -> Iterator[str]:
-    buf = ""
-    for line in script.splitlines(keepends=True):
-        buf += line
-        if sqlite3.complete_statement(buf):
-            yield buf
-            buf = ""
-
-
 def _encode(obj: dict[str, Any]) -> str:
     """Compact JSON; NaN and ±Infinity (not JSON) become null instead of failing the message."""
     try:
@@ -475,7 +445,7 @@ def _stub(text: str) -> str:
     return _dumps(stub)
 
 
-def _thin(db: sqlite3.Connection, rows: list[tuple[int, str, int]], excess: int | None = None) -> tuple[int, int]:
+def _thin(db: sqlite_db.Connection, rows: list[tuple[int, str, int]], excess: int | None = None) -> tuple[int, int]:
     """Thin ``rows`` in order (until ``excess`` bytes are saved, if given); returns (rows thinned, bytes saved).
 
     A body already smaller than its stub is left as is but no longer counts as thinnable.

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from ftedge.errors import AgentError
-from ftedge.runtime.hashing import atomic_write_json, fsync_dir, sha256_file
+from ftedge.durable import atomic_write_json, fsync_dir
+from ftedge.bundle.hashing import sha256_file
 
 RUN_FILES = ("model.onnx", "model.json", "result.json")
 OPTIONAL_RUN_FILES = ("tokenizer.json",)  # preprocessing files a run carries (text models)

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ftedge.errors import ExportError
-from ftedge.runtime.hashing import atomic_write_json, sha256_file
-from ftedge.runtime.manifest import MANIFEST_NAME
+from ftedge.durable import atomic_write_json, swap_dir
+from ftedge.bundle.hashing import sha256_file
+from ftedge.bundle.manifest import MANIFEST_NAME
 
 
 class BundleStage:
@@ -45,14 +46,9 @@ class BundleStage:
         if signer is not None:
             manifest.update(signer(manifest))
         atomic_write_json(self.dir / MANIFEST_NAME, manifest)
-        if self.target.exists():
-            old = self.target.with_name(f".{self.target.name}.old")
+        old = swap_dir(self.dir, self.target)  # a failed second rename puts the old bundle back
+        if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-            self.target.rename(old)
-            self.dir.rename(self.target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            self.dir.rename(self.target)
 
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ftedge.errors import UsageError
-from ftedge.runtime.manifest import DTYPES, LOSSES, OPTIMIZERS, parse_input_spec
+from ftedge.bundle.manifest import DTYPES, LOSSES, OPTIMIZERS, parse_input_spec
 
 EXAMPLE = """examples:
   ftedge export my_models/kws.py:build_model -o bundles/kws \\

@@ -32,7 +32,7 @@ from ftedge.export.parity import check_parity
 from ftedge.export.preprocessing import TOKENIZER_FILE, image_preprocessing, text_preprocessing
 from ftedge.export.wrapper import OutputSelector
 from ftedge.export.step_graph import OPTIMIZER_DEFAULTS, build_step
-from ftedge.runtime.manifest import BATCH, LOSSES, OPTIMIZERS, SCHEMA_VERSION, TensorSpec
+from ftedge.bundle.manifest import BATCH, LOSSES, OPTIMIZERS, SCHEMA_VERSION, TensorSpec
 from ftedge.runtime.ort_backend import has_training_api, ort
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
     declared = _declared_preprocessing(opts)
     signer = None
     if sign_key is not None:
-        from ftedge.runtime.signing import manifest_signer
+        from ftedge.bundle.signing import manifest_signer
 
         signer = manifest_signer(sign_key)  # a bad key fails before the export work
     t0 = time.perf_counter()

@@ -25,7 +25,7 @@ from onnx import helper
 
 from ftedge.errors import ExportError
 from ftedge.export.onnx_export import value_info
-from ftedge.runtime.manifest import BATCH, TensorSpec
+from ftedge.bundle.manifest import BATCH, TensorSpec
 from ftedge.runtime.ort_backend import ort
 
 

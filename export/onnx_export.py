@@ -15,7 +15,7 @@ from onnx import helper
 
 from ftedge.errors import ExportError
 from ftedge.export.wrapper import PREFIX, OutputSelector
-from ftedge.runtime.manifest import TensorSpec
+from ftedge.bundle.manifest import TensorSpec
 
 TORCH_DTYPES = {
     "float32": torch.float32, "float16": torch.float16, "float64": torch.float64,

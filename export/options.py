@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftedge.runtime.manifest import TensorSpec
+from ftedge.bundle.manifest import TensorSpec
 
 
 @dataclass

@@ -12,7 +12,7 @@ import torch
 from ftedge.errors import ParityError
 from ftedge.export.onnx_export import sample_inputs
 from ftedge.export.wrapper import OutputSelector
-from ftedge.runtime.manifest import TensorSpec
+from ftedge.bundle.manifest import TensorSpec
 from ftedge.runtime.ort_backend import InferenceModel
 
 BATCH_SIZES = (2, 5)

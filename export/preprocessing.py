@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ftedge.errors import UsageError
-from ftedge.runtime.manifest import TensorSpec
+from ftedge.bundle.manifest import TensorSpec
 
 TOKENIZER_FILE = "tokenizer.json"
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")

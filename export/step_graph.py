@@ -38,7 +38,7 @@ from onnx import helper, numpy_helper
 from ftedge.errors import ExportError
 from ftedge.export.conv_grad import decompositions
 from ftedge.export.onnx_torch import GraphFunction
-from ftedge.runtime.manifest import BATCH, TensorSpec
+from ftedge.bundle.manifest import BATCH, TensorSpec
 
 log = logging.getLogger(__name__)
 

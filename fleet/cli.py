@@ -10,19 +10,34 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from urllib.parse import urlparse
 
-from ftedge.errors import FtedgeError, UsageError
+from ftedge.errors import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_REJECTED,
+    EXIT_TIMEOUT,
+    BrokerUnreachableError,
+    FtedgeError,
+    ReplyTimeoutError,
+    UsageError,
+)
+from ftedge.mqtt.contract import BrokerSettings
 
 DEFAULT_DB = Path("fleet.sqlite")
 TOKEN_ENV = "FTEDGE_FLEET_TOKEN"
 
 
 def _broker(url: str) -> tuple[str, int, bool]:
-    u = urlparse(url)
-    if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
-        raise UsageError(f"--broker {url!r}: use mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
-    return u.hostname, u.port or (8883 if u.scheme == "mqtts" else 1883), u.scheme == "mqtts"
+    """``--broker URL`` as (host, port, tls); a bad URL is a UsageError (exit 2) naming --broker.
+
+    As always, credentials, a path or a query in the URL are accepted and ignored (use --username and
+    --password-file).
+    """
+    try:
+        b = BrokerSettings.from_url(url, allow_path=True)
+    except UsageError as exc:
+        raise UsageError(f"--broker: {exc}") from None
+    return b.host, b.port, b.tls
 
 
 def _mqtt_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -79,7 +94,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite file (default fleet.sqlite)")
     st.add_argument("--json", action="store_true", help="print JSON")
     st.set_defaults(handler=_status)
-    se = fs.add_parser("send", help="send one command and print the reply (MQTT v5 request/response)")
+    se = fs.add_parser("send", help="send one command and print the reply (MQTT v5 request/response)",
+                       epilog="exit codes: 0 done/accepted, 3 rejected by the device (or it answered error), "
+                              "4 no reply before --timeout, 5 broker unreachable, 2 bad arguments.")
     se.add_argument("device", metavar="DEVICE")
     se.add_argument("verb", metavar="VERB", help="ping, status, resync, train, cancel, rollback, deploy")
     se.add_argument("--args", default="{}", metavar="JSON", help="command args as a JSON object")
@@ -92,7 +109,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Send `train` to every device in --devices; each resolves --bundle and --data "
                                    "under its own bundle_root/data_root (the data never leaves the box).",
                        epilog="example:\n  ftedge fleet train --devices box-1,box-2 --bundle kws --data user "
-                              "--epochs 30 --wait --broker mqtt://127.0.0.1:1883",
+                              "--epochs 30 --wait --broker mqtt://127.0.0.1:1883\n"
+                              "exit codes: 0 every device ok, 3 a device rejected the job, 4 a device did not answer "
+                              "(or, with --wait, had no result before --job-timeout), 1 a job failed, "
+                              "5 broker unreachable.",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     tr.add_argument("--devices", required=True, metavar="A,B,…", help="comma-separated device ids")
     tr.add_argument("--bundle", required=True, help="bundle name under each device's bundle_root")
@@ -282,13 +302,23 @@ def _train(args: argparse.Namespace) -> int:
     failed = [r for r in runs if not r.ok]
     if failed and not args.json:
         print(f"{len(failed)} of {len(runs)} devices failed: {', '.join(r.device for r in failed)}", file=sys.stderr)
-    return 1 if failed else 0
+    return _fan_out_code({r.failure for r in failed})
+
+
+def _fan_out_code(failures: set[str | None]) -> int:
+    """The exit code of a fan-out: 3 if any device rejected it, else 4 if any timed out, else 1 if a job failed."""
+    if not failures:
+        return EXIT_OK
+    if "rejected" in failures:
+        return EXIT_REJECTED
+    return EXIT_TIMEOUT if "timeout" in failures else EXIT_ERROR
 
 
 def _unreachable(collector, exc: Exception) -> FtedgeError:  # noqa: ANN001
     if collector.refused:
-        return FtedgeError(f"{exc}; check --username/--password-file, the client certificate and the broker's ACL")
-    return FtedgeError(f"{exc}; check --broker and that the broker is running")
+        return BrokerUnreachableError(
+            f"{exc}; check --username/--password-file, the client certificate and the broker's ACL")
+    return BrokerUnreachableError(f"{exc}; check --broker and that the broker is running")
 
 
 def _send(args: argparse.Namespace) -> int:
@@ -307,8 +337,8 @@ def _send(args: argparse.Namespace) -> int:
         except TimeoutError as exc:
             if not collector.subscribed.is_set():
                 raise _unreachable(collector, exc) from exc
-            raise FtedgeError(f"{exc}") from exc
+            raise ReplyTimeoutError(f"{exc}") from exc
         finally:
             collector.stop()
     print(json.dumps(reply))
-    return 1 if reply.get("status") in ("rejected", "error") else 0
+    return EXIT_REJECTED if reply.get("status") in ("rejected", "error") else EXIT_OK

@@ -35,6 +35,16 @@ class DeviceRun:
         return self.error is not None or self.result is not None or (self.reply is not None and self.job is None)
 
     @property
+    def failure(self) -> str | None:
+        """Why the device failed: ``rejected`` (it answered rejected/error), ``timeout`` (no reply, or no result
+        in time), ``failed`` (its job did not succeed), or None."""
+        if self.reply is not None and self.reply.get("status") in ("rejected", "error"):
+            return "rejected"
+        if self.error is not None or self.reply is None:
+            return "timeout"
+        return None if self.ok else "failed"
+
+    @property
     def ok(self) -> bool:
         if self.error is not None or self.reply is None or self.reply.get("status") in ("rejected", "error"):
             return False

@@ -29,37 +29,31 @@ publisher, e.g. EMQX ``hash_clientid``).
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import queue
 import re
 import ssl
-import struct
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ftedge.errors import FtedgeError
+from ftedge.errors import CollectorError, FtedgeError, UsageError  # noqa: F401 - CollectorError re-exported
+from ftedge.mqtt.contract import BrokerSettings, collector_subscriptions
 
-from .store import TOPIC_ROOT, FleetStore
+from .commander import CommandClient
+from .fast_receive import _FastClient  # noqa: F401 - tests reach it here too
+from .store import FleetStore
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
 _TOPIC_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-class CollectorError(FtedgeError):
-    """The collector cannot be configured or cannot send a command."""
 
 
 @dataclass
@@ -90,191 +84,20 @@ class CollectorSettings:
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> CollectorSettings:
-        """``mqtt://HOST[:PORT]`` (default 1883) or ``mqtts://HOST[:PORT]`` (TLS, default 8883)."""
-        usage = "write mqtt://HOST[:PORT], or mqtts://HOST[:PORT] for TLS"
-        if "://" not in url:
-            raise CollectorError(f"broker URL {url!r} has no scheme; {usage}")
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise CollectorError(f"broker URL scheme {parts.scheme!r} is not mqtt:// or mqtts://; {usage}")
-        if parts.username is not None or parts.password is not None:
+        """``mqtt://HOST[:PORT]`` (default 1883) or ``mqtts://HOST[:PORT]`` (TLS, default 8883).
+
+        Parsed by ``ftedge.mqtt.contract.BrokerSettings.from_url``; credentials in the URL are refused.
+        """
+        try:
+            broker = BrokerSettings.from_url(url)
+        except UsageError as exc:
+            raise CollectorError(str(exc)) from None
+        if broker.has_credentials:
             raise CollectorError("the broker URL must not contain credentials: pass username/password separately")
-        if parts.path not in ("", "/") or parts.query or parts.fragment or not parts.hostname:
-            raise CollectorError(f"broker URL {url!r} is not of the form HOST[:PORT]; {usage}")
-        try:
-            port = parts.port
-        except ValueError as exc:
-            raise CollectorError(f"broker URL {url!r}: {exc}; {usage}") from exc
-        tls = parts.scheme == "mqtts"
-        return cls(host=parts.hostname, port=port or (8883 if tls else 1883), tls=tls, **kwargs)
+        return cls(host=broker.host, port=broker.port, tls=broker.tls, **kwargs)
 
 
-# -- the receive path ------------------------------------------------------------------------------------------
-
-_PAHO_INTERNALS = ("_in_packet", "_packet_handle", "_sock_recv", "_packet_queue", "_loop_rc_handle", "_msgtime_mutex",
-                   "_sock", "_protocol")
-_PUBACK = 0x40
-_paho_clock = getattr(mqtt, "time_func", time.monotonic)   # the clock paho's keepalive compares against
-
-
-class _FastClient(mqtt.Client):
-    """A paho client whose read path hands PUBLISH packets over in bulk and acknowledges them after commit.
-
-    Stock paho reads a packet with three or more ``recv`` calls (command byte, length bytes, body), builds an
-    ``MQTTMessage`` and a ``Properties`` object, calls ``on_message`` and queues a PUBACK with a wake-up byte
-    on its socketpair: about eight system calls per message and more CPU than the database work.
-    Here :meth:`loop_read` (called by paho's loop when the socket is readable) reads up to 256 KiB at once,
-    decodes every complete PUBLISH into a ``(topic, payload, retained)`` tuple and passes each read's list to
-    ``sink(generation, messages, packet_ids)``; any other packet (CONNACK, SUBACK, PUBACK of our commands,
-    PINGRESP, DISCONNECT) goes to paho's own handler, so connection, subscription, keepalive, reconnection,
-    TLS and publishing stay paho's.
-
-    QoS 1 messages are acknowledged by :meth:`ack` once the writer has committed them: one PUBACK blob per
-    batch instead of one packet per message, and a collector that dies mid-batch loses nothing (the broker
-    redelivers the unacknowledged messages of the persistent session; the store drops what it already had).
-    The broker sends at most ``Receive Maximum`` (CONNECT property, ``CollectorSettings.receive_maximum``)
-    unacknowledged messages, which bounds the collector's queue. A packet id is acknowledged only on the
-    connection (``generation``) it arrived on.
-
-    It relies on paho 2.x internals (``_in_packet``, ``_packet_handle``, ``_packet_queue``, …); if those are
-    missing, :attr:`fast` is False and the client behaves as stock paho (acknowledging on receipt).
-    """
-
-    def __init__(self, *args: Any, sink: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.fast = all(hasattr(self, name) for name in _PAHO_INTERNALS) and hasattr(self, "_last_bytes_received")
-        self._sink = sink
-        self._rbuf = bytearray()
-        self._rsock: Any = None
-        self._ack_lock = threading.Lock()
-        self.generation = 0          # bumped at every CONNACK; acks of another generation are dropped
-        self._acks_open = False
-
-    # called from the Collector's on_connect / on_disconnect (paho's network thread)
-    def session_up(self) -> None:
-        with self._ack_lock:
-            self.generation += 1
-            self._acks_open = True
-
-    def session_down(self) -> None:
-        with self._ack_lock:   # after this no ack is queued until the next CONNACK (reconnect() clears the queue)
-            self._acks_open = False
-
-    def ack(self, generation: int, packet_ids: list[int]) -> bool:
-        """Queue PUBACKs for ``packet_ids`` (in arrival order) if still on that connection; any thread."""
-        if not packet_ids:
-            return True
-        with self._ack_lock:
-            if generation != self.generation or not self._acks_open:
-                return False
-            blob = struct.pack(f">{len(packet_ids)}I", *[0x40020000 | mid for mid in packet_ids])
-            self._packet_queue(_PUBACK, blob, 0, 0)
-        return True
-
-    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
-        if not self.fast:
-            return super().loop_read(max_packets)
-        sock = self._sock
-        if sock is None:
-            return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
-        if sock is not self._rsock:      # a new connection: drop a partial packet of the old one
-            self._rbuf.clear()
-            self._rsock = sock
-        try:
-            data = self._sock_recv(262144)
-        except BlockingIOError:
-            return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-        except OSError as err:
-            log.debug("collector socket receive failed: %s", err)
-            return self._loop_rc_handle(mqtt.MQTTErrorCode.MQTT_ERR_CONN_LOST)
-        if not data:
-            return self._loop_rc_handle(mqtt.MQTTErrorCode.MQTT_ERR_CONN_LOST)
-        with self._msgtime_mutex:
-            self._last_bytes_received = _paho_clock()
-        buf = self._rbuf
-        buf += data
-        v5 = self._protocol == mqtt.MQTTv5
-        msgs: list[tuple[Any, bytes, bool]] = []
-        mids: list[int] = []
-        gen = self.generation
-        pos, end = 0, len(buf)
-        rc = mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-        while end - pos >= 2:
-            first = buf[pos]
-            i, length, shift, complete = pos + 1, 0, 0, False
-            while i < end and shift <= 21:   # remaining length: a variable byte integer of 1..4 bytes
-                b = buf[i]
-                i += 1
-                length |= (b & 0x7F) << shift
-                shift += 7
-                if b < 0x80:
-                    complete = True
-                    break
-            if not complete and shift > 21:
-                rc = mqtt.MQTTErrorCode.MQTT_ERR_PROTOCOL
-                break
-            if not complete or i + length > end:
-                break                        # incomplete: wait for more bytes
-            body_end = i + length
-            qos = (first >> 1) & 3
-            if first & 0xF0 == 0x30 and qos < 2 and length >= 2:      # PUBLISH, QoS 0 or 1
-                tlen = buf[i] << 8 | buf[i + 1]
-                j = i + 2 + tlen
-                if j + (2 if qos else 0) > body_end:
-                    rc = mqtt.MQTTErrorCode.MQTT_ERR_PROTOCOL
-                    break
-                topic_b = bytes(buf[i + 2:j])
-                if qos:
-                    mids.append(buf[j] << 8 | buf[j + 1])
-                    j += 2
-                if v5:                       # skip the properties (none of them matters to the store)
-                    plen, shift = 0, 0
-                    while j < body_end:
-                        b = buf[j]
-                        plen |= (b & 0x7F) << shift
-                        shift += 7
-                        j += 1
-                        if b < 0x80:
-                            break
-                    j += plen
-                if j > body_end:
-                    rc = mqtt.MQTTErrorCode.MQTT_ERR_PROTOCOL
-                    break
-                try:
-                    topic: Any = topic_b.decode("utf-8")
-                except UnicodeDecodeError:
-                    topic = topic_b          # not a str: the store counts it as malformed
-                msgs.append((topic, bytes(buf[j:body_end]), bool(first & 1)))
-                pos = body_end
-                continue
-            if msgs:                         # keep the order: what came before this packet goes first
-                self._sink(gen, msgs, mids)
-                msgs, mids = [], []
-            self._in_packet = {"command": first, "have_remaining": 1, "remaining_count": [],
-                               "remaining_mult": 1, "remaining_length": length,
-                               "packet": bytearray(buf[i:body_end]), "to_process": 0, "pos": 0}
-            pos = body_end
-            try:
-                rc = self._packet_handle()
-            except Exception as exc:  # noqa: BLE001 - paho's MalformedPacket and decoding errors
-                log.debug("malformed packet from the broker: %s", exc)
-                rc = mqtt.MQTTErrorCode.MQTT_ERR_PROTOCOL
-            self._in_packet = {"command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1,
-                               "remaining_length": 0, "packet": bytearray(b""), "to_process": 0, "pos": 0}
-            gen = self.generation
-            if rc or self._sock is not sock:
-                break
-        if msgs:
-            self._sink(gen, msgs, mids)
-        if self._sock is not sock:
-            return rc
-        del buf[:pos]
-        if rc:
-            return self._loop_rc_handle(rc)
-        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-
-
-class Collector:
+class Collector(CommandClient):
     """Subscribe to the fleet, write it into ``store`` in batches, ask for resync on loss, send commands."""
 
     def __init__(self, store: FleetStore, settings: CollectorSettings | None = None, **kwargs: Any) -> None:
@@ -319,12 +142,7 @@ class Collector:
 
     @property
     def subscriptions(self) -> list[str]:
-        own = f"{TOPIC_ROOT}/+/+/cmdres/{self.host_id}"
-        if not self.settings.listen:
-            return [own]
-        if self.settings.share:
-            return [f"$share/{self.settings.share}/{TOPIC_ROOT}/+/+/#", own]
-        return [f"{TOPIC_ROOT}/+/+/#"]
+        return collector_subscriptions(self.host_id, share=self.settings.share, listen=self.settings.listen)
 
     def start(self) -> Collector:
         """Connect in the background (a broker that is down is retried) and start the writer."""
@@ -382,63 +200,6 @@ class Collector:
         self.stop()
 
     # -- commands ----------------------------------------------------------------------------------------
-
-    def reply_topic(self, fleet: str, device: str) -> str:
-        return f"{TOPIC_ROOT}/{fleet}/{device}/cmdres/{self.host_id}"
-
-    def publish_command(self, fleet: str, device: str, verb: str, args: dict[str, Any] | None = None,
-                        cmd_id: str | None = None, expiry_s: int | None = None) -> str:
-        """Publish ``{"cmd_id", "args"}`` on ``cmd/{verb}`` (QoS 1, ResponseTopic, CorrelationData); returns
-        the cmd_id. Does not wait (see :meth:`send`)."""
-        for name, value in (("fleet", fleet), ("device", device), ("verb", verb)):
-            if not isinstance(value, str) or not value or any(ch in value for ch in "/+#\0"):
-                raise CollectorError(f"{name} {value!r} must be a non-empty topic segment (no / + #)")
-        if args is not None and not isinstance(args, dict):
-            raise CollectorError(f"command args must be a JSON object (dict), not {type(args).__name__}")
-        cmd_id = cmd_id or f"{verb}-{uuid.uuid4().hex}"
-        props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = self.reply_topic(fleet, device)
-        props.CorrelationData = cmd_id.encode()
-        props.MessageExpiryInterval = max(1, int(expiry_s or self.settings.command_expiry_s))
-        payload = json.dumps({"cmd_id": cmd_id, "args": args or {}}, separators=(",", ":")).encode()
-        info = self.client.publish(f"{TOPIC_ROOT}/{fleet}/{device}/cmd/{verb}", payload, qos=1, retain=False,
-                                   properties=props)
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):   # NO_CONN: paho sends it later
-            raise CollectorError(f"could not publish {verb} to {fleet}/{device}: {mqtt.error_string(info.rc)}")
-        return cmd_id
-
-    def request_resync(self, fleet: str, device: str) -> str:
-        """Ask a device to republish its retained state; returns the cmd_id (``resync-<uuid>``)."""
-        cmd_id = self.publish_command(fleet, device, "resync", {}, cmd_id=f"resync-{uuid.uuid4()}")
-        self.stats["resyncs"] += 1
-        return cmd_id
-
-    def send(self, fleet: str, device: str, verb: str, args: dict[str, Any] | None = None,
-             timeout: float = 30.0) -> dict[str, Any]:
-        """Request/response: publish the command and return the device's first reply (its ``cmdres`` body:
-        ``cmd_id``, ``status`` accepted/rejected/done/error, ``code``, ``detail``, …).
-
-        Raises ``TimeoutError`` if the broker is not reachable or no reply arrives within ``timeout`` s.
-        The reply is stored (``FleetStore.reply``), so a late one can still be looked up by cmd_id; only a
-        reply published by ``device`` itself (on its own ``cmdres`` topic) counts.
-        """
-        deadline = time.monotonic() + timeout
-        if self._writer is None:
-            raise CollectorError("start() the collector before send()")
-        if not self.subscribed.wait(timeout):   # the reply subscription must exist before the command leaves
-            raise TimeoutError(self.not_connected(timeout))
-        remaining = max(0.0, deadline - time.monotonic())
-        cmd_id = self.publish_command(fleet, device, verb, args, expiry_s=max(1, math.ceil(remaining)))
-        with self._cv:
-            while True:
-                reply = self.store.reply(cmd_id, fleet, device)
-                if reply is not None:
-                    return reply
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"no reply from {fleet}/{device} to {verb} (cmd_id {cmd_id}) within "
-                                       f"{timeout:g} s; is the device online?")
-                self._cv.wait(min(remaining, 0.25))
 
     # -- writer thread -----------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Fleet state built from the MQTT contract (SQLite in WAL mode, stdlib only).
 
 ``FleetStore.ingest_batch`` takes what the collector received — ``(topic, payload, retained)`` tuples — and
-applies a whole batch in **one transaction**. Topics are ``ftedge/v1/{fleet}/{device}/{rest}`` (DESIGN.md,
+applies a whole batch in **one transaction**. Topics are ``ftedge/v1/{fleet}/{device}/{rest}`` (ARCHITECTURE.md,
 "MQTT"); ``cmd/…`` (host → device) is ignored. Every device message carries the envelope ``v, ts, dev,
 boot, seq, hist``; a payload that is not a JSON object with that envelope (or whose ``dev`` is not the
 topic's device) counts in ``malformed_total`` and is otherwise ignored.
@@ -51,7 +51,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sqlite3
+from ftedge import sqlite_db
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -60,127 +60,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftedge.errors import FtedgeError
+from ftedge.errors import FleetStoreError, FtedgeError  # noqa: F401 - FleetStoreError re-exported
+from ftedge.mqtt.contract import TOPIC_ROOT  # re-exported: fleet.store.TOPIC_ROOT
 
+from .schema import _SCHEMA, COUNTERS, SCHEMA_VERSION  # noqa: F401 - SCHEMA_VERSION re-exported
 from .validate import MAX_NAME, MAX_PAYLOAD, body_problem
+from .views import _DEVICE_COLUMNS, FleetReadModel, _number
 
-SCHEMA_VERSION = 2
-TOPIC_ROOT = "ftedge/v1"
-COUNTERS = ("messages_total", "duplicates_total", "seq_gaps_total", "malformed_total", "late_fills_total",
-            "stale_wills_total", "ignored_total", "rejected_total")
 MAX_DEVICES_PER_FLEET = 100_000
 ENVELOPE_KEYS = ("v", "ts", "dev", "boot", "seq", "hist")
 _INT64 = 2**63
 
 log = logging.getLogger(__name__)
-
-_SCHEMA = [
-    # Migration i brings the file from user_version i to i + 1 (one transaction each).
-    """
-    CREATE TABLE devices (
-        fleet TEXT NOT NULL,
-        device TEXT NOT NULL,
-        state TEXT,                                 -- online / offline (from status, Will, inference)
-        reason TEXT,                                -- birth / shutdown / lwt / resync / new_boot / reconnect
-        last_seen_ms INTEGER,                       -- collector clock (retained replays: their ts at most)
-        boot TEXT,                                  -- current boot
-        last_seq INTEGER NOT NULL DEFAULT 0,        -- max seq of the current boot
-        meta_json TEXT,                             -- latest meta body (as published)
-        job_json TEXT,                              -- latest job body
-        metrics_json TEXT,                          -- latest progress body of the current boot
-        active_version TEXT,
-        status_ts INTEGER,                          -- envelope ts of the applied status
-        marks_json TEXT NOT NULL DEFAULT '{}',      -- seq of the applied snapshot per kind (current boot)
-        PRIMARY KEY (fleet, device)
-    );
-    CREATE TABLE boots (
-        fleet TEXT NOT NULL,
-        device TEXT NOT NULL,
-        boot TEXT NOT NULL,
-        first_ts INTEGER NOT NULL,                  -- smallest envelope ts seen: orders boots
-        first_seen_ms INTEGER NOT NULL,             -- collector clock
-        contiguous INTEGER NOT NULL DEFAULT 0,      -- every seq <= this arrived or is a counted hole
-        max_seq INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (fleet, device, boot)
-    );
-    CREATE TABLE seen (                             -- seqs beyond `contiguous`, hole fills, the Will (seq 0)
-        fleet TEXT NOT NULL,
-        device TEXT NOT NULL,
-        boot TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        PRIMARY KEY (fleet, device, boot, seq)
-    ) WITHOUT ROWID;
-    CREATE TABLE gaps (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        fleet TEXT NOT NULL,
-        device TEXT NOT NULL,
-        boot TEXT NOT NULL,
-        missing_from INTEGER NOT NULL,
-        missing_to INTEGER NOT NULL,
-        ts INTEGER NOT NULL,                        -- when counted (collector clock, ms)
-        filled INTEGER NOT NULL DEFAULT 0,          -- seqs of the range that arrived late
-        filled_ts INTEGER                           -- set once the whole range arrived
-    );
-    CREATE INDEX gaps_open ON gaps (fleet, device, boot) WHERE filled_ts IS NULL;
-    CREATE TABLE progress (
-        fleet TEXT NOT NULL,
-        device TEXT NOT NULL,
-        job TEXT NOT NULL,
-        epoch INTEGER NOT NULL,
-        ts INTEGER NOT NULL,
-        body_json TEXT NOT NULL,
-        PRIMARY KEY (fleet, device, job, epoch)
-    );
-    CREATE TABLE results (
-        fleet TEXT NOT NULL,
-        device TEXT NOT NULL,
-        job TEXT NOT NULL,
-        ts INTEGER NOT NULL,
-        body_json TEXT NOT NULL,
-        PRIMARY KEY (fleet, device, job)
-    );
-    CREATE TABLE replies (
-        cmd_id TEXT PRIMARY KEY,
-        fleet TEXT NOT NULL,
-        device TEXT NOT NULL,
-        body_json TEXT NOT NULL,
-        ts INTEGER NOT NULL                         -- when received (collector clock, ms)
-    );
-    CREATE INDEX replies_ts ON replies (ts);
-    CREATE TABLE counters (
-        name TEXT PRIMARY KEY,
-        value INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    INSERT INTO counters (name, value) VALUES ('messages_total', 0), ('duplicates_total', 0),
-        ('seq_gaps_total', 0), ('malformed_total', 0), ('late_fills_total', 0), ('stale_wills_total', 0),
-        ('ignored_total', 0);
-    """,
-    # 2: replies keyed on (fleet, device, cmd_id); the rejected_total counter
-    """
-    CREATE TABLE replies_v2 (
-        fleet TEXT NOT NULL,
-        device TEXT NOT NULL,
-        cmd_id TEXT NOT NULL,
-        body_json TEXT NOT NULL,
-        ts INTEGER NOT NULL,                        -- when received (collector clock, ms)
-        PRIMARY KEY (fleet, device, cmd_id)
-    );
-    INSERT OR REPLACE INTO replies_v2 (fleet, device, cmd_id, body_json, ts)
-        SELECT fleet, device, cmd_id, body_json, ts FROM replies;
-    DROP TABLE replies;
-    ALTER TABLE replies_v2 RENAME TO replies;
-    CREATE INDEX replies_ts ON replies (ts);
-    INSERT OR IGNORE INTO counters (name, value) VALUES ('rejected_total', 0);
-    """,
-]
-assert len(_SCHEMA) == SCHEMA_VERSION
-
-_DEVICE_COLUMNS = ("fleet, device, state, reason, last_seen_ms, boot, last_seq, meta_json, job_json, metrics_json,"
-                   " active_version, status_ts, marks_json")
-
-
-class FleetStoreError(FtedgeError):
-    """The fleet database cannot be opened or written."""
 
 
 # -- in-memory state (flushed at the end of every transaction) -------------------------------------------------
@@ -252,7 +143,7 @@ class _Report(dict):
         self[key] = self.get(key, 0) + n
 
 
-class FleetStore:
+class FleetStore(FleetReadModel):
     """The collector's database; see the module docstring for the rules."""
 
     def __init__(self, path: Path | str, reorder_window_s: float = 5.0, keep_boots: int = 4,
@@ -272,20 +163,11 @@ class FleetStore:
         self._pending: set[tuple[str, str, str]] = set()   # streams with a pending hole
         self._malformed_logged = 0
         target = ":memory:" if self.path is None else self.path
+        # The collector can re-learn the last commits from retained state and resync: NORMAL is enough.
+        self._db = sqlite_db.connect(
+            target, error=FleetStoreError, what="the fleet database", synchronous="NORMAL",
+            damaged_hint="if the file is damaged, move it aside (the collector rebuilds state from retained messages)")
         try:
-            if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(target, timeout=30, isolation_level=None, check_same_thread=False)
-        except (OSError, sqlite3.Error) as exc:
-            raise FleetStoreError(f"cannot open the fleet database {target}: {exc}; check that the directory "
-                                  "exists or can be created, and its permissions") from exc
-        try:
-            if self.path is not None:
-                mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise FleetStoreError(f"{self.path}: SQLite refused WAL mode ({mode}); use a local disk")
-            # The collector can re-learn the last commits from retained state and resync: NORMAL is enough.
-            self._db.execute("PRAGMA synchronous=NORMAL")
             # Every device's stream appends to its own spot of the progress index and rewrites its devices row:
             # with a thousand devices that working set outgrows SQLite's default 2 MiB cache (pages re-read
             # every batch), and a larger WAL lets checkpoints write a hot page once for many commits.
@@ -293,7 +175,7 @@ class FleetStore:
             self._db.execute("PRAGMA wal_autocheckpoint = 10000")
             self._migrate()
             self._load_pending()
-        except sqlite3.Error as exc:
+        except sqlite_db.Error as exc:
             self._db.close()
             raise FleetStoreError(f"cannot open the fleet database {target}: {exc}; if the file is damaged, "
                                   "move it aside (the collector rebuilds state from retained messages)") from exc
@@ -403,132 +285,6 @@ class FleetStore:
 
     # -- reading ------------------------------------------------------------------------------------------
 
-    def devices(self, fleet: str | None = None) -> list[dict[str, Any]]:
-        """Every device (optionally of one fleet), sorted by fleet and device id."""
-        sql = f"SELECT {_DEVICE_COLUMNS} FROM devices"
-        args: tuple = ()
-        if fleet is not None:
-            sql, args = sql + " WHERE fleet = ?", (fleet,)
-        with self._lock:
-            rows = self._db.execute(sql + " ORDER BY fleet, device", args).fetchall()
-        return [_device_view(r) for r in rows]
-
-    def device(self, fleet: str, device: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._db.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE fleet = ? AND device = ?",
-                                   (fleet, device)).fetchone()
-        return None if row is None else _device_view(row)
-
-    def job(self, fleet: str, device: str, job: str) -> dict[str, Any] | None:
-        """``progress`` (bodies in epoch order), ``result`` (body or None), ``status``; None if unknown."""
-        with self._lock:
-            progress = [_stored_object(b, "progress", []) for (b,) in self._db.execute(
-                "SELECT body_json FROM progress WHERE fleet = ? AND device = ? AND job = ? ORDER BY epoch",
-                (fleet, device, job))]
-            row = self._db.execute("SELECT body_json FROM results WHERE fleet = ? AND device = ? AND job = ?",
-                                   (fleet, device, job)).fetchone()
-            snap = self._db.execute("SELECT job_json FROM devices WHERE fleet = ? AND device = ?",
-                                    (fleet, device)).fetchone()
-        progress = [p for p in progress if p is not None]
-        result = _stored_object(row[0], "result", []) if row else None
-        snapshot = _stored_object(snap[0], "job", []) if snap else None
-        if snapshot is not None and snapshot.get("job") != job:
-            snapshot = None
-        if not progress and result is None and snapshot is None:
-            return None
-        status = (result or {}).get("status") or (snapshot or {}).get("status") or "running"
-        return {"fleet": fleet, "device": device, "job": job, "status": status, "progress": progress,
-                "result": result, "snapshot": snapshot}
-
-    def jobs(self, fleet: str | None = None, device: str | None = None) -> list[dict[str, Any]]:
-        """Known jobs: ``fleet``, ``device``, ``job``, ``epochs`` (progress rows), ``last_ts``, ``status``
-        (from the result, or None while no result arrived)."""
-        where, args = [], []
-        for col, val in (("fleet", fleet), ("device", device)):
-            if val is not None:
-                where.append(f"{col} = ?")
-                args.append(val)
-        cond = (" WHERE " + " AND ".join(where)) if where else ""
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT fleet, device, job, SUM(epochs), MAX(ts), MAX(result) FROM ("
-                f" SELECT fleet, device, job, COUNT(*) AS epochs, MAX(ts) AS ts, NULL AS result FROM progress{cond}"
-                "  GROUP BY fleet, device, job"
-                f" UNION ALL SELECT fleet, device, job, 0, ts, body_json FROM results{cond})"
-                " GROUP BY fleet, device, job ORDER BY MAX(ts)", args * 2).fetchall()
-        return [{"fleet": f, "device": d, "job": j, "epochs": int(n or 0), "last_ts": ts,
-                 "status": (_stored_object(r, "result", []) or {}).get("status") if r else None}
-                for f, d, j, n, ts, r in rows]
-
-    def counters(self) -> dict[str, int]:
-        with self._lock:
-            rows = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
-        return {k: int(rows.get(k, 0)) for k in COUNTERS}
-
-    def gaps(self, fleet: str | None = None, device: str | None = None, open_only: bool = False) -> list[dict]:
-        """Counted holes: ``fleet, device, boot, missing_from, missing_to, ts, filled, filled_ts``."""
-        where, args = [], []
-        for col, val in (("fleet", fleet), ("device", device)):
-            if val is not None:
-                where.append(f"{col} = ?")
-                args.append(val)
-        if open_only:
-            where.append("filled_ts IS NULL")
-        cond = (" WHERE " + " AND ".join(where)) if where else ""
-        with self._lock:
-            rows = self._db.execute("SELECT fleet, device, boot, missing_from, missing_to, ts, filled, filled_ts"
-                                    f" FROM gaps{cond} ORDER BY id", args).fetchall()
-        keys = ("fleet", "device", "boot", "missing_from", "missing_to", "ts", "filled", "filled_ts")
-        return [dict(zip(keys, r)) for r in rows]
-
-    def fleet_summary(self, fleet: str | None = None) -> dict[str, Any]:
-        """``devices``, ``online``, ``offline``, ``jobs_running``, and over the devices whose latest
-        succeeded-and-promoted result reports ``baseline.accuracy`` and ``final.accuracy``:
-        ``promoted_devices``, ``accuracy_before``, ``accuracy_after`` (means; None when no such device)."""
-        devs = self.devices(fleet)
-        sql, args = "SELECT fleet, device, body_json FROM results", ()
-        if fleet is not None:
-            sql, args = sql + " WHERE fleet = ?", (fleet,)
-        with self._lock:
-            rows = self._db.execute(sql + " ORDER BY ts", args).fetchall()
-        latest: dict[tuple[str, str], tuple[float, float]] = {}
-        for f, d, text in rows:
-            body = _stored_object(text, "result", [])
-            if body is None or body.get("status") != "succeeded" or not body.get("promoted"):
-                continue
-            base, final = body.get("baseline"), body.get("final")
-            if not isinstance(base, dict) or not isinstance(final, dict):
-                continue   # stored before bodies were validated (see validate.py)
-            before, after = _number(base.get("accuracy")), _number(final.get("accuracy"))
-            if before is not None and after is not None:
-                latest[(f, d)] = (before, after)   # ordered by ts: the newest wins
-        n = len(latest)
-        before = sum(b for b, _ in latest.values()) / n if n else None
-        after = sum(a for _, a in latest.values()) / n if n else None
-        return {
-            "devices": len(devs),
-            "online": sum(d["state"] == "online" for d in devs),
-            "offline": sum(d["state"] == "offline" for d in devs),
-            "jobs_running": sum(bool(d["job"]) and d["job"].get("status") == "running" for d in devs),
-            "promoted_devices": n,
-            "accuracy_before": before,
-            "accuracy_after": after,
-        }
-
-    def reply(self, cmd_id: str, fleet: str | None = None, device: str | None = None) -> dict[str, Any] | None:
-        """The ``cmdres`` body (as published) that ``fleet``/``device`` sent for ``cmd_id``, or None.
-
-        Pass the device the command was sent to: a reply with the same ``cmd_id`` from any other device is
-        not its answer. Without them, the newest reply from any device (diagnostics only)."""
-        sql, args = "SELECT body_json FROM replies WHERE cmd_id = ?", [cmd_id]
-        for col, val in (("fleet", fleet), ("device", device)):
-            if val is not None:
-                sql += f" AND {col} = ?"
-                args.append(val)
-        with self._lock:
-            row = self._db.execute(sql + " ORDER BY ts DESC LIMIT 1", args).fetchone()
-        return json.loads(row[0]) if row else None
-
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -598,7 +354,7 @@ class FleetStore:
 
     # -- internals: applying ------------------------------------------------------------------------------
 
-    def _apply(self, db: sqlite3.Connection, m: _Msg, now: float, now_ms: int, rep: _Report,
+    def _apply(self, db: sqlite_db.Connection, m: _Msg, now: float, now_ms: int, rep: _Report,
                rows: dict[str, list[tuple]]) -> tuple[_Device, _Stream] | None:
         dev = self._device(db, m.fleet, m.device)
         if dev is None:
@@ -675,14 +431,14 @@ class FleetStore:
         dev.marks[kind] = seq
         return True
 
-    def _will_is_new(self, db: sqlite3.Connection, m: _Msg, dev: _Device) -> bool:
+    def _will_is_new(self, db: sqlite_db.Connection, m: _Msg, dev: _Device) -> bool:
         if db.execute("INSERT OR IGNORE INTO seen (fleet, device, boot, seq) VALUES (?, ?, ?, 0)",
                       (m.fleet, m.device, m.boot)).rowcount:
             return True
         # The same Will fires again (same bytes) if the device came back and dropped off again.
         return not m.retained and dev.boot == m.boot and dev.state == "online"
 
-    def _seq_is_new(self, db: sqlite3.Connection, st: _Stream, m: _Msg, now: float, rep: _Report) -> bool:
+    def _seq_is_new(self, db: sqlite_db.Connection, st: _Stream, m: _Msg, now: float, rep: _Report) -> bool:
         seq = m.seq
         if seq <= st.contiguous:
             for hole in st.holes:
@@ -728,7 +484,7 @@ class FleetStore:
         if not st.marks:
             self._pending.discard(st.key)
 
-    def _settle_boot(self, db: sqlite3.Connection, dev: _Device, st: _Stream, now: float) -> bool:
+    def _settle_boot(self, db: sqlite_db.Connection, dev: _Device, st: _Stream, now: float) -> bool:
         """Make ``st`` the device's current boot if it started later; True if it is the current boot."""
         if dev.boot == st.boot:
             return True
@@ -741,7 +497,7 @@ class FleetStore:
         dev.boot, dev.marks, dev.last_seq, dev.switched = st.boot, {}, st.max_seq, True
         return True
 
-    def _device(self, db: sqlite3.Connection, fleet: str, device: str) -> _Device | None:
+    def _device(self, db: sqlite_db.Connection, fleet: str, device: str) -> _Device | None:
         """The device's cached state; None if it is new and its fleet is full (``max_devices_per_fleet``)."""
         key = (fleet, device)
         dev = self._devices.get(key)
@@ -762,7 +518,7 @@ class FleetStore:
             self._devices[key] = dev
         return dev
 
-    def _stream(self, db: sqlite3.Connection, fleet: str, device: str, boot: str, now: float,
+    def _stream(self, db: sqlite_db.Connection, fleet: str, device: str, boot: str, now: float,
                 create_ts: int | None = None, now_ms: int = 0) -> _Stream | None:
         key = (fleet, device, boot)
         st = self._streams.get(key)
@@ -779,7 +535,7 @@ class FleetStore:
             st.first_seen_ms = now_ms
         return st
 
-    def _load_stream(self, db: sqlite3.Connection, key: tuple[str, str, str], now: float) -> _Stream | None:
+    def _load_stream(self, db: sqlite_db.Connection, key: tuple[str, str, str], now: float) -> _Stream | None:
         row = db.execute("SELECT first_ts, first_seen_ms, contiguous, max_seq FROM boots"
                          " WHERE fleet = ? AND device = ? AND boot = ?", key).fetchone()
         if row is None:
@@ -809,10 +565,10 @@ class FleetStore:
 
     # -- internals: persistence ---------------------------------------------------------------------------
 
-    def _save_stream(self, db: sqlite3.Connection, st: _Stream) -> None:
+    def _save_stream(self, db: sqlite_db.Connection, st: _Stream) -> None:
         self._save_streams(db, (st,))
 
-    def _save_streams(self, db: sqlite3.Connection, streams: Iterable[_Stream]) -> None:
+    def _save_streams(self, db: sqlite_db.Connection, streams: Iterable[_Stream]) -> None:
         new, old, full = [], [], []
         for st in streams:
             row = (st.fleet, st.device, st.boot, st.first_ts, st.first_seen_ms, st.contiguous, st.max_seq)
@@ -842,12 +598,12 @@ class FleetStore:
                 " contiguous = excluded.contiguous, max_seq = excluded.max_seq", new)
 
     @staticmethod
-    def _delete_seen(db: sqlite3.Connection, st: _Stream, lo: int, hi: int) -> None:
+    def _delete_seen(db: sqlite_db.Connection, st: _Stream, lo: int, hi: int) -> None:
         if lo <= hi:
             db.execute("DELETE FROM seen WHERE fleet = ? AND device = ? AND boot = ? AND seq BETWEEN ? AND ?",
                        (st.fleet, st.device, st.boot, lo, hi))
 
-    def _save_devices(self, db: sqlite3.Connection, devices: Iterable[_Device]) -> None:
+    def _save_devices(self, db: sqlite_db.Connection, devices: Iterable[_Device]) -> None:
         new, old, full = [], [], []
         for dev in devices:
             marks = "{" + ",".join([f'"{k}":{v}' for k, v in dev.marks.items()]) + "}"   # str keys, int values
@@ -868,7 +624,7 @@ class FleetStore:
             db.executemany(f"INSERT OR REPLACE INTO devices ({_DEVICE_COLUMNS}) VALUES"
                            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new)
 
-    def _prune_boots(self, db: sqlite3.Connection, dev: _Device) -> None:
+    def _prune_boots(self, db: sqlite_db.Connection, dev: _Device) -> None:
         """Keep the newest ``keep_boots`` boots of a device for de-duplication."""
         dev.switched = False
         old = db.execute("SELECT boot FROM boots WHERE fleet = ? AND device = ? AND boot != ?"
@@ -882,86 +638,37 @@ class FleetStore:
             self._pending.discard(key)
 
     @staticmethod
-    def _bump(db: sqlite3.Connection, deltas: dict[str, int]) -> None:
+    def _bump(db: sqlite_db.Connection, deltas: dict[str, int]) -> None:
         db.executemany("UPDATE counters SET value = value + ? WHERE name = ?",
                        [(n, k) for k, n in deltas.items() if n])
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> Iterator[sqlite_db.Connection]:
         """One write transaction under the lock; on failure the in-memory caches are dropped (reloaded)."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-                self._db.execute("COMMIT")
+                with sqlite_db.transaction(self._db) as db:
+                    yield db
                 self.transactions += 1
             except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
                 self._devices.clear()
                 self._fleet_sizes.clear()
                 self._streams.clear()
                 self._pending.clear()
                 try:
                     self._load_pending()
-                except sqlite3.Error:
+                except sqlite_db.Error:
                     log.exception("could not reload pending holes")
                 raise
 
     def _migrate(self) -> None:
         """Bring the file to SCHEMA_VERSION (``PRAGMA user_version``), one transaction per step."""
         with self._lock:
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise FleetStoreError(
-                    f"{self.path} has fleet schema {version}, newer than this ftedge understands "
-                    f"({SCHEMA_VERSION}); upgrade ftedge or use another --db")
-            for v in range(version, SCHEMA_VERSION):
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    for statement in _statements(_SCHEMA[v]):
-                        self._db.execute(statement)
-                    self._db.execute(f"PRAGMA user_version = {v + 1}")
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
+            sqlite_db.migrate(self._db, _SCHEMA, error=FleetStoreError, what=f"the fleet database {self.path}",
+                              newer_hint="upgrade ftedge or use another --db")
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
-
-def _device_view(row: tuple) -> dict[str, Any]:
-    """A devices row as the API shows it; a stored body that does not decode to an object shows as None
-    (with ``error`` set) instead of failing the whole device list."""
-    (fleet, device, state, reason, last_seen, boot, last_seq, meta, job, metrics, active, status_ts, _marks) = row
-    errors: list[str] = []
-    job_view = None
-    body = _stored_object(job, "job", errors)
-    if body is not None:
-        job_view = {"id": body.get("job"), "status": body.get("status"),
-                    **{k: v for k, v in body.items() if k not in ("job", "status")}}
-    view = {
-        "fleet": fleet, "device": device, "state": state, "reason": reason, "last_seen": last_seen,
-        "last_seq": last_seq, "boot": boot, "job": job_view, "metrics": _stored_object(metrics, "metrics", errors),
-        "active_version": active, "meta": _stored_object(meta, "meta", errors), "status_ts": status_ts,
-    }
-    if errors:
-        view["error"] = "; ".join(errors)
-    return view
-
-
-def _stored_object(text: str | None, what: str, errors: list[str]) -> dict[str, Any] | None:
-    if not text:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError:
-        value = None
-    if not isinstance(value, dict):
-        errors.append(f"the stored {what} is not a JSON object")
-        return None
-    return value
-
 
 def _started_later(a: _Stream, b: _Stream) -> bool:
     """Whether boot ``a`` started after boot ``b``: by when the collector first saw each running, else (a boot
@@ -975,23 +682,5 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _number(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    try:
-        return float(x)
-    except OverflowError:   # an integer beyond any float
-        return None
-
-
 def _str(x: Any) -> str | None:
     return x if isinstance(x, str) else None
-
-
-def _statements(script: str) -> Iterator[str]:
-    buf = ""
-    for line in script.splitlines(keepends=True):
-        buf += line
-        if sqlite3.complete_statement(buf):
-            yield buf
-            buf = ""

@@ -3,7 +3,7 @@
 Importing this package never imports torch (a test proves it).
 """
 
-from ftedge.runtime.bundle import Bundle, load_bundle
-from ftedge.runtime.manifest import SCHEMA_VERSION, TensorSpec
+from ftedge.bundle.loader import Bundle, load_bundle
+from ftedge.bundle.manifest import SCHEMA_VERSION, TensorSpec
 
 __all__ = ["Bundle", "load_bundle", "SCHEMA_VERSION", "TensorSpec"]

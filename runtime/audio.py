@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ftedge.errors import DataError
+from ftedge.errors import DataError, WavError
 from ftedge.runtime.data import ModelIO, register_decoder
 
 PCM, IEEE_FLOAT, EXTENSIBLE = 0x0001, 0x0003, 0xFFFE
@@ -33,10 +33,6 @@ MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768000
 # the downmix to infinity (found by tests/fuzz/wav.py).
 MAX_FLOAT_SAMPLE = 16.0
 _CONVERT = "convert it with e.g. `ffmpeg -i IN -ac 1 -ar 16000 OUT.wav`"
-
-
-class WavError(DataError):
-    """A WAV file cannot be decoded, or its clip is unusable (silent, clipped)."""
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:

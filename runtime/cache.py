@@ -12,24 +12,31 @@ from typing import Callable
 
 import numpy as np
 
-from ftedge.errors import FtedgeError
-from ftedge.runtime.manifest import TensorSpec
+from ftedge import sqlite_db
+from ftedge.errors import CacheError, FtedgeError, StopRequested
+from ftedge.bundle.manifest import TensorSpec
 
 
-class StopRequested(FtedgeError):
-    """Cancel or shutdown asked a long phase (embed, evaluate, merge) to stop; the run ends as cancelled."""
+# Migration i brings the cache file from schema i to i + 1 (PRAGMA user_version). Files written before the
+# cache had a version are schema 0 with the table already there: step 0 keeps it (IF NOT EXISTS).
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS emb (backbone TEXT, sample TEXT, data BLOB, PRIMARY KEY (backbone, sample));",
+]
+SCHEMA_VERSION = len(_SCHEMA)
 
 
 class EmbeddingCache:
-    def __init__(self, directory: str | Path) -> None:
-        import sqlite3  # only when a cache is used
+    """Backbone outputs per (backbone hash, sample hash), so a re-run or a resumed run skips the backbone."""
 
+    def __init__(self, directory: str | Path) -> None:
         self.path = Path(directory) / "embeddings.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=30)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS emb (backbone TEXT, sample TEXT, data BLOB, PRIMARY KEY (backbone, sample))")
+        self.db = sqlite_db.connect(self.path, error=CacheError, what="the embedding cache", autocommit=False)
+        try:
+            sqlite_db.migrate(self.db, _SCHEMA, error=CacheError, what=f"the embedding cache {self.path}",
+                              newer_hint="upgrade ftedge, or delete the file (it is only a cache)")
+        except BaseException:
+            self.db.close()
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -52,7 +59,6 @@ class EmbeddingCache:
     def trim(self, max_bytes: int) -> int:
         """Delete the oldest rows (insertion order) until the stored embeddings fit ``max_bytes``; returns
         the number deleted. The file is compacted (VACUUM) when anything went; a full disk skips that."""
-        import sqlite3
 
         total, deleted = self.size_bytes(), 0
         if total <= max_bytes:
@@ -69,7 +75,7 @@ class EmbeddingCache:
             deleted = len(victims)
         try:
             self.db.execute("VACUUM")
-        except sqlite3.Error:
+        except sqlite_db.Error:
             pass
         return deleted
 

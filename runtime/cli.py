@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from ftedge.runtime.bundle import load_bundle
+from ftedge.bundle.loader import load_bundle
 from ftedge.runtime.inspect import summary
 
 
@@ -135,7 +135,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_keygen(args: argparse.Namespace) -> int:
-    from ftedge.runtime.signing import generate_keypair, key_id, load_private_key
+    from ftedge.bundle.signing import generate_keypair, key_id, load_private_key
 
     private, public = generate_keypair(args.prefix)
     print(f"key {key_id(load_private_key(private).public_key())}: private {private} (keep secret), public {public}")
@@ -143,7 +143,7 @@ def run_keygen(args: argparse.Namespace) -> int:
 
 
 def run_pack(args: argparse.Namespace) -> int:
-    from ftedge.runtime.deploy import pack_bundle
+    from ftedge.bundle.pack import pack_bundle
 
     print(f"{pack_bundle(args.bundle, args.archive)}  {args.archive}")
     return 0

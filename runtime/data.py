@@ -1,6 +1,6 @@
 """Local training data → arrays matching a bundle's inputs.
 
-Formats (DESIGN.md, "Data on the device"):
+Formats (README.md, "Fine-tune on the device"):
 - a folder per label, ``PATH/<label>/<sample>``, each file decoded by the decoder registered for its
   extension (``.npy`` here; audio, images and text register theirs through :func:`register_decoder`);
 - a ``.npz`` with one array per bundle input name plus ``labels``.
@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ftedge.errors import DataError
-from ftedge.runtime.manifest import TensorSpec
+from ftedge.bundle.manifest import TensorSpec
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from ftedge.errors import BundleError, RuntimeBackendError, UsageError
-from ftedge.runtime.bundle import Bundle
+from ftedge.bundle.loader import Bundle
 from ftedge.runtime.ort_backend import StepSession, TrainableModel, has_training_api, ort
 
 ENGINES = ("portable", "ort-training")

@@ -10,9 +10,9 @@ import numpy as np
 
 from ftedge.errors import FtedgeError
 from ftedge.runtime import metrics as M
-from ftedge.runtime.bundle import load_bundle
+from ftedge.bundle.loader import load_bundle
 from ftedge.runtime.data import ModelIO, load_dataset
-from ftedge.runtime.manifest import MANIFEST_NAME
+from ftedge.bundle.manifest import MANIFEST_NAME
 from ftedge.runtime.ort_backend import InferenceModel
 from ftedge.runtime.session import BundleSession
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ftedge.errors import DataError
+from ftedge.errors import DataError, ImageError
 from ftedge.runtime.data import ModelIO, register_decoder
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -40,10 +40,6 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 BACKGROUND = (255, 255, 255)        # transparent pixels are composited over white
 ORIENTATION = 0x0112                # the EXIF Orientation tag
 _INSTALL = "pip install pillow (it comes with pip install 'ftedge[device]')"
-
-
-class ImageError(DataError):
-    """An image cannot be decoded or used, or the bundle cannot take images."""
 
 
 @dataclass(frozen=True)

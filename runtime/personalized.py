@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from ftedge.errors import RuntimeBackendError
-from ftedge.runtime.bundle import Bundle
-from ftedge.runtime.hashing import atomic_write_bytes, fsync_dir
+from ftedge.bundle.loader import Bundle
+from ftedge.durable import atomic_write_bytes, atomic_writer
 
 HEAD_PREFIX = "head::"
 
@@ -265,19 +265,7 @@ def write_personalized(bundle: Bundle, model, out: Path, backbone_role: str = "b
         if bundle.layout != "split":
             atomic_write_bytes(out, head.read_bytes())
             return
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, staged = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        try:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(staged, 0o666 & ~umask)
-            with os.fdopen(fd, "wb") as f:
-                write_merged(bundle.file(backbone_role), head, bundle, f, should_stop)
-                f.flush()
-                os.fsync(f.fileno())
-            check_merged(Path(staged))
-            os.replace(staged, out)
-        except BaseException:
-            Path(staged).unlink(missing_ok=True)
-            raise
-    fsync_dir(out.parent)
+        with atomic_writer(out) as f:
+            write_merged(bundle.file(backbone_role), head, bundle, f, should_stop)
+            f.flush()
+            check_merged(Path(f.name))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ftedge.errors import FtedgeError
-from ftedge.runtime.hashing import atomic_write_json, fsync_dir
+from ftedge.durable import atomic_write_json, fsync_dir, replace_file
 
 
 @dataclass
@@ -56,10 +56,7 @@ class CheckpointDir:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".{name}.tmp"
         model.save_checkpoint(tmp, include_optimizer_state=with_optimizer)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.dir / name)
-        fsync_dir(self.dir)
+        replace_file(tmp, self.dir / name)
         return name
 
     def commit(self, state: RunState) -> None:

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from ftedge.errors import DataError
-from ftedge.runtime.bundle import Bundle
+from ftedge.bundle.loader import Bundle
 from ftedge.runtime.engine import Engine, open_engine, resolve_engine
 from ftedge.runtime.ort_backend import InferenceModel
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ftedge.errors import DataError
+from ftedge.errors import DataError, TextError
 from ftedge.runtime.data import (
     NOTE_KEY,
     Dataset,
@@ -42,10 +42,6 @@ TEXT_COLUMN, LABEL_COLUMN = "text", "label"
 TRUNCATED = "truncated"
 _INSTALL = "pip install 'ftedge[device]' (it includes tokenizers)"
 _PAD_TOKENS = ("[PAD]", "<pad>", "<|pad|>", "<|endoftext|>")
-
-
-class TextError(DataError):
-    """Text data cannot be tokenized for this bundle (no tokenizer, bad CSV header)."""
 
 
 def _tokenizers():  # noqa: ANN202 - the tokenizers module, imported only when text is loaded

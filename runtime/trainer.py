@@ -22,10 +22,10 @@ import numpy as np
 
 from ftedge.errors import FtedgeError, UsageError
 from ftedge.runtime import metrics as M
-from ftedge.runtime.bundle import Bundle, load_bundle
+from ftedge.bundle.loader import Bundle, load_bundle
 from ftedge.runtime.cache import EmbeddingCache, StopRequested, embed_with_cache
 from ftedge.runtime.data import Dataset, ModelIO, load_dataset
-from ftedge.runtime.hashing import atomic_write_json
+from ftedge.durable import atomic_write_json
 from ftedge.runtime.engine import open_engine, resolve_engine
 from ftedge.runtime.ort_backend import resolve_providers
 from ftedge.runtime.personalized import write_personalized
@@ -199,9 +199,41 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        cfg = self.cfg
-        fingerprint = _fingerprint(self.bundle, self.data, cfg)
-        if cfg.resume and self.ckpt.exists():
+        """Train to the end (or a stop), checkpointing every epoch; returns ``result.json``'s content."""
+        state = self._open_state()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        session = self._session(self.ckpt.path(state.last_checkpoint))
+        self.ran_on = session.backbone.providers if session.backbone else []
+        self.cache_stats = {"computed": 0, "reused": 0}
+        monitor = self.val_idx if len(self.val_idx) else self.train_idx
+        try:
+            self._prepare_features(session)
+            if not state.baseline:
+                state.baseline = self.evaluate(session, monitor)  # the untuned model, same split
+        except StopRequested as exc:  # cancel/SIGTERM while embedding or measuring the baseline
+            self.timings["train_s"] = 0.0
+            return self._finish(state, "cancelled", f"cancelled: {exc}", session)
+        self._trim_metrics(state)
+        self.cb.on_start({"mode": self.mode, "samples": len(self.data), "train": len(self.train_idx),
+                          "val": len(self.val_idx), "epochs": self.cfg.epochs, "resumed_from_epoch": state.epochs_done})
+        bar = None
+        if self.show_progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.cfg.epochs, initial=state.epochs_done, unit="epoch", desc="train", leave=False)
+        t_train = time.perf_counter()
+        try:
+            status, stop_reason = self._epochs(session, state, monitor, bar, t_train)
+        finally:
+            if bar is not None:
+                bar.close()
+        self.timings["train_s"] = time.perf_counter() - t_train
+        return self._finish(state, status, stop_reason, session)
+
+    def _open_state(self) -> RunState:
+        """The run's state: resumed (same fingerprint, compatible engine) or new (refusing a used run dir)."""
+        fingerprint = _fingerprint(self.bundle, self.data, self.cfg)
+        if self.cfg.resume and self.ckpt.exists():
             state = self.ckpt.load()
             if state.fingerprint != fingerprint:
                 raise FtedgeError(f"{self.run_dir} was started with other data, bundle or options; "
@@ -216,103 +248,97 @@ class Trainer:
                 raise FtedgeError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose a new -o")
             state = RunState(fingerprint=fingerprint)
         state.engine = self.engine
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        session = self._session(self.ckpt.path(state.last_checkpoint))
-        self.ran_on = session.backbone.providers if session.backbone else []
-        self.cache_stats = {"computed": 0, "reused": 0}
-        monitor = self.val_idx if len(self.val_idx) else self.train_idx
-        try:
-            self._prepare_features(session)
-            if not state.baseline:
-                state.baseline = self.evaluate(session, monitor)  # the untuned model, same split
-        except StopRequested as exc:  # cancel/SIGTERM while embedding or measuring the baseline
-            self.timings["train_s"] = 0.0
-            return self._finish(state, "cancelled", f"cancelled: {exc}", session)
-        metrics_path = self.run_dir / "metrics.jsonl"
-        if state.epochs_done == 0:
-            metrics_path.write_text("")
-        else:  # drop records of a partially logged epoch after a crash
-            lines = [ln for ln in metrics_path.read_text().splitlines() if ln.strip()]
-            metrics_path.write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["epoch"] <= state.epochs_done))
-        steps_per_epoch = math.ceil(len(self.train_idx) / cfg.batch_size)
-        total_steps = steps_per_epoch * cfg.epochs
-        warmup = int(total_steps * cfg.warmup_fraction)
-        self.cb.on_start({"mode": self.mode, "samples": len(self.data), "train": len(self.train_idx),
-                          "val": len(self.val_idx), "epochs": cfg.epochs, "resumed_from_epoch": state.epochs_done})
-        status, stop_reason = "succeeded", "completed"
-        bar = None
-        if self.show_progress:
-            from tqdm import tqdm
+        return state
 
-            bar = tqdm(total=cfg.epochs, initial=state.epochs_done, unit="epoch", desc="train", leave=False)
-        t_train = time.perf_counter()
+    @property
+    def _metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    def _trim_metrics(self, state: RunState) -> None:
+        """A new run starts an empty metrics.jsonl; a resumed one drops records of a partly logged epoch."""
+        if state.epochs_done == 0:
+            self._metrics_path.write_text("")
+            return
+        lines = [ln for ln in self._metrics_path.read_text().splitlines() if ln.strip()]
+        self._metrics_path.write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["epoch"] <= state.epochs_done))
+
+    def _epochs(self, session: BundleSession, state: RunState, monitor: np.ndarray, bar: Any,
+                t_train: float) -> tuple[str, str]:
+        """Run the remaining epochs; returns (status, stop_reason)."""
+        cfg = self.cfg
+        total_steps = math.ceil(len(self.train_idx) / cfg.batch_size) * cfg.epochs
+        warmup = int(total_steps * cfg.warmup_fraction)
         elapsed_before = state.elapsed_s
         for epoch in range(state.epochs_done + 1, cfg.epochs + 1):
             t_epoch = time.perf_counter()
-            session.model.set_seed(cfg.seed * 1000 + epoch)
-            order = self.train_idx[np.random.default_rng([cfg.seed, epoch]).permutation(len(self.train_idx))]
-            total, seen, lr = 0.0, 0, self.lr
-            for start in range(0, len(order), cfg.batch_size):
-                if self.cb.should_stop():
-                    status, stop_reason = "cancelled", "cancelled"
-                    break
-                b = order[start:start + cfg.batch_size]
-                lr = learning_rate(state.global_step, total_steps, self.lr, warmup, cfg.schedule)
-                session.set_learning_rate(lr)
-                loss, _ = session.train_step(self._batch(session, b), self.data.targets[b])
-                state.global_step += 1
-                if not math.isfinite(loss):
-                    status, stop_reason = "diverged", f"non-finite training loss ({loss}) at epoch {epoch}"
-                    break
-                total += loss * len(b)
-                seen += len(b)
-                self.cb.on_batch(epoch, state.global_step, loss)
+            status, stop_reason, train_loss, seen, lr = self._train_epoch(session, state, epoch, total_steps, warmup)
             if status != "succeeded":
-                break
+                return status, stop_reason
             try:
                 val = self.evaluate(session, monitor)
             except StopRequested:
-                status, stop_reason = "cancelled", "cancelled"
-                break
+                return "cancelled", "cancelled"
             if not math.isfinite(val["loss"]):
-                status, stop_reason = "diverged", f"non-finite validation loss at epoch {epoch}"
-                break
+                return "diverged", f"non-finite validation loss at epoch {epoch}"
             dt = time.perf_counter() - t_epoch
-            record = {"epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": val["loss"],
+            record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
                       "val_accuracy": val.get("accuracy"), "val_macro_f1": val.get("macro_f1"), "val_mae": val.get("mae"),
                       "lr": lr, "samples_per_s": seen / dt if dt > 0 else None,
                       "elapsed_s": elapsed_before + time.perf_counter() - t_train,
                       "split": "val" if len(self.val_idx) else "train"}
-            score = M.primary(self.bundle.loss, val)
-            state.epochs_done = epoch
-            state.elapsed_s = record["elapsed_s"]
-            if state.best_score is None or score > state.best_score or (
-                    score == state.best_score and val["loss"] < (state.best_loss or math.inf)):
-                state.best_score, state.best_loss, state.best_epoch, state.since_best = score, val["loss"], epoch, 0
-                state.best_metrics = val
-                state.best_checkpoint = self.ckpt.save_model(session.model, f"best-{epoch:04d}.ckpt", with_optimizer=False)
-            else:
-                state.since_best += 1
-            state.last_checkpoint = self.ckpt.save_model(session.model, f"epoch-{epoch:04d}.ckpt", with_optimizer=True)
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            # Report before committing: a crash in between re-runs this epoch (a duplicate report) rather
-            # than skipping its report.
-            self.cb.on_epoch(record)
-            self.ckpt.commit(state)
+            score = self._checkpoint_epoch(session, state, epoch, val, record)
             if bar is not None:
                 bar.set_postfix(loss=f"{record['train_loss']:.4f}", val=f"{score:.3f}")
                 bar.update(1)
             if cfg.patience and state.since_best >= cfg.patience:
-                stop_reason = f"early stopping: no improvement for {cfg.patience} epoch(s)"
-                break
+                return "succeeded", f"early stopping: no improvement for {cfg.patience} epoch(s)"
             if cfg.max_seconds and time.perf_counter() - self.t0 + dt > cfg.max_seconds:
-                stop_reason = f"time budget of {cfg.max_seconds:g} s"
-                break
-        if bar is not None:
-            bar.close()
-        self.timings["train_s"] = time.perf_counter() - t_train
-        return self._finish(state, status, stop_reason, session)
+                return "succeeded", f"time budget of {cfg.max_seconds:g} s"
+        return "succeeded", "completed"
+
+    def _train_epoch(self, session: BundleSession, state: RunState, epoch: int, total_steps: int,
+                     warmup: int) -> tuple[str, str, float, int, float]:
+        """One pass over the shuffled training split: (status, stop_reason, mean loss, samples seen, last lr)."""
+        cfg = self.cfg
+        session.model.set_seed(cfg.seed * 1000 + epoch)
+        order = self.train_idx[np.random.default_rng([cfg.seed, epoch]).permutation(len(self.train_idx))]
+        total, seen, lr = 0.0, 0, self.lr
+        for start in range(0, len(order), cfg.batch_size):
+            if self.cb.should_stop():
+                return "cancelled", "cancelled", 0.0, seen, lr
+            b = order[start:start + cfg.batch_size]
+            lr = learning_rate(state.global_step, total_steps, self.lr, warmup, cfg.schedule)
+            session.set_learning_rate(lr)
+            loss, _ = session.train_step(self._batch(session, b), self.data.targets[b])
+            state.global_step += 1
+            if not math.isfinite(loss):
+                return "diverged", f"non-finite training loss ({loss}) at epoch {epoch}", 0.0, seen, lr
+            total += loss * len(b)
+            seen += len(b)
+            self.cb.on_batch(epoch, state.global_step, loss)
+        return "succeeded", "completed", total / max(seen, 1), seen, lr
+
+    def _checkpoint_epoch(self, session: BundleSession, state: RunState, epoch: int, val: dict[str, Any],
+                          record: dict[str, Any]) -> float:
+        """Track the best epoch, save the checkpoints, log and report the epoch, then commit the run state."""
+        score = M.primary(self.bundle.loss, val)
+        state.epochs_done = epoch
+        state.elapsed_s = record["elapsed_s"]
+        if state.best_score is None or score > state.best_score or (
+                score == state.best_score and val["loss"] < (state.best_loss or math.inf)):
+            state.best_score, state.best_loss, state.best_epoch, state.since_best = score, val["loss"], epoch, 0
+            state.best_metrics = val
+            state.best_checkpoint = self.ckpt.save_model(session.model, f"best-{epoch:04d}.ckpt", with_optimizer=False)
+        else:
+            state.since_best += 1
+        state.last_checkpoint = self.ckpt.save_model(session.model, f"epoch-{epoch:04d}.ckpt", with_optimizer=True)
+        with open(self._metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        # Report before committing: a crash in between re-runs this epoch (a duplicate report) rather
+        # than skipping its report.
+        self.cb.on_epoch(record)
+        self.ckpt.commit(state)
+        return score
 
     def _finish(self, state: RunState, status: str, stop_reason: str, session: BundleSession) -> dict[str, Any]:
         baseline = state.baseline

@@ -219,8 +219,8 @@ def test_mutual_tls(tmp_path, device, agents):
 
 
 def test_deploy_over_mqtt_then_train_it_and_refuse_a_wrong_hash(broker, device, agents, bundles, tmp_path):
-    from ftedge.runtime.deploy import pack_bundle
-    from ftedge.runtime.signing import generate_keypair, sign_manifest
+    from ftedge.bundle.pack import pack_bundle
+    from ftedge.bundle.signing import generate_keypair, sign_manifest
 
     # Signed, as recommended: the agent requires signatures by default. file:// needs a file_root.
     private, public = generate_keypair(tmp_path / "keys" / "fleet")

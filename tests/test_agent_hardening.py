@@ -223,7 +223,7 @@ def test_full_disk_fails_the_job_but_not_the_job_loop_and_status_says_disk_full(
 # -- 5, 8: verified, pinned bundle ------------------------------------------------------------------
 
 def test_job_start_verifies_the_signature_when_keys_are_trusted(broker, device, agents, tmp_path):
-    from ftedge.runtime.signing import generate_keypair, sign_manifest
+    from ftedge.bundle.signing import generate_keypair, sign_manifest
 
     private, public = generate_keypair(tmp_path / "release")
     broot = tmp_path / "bundles"

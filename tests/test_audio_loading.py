@@ -14,7 +14,7 @@ import pytest
 from ftedge.errors import DataError
 from ftedge.runtime.audio import WavError, prepare_clip, read_wav, resample
 from ftedge.runtime.data import ModelIO, load_dataset
-from ftedge.runtime.manifest import TensorSpec
+from ftedge.bundle.manifest import TensorSpec
 
 RATE = 16000
 GUID_TAIL = b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"  # KSDATAFORMAT_SUBTYPE_* after the tag

@@ -66,3 +66,33 @@ def test_export_json_prints_manifest(capsys, tmp_path):
 
     assert main(["export", f"{ZOO}:mlp", "-o", str(tmp_path / "b"), "--input", "x:float32:1,20", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["trainable"] == ["out.weight", "out.bias"]
+
+
+def test_every_exit_code_has_help_text_in_ftedge_help(capsys):
+    from ftedge import errors
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    codes = {v for k, v in vars(errors).items() if k.startswith("EXIT_") and isinstance(v, int)}
+    assert codes == set(errors.EXIT_CODES) and len(codes) >= 8
+    for code in codes:
+        assert errors.EXIT_CODES[code].strip(), code
+        assert f"{code:>3}  {errors.EXIT_CODES[code]}" in out
+    exit_codes = {cls.exit_code for cls in vars(errors).values()
+                  if isinstance(cls, type) and issubclass(cls, errors.FtedgeError)}
+    assert exit_codes <= codes  # every error class maps to a documented code
+
+
+def test_an_unexpected_exception_is_an_internal_error_without_traceback(capsys, cnn_bundle, monkeypatch):
+    import ftedge.runtime.cli as runtime_cli
+
+    def broken(*_a, **_k):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(runtime_cli, "summary", broken)
+    assert main(["inspect", str(cnn_bundle)]) == 70
+    err = capsys.readouterr().err
+    assert err.startswith("error: internal error (ZeroDivisionError: boom); rerun with --debug")
+    assert "Traceback" not in err
+    assert main(["inspect", str(cnn_bundle), "--debug"]) == 70
+    assert "Traceback" in capsys.readouterr().err

@@ -27,7 +27,8 @@ from broker import Broker
 from conftest import ZOO, export
 from ftedge.errors import BundleError
 from ftedge.runtime import load_bundle
-from ftedge.runtime.deploy import (
+from ftedge.bundle.pack import pack_bundle
+from ftedge.device_agent.install import (
     BundleRejectedError,
     DeployError,
     DeployRequestError,
@@ -35,10 +36,9 @@ from ftedge.runtime.deploy import (
     HashMismatchError,
     UnsafeArchiveError,
     deploy_bundle,
-    pack_bundle,
 )
-from ftedge.runtime.hashing import sha256_file
-from ftedge.runtime.signing import generate_keypair, sign_manifest
+from ftedge.bundle.hashing import sha256_file
+from ftedge.bundle.signing import generate_keypair, sign_manifest
 
 MiB = 1 << 20
 
@@ -260,7 +260,7 @@ def test_download_deadline_stops_a_trickling_server(tmp_path, http):
 
 
 def test_a_deploy_swaps_only_while_no_one_holds_the_bundle_lock(signed, tmp_path):
-    from ftedge.runtime.deploy import bundle_lock
+    from ftedge.device_agent.install import bundle_lock
 
     root = tmp_path / "bundles"
     deploy_bundle((tmp_path / "a.tar.gz").as_uri(), pack_bundle(signed, tmp_path / "a.tar.gz"), root)

@@ -133,9 +133,9 @@ def test_fleet_send_round_trip_against_a_real_agent(tmp_path, capsys):
         assert main(["fleet", "send", "dev-001", "ping", "--broker", b.url, "--timeout", "10"]) == 0
         assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["status"] == "done"
         assert main(["fleet", "send", "dev-001", "train", "--args", '{"bundle": "nope", "data": "x"}',
-                     "--broker", b.url]) == 1
+                     "--broker", b.url]) == 3, "rejected by the device"
         assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["status"] == "rejected"
-        assert main(["fleet", "send", "dev-404", "ping", "--broker", b.url, "--timeout", "1"]) == 1
+        assert main(["fleet", "send", "dev-404", "ping", "--broker", b.url, "--timeout", "1"]) == 4, "timed out"
         assert "no reply" in capsys.readouterr().err
         watch.close()
     finally:

@@ -62,7 +62,7 @@ def test_fleet_train_fans_out_and_reports_every_device(fleet, capsys):
                  "--epochs", "5", "--batch-size", "16", "--wait", "--json", "--broker", broker.url,
                  "--timeout", "10", "--job-timeout", "120"])
     rows = {r["device"]: r for r in map(json.loads, capsys.readouterr().out.strip().splitlines())}
-    assert code == 1, "one device rejected the job: the fan-out must exit non-zero"
+    assert code == 3, "one device rejected the job: the fan-out exits 3 (rejected by the device)"
     assert set(rows) == {"dev-a", "dev-b", "dev-c"}
     for dev in ("dev-a", "dev-b"):
         r = rows[dev]
@@ -83,7 +83,7 @@ def test_fleet_train_prints_a_line_per_device_and_times_out_on_unknown_devices(f
     code = main(["fleet", "train", "--devices", "dev-a,dev-404", "--bundle", "mlp", "--data", "blobs.npz",
                  "--epochs", "3", "--wait", "--broker", broker.url, "--timeout", "3"])
     out, err = capsys.readouterr()
-    assert code == 1
+    assert code == 4, "an unknown device never answers: the fan-out exits 4 (timed out)"
     assert "dev-a: accepted, job" in out and "dev-a: job" in out and "succeeded" in out
     assert "dev-404: no reply within 3 s" in out and "1 of 2 devices failed: dev-404" in err
 

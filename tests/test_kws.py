@@ -15,7 +15,7 @@ SOURCE = ["en-us", "en-gb", "en-gb-x-rp", "en-us-nyc", "en-029", "en-gb-x-gbclan
 
 
 def _maker():
-    spec = importlib.util.spec_from_file_location("make_kws_dataset", ROOT / "bench" / "make_kws_dataset.py")
+    spec = importlib.util.spec_from_file_location("make_kws_dataset", ROOT / "examples" / "demo" / "make_kws_dataset.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

@@ -127,7 +127,7 @@ def rig_src(rig_cache, tmp_path_factory) -> Path:
                       "--head", "classifier", "--labels", ",".join(WORDS), "--keep-head")
     t_export = time.perf_counter() - t0
     import importlib.util
-    spec = importlib.util.spec_from_file_location("make_kws_dataset", ROOT / "bench" / "make_kws_dataset.py")
+    spec = importlib.util.spec_from_file_location("make_kws_dataset", ROOT / "examples" / "demo" / "make_kws_dataset.py")
     maker = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(maker)
     t0 = time.perf_counter()

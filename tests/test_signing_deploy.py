@@ -19,7 +19,8 @@ from conftest import ZOO, export
 from ftedge.cli import main
 from ftedge.errors import BundleError
 from ftedge.runtime import load_bundle
-from ftedge.runtime.deploy import (
+from ftedge.bundle.pack import pack_bundle
+from ftedge.device_agent.install import (
     BundleExistsError,
     BundleRejectedError,
     DeployRequestError,
@@ -28,10 +29,9 @@ from ftedge.runtime.deploy import (
     HashMismatchError,
     UnsafeArchiveError,
     deploy_bundle,
-    pack_bundle,
 )
-from ftedge.runtime.hashing import sha256_file
-from ftedge.runtime.signing import key_id, load_public_key, sign_manifest, verify_manifest
+from ftedge.bundle.hashing import sha256_file
+from ftedge.bundle.signing import key_id, load_public_key, sign_manifest, verify_manifest
 
 
 @pytest.fixture(scope="module")

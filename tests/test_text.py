@@ -21,7 +21,7 @@ from ftedge.cli import main
 from ftedge.errors import DataError
 from ftedge.runtime import text as T
 from ftedge.runtime.data import ModelIO, load_dataset
-from ftedge.runtime.manifest import TensorSpec
+from ftedge.bundle.manifest import TensorSpec
 
 pytest.importorskip("transformers", reason="the [dev] extra installs transformers")
 pytest.importorskip("tokenizers", reason="the [device] extra installs tokenizers")

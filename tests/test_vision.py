@@ -20,7 +20,7 @@ from ftedge.cli import main
 from ftedge.errors import DataError
 from ftedge.runtime.data import ModelIO, load_dataset
 from ftedge.runtime.image import ImageError, ImageSpec, image_params, load_image
-from ftedge.runtime.manifest import TensorSpec
+from ftedge.bundle.manifest import TensorSpec
 
 VISION = ROOT / "examples" / "vision"
 SIZE = 64                                   # small for CI; the example and benchmark use 96 (BENCHMARKS.md)

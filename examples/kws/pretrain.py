@@ -2,7 +2,7 @@
 
     .venv/bin/python examples/kws/pretrain.py            # writes examples/kws/kws_base.pt + training_report.json
 
-Data: ``bench/make_kws_dataset.py`` with espeak-ng voices en-us, en-gb, en-gb-x-rp, en-us-nyc, en-029 and
+Data: ``examples/demo/make_kws_dataset.py`` with espeak-ng voices en-us, en-gb, en-gb-x-rp, en-us-nyc, en-029 and
 en-gb-x-gbclan only (never the held-out accents), decoded and clipped with the device's own loader
 (``ftedge.runtime.audio``) so training sees exactly what the device feeds. Augmentation on the waveform:
 random time shift (±100 ms), gain (×0.5–1.5) and white noise (SNR 10–40 dB, 80 % of clips).
@@ -32,8 +32,8 @@ from model import CLIP_SAMPLES, SAMPLE_RATE, WEIGHTS, WORDS, KeywordSpotter  # n
 SOURCE_VOICES = ["en-us", "en-gb", "en-gb-x-rp", "en-us-nyc", "en-029", "en-gb-x-gbclan"]
 
 
-def _load_bench(name: str):  # noqa: ANN202
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+def _load_bench(name: str, folder: str = "bench"):  # noqa: ANN202
+    spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         data = args.data
         if data is None:
             data = Path(tmp) / "kws"
-            _load_bench("make_kws_dataset").make_dataset(data, SOURCE_VOICES, WORDS, args.per_word, args.seed)
+            _load_bench("make_kws_dataset", "examples/demo").make_dataset(data, SOURCE_VOICES, WORDS, args.per_word, args.seed)
         x, y, names = load_clips(data, WORDS)
     rng = np.random.default_rng(args.seed)
     val = np.zeros(len(y), bool)

@@ -13,14 +13,17 @@ import traceback
 from typing import Callable, Sequence
 
 from ftedge import __version__
-from ftedge.errors import FtedgeError
+from ftedge.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, FtedgeError
 
-EPILOG = """exit codes: 0 success, 1 error (message on stderr), 2 usage error.
-Run `ftedge COMMAND --help` for the options and an example of each command."""
+
+def _epilog() -> str:
+    codes = "\n".join(f"  {code:>3}  {text}" for code, text in sorted(EXIT_CODES.items()))
+    return (f"exit codes:\n{codes}\n"
+            "Run `ftedge COMMAND --help` for the options and an example of each command.")
 
 
 def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
-    from ftedge import demo
+    from ftedge import demo_launcher as demo
     from ftedge.device_agent import cli as agent_cli
     from ftedge.export import cli as export_cli
     from ftedge.fleet import cli as fleet_cli
@@ -33,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ftedge",
         description="Fine-tune pretrained models on edge devices with ONNX Runtime training.",
-        epilog=EPILOG,
+        epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"ftedge {__version__}")
@@ -63,7 +66,11 @@ def _configure_logging(debug: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code (0 ok, 1 error, 2 usage)."""
+    """Run the CLI; returns the process exit code (one of ``ftedge.errors.EXIT_CODES``).
+
+    The one error boundary: an ``FtedgeError`` prints ``error: …`` and returns its code; anything else is a
+    bug and prints ``error: internal error (…); rerun with --debug``. Tracebacks only with ``--debug``.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(list(argv) if argv is not None else None)
@@ -82,7 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the boundary: no raw traceback without --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: internal error ({type(exc).__name__}: {exc}); rerun with --debug and report the traceback",
+              file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

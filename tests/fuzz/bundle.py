@@ -19,7 +19,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from ftedge.errors import FtedgeError
-from ftedge.runtime.bundle import load_bundle
+from ftedge.bundle.loader import load_bundle
 from ftedge.runtime.data import ModelIO
 
 from fuzz.common import corpus, guarded, workdir

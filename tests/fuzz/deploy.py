@@ -27,8 +27,8 @@ from pathlib import Path
 from hypothesis import strategies as st
 
 from ftedge.errors import FtedgeError
-from ftedge.runtime.bundle import load_bundle
-from ftedge.runtime.deploy import deploy_bundle
+from ftedge.bundle.loader import load_bundle
+from ftedge.device_agent.install import deploy_bundle
 
 from fuzz.common import corpus, guarded, workdir
 from fuzz.mutate import mutated

@@ -72,7 +72,7 @@ def bundle() -> None:
     (d / "bundle_v1-checkpoint-is-dir.json").write_bytes(_bundle_doc("bundle_v1", ops=[("dir", "head/checkpoint", 0)]))
     (d / "bundle_v1-role-escapes.json").write_bytes(
         _bundle_doc("bundle_v1", lambda m: m["roles"].update(backbone="../../../etc/passwd")))
-    # Regression inputs for bugs in runtime/bundle.py and runtime/data.py (strict xfail in tests/test_fuzz.py).
+    # Regression inputs for bugs in bundle/loader.py and runtime/data.py (strict xfail in tests/test_fuzz.py).
     (d / "regress-files-entry-null.json").write_bytes(
         _bundle_doc("bundle_v1", lambda m: m["files"].update({"backbone.onnx": None})))
     (d / "regress-no-output.json").write_bytes(_bundle_doc("mlp_v2", lambda m: m.pop("output")))

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from ftedge.errors import FtedgeError
 from ftedge.runtime.audio import decode_wav
 from ftedge.runtime.data import ModelIO
-from ftedge.runtime.manifest import TensorSpec
+from ftedge.bundle.manifest import TensorSpec
 
 from fuzz.common import corpus, guarded, workdir
 from fuzz.mutate import mutated

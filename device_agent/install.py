@@ -1,8 +1,8 @@
-"""Pack a bundle into a deterministic .tar.gz; fetch one, verify it and unpack it atomically.
+"""Fetch a packed bundle (:mod:`ftedge.bundle.pack`), verify it and install it atomically (the agent's deploy).
 
 :func:`deploy_bundle` downloads into a temporary file inside the bundle root (hashing while it streams,
 within a size cap and an overall deadline), refuses a wrong sha256 before unpacking, then streams the
-archive through :mod:`ftedge.runtime.archive`: the manifest first (schema and signature checked before
+archive through :mod:`ftedge.bundle.archive`: the manifest first (schema and signature checked before
 anything else is written), then only the files its table lists, each checked against its size and hash.
 It installs the verified folder by rename under :func:`bundle_lock`. On any failure the bundle root is
 left as it was.
@@ -15,7 +15,6 @@ import contextlib
 import datetime as _dt
 import fcntl
 import glob
-import gzip
 import hashlib
 import json
 import logging
@@ -23,7 +22,6 @@ import os
 import re
 import shutil
 import stat
-import tarfile
 import tempfile
 import time
 import urllib.error
@@ -34,22 +32,24 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator
 
 import ftedge
-from ftedge.errors import BundleError, FtedgeError
-from ftedge.runtime.archive import (  # noqa: F401 - the deploy errors live with the unpacker; re-exported here
+from ftedge.errors import (  # noqa: F401 - the deploy errors, re-exported for the agent and tests
+    BundleError,
     BundleExistsError,
     BundleRejectedError,
     DeployError,
     DeployRequestError,
     DowngradeError,
     FetchError,
+    FtedgeError,
     HashMismatchError,
     UnsafeArchiveError,
-    unpack_bundle_archive,
 )
-from ftedge.runtime.bundle import load_bundle
-from ftedge.runtime.hashing import fsync_dir, sha256_file
-from ftedge.runtime.manifest import MANIFEST_NAME, check_schema
-from ftedge.runtime.signing import verify_manifest
+from ftedge.bundle.archive import unpack_bundle_archive
+from ftedge.bundle.loader import load_bundle
+from ftedge.durable import swap_dir
+from ftedge.bundle.hashing import sha256_file
+from ftedge.bundle.manifest import MANIFEST_NAME, check_schema
+from ftedge.bundle.signing import verify_manifest
 
 log = logging.getLogger(__name__)
 
@@ -68,42 +68,6 @@ def _redact(url: str) -> str:
     except ValueError:
         return "<unparseable URL>"
     return urllib.parse.urlunsplit((p.scheme, host, p.path, "…" if p.query else "", ""))
-
-
-# -- pack ---------------------------------------------------------------------------------------------
-
-
-def pack_bundle(bundle: str | Path, archive: str | Path) -> str:
-    """Write a verified bundle as a deterministic .tar.gz (one top-level folder); return its sha256.
-
-    Only ``manifest.json`` and the files its table lists are packed, sorted, with zeroed owners and
-    timestamps and fixed modes, so the same bundle always gives the same bytes.
-    """
-    b = load_bundle(bundle, verify=True)
-    top = b.path.resolve().name
-    archive = Path(archive)
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=".tmp", dir=archive.parent)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz, \
-                    tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tf:
-                for rel in [MANIFEST_NAME, *sorted(b.manifest.get("files") or {})]:
-                    src = b.path / rel
-                    info = tarfile.TarInfo(f"{top}/{rel}")
-                    info.size, info.mode, info.mtime = src.stat().st_size, 0o644, 0
-                    info.uid = info.gid = 0
-                    info.uname = info.gname = ""
-                    with open(src, "rb") as f:
-                        tf.addfile(info, f)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, archive)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return sha256_file(archive)
 
 
 # -- fetch --------------------------------------------------------------------------------------------
@@ -198,16 +162,6 @@ def _fetch(url: str, out: IO[bytes], timeout: float, max_bytes: int, progress: P
     os.fsync(out.fileno())
     return h.hexdigest()
 
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(dirpath))
 
 
 # -- lock ---------------------------------------------------------------------------------------------
@@ -308,7 +262,7 @@ def deploy_bundle(url: str, sha256: str, bundle_root: Path, name: str | None = N
         _check_name(name, "bundle name", DeployRequestError)
     keys = None
     if trusted_keys is not None:
-        from ftedge.runtime.signing import load_trusted_keys
+        from ftedge.bundle.signing import load_trusted_keys
 
         try:  # load now: a key problem must not cost a download
             keys = list(load_trusted_keys(trusted_keys).values())
@@ -387,21 +341,13 @@ def _install(bundle_dir: Path, root: Path, name: str, keys: list[Any] | None, re
                 old = {}
             new = json.loads((bundle_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
             check_not_older(new, old if isinstance(old, dict) else {}, str(target))
-        _fsync_tree(bundle_dir)
         backup = _backup_path(root, name)
-        os.rename(target, backup)
-        try:
-            os.rename(bundle_dir, target)
-        except BaseException:
-            os.rename(backup, target)
-            raise
+        swap_dir(bundle_dir, target, backup)
         log.warning("replaced bundle %s; the old one is kept as %s", target, backup)
         if keep_replaced is not None:
             prune_replaced(root, name, keep_replaced)
     else:
-        _fsync_tree(bundle_dir)
-        os.rename(bundle_dir, target)
-    fsync_dir(root)
+        swap_dir(bundle_dir, target)
     return target
 
 

@@ -19,8 +19,8 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Callable
 
-from ftedge.errors import FtedgeError
-from ftedge.runtime.manifest import MANIFEST_NAME
+from ftedge.errors import BundleRejectedError, UnsafeArchiveError
+from ftedge.bundle.manifest import MANIFEST_NAME
 
 BLOCK = 512
 MAX_PAX = 8 * 1024            # one PAX extended header's payload
@@ -30,54 +30,6 @@ MAX_MEMBERS = 1_000
 _CHUNK = 1 << 20
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
 _HOW = "pack the bundle with `ftedge pack`"
-
-
-class DeployError(FtedgeError):
-    """A bundle could not be deployed; ``reason`` names the stage for status reports."""
-
-    reason = "deploy"
-
-
-class DeployRequestError(DeployError):
-    """The request itself is unusable: URL scheme, sha256, name, trusted keys."""
-
-    reason = "request"
-
-
-class FetchError(DeployError):
-    """The archive could not be downloaded, is larger than allowed, or took longer than the deadline."""
-
-    reason = "fetch"
-
-
-class HashMismatchError(DeployError):
-    """The downloaded archive is not the one the sha256 names."""
-
-    reason = "sha256"
-
-
-class UnsafeArchiveError(DeployError):
-    """The archive is not a .tar.gz of one plain folder (links, devices, escaping paths, huge headers...)."""
-
-    reason = "archive"
-
-
-class BundleRejectedError(DeployError):
-    """The bundle failed verification (hashes, schema, signature, unlisted files)."""
-
-    reason = "bundle"
-
-
-class BundleExistsError(DeployError):
-    """A different bundle already lives under the target name."""
-
-    reason = "exists"
-
-
-class DowngradeError(BundleExistsError):
-    """The bundle is older than the one it would replace (a rollback needs ``allow_downgrade``)."""
-
-    reason = "downgrade"
 
 
 class _Stream:

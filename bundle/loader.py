@@ -4,7 +4,7 @@ A bundle is a directory with ``manifest.json`` at its root; every file it uses
 is listed in the manifest's ``files`` table with its sha256 and size. A bundle
 whose hashes do not match, whose schema is unknown, or that holds unlisted
 role files, or ONNX files whose external data escape the ``files`` table, is refused. With ``trusted_keys``, the manifest must also carry a valid
-Ed25519 signature by one of them (see :mod:`ftedge.runtime.signing`).
+Ed25519 signature by one of them (see :mod:`ftedge.bundle.signing`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ftedge.errors import BundleError
-from ftedge.runtime.hashing import sha256_file
-from ftedge.runtime.manifest import MANIFEST_NAME, TensorSpec, check_schema
+from ftedge.bundle.hashing import sha256_file
+from ftedge.bundle.manifest import MANIFEST_NAME, TensorSpec, check_schema
 
 
 @dataclass
@@ -245,7 +245,7 @@ def load_bundle(path: str | Path, verify: bool = True, trusted_keys: Iterable[An
     check_shape(manifest, str(path))
     signed_by = None
     if trusted_keys is not None:
-        from ftedge.runtime.signing import verify_manifest
+        from ftedge.bundle.signing import verify_manifest
 
         try:
             signed_by = verify_manifest(manifest, trusted_keys)

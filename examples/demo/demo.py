@@ -10,7 +10,7 @@
    reports progress and its result over MQTT; the collector turns that into the fleet table.
 5. Check each box's new model on its held-out clips against the untuned model.
 The dashboard stays up until Ctrl-C when run from a terminal (``--serve``/``--no-serve`` to choose).
-Needs a checkout of the repository (examples/ and bench/), ``apt-get install espeak-ng mosquitto``.
+Needs the examples folder of the repository (examples/demo, examples/kws), ``apt-get install espeak-ng mosquitto``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from typing import Any, Callable
 
 from ftedge.errors import FtedgeError
 
-REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent          # examples/demo
+REPO = HERE.parents[1]                           # the checkout (examples/kws is read from it)
 FLEET = "demo"
 DEFAULT_VOICES = ("es", "it", "fr")     # zero-shot 0.85, 0.86, 0.91 for the shipped model (BENCHMARKS.md)
 JOB = {"bundle": "kws", "data": "train", "epochs": 30, "lr": 0.01, "batch_size": 16}
@@ -38,7 +39,8 @@ JOB = {"bundle": "kws", "data": "train", "epochs": 30, "lr": 0.01, "batch_size":
 
 def _module(path: Path, name: str):  # noqa: ANN202
     if not path.is_file():
-        raise FtedgeError(f"{path} is missing: `ftedge demo` runs from a checkout of the ftedge repository")
+        raise FtedgeError(f"{path} is missing: `ftedge demo` needs the examples folder of the ftedge repository "
+                          "(a checkout, or FTEDGE_EXAMPLES=/path/to/examples)")
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -138,12 +140,12 @@ def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int
     from ftedge.fleet.local_broker import LocalBroker, find_mosquitto
     from ftedge.fleet.store import FleetStore
     from ftedge.runtime.evaluate import evaluate
-    from ftedge.runtime.signing import generate_keypair
-    from ftedge.runtime.manifest import parse_input_spec
+    from ftedge.bundle.signing import generate_keypair
+    from ftedge.bundle.manifest import parse_input_spec
 
     t0 = time.perf_counter()
     workdir = Path(workdir).resolve()   # agents run with their box folder as cwd: no relative paths
-    maker = _module(REPO / "bench" / "make_kws_dataset.py", "make_kws_dataset")
+    maker = _module(HERE / "make_kws_dataset.py", "make_kws_dataset")
     kws = _module(REPO / "examples" / "kws" / "model.py", "kws_model")
     if shutil.which("espeak-ng") is None:
         raise FtedgeError("espeak-ng is not installed: sudo apt-get install espeak-ng (scripts/dev.sh demo does)")

@@ -1,8 +1,8 @@
 """Synthesize a keyword-spotting dataset (SYNTHETIC SPEECH) with the espeak-ng formant synthesizer.
 
-    .venv/bin/python bench/make_kws_dataset.py OUT_DIR \
+    .venv/bin/python examples/demo/make_kws_dataset.py OUT_DIR \
         --voices en-us,en-gb,en-gb-x-rp,en-us-nyc,en-029,en-gb-x-gbclan --per-word 20 --seed 0
-    .venv/bin/python bench/make_kws_dataset.py OUT_HELD_OUT --voices en-gb-scotland,es --per-word 20 --seed 0
+    .venv/bin/python examples/demo/make_kws_dataset.py OUT_HELD_OUT --voices en-gb-scotland,es --per-word 20 --seed 0
 
 Needs `apt-get install espeak-ng` and `pip install 'soxr>=0.3'` (numpy too). Every clip is SYNTHETIC
 speech from espeak-ng, not a recording of a person; use it to exercise the pipeline and to compare runs,

@@ -1,7 +1,7 @@
 """Ed25519 signatures over a bundle's manifest.
 
 The manifest lists every file's sha256 and size, so a valid signature plus
-:func:`ftedge.runtime.bundle.load_bundle`'s hash check covers the whole bundle.
+:func:`ftedge.bundle.loader.load_bundle`'s hash check covers the whole bundle.
 What is signed is :func:`canonical_manifest_bytes`: the manifest without its
 ``signature`` key as compact, key-sorted UTF-8 JSON.
 
@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Union
 
-from ftedge.errors import BundleError, FtedgeError
+from ftedge.errors import BundleError, FtedgeError, KeyFileError
 
 ALG = "ed25519"
 PRIVATE_SUFFIX = ".key.pem"
@@ -27,10 +27,6 @@ PUBLIC_SUFFIX = ".pub.pem"
 
 # A trusted key: a PEM file path, PEM text/bytes, or an already loaded Ed25519PublicKey.
 KeySource = Union[str, bytes, Path, Any]
-
-
-class KeyFileError(FtedgeError):
-    """A signing or trusted key cannot be read or is not an Ed25519 key."""
 
 
 def _crypto():  # noqa: ANN202

@@ -1,0 +1,191 @@
+"""Read models of the fleet store: the device list, jobs, gaps, summaries and command replies the HTTP API,
+the dashboard and ``ftedge fleet status`` show. Reads only; every write is in :mod:`ftedge.fleet.store`."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from ftedge import sqlite_db
+
+from .schema import COUNTERS
+
+_DEVICE_COLUMNS = ("fleet, device, state, reason, last_seen_ms, boot, last_seq, meta_json, job_json, metrics_json,"
+                   " active_version, status_ts, marks_json")
+
+
+class FleetReadModel:
+    """The queries of :class:`~ftedge.fleet.store.FleetStore` (which provides ``_db`` and ``_lock``)."""
+
+    _db: sqlite_db.Connection
+    _lock: threading.Lock
+    reorder_window_s: float
+
+    def devices(self, fleet: str | None = None) -> list[dict[str, Any]]:
+        """Every device (optionally of one fleet), sorted by fleet and device id."""
+        sql = f"SELECT {_DEVICE_COLUMNS} FROM devices"
+        args: tuple = ()
+        if fleet is not None:
+            sql, args = sql + " WHERE fleet = ?", (fleet,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY fleet, device", args).fetchall()
+        return [_device_view(r) for r in rows]
+
+    def device(self, fleet: str, device: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE fleet = ? AND device = ?",
+                                   (fleet, device)).fetchone()
+        return None if row is None else _device_view(row)
+
+    def job(self, fleet: str, device: str, job: str) -> dict[str, Any] | None:
+        """``progress`` (bodies in epoch order), ``result`` (body or None), ``status``; None if unknown."""
+        with self._lock:
+            progress = [_stored_object(b, "progress", []) for (b,) in self._db.execute(
+                "SELECT body_json FROM progress WHERE fleet = ? AND device = ? AND job = ? ORDER BY epoch",
+                (fleet, device, job))]
+            row = self._db.execute("SELECT body_json FROM results WHERE fleet = ? AND device = ? AND job = ?",
+                                   (fleet, device, job)).fetchone()
+            snap = self._db.execute("SELECT job_json FROM devices WHERE fleet = ? AND device = ?",
+                                    (fleet, device)).fetchone()
+        progress = [p for p in progress if p is not None]
+        result = _stored_object(row[0], "result", []) if row else None
+        snapshot = _stored_object(snap[0], "job", []) if snap else None
+        if snapshot is not None and snapshot.get("job") != job:
+            snapshot = None
+        if not progress and result is None and snapshot is None:
+            return None
+        status = (result or {}).get("status") or (snapshot or {}).get("status") or "running"
+        return {"fleet": fleet, "device": device, "job": job, "status": status, "progress": progress,
+                "result": result, "snapshot": snapshot}
+
+    def jobs(self, fleet: str | None = None, device: str | None = None) -> list[dict[str, Any]]:
+        """Known jobs: ``fleet``, ``device``, ``job``, ``epochs`` (progress rows), ``last_ts``, ``status``
+        (from the result, or None while no result arrived)."""
+        where, args = [], []
+        for col, val in (("fleet", fleet), ("device", device)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        cond = (" WHERE " + " AND ".join(where)) if where else ""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT fleet, device, job, SUM(epochs), MAX(ts), MAX(result) FROM ("
+                f" SELECT fleet, device, job, COUNT(*) AS epochs, MAX(ts) AS ts, NULL AS result FROM progress{cond}"
+                "  GROUP BY fleet, device, job"
+                f" UNION ALL SELECT fleet, device, job, 0, ts, body_json FROM results{cond})"
+                " GROUP BY fleet, device, job ORDER BY MAX(ts)", args * 2).fetchall()
+        return [{"fleet": f, "device": d, "job": j, "epochs": int(n or 0), "last_ts": ts,
+                 "status": (_stored_object(r, "result", []) or {}).get("status") if r else None}
+                for f, d, j, n, ts, r in rows]
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            rows = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+        return {k: int(rows.get(k, 0)) for k in COUNTERS}
+
+    def gaps(self, fleet: str | None = None, device: str | None = None, open_only: bool = False) -> list[dict]:
+        """Counted holes: ``fleet, device, boot, missing_from, missing_to, ts, filled, filled_ts``."""
+        where, args = [], []
+        for col, val in (("fleet", fleet), ("device", device)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        if open_only:
+            where.append("filled_ts IS NULL")
+        cond = (" WHERE " + " AND ".join(where)) if where else ""
+        with self._lock:
+            rows = self._db.execute("SELECT fleet, device, boot, missing_from, missing_to, ts, filled, filled_ts"
+                                    f" FROM gaps{cond} ORDER BY id", args).fetchall()
+        keys = ("fleet", "device", "boot", "missing_from", "missing_to", "ts", "filled", "filled_ts")
+        return [dict(zip(keys, r)) for r in rows]
+
+    def fleet_summary(self, fleet: str | None = None) -> dict[str, Any]:
+        """``devices``, ``online``, ``offline``, ``jobs_running``, and over the devices whose latest
+        succeeded-and-promoted result reports ``baseline.accuracy`` and ``final.accuracy``:
+        ``promoted_devices``, ``accuracy_before``, ``accuracy_after`` (means; None when no such device)."""
+        devs = self.devices(fleet)
+        sql, args = "SELECT fleet, device, body_json FROM results", ()
+        if fleet is not None:
+            sql, args = sql + " WHERE fleet = ?", (fleet,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY ts", args).fetchall()
+        latest: dict[tuple[str, str], tuple[float, float]] = {}
+        for f, d, text in rows:
+            body = _stored_object(text, "result", [])
+            if body is None or body.get("status") != "succeeded" or not body.get("promoted"):
+                continue
+            base, final = body.get("baseline"), body.get("final")
+            if not isinstance(base, dict) or not isinstance(final, dict):
+                continue   # stored before bodies were validated (see validate.py)
+            before, after = _number(base.get("accuracy")), _number(final.get("accuracy"))
+            if before is not None and after is not None:
+                latest[(f, d)] = (before, after)   # ordered by ts: the newest wins
+        n = len(latest)
+        before = sum(b for b, _ in latest.values()) / n if n else None
+        after = sum(a for _, a in latest.values()) / n if n else None
+        return {
+            "devices": len(devs),
+            "online": sum(d["state"] == "online" for d in devs),
+            "offline": sum(d["state"] == "offline" for d in devs),
+            "jobs_running": sum(bool(d["job"]) and d["job"].get("status") == "running" for d in devs),
+            "promoted_devices": n,
+            "accuracy_before": before,
+            "accuracy_after": after,
+        }
+
+    def reply(self, cmd_id: str, fleet: str | None = None, device: str | None = None) -> dict[str, Any] | None:
+        """The ``cmdres`` body (as published) that ``fleet``/``device`` sent for ``cmd_id``, or None.
+
+        Pass the device the command was sent to: a reply with the same ``cmd_id`` from any other device is
+        not its answer. Without them, the newest reply from any device (diagnostics only)."""
+        sql, args = "SELECT body_json FROM replies WHERE cmd_id = ?", [cmd_id]
+        for col, val in (("fleet", fleet), ("device", device)):
+            if val is not None:
+                sql += f" AND {col} = ?"
+                args.append(val)
+        with self._lock:
+            row = self._db.execute(sql + " ORDER BY ts DESC LIMIT 1", args).fetchone()
+        return json.loads(row[0]) if row else None
+
+
+def _device_view(row: tuple) -> dict[str, Any]:
+    """A devices row as the API shows it; a stored body that does not decode to an object shows as None
+    (with ``error`` set) instead of failing the whole device list."""
+    (fleet, device, state, reason, last_seen, boot, last_seq, meta, job, metrics, active, status_ts, _marks) = row
+    errors: list[str] = []
+    job_view = None
+    body = _stored_object(job, "job", errors)
+    if body is not None:
+        job_view = {"id": body.get("job"), "status": body.get("status"),
+                    **{k: v for k, v in body.items() if k not in ("job", "status")}}
+    view = {
+        "fleet": fleet, "device": device, "state": state, "reason": reason, "last_seen": last_seen,
+        "last_seq": last_seq, "boot": boot, "job": job_view, "metrics": _stored_object(metrics, "metrics", errors),
+        "active_version": active, "meta": _stored_object(meta, "meta", errors), "status_ts": status_ts,
+    }
+    if errors:
+        view["error"] = "; ".join(errors)
+    return view
+
+
+def _stored_object(text: str | None, what: str, errors: list[str]) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        errors.append(f"the stored {what} is not a JSON object")
+        return None
+    return value
+
+
+def _number(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    try:
+        return float(x)
+    except OverflowError:   # an integer beyond any float
+        return None
