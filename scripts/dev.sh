@@ -58,7 +58,7 @@ apt_install() {  # apt_install PKG...
 
 stamp_ok() {  # $1 stamp file; newer than every input?
   [ -f "$1" ] || return 1
-  [ -z "$(find pyproject.toml src runtime device_agent export fleet -newer "$1" -name '*.py' -o -newer "$1" -name pyproject.toml 2>/dev/null | head -1)" ]
+  [ -z "$(find pyproject.toml src bundle mqtt runtime device_agent export fleet -newer "$1" -name '*.py' -o -newer "$1" -name pyproject.toml 2>/dev/null | head -1)" ]
 }
 
 # Leaves the venv $1 with plain onnxruntime as its only `onnxruntime` module: an older install may

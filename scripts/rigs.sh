@@ -76,7 +76,7 @@ build_wheel() {
   [ -x "$PY" ] || die "$PY not found: run scripts/dev.sh setup first (or set PY=)"
   local tmp; tmp=$(mktemp -d)
   mkdir -p "$tmp/src"
-  for p in pyproject.toml README.md LICENSE src runtime export device_agent fleet; do
+  for p in pyproject.toml README.md LICENSE src bundle mqtt runtime export device_agent fleet; do
     [ -e "$p" ] && cp -a "$p" "$tmp/src/"
   done
   find "$tmp/src" \( -name __pycache__ -o -name '*.egg-info' -o -name build \) -prune -exec rm -rf {} +
@@ -90,7 +90,7 @@ build_wheel() {
   rm -rf "$tmp"
 }
 # Rebuilt only when the package sources changed (hash of every file that goes into it).
-SRC_SHA=$(find pyproject.toml README.md src runtime export device_agent fleet -type f \
+SRC_SHA=$(find pyproject.toml README.md src bundle mqtt runtime export device_agent fleet -type f \
             -not -path '*/__pycache__/*' -not -path '*.egg-info/*' -print0 2>/dev/null \
           | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64)
 WHEEL=$(ls "$WHEEL_DIR"/ftedge-*.whl 2>/dev/null | head -1 || true)
