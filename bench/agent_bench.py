@@ -286,7 +286,7 @@ def pick_device_python(work: Path, env: dict[str, str]) -> tuple[str, dict[str, 
                                           f"({'no torch installed' if no_torch else 'TORCH IS INSTALLED there'})")
         say(f"NOTE: the device venv cannot import the agent ({(p.stderr or p.stdout).strip()[-300:]}); using the host venv")
     return sys.executable, dict(env), (f"{sys.executable} (HOST venv fallback: torch installed, not a device "
-                                       "environment; onnxruntime is imported without torch, see ort_backend.ort)")
+                                       "environment; onnxruntime is imported without torch, see ort_backend._onnxruntime)")
 
 
 def child_env() -> dict[str, str]:
@@ -826,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
         col = Collector(broker.port)
         ctx["collector"] = col
         # untimed warm-up: page-cache the device stack (onnxruntime, training api, paho)
-        subprocess.run([ctx["py"], "-c", "import paho.mqtt.client; from ftedge.runtime.ort_backend import training_api; "
+        subprocess.run([ctx["py"], "-c", "import paho.mqtt.client; from ftedge.runtime.ort_training_backend import training_api; "
                         "training_api()"], env=ctx["env"], cwd=work, check=True, capture_output=True)
 
         say("(1) agent idle")

@@ -336,7 +336,7 @@ def profile(bundle, sessions: dict, feeds: dict, labels: np.ndarray, args: argpa
     """onnxruntime session profiles: portable step.onnx (fresh InferenceSession) and the ort-training training graph."""
     rt = sys.modules["onnxruntime"]
     from ftedge.runtime.engine import bundle_engines
-    from ftedge.runtime.ort_backend import training_api
+    from ftedge.runtime.ort_training_backend import training_api
 
     runs = min(args.steps, 100)
     out = {}
@@ -430,11 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"unknown case(s) {bad}; choose from {CASES}")
 
-    from ftedge.runtime.ort_backend import has_training_api, ort
+    from ftedge.runtime.ort_backend import has_training_api, version
 
-    rt = ort()
     if not has_training_api():
-        raise SystemExit(f"onnxruntime {rt.__version__} here has no training API: run this with the legacy venv "
+        raise SystemExit(f"onnxruntime {version()} here has no training API: run this with the legacy venv "
                          "(.venv-legacy/bin/python bench/engine_step.py), which runs both engines")
     t0 = time.perf_counter()
     load_before = os.getloadavg()
@@ -463,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         if tmp is not None:
             tmp.cleanup()
     report = {"bench": "engine_step", "data": "SYNTHETIC inputs, random weights", "batch": BATCH,
-              "onnxruntime": rt.__version__, "python": sys.version.split()[0],
+              "onnxruntime": version(), "python": sys.version.split()[0],
               "threads": "onnxruntime default (one per core)", "cores": os.cpu_count(),
               "steps": args.steps, "rounds": args.rounds, "warmup": args.warmup, "cases": results,
               "loadavg_before": [round(v, 2) for v in load_before],

@@ -524,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         # untimed warm-up: page-cache the shared libraries of every stack
         run_checked([str(device_py), "-c", "import onnx, onnxruntime, safetensors, ftedge.runtime.engine"], env)
         if args.legacy:
-            run_checked([str(LEGACY_PY), "-c", "import onnx; from ftedge.runtime.ort_backend import training_api; "
+            run_checked([str(LEGACY_PY), "-c", "import onnx; from ftedge.runtime.ort_training_backend import training_api; "
                                                "training_api()"], env)
         run_checked([str(HOST_PY if HOST_PY.exists() else sys.executable), "-c", "import torch"], env)
         floor_rec = run_measured([shutil.which("true") or "/bin/true"], ROOT, env)  # RSS the launcher passes on

@@ -29,6 +29,7 @@ from ftedge.device_agent.outbox import Outbox
 from ftedge.device_agent.retention import enforce_retention
 from ftedge.device_agent.versions import ModelStore
 from ftedge.errors import FtedgeError
+from ftedge.mqtt.contract import CMD, CMDRES, JOB, META, STATUS, job_suffix
 
 log = logging.getLogger(__name__)
 MAX_INFLIGHT = 100
@@ -70,8 +71,8 @@ class Agent:
                          key_file=str(m.key_file) if m.key_file else None,
                          keepalive=m.keepalive, session_expiry=m.session_expiry, will_delay=m.will_delay,
                          max_packet_size=m.max_packet_size),
-            will=(self.root + "status", self._status_body("offline", "lwt", will=True)),
-            subscriptions=[self.root + "cmd/+"],
+            will=(self.root + STATUS, self._status_body("offline", "lwt", will=True)),
+            subscriptions=[self.root + f"{CMD}/+"],
             on_message=self.commands.put, on_connection=self._connection, on_puback=self._puback,
         )
         self.threads = [threading.Thread(target=self._pump, name="ftedge-pump", daemon=True),
@@ -108,7 +109,7 @@ class Agent:
         except FtedgeError as exc:
             log.error("could not send a %s message for %s: %s", kind, suffix, exc)
             return False
-        corr = body.get("correlation") if kind == "cmdres" else None
+        corr = body.get("correlation") if kind == CMDRES else None
         mid = self.link.publish(msg.topic, msg.payload(hist=False), qos=1, retain=retain,
                                 correlation=bytes.fromhex(corr) if isinstance(corr, str) else None)
         log.warning("disk full: sent %s message seq %d for %s without storing it (%s)", kind, msg.seq, suffix,
@@ -132,18 +133,18 @@ class Agent:
                 "detail": f"message body of {size} bytes exceeds the {limit}-byte limit; raise mqtt.max_packet_size"}
 
     def _emit_job(self, kind: str, body: dict[str, Any]) -> None:
-        if kind == "job":
-            self.publish("job", "job", body, retain=True)
+        if kind == JOB:
+            self.publish(JOB, JOB, body, retain=True)
         else:
-            self.publish(kind, f"jobs/{body['job']}/{kind}", body)
+            self.publish(kind, job_suffix(body["job"], kind), body)
 
     def meta(self) -> dict[str, Any]:
         from ftedge.runtime.engine import available_engines
-        from ftedge.runtime.ort_backend import available_providers, ort
+        from ftedge.runtime import ort_backend
 
         active = self.models.active()
         return {
-            "agent": ftedge.__version__, "onnxruntime": ort().__version__, "providers": available_providers(),
+            "agent": ftedge.__version__, "onnxruntime": ort_backend.version(), "providers": ort_backend.available_providers(),
             "engines": available_engines(),
             "hardware": {"cpus": os.cpu_count(), "machine": platform.machine(), "system": platform.system(),
                          "python": platform.python_version()},
@@ -169,11 +170,11 @@ class Agent:
 
     def resync(self) -> None:
         """Republish every retained topic (a collector that lost state asks for it)."""
-        self.publish("status", "status", {"state": "online", "reason": "resync"}, retain=True)
-        self.publish("meta", "meta", self.meta(), retain=True)
+        self.publish(STATUS, STATUS, {"state": "online", "reason": "resync"}, retain=True)
+        self.publish(META, META, self.meta(), retain=True)
         jobs = self.jobs.store.all()
         if jobs:
-            self.publish("job", "job", jobs[-1].public(), retain=True)
+            self.publish(JOB, JOB, jobs[-1].public(), retain=True)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def run(self) -> int:
@@ -202,8 +203,8 @@ class Agent:
         self._retain()
         log.info("agent %s/%s boot %s starting (%s)", self.cfg.fleet, self.cfg.device_id, self.boot,
                  json.dumps(self.cfg.to_public_dict()["mqtt"]))
-        self.publish("status", "status", {"state": "online", "reason": "birth"}, retain=True)
-        self.publish("meta", "meta", self.meta(), retain=True)
+        self.publish(STATUS, STATUS, {"state": "online", "reason": "birth"}, retain=True)
+        self.publish(META, META, self.meta(), retain=True)
         self.deployer.cleanup()  # leftovers of a deploy interrupted by a power loss
         for t in self.threads:
             t.start()
@@ -214,7 +215,7 @@ class Agent:
         """Stop jobs at the next batch (they resume on the next start), say offline, flush, disconnect."""
         self.jobs.shutting_down = True
         self.jobs.stop()
-        self.publish("status", "status", {"state": "offline", "reason": "shutdown"}, retain=True)
+        self.publish(STATUS, STATUS, {"state": "offline", "reason": "shutdown"}, retain=True)
         deadline = time.time() + timeout
         while time.time() < deadline and self.outbox.depth() and self.link.connected.is_set():
             self.wake.set()
@@ -266,7 +267,7 @@ class Agent:
                 self.inflight.clear()
                 if reason == "up" and self.connections > 1:
                     # The Will may have marked us offline (retained) during the outage: say online again.
-                    self.publish("status", "status", {"state": "online", "reason": "reconnect"}, retain=True)
+                    self.publish(STATUS, STATUS, {"state": "online", "reason": "reconnect"}, retain=True)
                 continue
             row = self.inflight.pop(mid, None)
             if row is None:
@@ -285,7 +286,7 @@ class Agent:
                     continue
                 # hist: a retry, a leftover of an earlier boot, or queued during an outage of this boot
                 hist = msg.is_replay(self.boot) or (self.connections > 1 and msg.body["ts"] < self.connected_at_ms)
-                corr = msg.body.get("correlation") if msg.kind == "cmdres" else None
+                corr = msg.body.get("correlation") if msg.kind == CMDRES else None
                 mid = self.link.publish(msg.topic, msg.payload(hist=hist), qos=msg.qos, retain=msg.retain,
                                         correlation=bytes.fromhex(corr) if corr else None)
                 if mid is None:
@@ -302,8 +303,8 @@ class Agent:
         if incoming.correlation is not None:
             body["correlation"] = incoming.correlation.hex()
         topic = incoming.response_topic or ""
-        suffix = topic[len(self.root):] if topic.startswith(self.root + "cmdres/") else "cmdres/unknown"
-        self.publish("cmdres", suffix, body)
+        suffix = topic[len(self.root):] if topic.startswith(self.root + f"{CMDRES}/") else f"{CMDRES}/unknown"
+        self.publish(CMDRES, suffix, body)
         return body
 
     def _command_loop(self) -> None:
@@ -391,7 +392,7 @@ class Agent:
             active = self.models.rollback(to)
         except FtedgeError as exc:
             raise Rejected("rollback_refused", str(exc)) from exc
-        self.publish("meta", "meta", self.meta(), retain=True)
+        self.publish(META, META, self.meta(), retain=True)
         return "done", "ok", f"active version is now {active['id']}", {"active_version": active["id"]}
 
     def _deploy(self, cmd_id: str, args: dict[str, Any], incoming: Incoming) -> tuple[str, str, str, dict[str, Any]]:
@@ -423,7 +424,7 @@ class Agent:
             except (FtedgeError, OSError) as exc:
                 log.error("could not describe the model versions: %s", exc)
                 return
-            self.publish("meta", "meta", meta, retain=True)
+            self.publish(META, META, meta, retain=True)
 
 
 # The agent's verbs, in the order its "unknown verb" error lists them (commands.VERBS holds the same names).

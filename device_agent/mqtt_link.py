@@ -1,4 +1,5 @@
-"""The one adapter around paho-mqtt (2.x, MQTT v5): connection, session, Last Will, TLS, publish, subscribe.
+"""The agent's MQTT link: a persistent session with a Last Will, its subscriptions, publish and PUBACK
+tracking, on the shared paho adapter (:mod:`ftedge.mqtt.client`; see ARCHITECTURE.md).
 
 paho's network thread (``loop_start``) owns the socket; its callbacks only hand events to the agent
 through the callables given here and never block. Publishes come from a single agent thread.
@@ -7,14 +8,12 @@ through the callables given here and never block. Publishes come from a single a
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from ftedge.mqtt import client as mqtt
+from ftedge.mqtt.client import Incoming
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +35,6 @@ class LinkSettings:
     max_packet_size: int = 256 * 1024  # told to the broker (CONNECT MaximumPacketSize); bigger is dropped
 
 
-@dataclass
-class Incoming:
-    topic: str
-    payload: bytes
-    response_topic: str | None
-    correlation: bytes | None
-    expiry: int | None
-    retain: bool = False  # the broker delivered it as retained (subscriptions use Retain As Published)
-
-
 class MqttLink:
     """A persistent MQTT v5 session with a Last Will; reconnects by itself with backoff."""
 
@@ -57,18 +46,7 @@ class MqttLink:
         self._on_message, self._on_connection, self._on_puback = on_message, on_connection, on_puback
         self.connected = threading.Event()
         self._closing = False
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id, protocol=mqtt.MQTTv5)
-        c.reconnect_delay_set(min_delay=1, max_delay=5)  # replay soon after an outage ends
-        c.max_inflight_messages_set(100)
-        c.max_queued_messages_set(0)
-        if settings.username:
-            c.username_pw_set(settings.username, settings.password)
-        if settings.tls:
-            c.tls_set(ca_certs=settings.ca_file, certfile=settings.cert_file, keyfile=settings.key_file,
-                      cert_reqs=ssl.CERT_REQUIRED)
-        will_props = Properties(PacketTypes.WILLMESSAGE)
-        will_props.WillDelayInterval = settings.will_delay
-        c.will_set(will[0], will[1], qos=1, retain=True, properties=will_props)
+        c = mqtt.make_client(settings, will=will, will_delay=settings.will_delay, max_queued=0)
         c.on_connect = self._connected
         c.on_disconnect = self._disconnected
         c.on_message = self._message
@@ -78,12 +56,7 @@ class MqttLink:
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
         """Connect in the background; a broker that is down now is retried, never fatal."""
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.settings.session_expiry
-        props.MaximumPacketSize = self.settings.max_packet_size
-        self.client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive,
-                                  clean_start=False, properties=props)
-        self.client.loop_start()
+        mqtt.connect_in_background(self.client, self.settings)
 
     def stop(self, last: tuple[str, bytes] | None = None, timeout: float = 5.0) -> None:
         """Publish ``last`` (e.g. the offline status) if connected, then disconnect cleanly (no Will)."""
@@ -103,12 +76,9 @@ class MqttLink:
         """Hand one message to paho; returns its mid, or None when not connected (the outbox keeps it)."""
         if not self.connected.is_set():
             return None
-        props = None
-        if correlation is not None:
-            props = Properties(PacketTypes.PUBLISH)
-            props.CorrelationData = correlation
-        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+        info = self.client.publish(topic, payload, qos=qos, retain=retain,
+                                   properties=mqtt.publish_properties(correlation=correlation))
+        if info.rc != mqtt.ERR_SUCCESS:
             return None
         return info.mid
 
@@ -117,10 +87,8 @@ class MqttLink:
         if reason_code.is_failure:
             log.error("broker refused the connection: %s (check credentials, certificates and ACL)", reason_code)
             return
-        from paho.mqtt.subscribeoptions import SubscribeOptions
-
         for topic in self.subscriptions:  # Retain As Published: a live retained command is recognisable too
-            client.subscribe(topic, options=SubscribeOptions(qos=1, retainAsPublished=True))
+            client.subscribe(topic, options=mqtt.subscribe_options(qos=1, retain_as_published=True))
         self.connected.set()
         log.info("connected to %s:%s (session present: %s)", self.settings.host, self.settings.port,
                  getattr(flags, "session_present", "?"))
@@ -133,19 +101,12 @@ class MqttLink:
             log.warning("disconnected from the broker (%s); reconnecting with backoff", reason_code)
             self._on_connection(False)
 
-    def _message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def _message(self, client: mqtt.Client, userdata: Any, msg: mqtt.Message) -> None:
         if len(msg.payload) > self.settings.max_packet_size:  # a broker that ignored our maximum
             log.warning("dropped a %d-byte message on %s: over mqtt.max_packet_size (%d)", len(msg.payload),
                         msg.topic, self.settings.max_packet_size)
             return
-        props = msg.properties
-        self._on_message(Incoming(
-            topic=msg.topic, payload=bytes(msg.payload),
-            response_topic=getattr(props, "ResponseTopic", None),
-            correlation=getattr(props, "CorrelationData", None),
-            expiry=getattr(props, "MessageExpiryInterval", None),
-            retain=bool(msg.retain),
-        ))
+        self._on_message(mqtt.incoming(msg))
 
     def _published(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         value = getattr(reason_code, "value", 0)

@@ -46,12 +46,11 @@ from pathlib import Path
 from typing import Any
 
 from ftedge.errors import FtedgeError, OutboxError
-from ftedge.mqtt.contract import CMDRES, JOB, MESSAGE_KINDS, META, PROGRESS, RESULT, STATUS
+from ftedge.mqtt.contract import CMDRES, ENVELOPE_KEYS, JOB, MESSAGE_KINDS, META, PROGRESS, RESULT, STATUS
 
 ENVELOPE_VERSION = 1
 SCHEMA_VERSION = 1
 KINDS = MESSAGE_KINDS  # status meta job progress result cmdres (ftedge.mqtt.contract)
-ENVELOPE_KEYS = ("v", "ts", "dev", "boot", "seq", "hist")
 
 # messages.thin_rank: what enforce_bounds may thin, in this order. NULL: never (status, result,
 # cmdres) or already thinned. _CURRENT: the newest meta/job snapshot of its topic (kept).

@@ -13,7 +13,7 @@ import onnx
 
 from ftedge.errors import ExportError, GradientError
 from ftedge.export.onnx_export import add_training_outputs
-from ftedge.runtime.ort_backend import ort
+from ftedge.runtime import ort_training_backend
 
 # Ops ORT 1.19.2 has no gradient builder for (checked on the trainable path).
 NO_GRADIENT_OPS = {"InstanceNormalization", "GroupNormalization", "HardSwish", "CastLike"}
@@ -75,17 +75,6 @@ def _native_stderr_silenced():
             logging.getLogger(__name__).debug("ORT artifact generation log:\n%s", sink.read().decode(errors="replace")[-4000:])
 
 
-def _loss_type(loss: str):  # noqa: ANN202 - ORT enum
-    from onnxruntime.training import artifacts
-
-    return {
-        "cross-entropy": artifacts.LossType.CrossEntropyLoss,
-        "bce": artifacts.LossType.BCEWithLogitsLoss,
-        "mse": artifacts.LossType.MSELoss,
-        "l1": artifacts.LossType.L1Loss,
-    }[loss]
-
-
 def build_artifacts(
     model: onnx.ModelProto,
     trainable: list[str],
@@ -102,9 +91,6 @@ def build_artifacts(
     """
     add_training_outputs(model)
     check_differentiable(model, trainable)
-    from onnxruntime.training import artifacts
-
-    ort().set_default_logger_severity(3)
     in_graph = {i.name for i in model.graph.initializer}
     out_dir.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
@@ -112,15 +98,9 @@ def build_artifacts(
     root.setLevel(max(level, logging.WARNING))  # generate_artifacts logs at INFO through the root logger
     try:
         with contextlib.redirect_stdout(io.StringIO()), _native_stderr_silenced():
-            artifacts.generate_artifacts(
-                model,
-                requires_grad=list(trainable),
-                frozen_params=[f for f in frozen if f in in_graph],
-                loss=_loss_type(loss),
-                optimizer=artifacts.OptimType.AdamW if optimizer == "adamw" else artifacts.OptimType.SGD,
-                artifact_directory=os.fspath(out_dir),
-                additional_output_names=[output_name],
-            )
+            ort_training_backend.generate_artifacts(
+                model, requires_grad=trainable, frozen_params=[f for f in frozen if f in in_graph], loss=loss,
+                optimizer=optimizer, out_dir=out_dir, additional_output_names=[output_name])
     except Exception as exc:
         msg = str(exc)
         ops = sorted(set(re.findall(r"(?:op|Op|operator)\W+([A-Z][A-Za-z]+)", msg)))

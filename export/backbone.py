@@ -6,21 +6,17 @@ from pathlib import Path
 
 import onnx
 
-from ftedge.errors import ExportError
-from ftedge.runtime.ort_backend import ort
+from ftedge.errors import ExportError, RuntimeBackendError
+from ftedge.runtime import ort_backend
 
 
 def save_optimized(model: onnx.ModelProto, path: Path) -> None:
     """Constant-fold and simplify with ORT's provider-independent (basic) level."""
     raw = path.with_suffix(".raw.onnx")
     onnx.save(model, raw)
-    so = ort().SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort().GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.optimized_model_filepath = str(path)
     try:
-        ort().InferenceSession(str(raw), so, providers=["CPUExecutionProvider"])
-    except Exception as exc:
+        ort_backend.optimize_basic(raw, path)
+    except RuntimeBackendError as exc:
         raise ExportError(f"ONNX Runtime cannot load the backbone graph: {exc}") from exc
     finally:
         raw.unlink(missing_ok=True)
@@ -54,21 +50,16 @@ def quantize_int8(src: Path, dst: Path, exclude_prefixes: tuple[str, ...] = (), 
     ``exclude_prefixes`` (e.g. an in-graph audio frontend, whose DFT basis needs full precision) stay fp32.
     Returns how many nodes of each quantized op type the result holds.
     """
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     names = [n.name for n in onnx.load(str(src)).graph.node]
     exclude = [n for n in names if n.startswith(exclude_prefixes)] if exclude_prefixes else []
     mid = dst.with_suffix(".matmul.onnx")
     try:
-        quantize_dynamic(str(src), str(mid), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                         nodes_to_exclude=exclude)
+        ort_backend.quantize_weights(src, mid, ["MatMul"], signed=True, exclude=exclude)
         if conv:
-            quantize_dynamic(str(mid), str(dst), op_types_to_quantize=["Conv"], weight_type=QuantType.QUInt8,
-                             nodes_to_exclude=exclude)
+            ort_backend.quantize_weights(mid, dst, ["Conv"], signed=False, exclude=exclude)
         else:
             mid.replace(dst)
-    except Exception as exc:
+    except (RuntimeBackendError, OSError) as exc:
         raise ExportError(f"int8 quantization of the backbone failed: {exc}; export without --quantize-backbone") from exc
     finally:
         mid.unlink(missing_ok=True)

@@ -33,7 +33,8 @@ from ftedge.export.preprocessing import TOKENIZER_FILE, image_preprocessing, tex
 from ftedge.export.wrapper import OutputSelector
 from ftedge.export.step_graph import OPTIMIZER_DEFAULTS, build_step
 from ftedge.bundle.manifest import BATCH, LOSSES, OPTIMIZERS, SCHEMA_VERSION, TensorSpec
-from ftedge.runtime.ort_backend import has_training_api, ort
+from ftedge.runtime import ort_backend
+from ftedge.runtime.ort_backend import has_training_api
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def _validate(opts: ExportOptions) -> None:
         raise UsageError(f"--engine {opts.engine!r}: use auto, portable, ort-training or all")
     if opts.engine in ("ort-training", "all") and not has_training_api():
         raise UsageError(f"--engine {opts.engine} needs onnxruntime-training on this host (onnxruntime "
-                         f"{ort().__version__} here has no training API): pip uninstall -y onnxruntime && pip install "
+                         f"{ort_backend.version()} here has no training API): pip uninstall -y onnxruntime && pip install "
                          "onnxruntime-training-cpu==1.19.2 onnx==1.17.0 (x86_64, CPython 3.10-3.12); or use --engine "
                          "portable")
 
@@ -250,7 +251,7 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "producer": {
                 "ftedge": ftedge.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                "onnxruntime": ort().__version__, "opset": opts.opset,
+                "onnxruntime": ort_backend.version(), "opset": opts.opset,
             },
             "source_model": opts.model if isinstance(opts.model, str) else type(opts.model).__name__,
             "inputs": [s.to_json() for s in opts.inputs],

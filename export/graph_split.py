@@ -26,7 +26,7 @@ from onnx import helper
 from ftedge.errors import ExportError
 from ftedge.export.onnx_export import value_info
 from ftedge.bundle.manifest import BATCH, TensorSpec
-from ftedge.runtime.ort_backend import ort
+from ftedge.runtime.ort_backend import probe_session
 
 
 _LAYOUT_OPS = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten"}
@@ -60,10 +60,7 @@ def _session(model: onnx.ModelProto, names: list[str]):  # noqa: ANN202
     probe.CopyFrom(model)
     existing = {o.name for o in probe.graph.output}
     probe.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in existing)
-    so = ort().SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort().GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort().InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return probe_session(probe.SerializeToString())
 
 
 def measure_tensors(model: onnx.ModelProto, specs: list[TensorSpec], names: list[str]) -> dict[int, dict[str, np.ndarray]]:

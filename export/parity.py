@@ -72,7 +72,7 @@ def check_parity(
         models = {}
         for engine, head in heads.items():
             if isinstance(head, dict):
-                from ftedge.runtime.ort_backend import TrainableModel
+                from ftedge.runtime.ort_training_backend import TrainableModel
 
                 path = Path(tmp) / f"{engine}_head.onnx"
                 TrainableModel(head["training"], head["eval"], head["optimizer"], head["checkpoint"]).export_inference(

@@ -58,7 +58,8 @@ def _collector(args: argparse.Namespace, share: str | None = None, **extra):  # 
 
     host, port, tls = _broker(args.broker)
     password = args.password_file.read_text().rstrip("\r\n") if args.password_file else None
-    store = FleetStore(Path(getattr(args, "db", None) or DEFAULT_DB),
+    db = getattr(args, "db", None) or DEFAULT_DB
+    store = FleetStore(db if db == ":memory:" else Path(db),
                        max_devices_per_fleet=getattr(args, "max_devices_per_fleet", None) or 100_000)
     client_id = args.client_id or f"ftedge-fleet-{socket.gethostname()}"
     return Collector(store, host=host, port=port, tls=tls, username=args.username, password=password,
@@ -244,20 +245,19 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _oneshot(args: argparse.Namespace, tmp: str, listen: bool = False):  # noqa: ANN202
-    """A short-lived collector on a throw-away database: its own client id, no lingering session."""
+def _oneshot(args: argparse.Namespace, listen: bool = False):  # noqa: ANN202
+    """A short-lived collector with an in-memory store (replies and, with ``listen``, the devices' progress):
+    its own client id, no lingering session, nothing written to disk."""
     import uuid
 
     logging.getLogger("ftedge").setLevel(logging.WARNING)
     args.client_id = args.client_id or f"ftedge-send-{uuid.uuid4().hex[:8]}"  # never steal `serve`'s session
-    args.db = Path(tmp) / "send.sqlite"
+    args.db = ":memory:"
     collector, _ = _collector(args, listen=listen, session_expiry=0, detect_gaps=False)
     return collector.start()
 
 
 def _train(args: argparse.Namespace) -> int:
-    import tempfile
-
     from ftedge.fleet.fanout import fan_out, follow
 
     devices = [d.strip() for d in args.devices.split(",") if d.strip()]
@@ -283,19 +283,19 @@ def _train(args: argparse.Namespace) -> int:
         elif run.last:
             print(f"{run.device}: epoch {run.last.get('epoch')} loss {run.last.get('loss')}", flush=True)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        collector = _oneshot(args, tmp, listen=args.wait)
-        try:
-            runs = fan_out(collector, args.fleet, devices, "train", job_args, timeout=args.timeout)
-            for run in runs:
-                if not args.json:
-                    print(f"{run.device}: " + (run.error or f"accepted, job {run.job}"), flush=True)
-            if args.wait:
-                follow(collector, [r for r in runs if r.error is None], args.job_timeout, show)
-        except TimeoutError as exc:
-            raise _unreachable(collector, exc) from exc
-        finally:
-            collector.stop()
+    collector = _oneshot(args, listen=args.wait)
+    try:
+        runs = fan_out(collector, args.fleet, devices, "train", job_args, timeout=args.timeout)
+        for run in runs:
+            if not args.json:
+                print(f"{run.device}: " + (run.error or f"accepted, job {run.job}"), flush=True)
+        if args.wait:
+            follow(collector, [r for r in runs if r.error is None], args.job_timeout, show)
+    except TimeoutError as exc:
+        raise _unreachable(collector, exc) from exc
+    finally:
+        collector.stop()
+        collector.store.close()
     if args.json:
         for run in runs:
             print(json.dumps(run.row()))
@@ -322,23 +322,21 @@ def _unreachable(collector, exc: Exception) -> FtedgeError:  # noqa: ANN001
 
 
 def _send(args: argparse.Namespace) -> int:
-    import tempfile
-
     try:
         cmd_args = json.loads(args.args)
     except ValueError as exc:
         raise UsageError(f"--args is not JSON: {exc}") from exc
     if not isinstance(cmd_args, dict):
         raise UsageError("--args must be a JSON object")
-    with tempfile.TemporaryDirectory() as tmp:
-        collector = _oneshot(args, tmp)
-        try:
-            reply = collector.send(args.fleet, args.device, args.verb, cmd_args, timeout=args.timeout)
-        except TimeoutError as exc:
-            if not collector.subscribed.is_set():
-                raise _unreachable(collector, exc) from exc
-            raise ReplyTimeoutError(f"{exc}") from exc
-        finally:
-            collector.stop()
+    collector = _oneshot(args)
+    try:
+        reply = collector.send(args.fleet, args.device, args.verb, cmd_args, timeout=args.timeout)
+    except TimeoutError as exc:
+        if not collector.subscribed.is_set():
+            raise _unreachable(collector, exc) from exc
+        raise ReplyTimeoutError(f"{exc}") from exc
+    finally:
+        collector.stop()
+        collector.store.close()
     print(json.dumps(reply))
     return EXIT_REJECTED if reply.get("status") in ("rejected", "error") else EXIT_OK

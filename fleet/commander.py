@@ -11,11 +11,8 @@ import time
 import uuid
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from ftedge.errors import CollectorError
+from ftedge.mqtt import client as mqtt
 from ftedge.mqtt.contract import cmd_topic, cmdres_topic
 
 
@@ -41,14 +38,12 @@ class CommandClient:
         if args is not None and not isinstance(args, dict):
             raise CollectorError(f"command args must be a JSON object (dict), not {type(args).__name__}")
         cmd_id = cmd_id or f"{verb}-{uuid.uuid4().hex}"
-        props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = self.reply_topic(fleet, device)
-        props.CorrelationData = cmd_id.encode()
-        props.MessageExpiryInterval = max(1, int(expiry_s or self.settings.command_expiry_s))
+        props = mqtt.publish_properties(correlation=cmd_id.encode(), response_topic=self.reply_topic(fleet, device),
+                                        expiry_s=max(1, int(expiry_s or self.settings.command_expiry_s)))
         payload = json.dumps({"cmd_id": cmd_id, "args": args or {}}, separators=(",", ":")).encode()
         info = self.client.publish(cmd_topic(fleet, device, verb), payload, qos=1, retain=False,
                                    properties=props)
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):   # NO_CONN: paho sends it later
+        if info.rc not in (mqtt.ERR_SUCCESS, mqtt.ERR_NO_CONN):   # NO_CONN: paho sends it later
             raise CollectorError(f"could not publish {verb} to {fleet}/{device}: {mqtt.error_string(info.rc)}")
         return cmd_id
 

@@ -46,7 +46,8 @@ class _FastClient(mqtt.Client):
     connection (``generation``) it arrived on.
 
     It relies on paho 2.x internals (``_in_packet``, ``_packet_handle``, ``_packet_queue``, …); if those are
-    missing, :attr:`fast` is False and the client behaves as stock paho (acknowledging on receipt).
+    missing, :attr:`fast` is False and the client reads as stock paho; with ``manual_ack`` (as the collector
+    makes it) :meth:`ack_batch` then acknowledges through paho's own ``ack``, still after commit.
     """
 
     def __init__(self, *args: Any, sink: Any, **kwargs: Any) -> None:
@@ -69,15 +70,20 @@ class _FastClient(mqtt.Client):
         with self._ack_lock:   # after this no ack is queued until the next CONNACK (reconnect() clears the queue)
             self._acks_open = False
 
-    def ack(self, generation: int, packet_ids: list[int]) -> bool:
-        """Queue PUBACKs for ``packet_ids`` (in arrival order) if still on that connection; any thread."""
+    def ack_batch(self, generation: int | None, packet_ids: list[int]) -> bool:
+        """Queue PUBACKs for ``packet_ids`` (in arrival order) if still on that connection; any thread. A
+        packet id of an older connection is never acknowledged: on this one it may name another message."""
         if not packet_ids:
             return True
         with self._ack_lock:
             if generation != self.generation or not self._acks_open:
                 return False
-            blob = struct.pack(f">{len(packet_ids)}I", *[0x40020000 | mid for mid in packet_ids])
-            self._packet_queue(_PUBACK, blob, 0, 0)
+            if self.fast:
+                blob = struct.pack(f">{len(packet_ids)}I", *[0x40020000 | mid for mid in packet_ids])
+                self._packet_queue(_PUBACK, blob, 0, 0)
+            else:
+                for mid in packet_ids:
+                    self.ack(mid, 1)
         return True
 
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:

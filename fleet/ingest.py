@@ -32,18 +32,13 @@ from __future__ import annotations
 import logging
 import queue
 import re
-import ssl
 import threading
 import time
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
-
 from ftedge.errors import CollectorError, FtedgeError, UsageError  # noqa: F401 - CollectorError re-exported
+from ftedge.mqtt import client as mqtt
 from ftedge.mqtt.contract import BrokerSettings, collector_subscriptions
 
 from .commander import CommandClient
@@ -77,7 +72,7 @@ class CollectorSettings:
     batch_size: int = 5000              # messages per transaction at most …
     batch_interval_s: float = 0.2       # … or what arrived this long after the first one
     receive_maximum: int = 20000        # unacknowledged messages the broker may send us (MQTT v5 Receive Maximum)
-    fast_receive: bool = True           # False: stock paho receive path (ack on receipt), e.g. on a new paho
+    fast_receive: bool = True           # False: stock paho receive path (also acked after commit)
     gap_check_s: float = 1.0
     command_expiry_s: int = 300         # MessageExpiryInterval of resync commands
     max_packet_size: int = 256 * 1024   # MQTT v5 Maximum Packet Size: the broker drops bigger messages for us
@@ -123,15 +118,9 @@ class Collector(CommandClient):
         self._cv = threading.Condition()     # notified after every committed batch
         self._writer: threading.Thread | None = None
         self._closing = False
-        c = _FastClient(mqtt.CallbackAPIVersion.VERSION2, client_id=s.client_id, protocol=mqtt.MQTTv5,
-                        sink=self._received)
+        # manual_ack: on the stock path too, a message is acknowledged only after its batch is committed
+        c = mqtt.make_client(s, client_class=_FastClient, manual_ack=True, sink=self._received)
         c.fast = c.fast and s.fast_receive
-        c.reconnect_delay_set(min_delay=1, max_delay=5)
-        c.max_inflight_messages_set(100)
-        if s.username:
-            c.username_pw_set(s.username, s.password)
-        if s.tls:
-            c.tls_set(ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file, cert_reqs=ssl.CERT_REQUIRED)
         c.on_connect = self._connected
         c.on_disconnect = self._disconnected
         c.on_message = self._message
@@ -151,13 +140,7 @@ class Collector(CommandClient):
         self._closing = False
         self._writer = threading.Thread(target=self._write_loop, name="ftedge-collector-writer", daemon=True)
         self._writer.start()
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.settings.session_expiry
-        props.ReceiveMaximum = max(1, min(65535, int(self.settings.receive_maximum)))
-        props.MaximumPacketSize = max(1024, min(268435455, int(self.settings.max_packet_size)))
-        self.client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive,
-                                  clean_start=False, properties=props)
-        self.client.loop_start()
+        mqtt.connect_in_background(self.client, self.settings, receive_maximum=self.settings.receive_maximum)
         return self
 
     def wait_connected(self, timeout: float = 10.0) -> bool:
@@ -282,10 +265,8 @@ class Collector(CommandClient):
                 self._cv.notify_all()
 
     def _ack(self, generation: int | None, mids: list[int]) -> None:
-        if generation is None:
-            return   # stock paho path: acknowledged on receipt
         try:
-            if not self.client.ack(generation, mids):
+            if not self.client.ack_batch(generation, mids):
                 self.stats["unacked"] += len(mids)
         except Exception:  # noqa: BLE001
             log.exception("could not acknowledge %d message(s)", len(mids))
@@ -320,7 +301,7 @@ class Collector(CommandClient):
                       reason_code)
             return
         self.client.session_up()
-        client.subscribe([(t, SubscribeOptions(qos=1)) for t in self.subscriptions])
+        client.subscribe([(t, mqtt.subscribe_options(qos=1)) for t in self.subscriptions])
         self.stats["connections"] += 1
         self.connected.set()
         log.info("collector %s connected to %s:%s (session present: %s)", self.settings.client_id,
@@ -347,11 +328,16 @@ class Collector(CommandClient):
         self.stats["received"] += len(msgs)
         self._queue.put((generation, msgs, packet_ids))
 
-    def _message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        """Stock paho path (no fast path, or a QoS 2 delivery): paho acknowledged it on receipt."""
+    def _message(self, client: mqtt.Client, userdata: Any, msg: mqtt.Message) -> None:
+        """Stock paho path (no fast path, or a QoS 2 delivery): acknowledged by the writer after commit, like
+        the fast path's. (The fleet subscribes at QoS 1, so QoS 2 does not arrive; if a broker sends it anyway
+        it is completed here, on receipt.)"""
         try:
             topic: Any = msg.topic
         except UnicodeDecodeError:
             topic = bytes(msg._topic)   # not a str: the store counts it as malformed
         self.stats["received"] += 1
-        self._queue.put((None, [(topic, bytes(msg.payload), bool(msg.retain))], []))
+        mids = [msg.mid] if msg.qos == 1 else []
+        if msg.qos == 2:
+            client.ack(msg.mid, 2)
+        self._queue.put((self.client.generation, [(topic, bytes(msg.payload), bool(msg.retain))], mids))

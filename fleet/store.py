@@ -1,4 +1,8 @@
-"""Fleet state built from the MQTT contract (SQLite in WAL mode, stdlib only).
+"""Fleet state built from the MQTT contract (SQLite in WAL mode, stdlib only): persistence and migrations.
+
+Three rooms (ARCHITECTURE.md): :mod:`.envelope` parses a received message against the contract,
+:mod:`.sequence` decides de-duplication, holes and boot order (pure logic), this module stores what they decide;
+the read models are :mod:`.views`.
 
 ``FleetStore.ingest_batch`` takes what the collector received — ``(topic, payload, retained)`` tuples — and
 applies a whole batch in **one transaction**. Topics are ``ftedge/v1/{fleet}/{device}/{rest}`` (ARCHITECTURE.md,
@@ -50,8 +54,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-from ftedge import sqlite_db
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -60,15 +62,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftedge import sqlite_db
 from ftedge.errors import FleetStoreError, FtedgeError  # noqa: F401 - FleetStoreError re-exported
-from ftedge.mqtt.contract import TOPIC_ROOT  # re-exported: fleet.store.TOPIC_ROOT
+from ftedge.mqtt.contract import TOPIC_ROOT  # noqa: F401 - re-exported: fleet.store.TOPIC_ROOT
 
+from .envelope import Message, parse
 from .schema import _SCHEMA, COUNTERS, SCHEMA_VERSION  # noqa: F401 - SCHEMA_VERSION re-exported
-from .validate import MAX_NAME, MAX_PAYLOAD, body_problem
-from .views import _DEVICE_COLUMNS, FleetReadModel, _number
+from .sequence import Hole, Stream, started_later
+from .validate import MAX_PAYLOAD
+from .views import _DEVICE_COLUMNS, FleetReadModel
 
 MAX_DEVICES_PER_FLEET = 100_000
-ENVELOPE_KEYS = ("v", "ts", "dev", "boot", "seq", "hist")
 _INT64 = 2**63
 
 log = logging.getLogger(__name__)
@@ -95,49 +99,6 @@ class _Device:
     stored: bool = False    # a row exists (UPDATE, not INSERT)
 
 
-@dataclass
-class _Hole:
-    id: int
-    lo: int
-    hi: int
-    filled: int = 0
-
-
-@dataclass
-class _Stream:
-    fleet: str
-    device: str
-    boot: str
-    first_ts: int
-    first_seen_ms: int
-    contiguous: int = 0
-    max_seq: int = 0
-    above: set[int] = field(default_factory=set)              # seqs seen beyond `contiguous`
-    marks: list[tuple[int, float]] = field(default_factory=list)  # (max seq beyond, when noticed)
-    mark_max: int = 0
-    holes: list[_Hole] = field(default_factory=list)          # counted, not yet filled
-    purge: bool = False
-    stored: bool = False                                      # a row exists (UPDATE, not INSERT)
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return self.fleet, self.device, self.boot
-
-
-@dataclass
-class _Msg:
-    fleet: str
-    device: str
-    kind: str           # status meta job progress result cmdres other
-    job: str | None
-    body: dict[str, Any]
-    text: str
-    retained: bool
-    ts: int
-    boot: str
-    seq: int
-
-
 class _Report(dict):
     def add(self, key: str, n: int = 1) -> None:
         self[key] = self.get(key, 0) + n
@@ -159,7 +120,7 @@ class FleetStore(FleetReadModel):
         self.transactions = 0          # committed write transactions (ingest_batch, check_gaps)
         self._lock = threading.RLock()
         self._devices: dict[tuple[str, str], _Device] = {}
-        self._streams: dict[tuple[str, str, str], _Stream] = {}
+        self._streams: dict[tuple[str, str, str], Stream] = {}
         self._pending: set[tuple[str, str, str]] = set()   # streams with a pending hole
         self._malformed_logged = 0
         target = ":memory:" if self.path is None else self.path
@@ -196,17 +157,17 @@ class FleetStore(FleetReadModel):
         now_ms = int(now * 1000)
         rep = _Report(messages=0, duplicates=0, malformed=0, ignored=0, late_fills=0, stale_wills=0, rejected=0)
         replies: list[str] = []
-        parsed: list[_Msg] = []
+        parsed: list[Message] = []
         for topic, payload, retained in msgs:          # JSON decoding outside the lock
             m = self._parse(topic, payload, retained)
-            if isinstance(m, _Msg):
+            if isinstance(m, Message):
                 parsed.append(m)
             else:
                 rep.add(m)
         with self._tx() as db:
             rows: dict[str, list[tuple]] = {"progress": [], "results": [], "replies": []}
             touched_devices: dict[tuple[str, str], _Device] = {}
-            touched_streams: dict[tuple[str, str, str], _Stream] = {}
+            touched_streams: dict[tuple[str, str, str], Stream] = {}
             for m in parsed:
                 applied = self._apply(db, m, now, now_ms, rep, rows)
                 if applied is None:
@@ -256,26 +217,19 @@ class FleetStore(FleetReadModel):
                     if st is None:
                         self._pending.discard(key)
                         continue
-                    due = [s for s, t in st.marks if t <= cutoff]
-                    if not due:
+                    before = st.contiguous
+                    ranges = st.write_off(cutoff)
+                    if not st.pending:
+                        self._pending.discard(key)
+                    if st.contiguous == before:
                         continue
-                    top = max(due)
-                    lo, ranges = st.contiguous + 1, []
-                    present = sorted(x for x in st.above if x <= top)
-                    for x in present:
-                        if x > lo:
-                            ranges.append((lo, x - 1))
-                        lo = x + 1
                     for a, b in ranges:
                         gid = db.execute(
                             "INSERT INTO gaps (fleet, device, boot, missing_from, missing_to, ts) VALUES"
                             " (?, ?, ?, ?, ?, ?)", (st.fleet, st.device, st.boot, a, b, int(now * 1000))).lastrowid
-                        st.holes.append(_Hole(gid, a, b))
+                        st.holes.append(Hole(gid, a, b))
                         counted.append({"fleet": st.fleet, "device": st.device, "boot": st.boot,
                                         "missing_from": a, "missing_to": b, "ts": int(now * 1000)})
-                    st.above.difference_update(present)
-                    st.contiguous = max(st.contiguous, top)
-                    self._advance(st)
                     self._save_stream(db, st)
                 self._bump(db, {"seq_gaps_total": len(counted)})
         for h in counted:
@@ -297,54 +251,12 @@ class FleetStore(FleetReadModel):
 
     # -- internals: parsing -------------------------------------------------------------------------------
 
-    def _parse(self, topic: str, payload: bytes, retained: bool) -> _Msg | str:
-        if not isinstance(topic, str):
-            return self._malformed(repr(topic), "topic is not a string")
-        parts = topic.split("/", 4)
-        if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT or not all(parts[2:]):
-            return self._malformed(topic, "topic is not ftedge/v1/{fleet}/{device}/...")
-        fleet, device, rest = parts[2], parts[3], parts[4]
-        if rest == "cmd" or rest.startswith("cmd/"):
-            return "ignored"
-        if len(fleet) > MAX_NAME or len(device) > MAX_NAME or len(rest) > 2 * MAX_NAME:
-            return self._malformed(topic[:300], f"fleet, device or topic name longer than {MAX_NAME} characters")
-        if len(payload) > self.max_payload_bytes:
-            return self._malformed(topic, f"payload of {len(payload)} bytes exceeds the {self.max_payload_bytes}"
-                                          " byte cap (FleetStore max_payload_bytes)")
-        try:
-            text = payload if isinstance(payload, str) else bytes(payload).decode("utf-8")
-            body = json.loads(text)
-        except (UnicodeDecodeError, ValueError, TypeError, RecursionError):
-            return self._malformed(topic, "payload is not UTF-8 JSON")
-        if not isinstance(body, dict):
-            return self._malformed(topic, "payload is not a JSON object")
-        ts, boot, seq = body.get("ts"), body.get("boot"), body.get("seq")
-        if ("v" not in body or not _is_int(seq) or not 0 <= seq < _INT64 or not isinstance(boot, str) or not boot
-                or _number(ts) is None or not math.isfinite(ts) or not 0 <= ts < _INT64):
-            return self._malformed(topic, "missing or invalid envelope (v, ts, dev, boot, seq)")
-        if body.get("dev") != device:
-            return self._malformed(topic, f"envelope dev {body.get('dev')!r} is not the topic's device")
-        job = None
-        if rest in ("status", "meta", "job"):
-            kind = rest
-        elif rest.startswith("jobs/"):
-            segs = rest.split("/")
-            if len(segs) == 3 and segs[1] and segs[2] in ("progress", "result"):
-                kind, job = segs[2], segs[1]
-            else:
-                kind = "other"
-        elif rest.startswith("cmdres/"):
-            kind = "cmdres"
-        else:
-            kind = "other"
-        if seq == 0 and kind != "status":
-            return self._malformed(topic, "seq 0 is reserved for the Last Will (status)")
-        if (kind in ("progress", "result") and job is not None and len(job) > MAX_NAME):
-            return self._malformed(topic, f"job name longer than {MAX_NAME} characters")
-        problem = body_problem(kind, body)
-        if problem is not None:
-            return self._malformed(topic, problem)
-        return _Msg(fleet, device, kind, job, body, text, bool(retained), int(ts), boot, seq)
+    def _parse(self, topic: Any, payload: bytes, retained: bool) -> Message | str:
+        m = parse(topic, payload, retained, self.max_payload_bytes)
+        if isinstance(m, Message):
+            return m
+        verdict, shown, why = m
+        return self._malformed(shown, why) if verdict == "malformed" else verdict
 
     def _malformed(self, topic: str, why: str) -> str:
         self._malformed_logged += 1
@@ -354,8 +266,8 @@ class FleetStore(FleetReadModel):
 
     # -- internals: applying ------------------------------------------------------------------------------
 
-    def _apply(self, db: sqlite_db.Connection, m: _Msg, now: float, now_ms: int, rep: _Report,
-               rows: dict[str, list[tuple]]) -> tuple[_Device, _Stream] | None:
+    def _apply(self, db: sqlite_db.Connection, m: Message, now: float, now_ms: int, rep: _Report,
+               rows: dict[str, list[tuple]]) -> tuple[_Device, Stream] | None:
         dev = self._device(db, m.fleet, m.device)
         if dev is None:
             rep.add("rejected")
@@ -431,66 +343,37 @@ class FleetStore(FleetReadModel):
         dev.marks[kind] = seq
         return True
 
-    def _will_is_new(self, db: sqlite_db.Connection, m: _Msg, dev: _Device) -> bool:
+    def _will_is_new(self, db: sqlite_db.Connection, m: Message, dev: _Device) -> bool:
         if db.execute("INSERT OR IGNORE INTO seen (fleet, device, boot, seq) VALUES (?, ?, ?, 0)",
                       (m.fleet, m.device, m.boot)).rowcount:
             return True
         # The same Will fires again (same bytes) if the device came back and dropped off again.
         return not m.retained and dev.boot == m.boot and dev.state == "online"
 
-    def _seq_is_new(self, db: sqlite_db.Connection, st: _Stream, m: _Msg, now: float, rep: _Report) -> bool:
-        seq = m.seq
-        if seq <= st.contiguous:
-            for hole in st.holes:
-                if hole.lo <= seq <= hole.hi:
-                    if not db.execute("INSERT OR IGNORE INTO seen (fleet, device, boot, seq) VALUES (?, ?, ?, ?)",
-                                      (st.fleet, st.device, st.boot, seq)).rowcount:
-                        return False
-                    hole.filled += 1
-                    rep.add("late_fills")
-                    done = hole.filled >= hole.hi - hole.lo + 1
-                    db.execute("UPDATE gaps SET filled = ?, filled_ts = ? WHERE id = ?",
-                               (hole.filled, int(now * 1000) if done else None, hole.id))
-                    if done:
-                        st.holes.remove(hole)
-                        st.purge = True
-                    return True
-            return False
-        if seq in st.above:
-            return False
-        if seq == st.contiguous + 1:
-            st.contiguous = seq
-            if st.above:
-                self._advance(st)
-            return True
-        st.above.add(seq)
-        db.execute("INSERT OR IGNORE INTO seen (fleet, device, boot, seq) VALUES (?, ?, ?, ?)",
-                   (st.fleet, st.device, st.boot, seq))
-        if not m.retained and seq > st.mark_max:   # a retained replay is old: it notices no loss
-            st.marks.append((seq, now))
-            st.mark_max = seq
+    def _seq_is_new(self, db: sqlite_db.Connection, st: Stream, m: Message, now: float, rep: _Report) -> bool:
+        def recorded(seq: int) -> bool:
+            return bool(db.execute("INSERT OR IGNORE INTO seen (fleet, device, boot, seq) VALUES (?, ?, ?, ?)",
+                                   (st.fleet, st.device, st.boot, seq)).rowcount)
+
+        offer = st.offer(m.seq, m.retained, now, recorded)
+        if offer.filled is not None:
+            hole = offer.filled
+            rep.add("late_fills")
+            db.execute("UPDATE gaps SET filled = ?, filled_ts = ? WHERE id = ?",
+                       (hole.filled, int(now * 1000) if hole.complete else None, hole.id))
+        if st.pending:
             self._pending.add(st.key)
-        return True
-
-    def _advance(self, st: _Stream) -> None:
-        while st.contiguous + 1 in st.above:
-            st.contiguous += 1
-            st.above.discard(st.contiguous)
-            st.purge = True
-        if any(s <= st.contiguous for s in st.above):
-            st.above = {s for s in st.above if s > st.contiguous}
-            st.purge = True
-        st.marks = [(s, t) for s, t in st.marks if s > st.contiguous]
-        if not st.marks:
+        else:
             self._pending.discard(st.key)
+        return offer.new
 
-    def _settle_boot(self, db: sqlite_db.Connection, dev: _Device, st: _Stream, now: float) -> bool:
+    def _settle_boot(self, db: sqlite_db.Connection, dev: _Device, st: Stream, now: float) -> bool:
         """Make ``st`` the device's current boot if it started later; True if it is the current boot."""
         if dev.boot == st.boot:
             return True
         if dev.boot is not None:
             cur = self._stream(db, dev.fleet, dev.device, dev.boot, now)
-            if cur is not None and not _started_later(st, cur):
+            if cur is not None and not started_later(st, cur):
                 return False
             if dev.state is not None and dev.state != "online":
                 dev.state, dev.reason = "online", "new_boot"   # it restarted after going offline
@@ -519,7 +402,7 @@ class FleetStore(FleetReadModel):
         return dev
 
     def _stream(self, db: sqlite_db.Connection, fleet: str, device: str, boot: str, now: float,
-                create_ts: int | None = None, now_ms: int = 0) -> _Stream | None:
+                create_ts: int | None = None, now_ms: int = 0) -> Stream | None:
         key = (fleet, device, boot)
         st = self._streams.get(key)
         if st is None:
@@ -527,7 +410,7 @@ class FleetStore(FleetReadModel):
             if st is None:
                 if create_ts is None:
                     return None
-                st = _Stream(fleet, device, boot, create_ts, now_ms)
+                st = Stream(fleet, device, boot, create_ts, now_ms)
             self._streams[key] = st
         if create_ts is not None and create_ts < st.first_ts:
             st.first_ts = create_ts
@@ -535,15 +418,15 @@ class FleetStore(FleetReadModel):
             st.first_seen_ms = now_ms
         return st
 
-    def _load_stream(self, db: sqlite_db.Connection, key: tuple[str, str, str], now: float) -> _Stream | None:
+    def _load_stream(self, db: sqlite_db.Connection, key: tuple[str, str, str], now: float) -> Stream | None:
         row = db.execute("SELECT first_ts, first_seen_ms, contiguous, max_seq FROM boots"
                          " WHERE fleet = ? AND device = ? AND boot = ?", key).fetchone()
         if row is None:
             return None
-        st = _Stream(*key, *row, stored=True)
+        st = Stream(*key, *row, stored=True)
         st.above = {s for (s,) in db.execute("SELECT seq FROM seen WHERE fleet = ? AND device = ? AND boot = ?"
                                               " AND seq > ?", (*key, st.contiguous))}
-        st.holes = [_Hole(*r) for r in db.execute(
+        st.holes = [Hole(*r) for r in db.execute(
             "SELECT id, missing_from, missing_to, filled FROM gaps WHERE fleet = ? AND device = ? AND boot = ?"
             " AND filled_ts IS NULL", key)]
         if st.above:   # pending holes survive a restart: noticed again now
@@ -565,10 +448,10 @@ class FleetStore(FleetReadModel):
 
     # -- internals: persistence ---------------------------------------------------------------------------
 
-    def _save_stream(self, db: sqlite_db.Connection, st: _Stream) -> None:
+    def _save_stream(self, db: sqlite_db.Connection, st: Stream) -> None:
         self._save_streams(db, (st,))
 
-    def _save_streams(self, db: sqlite_db.Connection, streams: Iterable[_Stream]) -> None:
+    def _save_streams(self, db: sqlite_db.Connection, streams: Iterable[Stream]) -> None:
         new, old, full = [], [], []
         for st in streams:
             row = (st.fleet, st.device, st.boot, st.first_ts, st.first_seen_ms, st.contiguous, st.max_seq)
@@ -598,7 +481,7 @@ class FleetStore(FleetReadModel):
                 " contiguous = excluded.contiguous, max_seq = excluded.max_seq", new)
 
     @staticmethod
-    def _delete_seen(db: sqlite_db.Connection, st: _Stream, lo: int, hi: int) -> None:
+    def _delete_seen(db: sqlite_db.Connection, st: Stream, lo: int, hi: int) -> None:
         if lo <= hi:
             db.execute("DELETE FROM seen WHERE fleet = ? AND device = ? AND boot = ? AND seq BETWEEN ? AND ?",
                        (st.fleet, st.device, st.boot, lo, hi))
@@ -669,14 +552,6 @@ class FleetStore(FleetReadModel):
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
-
-def _started_later(a: _Stream, b: _Stream) -> bool:
-    """Whether boot ``a`` started after boot ``b``: by when the collector first saw each running, else (a boot
-    seen only by its Will or outbox replays, or both first seen in one batch) by the envelope ``ts``."""
-    if a.first_seen_ms and b.first_seen_ms and a.first_seen_ms != b.first_seen_ms:
-        return a.first_seen_ms > b.first_seen_ms
-    return a.first_ts > b.first_ts
-
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)

@@ -25,6 +25,9 @@ from urllib.parse import unquote, urlsplit
 from ftedge.errors import UsageError
 
 TOPIC_ROOT = "ftedge/v1"
+# Every device message is a JSON object carrying this envelope: contract version, epoch ms, device name, boot
+# id, per-boot sequence number (0 is the Last Will), and whether it is an outbox replay.
+ENVELOPE_KEYS = ("v", "ts", "dev", "boot", "seq", "hist")
 
 # -- message kinds and the topic levels they use --------------------------------------------------------
 STATUS = "status"

@@ -16,7 +16,8 @@ import numpy as np
 
 from ftedge.errors import BundleError, RuntimeBackendError, UsageError
 from ftedge.bundle.loader import Bundle
-from ftedge.runtime.ort_backend import StepSession, TrainableModel, has_training_api, ort
+from ftedge.runtime import ort_backend
+from ftedge.runtime.ort_backend import StepSession, has_training_api
 
 ENGINES = ("portable", "ort-training")
 ORT_TRAINING_ROLES = ("training", "eval", "optimizer", "checkpoint")
@@ -46,9 +47,7 @@ def bundle_engines(bundle: Bundle) -> dict[str, dict[str, Any]]:
 
 def available_engines() -> list[str]:
     """Engines this box can run: portable wherever onnxruntime imports; ort-training with onnxruntime-training."""
-    try:
-        ort()
-    except RuntimeBackendError:
+    if not ort_backend.is_installed():
         return []
     return ["portable", "ort-training"] if has_training_api() else ["portable"]
 
@@ -69,7 +68,7 @@ def resolve_engine(requested: str | None, bundle: Bundle) -> str:
         if "portable" not in carried:
             raise BundleError(
                 f"bundle {bundle.path} carries only the {', '.join(carried) or 'no'} engine, which this box cannot "
-                f"run (onnxruntime {ort().__version__} has no training API): {reexport}, or install the "
+                f"run (onnxruntime {ort_backend.version()} has no training API): {reexport}, or install the "
                 "ort-training engine: pip uninstall -y onnxruntime && pip install 'ftedge[ort-training]'")
         raise RuntimeBackendError("onnxruntime is not installed; pip install 'ftedge[device]'")
     if requested not in carried:
@@ -77,7 +76,7 @@ def resolve_engine(requested: str | None, bundle: Bundle) -> str:
                           f"{', '.join(carried) or 'none'}); {reexport}")
     if requested not in here:
         if requested == "ort-training":
-            training_api_hint = (f"onnxruntime {ort().__version__} here has no training API: pip uninstall -y "
+            training_api_hint = (f"onnxruntime {ort_backend.version()} here has no training API: pip uninstall -y "
                                  "onnxruntime && pip install 'ftedge[ort-training]' (x86_64, CPython 3.10-3.12), "
                                  "or use --engine portable")
             raise RuntimeBackendError(f"--engine ort-training: {training_api_hint}")
@@ -235,6 +234,8 @@ class OrtTrainingEngine:
     def __init__(self, bundle: Bundle, checkpoint: str | Path | None = None, device: str = "cpu") -> None:
         files = bundle_engines(bundle)["ort-training"]["files"]
         self.loss = bundle.loss
+        from ftedge.runtime.ort_training_backend import TrainableModel
+
         self.model = TrainableModel(bundle.path / files["training"], bundle.path / files["eval"],
                                     bundle.path / files["optimizer"], checkpoint or bundle.path / files["checkpoint"],
                                     device=device)
@@ -254,7 +255,7 @@ class OrtTrainingEngine:
         return self.model.learning_rate()
 
     def set_seed(self, seed: int) -> None:
-        ort().set_seed(int(seed))
+        ort_backend.set_seed(seed)
 
     def save_checkpoint(self, path: str | Path, include_optimizer_state: bool = True) -> None:
         self.model.save_checkpoint(path, include_optimizer_state)

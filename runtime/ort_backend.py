@@ -1,16 +1,12 @@
-"""The one module that talks to ONNX Runtime: inference sessions, the portable engine's step sessions
-(plain ``onnxruntime``), and the training API of ``onnxruntime-training`` (the second engine).
-
-``import onnxruntime.training`` imports torch (through ``training/optim``).
-On the device we register a bare package object for ``onnxruntime.training``
-before importing ``onnxruntime.training.api``, so training runs with no torch.
+"""The adapter for plain ``onnxruntime`` (see ARCHITECTURE.md, "Adapters"): inference sessions, the
+portable engine's step sessions, the probe sessions and graph optimization/quantization export needs, the
+build's version and providers. With ``ort_training_backend`` (the ort-training engine's adapter) it is the only
+code that imports onnxruntime; the module object itself never leaves the two.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
-import os
 import sys
 import types
 from pathlib import Path
@@ -21,18 +17,13 @@ import numpy as np
 from ftedge.errors import RuntimeBackendError
 
 _INSTALL_HINT = "install the device extra: pip install 'ftedge[device]' (plain onnxruntime; onnxruntime-gpu on CUDA boxes)"
-_TRAINING_HINT = (
-    "the ort-training engine needs onnxruntime-training 1.19.2 (x86_64 Linux, CPython 3.10-3.12) installed "
-    "instead of onnxruntime: pip uninstall -y onnxruntime && pip install 'ftedge[ort-training]'; "
-    "or use the portable engine (--engine portable)"
-)
 
 
 _ORTMODULE = "onnxruntime.training.ortmodule"
 
 
-def ort() -> types.ModuleType:
-    """The ``onnxruntime`` module, or a clear error saying how to install it."""
+def _onnxruntime() -> types.ModuleType:
+    """The ``onnxruntime`` module, or a clear error saying how to install it (for the two ORT adapters only)."""
     if "onnxruntime" not in sys.modules:
         # onnxruntime's build-info check imports onnxruntime.training.ortmodule, which imports torch when
         # torch is installed (0.1-1.7 s, and defeats the torch-free training import below). ftedge never
@@ -49,40 +40,31 @@ def ort() -> types.ModuleType:
     return onnxruntime
 
 
-def training_api() -> types.ModuleType:
-    """``onnxruntime.training.api`` imported without importing torch."""
-    rt = ort()
-    if "onnxruntime.training.api" in sys.modules:
-        return sys.modules["onnxruntime.training.api"]
-    if "onnxruntime.training" not in sys.modules:
-        spec = importlib.util.find_spec("onnxruntime.training")
-        if spec is None or not spec.submodule_search_locations:
-            raise RuntimeBackendError(f"onnxruntime {rt.__version__} has no training support; {_TRAINING_HINT}")
-        pkg = types.ModuleType("onnxruntime.training")
-        pkg.__path__ = list(spec.submodule_search_locations)
-        pkg.__file__ = spec.origin
-        pkg.__package__ = "onnxruntime.training"
-        pkg.__spec__ = spec
-        sys.modules["onnxruntime.training"] = pkg
-    try:
-        return importlib.import_module("onnxruntime.training.api")
-    except ImportError as exc:
-        raise RuntimeBackendError(f"cannot load onnxruntime.training.api ({exc}); {_TRAINING_HINT}") from exc
-
-
 def has_training_api() -> bool:
     """Whether this onnxruntime build is onnxruntime-training (checked without importing it)."""
-    try:
-        ort()
-    except RuntimeBackendError:
+    if not is_installed():
         return False
     if "onnxruntime.training" in sys.modules:  # training_api() registered its bare package (no __spec__)
         return True
     return importlib.util.find_spec("onnxruntime.training") is not None
 
 
+def version() -> str:
+    """The installed onnxruntime's version (raises RuntimeBackendError when there is none)."""
+    return str(_onnxruntime().__version__)
+
+
+def is_installed() -> bool:
+    """Whether onnxruntime imports here."""
+    try:
+        _onnxruntime()
+    except RuntimeBackendError:
+        return False
+    return True
+
+
 def available_providers() -> list[str]:
-    return list(ort().get_available_providers())
+    return list(_onnxruntime().get_available_providers())
 
 
 def resolve_providers(requested: Sequence[str] | None) -> tuple[list[str], list[str]]:
@@ -97,11 +79,11 @@ def resolve_providers(requested: Sequence[str] | None) -> tuple[list[str], list[
 
 def set_seed(seed: int) -> None:
     """Seed ORT's random generators (dropout in training graphs)."""
-    ort().set_seed(int(seed))
+    _onnxruntime().set_seed(int(seed))
 
 
 def _session_options(threads: int | None) -> Any:
-    so = ort().SessionOptions()
+    so = _onnxruntime().SessionOptions()
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
@@ -112,7 +94,7 @@ class InferenceModel:
     """A plain ``InferenceSession`` with name-keyed inputs and outputs."""
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
-        rt = ort()
+        rt = _onnxruntime()
         try:
             self.session = rt.InferenceSession(
                 str(path), sess_options=_session_options(threads), providers=list(providers or ["CPUExecutionProvider"])
@@ -137,7 +119,7 @@ class StepSession:
     """
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
-        rt = ort()
+        rt = _onnxruntime()
         try:
             self.session = rt.InferenceSession(
                 str(path), sess_options=_session_options(threads), providers=list(providers or ["CPUExecutionProvider"])
@@ -152,7 +134,7 @@ class StepSession:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def to_device(self, value: np.ndarray) -> Any:
-        return ort().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), self.device, 0)
+        return _onnxruntime().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), self.device, 0)
 
     def run(self, state: dict[str, Any], feeds: dict[str, np.ndarray], fetch: Sequence[str]) -> dict[str, np.ndarray]:
         """Run once; ``state`` is updated in place from the ``_out`` outputs; returns ``fetch`` as numpy."""
@@ -178,59 +160,37 @@ class StepSession:
         return {name: outs[name].numpy() for name in fetch}
 
 
-class TrainableModel:
-    """Training artifacts (training/eval/optimizer graphs + checkpoint) as one object."""
-
-    def __init__(
-        self,
-        training: str | Path,
-        eval_: str | Path,
-        optimizer: str | Path,
-        checkpoint: str | Path,
-        device: str = "cpu",
-    ) -> None:
-        api = training_api()
-        try:
-            self.state = api.CheckpointState.load_checkpoint(str(checkpoint))
-            self.module = api.Module(str(training), self.state, str(eval_), device=device)
-            self.optimizer = api.Optimizer(str(optimizer), self.module)
-        except Exception as exc:
-            raise RuntimeBackendError(f"ONNX Runtime cannot load the training artifacts ({exc})") from exc
-        self.input_names = list(self.module.input_names())
-        self.output_names = list(self.module.output_names())
-
-    def train_step(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Forward + backward + optimizer step; returns the training graph outputs (loss first)."""
-        self.module.train()
-        out = self.module(*inputs)
-        self.optimizer.step()
-        self.module.lazy_reset_grad()
-        return tuple(out) if isinstance(out, (list, tuple)) else (out,)
-
-    def eval_step(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Forward of the eval graph (dropout off); returns its outputs (loss first)."""
-        self.module.eval()
-        out = self.module(*inputs)
-        return tuple(out) if isinstance(out, (list, tuple)) else (out,)
-
-    def set_learning_rate(self, lr: float) -> None:
-        self.optimizer.set_learning_rate(float(lr))
-
-    def learning_rate(self) -> float:
-        return float(self.optimizer.get_learning_rate())
-
-    def save_checkpoint(self, path: str | Path, include_optimizer_state: bool = True) -> None:
-        training_api().CheckpointState.save_checkpoint(self.state, str(path), include_optimizer_state)
-
-    def parameters(self) -> dict[str, np.ndarray]:
-        return {name: np.array(p.data) for name, p in self.state.parameters}
-
-    def export_inference(self, path: str | Path, output_names: Sequence[str]) -> None:
-        """Write the eval graph with the current parameters as a plain inference model."""
-        self.module.export_model_for_inferencing(str(path), list(output_names))
+def probe_session(model_bytes: bytes) -> Any:
+    """An unoptimized CPU session over a serialized model, for export's graph probes (tensor shapes, per-sample
+    checks): no graph rewrites, so every named tensor stays observable. ``.run(names, feeds)`` as ORT's."""
+    so = _onnxruntime().SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = _onnxruntime().GraphOptimizationLevel.ORT_DISABLE_ALL
+    return _onnxruntime().InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
 
 
-def quiet_ort_env() -> None:
-    """Silence ORT's INFO logging for this process (used around artifact generation)."""
-    os.environ.setdefault("ORT_LOG_LEVEL", "ERROR")
-    ort().set_default_logger_severity(3)
+def optimize_basic(src: str | Path, dst: str | Path) -> None:
+    """Write ``src`` with ORT's provider-independent (basic) optimizations applied (constant folding,
+    redundant-node removal) to ``dst``; any box's ORT loads the result."""
+    so = _onnxruntime().SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = _onnxruntime().GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(dst)
+    try:
+        _onnxruntime().InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise RuntimeBackendError(f"ONNX Runtime cannot load {src}: {exc}") from exc
+
+
+def quantize_weights(src: str | Path, dst: str | Path, op_types: Sequence[str], signed: bool = True,
+                     exclude: Sequence[str] = ()) -> None:
+    """Dynamic quantization of the weights of ``op_types`` nodes (int8, or uint8 with ``signed=False``);
+    nodes named in ``exclude`` stay fp32. Raises RuntimeBackendError with ORT's reason."""
+    _onnxruntime()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    try:
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(op_types),
+                         weight_type=QuantType.QInt8 if signed else QuantType.QUInt8, nodes_to_exclude=list(exclude))
+    except Exception as exc:
+        raise RuntimeBackendError(f"ONNX Runtime's quantizer failed on {src}: {exc}") from exc

@@ -63,17 +63,38 @@ def _importers(root: str) -> set[str]:
 ADAPTERS = {
     "sqlite3": {"src/ftedge/sqlite_db.py"},
     "cryptography": {"bundle/signing.py"},
-    # onnxruntime: the adapter, plus export's quantization and legacy-artifact calls (issue 13 moves them in)
-    "onnxruntime": {"runtime/ort_backend.py", "export/backbone.py", "export/artifacts.py"},
-    # paho: one adapter per side for now (the agent's link and the collector's ingest; see ARCHITECTURE.md)
-    "paho": {"device_agent/mqtt_link.py", "fleet/ingest.py", "fleet/fast_receive.py",
-             "fleet/commander.py"},
+    # onnxruntime: one adapter per engine (plain onnxruntime; onnxruntime-training's API and artifact builder)
+    "onnxruntime": {"runtime/ort_backend.py", "runtime/ort_training_backend.py"},
+    # paho: the shared adapter, plus the collector's fast receive path (it subclasses paho's client and reads
+    # its internals, which is why the fleet extra pins paho's minor version)
+    "paho": {"mqtt/client.py", "fleet/fast_receive.py"},
 }
 
 
 @pytest.mark.parametrize("client", sorted(ADAPTERS))
 def test_only_the_adapter_imports_a_third_party_client(client):
     assert _importers(client) == ADAPTERS[client]
+
+
+ORT_ADAPTERS = ADAPTERS["onnxruntime"]
+
+
+def test_the_onnxruntime_module_object_never_leaves_its_adapters():
+    """Outside the two ORT adapters, code calls their named functions; the raw module (``_onnxruntime``, the
+    old ``ort()``) stays inside them."""
+    bad = []
+    for pkg in PACKAGES:
+        for p in _modules(pkg):
+            if _rel(p) in ORT_ADAPTERS:
+                continue
+            for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+                names = []
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ftedge.runtime.ort"):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.Attribute):
+                    names = [node.attr]
+                bad += [f"{_rel(p)}:{node.lineno} uses {n}" for n in names if n in ("_onnxruntime", "ort")]
+    assert not bad, "the onnxruntime module escapes its adapters:\n" + "\n".join(bad)
 
 
 def test_every_error_class_lives_in_errors_py():

@@ -12,7 +12,7 @@ from conftest import ROOT
 CHECK = """
 import sys
 import ftedge.runtime, ftedge.device_agent
-import ftedge.runtime.session, ftedge.runtime.ort_backend, ftedge.runtime.cli, ftedge.cli
+import ftedge.runtime.session, ftedge.runtime.ort_backend, ftedge.runtime.ort_training_backend, ftedge.runtime.cli, ftedge.cli
 assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))[:5]
 print("ok")
 """

@@ -683,17 +683,19 @@ def test_fast_receive_path_acks_only_on_its_connection():
     c = _FastClient(mqtt.CallbackAPIVersion.VERSION2, client_id="unit", protocol=mqtt.MQTTv5, sink=print)
     queued: list[bytes] = []
     c._packet_queue = lambda cmd, packet, mid, qos, info=None: queued.append(bytes(packet))  # type: ignore
-    assert not c.ack(0, [1])                                 # not connected yet
+    assert not c.ack_batch(0, [1])                           # not connected yet
     c.session_up()
-    assert c.ack(1, [1, 258]) and queued == [b"\x40\x02\x00\x01\x40\x02\x01\x02"]
+    assert c.ack_batch(1, [1, 258]) and queued == [b"\x40\x02\x00\x01\x40\x02\x01\x02"]
     c.session_down()
     c.session_up()
-    assert not c.ack(1, [3]) and len(queued) == 1            # from the previous connection: dropped
+    assert not c.ack_batch(1, [3]) and len(queued) == 1            # from the previous connection: dropped
 
 
 @needs_broker
-def test_unacknowledged_messages_are_redelivered_after_a_crash(tmp_path, broker, running):
-    """Messages are acknowledged after commit: a collector that dies before committing loses nothing."""
+@pytest.mark.parametrize("fast_receive", [True, False], ids=["fast-receive", "stock-paho"])
+def test_unacknowledged_messages_are_redelivered_after_a_crash(tmp_path, broker, running, fast_receive):
+    """Messages are acknowledged after commit, on the fast and the stock paho receive path alike: a collector
+    that dies before committing loses nothing."""
     release = threading.Event()
 
     class Stuck(FleetStore):
@@ -703,7 +705,8 @@ def test_unacknowledged_messages_are_redelivered_after_a_crash(tmp_path, broker,
 
     stuck = Stuck(tmp_path / "stuck.sqlite")
     col = Collector(stuck, CollectorSettings(host="127.0.0.1", port=broker.port), client_id="collector-crash",
-                    gap_check_s=0.1).start()
+                    gap_check_s=0.1, fast_receive=fast_receive).start()
+    assert col.client.fast is fast_receive
     assert col.wait_connected(10)
     dev = SimDevice(broker, "dev-1")
     for e in range(1, 51):

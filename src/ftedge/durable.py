@@ -2,7 +2,7 @@
 
 Every write here is *atomic* (readers see the old content or the whole new one) and *durable* (the data and
 the rename are fsynced: the file, then its folder), so power loss on an edge box cannot leave a torn
-checkpoint, manifest or model. See ARCHITECTURE.md ("Shared helpers").
+checkpoint, manifest or model. See ARCHITECTURE.md (the core room).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -96,8 +97,6 @@ def swap_dir(staged: str | Path, target: str | Path, backup: str | Path | None =
     if target.exists() or target.is_symlink():
         moved = Path(backup) if backup is not None else target.with_name(f".{target.name}.old")
         if backup is None and moved.exists():
-            import shutil
-
             shutil.rmtree(moved, ignore_errors=True)
         os.rename(target, moved)
         try:

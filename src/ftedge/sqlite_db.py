@@ -10,7 +10,6 @@ refused when it is newer than this ftedge. It is the only module that imports :m
 from __future__ import annotations
 
 import sqlite3
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -56,13 +55,8 @@ def connect(path: str | Path, *, error: type[FtedgeError], what: str, wal: bool 
 
 
 @contextmanager
-def transaction(db: sqlite3.Connection, lock: threading.Lock | threading.RLock | None = None
-                ) -> Iterator[sqlite3.Connection]:
-    """One ``BEGIN IMMEDIATE`` write transaction (under ``lock`` if given): COMMIT, or ROLLBACK on any exception."""
-    if lock is not None:
-        with lock, transaction(db) as conn:
-            yield conn
-        return
+def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One ``BEGIN IMMEDIATE`` write transaction: COMMIT, or ROLLBACK on any exception."""
     db.execute("BEGIN IMMEDIATE")
     try:
         yield db
