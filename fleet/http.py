@@ -181,6 +181,24 @@ def _device_row(d: dict[str, Any], page: int, now_ms: int) -> str:
             f'<td>{html.escape(str(d.get("active_version") or ""))}</td><td class="seen">{age}</td></tr>')
 
 
+def _num(v: Any, spec: str) -> str:
+    f = _finite(v)
+    return "-" if f is None else format(f, spec)
+
+
+def _tuning(t: dict[str, Any]) -> str:
+    """What ``train --auto`` chose and its cross-validated estimate (a result's ``tuning``), as one line."""
+    if not t:
+        return ""
+    epochs = t.get("epochs")
+    text = (f"auto-tuned: lr {_num(t.get('lr'), '.3g')}, weight decay {_num(t.get('weight_decay'), '.3g')}, "
+            f"{epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else '-'} epochs, class weight "
+            f"{t.get('class_weight') if t.get('class_weight') in ('none', 'balanced') else '-'} · "
+            f"cross-validated {_num(t.get('cv_score'), '.3f')} vs untuned {_num(t.get('cv_untuned'), '.3f')}, "
+            f"gain {_num(t.get('cv_gain'), '+.3f')} [{_num(t.get('cv_lo'), '+.3f')}, {_num(t.get('cv_hi'), '+.3f')}]")
+    return f'<p class="tuning">{html.escape(text)}</p>'
+
+
 def _device_charts(store: Any, d: dict[str, Any]) -> str:
     """Loss and accuracy charts of the device's current job, with its before → after verdict once known."""
     job_id = str((d.get("job") or {}).get("id"))
@@ -197,6 +215,7 @@ def _device_charts(store: Any, d: dict[str, Any]) -> str:
     return (f'<div class="device-charts" data-device="{dev}" data-job="{html.escape(job_id)}" '
             f'data-status="{html.escape(str(detail.get("status") or ""))}"><h3>{dev} · {html.escape(job_id)} · '
             f'{html.escape(str(detail.get("status") or ""))}{verdict}</h3>'
+            + _tuning(_obj(result.get("tuning")))
             + svg_chart([p.get("loss") for p in prog], "loss", LOSS_COLOR)
             + svg_chart([_obj(p.get("metrics")).get("val_accuracy") for p in prog], "val accuracy", ACC_COLOR,
                         baseline=before)

@@ -29,7 +29,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
     "progress": {"job": "id?", "epoch": "int", "step": "int?", "loss": "num?", "metrics": "metrics?",
                  "lr": "num?", "samples_per_s": "num?", "rss_mb": "num?"},
     "result": {"job": "id?", "status": "id?", "final": "metrics?", "baseline": "metrics?", "promoted": "bool?",
-               "duration_s": "num?", "error": "text?", "version": "id?", "skipped": "int?"},
+               "duration_s": "num?", "error": "text?", "version": "id?", "skipped": "int?", "tuning": "obj?"},
     "cmdres": {"cmd_id": "id", "status": "id?", "code": "id?", "job": "id?"},
 }
 METRIC_KEYS = ("accuracy", "loss", "val_accuracy", "val_loss", "val_macro_f1", "val_mae", "macro_f1", "mae",

@@ -66,6 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
   ftedge train bundles/kws --data /data/my_voice -o runs/2026-11-22 --epochs 20
   ftedge train bundles/kws --data /data/my_voice -o runs/2026-11-22 --epochs 20 --resume   # after a crash
   ftedge train bundles/kws --data samples.npz -o runs/r2 --patience 3 --max-seconds 120 --json
+  ftedge train bundles/kws --data /data/my_voice -o runs/r3 --auto --max-seconds 60   # settings by cross-validation
 
 data: a folder per label, PATH/<label>/<sample>: *.npy (any bundle), *.wav (audio bundles),
 *.png/*.jpg/*.jpeg (image bundles), *.txt (text bundles); or a .npz with one array per input name
@@ -84,7 +85,19 @@ Unreadable or mismatched samples are skipped and listed in result.json.""",
     t.add_argument("--lr", type=float, help="peak learning rate (default: the bundle's)")
     t.add_argument("--schedule", choices=["cosine", "linear", "constant"], default="cosine",
                    help="decay after a 10%% linear warm-up (default cosine)")
-    t.add_argument("--val-fraction", type=float, default=0.2, help="stratified validation share (default 0.2)")
+    t.add_argument("--val-fraction", type=float, default=None,
+                   help="stratified validation share (default 0.2; with --auto 0: the search cross-validates "
+                        "on every sample, and a share given here is held out from it and only reported)")
+    t.add_argument("--weight-decay", type=float, default=None, help="decoupled weight decay (default: the bundle's)")
+    t.add_argument("--class-weight", choices=["none", "balanced"], default="none",
+                   help="balanced: weigh each class equally in the loss (imbalanced local data)")
+    t.add_argument("--auto", action="store_true",
+                   help="choose learning rate, weight decay and epochs (and class weighting on imbalanced data) by "
+                        "k-fold cross-validation on the embedding cache within --max-seconds (default 120 s), then "
+                        "fit once on all samples; promoted only if the cross-validated gain's lower bound clears "
+                        "--min-gain")
+    t.add_argument("--folds", type=int, default=5, help="folds of the --auto search (default 5)")
+    t.add_argument("--max-trials", type=int, default=100, help="trials of the --auto search at most (default 100)")
     t.add_argument("--patience", type=int, default=0, help="stop after N epochs without improvement; 0: off")
     t.add_argument("--seed", type=int, default=0, help="seed for split, shuffling and dropout (default 0)")
     t.add_argument("--max-seconds", type=float, help="time budget; stops cleanly at an epoch boundary")
@@ -157,7 +170,8 @@ def run_train(args: argparse.Namespace) -> int:
         patience=args.patience, seed=args.seed, max_seconds=args.max_seconds, mode=args.mode,
         providers=args.providers.split(",") if args.providers else None, resume=args.resume,
         min_gain=args.min_gain, schedule=args.schedule, backbone=args.backbone,
-        embed_batch_size=args.embed_batch_size, engine=args.engine,
+        embed_batch_size=args.embed_batch_size, engine=args.engine, weight_decay=args.weight_decay,
+        class_weight=args.class_weight, auto=args.auto, folds=args.folds, max_trials=args.max_trials,
         cache_dir=None if args.no_cache else (args.cache_dir or _default_cache()),
     )
     result = train(args.bundle, args.data, args.run_dir, cfg, progress=not (args.quiet or args.json))
@@ -171,9 +185,24 @@ def run_train(args: argparse.Namespace) -> int:
               f"{m.get(key, float('nan')):.4f} tuned; promoted: {result['promoted']}; "
               f"{result['samples']['total']} samples, {len(result['skipped'])} skipped; {result['duration_s']:.1f} s; "
               f"engine {result['engine']}")
+        if result.get("search"):
+            print(auto_summary(result))
         if result["skipped"]:
             print(f"skipped {len(result['skipped'])} sample(s); see {args.run_dir / 'result.json'}", file=sys.stderr)
     return 0 if result["status"] == "succeeded" else 1
+
+
+def auto_summary(result: dict) -> str:
+    """Two lines on what ``--auto`` chose and its cross-validated estimate (train and evaluate print them)."""
+    search = result["search"]
+    c, e = search["chosen"], search["estimate"]
+    key = "accuracy" if "accuracy" in e.get("metrics", {}) else "mae"
+    return (f"--auto chose lr {c['lr']:.3g}, weight decay {c['weight_decay']:.3g}, {c['epochs']} epoch(s) of a "
+            f"{c['horizon']}-epoch schedule, class weight {c['class_weight']} ({len(search['trials'])} trials, "
+            f"{search['folds']}-fold, stopped: {search['stopped']})\n"
+            f"cross-validated {key} {e['metrics'].get(key, float('nan')):.4f} vs untuned "
+            f"{e['baseline_metrics'].get(key, float('nan')):.4f}: gain {e['gain']:+.4f} "
+            f"[{e['lo']:+.4f}, {e['hi']:+.4f}] ({e.get('level', 0.95):.0%}, {e['n']} samples)")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -184,6 +213,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(result))
         return 0
     print(f"{result['kind']} {result['model']} on {result['samples']} samples ({len(result['skipped'])} skipped)")
+    if result.get("tuning"):
+        t = result["tuning"]
+        c, e = t["chosen"], t["estimate"]
+        print(f"tuned by --auto: lr {c['lr']:.3g}, weight decay {c['weight_decay']:.3g}, {c['epochs']} epoch(s), "
+              f"class weight {c['class_weight']} ({t['trials']} trials); cross-validated score {e['tuned']:.4f} "
+              f"(untuned {e['untuned']:.4f}, gain {e['gain']:+.4f} [{e['lo']:+.4f}, {e['hi']:+.4f}])")
     if "accuracy" in result:
         print(f"accuracy {result['accuracy']:.4f}   macro-F1 {result['macro_f1']:.4f}")
         for label, c in (result.get("per_class") or {}).items():

@@ -26,7 +26,8 @@ ORT_TRAINING_ROLES = ("training", "eval", "optimizer", "checkpoint")
 class Engine(Protocol):
     name: str
 
-    def train_step(self, head_feeds: list[np.ndarray], labels: np.ndarray) -> tuple[float, np.ndarray]: ...
+    def train_step(self, head_feeds: list[np.ndarray], labels: np.ndarray,
+                   weights: np.ndarray | None = None) -> tuple[float, np.ndarray]: ...
     def eval_step(self, head_feeds: list[np.ndarray], labels: np.ndarray) -> tuple[float, np.ndarray]: ...
     def set_learning_rate(self, lr: float) -> None: ...
     def set_seed(self, seed: int) -> None: ...
@@ -132,9 +133,19 @@ class PortableEngine:
         values = {f"p:{k}": init[k] for k in self.params} | {f"b:{k}": init[k] for k in self.buffers}
         if self.optimizer == "adamw":
             values |= {f"{s}:{k}": np.zeros_like(init[k]) for k in self.params for s in "mv"}
+        self._initial = dict(values)
         if checkpoint is not None:
             values = self._load(Path(checkpoint), values)
         self.state = {k: self.step.to_device(v) for k, v in values.items()}
+
+    def reset(self) -> None:
+        """Back to the bundle's initial parameters, zero optimizer moments, step 0 (a new trial of a search)."""
+        self.state = {k: self.step.to_device(v) for k, v in self._initial.items()}
+        self.steps_done = 0
+
+    def set_weight_decay(self, weight_decay: float) -> None:
+        """Decoupled weight decay, fed to the step graph every step (``lr_wd``): no re-export needed."""
+        self.weight_decay = float(weight_decay)
 
     def _load(self, path: Path, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from safetensors import safe_open
@@ -163,12 +174,16 @@ class PortableEngine:
         feeds["labels"] = labels
         return feeds
 
-    def train_step(self, head_feeds: list[np.ndarray], labels: np.ndarray) -> tuple[float, np.ndarray]:
+    def train_step(self, head_feeds: list[np.ndarray], labels: np.ndarray,
+                   weights: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+        """One step; ``weights`` (per sample, e.g. class-balancing) make the loss their weighted mean."""
         feeds = self._batch(head_feeds, labels)
         n = len(labels)
-        if len(self._ones) != n:
-            self._ones = np.ones(n, np.float32)
-        feeds["weights"] = self._ones
+        if weights is None:
+            if len(self._ones) != n:
+                self._ones = np.ones(n, np.float32)
+            weights = self._ones
+        feeds["weights"] = np.ascontiguousarray(weights, dtype=np.float32)
         self.steps_done += 1
         feeds.update({"lr": np.array(self._step_size(self.steps_done), np.float32),
                       "lr_wd": np.array(np.float32(self.lr) * np.float32(self.weight_decay), np.float32),
@@ -240,7 +255,11 @@ class OrtTrainingEngine:
                                     bundle.path / files["optimizer"], checkpoint or bundle.path / files["checkpoint"],
                                     device=device)
 
-    def train_step(self, head_feeds: list[np.ndarray], labels: np.ndarray) -> tuple[float, np.ndarray]:
+    def train_step(self, head_feeds: list[np.ndarray], labels: np.ndarray,
+                   weights: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+        if weights is not None:
+            raise UsageError("per-sample weights (--class-weight, --auto) need the portable engine; "
+                             "use --engine portable")
         loss, out = self.model.train_step(*head_feeds, labels)[:2]
         return float(loss), out
 

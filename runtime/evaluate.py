@@ -43,4 +43,15 @@ def evaluate(target: str | Path, data: str | Path, batch_size: int = 64,
     result: dict[str, Any] = {"model": str(target), "kind": kind, "samples": len(ds), "skipped": ds.skipped,
                               "notes": ds.notes}
     result.update(M.task_metrics(io.loss, np.concatenate(outs), ds.targets, ds.label_names))
+    run_result = target / "result.json"
+    if kind == "personalized model" and run_result.is_file():
+        try:
+            search = json.loads(run_result.read_text()).get("search")
+        except (OSError, ValueError):
+            search = None
+        if isinstance(search, dict) and "chosen" in search and "estimate" in search:
+            # how the model was tuned (train --auto) and what cross-validation expected of it
+            result["tuning"] = {"chosen": search["chosen"], "estimate": {
+                k: search["estimate"].get(k) for k in ("gain", "lo", "hi", "level", "tuned", "untuned", "n", "folds")},
+                "trials": len(search.get("trials") or []), "stopped": search.get("stopped")}
     return result

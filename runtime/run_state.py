@@ -33,6 +33,7 @@ class RunState:
     best_checkpoint: str | None = None
     elapsed_s: float = 0.0
     engine: str | None = None  # the engine that wrote the checkpoints (resume uses the same)
+    search: dict[str, Any] = field(default_factory=dict)  # --auto: trials, chosen settings, CV estimate
 
 
 class CheckpointDir:
@@ -62,7 +63,7 @@ class CheckpointDir:
     def commit(self, state: RunState) -> None:
         """Make ``state`` current, then drop checkpoint files it no longer names."""
         atomic_write_json(self.state_path, asdict(state))
-        keep = {state.last_checkpoint, state.best_checkpoint, "state.json"}
+        keep = {state.last_checkpoint, state.best_checkpoint, "state.json", "search.jsonl"}
         for p in self.dir.iterdir():
             if p.name not in keep and not p.name.startswith("."):
                 p.unlink(missing_ok=True)

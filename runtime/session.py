@@ -61,9 +61,10 @@ class BundleSession:
     def _args(self, head_feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return [np.ascontiguousarray(head_feeds[s.name]) for s in self.head_inputs]
 
-    def train_step(self, head_feeds: dict[str, np.ndarray], labels: np.ndarray) -> tuple[float, np.ndarray]:
-        """One optimizer step on a batch of head inputs; returns (loss, outputs)."""
-        return self.model.train_step(self._args(head_feeds), self.labels_array(labels))
+    def train_step(self, head_feeds: dict[str, np.ndarray], labels: np.ndarray,
+                   weights: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+        """One optimizer step on a batch of head inputs (``weights``: per sample); returns (loss, outputs)."""
+        return self.model.train_step(self._args(head_feeds), self.labels_array(labels), weights)
 
     def eval_step(self, head_feeds: dict[str, np.ndarray], labels: np.ndarray) -> tuple[float, np.ndarray]:
         """Loss and outputs with dropout off; parameters unchanged."""

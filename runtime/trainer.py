@@ -27,6 +27,7 @@ from ftedge.runtime.cache import EmbeddingCache, StopRequested, embed_with_cache
 from ftedge.runtime.data import Dataset, ModelIO, load_dataset
 from ftedge.durable import atomic_write_json
 from ftedge.runtime.engine import open_engine, resolve_engine
+from ftedge.runtime.folds import SMALL_CLASS, balanced_weights, imbalance, small_classes
 from ftedge.runtime.ort_backend import resolve_providers
 from ftedge.runtime.personalized import write_personalized
 from ftedge.runtime.run_state import CheckpointDir, RunState
@@ -41,7 +42,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 32
     lr: float | None = None          # default: the bundle's
-    val_fraction: float = 0.2
+    val_fraction: float | None = None  # default 0.2; with `auto` 0 (the search cross-validates on every sample)
     patience: int = 0                # 0: no early stopping
     seed: int = 0
     max_seconds: float | None = None
@@ -56,16 +57,31 @@ class TrainConfig:
     embed_batch_size: int | None = None  # samples per backbone pass; default max(batch_size, 64). Peak memory
                                          # grows with it (activations of big images): lower it on small boxes
     engine: str = "auto"             # auto | portable | ort-training
+    weight_decay: float | None = None  # decoupled weight decay; default: the bundle's (portable engine)
+    class_weight: str = "none"       # none | balanced (per-sample loss weights; portable engine)
+    auto: bool = False               # choose lr, weight decay, epochs (and class weighting) by cross-validation
+    folds: int = 5                   # folds of the --auto search
+    max_trials: int = 100            # trials of the --auto search at most (the time budget may stop it sooner)
 
     @property
     def embed_batch(self) -> int:
         return self.embed_batch_size or max(self.batch_size, 64)
+
+    @property
+    def holdout_fraction(self) -> float:
+        return (0.0 if self.auto else 0.2) if self.val_fraction is None else float(self.val_fraction)
+
+
+AUTO_BUDGET_S = 120.0   # the --auto search's time budget when --max-seconds is not given
 
 
 class TrainCallbacks:
     """Hooks the device agent uses for progress and cancellation."""
 
     def on_start(self, info: dict[str, Any]) -> None: ...
+    def on_trial(self, trial: dict[str, Any]) -> None: ...
+
+
     def on_epoch(self, record: dict[str, Any]) -> None: ...
     def on_batch(self, epoch: int, step: int, loss: float) -> None: ...
     def should_stop(self) -> bool:
@@ -87,6 +103,13 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int, classification: 
     return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))
 
 
+def balanced_weights_for(targets: np.ndarray, train_idx: np.ndarray) -> np.ndarray:
+    """Per-sample weights over all samples: balanced over the training ones (the others are never trained on)."""
+    w = np.ones(len(targets), np.float32)
+    w[train_idx] = balanced_weights(targets[train_idx])
+    return w
+
+
 def _resolve_mode(mode: str, bundle: Bundle) -> str:
     if mode not in ("auto", "cached", "full"):
         raise UsageError(f"--mode {mode!r}: use auto, cached or full")
@@ -97,12 +120,19 @@ def _resolve_mode(mode: str, bundle: Bundle) -> str:
     return "cached" if mode == "auto" else mode
 
 
+_LATER_OPTIONS = {"weight_decay": None, "class_weight": "none", "auto": False, "folds": 5, "max_trials": 100}
+
+
 def _fingerprint(bundle: Bundle, data: Dataset, cfg: TrainConfig) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(bundle.manifest["files"], sort_keys=True).encode())
     h.update("".join(data.sample_hashes()).encode())
     keep = {k: v for k, v in asdict(cfg).items()
             if k not in ("resume", "max_seconds", "providers", "cache_dir", "engine")}
+    keep["val_fraction"] = cfg.holdout_fraction
+    for k, default in _LATER_OPTIONS.items():   # options added later: at their default, a run keeps its fingerprint
+        if keep.get(k) == default:
+            del keep[k]
     h.update(json.dumps(keep, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
@@ -121,8 +151,14 @@ class Trainer:
             raise UsageError("--epochs and --batch-size must be at least 1")
         if config.embed_batch_size is not None and config.embed_batch_size < 1:
             raise UsageError("--embed-batch-size must be at least 1")
-        if not 0 <= config.val_fraction < 1:
+        if not 0 <= config.holdout_fraction < 1:
             raise UsageError("--val-fraction must be in [0, 1)")
+        if config.class_weight not in ("none", "balanced"):
+            raise UsageError("--class-weight must be none or balanced")
+        if config.weight_decay is not None and not 0 <= config.weight_decay <= 10:
+            raise UsageError("--weight-decay must be in [0, 10]")
+        if config.auto and (config.folds < 2 or config.max_trials < 1):
+            raise UsageError("--folds must be at least 2 and --max-trials at least 1")
         if config.backbone not in ("fp32", "int8"):
             raise UsageError("--backbone must be fp32 or int8")
         self.backbone_role = "backbone" if config.backbone == "fp32" else "backbone_int8"
@@ -137,7 +173,7 @@ class Trainer:
             log.warning("%d sample(s) %s: %s (listed in result.json notes)", len(files), note,
                         ", ".join(files[:5]) + (", …" if len(files) > 5 else ""))
         self.classification = self.io.classification
-        self.train_idx, self.val_idx = stratified_split(self.data.targets, config.val_fraction, config.seed,
+        self.train_idx, self.val_idx = stratified_split(self.data.targets, config.holdout_fraction, config.seed,
                                                         self.classification)
         if len(self.train_idx) == 0:
             raise FtedgeError("no training samples left after the validation split; add data or lower --val-fraction")
@@ -145,7 +181,25 @@ class Trainer:
         if missing:
             log.warning("execution provider(s) unavailable here: %s; using %s", ", ".join(missing), ", ".join(self.providers))
         self.engine = resolve_engine(config.engine, self.bundle)
+        needs_portable = [f for f, on in (("--auto", config.auto), ("--class-weight balanced",
+                          config.class_weight == "balanced"), ("--weight-decay", config.weight_decay is not None)) if on]
+        if needs_portable and self.engine != "portable":
+            raise UsageError(f"{', '.join(needs_portable)} need(s) the portable engine (weight decay and per-sample "
+                             f"weights are inputs of its step graph); this run uses {self.engine}: pass --engine "
+                             "portable or re-export the bundle with this ftedge")
+        if config.auto and self.mode != "cached":
+            raise UsageError("--auto searches on the embedding cache: it needs a split bundle and --mode auto or "
+                             "cached")
         self.lr = float(config.lr if config.lr is not None else self.bundle.manifest["optimizer"]["lr"])
+        self.weight_decay = config.weight_decay
+        self.class_weight = config.class_weight
+        self.horizon = self.epochs_to_run = config.epochs   # --auto replaces both with the chosen settings
+        self.small_classes = small_classes(self.data.targets[self.train_idx], self.data.label_names) \
+            if self.classification and self.bundle.loss == "cross-entropy" else {}
+        if self.small_classes:
+            log.warning("class(es) with fewer than %d training samples: %s; their estimates are rough, add "
+                        "samples if you can", SMALL_CLASS,
+                        ", ".join(f"{k} ({v})" for k, v in sorted(self.small_classes.items())))
         self.timings: dict[str, float] = {"load_s": time.perf_counter() - self.t0}
 
     def _session(self, checkpoint: Path | None) -> BundleSession:
@@ -197,6 +251,63 @@ class Trainer:
                                      detail=False))
         return result
 
+    # ---- --auto -----------------------------------------------------------------------------------
+    def _search(self, session: BundleSession) -> dict[str, Any]:
+        """Cross-validate settings on the cached features of the training samples (never the held-out ones)."""
+        from ftedge.runtime import autotune
+
+        t = time.perf_counter()
+        idx = self.train_idx
+        specs = self.bundle.head_inputs
+        feats = [np.take(self.features[s.name], idx, axis=s.batch_axis or 0) for s in specs]
+        y = self.data.targets[idx]
+        wd = self.weight_decay if self.weight_decay is not None else float(
+            (self.bundle.manifest.get("optimizer") or {}).get("weight_decay", 0.0))
+        base = autotune.Settings(self.lr, wd, self.cfg.epochs, self.class_weight)
+        spent = time.perf_counter() - self.t0
+        budget = (self.cfg.max_seconds if self.cfg.max_seconds else AUTO_BUDGET_S + spent) - spent
+        imbalanced = self.bundle.loss == "cross-entropy" and imbalance(y) >= 1.5 and self.class_weight == "none"
+        engine = open_engine("portable", self.bundle, None, self.providers)
+        bar = None
+        if self.show_progress:
+            from tqdm import tqdm
+
+            bar = tqdm(unit="trial", desc="search", leave=False)
+
+        hook = getattr(self.cb, "on_trial", None)   # callbacks written before --auto may not have it
+
+        def on_trial(trial: Any) -> None:
+            if hook is not None:
+                hook(trial.to_json())
+            if bar is not None:
+                bar.set_postfix(best=f"{trial.score:.3f}")
+                bar.update(1)
+
+        try:
+            out = autotune.tune(engine, feats, [s.batch_axis or 0 for s in specs], y, session.labels_array(y),
+                                self.bundle.loss, self.data.label_names, base=base, batch_size=self.cfg.batch_size,
+                                schedule=self.cfg.schedule, warmup_fraction=self.cfg.warmup_fraction,
+                                seed=self.cfg.seed, folds=self.cfg.folds, budget_s=max(0.0, 0.9 * budget),
+                                max_trials=self.cfg.max_trials, tune_class_weight=imbalanced,
+                                log_path=self.ckpt.dir / "search.jsonl", should_stop=self.cb.should_stop,
+                                on_trial=on_trial)
+        finally:
+            if bar is not None:
+                bar.close()
+        out["budget_s"] = round(budget, 3)
+        out["class_weight_searched"] = imbalanced
+        self.timings["search_s"] = time.perf_counter() - t
+        c, e = out["chosen"], out["estimate"]
+        log.info("--auto: lr %.3g, weight decay %.3g, %d of %d epochs, class weight %s (%d trials, %s); CV gain "
+                 "%+.4f [%+.4f, %+.4f]", c["lr"], c["weight_decay"], c["epochs"], c["horizon"], c["class_weight"],
+                 len(out["trials"]), out["stopped"], e["gain"], e["lo"], e["hi"])
+        return out
+
+    def _apply_search(self, search: dict[str, Any]) -> None:
+        c = search["chosen"]
+        self.lr, self.weight_decay, self.class_weight = float(c["lr"]), float(c["weight_decay"]), c["class_weight"]
+        self.horizon, self.epochs_to_run = int(c["horizon"]), int(c["epochs"])
+
     # ---- the loop -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Train to the end (or a stop), checkpointing every epoch; returns ``result.json``'s content."""
@@ -210,17 +321,27 @@ class Trainer:
             self._prepare_features(session)
             if not state.baseline:
                 state.baseline = self.evaluate(session, monitor)  # the untuned model, same split
-        except StopRequested as exc:  # cancel/SIGTERM while embedding or measuring the baseline
+            if self.cfg.auto:
+                if not state.search.get("chosen"):
+                    self.ckpt.commit(state)   # resumable from here: search.jsonl holds the finished trials
+                    state.search = self._search(session)
+                    self.ckpt.commit(state)
+                self._apply_search(state.search)
+        except StopRequested as exc:  # cancel/SIGTERM while embedding, measuring the baseline or searching
             self.timings["train_s"] = 0.0
             return self._finish(state, "cancelled", f"cancelled: {exc}", session)
+        self.sample_weights = balanced_weights_for(self.data.targets, self.train_idx) \
+            if self.class_weight == "balanced" else None
+        if self.weight_decay is not None:
+            session.model.set_weight_decay(self.weight_decay)
         self._trim_metrics(state)
         self.cb.on_start({"mode": self.mode, "samples": len(self.data), "train": len(self.train_idx),
-                          "val": len(self.val_idx), "epochs": self.cfg.epochs, "resumed_from_epoch": state.epochs_done})
+                          "val": len(self.val_idx), "epochs": self.epochs_to_run, "resumed_from_epoch": state.epochs_done})
         bar = None
         if self.show_progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=self.cfg.epochs, initial=state.epochs_done, unit="epoch", desc="train", leave=False)
+            bar = tqdm(total=self.epochs_to_run, initial=state.epochs_done, unit="epoch", desc="train", leave=False)
         t_train = time.perf_counter()
         try:
             status, stop_reason = self._epochs(session, state, monitor, bar, t_train)
@@ -266,10 +387,10 @@ class Trainer:
                 t_train: float) -> tuple[str, str]:
         """Run the remaining epochs; returns (status, stop_reason)."""
         cfg = self.cfg
-        total_steps = math.ceil(len(self.train_idx) / cfg.batch_size) * cfg.epochs
+        total_steps = math.ceil(len(self.train_idx) / cfg.batch_size) * self.horizon
         warmup = int(total_steps * cfg.warmup_fraction)
         elapsed_before = state.elapsed_s
-        for epoch in range(state.epochs_done + 1, cfg.epochs + 1):
+        for epoch in range(state.epochs_done + 1, self.epochs_to_run + 1):
             t_epoch = time.perf_counter()
             status, stop_reason, train_loss, seen, lr = self._train_epoch(session, state, epoch, total_steps, warmup)
             if status != "succeeded":
@@ -290,6 +411,8 @@ class Trainer:
             if bar is not None:
                 bar.set_postfix(loss=f"{record['train_loss']:.4f}", val=f"{score:.3f}")
                 bar.update(1)
+            if cfg.auto:
+                continue   # the search chose the epoch count; the budget bounded the search, not this fit
             if cfg.patience and state.since_best >= cfg.patience:
                 return "succeeded", f"early stopping: no improvement for {cfg.patience} epoch(s)"
             if cfg.max_seconds and time.perf_counter() - self.t0 + dt > cfg.max_seconds:
@@ -309,7 +432,8 @@ class Trainer:
             b = order[start:start + cfg.batch_size]
             lr = learning_rate(state.global_step, total_steps, self.lr, warmup, cfg.schedule)
             session.set_learning_rate(lr)
-            loss, _ = session.train_step(self._batch(session, b), self.data.targets[b])
+            loss, _ = session.train_step(self._batch(session, b), self.data.targets[b],
+                                         None if self.sample_weights is None else self.sample_weights[b])
             state.global_step += 1
             if not math.isfinite(loss):
                 return "diverged", f"non-finite training loss ({loss}) at epoch {epoch}", 0.0, seen, lr
@@ -324,7 +448,7 @@ class Trainer:
         score = M.primary(self.bundle.loss, val)
         state.epochs_done = epoch
         state.elapsed_s = record["elapsed_s"]
-        if state.best_score is None or score > state.best_score or (
+        if self.cfg.auto or state.best_score is None or score > state.best_score or (
                 score == state.best_score and val["loss"] < (state.best_loss or math.inf)):
             state.best_score, state.best_loss, state.best_epoch, state.since_best = score, val["loss"], epoch, 0
             state.best_metrics = val
@@ -361,12 +485,26 @@ class Trainer:
             atomic_write_json(self.run_dir / "model.json", {
                 k: self.bundle.manifest.get(k) for k in ("name", "inputs", "output", "labels", "loss", "task", "preprocessing")})
             self.timings["export_s"] = time.perf_counter() - t
-            gain = M.primary(self.bundle.loss, final) - M.primary(self.bundle.loss, baseline)
-            promoted = gain > self.cfg.min_gain or (
-                self.cfg.min_gain == 0 and gain == 0 and final["loss"] < baseline["loss"])
-            if not len(self.val_idx):
-                promoted = False
-                stop_reason += "; no validation split (--val-fraction 0): not promoted"
+            if self.cfg.auto:
+                est = state.search["estimate"]
+                gain = est["gain"]
+                promoted = bool(est["lo"] > self.cfg.min_gain)
+                stop_reason += (f"; cross-validated gain {est['gain']:+.4f} "
+                                f"[{est['lo']:+.4f}, {est['hi']:+.4f}] ({est['level']:.0%} interval) "
+                                + ("clears" if promoted else "does not clear") + f" --min-gain {self.cfg.min_gain:g}")
+            else:
+                gain = M.primary(self.bundle.loss, final) - M.primary(self.bundle.loss, baseline)
+                promoted = gain > self.cfg.min_gain or (
+                    self.cfg.min_gain == 0 and gain == 0 and final["loss"] < baseline["loss"])
+                if not len(self.val_idx):
+                    promoted = False
+                    stop_reason += "; no validation split (--val-fraction 0): not promoted"
+        fit = {"metrics": final, "baseline": baseline}
+        if self.cfg.auto and state.search.get("estimate"):
+            # the gate's numbers: out-of-fold (cross-validated) metrics of the tuned settings and of the untuned
+            # model on the same samples; what the final fit scored on its own data is under "fit"
+            est = state.search["estimate"]
+            final, baseline = {**est["metrics"], "split": "cv"}, {**est["baseline_metrics"], "split": "cv"}
         result = {
             "status": status,
             "stop_reason": stop_reason,
@@ -391,6 +529,11 @@ class Trainer:
             "bundle": {"name": self.bundle.name, "path": str(self.bundle.path)},
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.cfg).items()},
         }
+        if self.small_classes:
+            result["notes"] = {**result["notes"], "small_classes": self.small_classes}
+        if self.cfg.auto:
+            result["search"] = state.search
+            result["fit"] = fit
         atomic_write_json(self.run_dir / "result.json", result)
         return result
 

@@ -76,6 +76,29 @@ def test_train_job_over_mqtt_with_progress_result_and_version(broker, device, ag
     col.close()
 
 
+def test_auto_train_job_reports_the_chosen_settings_and_cv_estimate(broker, device, agents):
+    col = Collector(broker)
+    agents(device(broker))
+    col.wait_online()
+    bad = col.send("train", {"bundle": "mlp", "data": "blobs.npz", "auto": "yes"})
+    assert bad["status"] == "rejected" and "args.auto must be a JSON boolean" in bad["detail"]
+    bad = col.send("train", {"bundle": "mlp", "data": "blobs.npz", "class_weight": "heavy"})
+    assert bad["status"] == "rejected" and "class_weight" in bad["detail"]
+    reply = col.send("train", {"bundle": "mlp", "data": "blobs.npz", "auto": True, "max_trials": 4, "folds": 3,
+                               "epochs": 4, "batch_size": 16})
+    assert reply["status"] == "accepted"
+    job = reply["job"]
+    assert col.wait(lambda: col.of(f"jobs/{job}/result"), 90)
+    result = col.of(f"jobs/{job}/result")[0]
+    assert "tuning" in result, json.dumps(result)
+    t = result["tuning"]
+    assert result["status"] == "succeeded" and t["trials"] == 4 and t["epochs"] >= 1 and t["lr"] > 0
+    assert t["cv_lo"] <= t["cv_gain"] <= t["cv_hi"] and result["promoted"] == (t["cv_lo"] > 0)
+    assert result["final"]["split"] == "cv" and result["final"]["accuracy"] == t["cv_score"]
+    assert [p["epoch"] for p in col.of(f"jobs/{job}/progress")] == list(range(1, t["epochs"] + 1))
+    col.close()
+
+
 def test_cancel_stops_a_running_job(broker, device, agents):
     col = Collector(broker)
     agents(device(broker))

@@ -269,3 +269,29 @@ def test_dashboard_escapes_device_names_and_survives_bad_queries(tmp_path):
     finally:
         srv.stop()
         store.close()
+
+
+def test_dashboard_shows_what_auto_tuning_chose_and_its_cv_estimate(tmp_path):
+    """A result from `train --auto` carries `tuning`: its settings and cross-validated gain are shown, escaped,
+    and a malformed `tuning` object shows dashes instead of breaking the page."""
+    store = FleetStore(tmp_path / "fleet.sqlite")
+    box, odd = Box("dev-auto"), Box("dev-odd")
+    batch = [*box.online(), *box.train("ja", 3), *odd.online(), *odd.train("jo", 2)]
+    batch.append(box.msg("jobs/ja/result", {
+        "job": "ja", "status": "succeeded", "promoted": True, "final": {"accuracy": 0.9, "split": "cv"},
+        "baseline": {"accuracy": 0.5, "split": "cv"}, "tuning": {
+            "lr": 0.0321, "weight_decay": 0.01, "epochs": 17, "class_weight": "balanced", "trials": 42,
+            "cv_score": 0.9, "cv_untuned": 0.5, "cv_gain": 0.4, "cv_lo": 0.31, "cv_hi": 0.48}}))
+    batch.append(odd.msg("jobs/jo/result", {"job": "jo", "status": "succeeded", "tuning": {
+        "lr": "<b>", "epochs": True, "class_weight": "<script>", "cv_gain": "x"}}))
+    store.ingest_batch(batch)
+    page = dashboard_page(store)
+    dom = parse_html(page)
+    charts = {c.attrs["data-device"]: c for c in dom.by_id("charts").find_all("div", cls="device-charts")}
+    text = charts["dev-auto"].find("p", cls="tuning").text
+    assert text.startswith("auto-tuned: lr 0.0321, weight decay 0.01, 17 epochs, class weight balanced")
+    assert "cross-validated 0.900 vs untuned 0.500, gain +0.400 [+0.310, +0.480]" in text
+    odd_text = charts["dev-odd"].find("p", cls="tuning").text
+    assert "lr -" in odd_text and "- epochs" in odd_text and "class weight -" in odd_text
+    assert page.count("<script") == 1
+    store.close()
