@@ -5,7 +5,8 @@ fresh folds for the gate.
 The head trains on cached backbone outputs in milliseconds per epoch, so a box can afford dozens of trials:
 each trial trains every fold from the bundle's initial head for ``horizon`` epochs (warm-up + decay schedule)
 and scores the held-out fold after every epoch; its ``epochs`` is the epoch with the best pooled
-out-of-fold score. Trials follow a fixed order (the bundle's defaults, a coarse grid, refinements around the
+out-of-fold score (ties, common when a few dozen samples are all classified right, go to the lower pooled
+out-of-fold loss; trials are ranked the same way). Trials follow a fixed order (the bundle's defaults, a coarse grid, refinements around the
 best, then seeded random perturbations), each decided only by the trials before it: a seed gives the same
 search, and a search resumed from ``search.jsonl`` continues exactly where it stopped. Weight decay reaches
 the step graph as an input (``lr_wd``) and class weights as the per-sample ``weights``: no re-export.
@@ -25,13 +26,15 @@ import numpy as np
 
 from ftedge.errors import StopRequested
 from ftedge.runtime import metrics as M
-from ftedge.runtime.folds import balanced_weights, paired_interval, per_sample_scores, stratified_folds
+from ftedge.runtime.folds import (balanced_weights, paired_interval, per_sample_loss, per_sample_scores,
+                                  stratified_folds)
 from ftedge.runtime.schedule import learning_rate
 
 MAX_HORIZON = 1000
 STEP_TARGETS = (150, 600)              # coarse grid: optimizer steps per fold fit
 LR_GRID = (0.3, 1.0, 3.0, 10.0, 30.0)  # × the bundle's learning rate
 WD_GRID = (1e-3, 1e-2, 1e-1)
+LR_SPAN = 100.0                        # learning rates stay within [lr / 100, lr × 100] of the bundle's
 
 
 @dataclass(frozen=True)
@@ -54,16 +57,21 @@ class Trial:
     sd: float                    # across folds, at `epochs`
     seconds: float
     diverged: bool = False
+    loss: float = math.inf       # pooled out-of-fold loss at `epochs` (the tie-break)
+
+    def rank(self) -> tuple:
+        """Higher is better: score, then lower loss, then the earlier trial."""
+        return (round(self.score, 12), -round(self.loss, 9), -self.index)
 
     def to_json(self) -> dict[str, Any]:
         return {"index": self.index, **asdict(self.settings), "epochs": self.epochs, "score": self.score,
-                "sd": self.sd, "seconds": round(self.seconds, 4), "diverged": self.diverged}
+                "loss": self.loss, "sd": self.sd, "seconds": round(self.seconds, 4), "diverged": self.diverged}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Trial:
         s = Settings(float(d["lr"]), float(d["weight_decay"]), int(d["horizon"]), str(d["class_weight"]))
         return cls(int(d["index"]), s, int(d["epochs"]), float(d["score"]), float(d["sd"]), float(d["seconds"]),
-                   bool(d.get("diverged")))
+                   bool(d.get("diverged")), float(d.get("loss", math.inf)))
 
 
 class FoldFitter:
@@ -118,6 +126,7 @@ def run_trial(fitter: FoldFitter, folds: list[np.ndarray], n: int, s: Settings, 
     everything = np.arange(n)
     per_fold: list[np.ndarray] = []   # [folds, epochs] mean score of each fold after each epoch
     pooled = np.zeros(s.horizon)
+    pooled_loss = np.zeros(s.horizon)
     counted = 0
     for f, val in enumerate(folds):
         train = np.setdiff1d(everything, val, assume_unique=True)
@@ -127,11 +136,15 @@ def run_trial(fitter: FoldFitter, folds: list[np.ndarray], n: int, s: Settings, 
         scores = np.stack([per_sample_scores(fitter.loss, o, fitter.y[val]) for o in outs])   # [epochs, val]
         per_fold.append(scores.mean(axis=1))
         pooled += scores.sum(axis=1)
+        pooled_loss += np.stack([per_sample_loss(fitter.loss, o, fitter.y[val]) for o in outs]).sum(axis=1)
         counted += len(val)
     pooled /= max(counted, 1)
-    best = int(np.argmax(np.round(pooled, 12)))            # first best: fewer epochs on a tie
+    pooled_loss /= max(counted, 1)
+    pooled_loss = np.where(np.isfinite(pooled_loss), pooled_loss, np.inf)
+    # best score; on a tie the lower loss; then fewer epochs
+    best = min(range(s.horizon), key=lambda e: (-round(float(pooled[e]), 12), round(float(pooled_loss[e]), 9), e))
     sd = float(np.std([pf[best] for pf in per_fold], ddof=1)) if len(per_fold) > 1 else 0.0
-    return Trial(index, s, best + 1, float(pooled[best]), sd, time.perf_counter() - t)
+    return Trial(index, s, best + 1, float(pooled[best]), sd, time.perf_counter() - t, loss=float(pooled_loss[best]))
 
 
 def _horizon(steps: float, spe: int) -> int:
@@ -151,20 +164,22 @@ def next_settings(trials: list[Trial], base: Settings, spe: int, tune_class_weig
     ok = [t for t in trials if not t.diverged]
     if not ok:
         return None
-    b = max(ok, key=lambda t: (round(t.score, 12), -t.index)).settings
-    refine = [Settings(b.lr * 0.5, b.weight_decay, b.horizon, b.class_weight),
-              Settings(b.lr * 2.0, b.weight_decay, b.horizon, b.class_weight)]
+    b = max(ok, key=Trial.rank).settings
+    refine = []
+    if tune_class_weight:   # first: imbalance is why it is searched at all
+        refine.append(Settings(b.lr, b.weight_decay, b.horizon, "none" if b.class_weight == "balanced" else "balanced"))
+    refine += [Settings(b.lr * 0.5, b.weight_decay, b.horizon, b.class_weight),
+               Settings(b.lr * 2.0, b.weight_decay, b.horizon, b.class_weight)]
     refine += [Settings(b.lr, wd, b.horizon, b.class_weight) for wd in (0.0, *WD_GRID)]
     refine += [Settings(b.lr, b.weight_decay, _horizon(b.horizon * spe * m, spe), b.class_weight) for m in (0.5, 2.0)]
-    if tune_class_weight:
-        refine.append(Settings(b.lr, b.weight_decay, b.horizon, "none" if b.class_weight == "balanced" else "balanced"))
     for s in refine:
-        if s.key() not in seen:
+        if s.key() not in seen and base.lr / LR_SPAN <= s.lr <= base.lr * LR_SPAN:
             return s
     rng = np.random.default_rng([seed, len(trials)])
+    lo, hi = base.lr / LR_SPAN, base.lr * LR_SPAN
     for _ in range(attempts):
         wd = 0.0 if rng.random() < 0.25 else float(10 ** rng.uniform(-4, -0.5))
-        s = Settings(float(b.lr * math.exp(rng.normal(0, 0.6))), wd,
+        s = Settings(float(min(hi, max(lo, b.lr * math.exp(rng.normal(0, 0.6))))), wd,
                      _horizon(b.horizon * spe * math.exp(rng.normal(0, 0.5)), spe),
                      ("balanced" if rng.random() < 0.5 else "none") if tune_class_weight else b.class_weight)
         if s.key() not in seen:
@@ -239,14 +254,16 @@ def search(fitter: FoldFitter, n: int, base: Settings, folds: int, budget_s: flo
         if on_trial is not None:
             on_trial(trial)
     ok = [t for t in trials if not t.diverged]
-    best = max(ok, key=lambda t: (round(t.score, 12), -t.index)) if ok else trials[0]
+    best = max(ok, key=Trial.rank) if ok else trials[0]
     default = trials[0]
+    tied = sum(1 for t in ok if round(t.score, 12) == round(best.score, 12))
     why = (f"highest pooled {len(split)}-fold out-of-fold score ({best.score:.4f} ± {best.sd:.4f} across folds, at "
-           f"{best.epochs} of {best.settings.horizon} epochs) of {len(trials)} trial(s); the bundle's defaults "
-           f"scored {default.score:.4f} at {default.epochs} epochs")
+           f"{best.epochs} of {best.settings.horizon} epochs) of {len(trials)} trial(s)"
+           + (f", the lowest out-of-fold loss ({best.loss:.4f}) of the {tied} that tie on it" if tied > 1 else "")
+           + f"; the bundle's defaults scored {default.score:.4f} at {default.epochs} epochs")
     return {"folds": len(split), "samples": n, "trials": [t.to_json() for t in trials], "stopped": stopped,
             "chosen": {**asdict(best.settings), "epochs": best.epochs, "trial": best.index, "score": best.score,
-                       "sd": best.sd},
+                       "sd": best.sd, "loss": best.loss},
             "defaults": {**asdict(default.settings), "epochs": default.epochs, "score": default.score,
                          "sd": default.sd},
             "why": why, "seconds": round(time.perf_counter() - t0 + reused_s, 3)}

@@ -65,6 +65,24 @@ def per_sample_scores(loss: str, outputs: np.ndarray, y: np.ndarray) -> np.ndarr
     return -err.mean(axis=1)
 
 
+def per_sample_loss(loss: str, outputs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Each sample's bundle loss (cross-entropy, BCE, squared or absolute error), in float64: the tie-break when
+    the primary metric saturates (a few dozen samples are often all classified right by many settings)."""
+    out = outputs.astype(np.float64)
+    if loss == "cross-entropy":
+        z = out - out.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return -logp[np.arange(len(y)), np.asarray(y, dtype=np.int64)]
+    t = np.asarray(y, dtype=np.float64).reshape(out.shape)
+    if loss == "bce":
+        per = np.maximum(out, 0) - out * t + np.log1p(np.exp(-np.abs(out)))
+    elif loss == "mse":
+        per = (out - t) ** 2
+    else:
+        per = np.abs(out - t)
+    return per.reshape(len(y), -1).mean(axis=1)
+
+
 def paired_interval(tuned: np.ndarray, base: np.ndarray, seed: int, level: float = 0.95,
                     resamples: int = 2000) -> dict[str, float]:
     """Mean of ``tuned - base`` (per-sample scores of the same samples) with a percentile-bootstrap interval

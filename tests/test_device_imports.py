@@ -57,6 +57,12 @@ def test_device_environment_trains_resumes_and_evaluates_without_torch(device_py
     ev = ftedge("evaluate", str(tmp_path / "run"), "--data", str(tmp_path / "d.npz"), "--json")
     assert ev.returncode == 0, ev.stderr
     assert json.loads(ev.stdout)["samples"] == 64
+    auto = ftedge("train", str(cnn_bundle), "--data", str(tmp_path / "d.npz"), "-o", str(tmp_path / "auto"), "--auto",
+                  "--max-trials", "3", "--folds", "3", "--epochs", "3", "--cache-dir", str(tmp_path / "cache"), "--json")
+    assert auto.returncode == 0, auto.stderr
+    searched = json.loads(auto.stdout.strip().splitlines()[-1])
+    assert len(searched["search"]["trials"]) == 3 and searched["epochs_run"] == searched["search"]["chosen"]["epochs"]
+    assert searched["cache"]["computed"] == 0        # the search ran on the embeddings the first run cached
 
 
 KILL_AT_EPOCH_2 = """
