@@ -72,6 +72,7 @@ class TrainConfig:
         return (0.0 if self.auto else 0.2) if self.val_fraction is None else float(self.val_fraction)
 
 
+SHOWN_SMALL = 20        # small classes named in the warning and in result.json
 AUTO_BUDGET_S = 120.0   # the --auto search's time budget when --max-seconds is not given
 
 
@@ -197,9 +198,11 @@ class Trainer:
         self.small_classes = small_classes(self.data.targets[self.train_idx], self.data.label_names) \
             if self.classification and self.bundle.loss == "cross-entropy" else {}
         if self.small_classes:
-            log.warning("class(es) with fewer than %d training samples: %s; their estimates are rough, add "
-                        "samples if you can", SMALL_CLASS,
-                        ", ".join(f"{k} ({v})" for k, v in sorted(self.small_classes.items())))
+            few = sorted(self.small_classes.items(), key=lambda kv: (kv[1], kv[0]))
+            more = f" and {len(few) - SHOWN_SMALL} more" if len(few) > SHOWN_SMALL else ""
+            log.warning("%d class(es) with fewer than %d training samples: %s%s; their estimates are rough, add "
+                        "samples if you can", len(few), SMALL_CLASS,
+                        ", ".join(f"{k} ({v})" for k, v in few[:SHOWN_SMALL]), more)
         self.timings: dict[str, float] = {"load_s": time.perf_counter() - self.t0}
 
     def _session(self, checkpoint: Path | None) -> BundleSession:
@@ -529,8 +532,9 @@ class Trainer:
             "bundle": {"name": self.bundle.name, "path": str(self.bundle.path)},
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.cfg).items()},
         }
-        if self.small_classes:
-            result["notes"] = {**result["notes"], "small_classes": self.small_classes}
+        if self.small_classes:   # the fewest first, at most SHOWN_SMALL (a 6,000-class head would list thousands)
+            few = sorted(self.small_classes.items(), key=lambda kv: (kv[1], kv[0]))
+            result["small_classes"] = {"below": SMALL_CLASS, "count": len(few), "classes": dict(few[:SHOWN_SMALL])}
         if self.cfg.auto:
             result["search"] = state.search
             result["fit"] = fit

@@ -170,8 +170,8 @@ def test_imbalanced_data_searches_class_weighting_and_names_tiny_classes(mlp_bun
     data = blobs(tmp_path / "d.npz", n_per_class=20, counts=[20, 20, 6, 3])
     with caplog.at_level(logging.WARNING, logger="ftedge"):
         r = train(mlp_bundle, data, tmp_path / "r", auto(max_trials=20))
-    assert "fewer than 5 training samples: d (3)" in caplog.text
-    assert r["notes"]["small_classes"] == {"d": 3}
+    assert "1 class(es) with fewer than 5 training samples: d (3)" in caplog.text
+    assert r["small_classes"] == {"below": 5, "count": 1, "classes": {"d": 3}}
     assert r["search"]["class_weight_searched"]
     assert {t["class_weight"] for t in r["search"]["trials"]} == {"none", "balanced"}
     fixed = train(mlp_bundle, data, tmp_path / "fixed", TrainConfig(epochs=3, batch_size=16, class_weight="balanced"))
