@@ -41,7 +41,7 @@ def stratified(labels: np.ndarray, n: int, seed: int, exclude: np.ndarray | None
     for c, k in zip(classes, rng.permutation(per)):
         members = pool[labels[pool] == c]
         if k > len(members):
-            raise SystemExit(f"only {len(members)} images of digit {c} left, {k} asked")
+            raise SystemExit(f"only {len(members)} images of class {c} left, {k} asked")
         picked.extend(rng.choice(members, k, replace=False))
     return np.sort(np.asarray(picked, dtype=np.int64))
 

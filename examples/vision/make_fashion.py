@@ -91,19 +91,19 @@ def load(split: str, root: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def _digits_module():  # noqa: ANN202 - the sibling make_digits.py (its stratified sampler is shared)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_digits", Path(__file__).with_name("make_digits.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def stratified(labels: np.ndarray, n: int, seed: int, exclude: np.ndarray | None = None) -> np.ndarray:
-    """``n`` indices spread evenly over the labels (sorted), drawn with ``seed``, none from ``exclude``."""
-    rng = np.random.default_rng(seed)
-    pool = np.setdiff1d(np.arange(len(labels)), exclude if exclude is not None else [])
-    classes = np.unique(labels)
-    per = [n // len(classes) + (1 if i < n % len(classes) else 0) for i in range(len(classes))]
-    picked = []
-    for c, k in zip(classes, rng.permutation(per)):
-        members = pool[labels[pool] == c]
-        if k > len(members):
-            raise SystemExit(f"only {len(members)} images of class {LABELS[c]} left, {k} asked")
-        picked.extend(rng.choice(members, k, replace=False))
-    return np.sort(np.asarray(picked, dtype=np.int64))
+    """``n`` indices spread evenly over the labels (sorted), drawn with ``seed``, none from ``exclude``
+    (``make_digits.stratified``: the same sampler as the digits benchmark)."""
+    return _digits_module().stratified(labels, n, seed, exclude)
 
 
 def write(out: Path, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, invert: bool = False) -> list[str]:
