@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +81,6 @@ class TrainCallbacks:
 
     def on_start(self, info: dict[str, Any]) -> None: ...
     def on_trial(self, trial: dict[str, Any]) -> None: ...
-
-
     def on_epoch(self, record: dict[str, Any]) -> None: ...
     def on_batch(self, epoch: int, step: int, loss: float) -> None: ...
     def should_stop(self) -> bool:
@@ -121,7 +119,9 @@ def _resolve_mode(mode: str, bundle: Bundle) -> str:
     return "cached" if mode == "auto" else mode
 
 
-_LATER_OPTIONS = {"weight_decay": None, "class_weight": "none", "auto": False, "folds": 5, "max_trials": 100}
+# options added after runs were first fingerprinted: at their defaults they leave a run's fingerprint as it was
+_LATER_OPTIONS = {f.name: f.default for f in fields(TrainConfig)
+                  if f.name in ("weight_decay", "class_weight", "auto", "folds", "max_trials")}
 
 
 def _fingerprint(bundle: Bundle, data: Dataset, cfg: TrainConfig) -> str:
@@ -131,7 +131,7 @@ def _fingerprint(bundle: Bundle, data: Dataset, cfg: TrainConfig) -> str:
     keep = {k: v for k, v in asdict(cfg).items()
             if k not in ("resume", "max_seconds", "providers", "cache_dir", "engine")}
     keep["val_fraction"] = cfg.holdout_fraction
-    for k, default in _LATER_OPTIONS.items():   # options added later: at their default, a run keeps its fingerprint
+    for k, default in _LATER_OPTIONS.items():
         if keep.get(k) == default:
             del keep[k]
     h.update(json.dumps(keep, sort_keys=True, default=str).encode())
@@ -195,14 +195,15 @@ class Trainer:
         self.weight_decay = config.weight_decay
         self.class_weight = config.class_weight
         self.horizon = self.epochs_to_run = config.epochs   # --auto replaces both with the chosen settings
-        self.small_classes = small_classes(self.data.targets[self.train_idx], self.data.label_names) \
+        few = small_classes(self.data.targets[self.train_idx], self.data.label_names) \
             if self.classification and self.bundle.loss == "cross-entropy" else {}
+        self.small_classes = sorted(few.items(), key=lambda kv: (kv[1], kv[0]))   # the fewest first
         if self.small_classes:
-            few = sorted(self.small_classes.items(), key=lambda kv: (kv[1], kv[0]))
-            more = f" and {len(few) - SHOWN_SMALL} more" if len(few) > SHOWN_SMALL else ""
+            n = len(self.small_classes)
+            more = f" and {n - SHOWN_SMALL} more" if n > SHOWN_SMALL else ""
             log.warning("%d class(es) with fewer than %d training samples: %s%s; their estimates are rough, add "
-                        "samples if you can", len(few), SMALL_CLASS,
-                        ", ".join(f"{k} ({v})" for k, v in few[:SHOWN_SMALL]), more)
+                        "samples if you can", n, SMALL_CLASS,
+                        ", ".join(f"{k} ({v})" for k, v in self.small_classes[:SHOWN_SMALL]), more)
         self.timings: dict[str, float] = {"load_s": time.perf_counter() - self.t0}
 
     def _session(self, checkpoint: Path | None) -> BundleSession:
@@ -532,9 +533,9 @@ class Trainer:
             "bundle": {"name": self.bundle.name, "path": str(self.bundle.path)},
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.cfg).items()},
         }
-        if self.small_classes:   # the fewest first, at most SHOWN_SMALL (a 6,000-class head would list thousands)
-            few = sorted(self.small_classes.items(), key=lambda kv: (kv[1], kv[0]))
-            result["small_classes"] = {"below": SMALL_CLASS, "count": len(few), "classes": dict(few[:SHOWN_SMALL])}
+        if self.small_classes:   # at most SHOWN_SMALL (a 6,000-class head would list thousands)
+            result["small_classes"] = {"below": SMALL_CLASS, "count": len(self.small_classes),
+                                       "classes": dict(self.small_classes[:SHOWN_SMALL])}
         if self.cfg.auto:
             result["search"] = state.search
             result["fit"] = fit
