@@ -19,7 +19,11 @@ EXAMPLE = """examples:
 
 MODEL is package.module:attr or path/to/file.py:attr, where attr is an nn.Module
 or a zero-argument callable returning one. Input dtypes: """ + ", ".join(DTYPES) + """.
-The bundle is checked against PyTorch (two batch sizes) before it is written."""
+The bundle is checked against PyTorch (two batch sizes) before it is written.
+
+causal LMs (LoRA on the top blocks, trained on cached hidden states):
+  ftedge export ftedge.export.llm_sources:smollm2 -o bundles/faq-llm --task causal-lm \
+      --lora 8 --trainable-blocks 4 --lr 1e-3"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,6 +73,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--image-size", metavar="H,W", help="images: the size the device resizes to (input 1,3,H,W)")
     t.add_argument("--mean", metavar="R,G,B", help="images: per-channel mean on 0..1 pixels (default ImageNet)")
     t.add_argument("--std", metavar="R,G,B", help="images: per-channel std (default ImageNet)")
+    c = p.add_argument_group("causal language models (--task causal-lm)")
+    c.add_argument("--task", choices=["classification", "causal-lm"],
+                   help="causal-lm: a Llama-style Hugging Face LM (its tokenizer as `ftedge_tokenizer` or --tokenizer "
+                   "DIR) becomes a LoRA bundle; default: classification/regression as --loss says")
+    c.add_argument("--lora", dest="lora_rank", type=int, default=8, metavar="RANK", help="LoRA rank (default 8)")
+    c.add_argument("--lora-alpha", type=float, metavar="A", help="LoRA alpha (default 2 x rank)")
+    c.add_argument("--lora-targets", metavar="REGEX",
+                   help="projections that get adapters, re.search over layers.{i}.{q,k,v,o,gate,up,down}_proj of the "
+                   "trainable blocks (default: all seven)")
+    c.add_argument("--trainable-blocks", type=int, default=4, metavar="N",
+                   help="top blocks that get adapters; the blocks below are the frozen, cached backbone (default 4)")
     p.add_argument("--engine", choices=["auto", "portable", "ort-training", "all"], default="auto",
                    help="training engines the bundle carries: portable (standard-op step graphs for plain "
                    "onnxruntime, any platform), ort-training (onnxruntime-training 1.19.2 artifacts; needs that "
@@ -87,6 +102,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ftedge.export.exporter import export_bundle
     from ftedge.export.options import ExportOptions
+
+    if args.task == "causal-lm":
+        return _run_causal_lm(args)
 
     labels = None
     if args.labels:
@@ -129,6 +147,33 @@ def run(args: argparse.Namespace) -> int:
     )
     say = (lambda _m: None) if (args.quiet or args.json) else (lambda m: print(f"… {m}", file=sys.stderr))
     manifest = export_bundle(opts, progress=say, sign_key=args.sign_key)
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+    elif not args.quiet:
+        from ftedge.runtime.inspect import summary
+
+        print(summary(args.bundle, manifest))
+    return 0
+
+
+def _run_causal_lm(args: argparse.Namespace) -> int:
+    from ftedge.export.causal_lm import export_causal_lm
+    from ftedge.export.options import ExportOptions
+
+    if args.inputs or args.labels or args.labels_file or args.num_classes or args.head or args.trainable:
+        raise UsageError("--task causal-lm takes no --input/--labels/--num-classes/--head/--trainable: the inputs are "
+                         "token ids and what trains is chosen by --lora-targets and --trainable-blocks")
+    if args.engine not in ("auto", "portable"):
+        raise UsageError("--task causal-lm writes the portable engine only (onnxruntime-training is deprecated)")
+    if args.quantize_backbone:
+        raise UsageError("--quantize-backbone is not supported with --task causal-lm yet")
+    opts = ExportOptions(model=args.model, output=args.bundle, inputs=[], lr=args.lr, name=args.name, seed=args.seed,
+                         force=args.force, skip_parity=args.skip_parity, tolerance=args.tolerance,
+                         tokenizer=args.tokenizer, max_length=args.max_length, task="causal-lm",
+                         lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,
+                         trainable_blocks=args.trainable_blocks)
+    say = (lambda _m: None) if (args.quiet or args.json) else (lambda m: print(f"… {m}", file=sys.stderr))
+    manifest = export_causal_lm(opts, progress=say, sign_key=args.sign_key)
     if args.json:
         print(json.dumps(manifest, indent=2))
     elif not args.quiet:

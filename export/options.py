@@ -38,3 +38,8 @@ class ExportOptions:
     image_size: tuple[int, int] | None = None  # images: H, W the device resizes to
     mean: list[float] | None = None          # images: per-channel mean (RGB, on 0..1 pixels)
     std: list[float] | None = None
+    task: str | None = None                  # None: classification/regression from --loss; "causal-lm": LoRA LLM
+    lora_rank: int = 8                       # causal-lm: LoRA rank of every adapted projection
+    lora_alpha: float | None = None          # causal-lm: LoRA alpha (scale alpha / rank; default 2 * rank)
+    lora_targets: str | None = None          # causal-lm: regex over layers.{i}.{q,k,v,o,gate,up,down}_proj
+    trainable_blocks: int = 4                # causal-lm: top blocks that get adapters (the rest is the backbone)

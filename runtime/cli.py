@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 from ftedge.bundle.loader import load_bundle
+from ftedge.runtime import lm_cli
 from ftedge.runtime.inspect import summary
+from ftedge.runtime.lm_model import bundle_task
 
 
 def _default_cache() -> Path:
@@ -77,8 +79,8 @@ Unreadable or mismatched samples are skipped and listed in result.json.""",
     t.add_argument("bundle", metavar="BUNDLE")
     t.add_argument("--data", required=True, metavar="PATH", help="folder per label, a .npz, or a .csv (text)")
     t.add_argument("-o", dest="run_dir", required=True, metavar="RUN_DIR", type=Path, help="run directory to write")
-    t.add_argument("--epochs", type=int, default=20, help="epochs (default 20)")
-    t.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    t.add_argument("--epochs", type=int, default=None, help="epochs (default 20; causal LMs 10)")
+    t.add_argument("--batch-size", type=int, default=None, help="batch size (default 32; causal LMs 4)")
     t.add_argument("--embed-batch-size", type=int, metavar="N",
                    help="samples per backbone pass (default max(batch size, 64)); lower it to cut peak memory "
                         "with large inputs, e.g. 224×224 images")
@@ -120,6 +122,7 @@ Unreadable or mismatched samples are skipped and listed in result.json.""",
     t.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last complete epoch")
     t.add_argument("--json", action="store_true", help="print result.json to stdout")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    lm_cli.add_train_arguments(t)
     t.set_defaults(handler=run_train)
 
     e = sub.add_parser(
@@ -133,7 +136,10 @@ Unreadable or mismatched samples are skipped and listed in result.json.""",
     e.add_argument("--data", required=True, metavar="PATH")
     e.add_argument("--providers", metavar="P1,P2", help="execution providers (default CPU)")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.add_argument("--general", metavar="FILE.jsonl", help="causal LMs: general prompts for retention vs the untuned bundle")
+    e.add_argument("--max-new-tokens", type=int, default=48, help="causal LMs: answer budget (default 48)")
     e.set_defaults(handler=run_evaluate)
+    lm_cli.register(sub)
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -165,6 +171,10 @@ def run_pack(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from ftedge.runtime.trainer import TrainConfig, train
 
+    if bundle_task(args.bundle) == "causal-lm":
+        return lm_cli.run_train_lm(args)
+    args.epochs = 20 if args.epochs is None else args.epochs
+    args.batch_size = 32 if args.batch_size is None else args.batch_size
     cfg = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
         patience=args.patience, seed=args.seed, max_seconds=args.max_seconds, mode=args.mode,
@@ -208,6 +218,8 @@ def auto_summary(result: dict) -> str:
 def run_evaluate(args: argparse.Namespace) -> int:
     from ftedge.runtime.evaluate import evaluate
 
+    if bundle_task(args.target) == "causal-lm":
+        return lm_cli.run_evaluate_lm(args)
     result = evaluate(args.target, args.data, providers=args.providers.split(",") if args.providers else None)
     if args.json:
         print(json.dumps(result))

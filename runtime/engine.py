@@ -122,8 +122,10 @@ class PortableEngine:
         self.loss = bundle.loss
         self.output_name = bundle.output.name
         self.head_names = [s.name for s in bundle.head_inputs]
-        self.step = StepSession(bundle.path / files["step"], providers)
-        self.head = StepSession(bundle.path / files["head"], providers)
+        prepack = bool(self.info.get("prepack", True))  # LLM bundles: off (memory)
+        self.step = StepSession(bundle.path / files["step"], providers, prepack=prepack)
+        self._head: StepSession | None = None
+        self._head_args = (bundle.path / files["head"], providers, prepack)
         self.lr = float(hyper.get("lr", 1e-3))
         self.rng = np.random.default_rng(0)
         self._ones = np.ones(0, np.float32)
@@ -137,6 +139,25 @@ class PortableEngine:
         if checkpoint is not None:
             values = self._load(Path(checkpoint), values)
         self.state = {k: self.step.to_device(v) for k, v in values.items()}
+
+    @property
+    def head(self) -> StepSession:
+        """The eval graph, loaded on first use (a run that never evaluates through it never holds it)."""
+        if self._head is None:
+            path, providers, prepack = self._head_args
+            self._head = StepSession(path, providers, prepack=prepack)
+        return self._head
+
+    def step_loss(self, head_feeds: list[np.ndarray], labels: np.ndarray, weights: np.ndarray) -> tuple[float, np.ndarray]:
+        """Loss and output of the step graph at the current parameters, which stay unchanged: a zero step size
+        and decay leave every parameter bit-identical, and the updated moments are dropped. For bundles whose
+        eval graph would double the memory of the frozen weights (LLMs)."""
+        feeds = self._batch(head_feeds, labels)
+        feeds["weights"] = np.ascontiguousarray(weights, dtype=np.float32)
+        zero = np.array(0.0, np.float32)
+        feeds.update({"lr": zero, "lr_wd": zero, "max_grad_norm": self._max_norm})
+        out = self.step.run(dict(self.state), feeds, ["loss", self.output_name])
+        return float(out["loss"]), out[self.output_name]
 
     def reset(self) -> None:
         """Back to the bundle's initial parameters, zero optimizer moments, step 0 (a new trial of a search)."""

@@ -82,22 +82,25 @@ def set_seed(seed: int) -> None:
     _onnxruntime().set_seed(int(seed))
 
 
-def _session_options(threads: int | None) -> Any:
+def _session_options(threads: int | None, prepack: bool = True) -> Any:
     so = _onnxruntime().SessionOptions()
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
+    if not prepack:  # pre-packed copies of large weights double their memory (LLM graphs)
+        so.add_session_config_entry("session.disable_prepacking", "1")
     return so
 
 
 class InferenceModel:
     """A plain ``InferenceSession`` with name-keyed inputs and outputs."""
 
-    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,
+                 prepack: bool = True) -> None:
         rt = _onnxruntime()
         try:
             self.session = rt.InferenceSession(
-                str(path), sess_options=_session_options(threads), providers=list(providers or ["CPUExecutionProvider"])
+                str(path), sess_options=_session_options(threads, prepack), providers=list(providers or ["CPUExecutionProvider"])
             )
         except Exception as exc:  # ORT raises its own exception types
             raise RuntimeBackendError(f"ONNX Runtime cannot load {path}: {exc}") from exc
@@ -118,11 +121,12 @@ class StepSession:
     ``<input>_out`` replace them, with no numpy round trip.
     """
 
-    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,
+                 prepack: bool = True) -> None:
         rt = _onnxruntime()
         try:
             self.session = rt.InferenceSession(
-                str(path), sess_options=_session_options(threads), providers=list(providers or ["CPUExecutionProvider"])
+                str(path), sess_options=_session_options(threads, prepack), providers=list(providers or ["CPUExecutionProvider"])
             )
         except Exception as exc:
             raise RuntimeBackendError(f"ONNX Runtime cannot load {path}: {exc}") from exc
@@ -136,8 +140,10 @@ class StepSession:
     def to_device(self, value: np.ndarray) -> Any:
         return _onnxruntime().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), self.device, 0)
 
-    def run(self, state: dict[str, Any], feeds: dict[str, np.ndarray], fetch: Sequence[str]) -> dict[str, np.ndarray]:
-        """Run once; ``state`` is updated in place from the ``_out`` outputs; returns ``fetch`` as numpy."""
+    def run(self, state: dict[str, Any], feeds: dict[str, np.ndarray], fetch: Sequence[str],
+            keep: Sequence[str] = ()) -> dict[str, Any]:
+        """Run once; ``state`` is updated in place from the ``_out`` outputs; returns ``fetch`` as numpy and
+        ``keep`` as OrtValues left on the session's device (e.g. a KV cache fed to the next run)."""
         binding = self.session.io_binding()
         for name in self.overridable:
             if name in state:
@@ -157,7 +163,7 @@ class StepSession:
         for name in state:
             if name + "_out" in outs:
                 state[name] = outs[name + "_out"]
-        return {name: outs[name].numpy() for name in fetch}
+        return {name: outs[name].numpy() for name in fetch} | {name: outs[name] for name in keep}
 
 
 def probe_session(model_bytes: bytes) -> Any:

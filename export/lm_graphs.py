@@ -1,0 +1,290 @@
+"""The causal-LM bundle's graphs, traced from :mod:`ftedge.export.llama`.
+
+``backbone.onnx``  ``input_ids``, ``attention_mask`` [B, T] → ``hidden`` [B, T, D] after the frozen lower layers
+                   (right-padded sequences; computed once per training sequence and cached on the device).
+``step.onnx``      the portable engine's training step on cached ``hidden``: the top blocks with LoRA adapters, the
+                   final norm and the frozen LM head (on answer positions only), token cross-entropy weighted by
+                   ``weights`` [B, A], backward, AdamW. Inputs as :mod:`ftedge.export.step_graph` (``p:``/``m:``/``v:``,
+                   ``lr``, ``lr_wd``, ``max_grad_norm``) plus ``hidden``, ``attention_mask``, ``label_pos``,
+                   ``labels``, ``weights``; outputs the state ``_out``, ``loss``, ``token_nll``.
+``head.onnx``      the same forward without the update (LoRA tensors as inputs): ``token_nll`` for validation.
+``decoder.onnx``   the whole model for generation with a KV cache and side-loaded adapters: ``input_ids``,
+                   ``attention_mask`` [B, P+S], ``position_ids`` [B, S], ``logit_index`` [K] (which of the S
+                   positions get logits), ``past_key.{i}``/``past_value.{i}`` [B, KV, P, hd], the LoRA tensors →
+                   ``logits`` [B, K, V], ``present_key.{i}``/``present_value.{i}``.
+Every graph has dynamic batch and sequence sizes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ftedge.errors import ExportError
+from ftedge.export.llama import Llama, answer_nll, causal_mask, rope
+from ftedge.export.step_graph import OPTIMIZER_DEFAULTS, adamw_update, clip_coefficient
+
+STEP_TOLERANCE = 1e-4
+
+
+def _quiet_export(fn: Callable[[], Any]) -> Any:
+    torch_log = logging.getLogger("torch")
+    level = torch_log.level
+    torch_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            return fn()
+    finally:
+        torch_log.setLevel(level)
+
+
+class _Fn(torch.nn.Module):
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *a: torch.Tensor) -> Any:
+        return self.fn(*a)
+
+
+def _torchscript(fn: Callable[..., Any], example: tuple, path: Path, inputs: list[str], outputs: list[str],
+                 axes: dict[str, dict[int, str]], what: str) -> None:
+    try:
+        _quiet_export(lambda: torch.onnx.export(
+            _Fn(fn), example, os.fspath(path), input_names=inputs, output_names=outputs, dynamic_axes=axes,
+            opset_version=17, dynamo=False, do_constant_folding=True))
+    except Exception as exc:
+        raise ExportError(f"exporting the {what} graph failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    constants_to_initializers(path)
+    externalize(path)
+
+
+def externalize(path: Path) -> None:
+    """Weights in ``<graph>.onnx.data`` beside the graph: onnxruntime then reads them without first holding the
+    whole protobuf in memory (a session's load peak drops from ~2x to ~1x the weights)."""
+    import onnx
+
+    model = onnx.load(os.fspath(path))
+    data = path.name + ".data"
+    (path.parent / data).unlink(missing_ok=True)
+    onnx.save(model, os.fspath(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data,
+              size_threshold=1024)
+
+
+def constants_to_initializers(path: Path, min_elements: int = 64) -> None:
+    """The weights the traced functions close over come out as ``Constant`` nodes; make them initializers (what
+    weight quantizers and ORT's pre-packing look for)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(os.fspath(path))
+    keep, inits = [], []
+    for node in model.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            t = node.attribute[0].t
+            if int(np.prod(t.dims)) >= min_elements:
+                arr = numpy_helper.to_array(t)
+                inits.append(numpy_helper.from_array(arr, node.output[0]))
+                continue
+        keep.append(node)
+    if not inits:
+        return
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    model.graph.initializer.extend(inits)
+    onnx.save(model, os.fspath(path))
+
+
+def write_backbone(model: Llama, cut: int, path: Path) -> None:
+    def backbone(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return model.layers_forward(model.embed(input_ids), range(cut), attention_mask)
+
+    ids = torch.randint(0, model.s.vocab, (2, 7))
+    _torchscript(backbone, (ids, torch.ones_like(ids)), path, ["input_ids", "attention_mask"], ["hidden"],
+                 {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                  "hidden": {0: "batch", 1: "seq"}}, "backbone")
+
+
+def _top(model: Llama, layers: range, lora: dict[str, torch.Tensor], hidden: torch.Tensor,
+         attention_mask: torch.Tensor, label_pos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    b, t, _ = hidden.shape
+    positions = torch.arange(t).unsqueeze(0).expand(b, t)
+    cos, sin = rope(model.s, positions)
+    mask = causal_mask(attention_mask)
+    x = hidden
+    for i in layers:
+        x, _ = model.block(i, x, cos, sin, mask, lora)
+    return answer_nll(model, x, label_pos, labels)
+
+
+def write_head(model: Llama, layers: range, names: list[str], init: dict[str, torch.Tensor], path: Path) -> None:
+    def head(hidden, attention_mask, label_pos, labels, *ps):  # noqa: ANN001, ANN202
+        return _top(model, layers, dict(zip(names, ps)), hidden, attention_mask, label_pos, labels)
+
+    ex = _batch_example(model, 2, 7, 3, torch.Generator().manual_seed(3))
+    _torchscript(head, (*ex[:4], *[init[k] for k in names]), path,
+                 ["hidden", "attention_mask", "label_pos", "labels", *names], ["token_nll"],
+                 {"hidden": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                  "label_pos": {0: "batch", 1: "answer"}, "labels": {0: "batch", 1: "answer"},
+                  "token_nll": {0: "batch", 1: "answer"}}, "validation")
+
+
+def _batch_example(model: Llama, b: int, t: int, a: int, g: torch.Generator) -> list[torch.Tensor]:
+    hidden = torch.randn(b, t, model.s.hidden, generator=g)
+    mask = torch.ones(b, t, dtype=torch.int64)
+    mask[-1, t - 2:] = 0
+    pos = torch.stack([torch.randperm(t - 2, generator=g)[:a].sort().values for _ in range(b)])
+    labels = torch.randint(0, model.s.vocab, (b, a), generator=g)
+    weights = torch.ones(b, a)
+    weights[-1, -1] = 0.0
+    return [hidden, mask, pos, labels, weights]
+
+
+def write_step(model: Llama, layers: range, names: list[str], init: dict[str, torch.Tensor], path: Path
+               ) -> dict[str, Any]:
+    """Trace the LoRA training step with dynamic batch, sequence and answer lengths; verify it against eager."""
+    from torch._decomp import core_aten_decompositions
+    from torch.func import grad_and_value
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from ftedge.export.conv_grad import decompositions
+
+    n = len(names)
+    hyper = OPTIMIZER_DEFAULTS["adamw"]
+
+    def step(*a: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ps, ms, vs = list(a[:n]), list(a[n:2 * n]), list(a[2 * n:3 * n])
+        lr, lr_wd, clip, hidden, attention_mask, label_pos, labels, weights = a[3 * n:]
+
+        def loss_fn(p: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            nll = _top(model, layers, dict(zip(names, p)), hidden, attention_mask, label_pos, labels)
+            return (nll * weights).sum() / weights.sum().clamp_min(1e-6), nll
+
+        grads, (value, nll) = grad_and_value(loss_fn, has_aux=True)(ps)
+        coef = clip_coefficient(grads, clip)
+        out_p, out_m, out_v = [], [], []
+        for p, g, m, v in zip(ps, grads, ms, vs):
+            p2, m2, v2 = adamw_update(p, g * coef, m, v, lr, lr_wd, hyper["betas"], hyper["eps"])
+            out_p.append(p2)
+            out_m.append(m2)
+            out_v.append(v2)
+        return (*out_p, *out_m, *out_v, value.detach(), nll.detach())
+
+    p0 = [init[k].clone() for k in names]
+    state = [*p0, *[torch.zeros_like(p) for p in p0], *[torch.zeros_like(p) for p in p0]]
+    scalars = [torch.tensor(1e-3), torch.tensor(1e-5), torch.tensor(0.0)]
+    batch = _batch_example(model, 3, 11, 5, torch.Generator().manual_seed(1))
+    in_names = [f"{s}:{k}" for s in "pmv" for k in names] + ["lr", "lr_wd", "max_grad_norm", "hidden",
+                                                             "attention_mask", "label_pos", "labels", "weights"]
+    out_names = [f"{k}_out" for k in in_names[:3 * n]] + ["loss", "token_nll"]
+    example = (*state, *scalars, *batch)
+
+    def trace() -> Any:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
+        mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
+        dyn_axes = [()] * (3 * n + 3) + [(0, 1), (0, 1), (0, 1), (0, 1), (0, 1)]
+        fakes = []
+        for t, axes in zip(example, dyn_axes):
+            dyn = [DimDynamic.DYNAMIC if i in axes else DimDynamic.STATIC for i in range(t.dim())]
+            fakes.append(mode.from_tensor(t, symbolic_context=StatelessSymbolicContext(dynamic_sizes=dyn)))
+        return make_fx(step, decomposition_table={**core_aten_decompositions(), **decompositions()},
+                       tracing_mode="fake", _allow_non_fake_inputs=True)(*fakes)
+
+    try:
+        gm = _quiet_export(trace)
+    except Exception as exc:
+        raise ExportError(f"tracing the LoRA training step failed: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0]}") from exc
+    B = torch.export.Dim("batch", min=1, max=1 << 12)
+    T = torch.export.Dim("seq", min=2, max=1 << 15)
+    A = torch.export.Dim("answer", min=1, max=1 << 15)
+    dyn: list[Any] = [None] * (3 * n + 3) + [{0: B, 1: T}, {0: B, 1: T}, {0: B, 1: A}, {0: B, 1: A}, {0: B, 1: A}]
+    try:
+        program = _quiet_export(lambda: torch.onnx.export(
+            _Fn(gm), example, dynamo=True, input_names=in_names, output_names=out_names,
+            dynamic_shapes=(tuple(dyn),), optimize=True, verbose=False, report=False))
+        program.save(os.fspath(path))
+    except Exception as exc:
+        cause = exc.__cause__ or exc
+        raise ExportError(f"exporting the LoRA training step failed: {type(cause).__name__}: "
+                          f"{str(cause).splitlines()[0] if str(cause) else ''}") from exc
+    externalize(path)
+    return _verify_step(step, state, model, path, in_names, out_names, n)
+
+
+def _verify_step(step: Callable[..., Any], state: list[torch.Tensor], model: Llama, path: Path,
+                 in_names: list[str], out_names: list[str], n: int) -> dict[str, Any]:
+    """``step.onnx`` against the eager step on two batch shapes with non-zero adapters: loss, token NLL, AdamW
+    moments (the gradients), each relative to its largest value."""
+    from ftedge.runtime.ort_backend import InferenceModel
+
+    sess = InferenceModel(path).session
+    worst: dict[str, float] = {}
+    bad = []
+    for b, t, a in ((2, 9, 4), (3, 6, 2)):
+        g = torch.Generator().manual_seed(b * 100 + t)
+        st = [s + 0.02 * torch.randn(s.shape, generator=g) if i < n else s for i, s in enumerate(state)]
+        args = [*st, torch.tensor(0.01), torch.tensor(1e-5), torch.tensor(0.0),
+                *_batch_example(model, b, t, a, g)]
+        ref = [r.detach().numpy() for r in step(*args)]
+        got = sess.run(None, {k: v.numpy() for k, v in zip(in_names, args)})
+        groups: dict[str, float] = {}
+        for name, r in zip(out_names, ref):
+            groups[name[:2]] = max(groups.get(name[:2], 0.0), float(np.abs(r).max()) if r.size else 0.0)
+        for name, r, o in zip(out_names, ref, got):
+            if name.startswith("p:"):
+                continue  # an AdamW update is +-lr whatever the gradient's size: the moments carry the check
+            diff = float(np.abs(r - o).max()) / max(groups[name[:2]], 1e-6)
+            worst[name] = max(worst.get(name, 0.0), diff)
+            if not diff <= STEP_TOLERANCE:
+                bad.append(f"{name} ({b}x{t}): {diff:.3g}")
+    if bad:
+        raise ExportError("the LoRA training-step graph disagrees with the PyTorch step: " + "; ".join(bad[:8]))
+    return {"max_rel_diff": max(worst.values()), "tolerance": STEP_TOLERANCE,
+            "reference": "eager pytorch step of the same llama blocks (torch.func.grad_and_value + AdamW)"}
+
+
+def write_decoder(model: Llama, names: list[str], init: dict[str, torch.Tensor], path: Path) -> None:
+    """The whole model, one graph for prefill (P = 0) and each generated token."""
+    s = model.s
+    L = s.layers
+
+    def decoder(input_ids, attention_mask, position_ids, logit_index, *rest):  # noqa: ANN001, ANN202
+        past = rest[:2 * L]
+        lora = dict(zip(names, rest[2 * L:]))
+        past_len = past[0].shape[2]
+        cos, sin = rope(s, position_ids)
+        mask = causal_mask(attention_mask, past_len)
+        x = model.embed(input_ids)
+        presents = []
+        for i in range(L):
+            x, (k, v) = model.block(i, x, cos, sin, mask, lora, (past[2 * i], past[2 * i + 1]))
+            presents += [k, v]
+        picked = torch.index_select(x, 1, logit_index)
+        return (model.logits(picked), *presents)
+
+    b, p, t = 1, 3, 4
+    ids = torch.randint(0, s.vocab, (b, t))
+    past = [torch.randn(b, s.kv_heads, p, s.head_dim) for _ in range(2 * L)]
+    example = (ids, torch.ones(b, p + t, dtype=torch.int64), torch.arange(p, p + t).unsqueeze(0),
+               torch.tensor([t - 1]), *past, *[init[k] for k in names])
+    past_names = [f"past_{kv}.{i}" for i in range(L) for kv in ("key", "value")]
+    present_names = [f"present_{kv}.{i}" for i in range(L) for kv in ("key", "value")]
+    axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "total"},
+                                       "position_ids": {0: "batch", 1: "seq"}, "logit_index": {0: "k"},
+                                       "logits": {0: "batch", 1: "k"}}
+    axes |= {k: {0: "batch", 2: "past"} for k in past_names}
+    axes |= {k: {0: "batch", 2: "total"} for k in present_names}
+    _torchscript(decoder, example, path, ["input_ids", "attention_mask", "position_ids", "logit_index",
+                                          *past_names, *names], ["logits", *present_names], axes, "decoder")

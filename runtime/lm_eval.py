@@ -1,0 +1,120 @@
+"""Judging a causal-LM adapter by what it answers: accuracy on held-out prompts (paraphrases of the training
+questions, each with a reference answer and optional keywords), retention of the base model's answers on general
+prompts, perplexity of held-out answers, and the promotion gate built on them. Metrics:
+:mod:`ftedge.runtime.answer_metrics`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftedge.bundle.loader import Bundle
+from ftedge.runtime import answer_metrics
+from ftedge.runtime.chat import ChatTokenizer, Example, load_qa, prompt_of, read_rows
+from ftedge.runtime.generator import Decoder
+from ftedge.errors import DataError
+
+
+def answer_all(decoder: Decoder, tok: ChatTokenizer, rows: list[dict[str, Any]], max_new_tokens: int) -> list[str]:
+    out = []
+    for row in rows:
+        ids, _ = decoder.generate(tok.prompt_ids(prompt_of(row)), max_new_tokens, tok.stop_ids,
+                                  max_length=tok.max_length + max_new_tokens)
+        out.append(tok.decode(ids).strip())
+    return out
+
+
+def evaluate_answers(bundle: Bundle, tok: ChatTokenizer, initial: dict[str, np.ndarray], adapter: dict[str, np.ndarray],
+                     eval_rows: list[dict[str, Any]] | None, general_rows: list[dict[str, Any]],
+                     cfg: Any) -> dict[str, Any]:
+    """Answers of the untuned and the tuned adapter: accuracy on ``eval_rows``, retention on ``general_rows``."""
+    out: dict[str, Any] = {"base": {}, "tuned": {}}
+    if not eval_rows and not general_rows:
+        return out
+    decoder = Decoder(bundle.file("decoder"), bundle.manifest["llm"], initial, cfg.providers, cfg.threads)
+    answers: dict[str, dict[str, list[str]]] = {}
+    for which, weights in (("base", initial), ("tuned", adapter)):
+        decoder.set_adapter(weights)
+        answers[which] = {"eval": answer_all(decoder, tok, eval_rows or [], cfg.max_new_tokens),
+                          "general": answer_all(decoder, tok, general_rows, cfg.max_new_tokens)}
+        if eval_rows:
+            scored = [{"prediction": p, "reference": r.get("answer", ""), "keywords": r.get("keywords")}
+                      for p, r in zip(answers[which]["eval"], eval_rows)]
+            out[which] = {k: v for k, v in answer_metrics.score_answers(scored).items() if k != "n"}
+    if general_rows:
+        out["retention"] = answer_metrics.retention(answers["base"]["general"], answers["tuned"]["general"])
+    out["answers"] = [{"prompt": prompt_of(r)[-1]["content"], "reference": r.get("answer"), "base": b, "tuned": t}
+                      for r, b, t in zip(eval_rows or [], answers["base"]["eval"], answers["tuned"]["eval"])]
+    return out
+
+
+def gate(metrics: dict[str, Any], baseline: dict[str, Any], cfg: Any) -> tuple[bool, str]:
+    """Promote when answer accuracy gains more than ``min_gain`` (perplexity falls, without an eval set) and
+    retention holds."""
+    if metrics.get("accuracy") is not None and baseline.get("accuracy") is not None:
+        gain = metrics["accuracy"] - baseline["accuracy"]
+        ok, why = gain > cfg.min_gain, f"accuracy {baseline['accuracy']:.3f} -> {metrics['accuracy']:.3f}"
+    elif metrics.get("perplexity") is not None and baseline.get("perplexity") is not None:
+        ok = metrics["perplexity"] < baseline["perplexity"]
+        why = f"perplexity {baseline['perplexity']:.2f} -> {metrics['perplexity']:.2f}"
+    else:
+        return False, "nothing held out to judge the tuned model by (give --eval-data)"
+    if metrics.get("retention") is not None:
+        kept = metrics["retention"] >= cfg.min_retention
+        why += f"; retention {metrics['retention']:.2f} (min {cfg.min_retention})"
+        ok = ok and kept
+    return ok, why
+
+
+def perplexity(decoder: Decoder, examples: list[Example]) -> dict[str, Any]:
+    """exp(mean NLL) of the answer tokens of ``examples`` under the decoder (full sequence, no cache)."""
+    total, count = 0.0, 0
+    for e in examples:
+        logits = decoder.logits(e.prompt_ids + e.answer_ids)
+        p = len(e.prompt_ids)
+        z = logits[p - 1: p - 1 + len(e.answer_ids)].astype(np.float64)
+        z -= z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        total -= float(logp[np.arange(len(e.answer_ids)), e.answer_ids].sum())
+        count += len(e.answer_ids)
+    return {"answer_tokens": count, "nll": total / max(count, 1), "perplexity": math.exp(total / max(count, 1))}
+
+
+def rows_of(path: str | Path, flag: str) -> list[dict[str, Any]]:
+    rows, skipped = read_rows(path)
+    good = [r for _, r in rows if isinstance(r, dict)]
+    if not good:
+        raise DataError(f"{flag} {path}: no usable rows ({len(skipped) + len(rows)} skipped)")
+    return good
+
+
+def evaluate_lm(model: Any, data: str | Path, general: str | Path | None = None, base_adapter: Any = None,
+                max_new_tokens: int = 48) -> dict[str, Any]:
+    """``ftedge evaluate`` of a causal LM: perplexity of the answers in ``data``, answer accuracy (rows with an
+    ``answer``), and with ``general`` the retention of the untuned bundle's answers."""
+    rows = rows_of(data, "--data")
+    with_answers = [r for r in rows if isinstance(r.get("answer"), str) and r["answer"].strip()]
+    out: dict[str, Any] = {"kind": model.kind, "model": model.source, "task": "causal-lm", "samples": len(rows)}
+    if with_answers:
+        qa = load_qa(data, model.tok)
+        out["skipped"] = qa.skipped
+        out.update(perplexity(model.decoder, qa.examples))
+    else:
+        out["skipped"] = []
+    answers = answer_all(model.decoder, model.tok, rows, max_new_tokens)
+    if with_answers:
+        scored = [{"prediction": p, "reference": r.get("answer", ""), "keywords": r.get("keywords")}
+                  for p, r in zip(answers, rows) if r in with_answers]
+        out.update({k: v for k, v in answer_metrics.score_answers(scored).items() if k != "n"})
+    if general is not None:
+        grows = rows_of(general, "--general")
+        tuned = answer_all(model.decoder, model.tok, grows, max_new_tokens)
+        model.decoder.set_adapter(base_adapter)
+        base = answer_all(model.decoder, model.tok, grows, max_new_tokens)
+        out["retention"] = answer_metrics.retention(base, tuned)
+    out["answers"] = [{"prompt": prompt_of(r)[-1]["content"], "answer": a, "reference": r.get("answer")}
+                      for r, a in zip(rows, answers)][:50]
+    return out

@@ -1,0 +1,293 @@
+"""Personalize a causal-LM bundle on the device: LoRA on cached hidden states, then evaluate by generating.
+
+1. Tokenize the Q&A rows (:mod:`ftedge.runtime.chat`); run the frozen backbone once per sequence and keep its
+   hidden states (the split cache); free the backbone.
+2. Train the adapters with the bundle's ``step.onnx`` (portable engine): answer tokens only, AdamW, warm-up +
+   cosine; the per-epoch order is ``default_rng(seed + epoch)``, so a resumed run continues exactly. After each
+   epoch: validation loss / perplexity on held-out answers (``head.onnx``) and a checkpoint.
+3. The adapter of the best-validation epoch is ``RUN_DIR/adapter.safetensors`` (the personalized model is the
+   bundle's decoder with this adapter side-loaded: see :mod:`ftedge.runtime.generator`).
+4. Generate answers with the untuned and the tuned adapter: accuracy on held-out prompts (``--eval-data``, rows
+   with a reference ``answer`` and optional ``keywords``) and retention on general prompts (``--general``).
+   ``promoted`` when accuracy gains more than ``min_gain`` (perplexity when there is no eval set) and retention is at
+   least ``min_retention``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftedge.bundle.loader import Bundle, load_bundle
+from ftedge.durable import atomic_write_bytes, atomic_write_json, replace_file
+from ftedge.errors import DataError, StopRequested, UsageError
+from ftedge.runtime.chat import ChatTokenizer, Example, bundle_tokenizer, load_qa, read_rows
+from ftedge.runtime.engine import PortableEngine
+from ftedge.runtime.lm_eval import evaluate_answers, gate
+from ftedge.runtime.lm_model import ADAPTER_FILE, bundle_digest, load_adapter
+from ftedge.runtime.ort_backend import InferenceModel, set_seed
+from ftedge.runtime.run_state import CheckpointDir, RunState
+from ftedge.runtime.schedule import learning_rate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LMTrainConfig:
+    epochs: int = 10
+    batch_size: int = 4
+    lr: float | None = None          # default: the bundle's
+    weight_decay: float = 0.0
+    val_fraction: float = 0.1        # of the training rows, when no --eval-data is given
+    seed: int = 0
+    max_seconds: float | None = None
+    resume: bool = False
+    min_gain: float = 0.0
+    min_retention: float = 0.9
+    max_new_tokens: int = 48
+    eval_data: str | None = None     # held-out prompts with reference answers (paraphrases)
+    general: str | None = None       # general prompts for retention
+    providers: list[str] | None = None
+    threads: int | None = None
+
+
+def is_causal_lm(bundle: Bundle) -> bool:
+    return bundle.manifest.get("task") == "causal-lm"
+
+
+def release_free_memory() -> None:
+    """Hand freed heap back to the OS (glibc keeps it otherwise, and a device's other processes need it)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0) if name else None
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to do
+
+
+def pad_batch(hidden: list[np.ndarray], examples: list[Example]) -> dict[str, np.ndarray]:
+    """Right-padded step inputs: ``hidden``, ``attention_mask``, ``label_pos`` (the position predicting each
+    answer token), ``labels``, ``weights`` (1 for answer tokens, 0 for padding)."""
+    b = len(examples)
+    t = max(h.shape[0] for h in hidden)
+    a = max(len(e.answer_ids) for e in examples)
+    d = hidden[0].shape[1]
+    out = {"hidden": np.zeros((b, t, d), np.float32), "attention_mask": np.zeros((b, t), np.int64),
+           "label_pos": np.zeros((b, a), np.int64), "labels": np.zeros((b, a), np.int64),
+           "weights": np.zeros((b, a), np.float32)}
+    for i, (h, e) in enumerate(zip(hidden, examples)):
+        n, p, k = h.shape[0], len(e.prompt_ids), len(e.answer_ids)
+        out["hidden"][i, :n] = h
+        out["attention_mask"][i, :n] = 1
+        out["label_pos"][i, :k] = np.arange(p - 1, p - 1 + k)
+        out["labels"][i, :k] = e.answer_ids
+        out["weights"][i, :k] = 1.0
+    return out
+
+
+class LMTrainer:
+    def __init__(self, bundle: str | Path | Bundle, data: str | Path, run_dir: str | Path, config: LMTrainConfig,
+                 callbacks: Any = None, trusted_keys: Any = None) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, trusted_keys=trusted_keys)
+        if not is_causal_lm(self.bundle):
+            raise UsageError(f"{self.bundle.path} is not a causal-LM bundle")
+        self.cfg = config
+        self.run_dir = Path(run_dir)
+        self.llm = self.bundle.manifest["llm"]
+        self.tok: ChatTokenizer = bundle_tokenizer(self.bundle.path, self.bundle.manifest["preprocessing"])
+        self.data = load_qa(data, self.tok)
+        self.callbacks = callbacks
+        self.ckpt = CheckpointDir(self.run_dir)
+        self.eval_rows = _rows(config.eval_data, "--eval-data") if config.eval_data else None
+        self.general_rows = _rows(config.general, "--general") if config.general else []
+        n = len(self.data)
+        rng = np.random.default_rng(config.seed)
+        order = rng.permutation(n)
+        n_val = 0 if config.eval_data or n < 5 else max(1, round(n * config.val_fraction))
+        self.val_idx, self.train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        self.val_examples = [self.data.examples[i] for i in self.val_idx]
+        if self.eval_rows is not None:
+            self.val_examples = load_qa(config.eval_data, self.tok).examples
+        self.train_examples = [self.data.examples[i] for i in self.train_idx]
+
+    # -- the split cache -------------------------------------------------------------------------------------
+    def _hidden(self, groups: list[list[Example]]) -> list[list[np.ndarray]]:
+        """Backbone hidden states per sequence. No weight pre-packing: the weights stay the file's mapped pages,
+        which the kernel can drop once the pass is done, instead of a second copy on the heap."""
+        bb = InferenceModel(self.bundle.file("backbone"), self.cfg.providers, self.cfg.threads, prepack=False)
+        out = []
+        for examples in groups:
+            out.append([])
+            for e in examples:  # one sequence per call: no padding work, lengths differ a lot
+                ids = np.asarray([e.prompt_ids + e.answer_ids], np.int64)
+                out[-1].append(bb.run({"input_ids": ids, "attention_mask": np.ones_like(ids)}, ["hidden"])["hidden"][0])
+        del bb
+        release_free_memory()
+        return out
+
+    def _fingerprint(self) -> str:
+        import hashlib
+
+        h = hashlib.sha256(self.bundle.manifest["files"][self.bundle.manifest["roles"]["step"]]["sha256"].encode())
+        for e in self.train_examples:
+            h.update(json.dumps([e.prompt_ids, e.answer_ids]).encode())
+        h.update(json.dumps({k: v for k, v in asdict(self.cfg).items() if k in ("epochs", "batch_size", "lr",
+                             "weight_decay", "seed")}).encode())
+        return h.hexdigest()[:16]
+
+    def _val_loss(self, engine: PortableEngine, hidden: list[np.ndarray]) -> float | None:
+        if not self.val_examples:
+            return None
+        total, count = 0.0, 0.0
+        for i in range(0, len(self.val_examples), self.cfg.batch_size):
+            ex = self.val_examples[i:i + self.cfg.batch_size]
+            b = pad_batch(hidden[i:i + self.cfg.batch_size], ex)
+            _, nll = engine.step_loss([b["hidden"], b["attention_mask"], b["label_pos"]], b["labels"], b["weights"])
+            total += float((nll * b["weights"]).sum())
+            count += float(b["weights"].sum())
+        return total / max(count, 1.0)
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        set_seed(cfg.seed)
+        state = self._open_state()
+        train_h, val_h = self._hidden([self.train_examples, self.val_examples])
+        cache_s = time.perf_counter() - t0
+        engine = PortableEngine(self.bundle, self.ckpt.path(state.last_checkpoint), cfg.providers)
+        engine.set_weight_decay(cfg.weight_decay)
+        base_lr = cfg.lr or float(self.bundle.manifest["optimizer"]["lr"])
+        steps_per_epoch = math.ceil(len(self.train_examples) / cfg.batch_size)
+        total = steps_per_epoch * cfg.epochs
+        warmup = max(1, round(0.1 * total))
+        if not state.baseline:
+            vl = self._val_loss(engine, val_h)
+            state.baseline = {"val_loss": vl, "perplexity": None if vl is None else math.exp(vl)}
+        metrics_path = self.run_dir / "metrics.jsonl"
+        stop_reason = "epochs"
+        for epoch in range(state.epochs_done + 1, cfg.epochs + 1):
+            if cfg.max_seconds is not None and state.elapsed_s > cfg.max_seconds:
+                stop_reason = "max_seconds"
+                break
+            if self.callbacks is not None and self.callbacks.should_stop():
+                raise StopRequested("training cancelled")
+            te = time.perf_counter()
+            order = np.random.default_rng(cfg.seed + epoch).permutation(len(self.train_examples))
+            losses, weights = [], []
+            for s in range(steps_per_epoch):
+                idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+                batch = pad_batch([train_h[i] for i in idx], [self.train_examples[i] for i in idx])
+                engine.set_learning_rate(learning_rate(state.global_step, total, base_lr, warmup, "cosine"))
+                loss, _ = engine.train_step([batch["hidden"], batch["attention_mask"], batch["label_pos"]],
+                                            batch["labels"], batch["weights"])
+                state.global_step += 1
+                losses.append(loss)
+                weights.append(float(batch["weights"].sum()))
+            vl = self._val_loss(engine, val_h)
+            train_loss = float(np.average(losses, weights=weights))
+            record = {"epoch": epoch, "train_loss": train_loss, "val_loss": vl,
+                      "val_perplexity": None if vl is None else math.exp(vl), "val_accuracy": None,
+                      "lr": engine.learning_rate(), "samples_per_s": len(order) / (time.perf_counter() - te),
+                      "elapsed_s": round(state.elapsed_s + time.perf_counter() - te, 3)}
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            name = self.ckpt.save_model(engine, f"epoch{epoch:04d}.safetensors", with_optimizer=True)
+            state.last_checkpoint = name
+            score = vl if vl is not None else train_loss
+            if state.best_loss is None or score <= state.best_loss:
+                state.best_epoch, state.best_loss, state.best_checkpoint = epoch, score, name
+                state.best_metrics = {"val_loss": vl, "perplexity": record["val_perplexity"], "train_loss": train_loss}
+            state.epochs_done = epoch
+            state.elapsed_s += time.perf_counter() - te
+            self.ckpt.commit(state)
+            if self.callbacks is not None:
+                self.callbacks.on_epoch(record)
+        return self._finish(state, engine, stop_reason, cache_s)
+
+    def _open_state(self) -> RunState:
+        fp = self._fingerprint()
+        if self.ckpt.exists():
+            if not self.cfg.resume:
+                raise UsageError(f"{self.run_dir} holds a run already; pass --resume to continue it or choose a new -o")
+            state = self.ckpt.load()
+            if state.fingerprint != fp:
+                raise UsageError(f"{self.run_dir} was started with other data, settings or bundle; use a new -o")
+            self._trim_metrics(state.epochs_done)
+            return state
+        (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        return RunState(fingerprint=fp, engine="portable")
+
+    def _trim_metrics(self, epochs_done: int) -> None:
+        """Drop epoch records a crash left after the last committed checkpoint (they are trained again)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        keep = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line)["epoch"] <= epochs_done:
+                    keep.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut by the crash
+        atomic_write_bytes(path, "".join(k + "\n" for k in keep).encode("utf-8"))
+
+    def _finish(self, state: RunState, engine: PortableEngine, stop_reason: str, cache_s: float) -> dict[str, Any]:
+        from safetensors.numpy import save_file
+
+        if state.best_checkpoint is None:
+            raise DataError("no epoch finished; give more --epochs or --max-seconds")
+        best = load_adapter(self.ckpt.path(state.best_checkpoint))
+        adapter = {k[2:]: v for k, v in best.items() if k.startswith("p:")}
+        tmp = self.run_dir / f".{ADAPTER_FILE}.tmp"
+        save_file(adapter, os.fspath(tmp), metadata={"bundle": self.bundle.name, "kind": "lora-adapter"})
+        replace_file(tmp, self.run_dir / ADAPTER_FILE)
+        del engine
+        t_eval = time.perf_counter()
+        initial = load_adapter(self.bundle.file("init"))
+        quality = evaluate_answers(self.bundle, self.tok, initial, adapter, self.eval_rows, self.general_rows,
+                                   self.cfg)
+        metrics = {**state.best_metrics, **quality["tuned"], "retention": quality.get("retention", {}).get("retention")}
+        baseline = {**state.baseline, **quality["base"]}
+        promoted, why = gate(metrics, baseline, self.cfg)
+        result = {
+            "status": "succeeded", "task": "causal-lm", "best_epoch": state.best_epoch, "epochs_done": state.epochs_done,
+            "stop_reason": stop_reason, "metrics": metrics, "baseline": baseline, "promoted": promoted,
+            "gate": why, "retention": quality.get("retention"), "answers": quality.get("answers", [])[:20],
+            "duration_s": round(state.elapsed_s + cache_s + (time.perf_counter() - t_eval), 3),
+            "cache_s": round(cache_s, 3), "eval_s": round(time.perf_counter() - t_eval, 3),
+            "samples": {"train": len(self.train_examples), "val": len(self.val_examples)},
+            "skipped": self.data.skipped, "truncated": self.data.truncated,
+            "providers": list(self.cfg.providers or ["CPUExecutionProvider"]), "mode": "cached", "engine": "portable",
+            "bundle": str(self.bundle.path.resolve()), "bundle_sha256": bundle_digest(self.bundle),
+            "model": {"kind": "lora-adapter", "file": ADAPTER_FILE, "decoder": "decoder.onnx"},
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }
+        atomic_write_json(self.run_dir / "result.json", result)
+        return result
+
+
+def _rows(path: str, flag: str) -> list[dict[str, Any]]:
+    rows, skipped = read_rows(path)
+    good = [r for _, r in rows if isinstance(r, dict)]
+    if skipped or len(good) != len(rows):
+        log.warning("%s %s: %d line(s) skipped (not JSON objects)", flag, path, len(skipped) + len(rows) - len(good))
+    if not good:
+        raise DataError(f"{flag} {path}: no usable rows")
+    return good
+
+
+def train_lm(bundle: str | Path, data: str | Path, run_dir: str | Path, config: LMTrainConfig | None = None,
+             **kw: Any) -> dict[str, Any]:
+    return LMTrainer(bundle, data, run_dir, config or LMTrainConfig(), **kw).run()
