@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import ftedge
+from ftedge.device_agent.asker import Asker
 from ftedge.device_agent.commands import ReplyCache, Rejected, cancel_target, parse_request, train_job
 from ftedge.device_agent.config import AgentConfig, topic_root
 from ftedge.device_agent.deployer import Deployer
@@ -52,6 +53,7 @@ class Agent:
                               trusted_keys=list(d.trusted_keys) if d.require_signed else None)
         self.replies = ReplyCache(self.state_dir / "replies.json")
         self.deployer = Deployer(cfg.deploy, cfg.paths.bundle_root)
+        self.asker = Asker(self.models, cfg.paths.bundle_root)
         self.stopping = threading.Event()   # asked to stop (signal); `run` then calls `shutdown`
         self._drained = threading.Event()   # shutdown flushed the outbox: the pump thread may exit
         self.wake = threading.Event()
@@ -395,6 +397,9 @@ class Agent:
         self.publish(META, META, self.meta(), retain=True)
         return "done", "ok", f"active version is now {active['id']}", {"active_version": active["id"]}
 
+    def _ask(self, cmd_id: str, args: dict[str, Any], incoming: Incoming) -> tuple[str, str, str, dict[str, Any]]:
+        return self.asker.ask(args)
+
     def _deploy(self, cmd_id: str, args: dict[str, Any], incoming: Incoming) -> tuple[str, str, str, dict[str, Any]]:
         def finish(status: str, code: str, detail: str, extra: dict[str, Any]) -> None:
             # `_handle` records the `accepted` reply when this method returns; wait for it so the final
@@ -429,4 +434,5 @@ class Agent:
 
 # The agent's verbs, in the order its "unknown verb" error lists them (commands.VERBS holds the same names).
 _VERBS = {"ping": Agent._ping, "status": Agent._status_verb, "resync": Agent._resync, "train": Agent._train,
-          "cancel": Agent._cancel, "rollback": Agent._rollback, "deploy": Agent._deploy}
+          "cancel": Agent._cancel, "rollback": Agent._rollback, "deploy": Agent._deploy,
+          "ask": Agent._ask}

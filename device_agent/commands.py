@@ -17,12 +17,21 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ftedge.device_agent.jobs import TRAIN_CHOICES, TRAIN_LIMITS, TRAIN_OPTIONS, Job, new_job_id, valid_job_id
+from ftedge.device_agent.jobs import (
+    LM_ONLY,
+    LM_OPTIONS,
+    TRAIN_CHOICES,
+    TRAIN_LIMITS,
+    TRAIN_OPTIONS,
+    Job,
+    new_job_id,
+    valid_job_id,
+)
 from ftedge.errors import FtedgeError, Rejected
 
 log = logging.getLogger(__name__)
 
-VERBS = ("train", "cancel", "status", "rollback", "deploy", "ping", "resync")
+VERBS = ("train", "cancel", "status", "rollback", "deploy", "ping", "resync", "ask")
 REPLIES_KEEP = 10_000           # replies kept for idempotency …
 REPLIES_MAX_BYTES = 4 * 2**20   # … and at most this many bytes of them
 
@@ -104,9 +113,22 @@ def train_job(args: dict[str, Any], data_root: Path, bundle_root: Path, cmd_id: 
     try:
         from ftedge.bundle.loader import load_bundle
 
-        load_bundle(bundle, verify=False)  # schema and roles now; the job verifies every hash before training
+        loaded = load_bundle(bundle, verify=False)  # schema and roles now; the job verifies every hash before training
     except FtedgeError as exc:
         raise Rejected("bad_bundle", str(exc)) from exc
+    if loaded.manifest.get("task") == "causal-lm":
+        wrong = sorted(set(options) - set(LM_OPTIONS))
+        if wrong:
+            raise Rejected("bad_args", f"{', '.join(wrong)} do(es) not apply to a causal-LM bundle; its options: "
+                                       f"{', '.join(LM_OPTIONS)}")
+        for key in ("eval_data", "general"):
+            if key in options:
+                path = _inside(data_root, options[key], key)
+                if not path.is_file():
+                    raise Rejected("unknown_data", f"no file {options[key]!r} under {data_root} (args.{key})")
+                options[key] = str(path)
+    elif set(options) & set(LM_ONLY):
+        raise Rejected("bad_args", f"{', '.join(sorted(set(options) & set(LM_ONLY)))} apply to causal-LM bundles only")
     return Job(id=new_job_id(), bundle=str(bundle), data=str(data), options=options, cmd_id=cmd_id)
 
 
@@ -217,3 +239,42 @@ class ReplyCache:
 
 
 Handler = Callable[[str, dict[str, Any]], tuple[str, dict[str, Any]]]
+
+
+ASK_ARGS = {"prompt": str, "system": str, "max_new_tokens": int, "temperature": (int, float), "top_p": (int, float),
+            "top_k": int, "seed": int, "bundle": str}
+ASK_LIMITS = {"max_new_tokens": (1, 256), "temperature": (0, 2), "top_p": (0.01, 1), "top_k": (0, 1000),
+              "seed": (0, 2**31 - 1)}
+MAX_PROMPT_CHARS = 4000
+
+
+def ask_request(args: dict[str, Any]) -> dict[str, Any]:
+    """Validated ``ask`` args: ``prompt`` (1..4000 characters), optional ``system``, sampling settings and
+    ``bundle`` (answer with that untuned bundle instead of the active version)."""
+    unknown = sorted(set(args) - set(ASK_ARGS))
+    if unknown:
+        raise Rejected("bad_args", f"unknown ask argument(s) {', '.join(unknown)}; allowed: {', '.join(ASK_ARGS)}")
+    out: dict[str, Any] = {}
+    for key, typ in ASK_ARGS.items():
+        if key not in args:
+            continue
+        value = args[key]
+        if isinstance(value, bool) or not isinstance(value, typ):
+            raise Rejected("bad_args", f"args.{key} must be {'text' if typ is str else 'a number'}, got "
+                                       f"{json.dumps(value)[:60]}")
+        if key in ASK_LIMITS and not ASK_LIMITS[key][0] <= value <= ASK_LIMITS[key][1]:
+            lo, hi = ASK_LIMITS[key]
+            raise Rejected("bad_args", f"args.{key} must be between {lo:g} and {hi:g}, got {value!r}")
+        out[key] = value
+    prompt = out.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > MAX_PROMPT_CHARS:
+        raise Rejected("bad_args", f"args.prompt must be non-empty text of at most {MAX_PROMPT_CHARS} characters")
+    if len(out.get("system", "")) > MAX_PROMPT_CHARS:
+        raise Rejected("bad_args", f"args.system must be at most {MAX_PROMPT_CHARS} characters")
+    try:
+        for key in ("prompt", "system"):
+            if key in out:
+                out[key].encode("utf-8")
+    except UnicodeEncodeError:
+        raise Rejected("bad_args", "args.prompt/system is not valid UTF-8 text") from None
+    return out

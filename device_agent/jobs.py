@@ -32,12 +32,17 @@ TRAIN_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "max_seconds": (int, float), "val_fraction": (int, float), "seed": int, "min_gain": (int, float),
     "schedule": str, "backbone": str, "embed_batch_size": int, "engine": str,
     "auto": bool, "folds": int, "max_trials": int, "weight_decay": (int, float), "class_weight": str,
+    # causal-LM bundles only (eval_data and general are paths under the data root, like data)
+    "eval_data": str, "general": str, "min_retention": (int, float), "max_new_tokens": int,
 }
+LM_ONLY = ("eval_data", "general", "min_retention", "max_new_tokens")
+LM_OPTIONS = ("epochs", "batch_size", "lr", "weight_decay", "val_fraction", "seed", "max_seconds", "min_gain", *LM_ONLY)
 # Inclusive bounds of the numeric options (val_fraction must stay below 1).
 TRAIN_LIMITS: dict[str, tuple[float, float]] = {
     "epochs": (1, 10_000), "batch_size": (1, 4096), "embed_batch_size": (1, 4096), "lr": (0, 10),
     "patience": (0, 10_000), "max_seconds": (0, 7 * 86400), "val_fraction": (0, 0.95), "seed": (0, 2**31 - 1),
     "min_gain": (0, 1000), "folds": (2, 50), "max_trials": (1, 10_000), "weight_decay": (0, 10),
+    "min_retention": (0, 1), "max_new_tokens": (1, 512),
 }
 TRAIN_CHOICES: dict[str, tuple[str, ...]] = {
     "mode": ("auto", "cached", "full"), "engine": ("auto", "portable", "ort-training"),
@@ -157,7 +162,7 @@ class _Callbacks:
         rss_mb = _current_rss_mb()
         self.emit("progress", {
             "job": self.job.id, "epoch": record["epoch"], "step": self.step, "loss": record["train_loss"],
-            "metrics": {k: record.get(k) for k in ("val_loss", "val_accuracy", "val_macro_f1", "val_mae")
+            "metrics": {k: record.get(k) for k in ("val_loss", "val_accuracy", "val_macro_f1", "val_mae", "val_perplexity")
                         if record.get(k) is not None},
             "lr": record["lr"], "samples_per_s": record["samples_per_s"], "rss_mb": round(rss_mb, 1),
         })
@@ -336,10 +341,16 @@ class JobRunner:
         except FtedgeError as exc:
             self._finish(job, "failed", None, f"bundle {Path(job.bundle).name} refused at job start: {exc}")
             return
-        cfg = TrainConfig(**{**job.options, "resume": resume, "cache_dir": self.state_dir / "cache"})
+        callbacks = _Callbacks(job, self.emit, cancel, self._epoch_done)
         try:
-            result = Trainer(bundle, job.data, run_dir, cfg,
-                             _Callbacks(job, self.emit, cancel, self._epoch_done)).run()
+            if bundle.manifest.get("task") == "causal-lm":
+                from ftedge.runtime.lm_trainer import LMTrainConfig, LMTrainer
+
+                lm_cfg = LMTrainConfig(**{**job.options, "resume": resume, "bundle_source": job.bundle})
+                result = LMTrainer(bundle, job.data, run_dir, lm_cfg, callbacks).run()
+            else:
+                cfg = TrainConfig(**{**job.options, "resume": resume, "cache_dir": self.state_dir / "cache"})
+                result = Trainer(bundle, job.data, run_dir, cfg, callbacks).run()
         except FtedgeError as exc:
             if is_disk_full(exc):
                 raise
@@ -369,7 +380,7 @@ class JobRunner:
         job.status, job.error, job.finished_ms = status, error, int(time.time() * 1000)
         job.result = None if result is None else {k: result.get(k) for k in (
             "status", "stop_reason", "best_epoch", "epochs_run", "metrics", "baseline", "gain", "promoted",
-            "duration_s", "samples", "mode", "engine")}
+            "duration_s", "samples", "mode", "engine", "task", "gate")}
         if result is not None and isinstance(result.get("search"), dict):
             job.result["tuning"] = tuning_summary(result["search"])
         self.done.add(job.id)

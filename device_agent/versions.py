@@ -3,7 +3,8 @@
 Layout under ``STATE_DIR/models/``::
 
     v0001/  model.onnx  model.json  result.json  version.json  [tokenizer.json]
-    v0002/  ...
+    v0002/  adapter.safetensors  model.json  result.json  version.json   (a causal LM: its LoRA adapter,
+            side-loaded onto the decoder of the bundle model.json names; the record's ``model_file``)
     active.json    {"active": "v0002", "history": ["v0001", "v0002"], "events": [...]}
 
 A version is staged in a hidden temp directory (files fsynced) and renamed into place, so ``vNNNN/``
@@ -31,6 +32,7 @@ from ftedge.durable import atomic_write_json, fsync_dir
 from ftedge.bundle.hashing import sha256_file
 
 RUN_FILES = ("model.onnx", "model.json", "result.json")
+ADAPTER_RUN_FILES = ("adapter.safetensors", "model.json", "result.json")  # causal-LM runs
 OPTIONAL_RUN_FILES = ("tokenizer.json",)  # preprocessing files a run carries (text models)
 _ID_RE = re.compile(r"v(\d{4,})")
 MAX_EVENTS = 1000  # entries of active.json's event log kept (newest first out)
@@ -88,10 +90,10 @@ class ModelStore:
             return None if active is None else {**self._record(active), "active": True}
 
     def path(self, version_id: str) -> Path:
-        """The ``model.onnx`` of ``version_id``."""
+        """The model file of ``version_id`` (``model.onnx``, or a causal LM's ``adapter.safetensors``)."""
         with self._lock:
-            self._record(version_id)
-            return self.root / version_id / "model.onnx"
+            record = self._record(version_id)
+            return self.root / version_id / record.get("model_file", "model.onnx")
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -103,7 +105,10 @@ class ModelStore:
         run_dir = Path(run_dir)
         if not isinstance(job_id, str) or not job_id:
             raise AgentError(f"job_id must be a non-empty string, got {job_id!r}")
-        missing = [f for f in RUN_FILES if not (run_dir / f).is_file()]
+        adapter = (run_dir / ADAPTER_RUN_FILES[0]).is_file() and not (run_dir / "model.onnx").is_file()
+        run_files = ADAPTER_RUN_FILES if adapter else RUN_FILES
+        model_file = run_files[0]
+        missing = [f for f in run_files if not (run_dir / f).is_file()]
         if missing:
             raise AgentError(f"run directory {run_dir} lacks {', '.join(missing)}: only a finished, "
                              "succeeded `ftedge train` run can become a model version")
@@ -114,7 +119,8 @@ class ModelStore:
             raise AgentError(f"run {run_dir} did not succeed (status {status!r}): nothing to store; "
                              "train again")
         promoted = result.get("promoted") is True
-        bundle = (result.get("bundle") or {}).get("name") or (model_info or {}).get("name")
+        bundle = result.get("bundle")
+        bundle = (bundle.get("name") if isinstance(bundle, dict) else None) or (model_info or {}).get("name")
         with self._lock:
             self.root.mkdir(parents=True, exist_ok=True)
             state = self._state()
@@ -124,7 +130,7 @@ class ModelStore:
                 umask = os.umask(0)
                 os.umask(umask)
                 os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700
-                files = RUN_FILES + tuple(f for f in OPTIONAL_RUN_FILES if (run_dir / f).is_file())
+                files = run_files + tuple(f for f in OPTIONAL_RUN_FILES if (run_dir / f).is_file())
                 digests = {f: _copy_durable(run_dir / f, staging / f) for f in files}
                 record = {
                     "id": None,
@@ -135,8 +141,9 @@ class ModelStore:
                     "baseline": result.get("baseline"),
                     "gain": result.get("gain"),
                     "promoted": promoted,
-                    "sha256": digests["model.onnx"],
-                    "size": (staging / "model.onnx").stat().st_size,
+                    "sha256": digests[model_file],
+                    "size": (staging / model_file).stat().st_size,
+                    "model_file": model_file,
                     "parent": parent,
                     "source": str(run_dir.absolute()),
                     "note": note,
@@ -252,7 +259,7 @@ class ModelStore:
     def _verified(self, version_id: str) -> dict[str, Any]:
         """The record, after checking its model.onnx still has the recorded sha256."""
         record = self._record(version_id)
-        model = self.root / version_id / "model.onnx"
+        model = self.root / version_id / record.get("model_file", "model.onnx")
         try:
             digest = sha256_file(model)
         except OSError as exc:

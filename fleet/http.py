@@ -199,6 +199,16 @@ def _tuning(t: dict[str, Any]) -> str:
     return f'<p class="tuning">{html.escape(text)}</p>'
 
 
+def _language_model(final: dict[str, Any], base: dict[str, Any]) -> str:
+    """A causal LM's result: answer accuracy, held-out perplexity and retention of the untuned answers."""
+    if not any(_finite(final.get(k)) is not None for k in ("perplexity", "retention")):
+        return ""
+    text = (f"language model: answer accuracy {_num(base.get('accuracy'), '.3f')} → {_num(final.get('accuracy'), '.3f')}"
+            f" · held-out perplexity {_num(base.get('perplexity'), '.2f')} → {_num(final.get('perplexity'), '.2f')}"
+            f" · retention {_num(final.get('retention'), '.2f')}")
+    return f'<p class="llm">{html.escape(text)}</p>'
+
+
 def _device_charts(store: Any, d: dict[str, Any]) -> str:
     """Loss and accuracy charts of the device's current job, with its before → after verdict once known."""
     job_id = str((d.get("job") or {}).get("id"))
@@ -216,9 +226,12 @@ def _device_charts(store: Any, d: dict[str, Any]) -> str:
             f'data-status="{html.escape(str(detail.get("status") or ""))}"><h3>{dev} · {html.escape(job_id)} · '
             f'{html.escape(str(detail.get("status") or ""))}{verdict}</h3>'
             + _tuning(_obj(result.get("tuning")))
+            + _language_model(_obj(result.get("final")), _obj(result.get("baseline")))
             + svg_chart([p.get("loss") for p in prog], "loss", LOSS_COLOR)
-            + svg_chart([_obj(p.get("metrics")).get("val_accuracy") for p in prog], "val accuracy", ACC_COLOR,
-                        baseline=before)
+            + (svg_chart([_obj(p.get("metrics")).get("val_perplexity") for p in prog], "val perplexity", ACC_COLOR)
+               if any(_obj(p.get("metrics")).get("val_perplexity") is not None for p in prog) else
+               svg_chart([_obj(p.get("metrics")).get("val_accuracy") for p in prog], "val accuracy", ACC_COLOR,
+                         baseline=before))
             + "</div>")
 
 

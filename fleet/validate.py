@@ -33,7 +33,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
     "cmdres": {"cmd_id": "id", "status": "id?", "code": "id?", "job": "id?"},
 }
 METRIC_KEYS = ("accuracy", "loss", "val_accuracy", "val_loss", "val_macro_f1", "val_mae", "macro_f1", "mae",
-               "rmse")
+               "rmse", "perplexity", "val_perplexity", "retention", "exact_match", "token_f1")  # the last: causal LMs
 
 
 def is_int(x: Any) -> bool:

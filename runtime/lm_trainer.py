@@ -29,7 +29,7 @@ import numpy as np
 
 from ftedge.bundle.loader import Bundle, load_bundle
 from ftedge.durable import atomic_write_bytes, atomic_write_json, replace_file
-from ftedge.errors import DataError, StopRequested, UsageError
+from ftedge.errors import DataError, UsageError
 from ftedge.runtime.chat import ChatTokenizer, Example, bundle_tokenizer, load_qa, read_rows
 from ftedge.runtime.engine import PortableEngine
 from ftedge.runtime.lm_eval import evaluate_answers, gate
@@ -58,6 +58,7 @@ class LMTrainConfig:
     general: str | None = None       # general prompts for retention
     providers: list[str] | None = None
     threads: int | None = None
+    bundle_source: str | None = None  # the bundle path to record (the agent trains a pinned copy of it)
 
 
 def is_causal_lm(bundle: Bundle) -> bool:
@@ -182,7 +183,7 @@ class LMTrainer:
                 stop_reason = "max_seconds"
                 break
             if self.callbacks is not None and self.callbacks.should_stop():
-                raise StopRequested("training cancelled")
+                return self._cancelled(state)
             te = time.perf_counter()
             order = np.random.default_rng(cfg.seed + epoch).permutation(len(self.train_examples))
             losses, weights = [], []
@@ -229,6 +230,16 @@ class LMTrainer:
         (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         return RunState(fingerprint=fp, engine="portable")
 
+    def _cancelled(self, state: RunState) -> dict[str, Any]:
+        """Stopped at an epoch boundary: the checkpoint stays, so ``resume`` continues from it."""
+        result = {"status": "cancelled", "task": "causal-lm", "stop_reason": "cancelled", "epochs_done": state.epochs_done,
+                  "best_epoch": state.best_epoch, "metrics": state.best_metrics, "baseline": state.baseline,
+                  "promoted": False, "duration_s": round(state.elapsed_s, 3),
+                  "samples": {"train": len(self.train_examples), "val": len(self.val_examples)},
+                  "skipped": self.data.skipped, "mode": "cached", "engine": "portable"}
+        atomic_write_json(self.run_dir / "result.json", result)
+        return result
+
     def _trim_metrics(self, epochs_done: int) -> None:
         """Drop epoch records a crash left after the last committed checkpoint (they are trained again)."""
         path = self.run_dir / "metrics.jsonl"
@@ -270,10 +281,16 @@ class LMTrainer:
             "samples": {"train": len(self.train_examples), "val": len(self.val_examples)},
             "skipped": self.data.skipped, "truncated": self.data.truncated,
             "providers": list(self.cfg.providers or ["CPUExecutionProvider"]), "mode": "cached", "engine": "portable",
-            "bundle": str(self.bundle.path.resolve()), "bundle_sha256": bundle_digest(self.bundle),
+            "bundle": self.cfg.bundle_source or str(self.bundle.path.resolve()),
+            "bundle_sha256": bundle_digest(self.bundle),
             "model": {"kind": "lora-adapter", "file": ADAPTER_FILE, "decoder": "decoder.onnx"},
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
+        atomic_write_json(self.run_dir / "model.json", {
+            "kind": "lora-adapter", "task": "causal-lm", "name": self.bundle.name, "adapter": ADAPTER_FILE,
+            "bundle": result["bundle"], "bundle_sha256": result["bundle_sha256"], "decoder": "decoder.onnx",
+            "lora": self.llm.get("lora"), "why_side_loaded": "the adapter is ~1 MB; a merged decoder would be "
+            "another full copy of the base model per version"})
         atomic_write_json(self.run_dir / "result.json", result)
         return result
 

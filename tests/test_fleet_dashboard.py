@@ -295,3 +295,30 @@ def test_dashboard_shows_what_auto_tuning_chose_and_its_cv_estimate(tmp_path):
     assert "lr -" in odd_text and "- epochs" in odd_text and "class weight -" in odd_text
     assert page.count("<script") == 1
     store.close()
+
+
+def test_dashboard_shows_a_language_models_accuracy_perplexity_and_retention(tmp_path):
+    """A causal-LM job reports val perplexity per epoch and answer accuracy / perplexity / retention at the end:
+    the chart plots perplexity (there is no val accuracy), the summary line shows the three, escaped."""
+    store = FleetStore(tmp_path / "fleet.sqlite")
+    box = Box("dev-llm")
+    batch = [*box.online(), *box.train("jl", 0)]
+    for epoch, ppl in enumerate((9.5, 3.1, 1.4), 1):
+        batch.append(box.msg("jobs/jl/progress", {"job": "jl", "epoch": epoch, "loss": 1.0 / epoch,
+                                                  "metrics": {"val_loss": 0.1, "val_perplexity": ppl}}))
+    batch.append(box.msg("jobs/jl/result", {
+        "job": "jl", "status": "succeeded", "promoted": True,
+        "final": {"accuracy": 0.92, "perplexity": 1.4, "retention": 0.95, "token_f1": 0.8},
+        "baseline": {"accuracy": 0.04, "perplexity": 21.0}}))
+    store.ingest_batch(batch)
+    dom = parse_html(dashboard_page(store))
+    chart = {c.attrs["data-device"]: c for c in dom.by_id("charts").find_all("div", cls="device-charts")}["dev-llm"]
+    line = chart.find("p", cls="llm").text
+    assert line == ("language model: answer accuracy 0.040 → 0.920 · held-out perplexity 21.00 → 1.40 · "
+                    "retention 0.95")
+    assert "val perplexity" in str(chart) and "val accuracy" not in str(chart)
+    from ftedge.fleet.validate import body_problem
+
+    assert "final" in (body_problem("result", {"job": "j", "final": {"perplexity": "low"}}) or "")
+    assert body_problem("result", {"job": "j", "final": {"perplexity": 1.4, "retention": None}}) is None
+    store.close()

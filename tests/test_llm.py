@@ -15,31 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, export
+from conftest import FACTS, ROOT, write_jsonl
 from ftedge.cli import main
 from ftedge.errors import DataError
 
-TINY = str(ROOT / "tests" / "tiny_llm.py") + ":tiny"
-FACTS = [  # SYNTHETIC facts of a fictional shop
-    ("When do you open?", "At nine."),
-    ("What is your phone number?", "Call 5550142."),
-    ("Where is the shop?", "Quay Street 4."),
-    ("Do you repair e-bikes?", "Yes, every day."),
-]
-
-
-@pytest.fixture(scope="session")
-def llm_bundle(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("llm") / "tiny-llm"
-    manifest = export(TINY, out, "--task", "causal-lm", "--lora", "4", "--trainable-blocks", "2", "--lr", "0.01",
-                      "--max-length", "64")
-    assert manifest["task"] == "causal-lm" and manifest["llm"]["cut"] == 2
-    return out
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 @pytest.fixture()
