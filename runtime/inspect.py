@@ -45,6 +45,14 @@ def summary(path: str | Path, m: dict[str, Any], verified: bool | None = None, s
         (f"{name} ({len(e.get('masks') or [])} dropout mask(s), {len(e.get('buffers') or [])} BatchNorm statistic(s))"
          if name == "portable" else name) for name, e in engines.items())
         + ("" if "portable" in engines else "  — re-export for the portable engine (plain onnxruntime)"))
+    llm = m.get("llm") if isinstance(m.get("llm"), dict) else None
+    if llm:
+        lora = llm.get("lora") or {}
+        pre = m.get("preprocessing") or {}
+        lines.append(f"llm      {llm.get('architecture')}, {llm.get('layers')} blocks: {llm.get('cut')} frozen (cached "
+                     f"hidden states), {llm.get('trainable_blocks')} with LoRA rank {lora.get('rank')} alpha "
+                     f"{lora.get('alpha')} on {len(lora.get('adapted') or [])} projections; {pre.get('max_length')} "
+                     f"tokens; decoder {llm.get('decoder_weights', 'fp32')}, adapter {llm.get('adapter')}")
     tr = m.get("trainable") or []
     lines.append(f"trains   {len(tr)} tensors: {', '.join(tr[:8])}{' …' if len(tr) > 8 else ''}")
     lines.append(f"frozen   {len(m.get('frozen') or [])} tensors")

@@ -41,9 +41,7 @@ def evaluate_answers(bundle: Bundle, tok: ChatTokenizer, initial: dict[str, np.n
         answers[which] = {"eval": answer_all(decoder, tok, eval_rows or [], cfg.max_new_tokens),
                           "general": answer_all(decoder, tok, general_rows, cfg.max_new_tokens)}
         if eval_rows:
-            scored = [{"prediction": p, "reference": r.get("answer", ""), "keywords": r.get("keywords")}
-                      for p, r in zip(answers[which]["eval"], eval_rows)]
-            out[which] = {k: v for k, v in answer_metrics.score_answers(scored).items() if k != "n"}
+            out[which] = score(answers[which]["eval"], eval_rows)
     if general_rows:
         out["retention"] = answer_metrics.retention(answers["base"]["general"], answers["tuned"]["general"])
     out["answers"] = [{"prompt": prompt_of(r)[-1]["content"], "reference": r.get("answer"), "base": b, "tuned": t}
@@ -67,6 +65,26 @@ def gate(metrics: dict[str, Any], baseline: dict[str, Any], cfg: Any) -> tuple[b
         why += f"; retention {metrics['retention']:.2f} (min {cfg.min_retention})"
         ok = ok and kept
     return ok, why
+
+
+def keywords_of(row: dict[str, Any], where: str) -> list[Any] | None:
+    """A row's ``keywords`` (phrases, or lists of alternative phrases), checked; None when it has none."""
+    kws = row.get("keywords")
+    if kws is None:
+        return None
+    ok = isinstance(kws, list) and all(isinstance(k, str) and answer_metrics.tokens(k) or isinstance(k, list) and k
+                                       and all(isinstance(a, str) and answer_metrics.tokens(a) for a in k) for k in kws)
+    if not ok:
+        raise DataError(f"{where}: `keywords` must be a list of phrases or of lists of alternative phrases, none empty "
+                        f"or only punctuation/articles; got {str(kws)[:80]}")
+    return kws
+
+
+def score(predictions: list[str], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """accuracy / exact_match / token_f1 of ``predictions`` against the rows' ``answer`` and ``keywords``."""
+    scored = [{"prediction": p, "reference": r.get("answer") or "", "keywords": keywords_of(r, f"row {i + 1}")}
+              for i, (p, r) in enumerate(zip(predictions, rows))]
+    return {k: v for k, v in answer_metrics.score_answers(scored).items() if k != "n"}
 
 
 def perplexity(decoder: Decoder, examples: list[Example]) -> dict[str, Any]:
@@ -106,9 +124,7 @@ def evaluate_lm(model: Any, data: str | Path, general: str | Path | None = None,
         out["skipped"] = []
     answers = answer_all(model.decoder, model.tok, rows, max_new_tokens)
     if with_answers:
-        scored = [{"prediction": p, "reference": r.get("answer", ""), "keywords": r.get("keywords")}
-                  for p, r in zip(answers, rows) if r in with_answers]
-        out.update({k: v for k, v in answer_metrics.score_answers(scored).items() if k != "n"})
+        out.update(score([a for a, r in zip(answers, rows) if r in with_answers], with_answers))
     if general is not None:
         grows = rows_of(general, "--general")
         tuned = answer_all(model.decoder, model.tok, grows, max_new_tokens)

@@ -32,7 +32,7 @@ from ftedge.durable import atomic_write_bytes, atomic_write_json, replace_file
 from ftedge.errors import DataError, UsageError
 from ftedge.runtime.chat import ChatTokenizer, Example, bundle_tokenizer, load_qa, read_rows
 from ftedge.runtime.engine import PortableEngine
-from ftedge.runtime.lm_eval import evaluate_answers, gate
+from ftedge.runtime.lm_eval import evaluate_answers, gate, keywords_of
 from ftedge.runtime.lm_model import ADAPTER_FILE, bundle_digest, load_adapter
 from ftedge.runtime.ort_backend import InferenceModel, set_seed
 from ftedge.runtime.run_state import CheckpointDir, RunState
@@ -112,6 +112,8 @@ class LMTrainer:
         self.ckpt = CheckpointDir(self.run_dir)
         self.eval_rows = _rows(config.eval_data, "--eval-data") if config.eval_data else None
         self.general_rows = _rows(config.general, "--general") if config.general else []
+        for i, row in enumerate(self.eval_rows or []):  # before training, not after it
+            keywords_of(row, f"--eval-data {config.eval_data} row {i + 1}")
         n = len(self.data)
         rng = np.random.default_rng(config.seed)
         order = rng.permutation(n)

@@ -79,6 +79,13 @@ def test_loader_skips_bad_rows_truncates_long_ones_and_accepts_the_messages_form
     write_jsonl(tmp_path / "bad.jsonl", ["{", {"prompt": "x"}])
     with pytest.raises(DataError, match="no usable question/answer rows"):
         load_qa(tmp_path / "bad.jsonl", tok)
+    from ftedge.runtime.lm_trainer import LMTrainConfig, LMTrainer
+
+    evals = write_jsonl(tmp_path / "eval.jsonl", [{"prompt": "When?", "answer": "At nine.", "keywords": ["nine"]},
+                                                  {"prompt": "Where?", "answer": "Here.", "keywords": [["the"]]}])
+    with pytest.raises(DataError, match="row 2: `keywords`"):  # refused before any training
+        LMTrainer(llm_bundle, path, tmp_path / "run", LMTrainConfig(eval_data=str(evals)))
+    assert not (tmp_path / "run").exists()
 
 
 def test_lora_training_step_matches_peft_gradients_through_the_cached_backbone(llm_bundle):
