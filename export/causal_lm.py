@@ -173,6 +173,64 @@ def _parity(hf: Any, model: Llama, cut: int, names: list[str], init: dict[str, t
     return out
 
 
+QUANT_PROMPTS = ("What are your opening hours?", "Explain what a KV cache is in one sentence.",
+                 "Write a short greeting for a new customer.")
+
+
+def _greedy(sess: Any, ids: list[int], steps: int, shape: LlamaShape, adapter: dict[str, np.ndarray]) -> list[int]:
+    """Greedy tokens from a decoder session with its KV cache (batch 1): the export-time twin of the device's
+    loop, kept here so the check needs no runtime state."""
+    outs = [o.name for o in sess.get_outputs()]
+    past = {f"past_{kv}.{i}": np.zeros((1, shape.kv_heads, 0, shape.head_dim), np.float32)
+            for i in range(shape.layers) for kv in ("key", "value")}
+    seq, done, got = list(ids), 0, []
+    for _ in range(steps):
+        feeds = {"input_ids": np.array([seq]), "attention_mask": np.ones((1, done + len(seq)), np.int64),
+                 "position_ids": np.arange(done, done + len(seq))[None], "logit_index": np.array([len(seq) - 1]),
+                 **past, **adapter}
+        res = dict(zip(outs, sess.run(outs, feeds)))
+        nxt = int(res["logits"][0, -1].argmax())
+        got.append(nxt)
+        done += len(seq)
+        seq = [nxt]
+        past = {n: res[n.replace("past_", "present_")] for n in past}
+    return got
+
+
+def _quantized_parity(hf: Any, tok: Any, fmt: ChatFormat, model: Llama, init: dict[str, torch.Tensor],
+                      fp32: Path, quantized: Path, kind: str, steps: int = 16) -> dict[str, Any]:
+    """Informational (a quantized graph is not expected to meet the fp32 tolerance): the quantized decoder's max
+    |logit diff| against transformers (adapters off, the fp32 check's inputs) and how many greedy tokens it
+    agrees with the fp32 decoder on a few chat prompts."""
+    from ftedge.runtime.ort_backend import InferenceModel
+
+    s = model.s
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(0, s.vocab, (2, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask).logits.float().numpy()
+    qs = InferenceModel(quantized).session
+    adapter = {k: v.numpy() for k, v in init.items()}
+    empty = {f"past_{kv}.{i}": np.zeros((2, s.kv_heads, 0, s.head_dim), np.float32)
+             for i in range(s.layers) for kv in ("key", "value")}
+    got = qs.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
+                              "position_ids": np.tile(np.arange(12), (2, 1)), "logit_index": np.arange(12),
+                              **empty, **adapter})[0]
+    diff = float(np.abs(got - ref)[mask.numpy().astype(bool)].max())
+    fs = InferenceModel(fp32).session
+    agree, total, exact = 0, 0, 0
+    for prompt in QUANT_PROMPTS:
+        prompt_ids = tok(fmt.render([{"role": "user", "content": prompt}], True), add_special_tokens=False).input_ids
+        a, b = _greedy(fs, prompt_ids, steps, s, adapter), _greedy(qs, prompt_ids, steps, s, adapter)
+        same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), steps)
+        agree, total, exact = agree + same, total + steps, exact + (same == steps)
+    return {"weights": kind, "max_abs_logit_diff_vs_transformers": diff, "informational": True,
+            "greedy_agreement_vs_fp32": {"prompts": len(QUANT_PROMPTS), "new_tokens": steps, "identical": exact,
+                                         "tokens_before_first_divergence": agree, "of": total}}
+
+
 def export_causal_lm(opts: ExportOptions, progress: Callable[[str], None] = lambda _m: None,
                      sign_key: str | Path | None = None) -> dict[str, Any]:
     """Export ``opts.model`` (a Hugging Face Llama-style causal LM; its tokenizer as ``ftedge_tokenizer`` or
@@ -221,7 +279,10 @@ def export_causal_lm(opts: ExportOptions, progress: Callable[[str], None] = lamb
         check = lm_graphs.write_step(model, top, names, init, files["step"])
         lm_graphs.write_head(model, top, names, init, files["head"])
         progress("exporting the KV-cache decoder")
-        lm_graphs.write_decoder(model, names, init, files["decoder"])
+        quant = opts.quantize_decoder
+        scratch = tempfile.TemporaryDirectory(prefix="ftedge-decoder-") if quant else None
+        decoder_fp32 = Path(scratch.name) / "decoder.onnx" if scratch else files["decoder"]
+        lm_graphs.write_decoder(model, names, init, decoder_fp32)
         from safetensors.numpy import save_file
 
         save_file({k: np.ascontiguousarray(v.numpy()) for k, v in init.items()}, str(stage.path("portable/init.safetensors")))
@@ -230,8 +291,18 @@ def export_causal_lm(opts: ExportOptions, progress: Callable[[str], None] = lamb
             parity: dict[str, Any] = {"skipped": True}
         else:
             progress("checking parity against PyTorch")
-            parity = {**_parity(hf, model, cut, names, init, files, max(opts.tolerance, PARITY_LOGITS)), "skipped": False}
+            parity = {**_parity(hf, model, cut, names, init, {**files, "decoder": decoder_fp32},
+                                max(opts.tolerance, PARITY_LOGITS)), "skipped": False}
         parity["step"] = check
+        quant_info: dict[str, Any] | None = None
+        if quant:
+            progress(f"quantizing the decoder ({quant})")
+            quant_info = lm_graphs.quantize_decoder(decoder_fp32, files["decoder"], quant)
+            if not opts.skip_parity:
+                parity["decoder_quantized"] = _quantized_parity(hf, tok, fmt, model, init, decoder_fp32,
+                                                                files["decoder"], quant)
+            assert scratch is not None
+            scratch.cleanup()
         rel = lambda p: p.relative_to(stage.dir).as_posix()  # noqa: E731
         roles = {"tokenizer": TOKENIZER_FILE, "backbone": rel(files["backbone"]), "step": rel(files["step"]),
                  "head": rel(files["head"]), "init": "portable/init.safetensors", "decoder": rel(files["decoder"])}
@@ -265,6 +336,8 @@ def export_causal_lm(opts: ExportOptions, progress: Callable[[str], None] = lamb
                     "lora": {"rank": opts.lora_rank, "alpha": alpha, "targets": opts.lora_targets or DEFAULT_TARGETS,
                              "adapted": [p[0][: -len(".lora_A")] for p in pairs], "parameters": n_lora},
                     "adapter": "side-loaded",
+                    "decoder_weights": quant or "fp32",
+                    **({"decoder_quantization": quant_info} if quant_info else {}),
                     "eos": fmt.stop[0] if fmt.stop else None},
             "trainable": names,
             "frozen": ["(every base-model weight)"],

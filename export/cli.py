@@ -84,6 +84,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "trainable blocks (default: all seven)")
     c.add_argument("--trainable-blocks", type=int, default=4, metavar="N",
                    help="top blocks that get adapters; the blocks below are the frozen, cached backbone (default 4)")
+    c.add_argument("--quantize-decoder", choices=["int4", "int8"],
+                   help="the generation decoder's base weights (projections and LM head; not the embedding or the "
+                   "LoRA adapters): int4 (4-bit MatMulNBits, block 32: fastest, ~1/5 the size) or int8 (dynamic "
+                   "MatMulInteger); default fp32. Parity against transformers is then informational for the "
+                   "decoder (max logit diff, greedy-token agreement with the fp32 graph)")
     p.add_argument("--engine", choices=["auto", "portable", "ort-training", "all"], default="auto",
                    help="training engines the bundle carries: portable (standard-op step graphs for plain "
                    "onnxruntime, any platform), ort-training (onnxruntime-training 1.19.2 artifacts; needs that "
@@ -171,7 +176,7 @@ def _run_causal_lm(args: argparse.Namespace) -> int:
                          force=args.force, skip_parity=args.skip_parity, tolerance=args.tolerance,
                          tokenizer=args.tokenizer, max_length=args.max_length, task="causal-lm",
                          lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,
-                         trainable_blocks=args.trainable_blocks)
+                         trainable_blocks=args.trainable_blocks, quantize_decoder=args.quantize_decoder)
     say = (lambda _m: None) if (args.quiet or args.json) else (lambda m: print(f"… {m}", file=sys.stderr))
     manifest = export_causal_lm(opts, progress=say, sign_key=args.sign_key)
     if args.json:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 import warnings
 from pathlib import Path
@@ -27,24 +28,29 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ftedge.errors import ExportError
-from ftedge.export.llama import Llama, answer_nll, causal_mask, rope
+from ftedge.export.llama import Llama, answer_nll, causal_mask, rms_norm, rope
 from ftedge.export.step_graph import OPTIMIZER_DEFAULTS, adamw_update, clip_coefficient
 
 STEP_TOLERANCE = 1e-4
 
 
 def _quiet_export(fn: Callable[[], Any]) -> Any:
-    torch_log = logging.getLogger("torch")
-    level = torch_log.level
-    torch_log.setLevel(logging.ERROR)
+    """Run an exporter or ORT's quantizers without their per-node chatter (torch's logger, ORT's quantizers log
+    INFO on the root logger, and both print)."""
+    logs = [logging.getLogger("torch"), logging.getLogger()]
+    levels = [lg.level for lg in logs]
+    for lg in logs:
+        lg.setLevel(max(lg.level, logging.WARNING) if lg.name == "root" else logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             return fn()
     finally:
-        torch_log.setLevel(level)
+        for lg, level in zip(logs, levels):
+            lg.setLevel(level)
 
 
 class _Fn(torch.nn.Module):
@@ -255,24 +261,117 @@ def _verify_step(step: Callable[..., Any], state: list[torch.Tensor], model: Lla
             "reference": "eager pytorch step of the same llama blocks (torch.func.grad_and_value + AdamW)"}
 
 
-def write_decoder(model: Llama, names: list[str], init: dict[str, torch.Tensor], path: Path) -> None:
-    """The whole model, one graph for prefill (P = 0) and each generated token."""
-    s = model.s
-    L = s.layers
+class _LeanDecoder:
+    """The decoder's forward written for a small graph (the same math as :meth:`Llama.block`, checked by the
+    export's parity and ``tests/test_llm.py``). Per token the decode step is dominated by per-node overhead, not
+    FLOPs, on a small model, so it trims the nodes per layer:
 
-    def decoder(input_ids, attention_mask, position_ids, logit_index, *rest):  # noqa: ANN001, ANN202
-        past = rest[:2 * L]
-        lora = dict(zip(names, rest[2 * L:]))
+    * q/k/v and gate/up are one MatMul each (weights concatenated once at export), then a Split;
+    * RoPE rotates q and k together, before the head transpose, with the sign of ``rotate_half`` folded into a
+      precomputed ``sin`` (``[-x2, x1] * sin == [x2, x1] * [-sin, sin]`` exactly): a Split and a Concat, no Neg;
+    * grouped-query attention reshapes q to [B, KV, rep*S, hd] and multiplies it with k [B, KV, P+S, hd] directly
+      (the mask tiled once to rep*S rows) instead of ``repeat_interleave``-ing k and v in every layer;
+    * the dynamic sizes B and S are read once from ``input_ids`` (kv_heads, head_dim are constants), so every
+      Reshape's shape is built from the same two scalars and ORT's common-subexpression pass keeps one copy.
+    """
+
+    def __init__(self, model: Llama, names: list[str]) -> None:
+        s, w = model.s, model.w
+        self.model, self.s = model, s
+        self.rep = s.heads // s.kv_heads
+        self.qkv_sizes = [s.heads * s.head_dim, s.kv_heads * s.head_dim, s.kv_heads * s.head_dim]
+        self.fused: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        for i in range(s.layers):
+            p = f"layers.{i}."
+            for key, projs in (("qkv", ("q_proj", "k_proj", "v_proj")), ("gate_up", ("gate_proj", "up_proj"))):
+                weights = [w[p + n] for n in projs]
+                biases = [w.get(p + n + ".bias") for n in projs]
+                bias = None
+                if any(b is not None for b in biases):
+                    bias = torch.cat([b if b is not None else torch.zeros(wt.shape[0]) for b, wt in zip(biases, weights)])
+                self.fused[p + key] = (torch.cat(weights), bias)
+
+    def _fused(self, x: torch.Tensor, i: int, key: str, projs: tuple[str, ...], sizes: list[int],
+               lora: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The concatenated projections' output, each adapter's delta added to its own slice."""
+        p = f"layers.{i}."
+        weight, bias = self.fused[p + key]
+        y = F.linear(x, weight, bias)
+        deltas = [self._delta(x, p + n, lora) for n in projs]
+        if all(d is None for d in deltas):
+            return y
+        if all(d is not None for d in deltas):
+            return y + torch.cat(deltas, dim=-1)
+        parts = list(y.split(sizes, dim=-1))
+        return torch.cat([part if d is None else part + d for part, d in zip(parts, deltas)], dim=-1)
+
+    def _delta(self, x: torch.Tensor, name: str, lora: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        a = lora.get(name + ".lora_A")
+        if a is None:
+            return None
+        return F.linear(F.linear(x, a), lora[name + ".lora_B"]) * self.model.lora_scale
+
+    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sign-folded sin [B, S, 1, head_dim] (the layout of q/k before the head transpose)."""
+        s = self.s
+        inv = 1.0 / (s.rope_theta ** (torch.arange(0, s.head_dim, 2, dtype=torch.float32) / s.head_dim))
+        freqs = positions.to(torch.float32).unsqueeze(-1) * inv
+        emb = torch.cat([freqs, freqs], dim=-1).unsqueeze(2)
+        sin = freqs.sin().unsqueeze(2)
+        return emb.cos(), torch.cat([-sin, sin], dim=-1)
+
+    def block(self, i: int, x: torch.Tensor, b: Any, t: Any, cos: torch.Tensor, sin: torch.Tensor,
+              mask: torch.Tensor, lora: dict[str, torch.Tensor], past: tuple[torch.Tensor, torch.Tensor]
+              ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        s, model, p = self.s, self.model, f"layers.{i}."
+        hd, kv, heads = s.head_dim, s.kv_heads, s.heads
+        h = rms_norm(x, model.w[p + "input_layernorm"], s.eps)
+        qkv = self._fused(h, i, "qkv", ("q_proj", "k_proj", "v_proj"), self.qkv_sizes, lora)
+        qkv = qkv.reshape(b, t, heads + 2 * kv, hd)
+        qk, v = qkv.split([heads + kv, kv], dim=2)
+        x1, x2 = qk.split([hd // 2, hd // 2], dim=-1)          # static sizes: a Split, no Shape/Div chain
+        qk = qk * cos + torch.cat([x2, x1], dim=-1) * sin
+        qk = qk.transpose(1, 2)                                   # [B, H+KV, S, hd]
+        q, k = qk.split([heads, kv], dim=1)
+        k = torch.cat([past[0], k], dim=2)
+        v = torch.cat([past[1], v.transpose(1, 2)], dim=2)
+        q = q.reshape(b, kv, self.rep * t, hd)                    # head j = kv * rep + r, as repeat_interleave
+        scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(hd)) + mask
+        attn = torch.matmul(torch.softmax(scores, dim=-1), v)    # [B, KV, rep*S, hd]
+        attn = attn.reshape(b, heads, t, hd).transpose(1, 2).reshape(b, t, heads * hd)
+        x = x + model.proj(attn, p + "o_proj", lora)
+        h = rms_norm(x, model.w[p + "post_attention_layernorm"], s.eps)
+        gate, up = self._fused(h, i, "gate_up", ("gate_proj", "up_proj"), [s.intermediate] * 2, lora
+                               ).split([s.intermediate, s.intermediate], dim=-1)
+        return x + model.proj(F.silu(gate) * up, p + "down_proj", lora), (k, v)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                logit_index: torch.Tensor, past: list[torch.Tensor], lora: dict[str, torch.Tensor]
+                ) -> tuple[torch.Tensor, ...]:
+        b, t = input_ids.shape[0], input_ids.shape[1]
         past_len = past[0].shape[2]
-        cos, sin = rope(s, position_ids)
-        mask = causal_mask(attention_mask, past_len)
-        x = model.embed(input_ids)
-        presents = []
-        for i in range(L):
-            x, (k, v) = model.block(i, x, cos, sin, mask, lora, (past[2 * i], past[2 * i + 1]))
+        cos, sin = self.rope(position_ids)
+        mask = causal_mask(attention_mask, past_len)              # [B, 1, S, P+S]
+        if self.rep > 1:
+            mask = mask.repeat(1, 1, self.rep, 1)                 # rows r*S + i: the rep query groups
+        x = self.model.embed(input_ids)
+        presents: list[torch.Tensor] = []
+        for i in range(self.s.layers):
+            x, (k, v) = self.block(i, x, b, t, cos, sin, mask, lora, (past[2 * i], past[2 * i + 1]))
             presents += [k, v]
         picked = torch.index_select(x, 1, logit_index)
-        return (model.logits(picked), *presents)
+        return (self.model.logits(picked), *presents)
+
+
+def write_decoder(model: Llama, names: list[str], init: dict[str, torch.Tensor], path: Path) -> None:
+    """The whole model, one graph for prefill (P = 0) and each generated token (see :class:`_LeanDecoder`)."""
+    s = model.s
+    L = s.layers
+    lean = _LeanDecoder(model, names)
+
+    def decoder(input_ids, attention_mask, position_ids, logit_index, *rest):  # noqa: ANN001, ANN202
+        return lean.forward(input_ids, attention_mask, position_ids, logit_index, list(rest[:2 * L]),
+                            dict(zip(names, rest[2 * L:])))
 
     b, p, t = 1, 3, 4
     ids = torch.randint(0, s.vocab, (b, t))
@@ -288,3 +387,59 @@ def write_decoder(model: Llama, names: list[str], init: dict[str, torch.Tensor],
     axes |= {k: {0: "batch", 2: "total"} for k in present_names}
     _torchscript(decoder, example, path, ["input_ids", "attention_mask", "position_ids", "logit_index",
                                           *past_names, *names], ["logits", *present_names], axes, "decoder")
+
+
+DECODER_QUANT = ("int4", "int8")
+_MIN_QUANT_ELEMENTS = 1 << 14  # smaller weight matrices stay fp32: no speed to win, only accuracy to lose
+
+
+def quantized_weight_matmuls(path: Path, lm_head: bool = True) -> tuple[list[str], list[str]]:
+    """(quantize, keep fp32): the MatMul nodes of ``path`` split by whether their weight is a large base-model
+    initializer. Everything else — attention score/value products, the LoRA matmuls (their factors are graph
+    inputs, side-loaded per adapter) — stays fp32, and must be excluded by name because ORT's dynamic int8
+    quantizer would otherwise quantize activation x activation MatMuls too."""
+    import onnx
+
+    model = onnx.load(os.fspath(path), load_external_data=False)
+    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer if len(t.dims) == 2}
+    quant, keep = [], []
+    for node in model.graph.node:
+        if node.op_type == "MatMul":
+            big = sizes.get(node.input[1], 0) >= _MIN_QUANT_ELEMENTS and (lm_head or "logits" not in node.output)
+            (quant if big else keep).append(node.name)
+    return quant, keep
+
+
+def quantize_decoder(src: Path, dst: Path, kind: str, lm_head: bool = True) -> dict[str, Any]:
+    """``kind`` "int4": weight-only 4-bit MatMulNBits (block 32, symmetric, accuracy_level 4: int8 activations
+    inside the kernel, the fastest CPU path); "int8": dynamic int8 MatMulInteger. Base-model projections (and the
+    LM head unless ``lm_head`` is False) are quantized; the embedding table, norms and LoRA matmuls stay fp32.
+    Returns what was quantized."""
+    import onnx
+
+    if kind not in DECODER_QUANT:
+        raise ExportError(f"--quantize-decoder {kind!r}: choose one of {', '.join(DECODER_QUANT)}")
+    quant, keep = quantized_weight_matmuls(src, lm_head)
+    try:
+        if kind == "int4":
+            from ftedge.runtime.ort_backend import quantize_nbits
+
+            quantized = _quiet_export(lambda: quantize_nbits(onnx.load(os.fspath(src)), 4, 32, keep))
+            onnx.save(quantized, os.fspath(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                      location=dst.name + ".data", size_threshold=1024)
+        else:
+            from ftedge.runtime.ort_backend import quantize_weights
+
+            _quiet_export(lambda: quantize_weights(src, dst, ["MatMul"], signed=True, exclude=keep))
+    except Exception as exc:
+        raise ExportError(f"{kind} quantization of the decoder failed: {type(exc).__name__}: {exc}") from exc
+    externalize(dst)
+    ops = {"MatMulNBits": 0, "MatMulInteger": 0, "DynamicQuantizeMatMul": 0, "MatMul": 0}
+    for node in onnx.load(os.fspath(dst), load_external_data=False).graph.node:
+        if node.op_type in ops:
+            ops[node.op_type] += 1
+    return {"weights": kind, "quantized_matmuls": len(quant), "fp32_matmuls": ops["MatMul"],
+            "ops": {k: v for k, v in ops.items() if v},
+            "scheme": ("4-bit MatMulNBits, block 32, symmetric, accuracy_level 4" if kind == "int4"
+                       else "dynamic int8 MatMulInteger (per-tensor int8 weights)"),
+            "lm_head": "quantized" if lm_head else "fp32", "embedding": "fp32"}

@@ -43,3 +43,4 @@ class ExportOptions:
     lora_alpha: float | None = None          # causal-lm: LoRA alpha (scale alpha / rank; default 2 * rank)
     lora_targets: str | None = None          # causal-lm: regex over layers.{i}.{q,k,v,o,gate,up,down}_proj
     trainable_blocks: int = 4                # causal-lm: top blocks that get adapters (the rest is the backbone)
+    quantize_decoder: str | None = None      # causal-lm: "int4"/"int8" decoder weights (default fp32)

@@ -188,6 +188,22 @@ def optimize_basic(src: str | Path, dst: str | Path) -> None:
         raise RuntimeBackendError(f"ONNX Runtime cannot load {src}: {exc}") from exc
 
 
+def quantize_nbits(model: Any, bits: int = 4, block_size: int = 32, exclude: Sequence[str] = ()) -> Any:
+    """Weight-only ``bits``-bit MatMulNBits quantization (symmetric, accuracy_level 4: int8 activations inside
+    the kernel) of an ``onnx.ModelProto``'s MatMul weights, nodes in ``exclude`` kept fp32; returns the new
+    ModelProto. Raises RuntimeBackendError with ORT's reason."""
+    _onnxruntime()
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    try:
+        q = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True, accuracy_level=4,
+                                 nodes_to_exclude=list(exclude))
+        q.process()
+    except Exception as exc:
+        raise RuntimeBackendError(f"ONNX Runtime's {bits}-bit quantizer failed: {exc}") from exc
+    return q.model.model
+
+
 def quantize_weights(src: str | Path, dst: str | Path, op_types: Sequence[str], signed: bool = True,
                      exclude: Sequence[str] = ()) -> None:
     """Dynamic quantization of the weights of ``op_types`` nodes (int8, or uint8 with ``signed=False``);

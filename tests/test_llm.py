@@ -269,3 +269,14 @@ def test_device_environment_personalizes_and_answers_without_torch(device_python
     gen = ftedge("generate", str(tmp_path / "run"), "--prompt", FACTS[1][0], "--json")
     assert gen.returncode == 0, gen.stderr
     assert json.loads(gen.stdout)["answer"]
+
+
+def test_an_int4_decoder_bundle_generates_and_records_its_quantization(tmp_path):
+    from conftest import export
+
+    out = tmp_path / "int4"
+    manifest = export(str(ROOT / "tests" / "tiny_llm.py") + ":tiny", out, "--task", "causal-lm", "--lora", "4",
+                      "--trainable-blocks", "2", "--max-length", "64", "--quantize-decoder", "int4")
+    assert manifest["llm"]["decoder_weights"] == "int4"
+    assert "decoder_quantized" in manifest["parity"]
+    assert main(["generate", str(out), "--prompt", FACTS[0][0], "--max-new-tokens", "5", "--json"]) == 0
