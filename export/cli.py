@@ -22,7 +22,7 @@ or a zero-argument callable returning one. Input dtypes: """ + ", ".join(DTYPES)
 The bundle is checked against PyTorch (two batch sizes) before it is written.
 
 causal LMs (LoRA on the top blocks, trained on cached hidden states):
-  ftedge export ftedge.export.llm_sources:smollm2 -o bundles/faq-llm --task causal-lm \
+  ftedge export ftedge.export.llm_sources:smollm2 -o bundles/faq-llm --task causal-lm \\
       --lora 8 --trainable-blocks 4 --lr 1e-3"""
 
 
@@ -150,8 +150,13 @@ def run(args: argparse.Namespace) -> int:
         image_size=None if size is None else (int(size[0]), int(size[1])),
         mean=floats("--mean", args.mean, 3), std=floats("--std", args.std, 3),
     )
+    return _export_and_report(args, export_bundle, opts)
+
+
+def _export_and_report(args: argparse.Namespace, export_fn, opts) -> int:  # noqa: ANN001
+    """Run ``export_fn`` (progress on stderr unless --quiet/--json), then print the manifest or the summary."""
     say = (lambda _m: None) if (args.quiet or args.json) else (lambda m: print(f"… {m}", file=sys.stderr))
-    manifest = export_bundle(opts, progress=say, sign_key=args.sign_key)
+    manifest = export_fn(opts, progress=say, sign_key=args.sign_key)
     if args.json:
         print(json.dumps(manifest, indent=2))
     elif not args.quiet:
@@ -177,12 +182,4 @@ def _run_causal_lm(args: argparse.Namespace) -> int:
                          tokenizer=args.tokenizer, max_length=args.max_length, task="causal-lm",
                          lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,
                          trainable_blocks=args.trainable_blocks, quantize_decoder=args.quantize_decoder)
-    say = (lambda _m: None) if (args.quiet or args.json) else (lambda m: print(f"… {m}", file=sys.stderr))
-    manifest = export_causal_lm(opts, progress=say, sign_key=args.sign_key)
-    if args.json:
-        print(json.dumps(manifest, indent=2))
-    elif not args.quiet:
-        from ftedge.runtime.inspect import summary
-
-        print(summary(args.bundle, manifest))
-    return 0
+    return _export_and_report(args, export_causal_lm, opts)
