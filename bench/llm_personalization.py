@@ -114,7 +114,8 @@ def make_data(work: Path, quick: bool) -> dict[str, Path]:
     data = work / "data"
     subprocess.run([sys.executable, str(ROOT / "examples" / "llm" / "make_faq.py"), str(data)], check=True,
                    cwd=ROOT, stdout=subprocess.DEVNULL)
-    files = {"train": data / "faq_train.jsonl", "heldout": data / "faq_heldout.jsonl", "general": data / "general.jsonl"}
+    files = {"train": data / "faq_train.jsonl", "heldout": data / "faq_heldout.jsonl", "general": data / "general.jsonl",
+             "off_topic": data / "offtopic.jsonl"}
     if not quick:
         return files
     q = work / "quick"
@@ -123,8 +124,10 @@ def make_data(work: Path, quick: bool) -> dict[str, Path]:
     ids = {r["id"] for r in train}
     heldout = [r for r in read_jsonl(files["heldout"]) if r["id"] in ids][:10]
     general = read_jsonl(files["general"])[:5]
-    out = {"train": q / "faq_train.jsonl", "heldout": q / "faq_heldout.jsonl", "general": q / "general.jsonl"}
-    for key, rows in (("train", train), ("heldout", heldout), ("general", general)):
+    off_topic = read_jsonl(files["off_topic"])[:20]
+    out = {"train": q / "faq_train.jsonl", "heldout": q / "faq_heldout.jsonl", "general": q / "general.jsonl",
+           "off_topic": q / "offtopic.jsonl"}
+    for key, rows in (("train", train), ("heldout", heldout), ("general", general), ("off_topic", off_topic)):
         write_jsonl(out[key], rows)
     return out
 
@@ -161,11 +164,22 @@ def run_ftedge(py: str, bundle: Path, files: dict[str, Path], run_dir: Path, arg
     cmd = [py, "-m", "ftedge", "train", str(bundle), "--data", str(files["train"]), "-o", str(run_dir),
            "--epochs", str(args.epochs), "--lr", str(args.lr), "--batch-size", str(args.batch_size),
            "--seed", str(args.seed), "--eval-data", str(files["heldout"]), "--general", str(files["general"]),
-           "--max-new-tokens", "48", "--min-retention", "0.9", "--json", "--quiet"]
+           "--off-topic", str(files["off_topic"]), "--max-new-tokens", "48", "--min-retention", "0.9", "--json",
+           "--quiet"]
     say("ftedge train (device venv): " + " ".join(cmd))
     rec = run_measured(cmd, cwd="/")  # not the repo root: the device venv must not import the source tree
     result = rec["result"] or json.loads((run_dir / "result.json").read_text())
     return {"rec": rec, "result": result, "cmd": cmd}
+
+
+def run_unrouted(py: str, run_dir: Path, files: dict[str, Path]) -> dict:
+    """The adapter alone (router off): `ftedge evaluate --no-router` in the device venv, outside the timed job."""
+    cmd = [py, "-m", "ftedge", "evaluate", str(run_dir), "--data", str(files["heldout"]), "--general",
+           str(files["general"]), "--max-new-tokens", "48", "--no-router", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd="/")
+    if proc.returncode != 0:
+        raise SystemExit(f"ftedge evaluate --no-router failed: {proc.stderr.strip()[-800:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def run_gen(py: str, run_dir: Path, prompts: list[str], work: Path, threads: int, n_tokens: int) -> dict:
@@ -177,7 +191,8 @@ def run_gen(py: str, run_dir: Path, prompts: list[str], work: Path, threads: int
 
 def run_reference(files: dict[str, Path], args: argparse.Namespace, threads: int) -> dict:
     cmd = [sys.executable, str(ROOT / "bench" / "llm_reference.py"), "--train", str(files["train"]),
-           "--eval", str(files["heldout"]), "--general", str(files["general"]), "--epochs", str(args.epochs),
+           "--eval", str(files["heldout"]), "--general", str(files["general"]), "--off-topic", str(files["off_topic"]),
+           "--epochs", str(args.epochs),
            "--lr", str(args.lr), "--batch-size", str(args.batch_size), "--rank", str(args.rank),
            "--alpha", str(2 * args.rank), "--trainable-blocks", str(args.blocks), "--seed", str(args.seed),
            "--threads", str(threads), "--max-new-tokens", "48", "--gen-tokens", str(args.gen_tokens), "--json"]
@@ -232,6 +247,8 @@ def run(args: argparse.Namespace) -> dict:
     say(f"ftedge: {ft['rec']['wall_s']:.1f} s whole, peak RSS {ft['rec']['rss_mib']:.0f} MiB; {res.get('gate')}")
     prompts = [r["prompt"] for r in heldout[:8]]
     gen = run_gen(device_py, run_dir, prompts, work, threads, args.gen_tokens)
+    say("ftedge adapter alone (evaluate --no-router)")
+    unrouted = run_unrouted(device_py, run_dir, files)
     say(f"ftedge generation: {gen['forced']['tokens_per_s']:.1f} tokens/s forced {args.gen_tokens}, "
         f"{gen['answer']['tokens_per_s']:.1f} stopping at <|im_end|>")
 
@@ -257,11 +274,18 @@ def run(args: argparse.Namespace) -> dict:
         "promoted": res.get("promoted"), "gate": res.get("gate"), "samples": res.get("samples"),
         "truncated": len(res.get("truncated") or []), "skipped": len(res.get("skipped") or []),
         "answers_in_result": len(answers), "recheck_first_answers": {"tuned": recheck, "base": recheck_base},
+        "router": res.get("router"),
+        "adapter_alone": {"paraphrase_accuracy": unrouted.get("accuracy"), "exact_match": unrouted.get("exact_match"),
+                          "token_f1": unrouted.get("token_f1"),
+                          "retention": (unrouted.get("retention") or {}).get("retention")},
         "ftedge_version": version, "command": " ".join(ft["cmd"]),
     }
-    ref_tuned = score(rr["tuned_eval"], heldout)
+    routed = "tuned_eval_routed" in rr
+    ref_tuned = score(rr["tuned_eval_routed" if routed else "tuned_eval"], heldout)
+    ref_alone = score(rr["tuned_eval"], heldout)
     ref_base = score(rr["base_eval"], heldout)
-    ref_ret = answer_metrics.retention(rr["base_general"], rr["tuned_general"])
+    ref_ret = answer_metrics.retention(rr["base_general"], rr["tuned_general_routed" if routed else "tuned_general"])
+    ref_ret_alone = answer_metrics.retention(rr["base_general"], rr["tuned_general"])
     eager = rr.get("eager") or {}
     ref_whole_like = ref["rec"]["wall_s"] - eager.get("seconds", 0.0)
     reference = {
@@ -273,6 +297,10 @@ def run(args: argparse.Namespace) -> dict:
         "gen_tokens_per_s": eager.get("tokens_per_s"), "eager": eager, "min_new_tokens_forced": True,
         "final_loss": rr.get("final_loss"), "losses": rr.get("losses"), "steps": rr.get("steps"),
         "trainable_params": rr.get("trainable_params"), "threads": rr.get("threads"), "torch": rr.get("torch"),
+        "router": ({k: round(sum(v) / len(v), 4) for k, v in rr["routes"].items() if v} if routed else None),
+        "router_s": rr.get("router_seconds"),
+        "adapter_alone": {**{k: ref_alone[k] for k in ("paraphrase_accuracy", "exact_match", "token_f1")},
+                          "retention": ref_ret_alone["retention"]},
         "command": " ".join(ref["cmd"]),
     }
     base = {
@@ -355,6 +383,10 @@ def report(r: dict) -> str:
                  f"{fmt(ref['token_f1'])} | {fmt(ref['retention'])} | {fmt(ref['perplexity'], '.2f')} | "
                  f"{ref['whole_s']:.1f} ({ref['whole_s_like']:.1f}) | {ref['train_s']:.1f} | {ref['peak_rss_mb']:.0f} | "
                  f"{fmt(ref['gen_tokens_per_s'], '.1f')} (eager) |")
+    for name, row in (("ftedge adapter alone (no router)", f["adapter_alone"]),
+                      ("reference adapter alone (no router)", ref["adapter_alone"])):
+        lines.append(f"| {name} | {fmt(row['paraphrase_accuracy'])} | {fmt(row['exact_match'])} | "
+                     f"{fmt(row['token_f1'])} | {fmt(row['retention'])} | | | | | |")
     ra = r["ratios"]
     lines += [
         "",
@@ -372,6 +404,10 @@ def report(r: dict) -> str:
         f"rows (first {f['answers_in_result']} answers re-scored here: "
         f"{fmt(f['recheck_first_answers']['tuned']['paraphrase_accuracy'])}); reference: scored here with "
         f"answer_metrics.score_answers on the same rows. Gate: {f['gate']}; promoted {f['promoted']}.",
+        "",
+        f"Router (the adapter applies only where it says so; fitted on the {s['train_pairs']} training prompts vs "
+        f"offtopic.jsonl): ftedge {f['router']}; reference (same code on PyTorch hidden states) {ref['router']}. "
+        "'adapter alone' rows: the same adapters applied to every prompt (ftedge: `ftedge evaluate --no-router`).",
         "",
         "Targets (reported, not asserted):",
     ]

@@ -212,6 +212,19 @@ def perplexity(model: Any, tok: Any, rows: list[dict], max_length: int = 256) ->
     return math.exp(nll / count) if count else float("nan")
 
 
+def prompt_features(model: Any, tok: Any, prompts: list[str], cut: int) -> np.ndarray:
+    """The adapter router's feature per prompt: the mean hidden state over the prompt's tokens after the first
+    ``cut`` layers (below every adapter), as ftedge's backbone / decoder ``cut_mean``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    out = []
+    with torch.inference_mode():
+        for p in prompts:
+            ids, _ = encode(tok, p)
+            hs = base.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+            out.append(hs[cut][0].mean(0).numpy())
+    return np.stack(out) if out else np.zeros((0, base.config.hidden_size), np.float32)
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process in MiB (Linux ru_maxrss is in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -219,8 +232,12 @@ def peak_rss_mb() -> float:
 
 def run_reference(train_rows: list[dict], eval_prompts: list[str], general_prompts: list[str],
                   cfg: ReferenceConfig, eval_rows: list[dict] | None = None, gen_tokens: int = 32,
-                  max_new_tokens: int = 48) -> dict:
-    """Load, base answers, fine-tune, tuned answers, optional perplexity and eager tokens/s; all figures."""
+                  max_new_tokens: int = 48, off_topic: list[str] | None = None) -> dict:
+    """Load, base answers, fine-tune, tuned answers, optional perplexity and eager tokens/s; all figures.
+
+    With ``off_topic`` prompts, ftedge's adapter router is fitted the same way (``ftedge.runtime.router``, on this
+    model's hidden states at the same cut) and ``tuned_*_routed`` holds the routed answers: the tuned answer where
+    the router applies the adapter, the (deterministic, greedy) base answer elsewhere."""
     t0 = time.perf_counter()
     model, tok, load_s = load_base(cfg.threads)
     scored = [r for r in (eval_rows or []) if r.get("answer")]
@@ -230,6 +247,17 @@ def run_reference(train_rows: list[dict], eval_prompts: list[str], general_promp
     out["base_eval"], out["base_eval_seconds"], _ = generate_answers(model, tok, eval_prompts, max_new_tokens)
     if scored:
         out["base_perplexity"] = perplexity(model, tok, scored, cfg.max_length)
+    routes = None
+    if off_topic:
+        from ftedge.runtime.router import fit_router
+
+        t = time.perf_counter()
+        cut = model.config.num_hidden_layers - cfg.trainable_blocks
+        router = fit_router(prompt_features(model, tok, [r["prompt"] for r in train_rows], cut),
+                            prompt_features(model, tok, off_topic, cut))
+        routes = {k: [bool(x >= 0.5) for x in router.probability(prompt_features(model, tok, ps, cut))]
+                  for k, ps in (("eval", eval_prompts), ("general", general_prompts))}
+        out["router_seconds"] = time.perf_counter() - t
     ft = finetune(model, tok, train_rows, cfg)
     model = ft.pop("model")
     out.update(ft)
@@ -238,6 +266,11 @@ def run_reference(train_rows: list[dict], eval_prompts: list[str], general_promp
         generate_answers(model, tok, eval_prompts, max_new_tokens)
     out["tuned_general"], out["tuned_general_seconds"], _ = generate_answers(model, tok, general_prompts,
                                                                              max_new_tokens)
+    if routes is not None:
+        out["routes"] = routes
+        for key in ("eval", "general"):
+            out[f"tuned_{key}_routed"] = [t if inside else b for t, b, inside in
+                                          zip(out[f"tuned_{key}"], out[f"base_{key}"], routes[key])]
     if scored:
         out["tuned_perplexity"] = perplexity(model, tok, scored, cfg.max_length)
     if gen_tokens > 0 and eval_prompts:
@@ -258,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", required=True, help="JSON lines of {prompt, answer}")
     ap.add_argument("--eval", required=True, help="JSON lines of {prompt[, answer]} (answers give perplexity)")
     ap.add_argument("--general", help="JSON lines of {prompt}: general questions, for retention")
+    ap.add_argument("--off-topic", help="JSON lines of {prompt}: the adapter router's negatives (as ftedge's)")
     d = ReferenceConfig()
     for name in ("epochs", "lr", "rank", "alpha", "trainable_blocks", "batch_size", "max_length", "seed",
                  "weight_decay", "threads"):
@@ -277,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_rows = _read_jsonl(a.eval)
     general = [r["prompt"] for r in _read_jsonl(a.general)]
     r = run_reference(_read_jsonl(a.train), [e["prompt"] for e in eval_rows], general, cfg, eval_rows,
-                      a.gen_tokens, a.max_new_tokens)
+                      a.gen_tokens, a.max_new_tokens, [r["prompt"] for r in _read_jsonl(a.off_topic)] or None)
     print(f"load {r['load_seconds']:.1f} s; train {r['train_seconds']:.1f} s ({r['steps']} steps, "
           f"{r['rows']} rows, {r['dropped']} dropped); whole {r['whole_seconds']:.1f} s; "
           f"peak RSS {r['peak_rss_mb']:.0f} MiB", file=sys.stderr)

@@ -59,4 +59,5 @@ class Asker:
                 raise Rejected("model_unusable", f"cannot answer with {key.split(':', 1)[1]}: {exc}") from exc
         return "done", "ok", f"answered with {version or 'the untuned bundle'}", {
             "answer": gen.text, "tokens": len(gen.ids), "stopped": gen.stopped, "prompt_tokens": gen.prompt_tokens,
-            "seconds": round(gen.seconds, 3), "tokens_per_s": round(gen.tokens_per_s, 2), "version": version}
+            "seconds": round(gen.seconds, 3), "tokens_per_s": round(gen.tokens_per_s, 2), "version": version,
+            "route": gen.route}

@@ -121,7 +121,7 @@ def train_job(args: dict[str, Any], data_root: Path, bundle_root: Path, cmd_id: 
         if wrong:
             raise Rejected("bad_args", f"{', '.join(wrong)} do(es) not apply to a causal-LM bundle; its options: "
                                        f"{', '.join(LM_OPTIONS)}")
-        for key in ("eval_data", "general"):
+        for key in ("eval_data", "general", "off_topic"):
             if key in options:
                 path = _inside(data_root, options[key], key)
                 if not path.is_file():

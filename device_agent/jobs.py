@@ -32,10 +32,10 @@ TRAIN_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "max_seconds": (int, float), "val_fraction": (int, float), "seed": int, "min_gain": (int, float),
     "schedule": str, "backbone": str, "embed_batch_size": int, "engine": str,
     "auto": bool, "folds": int, "max_trials": int, "weight_decay": (int, float), "class_weight": str,
-    # causal-LM bundles only (eval_data and general are paths under the data root, like data)
-    "eval_data": str, "general": str, "min_retention": (int, float), "max_new_tokens": int,
+    # causal-LM bundles only (eval_data, general and off_topic are paths under the data root, like data)
+    "eval_data": str, "general": str, "off_topic": str, "min_retention": (int, float), "max_new_tokens": int,
 }
-LM_ONLY = ("eval_data", "general", "min_retention", "max_new_tokens")
+LM_ONLY = ("eval_data", "general", "off_topic", "min_retention", "max_new_tokens")
 LM_OPTIONS = ("epochs", "batch_size", "lr", "weight_decay", "val_fraction", "seed", "max_seconds", "min_gain", *LM_ONLY)
 # Inclusive bounds of the numeric options (val_fraction must stay below 1).
 TRAIN_LIMITS: dict[str, tuple[float, float]] = {

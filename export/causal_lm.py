@@ -166,6 +166,9 @@ def _parity(hf: Any, model: Llama, cut: int, names: list[str], init: dict[str, t
         x = model.layers_forward(model.embed(ids), range(s.layers), mask, lora)
         ref_nll = answer_nll(model, x, pos, labels).numpy()
     worst["backbone+head token_nll"] = float(np.abs(nll - ref_nll).max())
+    cut_mean = dec.run(["cut_mean"], {**feeds, **{k: v.numpy() for k, v in init.items()}})[0]
+    m = mask.numpy()[..., None].astype(np.float32)
+    worst["decoder cut_mean (router feature)"] = float(np.abs(cut_mean - (hidden * m).sum(1) / m.sum(1)).max())
     out["max_abs_diff"] = worst
     bad = [f"{k}: {v:.3g}" for k, v in worst.items() if not v <= tol]
     if bad:
@@ -282,7 +285,7 @@ def export_causal_lm(opts: ExportOptions, progress: Callable[[str], None] = lamb
         quant = opts.quantize_decoder
         scratch = tempfile.TemporaryDirectory(prefix="ftedge-decoder-") if quant else None
         decoder_fp32 = Path(scratch.name) / "decoder.onnx" if scratch else files["decoder"]
-        lm_graphs.write_decoder(model, names, init, decoder_fp32)
+        lm_graphs.write_decoder(model, names, init, decoder_fp32, cut)
         from safetensors.numpy import save_file
 
         save_file({k: np.ascontiguousarray(v.numpy()) for k, v in init.items()}, str(stage.path("portable/init.safetensors")))

@@ -11,7 +11,8 @@
 ``decoder.onnx``   the whole model for generation with a KV cache and side-loaded adapters: ``input_ids``,
                    ``attention_mask`` [B, P+S], ``position_ids`` [B, S], ``logit_index`` [K] (which of the S
                    positions get logits), ``past_key.{i}``/``past_value.{i}`` [B, KV, P, hd], the LoRA tensors →
-                   ``logits`` [B, K, V], ``present_key.{i}``/``present_value.{i}``.
+                   ``logits`` [B, K, V], ``cut_mean`` [B, D] (mean hidden state at the backbone cut: the
+                   adapter router's feature), ``present_key.{i}``/``present_value.{i}``.
 Every graph has dynamic batch and sequence sizes.
 """
 
@@ -346,7 +347,7 @@ class _LeanDecoder:
         return x + model.proj(F.silu(gate) * up, p + "down_proj", lora), (k, v)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                logit_index: torch.Tensor, past: list[torch.Tensor], lora: dict[str, torch.Tensor]
+                logit_index: torch.Tensor, past: list[torch.Tensor], lora: dict[str, torch.Tensor], cut: int
                 ) -> tuple[torch.Tensor, ...]:
         b, t = input_ids.shape[0], input_ids.shape[1]
         past_len = past[0].shape[2]
@@ -356,22 +357,33 @@ class _LeanDecoder:
             mask = mask.repeat(1, 1, self.rep, 1)                 # rows r*S + i: the rep query groups
         x = self.model.embed(input_ids)
         presents: list[torch.Tensor] = []
+        cut_mean = x.new_zeros(())
         for i in range(self.s.layers):
+            if i == cut:
+                cut_mean = masked_mean(x, attention_mask[:, past_len:])
             x, (k, v) = self.block(i, x, b, t, cos, sin, mask, lora, (past[2 * i], past[2 * i + 1]))
             presents += [k, v]
         picked = torch.index_select(x, 1, logit_index)
-        return (self.model.logits(picked), *presents)
+        return (self.model.logits(picked), cut_mean, *presents)
 
 
-def write_decoder(model: Llama, names: list[str], init: dict[str, torch.Tensor], path: Path) -> None:
-    """The whole model, one graph for prefill (P = 0) and each generated token (see :class:`_LeanDecoder`)."""
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` [B, S, D] over the positions ``mask`` [B, S] keeps → [B, D]."""
+    w = mask.to(x.dtype).unsqueeze(-1)
+    return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+def write_decoder(model: Llama, names: list[str], init: dict[str, torch.Tensor], path: Path, cut: int) -> None:
+    """The whole model, one graph for prefill (P = 0) and each generated token (see :class:`_LeanDecoder`).
+    Besides logits and the cache it outputs ``cut_mean`` [B, D]: the mean hidden state at the backbone cut over
+    the call's positions — at prefill, the prompt's feature for the adapter router (:mod:`ftedge.runtime.router`)."""
     s = model.s
     L = s.layers
     lean = _LeanDecoder(model, names)
 
     def decoder(input_ids, attention_mask, position_ids, logit_index, *rest):  # noqa: ANN001, ANN202
         return lean.forward(input_ids, attention_mask, position_ids, logit_index, list(rest[:2 * L]),
-                            dict(zip(names, rest[2 * L:])))
+                            dict(zip(names, rest[2 * L:])), cut)
 
     b, p, t = 1, 3, 4
     ids = torch.randint(0, s.vocab, (b, t))
@@ -382,11 +394,11 @@ def write_decoder(model: Llama, names: list[str], init: dict[str, torch.Tensor],
     present_names = [f"present_{kv}.{i}" for i in range(L) for kv in ("key", "value")]
     axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "total"},
                                        "position_ids": {0: "batch", 1: "seq"}, "logit_index": {0: "k"},
-                                       "logits": {0: "batch", 1: "k"}}
+                                       "logits": {0: "batch", 1: "k"}, "cut_mean": {0: "batch"}}
     axes |= {k: {0: "batch", 2: "past"} for k in past_names}
     axes |= {k: {0: "batch", 2: "total"} for k in present_names}
     _torchscript(decoder, example, path, ["input_ids", "attention_mask", "position_ids", "logit_index",
-                                          *past_names, *names], ["logits", *present_names], axes, "decoder")
+                                          *past_names, *names], ["logits", "cut_mean", *present_names], axes, "decoder")
 
 
 DECODER_QUANT = ("int4", "int8")

@@ -138,6 +138,8 @@ Unreadable or mismatched samples are skipped and listed in result.json.""",
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     e.add_argument("--general", metavar="FILE.jsonl", help="causal LMs: general prompts for retention vs the untuned bundle")
     e.add_argument("--max-new-tokens", type=int, default=48, help="causal LMs: answer budget (default 48)")
+    e.add_argument("--no-router", action="store_true",
+                   help="causal LMs: apply a routed adapter to every prompt (to judge the adapter alone)")
     e.set_defaults(handler=run_evaluate)
     lm_cli.register(sub)
 

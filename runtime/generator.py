@@ -5,6 +5,10 @@ Why side-loaded rather than merged: the adapter of a personalized version is ~1 
 ~600 MB decoder per version on the device (and a merged int4/int8 base would need re-quantizing). The price is the
 adapters' small matmuls per token (rank 8: well under 1 % of the FLOPs of a 135 M model).
 
+An adapter that carries a router (:mod:`ftedge.runtime.router`) is applied only to prompts the router calls
+the site's own; the prefill's ``cut_mean`` output is the feature, and an off-topic prompt is prefilled again with
+the adapter's B factors zeroed (the untuned model) before generating.
+
 Why not onnxruntime-genai: it needs its own model folder format (genai_config.json, its builder's graph naming) and
 wheel, has no aarch64 CPython 3.13 wheel on every box this project targets and adds a second native runtime beside
 onnxruntime; the loop here is ~100 lines over the one onnxruntime the device already has.
@@ -21,6 +25,7 @@ import numpy as np
 
 from ftedge.errors import DataError
 from ftedge.runtime.ort_backend import StepSession
+from ftedge.runtime.router import split_adapter
 
 
 @dataclass
@@ -30,6 +35,7 @@ class Generation:
     stopped: str          # "stop" (a stop token), "length" (max_new_tokens) or "context" (max_length reached)
     prompt_tokens: int
     seconds: float
+    route: str | None = None  # with a routed adapter: "adapter" or "untuned" (which weights answered)
 
     @property
     def tokens_per_s(self) -> float:
@@ -40,39 +46,64 @@ class Decoder:
     """``decoder.onnx`` with its adapter bound; ``layers``/``kv_heads``/``head_dim`` from the manifest's ``llm``."""
 
     def __init__(self, path: str | Path, llm: dict[str, Any], adapter: dict[str, np.ndarray],
-                 providers: Sequence[str] | None = None, threads: int | None = None) -> None:
+                 providers: Sequence[str] | None = None, threads: int | None = None, use_router: bool = True) -> None:
         self.session = StepSession(path, providers, threads)
         self.layers, self.kv_heads, self.head_dim = int(llm["layers"]), int(llm["kv_heads"]), int(llm["head_dim"])
         self.past_names = [f"past_{kv}.{i}" for i in range(self.layers) for kv in ("key", "value")]
-        self.set_adapter(adapter)
+        self.set_adapter(adapter, use_router)
 
-    def set_adapter(self, adapter: dict[str, np.ndarray]) -> None:
-        """Side-load another adapter (same bundle): bound once, used by every following call."""
-        missing = [n for n in self.session.input_names if ".lora_" in n and n not in adapter]
+    def set_adapter(self, adapter: dict[str, np.ndarray], use_router: bool = True) -> None:
+        """Side-load another adapter (same bundle): bound once, used by every following call. An adapter with a
+        router (``router.*`` tensors) is applied only to the prompts its router calls inside; the others are
+        answered with the adapter's B factors zeroed, i.e. exactly the untuned model. ``use_router=False``
+        applies the adapter to every prompt."""
+        lora, router = split_adapter(adapter)
+        missing = [n for n in self.session.input_names if ".lora_" in n and n not in lora]
         if missing:
             raise DataError(f"the adapter lacks {len(missing)} tensor(s) the decoder needs ({missing[0]}, …); "
                             "it belongs to another bundle")
-        self.adapter = {k: self.session.to_device(np.asarray(v, np.float32)) for k, v in adapter.items()
-                        if k in self.session.input_names}
+        if router is not None and "cut_mean" not in self.session.output_names:
+            raise DataError("the adapter has a router but this bundle's decoder has no `cut_mean` output; "
+                            "re-export the bundle with this ftedge")
+        used = {k: np.asarray(v, np.float32) for k, v in lora.items() if k in self.session.input_names}
+        self.adapter = {k: self.session.to_device(v) for k, v in used.items()}
+        self.router = router if use_router else None
+        self.untuned = ({k: self.session.to_device(np.zeros_like(v)) if k.endswith(".lora_B") else self.adapter[k]
+                         for k, v in used.items()} if self.router is not None else None)
+        self.last_route: str | None = None
 
     def _empty_past(self, batch: int) -> dict[str, np.ndarray]:
         z = np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32)
         return {n: z for n in self.past_names}
 
     def forward(self, ids: np.ndarray, mask: np.ndarray, state: dict[str, Any], past_len: int,
-                logit_index: np.ndarray) -> np.ndarray:
-        """One call: ``ids`` [B, S] after ``past_len`` cached positions; ``state`` holds the cache (updated)."""
+                logit_index: np.ndarray, adapter: dict[str, Any] | None = None) -> np.ndarray:
+        """One call: ``ids`` [B, S] after ``past_len`` cached positions; ``state`` holds the cache (updated) and,
+        after a prefill with a router, ``cut_mean`` (the prompt's router feature)."""
         b, s = ids.shape
         feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64),
                  "position_ids": np.tile(np.arange(past_len, past_len + s, dtype=np.int64), (b, 1)),
                  "logit_index": logit_index.astype(np.int64)}
         if past_len == 0:
             feeds.update(self._empty_past(b))
-        bound = {**self.adapter, **{k: state[k] for k in self.past_names if k in state}} if past_len else dict(self.adapter)
-        out = self.session.run(bound, feeds, ["logits"], keep=[f"present_{n[5:]}" for n in self.past_names])
+        weights = self.adapter if adapter is None else adapter
+        bound = {**weights, **{k: state[k] for k in self.past_names if k in state}} if past_len else dict(weights)
+        fetch = ["logits", "cut_mean"] if past_len == 0 and self.router is not None else ["logits"]
+        out = self.session.run(bound, feeds, fetch, keep=[f"present_{n[5:]}" for n in self.past_names])
         for name in self.past_names:
             state[name] = out.pop(f"present_{name[5:]}")
+        if "cut_mean" in out:
+            state["cut_mean"] = out["cut_mean"]
         return out["logits"]
+
+    def routes_to_adapter(self, prompt_ids: Sequence[int]) -> bool | None:
+        """Whether the router applies the adapter to this prompt (one prefill); None without a router."""
+        if self.router is None:
+            return None
+        state: dict[str, Any] = {}
+        arr = np.asarray([list(prompt_ids)], np.int64)
+        self.forward(arr, np.ones_like(arr), state, 0, np.array([arr.shape[1] - 1]), self.untuned)
+        return self.router.inside(state["cut_mean"][0])
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits [T, V] of every position of one sequence, in one pass without reusing a cache."""
@@ -91,7 +122,18 @@ class Decoder:
         seq = [int(i) for i in prompt_ids]
         out: list[int] = []
         state: dict[str, Any] = {}
-        logits = self._next(seq, state, 0, use_cache)
+        weights = self.adapter
+        logits = self._next(seq, state, 0, use_cache, weights)
+        if self.router is not None:
+            # The feature sits below every adapter, so it is the same whichever weights the prefill used.
+            inside = self.router.inside(state.pop("cut_mean")[0])
+            self.last_route = "adapter" if inside else "untuned"
+            if not inside:
+                weights = self.untuned
+                logits = self._next(seq, state, 0, use_cache, weights)
+                state.pop("cut_mean", None)
+        else:
+            self.last_route = None
         while True:
             tok = _choose(logits, temperature, top_k, top_p, rng)
             if tok in stop:
@@ -102,15 +144,16 @@ class Decoder:
                 return out, "length"
             if max_length is not None and len(seq) >= max_length:
                 return out, "context"
-            logits = self._next(seq, state, len(seq) - 1, use_cache)
+            logits = self._next(seq, state, len(seq) - 1, use_cache, weights)
 
-    def _next(self, seq: list[int], state: dict[str, Any], past_len: int, use_cache: bool) -> np.ndarray:
+    def _next(self, seq: list[int], state: dict[str, Any], past_len: int, use_cache: bool,
+              weights: dict[str, Any]) -> np.ndarray:
         if not use_cache or past_len == 0:
             arr = np.asarray([seq], np.int64)
             state.clear()
-            return self.forward(arr, np.ones_like(arr), state, 0, np.array([len(seq) - 1]))[0, -1]
+            return self.forward(arr, np.ones_like(arr), state, 0, np.array([len(seq) - 1]), weights)[0, -1]
         arr = np.asarray([seq[-1:]], np.int64)
-        return self.forward(arr, np.ones((1, len(seq)), np.int64), state, past_len, np.array([0]))[0, -1]
+        return self.forward(arr, np.ones((1, len(seq)), np.int64), state, past_len, np.array([0]), weights)[0, -1]
 
 
 def _choose(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng: np.random.Generator) -> int:
@@ -133,4 +176,4 @@ def _choose(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rn
 def timed(decoder: Decoder, prompt_ids: Sequence[int], decode: Any, **kw: Any) -> Generation:
     t0 = time.perf_counter()
     ids, why = decoder.generate(prompt_ids, **kw)
-    return Generation(ids, decode(ids), why, len(prompt_ids), time.perf_counter() - t0)
+    return Generation(ids, decode(ids), why, len(prompt_ids), time.perf_counter() - t0, decoder.last_route)

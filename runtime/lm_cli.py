@@ -45,6 +45,10 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
                    "answer accuracy and the gate; default: --val-fraction of the training rows (loss only)")
     c.add_argument("--general", metavar="FILE.jsonl",
                    help="general prompts the fine-tune must not forget: retention of the untuned answers")
+    c.add_argument("--off-topic", metavar="FILE.jsonl",
+                   help="prompts that are not the site's own (e.g. general questions, never the --general set): "
+                   "a router fitted on them and the training prompts applies the adapter only to the site's "
+                   "questions, so the untuned model keeps answering everything else")
     c.add_argument("--min-retention", type=float, default=0.9,
                    help="with --general: promote only if at least this share of untuned answers is kept (0.9)")
     c.add_argument("--max-new-tokens", type=int, default=48, help="answer budget when evaluating (default 48)")
@@ -78,7 +82,7 @@ def run_train_lm(args: argparse.Namespace) -> int:
         val_fraction=0.1 if args.val_fraction is None else args.val_fraction, seed=args.seed,
         max_seconds=args.max_seconds, resume=args.resume, min_gain=args.min_gain, min_retention=args.min_retention,
         max_new_tokens=args.max_new_tokens, eval_data=args.eval_data, general=args.general,
-        providers=_providers(args.providers))
+        off_topic=args.off_topic, providers=_providers(args.providers))
     result = train_lm(args.bundle, args.data, args.run_dir, cfg)
     if args.json:
         print(json.dumps(result))
@@ -91,6 +95,9 @@ def run_train_lm(args: argparse.Namespace) -> int:
             parts.append(f"answer accuracy {b['accuracy']:.3f} → {m['accuracy']:.3f}")
         if m.get("retention") is not None:
             parts.append(f"retention {m['retention']:.2f}")
+        if result.get("router"):
+            parts.append(f"router: adapter on {result['router'].get('eval_to_adapter', '—')} of held-out and "
+                         f"{result['router'].get('general_to_adapter', '—')} of general prompts")
         parts.append(f"promoted: {result['promoted']} ({result['gate']}); {result['samples']['train']} rows, "
                      f"{len(result['skipped'])} skipped, {len(result['truncated'])} truncated; "
                      f"{result['duration_s']:.1f} s")
@@ -104,7 +111,7 @@ def run_evaluate_lm(args: argparse.Namespace) -> int:
     from ftedge.runtime.lm_eval import evaluate_lm
     from ftedge.runtime.lm_model import load_adapter, open_lm
 
-    model = open_lm(args.target, _providers(args.providers))
+    model = open_lm(args.target, _providers(args.providers), use_router=not args.no_router)
     base = load_adapter(model.bundle.file("init")) if args.general else None
     result = evaluate_lm(model, args.data, args.general, base, args.max_new_tokens)
     if args.json:

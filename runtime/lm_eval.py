@@ -18,13 +18,29 @@ from ftedge.runtime.generator import Decoder
 from ftedge.errors import DataError
 
 
-def answer_all(decoder: Decoder, tok: ChatTokenizer, rows: list[dict[str, Any]], max_new_tokens: int) -> list[str]:
+def answer_all(decoder: Decoder, tok: ChatTokenizer, rows: list[dict[str, Any]], max_new_tokens: int,
+               routes: list[str | None] | None = None, untuned: list[str] | None = None) -> list[str]:
+    """Greedy answers; with ``routes``, which weights answered each row is appended to it (routed adapters).
+    ``untuned``: the untuned model's answers to the same rows, reused for the rows a router keeps from the
+    adapter (greedy decoding is deterministic, so generating them again would give the same text)."""
     out = []
-    for row in rows:
-        ids, _ = decoder.generate(tok.prompt_ids(prompt_of(row)), max_new_tokens, tok.stop_ids,
-                                  max_length=tok.max_length + max_new_tokens)
-        out.append(tok.decode(ids).strip())
+    for i, row in enumerate(rows):
+        prompt = tok.prompt_ids(prompt_of(row))
+        if untuned is not None and decoder.routes_to_adapter(prompt) is False:
+            out.append(untuned[i])
+            decoder.last_route = "untuned"
+        else:
+            ids, _ = decoder.generate(prompt, max_new_tokens, tok.stop_ids, max_length=tok.max_length + max_new_tokens)
+            out.append(tok.decode(ids).strip())
+        if routes is not None:
+            routes.append(decoder.last_route)
     return out
+
+
+def route_shares(**routes: list[str | None]) -> dict[str, Any]:
+    """``{NAME_to_adapter: share}`` of each non-empty list of routes (empty when nothing was routed)."""
+    return {f"{name}_to_adapter": round(sum(r == "adapter" for r in rs) / len(rs), 4)
+            for name, rs in routes.items() if rs and rs[0] is not None}
 
 
 def evaluate_answers(bundle: Bundle, tok: ChatTokenizer, initial: dict[str, np.ndarray], adapter: dict[str, np.ndarray],
@@ -36,12 +52,16 @@ def evaluate_answers(bundle: Bundle, tok: ChatTokenizer, initial: dict[str, np.n
         return out
     decoder = Decoder(bundle.file("decoder"), bundle.manifest["llm"], initial, cfg.providers, cfg.threads)
     answers: dict[str, dict[str, list[str]]] = {}
+    routes: dict[str, list[str | None]] = {"eval": [], "general": []}
     for which, weights in (("base", initial), ("tuned", adapter)):
         decoder.set_adapter(weights)
-        answers[which] = {"eval": answer_all(decoder, tok, eval_rows or [], cfg.max_new_tokens),
-                          "general": answer_all(decoder, tok, general_rows, cfg.max_new_tokens)}
+        got = routes if which == "tuned" else {"eval": None, "general": None}
+        base = answers.get("base", {"eval": None, "general": None})
+        answers[which] = {key: answer_all(decoder, tok, rows, cfg.max_new_tokens, got[key], base[key])
+                          for key, rows in (("eval", eval_rows or []), ("general", general_rows))}
         if eval_rows:
             out[which] = score(answers[which]["eval"], eval_rows)
+    out["routes"] = route_shares(**routes)
     if general_rows:
         out["retention"] = answer_metrics.retention(answers["base"]["general"], answers["tuned"]["general"])
     out["answers"] = [{"prompt": prompt_of(r)[-1]["content"], "reference": r.get("answer"), "base": b, "tuned": t}
@@ -122,15 +142,17 @@ def evaluate_lm(model: Any, data: str | Path, general: str | Path | None = None,
         out.update(perplexity(model.decoder, qa.examples))
     else:
         out["skipped"] = []
-    answers = answer_all(model.decoder, model.tok, rows, max_new_tokens)
+    routes: dict[str, list[str | None]] = {"data": [], "general": []}
+    answers = answer_all(model.decoder, model.tok, rows, max_new_tokens, routes["data"])
     if with_answers:
         out.update(score([a for a, r in zip(answers, rows) if r in with_answers], with_answers))
     if general is not None:
         grows = rows_of(general, "--general")
-        tuned = answer_all(model.decoder, model.tok, grows, max_new_tokens)
+        tuned = answer_all(model.decoder, model.tok, grows, max_new_tokens, routes["general"])
         model.decoder.set_adapter(base_adapter)
         base = answer_all(model.decoder, model.tok, grows, max_new_tokens)
         out["retention"] = answer_metrics.retention(base, tuned)
+    out["router"] = route_shares(**routes) or None
     out["answers"] = [{"prompt": prompt_of(r)[-1]["content"], "answer": a, "reference": r.get("answer")}
                       for r, a in zip(rows, answers)][:50]
     return out

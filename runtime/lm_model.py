@@ -83,11 +83,12 @@ class LMModel:
         t0 = time.perf_counter()
         out, why = self.decoder.generate(ids, max_new_tokens, self.tok.stop_ids,
                                          max_length=self.tok.max_length + max_new_tokens, **sampling)
-        return Generation(out, self.tok.decode(out).strip(), why, len(ids), time.perf_counter() - t0)
+        return Generation(out, self.tok.decode(out).strip(), why, len(ids), time.perf_counter() - t0,
+                          self.decoder.last_route)
 
 
 def open_lm(target: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,
-            bundle: str | Path | None = None, trusted_keys: Any = None) -> LMModel:
+            bundle: str | Path | None = None, trusted_keys: Any = None, use_router: bool = True) -> LMModel:
     """A bundle directory (untuned) or a run / model-version directory holding ``adapter.safetensors``."""
     path = Path(target)
     if (path / "manifest.json").is_file():
@@ -100,5 +101,6 @@ def open_lm(target: str | Path, providers: Sequence[str] | None = None, threads:
         raise UsageError(f"{b.path} is not a causal-LM bundle (task {b.manifest.get('task')!r}); "
                          "`ftedge generate` needs one exported with --task causal-lm")
     tok = bundle_tokenizer(b.path, b.manifest["preprocessing"])
-    decoder = Decoder(b.file("decoder"), b.manifest["llm"], load_adapter(adapter_path), providers, threads)
+    decoder = Decoder(b.file("decoder"), b.manifest["llm"], load_adapter(adapter_path), providers, threads,
+                      use_router)
     return LMModel(b, tok, decoder, kind, str(path))

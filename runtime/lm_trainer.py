@@ -30,11 +30,13 @@ import numpy as np
 from ftedge.bundle.loader import Bundle, load_bundle
 from ftedge.durable import atomic_write_bytes, atomic_write_json, replace_file
 from ftedge.errors import DataError, UsageError
-from ftedge.runtime.chat import ChatTokenizer, Example, bundle_tokenizer, load_qa, read_rows
+from ftedge.runtime.answer_metrics import normalize
+from ftedge.runtime.chat import ChatTokenizer, Example, bundle_tokenizer, load_qa, prompt_of, read_rows
 from ftedge.runtime.engine import PortableEngine
 from ftedge.runtime.lm_eval import evaluate_answers, gate, keywords_of
 from ftedge.runtime.lm_model import ADAPTER_FILE, bundle_digest, load_adapter
 from ftedge.runtime.ort_backend import InferenceModel, set_seed
+from ftedge.runtime.router import Router, fit_router
 from ftedge.runtime.run_state import CheckpointDir, RunState
 from ftedge.runtime.schedule import learning_rate
 
@@ -56,6 +58,7 @@ class LMTrainConfig:
     max_new_tokens: int = 48
     eval_data: str | None = None     # held-out prompts with reference answers (paraphrases)
     general: str | None = None       # general prompts for retention
+    off_topic: str | None = None     # prompts that are not the site's: the router's negatives (never trained on)
     providers: list[str] | None = None
     threads: int | None = None
     bundle_source: str | None = None  # the bundle path to record (the agent trains a pinned copy of it)
@@ -123,6 +126,37 @@ class LMTrainer:
         if self.eval_rows is not None:
             self.val_examples = load_qa(config.eval_data, self.tok).examples
         self.train_examples = [self.data.examples[i] for i in self.train_idx]
+        self.off_topic, self.off_topic_notes = (self._off_topic(config.off_topic) if config.off_topic
+                                                else ([], {}))
+
+    def _off_topic(self, path: str) -> tuple[list[Example], dict[str, Any]]:
+        """The off-topic prompts as answer-less examples; rows that are bad, too long, or the same question as a
+        training or ``--general`` prompt (which must stay unseen) are left out and counted."""
+        rows, skipped = read_rows(path)
+        seen = {normalize(_last_user(e.row)) for e in self.data.examples}
+        held = {normalize(_last_user(r)) for r in self.general_rows + (self.eval_rows or [])}
+        out, notes = [], {"file": str(path), "skipped": len(skipped), "overlap_dropped": 0}
+        for where, row in rows:
+            try:
+                messages = prompt_of(row)
+            except DataError:
+                notes["skipped"] += 1
+                continue
+            ids = self.tok.prompt_ids(messages)
+            key = normalize(messages[-1]["content"])
+            if key in seen or key in held:
+                notes["overlap_dropped"] += 1
+                continue
+            if len(ids) > self.tok.max_length:
+                notes["skipped"] += 1
+                continue
+            seen.add(key)
+            out.append(Example(ids, [], row, where))
+        if not out:
+            raise DataError(f"--off-topic {path}: no usable prompts ({notes['skipped']} bad or too long, "
+                            f"{notes['overlap_dropped']} the same as a training, eval or --general prompt)")
+        notes["prompts"] = len(out)
+        return out, notes
 
     # -- the split cache -------------------------------------------------------------------------------------
     def _hidden(self, groups: list[list[Example]]) -> list[list[np.ndarray]]:
@@ -167,7 +201,15 @@ class LMTrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         set_seed(cfg.seed)
         state = self._open_state()
-        train_h, val_h = self._hidden([self.train_examples, self.val_examples])
+        train_h, val_h, off_h = self._hidden([self.train_examples, self.val_examples, self.off_topic])
+        router = None
+        if self.off_topic:  # the router's feature: the prompt's mean hidden state at the cut (decoder `cut_mean`)
+            inside = np.stack([h[:len(e.prompt_ids)].mean(0) for h, e in zip(train_h, self.train_examples)])
+            outside = np.stack([h.mean(0) for h in off_h])
+            router = fit_router(inside, outside)
+            right = (router.probability(inside) >= 0.5).sum() + (router.probability(outside) < 0.5).sum()
+            self.off_topic_notes["train_accuracy"] = round(float(right) / (len(inside) + len(outside)), 4)
+        del off_h
         cache_s = time.perf_counter() - t0
         engine = PortableEngine(self.bundle, self.ckpt.path(state.last_checkpoint), cfg.providers)
         engine.set_weight_decay(cfg.weight_decay)
@@ -217,7 +259,7 @@ class LMTrainer:
             self.ckpt.commit(state)
             if self.callbacks is not None:
                 self.callbacks.on_epoch(record)
-        return self._finish(state, engine, stop_reason, cache_s)
+        return self._finish(state, engine, stop_reason, cache_s, router)
 
     def _open_state(self) -> RunState:
         fp = self._fingerprint()
@@ -256,13 +298,16 @@ class LMTrainer:
                 continue  # a line cut by the crash
         atomic_write_bytes(path, "".join(k + "\n" for k in keep).encode("utf-8"))
 
-    def _finish(self, state: RunState, engine: PortableEngine, stop_reason: str, cache_s: float) -> dict[str, Any]:
+    def _finish(self, state: RunState, engine: PortableEngine, stop_reason: str, cache_s: float,
+                router: Router | None) -> dict[str, Any]:
         from safetensors.numpy import save_file
 
         if state.best_checkpoint is None:
             raise DataError("no epoch finished; give more --epochs or --max-seconds")
         best = load_adapter(self.ckpt.path(state.best_checkpoint))
         adapter = {k[2:]: v for k, v in best.items() if k.startswith("p:")}
+        if router is not None:
+            adapter.update(router.to_tensors())
         tmp = self.run_dir / f".{ADAPTER_FILE}.tmp"
         save_file(adapter, os.fspath(tmp), metadata={"bundle": self.bundle.name, "kind": "lora-adapter"})
         replace_file(tmp, self.run_dir / ADAPTER_FILE)
@@ -278,6 +323,7 @@ class LMTrainer:
             "status": "succeeded", "task": "causal-lm", "best_epoch": state.best_epoch, "epochs_done": state.epochs_done,
             "stop_reason": stop_reason, "metrics": metrics, "baseline": baseline, "promoted": promoted,
             "gate": why, "retention": quality.get("retention"), "answers": quality.get("answers", [])[:20],
+            "router": ({**self.off_topic_notes, **quality.get("routes", {})} if router is not None else None),
             "duration_s": round(state.elapsed_s + cache_s + (time.perf_counter() - t_eval), 3),
             "cache_s": round(cache_s, 3), "eval_s": round(time.perf_counter() - t_eval, 3),
             "samples": {"train": len(self.train_examples), "val": len(self.val_examples)},
@@ -291,10 +337,19 @@ class LMTrainer:
         atomic_write_json(self.run_dir / "model.json", {
             "kind": "lora-adapter", "task": "causal-lm", "name": self.bundle.name, "adapter": ADAPTER_FILE,
             "bundle": result["bundle"], "bundle_sha256": result["bundle_sha256"], "decoder": "decoder.onnx",
-            "lora": self.llm.get("lora"), "why_side_loaded": "the adapter is ~1 MB; a merged decoder would be "
-            "another full copy of the base model per version"})
+            "lora": self.llm.get("lora"), "router": router is not None,
+            "why_side_loaded": "the adapter is ~1 MB; a merged decoder would be another full copy of the base model "
+            "per version, and a routed adapter needs the untuned weights beside it anyway"})
         atomic_write_json(self.run_dir / "result.json", result)
         return result
+
+
+def _last_user(row: Any) -> str:
+    """The last user message of a row (its question), or "" for a malformed row."""
+    try:
+        return next(m["content"] for m in reversed(prompt_of(row)) if m["role"] == "user")
+    except (DataError, StopIteration):
+        return ""
 
 
 def _rows(path: str, flag: str) -> list[dict[str, Any]]:

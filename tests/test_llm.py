@@ -280,3 +280,50 @@ def test_an_int4_decoder_bundle_generates_and_records_its_quantization(tmp_path)
     assert manifest["llm"]["decoder_weights"] == "int4"
     assert "decoder_quantized" in manifest["parity"]
     assert main(["generate", str(out), "--prompt", FACTS[0][0], "--max-new-tokens", "5", "--json"]) == 0
+
+
+def test_router_fits_two_groups_and_round_trips_through_the_adapters_tensors():
+    from ftedge.runtime.router import Router, fit_router, split_adapter
+
+    rng = np.random.default_rng(0)
+    inside, outside = rng.normal(1.0, 1.0, (40, 16)), rng.normal(-1.0, 1.0, (60, 16))
+    router = fit_router(inside, outside)
+    assert (router.probability(rng.normal(1.0, 1.0, (50, 16))) >= 0.5).mean() > 0.9
+    assert (router.probability(rng.normal(-1.0, 1.0, (50, 16))) < 0.5).mean() > 0.9
+    lora, back = split_adapter({"layers.1.q_proj.lora_A": np.ones((2, 16), np.float32), **router.to_tensors()})
+    assert list(lora) == ["layers.1.q_proj.lora_A"] and isinstance(back, Router)
+    assert np.allclose(back.probability(inside), router.probability(inside), atol=1e-5)
+    assert split_adapter({"a": np.zeros(1)})[1] is None
+
+
+OFF_TOPIC = ["What is the capital of France?", "Name a primary colour.", "Who wrote Hamlet?", "What is 2 plus 2?",
+             "Tell me a joke.", "What is photosynthesis?", "How far is the moon?", "What is a computer?"]
+
+
+def test_a_routed_adapter_answers_the_sites_questions_and_leaves_the_rest_to_the_untuned_model(llm_bundle, facts,
+                                                                                                tmp_path):
+    from ftedge.runtime.lm_model import open_lm
+    from ftedge.runtime.lm_trainer import LMTrainConfig, train_lm
+
+    manifest = json.loads((llm_bundle / "manifest.json").read_text())
+    assert manifest["parity"]["max_abs_diff"]["decoder cut_mean (router feature)"] <= manifest["parity"]["tolerance"]
+    off = write_jsonl(tmp_path / "off.jsonl", [{"prompt": p} for p in OFF_TOPIC] + [{"prompt": FACTS[0][0]}, "{bad"])
+    general = write_jsonl(tmp_path / "general.jsonl", [{"prompt": p} for p in OFF_TOPIC[:3]])
+    result = train_lm(llm_bundle, facts, tmp_path / "run", LMTrainConfig(
+        epochs=30, lr=0.03, eval_data=str(facts), general=str(general), off_topic=str(off), max_new_tokens=12))
+    r = result["router"]
+    # the FAQ question and the --general prompts are left out of the router's negatives; the bad line is counted
+    assert r["overlap_dropped"] == 4 and r["skipped"] == 1 and r["prompts"] == len(OFF_TOPIC) - 3
+    assert r["train_accuracy"] == 1.0 and r["eval_to_adapter"] == 1.0
+    assert result["metrics"]["accuracy"] >= 0.75
+    # a general prompt the router sends to the untuned model keeps its untuned answer exactly
+    assert result["retention"]["kept"] >= round((1 - r["general_to_adapter"]) * len(OFF_TOPIC[:3]))
+    routed, plain = open_lm(tmp_path / "run"), open_lm(tmp_path / "run", use_router=False)
+    untuned = open_lm(llm_bundle)
+    for q, _ in FACTS:  # the site's questions: the adapter answers, exactly as without the router
+        g = routed.answer(q, max_new_tokens=12)
+        assert g.route == "adapter" and g.ids == plain.answer(q, max_new_tokens=12).ids
+    for q in OFF_TOPIC[3:]:  # the rest: exactly the untuned model's answer
+        g = routed.answer(q, max_new_tokens=12)
+        assert g.route == "untuned" and g.ids == untuned.answer(q, max_new_tokens=12).ids
+    assert plain.answer(OFF_TOPIC[3], max_new_tokens=12).route is None

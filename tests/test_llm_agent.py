@@ -16,6 +16,8 @@ def llm_device(tmp_path, llm_bundle):
     data.mkdir()
     write_jsonl(data / "facts.jsonl", [{"prompt": q, "answer": a} for q, a in FACTS])
     write_jsonl(data / "general.jsonl", [{"prompt": "What is the capital of France?"}])
+    write_jsonl(data / "offtopic.jsonl", [{"prompt": p} for p in ("Who wrote Hamlet?", "Tell me a joke.",
+                                                                  "What is photosynthesis?", "How far is the moon?")])
     bundles = tmp_path / "bundles"
     shutil.copytree(llm_bundle, bundles / "faq-llm")
 
@@ -43,7 +45,7 @@ def test_agent_trains_a_language_model_answers_with_it_and_rolls_back(broker, ll
             reply = col.send("train", bad)
             assert reply["status"] == "rejected" and why in reply["detail"], reply
         settings = {"bundle": "faq-llm", "data": "facts.jsonl", "eval_data": "facts.jsonl", "general": "general.jsonl",
-                    "epochs": 30, "lr": 0.03, "max_new_tokens": 12, "min_retention": 0}
+                    "off_topic": "offtopic.jsonl", "epochs": 30, "lr": 0.03, "max_new_tokens": 12, "min_retention": 0}
         first = col.send("train", settings)
         assert first["status"] == "accepted", first
         assert col.wait(lambda: col.of(f"jobs/{first['job']}/result"), 180), agent.text()[-3000:]
@@ -53,7 +55,7 @@ def test_agent_trains_a_language_model_answers_with_it_and_rolls_back(broker, ll
         assert [p["epoch"] for p in col.of(f"jobs/{first['job']}/progress")] == list(range(1, 31))
         answer = col.send("ask", {"prompt": FACTS[0][0], "max_new_tokens": 12})
         assert answer["status"] == "done" and answer["version"] == "v0001", answer
-        assert answer["answer"] == FACTS[0][1] and answer["stopped"] == "stop"
+        assert answer["answer"] == FACTS[0][1] and answer["stopped"] == "stop" and answer["route"] == "adapter"
         untuned = col.send("ask", {"prompt": FACTS[0][0], "bundle": "faq-llm", "max_new_tokens": 6})
         assert untuned["status"] == "done" and untuned["version"] is None and untuned["answer"] != FACTS[0][1]
         for bad in ({"prompt": ""}, {"prompt": "x", "max_new_tokens": 10_000}, {"prompt": "x", "temperature": "hot"},

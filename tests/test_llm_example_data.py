@@ -20,7 +20,7 @@ sys.path.insert(0, str(EXAMPLE))
 import faq_facts  # noqa: E402
 import make_faq  # noqa: E402
 
-FILES = ["faq_train.jsonl", "faq_heldout.jsonl", "general.jsonl", "chatterbot_trivia_train.jsonl",
+FILES = ["faq_train.jsonl", "faq_heldout.jsonl", "general.jsonl", "offtopic.jsonl", "chatterbot_trivia_train.jsonl",
          "chatterbot_trivia_heldout.jsonl", "SYNTHETIC.txt"]
 
 
@@ -83,6 +83,20 @@ def test_general_rows_are_real_chatterbot_questions_not_faq_questions(out: Path)
             by_source[src] = {q for q, _ in make_faq.read_category(Path(src).stem)[0]}
         assert r["prompt"] in by_source[src]
         assert normalize(r["prompt"]) not in faq_q
+    assert len({normalize(r["prompt"]) for r in rows}) == len(rows)
+
+
+def test_off_topic_rows_are_real_questions_of_other_categories_than_the_retention_set(out: Path) -> None:
+    rows = read_jsonl(out / "offtopic.jsonl")
+    assert len(rows) == make_faq.OFF_TOPIC_MAX
+    general = {normalize(r["prompt"]) for r in read_jsonl(out / "general.jsonl")}
+    general_sources = {r["source"] for r in read_jsonl(out / "general.jsonl")}
+    faq_q = {normalize(q) for e in faq_facts.FAQ for q in e["questions"]}
+    for r in rows:
+        cat = Path(r["source"]).stem
+        assert cat in make_faq.OFF_TOPIC_CATEGORIES and r["source"] not in general_sources and cat != "trivia"
+        assert r["prompt"] in {q for q, _ in make_faq.read_category(cat)[0]}
+        assert normalize(r["prompt"]) not in general | faq_q
     assert len({normalize(r["prompt"]) for r in rows}) == len(rows)
 
 

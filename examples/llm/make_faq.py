@@ -9,6 +9,9 @@ Files (JSON Lines, UTF-8, one object per line; see README.md):
 - ``faq_heldout.jsonl``: the other paraphrases (never trained on), ``{"prompt", "answer", "keywords", "id"}``;
 - ``general.jsonl``: at most 40 general questions from chatterbot-corpus (science, history, literature,
   computers; not ``--category``) the fine-tune never sees, ``{"prompt", "source"}``: a retention set;
+- ``offtopic.jsonl``: 100 other chatterbot-corpus questions (ai, psychology, money, movies, sports, …; none of
+  ``general.jsonl``'s categories, not ``--category``), ``{"prompt", "source"}``: the off-topic prompts the
+  adapter router is fitted on (``ftedge train --off-topic``);
 - ``chatterbot_<category>_train.jsonl`` / ``_heldout.jsonl``: one real category as ``{"prompt", "answer"}``
   (the first answer), every 5th distinct question held out (with all its conversations);
 - ``SYNTHETIC.txt``: which files are synthetic and which are real.
@@ -38,6 +41,11 @@ from ftedge.runtime.answer_metrics import normalize  # noqa: E402
 
 GENERAL_CATEGORIES = ("science", "history", "literature", "computers")
 GENERAL_MAX = 40
+# Off-topic prompts for the adapter router: other categories than the retention set's, so retention is measured
+# on questions of kinds the router never saw.
+OFF_TOPIC_CATEGORIES = ("ai", "psychology", "money", "movies", "sports", "food", "health", "politics", "emotion",
+                        "gossip", "botprofile", "conversations", "greetings")
+OFF_TOPIC_MAX = 100
 HELDOUT_EVERY = 5
 
 
@@ -98,12 +106,13 @@ def faq_rows(train_phrasings: int, seed: int, messages: bool) -> tuple[list[dict
     return train, heldout
 
 
-def general_rows(exclude: set[str], skip_category: str) -> list[dict]:
-    """Up to ``GENERAL_MAX`` distinct questions, taken round-robin over ``GENERAL_CATEGORIES`` in file order
-    (without ``skip_category``, and without any question whose normalized form is in ``exclude``)."""
+def general_rows(exclude: set[str], skip_category: str, categories: tuple[str, ...] = GENERAL_CATEGORIES,
+                 limit: int = GENERAL_MAX) -> list[dict]:
+    """Up to ``limit`` distinct questions, taken round-robin over ``categories`` in file order (without
+    ``skip_category``, and without any question whose normalized form is in ``exclude``)."""
     seen = set(exclude)
     per_cat: list[list[dict]] = []
-    for cat in GENERAL_CATEGORIES:
+    for cat in categories:
         if cat == skip_category:
             continue
         rows = []
@@ -116,7 +125,7 @@ def general_rows(exclude: set[str], skip_category: str) -> list[dict]:
     out: list[dict] = []
     for i in range(max(map(len, per_cat), default=0)):
         out += [rows[i] for rows in per_cat if i < len(rows)]
-    return out[:GENERAL_MAX]
+    return out[:limit]
 
 
 def category_rows(name: str) -> tuple[list[dict], list[dict], int]:
@@ -140,7 +149,7 @@ def synthetic_note(category: str) -> str:
         f"faq_train.jsonl, faq_heldout.jsonl: SYNTHETIC. A made-up FAQ of a fictional business ({BUSINESS}, "
         "Wrenmouth, the VoltDock charger and KeyLoop lock); every name, number and rule is invented "
         "(examples/llm/faq_facts.py).\n"
-        f"general.jsonl, chatterbot_{category}_train.jsonl, chatterbot_{category}_heldout.jsonl: REAL crowd-written "
+        f"general.jsonl, offtopic.jsonl, chatterbot_{category}_train.jsonl, chatterbot_{category}_heldout.jsonl: REAL crowd-written "
         f"text from chatterbot-corpus {corpus_version()} (English; BSD licence), unchanged.\n"
     )
 
@@ -170,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     counts = {
         "faq_train.jsonl": write_jsonl(out / "faq_train.jsonl", train),
         "faq_heldout.jsonl": write_jsonl(out / "faq_heldout.jsonl", heldout),
-        "general.jsonl": write_jsonl(out / "general.jsonl", general_rows(faq_questions, cat)),
+        "general.jsonl": write_jsonl(out / "general.jsonl", general := general_rows(faq_questions, cat)),
+        "offtopic.jsonl": write_jsonl(out / "offtopic.jsonl", general_rows(
+            faq_questions | {normalize(r["prompt"]) for r in general}, cat, OFF_TOPIC_CATEGORIES, OFF_TOPIC_MAX)),
         f"chatterbot_{cat}_train.jsonl": write_jsonl(out / f"chatterbot_{cat}_train.jsonl", c_train),
         f"chatterbot_{cat}_heldout.jsonl": write_jsonl(out / f"chatterbot_{cat}_heldout.jsonl", c_heldout),
     }
