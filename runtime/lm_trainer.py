@@ -259,7 +259,11 @@ class LMTrainer:
             self.ckpt.commit(state)
             if self.callbacks is not None:
                 self.callbacks.on_epoch(record)
-        return self._finish(state, engine, stop_reason, cache_s, router)
+        # The step session (top blocks, LM head, optimizer state, ORT's arena) must be gone before the decoder
+        # loads for evaluation: otherwise both are resident at once (measured: 1.2 GB instead of ~0.8 GB peak).
+        del engine, train_h, val_h
+        release_free_memory()
+        return self._finish(state, stop_reason, cache_s, router)
 
     def _open_state(self) -> RunState:
         fp = self._fingerprint()
@@ -298,8 +302,7 @@ class LMTrainer:
                 continue  # a line cut by the crash
         atomic_write_bytes(path, "".join(k + "\n" for k in keep).encode("utf-8"))
 
-    def _finish(self, state: RunState, engine: PortableEngine, stop_reason: str, cache_s: float,
-                router: Router | None) -> dict[str, Any]:
+    def _finish(self, state: RunState, stop_reason: str, cache_s: float, router: Router | None) -> dict[str, Any]:
         from safetensors.numpy import save_file
 
         if state.best_checkpoint is None:
@@ -311,7 +314,6 @@ class LMTrainer:
         tmp = self.run_dir / f".{ADAPTER_FILE}.tmp"
         save_file(adapter, os.fspath(tmp), metadata={"bundle": self.bundle.name, "kind": "lora-adapter"})
         replace_file(tmp, self.run_dir / ADAPTER_FILE)
-        del engine
         t_eval = time.perf_counter()
         initial = load_adapter(self.bundle.file("init"))
         quality = evaluate_answers(self.bundle, self.tok, initial, adapter, self.eval_rows, self.general_rows,

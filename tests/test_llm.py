@@ -271,13 +271,16 @@ def test_device_environment_personalizes_and_answers_without_torch(device_python
     assert json.loads(gen.stdout)["answer"]
 
 
-def test_an_int4_decoder_bundle_generates_and_records_its_quantization(tmp_path):
+@pytest.mark.parametrize("kind", ["int4", "int8"])
+def test_a_quantized_decoder_bundle_generates_and_records_its_quantization(tmp_path, kind):
     from conftest import export
 
-    out = tmp_path / "int4"
+    out = tmp_path / kind
     manifest = export(str(ROOT / "tests" / "tiny_llm.py") + ":tiny", out, "--task", "causal-lm", "--lora", "4",
-                      "--trainable-blocks", "2", "--max-length", "64", "--quantize-decoder", "int4")
-    assert manifest["llm"]["decoder_weights"] == "int4"
+                      "--trainable-blocks", "2", "--max-length", "64", "--quantize-decoder", kind)
+    assert manifest["llm"]["decoder_weights"] == kind
+    q = manifest["llm"]["decoder_quantization"]
+    assert q["ops"]["MatMulNBits"] == q["quantized_matmuls"] > 0 and kind[-1] + "-bit" in q["scheme"]
     assert "decoder_quantized" in manifest["parity"]
     assert main(["generate", str(out), "--prompt", FACTS[0][0], "--max-new-tokens", "5", "--json"]) == 0
 
