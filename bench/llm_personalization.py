@@ -44,8 +44,10 @@ Figures:
   whole_s              wall time of the whole process (launcher fork to exit; python + library imports
                        included). reference whole_s_like excludes its eager tokens/s measurement (ftedge's
                        process does none), so the two cover the same job.
-  train_s              ftedge: result.json duration_s - eval_s = hidden-state cache (cache_s) + epochs (with
-                       per-epoch validation loss and checkpoints); reference: its training loop only.
+  train_s              ftedge: result.json duration_s - eval_s = hidden-state cache of the training, held-out
+                       and off-topic prompts (cache_s; the router is fitted from it) + epochs (with per-epoch
+                       validation loss and checkpoints); reference: its router features (router_s) + its
+                       training loop with the same per-epoch validation and best-epoch choice (--validate).
   peak_rss_mb          ru_maxrss of the whole process via os.wait4 (bench/proc_launcher.py), MiB; ftedge's
                        own result.json peak_rss_mb (RUSAGE_SELF at the end) alongside. Both cover the whole
                        process, evaluation (decoder loaded for base + tuned answers) included, so the
@@ -203,7 +205,8 @@ def run_reference(files: dict[str, Path], args: argparse.Namespace, threads: int
            "--epochs", str(args.epochs),
            "--lr", str(args.lr), "--batch-size", str(args.batch_size), "--rank", str(args.rank),
            "--alpha", str(2 * args.rank), "--trainable-blocks", str(args.blocks), "--seed", str(args.seed),
-           "--threads", str(threads), "--max-new-tokens", "48", "--gen-tokens", str(args.gen_tokens), "--json"]
+           "--threads", str(threads), "--max-new-tokens", "48", "--gen-tokens", str(args.gen_tokens), "--validate",
+           "--json"]
     say("reference (host venv, PyTorch + PEFT): " + " ".join(cmd))
     rec = run_measured(cmd, cwd=ROOT)
     return {"rec": rec, "result": rec["result"], "cmd": cmd}
@@ -299,11 +302,13 @@ def run(args: argparse.Namespace) -> dict:
     reference = {
         **{k: ref_tuned[k] for k in ("paraphrase_accuracy", "exact_match", "token_f1")},
         "retention": ref_ret["retention"], "retention_detail": ref_ret, "perplexity": rr.get("tuned_perplexity"),
-        "whole_s": ref["rec"]["wall_s"], "whole_s_like": ref_whole_like, "train_s": rr["train_seconds"],
+        "whole_s": ref["rec"]["wall_s"], "whole_s_like": ref_whole_like,
+        "train_s": rr["train_seconds"] + (rr.get("router_seconds") or 0.0), "loop_s": rr["train_seconds"],
         "internal_whole_s": rr["whole_seconds"], "load_s": rr["load_seconds"], "peak_rss_mb": ref["rec"]["rss_mib"],
         "result_peak_rss_mb": rr["peak_rss_mb"], "cpu_s": ref["rec"]["cpu_s"],
         "gen_tokens_per_s": eager.get("tokens_per_s"), "eager": eager, "min_new_tokens_forced": True,
         "final_loss": rr.get("final_loss"), "losses": rr.get("losses"), "steps": rr.get("steps"),
+        "val_losses": rr.get("val_losses"), "best_epoch": rr.get("best_epoch"),
         "trainable_params": rr.get("trainable_params"), "threads": rr.get("threads"), "torch": rr.get("torch"),
         "router": ({k: round(sum(v) / len(v), 4) for k, v in rr["routes"].items() if v} if routed else None),
         "router_s": rr.get("router_seconds"),

@@ -125,8 +125,12 @@ def target_regex(cfg: ReferenceConfig, n_layers: int) -> str:
     return rf"(.*\.)?model\.layers\.({layers})\.({projs})"
 
 
-def finetune(model: Any, tok: Any, rows: list[dict], cfg: ReferenceConfig) -> dict:
-    """LoRA fine-tune (PEFT) of ``model`` on ``rows``; returns the wrapped model and the training figures."""
+def finetune(model: Any, tok: Any, rows: list[dict], cfg: ReferenceConfig, val_rows: list[dict] | None = None
+             ) -> dict:
+    """LoRA fine-tune (PEFT) of ``model`` on ``rows``; returns the wrapped model and the training figures.
+
+    With ``val_rows`` (ftedge's recipe): after every epoch the mean answer-token NLL of those rows, and the adapter
+    of the best epoch is the one kept (ftedge's trainer does the same through its step graph)."""
     from peft import LoraConfig, get_peft_model
     torch.set_num_threads(cfg.threads)
     data, dropped = _encode_rows(tok, rows, cfg.max_length)
@@ -141,6 +145,9 @@ def finetune(model: Any, tok: Any, rows: list[dict], cfg: ReferenceConfig) -> di
     per_epoch = math.ceil(len(data) / cfg.batch_size)
     total, step, losses = per_epoch * cfg.epochs, 0, []
     tokens = sum(len(ids) - n for ids, n in data)
+    val, _ = _encode_rows(tok, val_rows or [], cfg.max_length)
+    best: tuple[float, int, list[torch.Tensor]] | None = None
+    val_losses: list[float] = []
     model.train()
     t = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):  # 1-based, as ftedge's trainer seeds its order
@@ -159,11 +166,23 @@ def finetune(model: Any, tok: Any, rows: list[dict], cfg: ReferenceConfig) -> di
             opt.step()
             nll_sum, count = nll_sum + nll.item(), count + n
         losses.append(nll_sum / count)  # token-weighted mean over the epoch
+        if val:
+            with torch.inference_mode():
+                parts = [_answer_nll(model, tok, val[i:i + cfg.batch_size]) for i in range(0, len(val), cfg.batch_size)]
+            vl = sum(float(x) for x, _ in parts) / sum(n for _, n in parts)
+            val_losses.append(vl)
+            if best is None or vl <= best[0]:
+                best = (vl, epoch, [p.detach().clone() for p in params])
+    if best is not None:
+        with torch.no_grad():
+            for p, kept in zip(params, best[2]):
+                p.copy_(kept)
     train_seconds = time.perf_counter() - t
     model.eval()
     return {"model": model, "train_seconds": train_seconds, "epochs": cfg.epochs, "steps": step,
             "final_loss": losses[-1], "losses": losses, "tokens": tokens, "rows": len(data), "dropped": dropped,
-            "trainable_params": sum(p.numel() for p in params)}
+            "trainable_params": sum(p.numel() for p in params), "val_losses": val_losses,
+            "best_epoch": best[1] if best else cfg.epochs}
 
 
 def _generate(model: Any, tok: Any, prompt: str, max_new_tokens: int, exact: bool) -> list[int]:
@@ -232,7 +251,7 @@ def peak_rss_mb() -> float:
 
 def run_reference(train_rows: list[dict], eval_prompts: list[str], general_prompts: list[str],
                   cfg: ReferenceConfig, eval_rows: list[dict] | None = None, gen_tokens: int = 32,
-                  max_new_tokens: int = 48, off_topic: list[str] | None = None) -> dict:
+                  max_new_tokens: int = 48, off_topic: list[str] | None = None, validate: bool = False) -> dict:
     """Load, base answers, fine-tune, tuned answers, optional perplexity and eager tokens/s; all figures.
 
     With ``off_topic`` prompts, ftedge's adapter router is fitted the same way (``ftedge.runtime.router``, on this
@@ -258,7 +277,7 @@ def run_reference(train_rows: list[dict], eval_prompts: list[str], general_promp
         routes = {k: [bool(x >= 0.5) for x in router.probability(prompt_features(model, tok, ps, cut))]
                   for k, ps in (("eval", eval_prompts), ("general", general_prompts))}
         out["router_seconds"] = time.perf_counter() - t
-    ft = finetune(model, tok, train_rows, cfg)
+    ft = finetune(model, tok, train_rows, cfg, scored if validate else None)
     model = ft.pop("model")
     out.update(ft)
     out["train_tokens_per_s"] = ft["tokens"] * ft["epochs"] / ft["train_seconds"]
@@ -292,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval", required=True, help="JSON lines of {prompt[, answer]} (answers give perplexity)")
     ap.add_argument("--general", help="JSON lines of {prompt}: general questions, for retention")
     ap.add_argument("--off-topic", help="JSON lines of {prompt}: the adapter router's negatives (as ftedge's)")
+    ap.add_argument("--validate", action="store_true",
+                    help="validation loss on --eval's answers after every epoch; keep the best epoch's adapter (as "
+                    "ftedge's trainer)")
     d = ReferenceConfig()
     for name in ("epochs", "lr", "rank", "alpha", "trainable_blocks", "batch_size", "max_length", "seed",
                  "weight_decay", "threads"):
@@ -311,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     eval_rows = _read_jsonl(a.eval)
     general = [r["prompt"] for r in _read_jsonl(a.general)]
     r = run_reference(_read_jsonl(a.train), [e["prompt"] for e in eval_rows], general, cfg, eval_rows,
-                      a.gen_tokens, a.max_new_tokens, [r["prompt"] for r in _read_jsonl(a.off_topic)] or None)
+                      a.gen_tokens, a.max_new_tokens, [r["prompt"] for r in _read_jsonl(a.off_topic)] or None,
+                      a.validate)
     print(f"load {r['load_seconds']:.1f} s; train {r['train_seconds']:.1f} s ({r['steps']} steps, "
           f"{r['rows']} rows, {r['dropped']} dropped); whole {r['whole_seconds']:.1f} s; "
           f"peak RSS {r['peak_rss_mb']:.0f} MiB", file=sys.stderr)
