@@ -67,7 +67,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"answer": gen.text, "tokens": len(gen.ids), "prompt_tokens": gen.prompt_tokens,
                           "stopped": gen.stopped, "seconds": round(gen.seconds, 4),
-                          "tokens_per_s": round(gen.tokens_per_s, 2), "model": model.kind}))
+                          "tokens_per_s": round(gen.tokens_per_s, 2), "model": model.kind, "route": gen.route}))
     else:
         print(gen.text)
     return 0

@@ -304,7 +304,7 @@ OFF_TOPIC = ["What is the capital of France?", "Name a primary colour.", "Who wr
 
 
 def test_a_routed_adapter_answers_the_sites_questions_and_leaves_the_rest_to_the_untuned_model(llm_bundle, facts,
-                                                                                                tmp_path):
+                                                                                                tmp_path, capsys):
     from ftedge.runtime.lm_model import open_lm
     from ftedge.runtime.lm_trainer import LMTrainConfig, train_lm
 
@@ -330,3 +330,5 @@ def test_a_routed_adapter_answers_the_sites_questions_and_leaves_the_rest_to_the
         g = routed.answer(q, max_new_tokens=12)
         assert g.route == "untuned" and g.ids == untuned.answer(q, max_new_tokens=12).ids
     assert plain.answer(OFF_TOPIC[3], max_new_tokens=12).route is None
+    assert main(["generate", str(tmp_path / "run"), "--prompt", OFF_TOPIC[4], "--max-new-tokens", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["route"] == "untuned"
