@@ -112,7 +112,22 @@ def recipe(args: argparse.Namespace) -> dict:
         replay = [{"prompt": p, "answer": a} for p, a in zip(prompts, batch_answers(model, tok, prompts)) if a]
     cfg = R.ReferenceConfig(rank=args.rank, alpha=2 * args.rank, trainable_blocks=args.blocks, lr=args.lr,
                             epochs=args.epochs, batch_size=args.batch_size, threads=args.threads)
+    hook = None
+    if args.hidden_noise > 0:  # Gaussian noise on the hidden states entering the first adapted block, training only
+        gen = torch.Generator().manual_seed(0)
+
+        def noisy(module, inputs):  # noqa: ANN001, ANN202
+            if not module.training:
+                return None
+            h = inputs[0]
+            rms = h.pow(2).mean(-1, keepdim=True).sqrt()
+            return (h + args.hidden_noise * rms * torch.randn(h.shape, generator=gen), *inputs[1:])
+
+        layer = model.model.layers[model.config.num_hidden_layers - args.blocks]
+        hook = layer.register_forward_pre_hook(noisy)
     ft = R.finetune(model, tok, d["train"] + replay, cfg)
+    if hook is not None:
+        hook.remove()
     tuned = ft["model"]
     held = batch_answers(tuned, tok, [r["prompt"] for r in d["held"]])
     s = answer_metrics.score_answers({"prediction": p, "reference": r["answer"], "keywords": r["keywords"]}
@@ -140,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--epochs", type=int, default=10)
     r.add_argument("--batch-size", type=int, default=4)
     r.add_argument("--replay", type=int, default=0, help="off-topic prompts answered by the base model, trained on")
+    r.add_argument("--hidden-noise", type=float, default=0.0,
+                   help="std of Gaussian noise (times each token's RMS) added to the hidden states at the cut while "
+                   "training (NEFTune-like regularization at the cached layer)")
     r.set_defaults(func=recipe)
     args = ap.parse_args(argv)
     out = args.func(args)

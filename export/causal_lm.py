@@ -339,6 +339,7 @@ def export_causal_lm(opts: ExportOptions, progress: Callable[[str], None] = lamb
                     "lora": {"rank": opts.lora_rank, "alpha": alpha, "targets": opts.lora_targets or DEFAULT_TARGETS,
                              "adapted": [p[0][: -len(".lora_A")] for p in pairs], "parameters": n_lora},
                     "adapter": "side-loaded",
+                    "router_feature": "cut_mean",  # the decoder output an adapter router reads (runtime/router.py)
                     "decoder_weights": quant or "fp32",
                     **({"decoder_quantization": quant_info} if quant_info else {}),
                     "eos": fmt.stop[0] if fmt.stop else None},

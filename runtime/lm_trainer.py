@@ -126,6 +126,9 @@ class LMTrainer:
         if self.eval_rows is not None:
             self.val_examples = load_qa(config.eval_data, self.tok).examples
         self.train_examples = [self.data.examples[i] for i in self.train_idx]
+        if config.off_topic and self.llm.get("router_feature") != "cut_mean":
+            raise UsageError(f"--off-topic needs a bundle whose decoder outputs the router's feature; "
+                             f"{self.bundle.path} predates it: re-export it with this ftedge")
         self.off_topic, self.off_topic_notes = (self._off_topic(config.off_topic) if config.off_topic
                                                 else ([], {}))
 

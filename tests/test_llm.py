@@ -332,3 +332,19 @@ def test_a_routed_adapter_answers_the_sites_questions_and_leaves_the_rest_to_the
     assert plain.answer(OFF_TOPIC[3], max_new_tokens=12).route is None
     assert main(["generate", str(tmp_path / "run"), "--prompt", OFF_TOPIC[4], "--max-new-tokens", "4", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["route"] == "untuned"
+
+
+def test_off_topic_prompts_need_a_bundle_whose_decoder_outputs_the_router_feature(llm_bundle, facts, tmp_path):
+    import shutil
+
+    from ftedge.errors import UsageError
+    from ftedge.runtime.lm_trainer import LMTrainConfig, LMTrainer
+
+    old = tmp_path / "old-bundle"
+    shutil.copytree(llm_bundle, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["llm"]["router_feature"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    off = write_jsonl(tmp_path / "off.jsonl", [{"prompt": p} for p in OFF_TOPIC])
+    with pytest.raises(UsageError, match="re-export"):
+        LMTrainer(old, facts, tmp_path / "run", LMTrainConfig(off_topic=str(off)))
