@@ -112,9 +112,12 @@ class Decoder:
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int = 64, stop_ids: Sequence[int] = (),
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                 max_length: int | None = None, use_cache: bool = True) -> tuple[list[int], str]:
+                 max_length: int | None = None, use_cache: bool = True, route: bool | None = None
+                 ) -> tuple[list[int], str]:
         """Token ids after ``prompt_ids`` and why it stopped; greedy at ``temperature`` 0, else sampled
-        (top-k / nucleus, seeded). ``use_cache=False`` recomputes the whole sequence per token (for tests)."""
+        (top-k / nucleus, seeded). ``use_cache=False`` recomputes the whole sequence per token (for tests).
+        ``route``: the router's decision for this prompt when the caller already has it (:meth:`routes_to_adapter`),
+        which saves the prefill it would otherwise spend on an off-topic prompt."""
         if not prompt_ids:
             raise DataError("an empty prompt")
         rng = np.random.default_rng(seed)
@@ -122,18 +125,23 @@ class Decoder:
         seq = [int(i) for i in prompt_ids]
         out: list[int] = []
         state: dict[str, Any] = {}
-        weights = self.adapter
-        logits = self._next(seq, state, 0, use_cache, weights)
-        if self.router is not None:
+        self.last_route = None
+        if self.router is None:
+            weights = self.adapter
+            logits = self._next(seq, state, 0, use_cache, weights)
+        elif route is not None:
+            weights = self.adapter if route else self.untuned
+            logits = self._next(seq, state, 0, use_cache, weights)
+            self.last_route = "adapter" if route else "untuned"
+        else:
             # The feature sits below every adapter, so it is the same whichever weights the prefill used.
-            inside = self.router.inside(state.pop("cut_mean")[0])
+            weights = self.adapter
+            logits = self._next(seq, state, 0, use_cache, weights)
+            inside = self.router.inside(state["cut_mean"][0])
             self.last_route = "adapter" if inside else "untuned"
             if not inside:
                 weights = self.untuned
                 logits = self._next(seq, state, 0, use_cache, weights)
-                state.pop("cut_mean", None)
-        else:
-            self.last_route = None
         while True:
             tok = _choose(logits, temperature, top_k, top_p, rng)
             if tok in stop:

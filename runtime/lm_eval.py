@@ -5,6 +5,7 @@ prompts, perplexity of held-out answers, and the promotion gate built on them. M
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from ftedge.runtime.chat import ChatTokenizer, Example, load_qa, prompt_of, read
 from ftedge.runtime.generator import Decoder
 from ftedge.errors import DataError
 
+log = logging.getLogger(__name__)
+
 
 def answer_all(decoder: Decoder, tok: ChatTokenizer, rows: list[dict[str, Any]], max_new_tokens: int,
                routes: list[str | None] | None = None, untuned: list[str] | None = None) -> list[str]:
@@ -26,11 +29,13 @@ def answer_all(decoder: Decoder, tok: ChatTokenizer, rows: list[dict[str, Any]],
     out = []
     for i, row in enumerate(rows):
         prompt = tok.prompt_ids(prompt_of(row))
-        if untuned is not None and decoder.routes_to_adapter(prompt) is False:
+        route = decoder.routes_to_adapter(prompt) if untuned is not None else None
+        if route is False:
             out.append(untuned[i])
             decoder.last_route = "untuned"
         else:
-            ids, _ = decoder.generate(prompt, max_new_tokens, tok.stop_ids, max_length=tok.max_length + max_new_tokens)
+            ids, _ = decoder.generate(prompt, max_new_tokens, tok.stop_ids, max_length=tok.max_length + max_new_tokens,
+                                      route=route)
             out.append(tok.decode(ids).strip())
         if routes is not None:
             routes.append(decoder.last_route)
@@ -122,8 +127,11 @@ def perplexity(decoder: Decoder, examples: list[Example]) -> dict[str, Any]:
 
 
 def rows_of(path: str | Path, flag: str) -> list[dict[str, Any]]:
+    """The JSON objects of a ``.jsonl`` file (other lines skipped with a warning); DataError when none is left."""
     rows, skipped = read_rows(path)
     good = [r for _, r in rows if isinstance(r, dict)]
+    if skipped or len(good) != len(rows):
+        log.warning("%s %s: %d line(s) skipped (not JSON objects)", flag, path, len(skipped) + len(rows) - len(good))
     if not good:
         raise DataError(f"{flag} {path}: no usable rows ({len(skipped) + len(rows)} skipped)")
     return good

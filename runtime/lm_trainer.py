@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import resource
@@ -33,14 +32,12 @@ from ftedge.errors import DataError, UsageError
 from ftedge.runtime.answer_metrics import normalize
 from ftedge.runtime.chat import ChatTokenizer, Example, bundle_tokenizer, load_qa, prompt_of, read_rows
 from ftedge.runtime.engine import PortableEngine
-from ftedge.runtime.lm_eval import evaluate_answers, gate, keywords_of
+from ftedge.runtime.lm_eval import evaluate_answers, gate, keywords_of, rows_of
 from ftedge.runtime.lm_model import ADAPTER_FILE, bundle_digest, load_adapter
 from ftedge.runtime.ort_backend import InferenceModel, set_seed
 from ftedge.runtime.router import Router, fit_router
 from ftedge.runtime.run_state import CheckpointDir, RunState
 from ftedge.runtime.schedule import learning_rate
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -113,8 +110,8 @@ class LMTrainer:
         self.data = load_qa(data, self.tok)
         self.callbacks = callbacks
         self.ckpt = CheckpointDir(self.run_dir)
-        self.eval_rows = _rows(config.eval_data, "--eval-data") if config.eval_data else None
-        self.general_rows = _rows(config.general, "--general") if config.general else []
+        self.eval_rows = rows_of(config.eval_data, "--eval-data") if config.eval_data else None
+        self.general_rows = rows_of(config.general, "--general") if config.general else []
         for i, row in enumerate(self.eval_rows or []):  # before training, not after it
             keywords_of(row, f"--eval-data {config.eval_data} row {i + 1}")
         n = len(self.data)
@@ -210,7 +207,8 @@ class LMTrainer:
             inside = np.stack([h[:len(e.prompt_ids)].mean(0) for h, e in zip(train_h, self.train_examples)])
             outside = np.stack([h.mean(0) for h in off_h])
             router = fit_router(inside, outside)
-            right = (router.probability(inside) >= 0.5).sum() + (router.probability(outside) < 0.5).sum()
+            right = ((router.probability(inside) >= router.threshold).sum()
+                     + (router.probability(outside) < router.threshold).sum())
             self.off_topic_notes["train_accuracy"] = round(float(right) / (len(inside) + len(outside)), 4)
         del off_h
         cache_s = time.perf_counter() - t0
@@ -355,16 +353,6 @@ def _last_user(row: Any) -> str:
         return next(m["content"] for m in reversed(prompt_of(row)) if m["role"] == "user")
     except (DataError, StopIteration):
         return ""
-
-
-def _rows(path: str, flag: str) -> list[dict[str, Any]]:
-    rows, skipped = read_rows(path)
-    good = [r for _, r in rows if isinstance(r, dict)]
-    if skipped or len(good) != len(rows):
-        log.warning("%s %s: %d line(s) skipped (not JSON objects)", flag, path, len(skipped) + len(rows) - len(good))
-    if not good:
-        raise DataError(f"{flag} {path}: no usable rows")
-    return good
 
 
 def train_lm(bundle: str | Path, data: str | Path, run_dir: str | Path, config: LMTrainConfig | None = None,
