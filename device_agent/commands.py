@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ftedge.device_agent.jobs import (
+    DET_OPTIONS,
     LM_ONLY,
     LM_OPTIONS,
     TRAIN_CHOICES,
@@ -127,8 +128,19 @@ def train_job(args: dict[str, Any], data_root: Path, bundle_root: Path, cmd_id: 
                 if not path.is_file():
                     raise Rejected("unknown_data", f"no file {options[key]!r} under {data_root} (args.{key})")
                 options[key] = str(path)
-    elif set(options) & set(LM_ONLY):
-        raise Rejected("bad_args", f"{', '.join(sorted(set(options) & set(LM_ONLY)))} apply to causal-LM bundles only")
+    elif loaded.manifest.get("task") == "detection":
+        wrong = sorted(set(options) - set(DET_OPTIONS))
+        if wrong:
+            raise Rejected("bad_args", f"{', '.join(wrong)} do(es) not apply to a detection bundle; its options: "
+                                       f"{', '.join(DET_OPTIONS)}")
+        if "eval_data" in options:
+            path = _inside(data_root, options["eval_data"], "eval_data")
+            if not path.exists():
+                raise Rejected("unknown_data", f"no data {options['eval_data']!r} under {data_root} (args.eval_data)")
+            options["eval_data"] = str(path)
+    elif set(options) & {*LM_ONLY, "flip"}:
+        extra = ", ".join(sorted(set(options) & {*LM_ONLY, "flip"}))
+        raise Rejected("bad_args", f"{extra} apply to causal-LM or detection bundles only")
     return Job(id=new_job_id(), bundle=str(bundle), data=str(data), options=options, cmd_id=cmd_id)
 
 

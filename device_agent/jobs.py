@@ -34,9 +34,13 @@ TRAIN_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "auto": bool, "folds": int, "max_trials": int, "weight_decay": (int, float), "class_weight": str,
     # causal-LM bundles only (eval_data, general and off_topic are paths under the data root, like data)
     "eval_data": str, "general": str, "off_topic": str, "min_retention": (int, float), "max_new_tokens": int,
+    # detection bundles (eval_data: labelled images under the data root)
+    "flip": bool,
 }
 LM_ONLY = ("eval_data", "general", "off_topic", "min_retention", "max_new_tokens")
 LM_OPTIONS = ("epochs", "batch_size", "lr", "weight_decay", "val_fraction", "seed", "max_seconds", "min_gain", *LM_ONLY)
+DET_OPTIONS = ("epochs", "batch_size", "lr", "weight_decay", "val_fraction", "seed", "max_seconds", "min_gain",
+               "patience", "mode", "eval_data", "flip")
 # Inclusive bounds of the numeric options (val_fraction must stay below 1).
 TRAIN_LIMITS: dict[str, tuple[float, float]] = {
     "epochs": (1, 10_000), "batch_size": (1, 4096), "embed_batch_size": (1, 4096), "lr": (0, 10),
@@ -162,8 +166,8 @@ class _Callbacks:
         rss_mb = _current_rss_mb()
         self.emit("progress", {
             "job": self.job.id, "epoch": record["epoch"], "step": self.step, "loss": record["train_loss"],
-            "metrics": {k: record.get(k) for k in ("val_loss", "val_accuracy", "val_macro_f1", "val_mae", "val_perplexity")
-                        if record.get(k) is not None},
+            "metrics": {k: record.get(k) for k in ("val_loss", "val_accuracy", "val_macro_f1", "val_mae", "val_perplexity",
+                                                   "val_map50", "val_map50_95") if record.get(k) is not None},
             "lr": record["lr"], "samples_per_s": record["samples_per_s"], "rss_mb": round(rss_mb, 1),
         })
         self.on_epoch_done(self.job)
@@ -348,6 +352,12 @@ class JobRunner:
 
                 lm_cfg = LMTrainConfig(**{**job.options, "resume": resume, "bundle_source": job.bundle})
                 result = LMTrainer(bundle, job.data, run_dir, lm_cfg, callbacks).run()
+            elif bundle.manifest.get("task") == "detection":
+                from ftedge.runtime.detect_trainer import DetTrainConfig, DetTrainer
+
+                det_cfg = DetTrainConfig(**{**job.options, "resume": resume, "cache_dir": self.state_dir / "cache",
+                                            "bundle_source": job.bundle})
+                result = DetTrainer(bundle, job.data, run_dir, det_cfg, callbacks).run()
             else:
                 cfg = TrainConfig(**{**job.options, "resume": resume, "cache_dir": self.state_dir / "cache"})
                 result = Trainer(bundle, job.data, run_dir, cfg, callbacks).run()

@@ -23,7 +23,11 @@ The bundle is checked against PyTorch (two batch sizes) before it is written.
 
 causal LMs (LoRA on the top blocks, trained on cached hidden states):
   ftedge export ftedge.export.llm_sources:smollm2 -o bundles/faq-llm --task causal-lm \\
-      --lora 8 --trainable-blocks 4 --lr 1e-3"""
+      --lora 8 --trainable-blocks 4 --lr 1e-3
+
+object detection (a new anchor-free head on a frozen backbone's feature maps, decoding + NMS in the graph):
+  ftedge export ftedge.export.detect_sources:mobilenet_v2 -o bundles/shop --task detect \\
+      --labels sneaker,bag,ankle_boot --image-size 320,320 --lr 2e-3"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -73,10 +77,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--image-size", metavar="H,W", help="images: the size the device resizes to (input 1,3,H,W)")
     t.add_argument("--mean", metavar="R,G,B", help="images: per-channel mean on 0..1 pixels (default ImageNet)")
     t.add_argument("--std", metavar="R,G,B", help="images: per-channel std (default ImageNet)")
-    c = p.add_argument_group("causal language models (--task causal-lm)")
-    c.add_argument("--task", choices=["classification", "causal-lm"],
+    c = p.add_argument_group("causal language models (--task causal-lm) and detectors (--task detect)")
+    c.add_argument("--task", choices=["classification", "causal-lm", "detect"],
                    help="causal-lm: a Llama-style Hugging Face LM (its tokenizer as `ftedge_tokenizer` or --tokenizer "
-                   "DIR) becomes a LoRA bundle; default: classification/regression as --loss says")
+                   "DIR) becomes a LoRA bundle; detect: MODEL is a backbone returning feature maps (image → tuple), "
+                   "ftedge adds an anchor-free detection head for --labels (default --image-size 320,320, letterboxed "
+                   "on the device); default: classification/regression as --loss says")
     c.add_argument("--lora", dest="lora_rank", type=int, default=8, metavar="RANK", help="LoRA rank (default 8)")
     c.add_argument("--lora-alpha", type=float, metavar="A", help="LoRA alpha (default 2 x rank)")
     c.add_argument("--lora-targets", metavar="REGEX",
@@ -136,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     size = floats("--image-size", args.image_size, 2)
     if size is not None and any(v != int(v) or v < 1 for v in size):
         raise UsageError(f"--image-size {args.image_size!r}: give two positive integers H,W")
-    if (args.mean or args.std) and size is None:
+    if (args.mean or args.std) and size is None and args.task != "detect":
         raise UsageError("--mean/--std describe images: give --image-size H,W too")
     if args.max_length is not None and args.tokenizer is None:
         raise UsageError("--max-length is the tokenizer's padded length: give --tokenizer too")
@@ -151,6 +157,11 @@ def run(args: argparse.Namespace) -> int:
         image_size=None if size is None else (int(size[0]), int(size[1])),
         mean=floats("--mean", args.mean, 3), std=floats("--std", args.std, 3),
     )
+    if args.task == "detect":
+        from ftedge.export.detection import export_detector
+
+        opts.task = "detect"
+        return _export_and_report(args, export_detector, opts)
     return _export_and_report(args, export_bundle, opts)
 
 

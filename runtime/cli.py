@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ftedge.bundle.loader import load_bundle
-from ftedge.runtime import lm_cli
+from ftedge.runtime import detect_cli, lm_cli
 from ftedge.runtime.inspect import summary
 from ftedge.runtime.lm_model import bundle_task
 
@@ -77,7 +77,8 @@ Unreadable or mismatched samples are skipped and listed in result.json.""",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     t.add_argument("bundle", metavar="BUNDLE")
-    t.add_argument("--data", required=True, metavar="PATH", help="folder per label, a .npz, or a .csv (text)")
+    t.add_argument("--data", required=True, metavar="PATH", help="folder per label, a .npz, or a .csv (text); "
+                   "detectors: a YOLO data.yaml / dataset folder or a COCO .json")
     t.add_argument("-o", dest="run_dir", required=True, metavar="RUN_DIR", type=Path, help="run directory to write")
     t.add_argument("--epochs", type=int, default=None, help="epochs (default 20; causal LMs 10)")
     t.add_argument("--batch-size", type=int, default=None, help="batch size (default 32; causal LMs 4)")
@@ -123,6 +124,7 @@ Unreadable or mismatched samples are skipped and listed in result.json.""",
     t.add_argument("--json", action="store_true", help="print result.json to stdout")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     lm_cli.add_train_arguments(t)
+    detect_cli.add_train_arguments(t)
     t.set_defaults(handler=run_train)
 
     e = sub.add_parser(
@@ -140,8 +142,10 @@ Unreadable or mismatched samples are skipped and listed in result.json.""",
     e.add_argument("--max-new-tokens", type=int, default=48, help="causal LMs: answer budget (default 48)")
     e.add_argument("--no-router", action="store_true",
                    help="causal LMs: apply a routed adapter to every prompt (to judge the adapter alone)")
+    e.add_argument("--split", help="detectors: the split of a data.yaml / COCO folder to evaluate on (default val)")
     e.set_defaults(handler=run_evaluate)
     lm_cli.register(sub)
+    detect_cli.register(sub)
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -173,8 +177,11 @@ def run_pack(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from ftedge.runtime.trainer import TrainConfig, train
 
-    if bundle_task(args.bundle) == "causal-lm":
+    task = bundle_task(args.bundle)
+    if task == "causal-lm":
         return lm_cli.run_train_lm(args)
+    if task == "detection":
+        return detect_cli.run_train_det(args)
     args.epochs = 20 if args.epochs is None else args.epochs
     args.batch_size = 32 if args.batch_size is None else args.batch_size
     cfg = TrainConfig(
@@ -220,8 +227,11 @@ def auto_summary(result: dict) -> str:
 def run_evaluate(args: argparse.Namespace) -> int:
     from ftedge.runtime.evaluate import evaluate
 
-    if bundle_task(args.target) == "causal-lm":
+    task = bundle_task(args.target)
+    if task == "causal-lm":
         return lm_cli.run_evaluate_lm(args)
+    if task == "detection":
+        return detect_cli.run_evaluate_det(args)
     result = evaluate(args.target, args.data, providers=args.providers.split(",") if args.providers else None)
     if args.json:
         print(json.dumps(result))

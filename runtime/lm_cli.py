@@ -42,7 +42,8 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
     c = t.add_argument_group("causal-LM bundles (--task causal-lm)")
     c.add_argument("--eval-data", metavar="FILE.jsonl",
                    help="held-out prompts with reference answers (and optional keywords) for validation loss, "
-                   "answer accuracy and the gate; default: --val-fraction of the training rows (loss only)")
+                   "answer accuracy and the gate; default: --val-fraction of the training rows (loss only). "
+                   "Detectors: labelled images (its 'val' split) for validation mAP and the gate")
     c.add_argument("--general", metavar="FILE.jsonl",
                    help="general prompts the fine-tune must not forget: retention of the untuned answers")
     c.add_argument("--off-topic", metavar="FILE.jsonl",

@@ -40,7 +40,7 @@ def bundle_digest(bundle: Bundle) -> str:
 def bundle_task(path: str | Path) -> str | None:
     """The ``task`` of a bundle directory, or of the bundle a run directory was trained from (no hashing)."""
     p = Path(path)
-    for name in ("manifest.json", "result.json"):
+    for name in ("manifest.json", "result.json", "model.json"):
         try:
             obj = json.loads((p / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):

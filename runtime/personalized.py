@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 from ftedge.errors import RuntimeBackendError
 from ftedge.bundle.loader import Bundle
@@ -110,9 +110,9 @@ def _copy(f: BinaryIO, out: BinaryIO, start: int, end: int, should_stop: Callabl
 
 
 def write_merged(backbone_path: Path, head_path: Path, bundle: Bundle, out: BinaryIO,
-                 should_stop: Callable[[], bool] = _never) -> None:
+                 should_stop: Callable[[], bool] = _never, outputs: Sequence[str] | None = None) -> None:
     """Backbone graph + head inference graph, joined on the head inputs (inputs/outputs keep their names),
-    written to ``out``.
+    written to ``out``; its outputs are the head's ``outputs`` (default: the bundle's output).
 
     The backbone is spliced at the protobuf level: its nodes and weights are copied from the file in chunks
     and never parsed (a transformer backbone is ~90 MB; parsing and re-serializing it tripled the peak
@@ -121,13 +121,13 @@ def write_merged(backbone_path: Path, head_path: Path, bundle: Bundle, out: Bina
     onnx = _onnx()
     head = onnx.compose.add_prefix(onnx.load(str(head_path)), HEAD_PREFIX)
     joins = {HEAD_PREFIX + s.name: s.name for s in bundle.head_inputs}
-    out_name = bundle.output.name
+    out_names = {HEAD_PREFIX + n: n for n in (outputs or [bundle.output.name])}
     for node in head.graph.node:
         for i, name in enumerate(node.input):
+            name = out_names.get(name, name)
             node.input[i] = joins.get(name, name)
         for i, name in enumerate(node.output):
-            if name == HEAD_PREFIX + out_name:
-                node.output[i] = out_name
+            node.output[i] = out_names.get(name, name)
     with open(backbone_path, "rb") as f:
         size = f.seek(0, 2)
         model_fields = list(_fields(f, 0, size))
@@ -156,9 +156,9 @@ def write_merged(backbone_path: Path, head_path: Path, bundle: Bundle, out: Bina
                 tail.input.add().CopyFrom(vi)
                 tail.input[-1].name = spec.name
         for o in head.graph.output:
-            if o.name == HEAD_PREFIX + out_name:
+            if o.name in out_names:
                 tail.output.add().CopyFrom(o)
-                tail.output[-1].name = out_name
+                tail.output[-1].name = out_names[o.name]
         tail.node.extend(head.graph.node)  # after the backbone's nodes: still topologically sorted
         tail.initializer.extend(head.graph.initializer)
         tail_bytes = tail.SerializeToString()
@@ -253,7 +253,7 @@ def bake_initializers(head_path: Path, values: dict, out: Path) -> None:
 
 
 def write_personalized(bundle: Bundle, model, out: Path, backbone_role: str = "backbone",  # noqa: ANN001
-                       should_stop: Callable[[], bool] = _never) -> None:
+                       should_stop: Callable[[], bool] = _never, outputs: Sequence[str] | None = None) -> None:
     """``out`` ← the model as trained (current parameters of ``model``, any engine), written atomically; the files its
     preprocessing needs (``tokenizer.json``) are copied next to it first. ``should_stop`` is asked per copied
     chunk of the backbone (StopRequested; nothing is replaced)."""
@@ -266,6 +266,6 @@ def write_personalized(bundle: Bundle, model, out: Path, backbone_role: str = "b
             atomic_write_bytes(out, head.read_bytes())
             return
         with atomic_writer(out) as f:
-            write_merged(bundle.file(backbone_role), head, bundle, f, should_stop)
+            write_merged(bundle.file(backbone_role), head, bundle, f, should_stop, outputs)
             f.flush()
             check_merged(Path(f.name))

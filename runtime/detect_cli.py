@@ -1,0 +1,129 @@
+"""Detection commands: `ftedge detect`, and `train` / `evaluate` when the bundle is a detector. Torch-free."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DETECT_EPILOG = """examples:
+  ftedge detect runs/shop --images photos/ --json                       # boxes as JSON
+  ftedge detect runs/shop --images photos/ --draw out/ --threshold 0.3   # annotated copies in out/
+  ftedge detect bundles/shop --images photo.jpg                         # the untuned head (finds ~nothing)
+
+MODEL is a finished `ftedge train` run of a detection bundle (its model.onnx: backbone + tuned head +
+NonMaxSuppression), a model version kept by the device agent, or a detection bundle. Boxes are
+x1 y1 x2 y2 in each image's own pixels."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser(
+        "detect", help="find objects in images with a detection run or bundle (plain onnxruntime)",
+        description="Letterbox each image as the bundle says, run the detector (decoding and NMS are in the graph) "
+        "and print its boxes, or write annotated images with --draw. Unreadable images are skipped and reported.",
+        epilog=DETECT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("target", metavar="MODEL", help="run directory, model version or detection bundle")
+    d.add_argument("--images", required=True, metavar="DIR", help="a folder of .jpg/.jpeg/.png images (searched "
+                   "recursively) or one image")
+    d.add_argument("--draw", metavar="OUT_DIR", type=Path, help="write each image with its boxes drawn into OUT_DIR")
+    d.add_argument("--threshold", type=float, default=0.25, help="minimum score to report (default 0.25)")
+    d.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+    d.add_argument("--providers", metavar="P1,P2", help="execution providers (default CPU)")
+    d.add_argument("--json", action="store_true", help="print {images: [{file, detections: [{label, score, box}]}], "
+                   "skipped}")
+    d.set_defaults(handler=run_detect)
+
+
+def add_train_arguments(t: argparse.ArgumentParser) -> None:
+    g = t.add_argument_group("detection bundles (--task detect)")
+    g.add_argument("--no-flip", action="store_true",
+                   help="no horizontal-flip augmentation (default: a random half of each epoch's images, as "
+                   "mirrored cached feature maps, or mirrored images with --mode full)")
+
+
+def _providers(text: str | None) -> list[str] | None:
+    return [p if p.endswith("ExecutionProvider") else f"{p}ExecutionProvider" for p in text.split(",")] if text else None
+
+
+def run_detect(args: argparse.Namespace) -> int:
+    from ftedge.runtime.detector import Detector, draw, image_files
+
+    det = Detector(args.target, _providers(args.providers), args.threads)
+    found, skipped = det.detect(image_files(args.images), threshold=args.threshold)
+    if args.draw:
+        for d in found:
+            draw(d, det.names, args.draw / (Path(d.file).stem + ".png"))
+    if args.json:
+        print(json.dumps({"model": str(args.target), "kind": det.kind, "threshold": args.threshold,
+                          "images": [d.to_json(det.names) for d in found], "skipped": skipped}))
+    else:
+        for d in found:
+            items = ", ".join(f"{det.names[int(c)]} {float(s):.2f} [{', '.join(f'{v:.0f}' for v in b)}]"
+                              for b, s, c in zip(d.boxes, d.scores, d.labels))
+            print(f"{d.file}: {items or '(nothing)'}")
+        if args.draw:
+            print(f"annotated images in {args.draw}", file=sys.stderr)
+    for s in skipped:
+        print(f"skipped {s['file']}: {s['reason']}", file=sys.stderr)
+    return 0
+
+
+def run_train_det(args: argparse.Namespace) -> int:
+    from ftedge.runtime.cli import _default_cache
+    from ftedge.runtime.detect_trainer import DetTrainConfig, train_detector
+
+    if args.auto or args.engine == "ort-training" or args.backbone != "fp32":
+        raise_usage("--auto, --engine ort-training and --backbone int8 do not apply to detection bundles")
+    cfg = DetTrainConfig(
+        epochs=args.epochs or 60, batch_size=args.batch_size or 8, lr=args.lr,
+        weight_decay=1e-4 if args.weight_decay is None else args.weight_decay,
+        val_fraction=0.2 if args.val_fraction is None else args.val_fraction, patience=args.patience or None,
+        seed=args.seed, max_seconds=args.max_seconds, resume=args.resume, min_gain=args.min_gain, mode=args.mode,
+        flip=not args.no_flip, eval_data=args.eval_data, providers=_providers(args.providers),
+        cache_dir=None if args.no_cache else (args.cache_dir or _default_cache()))
+    result = train_detector(args.bundle, args.data, args.run_dir, cfg)
+    if args.json:
+        print(json.dumps(result))
+    elif not args.quiet:
+        m, b = result["metrics"], result["baseline"]
+
+        def fmt(v: float | None) -> str:
+            return "—" if v is None else f"{v:.3f}"
+
+        print(f"{result['status']}: {result['epochs_run']} epoch(s), best {result['best_epoch']} "
+              f"({result['stop_reason']}); val mAP@0.5 {fmt(b.get('map50'))} untuned → {fmt(m.get('map50'))} tuned "
+              f"(mAP@0.5:0.95 {fmt(m.get('map50_95'))}); promoted: {result['promoted']}; "
+              f"{result['samples']['train']} train / {result['samples']['val']} val images, "
+              f"{len(result['skipped'])} skipped, {len(result['dropped_boxes'])} boxes dropped; "
+              f"{result['duration_s']:.1f} s")
+        if result["skipped"] or result["dropped_boxes"]:
+            print(f"see {args.run_dir / 'result.json'} for skipped images and dropped boxes", file=sys.stderr)
+    return 0 if result["status"] == "succeeded" else 1
+
+
+def raise_usage(msg: str) -> None:
+    from ftedge.errors import UsageError
+
+    raise UsageError(msg)
+
+
+def run_evaluate_det(args: argparse.Namespace) -> int:
+    from ftedge.runtime.detector import Detector
+
+    det = Detector(args.target, _providers(args.providers))
+    result = det.evaluate(args.data, split=args.split or "val")
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['kind']} {result['model']} on {result['samples']} images, {result['boxes']} boxes "
+          f"({len(result['skipped'])} skipped, {len(result['dropped_boxes'])} boxes dropped)")
+    if result["map50"] is None:
+        print("no ground-truth boxes: mAP undefined")
+        return 0
+    print(f"mAP@0.5 {result['map50']:.4f}   mAP@0.5:0.95 {result['map50_95']:.4f}   mAP@0.75 {result['map75']:.4f}")
+    for label, c in result["per_class"].items():
+        ap = "—" if c["ap50"] is None else f"{c['ap50']:.4f}"
+        ap2 = "—" if c["ap50_95"] is None else f"{c['ap50_95']:.4f}"
+        print(f"  {label:16s} boxes {c['gt']:5d}  AP@0.5 {ap}  AP@0.5:0.95 {ap2}")
+    return 0
