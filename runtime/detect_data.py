@@ -116,6 +116,12 @@ def _geometry(height: int, width: int, size: tuple[int, int]) -> tuple[Letterbox
     return Letterbox(r, float((out_w - new_w) // 2), float((out_h - new_h) // 2), height, width), new_w, new_h
 
 
+def letterbox_geometry(height: int, width: int, size: tuple[int, int]) -> Letterbox:
+    """The letterbox a ``height``×``width`` image gets in ``size`` (what :func:`load_letterboxed` applies), without
+    decoding it: boxes can be mapped into model-input pixels from the image's size alone."""
+    return _geometry(height, width, size)[0]
+
+
 def _paste(pixels: np.ndarray, lb: Letterbox, new_w: int, new_h: int, size: tuple[int, int],
            pad: float) -> np.ndarray:
     """Resize ``pixels`` (uint8 HxWx3, or float32 HxW for 16-bit grayscale) and centre it on a padded canvas."""

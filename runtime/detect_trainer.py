@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 
 from ftedge.bundle.loader import Bundle, load_bundle
-from ftedge.durable import atomic_write_json
+from ftedge.durable import atomic_write_bytes, atomic_write_json
 from ftedge.errors import DataError, StopRequested, UsageError
 from ftedge.runtime.cache import EmbeddingCache, pack, unpack
-from ftedge.runtime.detect_data import DetDataset, letterbox_spec, load_detection, load_letterboxed, to_input_boxes
+from ftedge.runtime.detect_data import (DetDataset, letterbox_geometry, letterbox_spec, load_detection,
+                                        load_letterboxed, to_input_boxes)
 from ftedge.runtime.detect_metrics import coco_map
 from ftedge.runtime.detect_targets import batch_targets, flip_boxes, grid_of
 from ftedge.runtime.engine import PortableEngine
@@ -122,14 +123,9 @@ class DetTrainer:
     def _prepare(self, items: list[Any]) -> tuple[dict[str, np.ndarray], list[np.ndarray], list[np.ndarray]]:
         """Feature maps (cached mode: backbone once per image, through the embedding cache), boxes in input
         pixels and classes of ``items``."""
-        boxes, classes, hashes, letterboxes = [], [], [], {}
+        boxes, classes, hashes = [], [], []
         for s in items:
-            h, w = s.size
-            scale = min(self.spec.size[0] / h, self.spec.size[1] / w)
-            from ftedge.runtime.detect_data import Letterbox
-
-            lb = Letterbox(scale, (self.spec.size[1] - w * scale) / 2, (self.spec.size[0] - h * scale) / 2, h, w)
-            letterboxes[id(s)] = lb
+            lb = letterbox_geometry(s.size[0], s.size[1], self.spec.size)
             boxes.append(to_input_boxes(s.boxes, lb).astype(np.float32))
             classes.append(np.asarray(s.classes, np.int64))
             hashes.append(self._hash(s.image))
@@ -236,9 +232,6 @@ class DetTrainer:
             if metrics.is_file():  # drop records of an epoch whose checkpoint never committed
                 keep = [ln for ln in metrics.read_text().splitlines() if ln.strip()
                         and json.loads(ln).get("epoch", 0) <= state.epochs_done]
-                atomic_write_json  # noqa: B018 (the durable helper below)
-                from ftedge.durable import atomic_write_bytes
-
                 atomic_write_bytes(metrics, "".join(ln + "\n" for ln in keep).encode())
             return state
         (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
