@@ -77,7 +77,7 @@ from proc_launcher import run_measured  # noqa: E402
 
 INFER_SCRIPT = r"""
 import json, sys, time
-from ftedge.runtime.detect_data import letterbox_spec, load_letterboxed
+from ftedge.runtime.letterbox import letterbox_spec, load_letterboxed
 from ftedge.runtime.detect_trainer import OUTPUTS
 from ftedge.runtime.detector import Detector
 from ftedge.runtime.ort_backend import InferenceModel

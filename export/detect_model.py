@@ -26,6 +26,7 @@ import torch.nn.functional as F
 FOCAL_ALPHA = 0.25
 PRIOR = 0.01        # initial class probability (focal-loss prior): the untuned head detects ~nothing
 BOX_BIAS = 1.0      # softplus(1) * stride ≈ 1.3 strides: the initial box half-size
+BOX_WEIGHT = 1.0    # weight of the GIoU term
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -132,7 +133,7 @@ def detection_loss(preds: torch.Tensor, labels: torch.Tensor, weights: torch.Ten
     box_loss = ((1 - giou(boxes, box_t)) * box_w).sum() / box_w.sum().clamp_min(1e-6)
     ctr = F.binary_cross_entropy_with_logits(preds[..., k + 4], ctr_t, reduction="none")
     ctr_loss = (ctr * pos).sum() / num_pos
-    return cls_loss + box_loss + ctr_loss
+    return cls_loss + BOX_WEIGHT * box_loss + ctr_loss
 
 
 # ---------------------------------------------------------------------------------------------------------------

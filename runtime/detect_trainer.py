@@ -31,8 +31,8 @@ from ftedge.bundle.loader import Bundle, load_bundle
 from ftedge.durable import atomic_write_bytes, atomic_write_json
 from ftedge.errors import DataError, StopRequested, UsageError
 from ftedge.runtime.cache import EmbeddingCache, pack, unpack
-from ftedge.runtime.detect_data import (DetDataset, letterbox_geometry, letterbox_spec, load_detection,
-                                        load_letterboxed, to_input_boxes)
+from ftedge.runtime.detect_data import DetDataset, load_detection
+from ftedge.runtime.letterbox import letterbox_geometry, letterbox_spec, load_letterboxed, to_input_boxes
 from ftedge.runtime.detect_metrics import coco_map
 from ftedge.runtime.detect_targets import batch_targets, flip_boxes, grid_of
 from ftedge.runtime.engine import PortableEngine

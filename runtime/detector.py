@@ -16,8 +16,9 @@ import numpy as np
 
 from ftedge.bundle.manifest import MANIFEST_NAME
 from ftedge.errors import FtedgeError, ImageError, UsageError
-from ftedge.runtime.detect_data import EXTENSIONS, letterbox_spec, load_detection, load_letterboxed, read_rgb, \
-    to_image_boxes
+from ftedge.runtime.detect_data import load_detection
+from ftedge.runtime.image import EXTENSIONS
+from ftedge.runtime.letterbox import letterbox_spec, load_letterboxed, read_rgb, to_image_boxes
 from ftedge.runtime.detect_metrics import coco_map
 from ftedge.runtime.detect_trainer import MAX_DETS, OUTPUTS, split_detections
 from ftedge.runtime.ort_backend import InferenceModel

@@ -15,9 +15,9 @@ from PIL import Image
 
 from conftest import ROOT
 from ftedge.errors import DataError, ImageError
-from ftedge.runtime.detect_data import (DetDataset, Letterbox, LetterboxSpec, is_detection_data, letterbox,
-                                        letterbox_spec, load_detection, load_letterboxed, read_rgb, to_image_boxes,
-                                        to_input_boxes)
+from ftedge.runtime.detect_data import DetDataset, is_detection_data, load_detection
+from ftedge.runtime.letterbox import (Letterbox, LetterboxSpec, letterbox, letterbox_spec, load_letterboxed, read_rgb,
+                                      to_image_boxes, to_input_boxes)
 
 LABELS = ["cat", "dog", "bird"]
 PREPROCESSING = {"type": "image", "input": "image", "size": [32, 32], "resize": "letterbox", "pad_value": 114,
@@ -440,7 +440,8 @@ def test_detect_data_imports_without_torch():
 
 DEVICE_LOAD = """
 import sys
-from ftedge.runtime.detect_data import letterbox_spec, load_detection, load_letterboxed
+from ftedge.runtime.detect_data import load_detection
+from ftedge.runtime.letterbox import letterbox_spec, load_letterboxed
 ds = load_detection(sys.argv[1], ["cat", "dog", "bird"])
 x, lb = load_letterboxed(ds.samples[0].image, letterbox_spec(__import__("json").loads(sys.argv[2])))
 assert len(ds.samples) == 3 and x.shape == (3, 32, 32), (ds, x.shape)

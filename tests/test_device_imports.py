@@ -14,7 +14,7 @@ import sys
 import ftedge.runtime, ftedge.device_agent
 import ftedge.runtime.session, ftedge.runtime.ort_backend, ftedge.runtime.ort_training_backend, ftedge.runtime.cli, ftedge.cli
 import ftedge.runtime.lm_trainer, ftedge.runtime.lm_model, ftedge.runtime.lm_eval, ftedge.device_agent.asker
-import ftedge.runtime.detect_trainer, ftedge.runtime.detector, ftedge.runtime.detect_cli, ftedge.runtime.detect_metrics
+import ftedge.runtime.detect_trainer, ftedge.runtime.detector, ftedge.runtime.detect_cli, ftedge.runtime.detect_metrics, ftedge.runtime.letterbox
 assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))[:5]
 print("ok")
 """
