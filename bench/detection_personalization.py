@@ -151,11 +151,15 @@ def quiet_machine(phase: str, wait_s: float, log: dict[str, Any]) -> None:
 
 def make_data(work: Path, args: argparse.Namespace) -> Path:
     """examples/detect/make_shop.py into work/data-T-H-sS (deterministic; rewritten every run, ~2 s)."""
-    data = work / f"data-{args.train}-{args.heldout}-s{args.seed}"
+    data = work / f"data-{args.items}-{args.train}-{args.heldout}-s{args.seed}"
     subprocess.run([sys.executable, str(ROOT / "examples" / "detect" / "make_shop.py"), str(data), "--train",
-                    str(args.train), "--heldout", str(args.heldout), "--seed", str(args.seed), "--format", "yolo"],
+                    str(args.train), "--heldout", str(args.heldout), "--seed", str(args.seed), "--format", "yolo",
+                    "--items", args.items],
                    check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return data
+
+
+EXPORT_LR = 2e-3  # the bundle's learning rate, as the README's example exports it
 
 
 def ensure_bundle(bundle: Path) -> float | None:
@@ -166,14 +170,15 @@ def ensure_bundle(bundle: Path) -> float | None:
     if mf.is_file():
         m = json.loads(mf.read_text())
         if (m.get("schema_version") == SCHEMA_VERSION and m.get("task") == "detection"
-                and m.get("labels") == LABELS.split(",")):
+                and m.get("labels") == LABELS.split(",") and m.get("optimizer", {}).get("lr") == EXPORT_LR):
             say(f"reusing bundle {bundle}")
             return None
         say(f"{bundle} is stale (schema {m.get('schema_version')}, task {m.get('task')}): exporting again")
     say(f"exporting MobileNetV2 + detection head ({LABELS}) → {bundle}")
     t = time.perf_counter()
     subprocess.run([sys.executable, "-m", "ftedge", "export", "ftedge.export.detect_sources:mobilenet_v2", "-o",
-                    str(bundle), "--task", "detect", "--labels", LABELS, "--force", "--quiet"], check=True, cwd=ROOT)
+                    str(bundle), "--task", "detect", "--labels", LABELS, "--lr", str(EXPORT_LR), "--force", "--quiet"],
+                   check=True, cwd=ROOT)
     return time.perf_counter() - t
 
 
@@ -352,7 +357,7 @@ def run(args: argparse.Namespace) -> dict:
                                 "met": (ftedge["heldout_map50"] or 0) > (untuned["heldout_map50"] or 0)},
     }
     settings = {"model": "MobileNetV2 (ImageNet, frozen) + ftedge anchor-free head, 320x320", "labels": LABELS,
-                "train_images": args.train, "heldout_images": args.heldout, "epochs": args.epochs,
+                "items": args.items, "train_images": args.train, "heldout_images": args.heldout, "epochs": args.epochs,
                 "batch_size": args.batch_size, "lr": lr, "weight_decay": res["config"]["weight_decay"],
                 "seed": args.seed, "val_fraction": 0.2, "threads": args.threads, "infer_runs": args.infer_runs,
                 "quick": args.quick, "bundle": str(bundle), "export_s": export_s, "data": str(data),
@@ -426,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", type=int, default=50, help="training scenes (default 50; 20 %% validate)")
     ap.add_argument("--heldout", type=int, default=200, help="held-out scenes (default 200)")
     ap.add_argument("--seed", type=int, default=0, help="data, split, order and flip seed (default 0)")
+    ap.add_argument("--items", choices=["shop", "category"], default="shop",
+                    help="make_shop.py --items: the shop's own three items (default) or any item of the three "
+                    "classes (class-level detection, harder)")
     ap.add_argument("--epochs", type=int, help="default 60, ftedge's (3 with --quick)")
     ap.add_argument("--batch-size", type=int, default=8, help="default 8, ftedge's")
     ap.add_argument("--lr", type=float, help="default: the bundle's (ftedge's default)")

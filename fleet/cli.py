@@ -230,12 +230,13 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(devices))
         return 0
     print(f"{'fleet':10s} {'device':14s} {'state':8s} {'job':28s} {'status':10s} {'epoch':>5s} {'loss':>8s} "
-          f"{'val acc':>8s} {'version':8s}")
+          f"{'val acc':>8s} {'version':8s}")   # val acc: accuracy, or a detector's mAP@0.5
     obj = lambda v: v if isinstance(v, dict) else {}  # noqa: E731
     for d in devices:
         try:
             job, m = obj(d.get("job")), obj(d.get("metrics"))
-            val = obj(m.get("metrics")).get("val_accuracy")
+            inner = obj(m.get("metrics"))
+            val = inner.get("val_accuracy") if inner.get("val_accuracy") is not None else inner.get("val_map50")
             print(f"{d['fleet']:10s} {d['device']:14s} {str(d.get('state')):8s} {str(job.get('id') or '-'):28s} "
                   f"{str(job.get('status') or '-'):10s} {str(m.get('epoch', '-')):>5s} "
                   f"{_fmt(m.get('loss'), '.4f'):>8s} {_fmt(val, '.3f'):>8s} "
@@ -273,9 +274,11 @@ def _train(args: argparse.Namespace) -> int:
             return
         if run.result is not None:
             r = run.result
-            acc = lambda m: _fmt(m.get("accuracy"), ".3f") if isinstance(m, dict) else "-"  # noqa: E731
+            key = "map50" if isinstance(r.get("final"), dict) and r["final"].get("map50") is not None else "accuracy"
+            acc = lambda m: _fmt(m.get(key), ".3f") if isinstance(m, dict) else "-"  # noqa: E731
             took = _fmt(r.get("duration_s"), ".1f")
-            line = (f"{run.device}: job {run.job} {r.get('status')} — val accuracy {acc(r.get('baseline'))} → "
+            what = "val mAP@0.5" if key == "map50" else "val accuracy"
+            line = (f"{run.device}: job {run.job} {r.get('status')} — {what} {acc(r.get('baseline'))} → "
                     f"{acc(r.get('final'))}, promoted {r.get('promoted')}, {took} s")
             if r.get("error"):
                 line += f"; error: {r['error']}"

@@ -39,6 +39,8 @@ def prometheus_text(store: Any) -> bytes:
             loss = GaugeMetricFamily("ftedge_job_loss", "training loss of the device's latest epoch", labels=["fleet", "device"])
             acc = GaugeMetricFamily("ftedge_job_val_accuracy", "validation accuracy of the device's latest epoch",
                                     labels=["fleet", "device"])
+            map50 = GaugeMetricFamily("ftedge_job_val_map50", "validation mAP@0.5 of the device's latest epoch "
+                                      "(detectors)", labels=["fleet", "device"])
             for d in store.devices():
                 lab = [str(d["fleet"]), str(d["device"])]
                 up.add_metric(lab, 1.0 if d.get("state") == "online" else 0.0)
@@ -46,11 +48,11 @@ def prometheus_text(store: Any) -> bytes:
                     seen.add_metric(lab, d["last_seen"] / 1000.0)
                 m = d.get("metrics") if isinstance(d.get("metrics"), dict) else {}
                 inner = m.get("metrics") if isinstance(m.get("metrics"), dict) else {}
-                for fam, value in ((loss, m.get("loss")), (acc, inner.get("val_accuracy"))):
+                for fam, value in ((loss, m.get("loss")), (acc, inner.get("val_accuracy")), (map50, inner.get("val_map50"))):
                     if _number(value) is not None:   # a row stored before validation may hold anything
                         fam.add_metric(lab, _number(value))
             c = store.counters()
-            yield from (up, seen, loss, acc)
+            yield from (up, seen, loss, acc, map50)
             for name, key, doc in (("ftedge_messages", "messages_total", "device messages ingested"),
                                    ("ftedge_messages_duplicate", "duplicates_total", "duplicates dropped (dev, boot, seq)"),
                                    ("ftedge_messages_malformed", "malformed_total",
@@ -165,7 +167,8 @@ def _device_row(d: dict[str, Any], page: int, now_ms: int) -> str:
     job = _obj(d.get("job"))
     m = _obj(d.get("metrics"))
     loss = _finite(m.get("loss"))
-    acc = _finite(_obj(m.get("metrics")).get("val_accuracy"))
+    inner = _obj(m.get("metrics"))
+    acc = _finite(inner.get("val_accuracy") if inner.get("val_accuracy") is not None else inner.get("val_map50"))
     state = str(d.get("state") or "unknown")
     age = "" if not d.get("last_seen") else f"{max(0, now_ms - int(d['last_seen'])) // 1000} s ago"
     dev = html.escape(d["device"])
@@ -215,12 +218,14 @@ def _device_charts(store: Any, d: dict[str, Any]) -> str:
     detail = store.job(d["fleet"], d["device"], job_id) or {}
     prog = [_obj(p) for p in detail.get("progress") or []]
     result = _obj(detail.get("result"))
-    before = _finite(_obj(result.get("baseline")).get("accuracy"))
-    after = _finite(_obj(result.get("final")).get("accuracy"))
+    key, what = ("map50", "mAP@0.5") if _obj(result.get("final")).get("map50") is not None else ("accuracy", "accuracy")
+    before = _finite(_obj(result.get("baseline")).get(key))
+    after = _finite(_obj(result.get("final")).get(key))
     verdict = ""
     if before is not None and after is not None:
-        verdict = (f' <span class="verdict" data-before="{before}" data-after="{after}">accuracy {_pct(before)} → '
+        verdict = (f' <span class="verdict" data-before="{before}" data-after="{after}">{what} {_pct(before)} → '
                    f'{_pct(after)}{" (promoted)" if result.get("promoted") else ""}</span>')
+    detector = any(_obj(p.get("metrics")).get("val_map50") is not None for p in prog)
     dev = html.escape(d["device"])
     return (f'<div class="device-charts" data-device="{dev}" data-job="{html.escape(job_id)}" '
             f'data-status="{html.escape(str(detail.get("status") or ""))}"><h3>{dev} · {html.escape(job_id)} · '
@@ -230,6 +235,8 @@ def _device_charts(store: Any, d: dict[str, Any]) -> str:
             + svg_chart([p.get("loss") for p in prog], "loss", LOSS_COLOR)
             + (svg_chart([_obj(p.get("metrics")).get("val_perplexity") for p in prog], "val perplexity", ACC_COLOR)
                if any(_obj(p.get("metrics")).get("val_perplexity") is not None for p in prog) else
+               svg_chart([_obj(p.get("metrics")).get("val_map50") for p in prog], "val mAP@0.5", ACC_COLOR,
+                         baseline=before) if detector else
                svg_chart([_obj(p.get("metrics")).get("val_accuracy") for p in prog], "val accuracy", ACC_COLOR,
                          baseline=before))
             + "</div>")

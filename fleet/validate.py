@@ -33,7 +33,8 @@ SCHEMAS: dict[str, dict[str, str]] = {
     "cmdres": {"cmd_id": "id", "status": "id?", "code": "id?", "job": "id?"},
 }
 METRIC_KEYS = ("accuracy", "loss", "val_accuracy", "val_loss", "val_macro_f1", "val_mae", "macro_f1", "mae",
-               "rmse", "perplexity", "val_perplexity", "retention", "exact_match", "token_f1")  # the last: causal LMs
+               "rmse", "perplexity", "val_perplexity", "retention", "exact_match", "token_f1",  # causal LMs
+               "map50", "map50_95", "map75", "val_map50", "val_map50_95")  # detectors
 
 
 def is_int(x: Any) -> bool:

@@ -33,6 +33,12 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return d, summary
 
 
+@pytest.fixture(scope="module")
+def category(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    d = tmp_path_factory.mktemp("category")
+    return d, make_shop.generate(d, N["train"], N["val"], seed=0, items="category")
+
+
 def yolo_boxes(out: Path, split: str, i: int) -> list[tuple[int, float, float, float, float]]:
     """(class, x, y, w, h) in pixels of one label file."""
     w, h = Image.open(out / "images" / split / f"{i:06d}.jpg").size
@@ -136,8 +142,23 @@ def test_scene_changes_no_pixel_outside_the_object_boxes() -> None:
         assert not (changed & ~inside).any()
 
 
-def test_train_and_heldout_use_disjoint_fashion_mnist_items(shop: tuple[Path, dict]) -> None:
+def test_shop_items_are_the_same_three_items_in_every_scene_and_distractors_differ(shop: tuple[Path, dict]) -> None:
     out, summary = shop
+    assert summary["items"] == "shop" and set(summary["shop_items"]) == set(NAMES)
+    own = {v["fmnist_index"] for v in summary["shop_items"].values()}
+    train_images, train_labels = make_shop.load_fashion("train")
+    assert {make_shop.CLASSES[train_labels[i]] for i in own} == set(NAMES)
+    for split in ("train", "val"):
+        assert set(summary[split]["product_indices"]) <= own        # train and held-out scenes: the shop's items
+    distractors = {split: summary[split]["distractor_indices"] for split in ("train", "val")}
+    val_images, _ = make_shop.load_fashion("t10k")
+    pixels = ({train_images[i].tobytes() for i in distractors["train"]}, {val_images[i].tobytes() for i in distractors["val"]})
+    assert not pixels[0] & pixels[1]                                  # other items in held-out scenes
+    assert not {train_images[i].tobytes() for i in own} & (pixels[0] | pixels[1])
+
+
+def test_category_items_train_and_heldout_use_disjoint_fashion_mnist_items(category: tuple[Path, dict]) -> None:
+    out, summary = category
     assert summary["train"]["fashion_mnist_split"] == "train" and summary["val"]["fashion_mnist_split"] == "t10k"
     pixels = {}
     for split, stem in (("train", "train"), ("val", "t10k")):

@@ -141,3 +141,26 @@ def test_fleet_send_round_trip_against_a_real_agent(tmp_path, capsys):
     finally:
         agent.stop()
         b.stop()
+
+
+def test_a_detectors_map_shows_in_metrics_dashboard_and_status(tmp_path, capsys):
+    s = FleetStore(tmp_path / "fleet.sqlite")
+    batch = [msg("cam-01", "status", {"state": "online", "reason": "birth"}, 1),
+             msg("cam-01", "job", {"job": "j7", "status": "running"}, 2)]
+    for e in range(1, 4):
+        batch.append(msg("cam-01", "jobs/j7/progress", {"job": "j7", "epoch": e, "step": e * 6, "loss": 2.0 / e,
+                                                        "metrics": {"val_map50": 0.2 * e, "val_map50_95": 0.1 * e},
+                                                        "lr": 0.002, "samples_per_s": 50.0, "rss_mb": 300.0}, 2 + e))
+    batch.append(msg("cam-01", "jobs/j7/result", {
+        "job": "j7", "status": "succeeded", "promoted": True, "duration_s": 15.0, "error": None,
+        "final": {"map50": 0.6, "map50_95": 0.3, "per_class": {"bag": {"ap50": 0.7, "gt": 40}}},
+        "baseline": {"map50": 0.0, "map50_95": 0.0}}, 6))
+    s.ingest_batch(batch)
+    srv = FleetHTTPServer(s, "127.0.0.1", 0).start()
+    try:
+        _, _, text = get(srv.url + "/metrics")
+        assert 'ftedge_job_val_map50{device="cam-01",fleet="demo"} 0.6' in text
+        _, _, page = get(srv.url + "/")
+        assert "mAP@0.5 0.0% → 60.0% (promoted)" in page and "val mAP@0.5" in page
+    finally:
+        srv.stop()

@@ -1,7 +1,7 @@
 """Write the detection worked example's data: SYNTHETIC shop scenes, real photos pasted onto real photos.
 
     python examples/detect/make_shop.py OUT [--train 50] [--heldout 200] [--seed 0] [--size 320]
-        [--products sneaker,bag,ankle_boot] [--format yolo|coco|both] [--root DIR] [--json]
+        [--products sneaker,bag,ankle_boot] [--items shop|category] [--format yolo|coco|both] [--root DIR] [--json]
 
 "A shop's three products": a detector is fine-tuned on the device to find the shop's products in photos. No
 labelled detection photos are available offline, so every scene is a SYNTHETIC composite of REAL pixels:
@@ -17,17 +17,24 @@ labelled detection photos are available offline, so every scene is a SYNTHETIC c
   scene's shorter side), tinted with a random colour (the photo's gray level times an RGB colour) and pasted with
   a soft alpha mask from the intensity (``alpha = clip(4 * gray / 255, 0, 1)``, values under 0.2 set to 0).
   The label box is the tight bounding box of that mask's nonzero pixels (no pixel outside it changes), not the
-  pasted square. 1–4 of the shop's products per scene, plus 0–2 DISTRACTORS of the other Fashion-MNIST classes
-  (t-shirt, trouser, pullover, dress, coat, sandal, shirt), which are not labelled: the detector must tell the
-  shop's products from other items. 10 % of each split's scenes (rounded half up) hold no product at all
+  pasted square. 1–4 of the shop's products per scene, plus 0–2 DISTRACTORS (other Fashion-MNIST items, see
+  ``--items``), which are not labelled: the detector must tell the shop's products from other items. 10 % of each split's scenes (rounded half up) hold no product at all
   (background and distractors only, an empty label file). A placement is redrawn (up to 50 times, then the
   object is left out) when its box has IoU > 0.3 with an object already placed, or would hide more than 30 % of
   an earlier object's solid mask (alpha >= 0.5): every object stays at least 70 % visible.
 
-Training scenes take their products and distractors from Fashion-MNIST's ``train`` split, held-out (``val``)
-scenes from ``t10k``: different physical items (no image occurs in both splits), each instance used at most once
-per split (while a class has unused ones), drawn from separate random streams (``SeedSequence([seed, 0])`` and
-``[seed, 1]``). The background photos are shared: it is one shop.
+``--items shop`` (default): the shop sells ONE item of each product class (one Fashion-MNIST photo of the train
+file, chosen so that it fills its frame, with its own colour: ``SeedSequence([seed, 2])``), and every product in
+every scene, training and held out, is that item: at another size, place, background and light (its colour
+×0.8–1.1), mirrored half the time. Distractors then come from every class, other sneakers, bags and boots
+included (other brands' items), never the shop's own. ``--items category``: any item of the product classes is a
+product, each drawn anew (class-level detection: the held-out scenes show other items of the classes than the
+training ones, a much harder task for a few dozen images).
+
+Training scenes take their distractors (and, with ``--items category``, their products) from Fashion-MNIST's
+``train`` split, held-out (``val``) scenes from ``t10k``: different physical items (no image occurs in both
+splits), each instance used at most once per split (while a class has unused ones), drawn from separate random
+streams (``SeedSequence([seed, 0])`` and ``[seed, 1]``). The background photos are shared: it is one shop.
 
 Output (the Ultralytics YOLO layout, plus COCO json):
 
@@ -98,6 +105,9 @@ ALPHA_GAIN = 4.0               # alpha = clip(ALPHA_GAIN * gray / 255, 0, 1)
 ALPHA_MIN = 0.2                # alpha below this is set to 0: the box is exactly the changed pixels
 MIN_BOX = 8                    # px: an instance whose tight box is smaller (a near-black photo) is skipped
 PRODUCTS_PER_SCENE = (1, 4)
+ITEMS = ("shop", "category")   # --items: the shop's own three items, or any item of the three classes
+LIGHTING = (0.8, 1.1)          # shop items: their own colour times this (the scene's light)
+ITEM_MIN_SIDE = 48             # shop items: an item whose mask fills at least this much of a 96-px upscale
 DISTRACTORS_PER_SCENE = (0, 2)
 EMPTY_FRACTION = 0.10
 MAX_IOU = 0.3
@@ -280,8 +290,9 @@ class InstancePool:
     """Fashion-MNIST indices of one split, per class, in a random order: each drawn once until a class runs out
     (then it is reshuffled and reused; ``reused`` counts those draws)."""
 
-    def __init__(self, labels: np.ndarray, rng: np.random.Generator) -> None:
+    def __init__(self, labels: np.ndarray, rng: np.random.Generator, exclude: set[int] | None = None) -> None:
         self.labels, self.rng = labels, rng
+        self.exclude = exclude or set()   # never drawn (the shop's own items: they are never distractors)
         self.order: dict[int, list[int]] = {}
         self.reused = 0
         self.cycled: set[int] = set()
@@ -290,7 +301,8 @@ class InstancePool:
         if not self.order.get(cls):
             if cls in self.order:
                 self.cycled.add(cls)
-            self.order[cls] = [int(i) for i in self.rng.permutation(np.flatnonzero(self.labels == cls))][::-1]
+            self.order[cls] = [int(i) for i in self.rng.permutation(np.flatnonzero(self.labels == cls))
+                               if int(i) not in self.exclude][::-1]
         if cls in self.cycled:
             self.reused += 1
         return self.order[cls].pop()
@@ -311,9 +323,28 @@ class Scene:
         return [(o["class_id"], tuple(o["box"])) for o in self.objects if o["product"]]
 
 
+def shop_items(images: np.ndarray, labels: np.ndarray, products: list[int], seed: int
+               ) -> dict[int, tuple[int, np.ndarray]]:
+    """``--items shop``: for each product class, the ONE Fashion-MNIST item (of the train file) the shop sells and
+    its colour: ``{class: (index, colour)}``; an item whose photo fills its frame well is chosen."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
+    out = {}
+    for cls in products:
+        index = -1
+        for index in (int(i) for i in rng.permutation(np.flatnonzero(labels == cls))):
+            _, alpha = object_patch(images[index], 96, 96, np.ones(3, np.float32))
+            if min(alpha.shape) >= ITEM_MIN_SIDE:
+                break
+        out[cls] = (index, random_colour(rng))
+    return out
+
+
 def make_scene(rng: np.random.Generator, photos: list[tuple[str, Any]], images: np.ndarray, pool: InstancePool,
-               products: list[int], distractors: list[int], size: int, empty: bool) -> Scene:
-    """One composite scene: a background crop, then products (unless ``empty``) and distractors in random order."""
+               products: list[int], distractors: list[int], size: int, empty: bool,
+               items: dict[int, tuple[int, np.ndarray]] | None = None, item_images: np.ndarray | None = None) -> Scene:
+    """One composite scene: a background crop, then products (unless ``empty``) and distractors in random order.
+    With ``items`` every product is the shop's own item of its class (from ``item_images``), in its own colour
+    under the scene's light, mirrored half the time."""
     width, height = scene_size(rng, size)
     bg, recipe = make_background(rng, photos, width, height)
     n_products = 0 if empty else int(rng.integers(PRODUCTS_PER_SCENE[0], PRODUCTS_PER_SCENE[1] + 1))
@@ -335,14 +366,22 @@ def make_scene(rng: np.random.Generator, photos: list[tuple[str, Any]], images: 
         stretch = float(np.exp(rng.uniform(-OBJECT_ASPECT, OBJECT_ASPECT)))
         ow, oh = max(8, round(side * stretch)), max(8, round(side / stretch))
         ow, oh = min(ow, width), min(oh, height)
-        colour = random_colour(rng)
-        for _ in range(8):   # a near-blank photo gives a tiny mask: take the next instance of the class
-            index = pool.draw(cls)
-            rgb, alpha = object_patch(images[index], ow, oh, colour)
-            if min(alpha.shape) >= MIN_BOX:
-                break
+        if is_product and items is not None and item_images is not None:
+            index, own = items[cls]
+            colour = np.clip(own * rng.uniform(*LIGHTING), 0.0, 1.0).astype(np.float32)
+            photo = item_images[index][:, ::-1] if rng.random() < 0.5 else item_images[index]
+            rgb, alpha = object_patch(photo, ow, oh, colour)
+            if min(alpha.shape) < MIN_BOX:
+                continue
         else:
-            continue
+            colour = random_colour(rng)
+            for _ in range(8):   # a near-blank photo gives a tiny mask: take the next instance of the class
+                index = pool.draw(cls)
+                rgb, alpha = object_patch(images[index], ow, oh, colour)
+                if min(alpha.shape) >= MIN_BOX:
+                    break
+            else:
+                continue
         h, w = alpha.shape
         solid = alpha >= SOLID
         for _ in range(PLACEMENT_TRIES):
@@ -371,14 +410,19 @@ def make_scene(rng: np.random.Generator, photos: list[tuple[str, Any]], images: 
 
 
 def make_split(split: str, n: int, seed: int, photos: list[tuple[str, Any]], images: np.ndarray,
-               labels: np.ndarray, products: list[int], size: int) -> tuple[list[Scene], InstancePool]:
-    """``n`` scenes of ``split`` (``train`` / ``val``), from its own random stream."""
+               labels: np.ndarray, products: list[int], size: int,
+               items: dict[int, tuple[int, np.ndarray]] | None = None, item_images: np.ndarray | None = None
+               ) -> tuple[list[Scene], InstancePool]:
+    """``n`` scenes of ``split`` (``train`` / ``val``), from its own random stream. With the shop's ``items``,
+    distractors are drawn from every class: other items of the product classes are distractors too."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, STREAM[split]]))
-    pool = InstancePool(labels, rng)
-    distractors = [c for c in range(len(CLASSES)) if c not in products]
+    own = {i for i, _ in items.values()} if items is not None and FMNIST_SPLIT[split] == "train" else set()
+    pool = InstancePool(labels, rng, own)
+    distractors = [c for c in range(len(CLASSES)) if items is not None or c not in products]
     n_empty = int(n * EMPTY_FRACTION + 0.5)
     empty = set(int(i) for i in rng.choice(n, size=n_empty, replace=False)) if n_empty else set()
-    scenes = [make_scene(rng, photos, images, pool, products, distractors, size, i in empty) for i in range(n)]
+    scenes = [make_scene(rng, photos, images, pool, products, distractors, size, i in empty, items, item_images)
+              for i in range(n)]
     return scenes, pool
 
 
@@ -495,7 +539,8 @@ def parse_products(text: str) -> list[int]:
 
 
 def generate(out: Path, n_train: int, n_heldout: int, seed: int = 0, size: int = 320,
-             products: list[int] | None = None, fmt: str = "both", root: str | Path | None = None) -> dict:
+             products: list[int] | None = None, fmt: str = "both", root: str | Path | None = None,
+             items: str = "shop") -> dict:
     """Write the data set; returns the summary (see ``--json``). Raises :class:`DataMissing`."""
     products = list(DEFAULT_PRODUCTS_IDX if products is None else products)
     names = [CLASSES[c] for c in products]
@@ -504,11 +549,15 @@ def generate(out: Path, n_train: int, n_heldout: int, seed: int = 0, size: int =
     yolo, coco = fmt in ("yolo", "both"), fmt in ("coco", "both")
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"out": str(out), "synthetic": True, "names": names, "size": size, "seed": seed,
-                               "format": fmt, "backgrounds": [n for n, _ in photos]}
+                               "format": fmt, "items": items, "backgrounds": [n for n, _ in photos]}
+    own = shop_items(*fashion["train"], products, seed) if items == "shop" else None
+    if own is not None:
+        summary["shop_items"] = {CLASSES[c]: {"fmnist_index": i, "colour": [round(float(v), 4) for v in col]}
+                                 for c, (i, col) in own.items()}
     provenance: dict[str, list] = {}
     for split, n in (("train", n_train), ("val", n_heldout)):
         images, labels = fashion[split]
-        scenes, pool = make_split(split, n, seed, photos, images, labels, products, size)
+        scenes, pool = make_split(split, n, seed, photos, images, labels, products, size, own, fashion["train"][0])
         write_split(out, split, scenes, yolo)
         if coco:
             (out / "annotations").mkdir(exist_ok=True)
@@ -554,6 +603,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--products", default=",".join(DEFAULT_PRODUCTS),
                     help=f"the shop's products, comma-separated Fashion-MNIST classes, in label order "
                          f"(default {','.join(DEFAULT_PRODUCTS)}; classes: {', '.join(CLASSES)})")
+    ap.add_argument("--items", choices=ITEMS, default="shop",
+                    help="shop (default): the products are the shop's own three items (one Fashion-MNIST photo "
+                    "each, its own colour), in every scene, train and held out; other items of the same classes "
+                    "are unlabelled distractors. category: any item of the three classes is a product (different "
+                    "items in train and held-out scenes): class-level detection, a harder task")
     ap.add_argument("--format", choices=["yolo", "coco", "both"], default="both",
                     help="labels as YOLO txt + data.yaml, COCO json, or both (default both)")
     ap.add_argument("--root", help=f"folder of the Fashion-MNIST *-ubyte.gz files "
@@ -572,7 +626,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--seed must be >= 0")
     t0 = time.perf_counter()
     try:
-        summary = generate(args.out, args.train, args.heldout, args.seed, args.size, products, args.format, args.root)
+        summary = generate(args.out, args.train, args.heldout, args.seed, args.size, products, args.format, args.root,
+                           args.items)
     except DataMissing as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
