@@ -23,7 +23,7 @@ host (export_s, not part of the device job) and reused while its manifest schema
 Contenders, same data, head initialisation, loss, targets, split, order, flips, schedule and best-epoch rule:
   ftedge     `ftedge train BUNDLE --data DATA --no-cache --json` in the torch-free device venv, as its own process:
              startup, loading, backbone feature maps of every training and validation image (--no-cache: paid in
-             full), the epochs (mirrored cached maps, AdamW step graph, warm-up 5 % + cosine, validation mAP after
+             full), the epochs (cached maps of the image or of its mirror image, AdamW step graph, warm-up 5 % + cosine, validation mAP after
              each epoch, checkpoints), model.onnx of the best epoch. Validation: ftedge's default 20 % split of the
              training images (no --eval-data: the held-out images are never used for selection).
   reference  bench/detection_reference.py in the host venv as its own process: import torch, MobileNetV2 weights,

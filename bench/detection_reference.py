@@ -29,9 +29,8 @@ What is shared with ftedge, so that only the training machinery differs:
 
 Differences from ftedge (documented, deliberate):
   * flips are applied in the INPUT domain: the letterboxed image is mirrored and the frozen backbone is run on it
-    every step (``torch.no_grad()``, eval mode); ftedge mirrors the cached feature maps instead. The two are not
-    bit-identical (a mirrored image's features are not exactly the mirrored features: stride-2 convolutions and
-    their padding are not symmetric), but they describe the same augmentation.
+    every step (``torch.no_grad()``, eval mode); ftedge computes the backbone's maps of every training image and of
+    its mirror image once and caches both: the same augmentation, the same feature maps.
   * no feature cache: the backbone runs on every training batch, and on the validation images after every epoch
     (as ``model.eval(); model(images)`` would); that is the point of the comparison.
   * optimizer: ``torch.optim.AdamW`` (betas 0.9/0.999, eps 1e-6, weight decay 1e-4). torch decays the parameter

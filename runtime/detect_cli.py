@@ -38,8 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_train_arguments(t: argparse.ArgumentParser) -> None:
     g = t.add_argument_group("detection bundles (--task detect)")
     g.add_argument("--no-flip", action="store_true",
-                   help="no horizontal-flip augmentation (default: a random half of each epoch's images, as "
-                   "mirrored cached feature maps, or mirrored images with --mode full)")
+                   help="no horizontal-flip augmentation (default: a random half of each epoch's images mirrored; "
+                   "the backbone's maps of the mirrored images are cached too)")
 
 
 def _providers(text: str | None) -> list[str] | None:

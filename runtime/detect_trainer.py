@@ -2,10 +2,12 @@
 
 1. Load labelled images (YOLO layout or COCO JSON, :mod:`ftedge.runtime.detect_data`; bad boxes and unreadable
    images are skipped and reported); hold out ``val_fraction`` of them (or use ``--eval-data``).
-2. ``cached`` mode (default): letterbox each image and run the frozen backbone once (feature maps kept in the
-   on-disk embedding cache, keyed by image bytes + backbone hash). Each epoch mirrors a random half of the
-   cached maps and their boxes (horizontal flip: box-aware augmentation that fits the cache). ``full`` mode
-   runs the backbone every step on input-domain augmented images (flip, brightness/contrast jitter).
+2. ``cached`` mode (default): letterbox each training image and run the frozen backbone on it and on its mirror
+   image, once (feature maps kept in the on-disk embedding cache, keyed by image bytes + backbone hash). Each
+   epoch a random half of the images is taken mirrored, boxes mirrored with them (horizontal flip: box-aware
+   augmentation that fits the cache; exact, where mirroring the maps themselves would only approximate the
+   backbone's output on a mirrored image). ``full`` mode runs the backbone every step on input-domain augmented
+   images (flip, brightness/contrast jitter).
 3. Train with the bundle's ``step.onnx`` (portable engine): targets assigned per batch
    (:mod:`ftedge.runtime.detect_targets`), AdamW, warm-up + cosine; the per-epoch order and flips come from
    ``default_rng(seed + epoch)``, so a resumed run continues exactly. After each epoch: validation mAP
@@ -58,7 +60,7 @@ class DetTrainConfig:
     resume: bool = False
     min_gain: float = 0.0
     mode: str = "auto"                # auto (= cached) | cached | full
-    flip: bool = True                 # horizontal flips (of cached maps, or of images in full mode)
+    flip: bool = True                 # horizontal flips (backbone maps of the mirrored images, cached too)
     eval_data: str | None = None      # held-out labelled images for validation and the gate
     providers: list[str] | None = None
     threads: int | None = None
@@ -120,9 +122,11 @@ class DetTrainer:
         h.update(json.dumps([self.spec.size, self.spec.pad_value, self.spec.mean, self.spec.std]).encode())
         return h.hexdigest()
 
-    def _prepare(self, items: list[Any]) -> tuple[dict[str, np.ndarray], list[np.ndarray], list[np.ndarray]]:
-        """Feature maps (cached mode: backbone once per image, through the embedding cache), boxes in input
-        pixels and classes of ``items``."""
+    def _prepare(self, items: list[Any], mirrored: bool = False
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """Feature maps of ``items`` (cached mode: the backbone once per image, through the embedding cache), with
+        ``mirrored`` also those of the mirrored images (the flip augmentation, exact and still cached), and their
+        boxes in input pixels and classes."""
         boxes, classes, hashes = [], [], []
         for s in items:
             lb = letterbox_geometry(s.size[0], s.size[1], self.spec.size)
@@ -130,8 +134,14 @@ class DetTrainer:
             classes.append(np.asarray(s.classes, np.int64))
             hashes.append(self._hash(s.image))
         if self.mode == "full":
-            return {}, boxes, classes
+            return {}, {}, boxes, classes
+        feats = self._features(items, hashes, False)
+        return feats, (self._features(items, hashes, True) if mirrored else {}), boxes, classes
+
+    def _features(self, items: list[Any], hashes: list[str], mirror: bool) -> dict[str, np.ndarray]:
         specs = self.bundle.head_inputs
+        if mirror:
+            hashes = [h + ":mirrored" for h in hashes]
         entry = self.bundle.manifest["files"][self.bundle.manifest["roles"]["backbone"]]
         key = f"{entry['sha256']}:detect"
         cache = EmbeddingCache(self.cfg.cache_dir) if self.cfg.cache_dir else None
@@ -145,6 +155,8 @@ class DetTrainer:
                     raise StopRequested("feature caching stopped on request")
                 idx = missing[start:start + 8]
                 images = np.stack([self._image(items[i])[0] for i in idx])
+                if mirror:
+                    images = np.ascontiguousarray(images[..., ::-1])
                 values = bb.run({"image": images}, [s.name for s in specs])  # type: ignore[union-attr]
                 rows = [(hashes[j], pack(specs, values, k)) for k, j in enumerate(idx)]
                 if cache:
@@ -155,9 +167,8 @@ class DetTrainer:
         finally:
             if cache:
                 cache.close()
-        feats = unpack(specs, [blobs[h] for h in hashes]) if hashes else {
+        return unpack(specs, [blobs[h] for h in hashes]) if hashes else {
             s.name: np.zeros((0, *s.sample_shape), np.float32) for s in specs}
-        return feats, boxes, classes
 
     def _backbone(self) -> InferenceModel:
         if getattr(self, "_bb", None) is None:
@@ -245,8 +256,8 @@ class DetTrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         set_seed(cfg.seed)
         state = self._open_state()
-        train_f, train_b, train_c = self._prepare(self.train_items)
-        val_f, val_b, val_c = self._prepare(self.val_items)
+        train_f, train_m, train_b, train_c = self._prepare(self.train_items, mirrored=cfg.flip)
+        val_f, _, val_b, val_c = self._prepare(self.val_items)
         self.timings["features_s"] = time.perf_counter() - t0
         engine = PortableEngine(self.bundle, self.ckpt.path(state.last_checkpoint), cfg.providers)
         engine.set_weight_decay(cfg.weight_decay)
@@ -281,11 +292,8 @@ class DetTrainer:
                 if self.mode == "full":
                     feats = self._full_batch(idx, fl, rng)
                 else:
-                    feats = {k: train_f[k][idx] for k in names}
-                    for k in names:
-                        if fl.any():
-                            feats[k] = feats[k].copy()
-                            feats[k][fl] = feats[k][fl][..., ::-1]
+                    feats = {k: np.where(fl.reshape(-1, *[1] * (train_f[k].ndim - 1)), train_m[k][idx], train_f[k][idx])
+                             if fl.any() else train_f[k][idx] for k in names}
                 items = [(flip_boxes(train_b[i], width) if f else train_b[i], train_c[i]) for i, f in zip(idx, fl)]
                 labels = batch_targets(items, self.grid, len(self.labels))
                 engine.set_learning_rate(learning_rate(state.global_step, total, base_lr, warmup, "cosine"))

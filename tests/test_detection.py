@@ -89,6 +89,17 @@ def test_exported_head_and_nms_match_pytorch_on_the_same_feature_maps(det_bundle
     np.testing.assert_allclose(got["det_scores"], ref_scores, atol=1e-5)
 
 
+def test_any_backbone_returning_feature_maps_exports_efficientnet_lite0(tmp_path):
+    out = tmp_path / "eff"
+    rc = main(["export", "ftedge.export.detect_sources:efficientnet_lite0", "-o", str(out), "--task", "detect",
+               "--labels", "a,b", "--mean", "0.498,0.498,0.498", "--std", "0.502,0.502,0.502", "--quiet"])
+    assert rc == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["detection"]["strides"] == [16, 32] and m["detection"]["channels"] == [112, 320]
+    assert m["preprocessing"]["mean"] == [0.498] * 3
+    assert m["parity"]["head + nms"]["same_detections"] and m["parity"]["backbone p32"]["relative"] < 1e-4
+
+
 def test_detect_task_rejects_classification_flags(tmp_path):
     rc = main(["export", "ftedge.export.detect_sources:mobilenet_v2", "-o", str(tmp_path / "b"), "--task", "detect",
                "--labels", "a", "--input", "x:float32:1,3,32,32", "--quiet"])
@@ -152,7 +163,7 @@ def test_resume_after_a_stop_continues_exactly(det_bundle, shop_data, tmp_path):
     assert resumed["metrics"]["map50"] == pytest.approx(whole["metrics"]["map50"], abs=1e-6)
 
 
-def test_flipping_cached_maps_mirrors_boxes_and_targets():
+def test_mirrored_boxes_get_mirrored_targets():
     from ftedge.runtime.detect_targets import assign, flip_boxes, make_grid
 
     grid = make_grid((320, 320), [16, 32], [[0, 48], [48, 1e8]], 2.5)
