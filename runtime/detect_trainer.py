@@ -113,6 +113,11 @@ class DetTrainer:
             self.train_idx = np.sort(order[n_val:])
             self.val_items = [self.data.samples[i] for i in np.sort(order[:n_val])]
         self.train_items = [self.data.samples[i] for i in self.train_idx]
+        if self.train_items and not any(len(s.boxes) for s in self.train_items):
+            reasons = sorted({d["reason"] for d in self.data.dropped_boxes})[:3]
+            raise DataError(f"{data}: no box to train on in {len(self.train_items)} training image(s)"
+                            + (f" ({len(self.data.dropped_boxes)} dropped: {'; '.join(reasons)})" if reasons else "")
+                            + f"; the bundle's classes are {', '.join(self.labels)}: check the labels' class names")
         self.timings: dict[str, float] = {}
         self.cache_stats = {"computed": 0, "reused": 0}
 
@@ -256,8 +261,11 @@ class DetTrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         set_seed(cfg.seed)
         state = self._open_state()
-        train_f, train_m, train_b, train_c = self._prepare(self.train_items, mirrored=cfg.flip)
-        val_f, _, val_b, val_c = self._prepare(self.val_items)
+        try:
+            train_f, train_m, train_b, train_c = self._prepare(self.train_items, mirrored=cfg.flip)
+            val_f, _, val_b, val_c = self._prepare(self.val_items)
+        except StopRequested:
+            return self._cancelled(state)  # what was computed stays in the cache for the next start
         self.timings["features_s"] = time.perf_counter() - t0
         engine = PortableEngine(self.bundle, self.ckpt.path(state.last_checkpoint), cfg.providers)
         engine.set_weight_decay(cfg.weight_decay)
@@ -339,7 +347,11 @@ class DetTrainer:
             raise DataError("no epoch finished; give more --epochs or --max-seconds")
         te = time.perf_counter()
         best = PortableEngine(self.bundle, self.ckpt.path(state.best_checkpoint), self.cfg.providers)
-        write_personalized(self.bundle, best, self.run_dir / "model.onnx", outputs=OUTPUTS)
+        should_stop = self.callbacks.should_stop if self.callbacks is not None else (lambda: False)
+        try:
+            write_personalized(self.bundle, best, self.run_dir / "model.onnx", should_stop=should_stop, outputs=OUTPUTS)
+        except StopRequested:
+            return self._cancelled(state)
         m = self.bundle.manifest
         atomic_write_json(self.run_dir / "model.json", {
             **{k: m.get(k) for k in ("name", "inputs", "output", "labels", "loss", "task", "preprocessing", "detection")},

@@ -253,3 +253,17 @@ def test_device_venv_trains_and_detects_without_torch(det_bundle, shop_data, tmp
     proc = subprocess.run([device_python, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert float(proc.stdout.strip()) >= 0.0
+
+
+def test_data_whose_class_names_match_no_label_is_a_clear_error(det_bundle, tmp_path):
+    from ftedge.errors import DataError
+    from ftedge.runtime.detect_trainer import DetTrainConfig, DetTrainer
+
+    data = tmp_path / "other"
+    proc = subprocess.run([sys.executable, str(ROOT / "examples/detect/make_shop.py"), str(data), "--train", "6",
+                           "--heldout", "0", "--products", "sandal,coat,shirt", "--format", "yolo"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    with pytest.raises(DataError, match="no box to train on.*unknown class 'sandal'.*check the labels' class names"):
+        DetTrainer(det_bundle, data, tmp_path / "run", DetTrainConfig(epochs=1))
+    assert not (tmp_path / "run").exists()
