@@ -200,7 +200,8 @@ def export_detector(opts: ExportOptions, progress: Callable[[str], None] = lambd
             "task": "detection",
             "loss": "detection",
             "inputs": [TensorSpec("image", "float32", [BATCH, 3, size[0], size[1]]).to_json()],
-            "head_inputs": [TensorSpec(n, "float32", [BATCH, *f.shape[1:]]).to_json() for n, f in zip(feat_names, feats)],
+            "head_inputs": [TensorSpec(n, "float32", [BATCH, *f.shape[1:]], None, {"source": f"backbone, stride {st}"}
+                                       ).to_json() for n, f, st in zip(feat_names, feats, strides)],
             "output": TensorSpec("preds", "float32", [BATCH, grid.size, k + 5]).to_json(),
             "labels": labels,
             "optimizer": {"name": "adamw", "lr": opts.lr, **OPTIMIZER_DEFAULTS["adamw"]},

@@ -53,12 +53,26 @@ def summary(path: str | Path, m: dict[str, Any], verified: bool | None = None, s
                      f"hidden states), {llm.get('trainable_blocks')} with LoRA rank {lora.get('rank')} alpha "
                      f"{lora.get('alpha')} on {len(lora.get('adapted') or [])} projections; {pre.get('max_length')} "
                      f"tokens; decoder {llm.get('decoder_weights', 'fp32')}, adapter {llm.get('adapter')}")
+    det = m.get("detection") if isinstance(m.get("detection"), dict) else None
+    if det:
+        pre, nms = m.get("preprocessing") or {}, det.get("nms") or {}
+        lines.append(f"detect   anchor-free head on {', '.join(det.get('feature_maps') or [])} (strides "
+                     f"{det.get('strides')}, {det.get('points')} points, {det.get('head_channels')} channels); "
+                     f"letterbox {pre.get('size')}; NMS IoU {nms.get('iou_threshold')}, score >= "
+                     f"{nms.get('score_threshold')}, {nms.get('max_per_class')} per class in the graph")
     tr = m.get("trainable") or []
     lines.append(f"trains   {len(tr)} tensors: {', '.join(tr[:8])}{' …' if len(tr) > 8 else ''}")
     lines.append(f"frozen   {len(m.get('frozen') or [])} tensors")
     parity = m.get("parity") or {}
     if parity.get("skipped"):
         lines.append("parity   SKIPPED (not checked against PyTorch)")
+    elif "head + nms" in parity:
+        rel = [v.get("relative", float("nan")) for k, v in parity.items() if k.startswith("backbone ")]
+        hn = parity["head + nms"]
+        lines.append(f"parity   backbone max rel diff {max(rel) if rel else float('nan'):.2e}; head + NMS: "
+                     f"{'the same' if hn.get('same_detections') else 'DIFFERENT'} {hn.get('detections')} detections as "
+                     f"PyTorch (boxes {hn.get('max_box_diff_px', float('nan')):.1e} px, scores "
+                     f"{hn.get('max_score_diff', float('nan')):.1e})")
     else:
         diffs = parity.get("max_abs_diff") or {}
         fp32 = [v for k, v in diffs.items() if "int8" not in k]
@@ -67,10 +81,10 @@ def summary(path: str | Path, m: dict[str, Any], verified: bool | None = None, s
                      "int8 rows are informational")
         for k, v in diffs.items():
             lines.append(f"           {k}: {v:.2e}")
-        if parity.get("step"):
-            st = parity["step"]
-            lines.append(f"step     training-step graph vs the PyTorch step: max rel diff {st['max_rel_diff']:.2e} "
-                         f"(tolerance {st['tolerance']})")
+    if parity.get("step") and not parity.get("skipped"):
+        st = parity["step"]
+        lines.append(f"step     training-step graph vs the PyTorch step: max rel diff {st['max_rel_diff']:.2e} "
+                     f"(tolerance {st['tolerance']})")
     lines.append("files")
     roles = {v: k for k, v in (m.get("roles") or {}).items()}
     for rel, e in (m.get("files") or {}).items():

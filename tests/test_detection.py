@@ -54,6 +54,10 @@ def test_export_records_parity_of_backbone_head_nms_and_step(det_bundle):
     assert p["backbone p16"]["relative"] < 1e-4 and p["backbone p32"]["relative"] < 1e-4
     assert p["head + nms"]["same_detections"] and p["head + nms"]["detections"] > 0
     assert p["step"]["max_rel_diff"] < 1e-4
+    from ftedge.runtime.inspect import summary
+
+    text = summary(det_bundle, m)
+    assert "head + NMS: the same" in text and "backbone, stride 16" in text and "NMS IoU 0.6" in text
 
 
 def test_exported_head_and_nms_match_pytorch_on_the_same_feature_maps(det_bundle):
