@@ -10,6 +10,7 @@ from pathlib import Path
 DETECT_EPILOG = """examples:
   ftedge detect runs/shop --images photos/ --json                       # boxes as JSON
   ftedge detect runs/shop --images photos/ --draw out/ --threshold 0.3   # annotated copies in out/
+  ftedge detect runs/shop --images photos/ --draw                       # ... in ./detections/
   ftedge detect bundles/shop --images photo.jpg                         # the untuned head (finds ~nothing)
 
 MODEL is a finished `ftedge train` run of a detection bundle (its model.onnx: backbone + tuned head +
@@ -26,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("target", metavar="MODEL", help="run directory, model version or detection bundle")
     d.add_argument("--images", required=True, metavar="DIR", help="a folder of .jpg/.jpeg/.png images (searched "
                    "recursively) or one image")
-    d.add_argument("--draw", metavar="OUT_DIR", type=Path, help="write each image with its boxes drawn into OUT_DIR")
+    d.add_argument("--draw", metavar="OUT_DIR", type=Path, nargs="?", const=Path("detections"),
+                   help="write each image with its boxes drawn (PNG) into OUT_DIR (default ./detections)")
     d.add_argument("--threshold", type=float, default=0.25, help="minimum score to report (default 0.25)")
     d.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
     d.add_argument("--providers", metavar="P1,P2", help="execution providers (default CPU)")

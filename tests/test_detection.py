@@ -236,6 +236,16 @@ def test_detect_cli_prints_json_and_draws_boxes(det_bundle, shop_data, tmp_path,
     assert found and all(d["label"] in LABELS and d["score"] >= 0.2 for d in found)
     assert all(0 <= d["box"][0] < d["box"][2] and 0 <= d["box"][1] < d["box"][3] for d in found)
     assert len(list((tmp_path / "drawn").glob("*.png"))) == 4
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:  # the contract's bare --draw: ./detections
+        assert main(["detect", str(tmp_path / "run"), "--images", str(images), "--draw"]) == 0
+    finally:
+        os.chdir(cwd)
+    assert len(list((tmp_path / "detections").glob("*.png"))) == 4
+    capsys.readouterr()
     rc = main(["evaluate", str(tmp_path / "run"), "--data", str(shop_data), "--json"])
     assert rc == 0
     ev = json.loads(capsys.readouterr().out)
