@@ -13,6 +13,28 @@ from ftedge.bundle.hashing import sha256_file
 from ftedge.bundle.manifest import MANIFEST_NAME
 
 
+def manifest_header(opts: Any, opset: int) -> dict[str, Any]:
+    """The manifest keys every exporter writes first: schema, name, who made it when, with which versions, from what."""
+    import datetime as _dt
+
+    import onnx
+    import torch
+
+    import ftedge
+    from ftedge.bundle.manifest import SCHEMA_VERSION
+    from ftedge.runtime import ort_backend
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": opts.name or Path(opts.output).name,
+        "created_by": f"ftedge {ftedge.__version__}",
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "producer": {"ftedge": ftedge.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                     "onnxruntime": ort_backend.version(), "opset": opset},
+        "source_model": opts.model if isinstance(opts.model, str) else type(opts.model).__name__,
+    }
+
+
 class BundleStage:
     """A staging directory that becomes the bundle on :meth:`commit`."""
 

@@ -9,7 +9,6 @@ Graphs: :mod:`ftedge.export.lm_graphs`. Checked against the Hugging Face model b
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import tempfile
 import time
@@ -17,19 +16,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import onnx
 import torch
 
-import ftedge
-from ftedge.bundle.manifest import BATCH, SCHEMA_VERSION, TensorSpec
+from ftedge.bundle.manifest import BATCH, TensorSpec
 from ftedge.errors import ExportError, ModelLoadError, UsageError
 from ftedge.export import lm_graphs
-from ftedge.export.bundle_writer import BundleStage
+from ftedge.export.bundle_writer import BundleStage, manifest_header
 from ftedge.export.llama import Llama, LlamaShape, answer_nll, hf_weights, init_lora, lora_names
 from ftedge.export.model_loader import load_model
 from ftedge.export.options import ExportOptions
 from ftedge.export.step_graph import OPTIMIZER_DEFAULTS
-from ftedge.runtime import ort_backend
 from ftedge.runtime.chat import ChatFormat
 
 log = logging.getLogger(__name__)
@@ -311,13 +307,7 @@ def export_causal_lm(opts: ExportOptions, progress: Callable[[str], None] = lamb
                  "head": rel(files["head"]), "init": "portable/init.safetensors", "decoder": rel(files["decoder"])}
         n_lora = int(sum(v.numel() for v in init.values()))
         manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "name": opts.name or Path(opts.output).name,
-            "created_by": f"ftedge {ftedge.__version__}",
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "producer": {"ftedge": ftedge.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                         "onnxruntime": ort_backend.version(), "opset": 17},
-            "source_model": opts.model if isinstance(opts.model, str) else type(opts.model).__name__,
+            **manifest_header(opts, 17),
             "task": "causal-lm",
             "loss": "cross-entropy",
             "inputs": [TensorSpec("input_ids", "int64", [BATCH, "seq"], [0, shape.vocab]).to_json(),

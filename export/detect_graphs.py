@@ -26,7 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ftedge.errors import ExportError
 from ftedge.export.detect_model import decode, detection_loss, head_forward
-from ftedge.export.graph_io import FnModule, quiet_export
+from ftedge.export.graph_io import FnModule, quiet_export, step_differences
 from ftedge.export.step_graph import OPTIMIZER_DEFAULTS, adamw_update, clip_coefficient
 
 STEP_TOLERANCE = 1e-4
@@ -196,13 +196,7 @@ def _verify_step(step: Callable[..., Any], state: list[torch.Tensor], batch: Cal
         args = [*st, torch.tensor(0.01), torch.tensor(1e-5), torch.tensor(0.0), *batch(b, seed)]
         ref = [r.detach().numpy() for r in step(*args)]
         got = sess.run(None, {k: v.numpy() for k, v in zip(in_names, args)})
-        groups: dict[str, float] = {}
-        for name, r in zip(out_names, ref):
-            groups[name[:2]] = max(groups.get(name[:2], 0.0), float(np.abs(r).max()) if r.size else 0.0)
-        for name, r, o in zip(out_names, ref, got):
-            if name.startswith("p:"):
-                continue  # an AdamW update is +-lr whatever the gradient's size: the moments carry the check
-            diff = float(np.abs(r - o).max()) / max(groups[name[:2]], 1e-6)
+        for name, diff in step_differences(out_names, ref, got).items():
             worst[name] = max(worst.get(name, 0.0), diff)
             if not diff <= STEP_TOLERANCE:
                 bad.append(f"{name} (batch {b}): {diff:.3g}")

@@ -9,26 +9,22 @@ checks the backbone, the head + NMS and the training step against PyTorch, and r
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import onnx
 import torch
 
-import ftedge
-from ftedge.bundle.manifest import BATCH, SCHEMA_VERSION, TensorSpec
+from ftedge.bundle.manifest import BATCH, TensorSpec
 from ftedge.errors import ExportError, UsageError
 from ftedge.export import detect_graphs
-from ftedge.export.bundle_writer import BundleStage
+from ftedge.export.bundle_writer import BundleStage, manifest_header
 from ftedge.export.detect_model import decode, head_forward, init_head, nms_reference
 from ftedge.export.model_loader import load_model
 from ftedge.export.options import ExportOptions
 from ftedge.export.step_graph import OPTIMIZER_DEFAULTS
-from ftedge.runtime import ort_backend
 from ftedge.runtime.detect_targets import assign, make_grid
 
 log = logging.getLogger(__name__)
@@ -190,13 +186,7 @@ def export_detector(opts: ExportOptions, progress: Callable[[str], None] = lambd
         rel = {role: p.relative_to(stage.dir).as_posix() for role, p in files.items()}
         n_params = int(sum(v.numel() for v in init.values()))
         manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "name": opts.name or Path(opts.output).name,
-            "created_by": f"ftedge {ftedge.__version__}",
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "producer": {"ftedge": ftedge.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                         "onnxruntime": ort_backend.version(), "opset": 17},
-            "source_model": opts.model if isinstance(opts.model, str) else type(opts.model).__name__,
+            **manifest_header(opts, 17),
             "task": "detection",
             "loss": "detection",
             "inputs": [TensorSpec("image", "float32", [BATCH, 3, size[0], size[1]]).to_json()],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import shutil
 import time
@@ -12,11 +11,10 @@ from typing import Any, Callable
 import onnx
 import torch
 
-import ftedge
 from ftedge.errors import ExportError, UsageError
 from ftedge.export import artifacts as art
 from ftedge.export.backbone import quantize_int8, save_optimized
-from ftedge.export.bundle_writer import BundleStage
+from ftedge.export.bundle_writer import BundleStage, manifest_header
 from ftedge.export.graph_split import measure_tensors, split_graph
 from ftedge.export.head import find_head, replace_head, select_trainable, set_modes
 from ftedge.export.model_loader import load_model
@@ -32,7 +30,7 @@ from ftedge.export.parity import check_parity
 from ftedge.export.preprocessing import TOKENIZER_FILE, image_preprocessing, text_preprocessing
 from ftedge.export.wrapper import OutputSelector
 from ftedge.export.step_graph import OPTIMIZER_DEFAULTS, build_step
-from ftedge.bundle.manifest import BATCH, LOSSES, OPTIMIZERS, SCHEMA_VERSION, TensorSpec
+from ftedge.bundle.manifest import BATCH, LOSSES, OPTIMIZERS, TensorSpec
 from ftedge.runtime import ort_backend
 from ftedge.runtime.ort_backend import has_training_api
 
@@ -245,15 +243,7 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
             parity["step"] = step_spec.check
 
         manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "name": opts.name or Path(opts.output).name,
-            "created_by": f"ftedge {ftedge.__version__}",
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "producer": {
-                "ftedge": ftedge.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                "onnxruntime": ort_backend.version(), "opset": opts.opset,
-            },
-            "source_model": opts.model if isinstance(opts.model, str) else type(opts.model).__name__,
+            **manifest_header(opts, opts.opset),
             "inputs": [s.to_json() for s in opts.inputs],
             "output": TensorSpec(output_name, "float32", out_shape).to_json(),
             "labels": labels,

@@ -88,3 +88,14 @@ def constants_to_initializers(path: Path, min_elements: int = 64) -> None:
     model.graph.node.extend(keep)
     model.graph.initializer.extend(inits)
     onnx.save(model, os.fspath(path))
+
+
+def step_differences(out_names: list[str], ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, float]:
+    """An AdamW step graph's outputs vs the eager step's: max |diff| of each, relative to the largest value of its
+    kind (``m:`` moments, i.e. gradients; ``v:`` moments; loss; …). Updated parameters are left out: an AdamW update
+    is ±lr whatever the gradient's size, so the moments carry the check."""
+    groups: dict[str, float] = {}
+    for name, r in zip(out_names, ref):
+        groups[name[:2]] = max(groups.get(name[:2], 0.0), float(np.abs(r).max()) if r.size else 0.0)
+    return {name: float(np.abs(r - o).max()) / max(groups[name[:2]], 1e-6) if r.size else 0.0
+            for name, r, o in zip(out_names, ref, got) if not name.startswith("p:")}
