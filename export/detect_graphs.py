@@ -27,7 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ftedge.errors import ExportError
 from ftedge.export.detect_model import decode, detection_loss, head_forward
 from ftedge.export.graph_io import FnModule, quiet_export, step_differences
-from ftedge.export.step_graph import OPTIMIZER_DEFAULTS, adamw_update, clip_coefficient
+from ftedge.export.step_graph import adamw_all
 
 STEP_TOLERANCE = 1e-4
 OUTPUTS = ["det_boxes", "det_scores", "det_labels", "det_batch"]
@@ -123,7 +123,6 @@ def write_step(init: dict[str, torch.Tensor], feat_specs: list[tuple[str, list[i
 
     names = list(init)
     n, n_feat = len(names), len(feat_specs)
-    hyper = OPTIMIZER_DEFAULTS["adamw"]
 
     def step(*a: torch.Tensor) -> tuple[torch.Tensor, ...]:
         ps, ms, vs = list(a[:n]), list(a[n:2 * n]), list(a[2 * n:3 * n])
@@ -136,13 +135,7 @@ def write_step(init: dict[str, torch.Tensor], feat_specs: list[tuple[str, list[i
             return detection_loss(preds, labels, weights, points, strides, num_classes), preds
 
         grads, (value, preds) = grad_and_value(loss_fn, has_aux=True)(ps)
-        coef = clip_coefficient(grads, clip)
-        out_p, out_m, out_v = [], [], []
-        for p, g, m, v in zip(ps, grads, ms, vs):
-            p2, m2, v2 = adamw_update(p, g * coef, m, v, lr, lr_wd, hyper["betas"], hyper["eps"])
-            out_p.append(p2)
-            out_m.append(m2)
-            out_v.append(v2)
+        out_p, out_m, out_v = adamw_all(ps, grads, ms, vs, lr, lr_wd, clip)
         return (*out_p, *out_m, *out_v, value.detach(), preds.detach())
 
     def batch(b: int, seed: int) -> list[torch.Tensor]:

@@ -31,7 +31,7 @@ from ftedge.errors import ExportError
 from ftedge.export.llama import Llama, answer_nll, causal_mask, rms_norm, rope
 from ftedge.export.graph_io import FnModule as _Fn, externalize
 from ftedge.export.graph_io import quiet_export as _quiet_export, step_differences, torchscript as _torchscript
-from ftedge.export.step_graph import OPTIMIZER_DEFAULTS, adamw_update, clip_coefficient
+from ftedge.export.step_graph import adamw_all
 
 STEP_TOLERANCE = 1e-4
 
@@ -91,7 +91,6 @@ def write_step(model: Llama, layers: range, names: list[str], init: dict[str, to
     from ftedge.export.conv_grad import decompositions
 
     n = len(names)
-    hyper = OPTIMIZER_DEFAULTS["adamw"]
 
     def step(*a: torch.Tensor) -> tuple[torch.Tensor, ...]:
         ps, ms, vs = list(a[:n]), list(a[n:2 * n]), list(a[2 * n:3 * n])
@@ -102,13 +101,7 @@ def write_step(model: Llama, layers: range, names: list[str], init: dict[str, to
             return (nll * weights).sum() / weights.sum().clamp_min(1e-6), nll
 
         grads, (value, nll) = grad_and_value(loss_fn, has_aux=True)(ps)
-        coef = clip_coefficient(grads, clip)
-        out_p, out_m, out_v = [], [], []
-        for p, g, m, v in zip(ps, grads, ms, vs):
-            p2, m2, v2 = adamw_update(p, g * coef, m, v, lr, lr_wd, hyper["betas"], hyper["eps"])
-            out_p.append(p2)
-            out_m.append(m2)
-            out_v.append(v2)
+        out_p, out_m, out_v = adamw_all(ps, grads, ms, vs, lr, lr_wd, clip)
         return (*out_p, *out_m, *out_v, value.detach(), nll.detach())
 
     p0 = [init[k].clone() for k in names]

@@ -95,6 +95,18 @@ def adamw_update(p, g, m, v, step_size, lr_wd, betas, eps):  # noqa: ANN001, ANN
     return p - lr_wd * p, m, v
 
 
+def adamw_all(params: list[torch.Tensor], grads: list[torch.Tensor], ms: list[torch.Tensor], vs: list[torch.Tensor],
+              lr: torch.Tensor, lr_wd: torch.Tensor, max_norm: torch.Tensor
+              ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Global-norm clipping (off for ``max_norm`` <= 0) then :func:`adamw_update` of every parameter with the
+    default betas and eps: (parameters, first moments, second moments) after the step."""
+    hyper = OPTIMIZER_DEFAULTS["adamw"]
+    coef = clip_coefficient(grads, max_norm)
+    out = [adamw_update(p, g * coef, m, v, lr, lr_wd, hyper["betas"], hyper["eps"])
+           for p, g, m, v in zip(params, grads, ms, vs)]
+    return [o[0] for o in out], [o[1] for o in out], [o[2] for o in out]
+
+
 def clip_coefficient(grads: list[torch.Tensor], max_norm: torch.Tensor) -> torch.Tensor:
     """Global-norm clipping as ``torch.nn.utils.clip_grad_norm_`` (and ORT's InplaceClipGradNorm); off for <= 0."""
     total = torch.sqrt(sum((g * g).sum() for g in grads))
