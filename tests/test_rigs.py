@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, _in_ci, export
+from ftedge.cli import main
 
 VENV_IN_RIG = "/opt/ftedge-venv"
 RIGS = {  # name: (Debian suite, arch, emulated on this x86_64 host)
@@ -228,3 +230,41 @@ def test_rig_trains_resumes_and_evaluates(rig, in_rootfs, rig_src):
     assert resumed["metrics"]["loss"] == pytest.approx(reference["metrics"]["loss"], abs=1e-6)
     assert resumed["metrics"]["accuracy"] == reference["metrics"]["accuracy"]
     assert steps["resume"]["metrics_epochs"] == list(range(1, reference["epochs_run"] + 1))
+
+
+@pytest.fixture(scope="session")
+def det_src(tmp_path_factory) -> Path:
+    """Host folder for the detection rig run: bundle/ (MobileNetV2 + detection head, exported here) and data/
+    (SYNTHETIC shop scenes, YOLO layout)."""
+    src = tmp_path_factory.mktemp("rig-det")
+    assert main(["export", "ftedge.export.detect_sources:mobilenet_v2", "-o", str(src / "bundle"), "--task", "detect",
+                 "--labels", "sneaker,bag,ankle_boot", "--lr", "2e-3", "--quiet"]) == 0
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "detect" / "make_shop.py"), str(src / "data"),
+                           "--train", "8", "--heldout", "4", "--format", "yolo"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return src
+
+
+def test_rig_trains_a_detector_and_detects(rig, in_rootfs, det_src):
+    """Detection on the box: the conv head's training-step graph (conv backward as forward convs) and the
+    NonMaxSuppression graph on the rig's plain onnxruntime (arm64 emulated: a Raspberry Pi 5 class core)."""
+    name, rootfs = rig
+    run = f"/tmp/ftedge-rig-det-{uuid.uuid4().hex[:12]}"
+    try:
+        proc, wall = run_in(in_rootfs, rootfs, f"{VENV_IN_RIG}/bin/ftedge", "train", "/src/bundle", "--data",
+                            "/src/data", "--eval-data", "/src/data", "-o", run, "--epochs", "3", "--no-flip",
+                            "--no-cache", "--json", src=det_src)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        result = json.loads(proc.stdout)
+        _record(name, "detect_train", {"wall_s": wall, "map50": result["metrics"].get("map50"),
+                                       "baseline_map50": result["baseline"].get("map50")})
+        assert result["status"] == "succeeded" and result["task"] == "detection"
+        assert result["metrics"]["map50"] > result["baseline"]["map50"]
+        proc, wall = run_in(in_rootfs, rootfs, f"{VENV_IN_RIG}/bin/ftedge", "detect", run, "--images",
+                            "/src/data/images/val", "--json", "--threshold", "0.05", src=det_src)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        found = json.loads(proc.stdout)
+        _record(name, "detect_s", wall)
+        assert len(found["images"]) == 4 and not found["skipped"]
+    finally:
+        shutil.rmtree(rootfs / run.lstrip("/"), ignore_errors=True)
