@@ -140,6 +140,20 @@ def bundles(tmp_path_factory) -> Path:
     return root
 
 
+def agent_config(state: Path, broker: Broker, data: Path, bundle_root: Path, extra_toml: str = "",
+                 **mqtt_extra) -> Path:
+    """Write ``state``/../agent.toml for one device; ``extra_toml`` is appended as is (e.g. a ``[deploy]`` table)."""
+    lines = [f'device_id = "{DEV}"', f'fleet = "{FLEET}"', f'state_dir = "{state}"',
+             'log_level = "info"', "[mqtt]", f'url = "{broker.url}"', "will_delay = 1", "keepalive = 5"]
+    lines += [f"{k} = {json.dumps(str(v))}" for k, v in mqtt_extra.items()]
+    if "[deploy]" not in extra_toml:  # the test bundles are unsigned: opt out unless a test signs
+        extra_toml = "[deploy]\nrequire_signed = false\n" + extra_toml
+    lines += ["[paths]", f'data_root = "{data}"', f'bundle_root = "{bundle_root}"', extra_toml]
+    cfg = state.parent / "agent.toml"
+    cfg.write_text("\n".join(lines) + "\n")
+    return cfg
+
+
 @pytest.fixture()
 def device(tmp_path, bundles):
     """State dir, data root with SYNTHETIC datasets, bundle root, and a config writer."""
@@ -156,15 +170,7 @@ def device(tmp_path, bundles):
 
     def write(broker: Broker, extra_toml: str = "", **mqtt_extra) -> Path:
         """The agent config; ``extra_toml`` is appended as is (e.g. a ``[deploy]`` table)."""
-        lines = [f'device_id = "{DEV}"', f'fleet = "{FLEET}"', f'state_dir = "{tmp_path / "state"}"',
-                 'log_level = "info"', "[mqtt]", f'url = "{broker.url}"', "will_delay = 1", "keepalive = 5"]
-        lines += [f"{k} = {json.dumps(str(v))}" for k, v in mqtt_extra.items()]
-        if "[deploy]" not in extra_toml:  # the test bundles are unsigned: opt out unless a test signs
-            extra_toml = "[deploy]\nrequire_signed = false\n" + extra_toml
-        lines += ["[paths]", f'data_root = "{data}"', f'bundle_root = "{bundle_root}"', extra_toml]
-        cfg = tmp_path / "agent.toml"
-        cfg.write_text("\n".join(lines) + "\n")
-        return cfg
+        return agent_config(tmp_path / "state", broker, data, bundle_root, extra_toml, **mqtt_extra)
     return write
 
 

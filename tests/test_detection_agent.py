@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from agent_harness import DEV, FLEET, AgentProc, Collector, broker  # noqa: F401  (fixture)
+from agent_harness import AgentProc, Collector, agent_config, broker  # noqa: F401  (fixture)
 from ftedge.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,15 +25,7 @@ def det_device(tmp_path):
     assert main(["export", "ftedge.export.detect_sources:mobilenet_v2", "-o", str(bundles / "shop"), "--task",
                  "detect", "--labels", "sneaker,bag,ankle_boot", "--lr", "2e-3", "--quiet"]) == 0
 
-    def write(b) -> Path:  # noqa: ANN001
-        cfg = tmp_path / "agent.toml"
-        cfg.write_text("\n".join([
-            f'device_id = "{DEV}"', f'fleet = "{FLEET}"', f'state_dir = "{tmp_path / "state"}"', 'log_level = "info"',
-            "[mqtt]", f'url = "{b.url}"', "will_delay = 1", "keepalive = 5",
-            "[paths]", f'data_root = "{data}"', f'bundle_root = "{bundles}"',
-            "[deploy]", "require_signed = false"]) + "\n")
-        return cfg
-    return write
+    return lambda b: agent_config(tmp_path / "state", b, data, bundles)
 
 
 def test_agent_trains_a_detector_reports_map_and_keeps_versions(broker, det_device, tmp_path):  # noqa: F811

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from agent_harness import DEV, FLEET, AgentProc, Collector, broker  # noqa: F401  (fixture)
+from agent_harness import AgentProc, Collector, agent_config, broker  # noqa: F401  (fixture)
 from conftest import FACTS, write_jsonl
 
 
@@ -21,15 +21,7 @@ def llm_device(tmp_path, llm_bundle):
     bundles = tmp_path / "bundles"
     shutil.copytree(llm_bundle, bundles / "faq-llm")
 
-    def write(b) -> object:  # noqa: ANN001
-        cfg = tmp_path / "agent.toml"
-        cfg.write_text("\n".join([
-            f'device_id = "{DEV}"', f'fleet = "{FLEET}"', f'state_dir = "{tmp_path / "state"}"', 'log_level = "info"',
-            "[mqtt]", f'url = "{b.url}"', "will_delay = 1", "keepalive = 5",
-            "[paths]", f'data_root = "{data}"', f'bundle_root = "{bundles}"',
-            "[deploy]", "require_signed = false"]) + "\n")
-        return cfg
-    return write
+    return lambda b: agent_config(tmp_path / "state", b, data, bundles)
 
 
 def test_agent_trains_a_language_model_answers_with_it_and_rolls_back(broker, llm_device, tmp_path):  # noqa: F811
