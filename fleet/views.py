@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ftedge import sqlite_db
@@ -22,31 +24,38 @@ class FleetReadModel:
     _lock: threading.Lock
     reorder_window_s: float
 
+    @contextmanager
+    def _reading(self) -> Iterator[Any]:
+        """A connection to read from (SQL with ``?`` placeholders, portable between SQLite and PostgreSQL).
+        The PostgreSQL store overrides it with its own read connection."""
+        with self._lock:
+            yield self._db
+
     def devices(self, fleet: str | None = None) -> list[dict[str, Any]]:
         """Every device (optionally of one fleet), sorted by fleet and device id."""
         sql = f"SELECT {_DEVICE_COLUMNS} FROM devices"
         args: tuple = ()
         if fleet is not None:
             sql, args = sql + " WHERE fleet = ?", (fleet,)
-        with self._lock:
-            rows = self._db.execute(sql + " ORDER BY fleet, device", args).fetchall()
+        with self._reading() as db:
+            rows = db.execute(sql + " ORDER BY fleet, device", args).fetchall()
         return [_device_view(r) for r in rows]
 
     def device(self, fleet: str, device: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._db.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE fleet = ? AND device = ?",
+        with self._reading() as db:
+            row = db.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE fleet = ? AND device = ?",
                                    (fleet, device)).fetchone()
         return None if row is None else _device_view(row)
 
     def job(self, fleet: str, device: str, job: str) -> dict[str, Any] | None:
         """``progress`` (bodies in epoch order), ``result`` (body or None), ``status``; None if unknown."""
-        with self._lock:
-            progress = [_stored_object(b, "progress", []) for (b,) in self._db.execute(
+        with self._reading() as db:
+            progress = [_stored_object(b, "progress", []) for (b,) in db.execute(
                 "SELECT body_json FROM progress WHERE fleet = ? AND device = ? AND job = ? ORDER BY epoch",
                 (fleet, device, job))]
-            row = self._db.execute("SELECT body_json FROM results WHERE fleet = ? AND device = ? AND job = ?",
+            row = db.execute("SELECT body_json FROM results WHERE fleet = ? AND device = ? AND job = ?",
                                    (fleet, device, job)).fetchone()
-            snap = self._db.execute("SELECT job_json FROM devices WHERE fleet = ? AND device = ?",
+            snap = db.execute("SELECT job_json FROM devices WHERE fleet = ? AND device = ?",
                                     (fleet, device)).fetchone()
         progress = [p for p in progress if p is not None]
         result = _stored_object(row[0], "result", []) if row else None
@@ -68,8 +77,8 @@ class FleetReadModel:
                 where.append(f"{col} = ?")
                 args.append(val)
         cond = (" WHERE " + " AND ".join(where)) if where else ""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 f"SELECT fleet, device, job, SUM(epochs), MAX(ts), MAX(result) FROM ("
                 f" SELECT fleet, device, job, COUNT(*) AS epochs, MAX(ts) AS ts, NULL AS result FROM progress{cond}"
                 "  GROUP BY fleet, device, job"
@@ -80,8 +89,8 @@ class FleetReadModel:
                 for f, d, j, n, ts, r in rows]
 
     def counters(self) -> dict[str, int]:
-        with self._lock:
-            rows = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+        with self._reading() as db:
+            rows = dict(db.execute("SELECT name, value FROM counters").fetchall())
         return {k: int(rows.get(k, 0)) for k in COUNTERS}
 
     def gaps(self, fleet: str | None = None, device: str | None = None, open_only: bool = False) -> list[dict]:
@@ -94,8 +103,8 @@ class FleetReadModel:
         if open_only:
             where.append("filled_ts IS NULL")
         cond = (" WHERE " + " AND ".join(where)) if where else ""
-        with self._lock:
-            rows = self._db.execute("SELECT fleet, device, boot, missing_from, missing_to, ts, filled, filled_ts"
+        with self._reading() as db:
+            rows = db.execute("SELECT fleet, device, boot, missing_from, missing_to, ts, filled, filled_ts"
                                     f" FROM gaps{cond} ORDER BY id", args).fetchall()
         keys = ("fleet", "device", "boot", "missing_from", "missing_to", "ts", "filled", "filled_ts")
         return [dict(zip(keys, r)) for r in rows]
@@ -108,8 +117,8 @@ class FleetReadModel:
         sql, args = "SELECT fleet, device, body_json FROM results", ()
         if fleet is not None:
             sql, args = sql + " WHERE fleet = ?", (fleet,)
-        with self._lock:
-            rows = self._db.execute(sql + " ORDER BY ts", args).fetchall()
+        with self._reading() as db:
+            rows = db.execute(sql + " ORDER BY ts", args).fetchall()
         latest: dict[tuple[str, str], tuple[float, float]] = {}
         for f, d, text in rows:
             body = _stored_object(text, "result", [])
@@ -144,8 +153,8 @@ class FleetReadModel:
             if val is not None:
                 sql += f" AND {col} = ?"
                 args.append(val)
-        with self._lock:
-            row = self._db.execute(sql + " ORDER BY ts DESC LIMIT 1", args).fetchone()
+        with self._reading() as db:
+            row = db.execute(sql + " ORDER BY ts DESC LIMIT 1", args).fetchone()
         return json.loads(row[0]) if row else None
 
 
