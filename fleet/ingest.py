@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from ftedge.errors import CollectorError, FtedgeError, UsageError  # noqa: F401 - CollectorError re-exported
+from ftedge.errors import CollectorError, FtedgeError, StoreUnavailable, UsageError  # noqa: F401 - re-exported
 from ftedge.mqtt import client as mqtt
 from ftedge.mqtt.contract import BrokerSettings, collector_subscriptions
 
@@ -108,12 +108,14 @@ class Collector(CommandClient):
         self.settings = s
         self.store = store
         self.host_id = _TOPIC_UNSAFE.sub("_", s.client_id)   # the {host} of cmdres/{host}
-        self.detect_gaps = (s.share is None) if s.detect_gaps is None else bool(s.detect_gaps)
+        # Sharing a fleet with collectors that write other databases, none sees whole streams: no gap judgement.
+        # Sharing one database (PostgreSQL), the database sees every message: judge there.
+        self.detect_gaps = (s.share is None or store.shared) if s.detect_gaps is None else bool(s.detect_gaps)
         self.connected = threading.Event()
         self.subscribed = threading.Event()   # SUBACK of the current connection received
         self.refused: str | None = None       # the last CONNACK refusal reason (bad credentials, not authorized)
         self.stats: dict[str, int] = {"received": 0, "processed": 0, "batches": 0, "errors": 0, "resyncs": 0,
-                                      "connections": 0, "unacked": 0}
+                                      "connections": 0, "unacked": 0, "store_retries": 0}
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._cv = threading.Condition()     # notified after every committed batch
         self._writer: threading.Thread | None = None
@@ -231,25 +233,13 @@ class Collector(CommandClient):
     def _ingest(self, batch: list[tuple[Any, bytes, bool]],
                 chunks: list[tuple[int | None, list[Any], list[int]]] | None = None) -> None:
         try:
-            try:
-                self.store.ingest_batch(batch)
-                self.stats["batches"] += 1
-            except Exception:  # noqa: BLE001 - isolate the message that breaks the batch, keep the rest
-                if len(batch) == 1:
-                    raise
-                log.warning("a batch of %d message(s) failed; storing them one by one", len(batch))
-                for item in batch:
-                    try:
-                        self.store.ingest_batch([item])
-                    except Exception:  # noqa: BLE001
-                        self.stats["errors"] += 1
-                        log.exception("could not store a message on %s; it is lost to this collector", item[0])
-        except Exception:  # noqa: BLE001 - a bad batch (disk full, …) must not stop the collector
+            committed = self._commit(batch)
+        except Exception:  # noqa: BLE001 - a bad message (or a full disk) must not stop the collector
             self.stats["errors"] += 1
             log.exception("could not store a message on %s; it is lost to this collector", batch[0][0])
-        finally:
-            # Acknowledge after the commit (a message that could not be stored is acknowledged too: the broker
-            # resending it would not help). Chunks of an older connection are not acknowledged: the broker
+            committed = True   # acknowledged all the same: the broker resending it would not help
+        if committed:
+            # Acknowledge after the commit. Chunks of an older connection are not acknowledged: the broker
             # resends them on the new one and the store drops the duplicates.
             gen, mids = None, []
             for g, _, ids in chunks or ():
@@ -260,9 +250,42 @@ class Collector(CommandClient):
                 mids.extend(ids)
             if mids:
                 self._ack(gen, mids)
-            with self._cv:
-                self.stats["processed"] += len(batch)
-                self._cv.notify_all()
+        with self._cv:
+            self.stats["processed"] += len(batch)
+            self._cv.notify_all()
+
+    def _commit(self, batch: list[tuple[Any, bytes, bool]]) -> bool:
+        """Store ``batch``; True once committed. A database out of reach (restart, failover, lost network) is
+        waited out for as long as it takes, acknowledging nothing meanwhile (the broker's Receive Maximum
+        holds the rest back); False if the collector stops first: the broker keeps the messages in this
+        collector's session. A batch that fails otherwise is stored message by message, so one bad message
+        costs only itself (raised for a single message)."""
+        delay = 0.5
+        while True:
+            try:
+                self.store.ingest_batch(batch)
+                self.stats["batches"] += 1
+                return True
+            except StoreUnavailable as exc:
+                self.stats["store_retries"] = self.stats.get("store_retries", 0) + 1
+                if self.stats["store_retries"] <= 5 or self.stats["store_retries"] % 60 == 0:
+                    log.warning("%s; %d message(s) wait unacknowledged", exc, len(batch))
+            except Exception:  # noqa: BLE001 - isolate the message that breaks the batch, keep the rest
+                if len(batch) == 1:
+                    raise
+                log.warning("a batch of %d message(s) failed; storing them one by one", len(batch))
+                for item in batch:
+                    try:
+                        if not self._commit([item]):
+                            return False
+                    except Exception:  # noqa: BLE001
+                        self.stats["errors"] += 1
+                        log.exception("could not store a message on %s; it is lost to this collector", item[0])
+                return True
+            if self._closing:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     def _ack(self, generation: int | None, mids: list[int]) -> None:
         try:

@@ -52,6 +52,7 @@ class Stream:
     marks: list[tuple[int, float]] = field(default_factory=list)  # (max seq beyond, when noticed)
     mark_max: int = 0
     holes: list[Hole] = field(default_factory=list)               # counted, not yet filled
+    hole_seen: set[int] = field(default_factory=set)              # seqs that arrived inside `holes`
     purge: bool = False            # rows of seqs <= contiguous may be dropped from the store
     stored: bool = False           # the store has a row (UPDATE, not INSERT)
 
@@ -118,6 +119,7 @@ class Stream:
                 ranges.append((lo, x - 1))
             lo = x + 1
         self.above.difference_update(present)
+        self.purge = self.purge or bool(present)   # their rows sit at or below the new mark now
         self.contiguous = max(self.contiguous, top)
         self.advance()
         return ranges

@@ -54,21 +54,21 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
+import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from ftedge import sqlite_db
-from ftedge.errors import FleetStoreError, FtedgeError  # noqa: F401 - FleetStoreError re-exported
+from ftedge.errors import FleetStoreError, FtedgeError, StoreUnavailable  # noqa: F401 - re-exported
 from ftedge.mqtt.contract import TOPIC_ROOT  # noqa: F401 - re-exported: fleet.store.TOPIC_ROOT
 
 from .envelope import Message, parse
 from .schema import _SCHEMA, COUNTERS, SCHEMA_VERSION  # noqa: F401 - SCHEMA_VERSION re-exported
 from .sequence import Hole, Stream, started_later
+from .store_backend import PostgresBackend, SqliteBackend, is_postgres_url
 from .validate import MAX_PAYLOAD
 from .views import _DEVICE_COLUMNS, FleetReadModel
 
@@ -99,50 +99,50 @@ class _Device:
     stored: bool = False    # a row exists (UPDATE, not INSERT)
 
 
+_T = TypeVar("_T")
+
+
 class _Report(dict):
+    replies: list[str] = []
+
     def add(self, key: str, n: int = 1) -> None:
         self[key] = self.get(key, 0) + n
 
 
 class FleetStore(FleetReadModel):
-    """The collector's database; see the module docstring for the rules."""
+    """The collector's database (SQLite file or PostgreSQL URL); see the module docstring for the rules."""
 
     def __init__(self, path: Path | str, reorder_window_s: float = 5.0, keep_boots: int = 4,
                  max_replies: int = 1000, cache_mib: int = 32, max_payload_bytes: int = MAX_PAYLOAD,
-                 max_devices_per_fleet: int = MAX_DEVICES_PER_FLEET) -> None:
-        self.path = Path(path) if str(path) != ":memory:" else None
+                 max_devices_per_fleet: int = MAX_DEVICES_PER_FLEET, instance: str | None = None) -> None:
         self.max_payload_bytes = max(1024, int(max_payload_bytes))
         self.max_devices_per_fleet = max(1, int(max_devices_per_fleet))
-        self._fleet_sizes: dict[str, int] = {}   # devices per fleet (rows + new in this transaction)
         self.reorder_window_s = float(reorder_window_s)
         self.keep_boots = max(2, int(keep_boots))
         self.max_replies = max(1, int(max_replies))
+        self.instance = instance if instance is not None else socket.gethostname()
         self.transactions = 0          # committed write transactions (ingest_batch, check_gaps)
-        self._lock = threading.RLock()
+        self._fleet_sizes: dict[str, int] = {}   # devices per fleet (approximate across collectors)
+        self._known: set[tuple[str, str]] = set()  # devices known to have a row (rows are never deleted)
+        # The state of one transaction: loaded (under the transaction's locks) at its start, written at its end.
         self._devices: dict[tuple[str, str], _Device] = {}
         self._streams: dict[tuple[str, str, str], Stream] = {}
-        self._pending: set[tuple[str, str, str]] = set()   # streams with a pending hole
+        self._new_seen: list[tuple[str, str, str, int]] = []
         self._malformed_logged = 0
-        target = ":memory:" if self.path is None else self.path
-        # The collector can re-learn the last commits from retained state and resync: NORMAL is enough.
-        self._db = sqlite_db.connect(
-            target, error=FleetStoreError, what="the fleet database", synchronous="NORMAL",
-            damaged_hint="if the file is damaged, move it aside (the collector rebuilds state from retained messages)")
-        try:
-            # Every device's stream appends to its own spot of the progress index and rewrites its devices row:
-            # with a thousand devices that working set outgrows SQLite's default 2 MiB cache (pages re-read
-            # every batch), and a larger WAL lets checkpoints write a hot page once for many commits.
-            self._db.execute(f"PRAGMA cache_size = -{max(2, int(cache_mib)) * 1024}")
-            self._db.execute("PRAGMA wal_autocheckpoint = 10000")
-            self._migrate()
-            self._load_pending()
-        except sqlite_db.Error as exc:
-            self._db.close()
-            raise FleetStoreError(f"cannot open the fleet database {target}: {exc}; if the file is damaged, "
-                                  "move it aside (the collector rebuilds state from retained messages)") from exc
-        except BaseException:
-            self._db.close()
-            raise
+        if is_postgres_url(str(path)):
+            self.path = None
+            self.backend: SqliteBackend | PostgresBackend = PostgresBackend(str(path))
+        else:
+            self.path = Path(path) if str(path) != ":memory:" else None
+            self.backend = SqliteBackend(path, cache_mib=cache_mib)
+        self.shared = self.backend.shared   # several collectors may write the same database
+        self._lock = self.backend.lock
+        self._db = getattr(self.backend, "db", None)
+
+    @contextmanager
+    def _reading(self) -> Iterator[Any]:
+        with self.backend.read() as db:
+            yield db
 
     # -- writing ------------------------------------------------------------------------------------------
 
@@ -151,20 +151,32 @@ class FleetStore(FleetReadModel):
 
         Returns counts for this batch: ``messages`` (unique), ``duplicates``, ``malformed``, ``ignored``,
         ``late_fills``, ``stale_wills``, and ``replies`` (cmd_ids of the ``cmdres`` replies stored).
-        ``now`` (epoch seconds, default the clock) is when the batch was received.
+        ``now`` (epoch seconds, default the clock) is when the batch was received. Raises
+        :class:`~ftedge.errors.StoreUnavailable` when the database cannot be reached (nothing committed).
         """
         now = time.time() if now is None else float(now)
-        now_ms = int(now * 1000)
-        rep = _Report(messages=0, duplicates=0, malformed=0, ignored=0, late_fills=0, stale_wills=0, rejected=0)
-        replies: list[str] = []
         parsed: list[Message] = []
-        for topic, payload, retained in msgs:          # JSON decoding outside the lock
+        verdicts = _Report()
+        for topic, payload, retained in msgs:          # JSON decoding outside the transaction
             m = self._parse(topic, payload, retained)
             if isinstance(m, Message):
                 parsed.append(m)
             else:
-                rep.add(m)
+                verdicts.add(m)
+        rep = self._retrying(lambda: self._ingest_tx(parsed, verdicts, now))
+        out: dict[str, Any] = dict(rep)
+        out["replies"] = rep.replies
+        if rep.replies:
+            self._prune_replies()
+        return out
+
+    def _ingest_tx(self, parsed: list[Message], verdicts: _Report, now: float) -> _Report:
+        now_ms = int(now * 1000)
+        rep = _Report(messages=0, duplicates=0, malformed=0, ignored=0, late_fills=0, stale_wills=0, rejected=0)
+        for k, n in verdicts.items():
+            rep.add(k, n)
         with self._tx() as db:
+            self._load(db, parsed, now)
             rows: dict[str, list[tuple]] = {"progress": [], "results": [], "replies": []}
             touched_devices: dict[tuple[str, str], _Device] = {}
             touched_streams: dict[tuple[str, str, str], Stream] = {}
@@ -176,17 +188,18 @@ class FleetStore(FleetReadModel):
                 touched_devices[(dev.fleet, dev.device)] = dev
                 touched_streams[st.key] = st
             if rows["progress"]:
-                db.executemany("INSERT OR REPLACE INTO progress (fleet, device, job, epoch, ts, body_json)"
-                               " VALUES (?, ?, ?, ?, ?, ?)", rows["progress"])
+                db.executemany("INSERT INTO progress (fleet, device, job, epoch, ts, body_json) VALUES"
+                               " (?, ?, ?, ?, ?, ?) ON CONFLICT (fleet, device, job, epoch) DO UPDATE SET"
+                               " ts = excluded.ts, body_json = excluded.body_json", rows["progress"])
             if rows["results"]:
-                db.executemany("INSERT OR REPLACE INTO results (fleet, device, job, ts, body_json)"
-                               " VALUES (?, ?, ?, ?, ?)", rows["results"])
+                db.executemany("INSERT INTO results (fleet, device, job, ts, body_json) VALUES (?, ?, ?, ?, ?)"
+                               " ON CONFLICT (fleet, device, job) DO UPDATE SET ts = excluded.ts,"
+                               " body_json = excluded.body_json", rows["results"])
             if rows["replies"]:
-                db.executemany("INSERT OR REPLACE INTO replies (cmd_id, fleet, device, body_json, ts)"
-                               " VALUES (?, ?, ?, ?, ?)", rows["replies"])
-                replies = [r[0] for r in rows["replies"]]
-                db.execute("DELETE FROM replies WHERE rowid IN (SELECT rowid FROM replies ORDER BY ts DESC"
-                           " LIMIT -1 OFFSET ?)", (self.max_replies,))
+                db.executemany("INSERT INTO replies (cmd_id, fleet, device, body_json, ts) VALUES (?, ?, ?, ?, ?)"
+                               " ON CONFLICT (fleet, device, cmd_id) DO UPDATE SET body_json = excluded.body_json,"
+                               " ts = excluded.ts", rows["replies"])
+                rep.replies = [r[0] for r in rows["replies"]]
             self._save_streams(db, touched_streams.values())
             self._save_devices(db, touched_devices.values())
             for dev in touched_devices.values():
@@ -196,52 +209,57 @@ class FleetStore(FleetReadModel):
                             "malformed_total": rep["malformed"], "ignored_total": rep["ignored"],
                             "late_fills_total": rep["late_fills"], "stale_wills_total": rep["stale_wills"],
                             "rejected_total": rep["rejected"]})
-        out: dict[str, Any] = dict(rep)
-        out["replies"] = replies
-        return out
+        return rep
 
     def check_gaps(self, now: float | None = None) -> list[dict[str, Any]]:
         """Count the holes open for at least ``reorder_window_s``; returns the newly counted ones.
 
         Each: ``fleet``, ``device``, ``boot``, ``missing_from``, ``missing_to`` (inclusive), ``ts`` (ms).
+        Any collector of a shared database may count a hole; it is counted once (under the device's lock).
         """
         now = time.time() if now is None else float(now)
         cutoff = now - self.reorder_window_s
-        counted: list[dict[str, Any]] = []
-        with self._lock:
-            if not self._pending:
-                return counted
-            with self._tx() as db:
-                for key in sorted(self._pending):
-                    st = self._streams.get(key)
-                    if st is None:
-                        self._pending.discard(key)
-                        continue
-                    before = st.contiguous
-                    ranges = st.write_off(cutoff)
-                    if not st.pending:
-                        self._pending.discard(key)
-                    if st.contiguous == before:
-                        continue
-                    for a, b in ranges:
-                        gid = db.execute(
-                            "INSERT INTO gaps (fleet, device, boot, missing_from, missing_to, ts) VALUES"
-                            " (?, ?, ?, ?, ?, ?)", (st.fleet, st.device, st.boot, a, b, int(now * 1000))).lastrowid
-                        st.holes.append(Hole(gid, a, b))
-                        counted.append({"fleet": st.fleet, "device": st.device, "boot": st.boot,
-                                        "missing_from": a, "missing_to": b, "ts": int(now * 1000)})
-                    self._save_stream(db, st)
-                self._bump(db, {"seq_gaps_total": len(counted)})
+        with self.backend.read() as db:
+            due = [tuple(r) for r in db.execute(
+                "SELECT fleet, device, boot FROM boots WHERE mark_ms IS NOT NULL AND mark_ms <= ?"
+                " ORDER BY mark_ms LIMIT 2000", (int(cutoff * 1000),)).fetchall()]
+        if not due:
+            return []
+        counted = self._retrying(lambda: self._gaps_tx(due, now, cutoff))
         for h in counted:
             log.warning("seq hole %s/%s boot %s: %d..%d missing for %.1f s", h["fleet"], h["device"], h["boot"],
                         h["missing_from"], h["missing_to"], self.reorder_window_s)
         return counted
 
+    def _gaps_tx(self, due: list[tuple], now: float, cutoff: float) -> list[dict[str, Any]]:
+        counted: list[dict[str, Any]] = []
+        ts = int(now * 1000)
+        with self._tx() as db:
+            self._lock_and_load(db, {(f, d) for f, d, _ in due}, set(due), now)
+            changed = []
+            for key in sorted(due):
+                st = self._streams.get(key)
+                if st is None:
+                    continue
+                before = st.contiguous
+                ranges = st.write_off(cutoff)
+                if st.contiguous == before and not ranges:
+                    continue
+                for a, b in ranges:
+                    gid = db.execute("INSERT INTO gaps (fleet, device, boot, missing_from, missing_to, ts) VALUES"
+                                     " (?, ?, ?, ?, ?, ?) RETURNING id", (*key, a, b, ts)).fetchone()[0]
+                    st.holes.append(Hole(gid, a, b))
+                    counted.append({"fleet": st.fleet, "device": st.device, "boot": st.boot,
+                                    "missing_from": a, "missing_to": b, "ts": ts})
+                changed.append(st)
+            self._save_streams(db, changed)
+            self._bump(db, {"seq_gaps_total": len(counted)})
+        return counted
+
     # -- reading ------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.backend.close()
 
     def __enter__(self) -> FleetStore:
         return self
@@ -264,11 +282,90 @@ class FleetStore(FleetReadModel):
         log.log(level, "malformed message on %s: %s", topic, why)
         return "malformed"
 
+    # -- internals: loading a transaction's state ---------------------------------------------------------
+
+    def _load(self, db: Any, parsed: list[Message], now: float) -> None:
+        """Lock and load the devices and boots ``parsed`` touches (devices of full fleets are left out)."""
+        keys = {(m.fleet, m.device) for m in parsed}
+        unknown = sorted(keys - self._known)
+        if unknown:
+            frag, args = self.backend.keys_in(("fleet", "device"), unknown)
+            self._known.update(tuple(r) for r in db.execute(f"SELECT fleet, device FROM devices WHERE {frag}",
+                                                            args).fetchall())
+            for key in sorted(k for k in unknown if k not in self._known):
+                if not self._room_for(db, key[0]):
+                    keys.discard(key)
+        self._lock_and_load(db, keys, {(m.fleet, m.device, m.boot) for m in parsed if m.fleet and m.boot}, now)
+
+    def _room_for(self, db: Any, fleet: str) -> bool:
+        """Whether a new device fits in ``fleet`` (exact near the cap; other collectors' devices are counted
+        whenever the count is refreshed, so a shared fleet may exceed the cap by their in-flight batches)."""
+        size = self._fleet_sizes.get(fleet)
+        if size is None or (self.backend.shared and size + 1 >= self.max_devices_per_fleet * 0.9):
+            size = int(db.execute("SELECT COUNT(*) FROM devices WHERE fleet = ?", (fleet,)).fetchone()[0])
+        if size >= self.max_devices_per_fleet:
+            self._fleet_sizes[fleet] = size
+            return False
+        self._fleet_sizes[fleet] = size + 1
+        return True
+
+    def _lock_and_load(self, db: Any, devices: set[tuple[str, str]], boots: set[tuple[str, str, str]],
+                       now: float) -> None:
+        self._devices.clear()
+        self._streams.clear()
+        self._new_seen.clear()
+        for row in self.backend.lock_devices(db, sorted(devices), _DEVICE_COLUMNS):
+            dev = _Device(*row[:12], marks=json.loads(row[12] or "{}"), stored=True)
+            self._devices[(dev.fleet, dev.device)] = dev
+            self._known.add((dev.fleet, dev.device))
+        for key in devices - self._devices.keys():   # SQLite: new rows are written at the end
+            self._devices[key] = _Device(*key)
+        wanted = set(boots) | {(d.fleet, d.device, d.boot) for d in self._devices.values() if d.boot}
+        wanted = sorted(k for k in wanted if (k[0], k[1]) in self._devices)
+        if not wanted:
+            return
+        frag, args = self.backend.keys_in(("fleet", "device", "boot"), wanted)
+        above, holed = [], []
+        for r in db.execute("SELECT fleet, device, boot, first_ts, first_seen_ms, contiguous, max_seq, marks_json,"
+                            f" holes_open FROM boots WHERE {frag}", args).fetchall():
+            st = Stream(*r[:7], stored=True)
+            if r[7]:
+                st.marks = [(int(s), t / 1000.0) for s, t in json.loads(r[7])]
+                st.mark_max = max((s for s, _ in st.marks), default=0)
+            self._streams[st.key] = st
+            if st.max_seq > st.contiguous:
+                above.append(st.key)
+            if r[8]:
+                holed.append(st.key)
+        if above:
+            frag, args = self.backend.keys_in(("s.fleet", "s.device", "s.boot"), above)
+            for f, d, b, seq in db.execute("SELECT s.fleet, s.device, s.boot, s.seq FROM seen s JOIN boots t ON"
+                                           " t.fleet = s.fleet AND t.device = s.device AND t.boot = s.boot"
+                                           f" WHERE {frag} AND s.seq > t.contiguous", args):
+                self._streams[(f, d, b)].above.add(seq)
+            for key in above:
+                st = self._streams[key]
+                if st.above and not st.marks:   # written by an older ftedge: noticed again now
+                    st.mark_max = max(st.above)
+                    st.marks = [(st.mark_max, now)]
+        if holed:
+            frag, args = self.backend.keys_in(("fleet", "device", "boot"), holed)
+            for gid, f, d, b, lo, hi, filled in db.execute(
+                    "SELECT id, fleet, device, boot, missing_from, missing_to, filled FROM gaps WHERE"
+                    f" filled_ts IS NULL AND {frag} ORDER BY id", args):
+                self._streams[(f, d, b)].holes.append(Hole(gid, lo, hi, filled))
+            frag, args = self.backend.keys_in(("s.fleet", "s.device", "s.boot"), holed)
+            for f, d, b, seq in db.execute(
+                    "SELECT s.fleet, s.device, s.boot, s.seq FROM seen s JOIN boots t ON t.fleet = s.fleet AND"
+                    f" t.device = s.device AND t.boot = s.boot WHERE {frag} AND s.seq BETWEEN 1 AND t.contiguous",
+                    args):
+                self._streams[(f, d, b)].hole_seen.add(seq)
+
     # -- internals: applying ------------------------------------------------------------------------------
 
-    def _apply(self, db: sqlite_db.Connection, m: Message, now: float, now_ms: int, rep: _Report,
+    def _apply(self, db: Any, m: Message, now: float, now_ms: int, rep: _Report,
                rows: dict[str, list[tuple]]) -> tuple[_Device, Stream] | None:
-        dev = self._device(db, m.fleet, m.device)
+        dev = self._devices.get((m.fleet, m.device))
         if dev is None:
             rep.add("rejected")
             self._malformed_logged += 1
@@ -343,17 +440,23 @@ class FleetStore(FleetReadModel):
         dev.marks[kind] = seq
         return True
 
-    def _will_is_new(self, db: sqlite_db.Connection, m: Message, dev: _Device) -> bool:
-        if db.execute("INSERT OR IGNORE INTO seen (fleet, device, boot, seq) VALUES (?, ?, ?, 0)",
+    def _will_is_new(self, db: Any, m: Message, dev: _Device) -> bool:
+        if db.execute("INSERT INTO seen (fleet, device, boot, seq) VALUES (?, ?, ?, 0) ON CONFLICT DO NOTHING",
                       (m.fleet, m.device, m.boot)).rowcount:
             return True
         # The same Will fires again (same bytes) if the device came back and dropped off again.
         return not m.retained and dev.boot == m.boot and dev.state == "online"
 
-    def _seq_is_new(self, db: sqlite_db.Connection, st: Stream, m: Message, now: float, rep: _Report) -> bool:
+    def _seq_is_new(self, db: Any, st: Stream, m: Message, now: float, rep: _Report) -> bool:
+        # The stream was loaded under the device's lock: its seqs beyond `contiguous` and those recorded inside
+        # open holes are all in memory; new ones are written at the end of the transaction.
         def recorded(seq: int) -> bool:
-            return bool(db.execute("INSERT OR IGNORE INTO seen (fleet, device, boot, seq) VALUES (?, ?, ?, ?)",
-                                   (st.fleet, st.device, st.boot, seq)).rowcount)
+            if seq <= st.contiguous:
+                if seq in st.hole_seen:
+                    return False
+                st.hole_seen.add(seq)
+            self._new_seen.append((st.fleet, st.device, st.boot, seq))
+            return True
 
         offer = st.offer(m.seq, m.retained, now, recorded)
         if offer.filled is not None:
@@ -361,18 +464,14 @@ class FleetStore(FleetReadModel):
             rep.add("late_fills")
             db.execute("UPDATE gaps SET filled = ?, filled_ts = ? WHERE id = ?",
                        (hole.filled, int(now * 1000) if hole.complete else None, hole.id))
-        if st.pending:
-            self._pending.add(st.key)
-        else:
-            self._pending.discard(st.key)
         return offer.new
 
-    def _settle_boot(self, db: sqlite_db.Connection, dev: _Device, st: Stream, now: float) -> bool:
+    def _settle_boot(self, db: Any, dev: _Device, st: Stream, now: float) -> bool:
         """Make ``st`` the device's current boot if it started later; True if it is the current boot."""
         if dev.boot == st.boot:
             return True
         if dev.boot is not None:
-            cur = self._stream(db, dev.fleet, dev.device, dev.boot, now)
+            cur = self._streams.get((dev.fleet, dev.device, dev.boot))
             if cur is not None and not started_later(st, cur):
                 return False
             if dev.state is not None and dev.state != "online":
@@ -380,175 +479,134 @@ class FleetStore(FleetReadModel):
         dev.boot, dev.marks, dev.last_seq, dev.switched = st.boot, {}, st.max_seq, True
         return True
 
-    def _device(self, db: sqlite_db.Connection, fleet: str, device: str) -> _Device | None:
-        """The device's cached state; None if it is new and its fleet is full (``max_devices_per_fleet``)."""
-        key = (fleet, device)
-        dev = self._devices.get(key)
-        if dev is None:
-            row = db.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE fleet = ? AND device = ?",
-                             key).fetchone()
-            if row is None:
-                size = self._fleet_sizes.get(fleet)
-                if size is None:
-                    size = db.execute("SELECT COUNT(*) FROM devices WHERE fleet = ?", (fleet,)).fetchone()[0]
-                if size >= self.max_devices_per_fleet:
-                    self._fleet_sizes[fleet] = size
-                    return None
-                self._fleet_sizes[fleet] = size + 1
-                dev = _Device(fleet, device)
-            else:
-                dev = _Device(*row[:12], marks=json.loads(row[12] or "{}"), stored=True)
-            self._devices[key] = dev
-        return dev
-
-    def _stream(self, db: sqlite_db.Connection, fleet: str, device: str, boot: str, now: float,
-                create_ts: int | None = None, now_ms: int = 0) -> Stream | None:
+    def _stream(self, db: Any, fleet: str, device: str, boot: str, now: float, create_ts: int,
+                now_ms: int = 0) -> Stream:
         key = (fleet, device, boot)
         st = self._streams.get(key)
         if st is None:
-            st = self._load_stream(db, key, now)
-            if st is None:
-                if create_ts is None:
-                    return None
-                st = Stream(fleet, device, boot, create_ts, now_ms)
-            self._streams[key] = st
-        if create_ts is not None and create_ts < st.first_ts:
+            st = self._streams[key] = Stream(fleet, device, boot, create_ts, now_ms)
+        if create_ts < st.first_ts:
             st.first_ts = create_ts
         if now_ms and not st.first_seen_ms:   # the first sighting of the running boot (not a Will, not hist)
             st.first_seen_ms = now_ms
         return st
 
-    def _load_stream(self, db: sqlite_db.Connection, key: tuple[str, str, str], now: float) -> Stream | None:
-        row = db.execute("SELECT first_ts, first_seen_ms, contiguous, max_seq FROM boots"
-                         " WHERE fleet = ? AND device = ? AND boot = ?", key).fetchone()
-        if row is None:
-            return None
-        st = Stream(*key, *row, stored=True)
-        st.above = {s for (s,) in db.execute("SELECT seq FROM seen WHERE fleet = ? AND device = ? AND boot = ?"
-                                              " AND seq > ?", (*key, st.contiguous))}
-        st.holes = [Hole(*r) for r in db.execute(
-            "SELECT id, missing_from, missing_to, filled FROM gaps WHERE fleet = ? AND device = ? AND boot = ?"
-            " AND filled_ts IS NULL", key)]
-        if st.above:   # pending holes survive a restart: noticed again now
-            st.mark_max = max(st.above)
-            st.marks = [(st.mark_max, now)]
-            self._pending.add(key)
-        return st
-
-    def _load_pending(self) -> None:
-        """Streams with seqs beyond their contiguous mark: their holes are pending again after a restart."""
-        now = time.time()
-        keys = self._db.execute(
-            "SELECT DISTINCT s.fleet, s.device, s.boot FROM seen s JOIN boots b ON b.fleet = s.fleet"
-            " AND b.device = s.device AND b.boot = s.boot WHERE s.seq > b.contiguous").fetchall()
-        for key in keys:
-            st = self._load_stream(self._db, tuple(key), now)
-            if st is not None:
-                self._streams[st.key] = st
-
     # -- internals: persistence ---------------------------------------------------------------------------
 
-    def _save_stream(self, db: sqlite_db.Connection, st: Stream) -> None:
-        self._save_streams(db, (st,))
-
-    def _save_streams(self, db: sqlite_db.Connection, streams: Iterable[Stream]) -> None:
-        new, old, full = [], [], []
+    def _save_streams(self, db: Any, streams: Iterable[Stream]) -> None:
+        if self._new_seen:
+            db.executemany("INSERT INTO seen (fleet, device, boot, seq) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                           self._new_seen)
+            self._new_seen.clear()
+        new, old, purge = [], [], []
         for st in streams:
-            row = (st.fleet, st.device, st.boot, st.first_ts, st.first_seen_ms, st.contiguous, st.max_seq)
-            full.append(row)
+            marks = json.dumps([[s, int(t * 1000)] for s, t in st.marks]) if st.marks else None
+            mark_ms = min(int(t * 1000) for _, t in st.marks) if st.marks else None
+            values = (st.first_ts, st.first_seen_ms, st.contiguous, st.max_seq, marks, mark_ms, len(st.holes))
             if st.stored:
-                old.append((st.first_ts, st.first_seen_ms, st.contiguous, st.max_seq, st.fleet, st.device,
-                            st.boot))
+                old.append((*values, st.fleet, st.device, st.boot))
             else:
-                new.append(row)
+                new.append((st.fleet, st.device, st.boot, *values))
                 st.stored = True
             if st.purge:   # seqs <= contiguous need no row, except inside holes (late fills) and the Will (0)
                 lo = 1
                 for hole in sorted(st.holes, key=lambda h: h.lo):
                     if hole.lo > lo:
-                        self._delete_seen(db, st, lo, min(hole.lo - 1, st.contiguous))
+                        purge.append((st.fleet, st.device, st.boot, lo, min(hole.lo - 1, st.contiguous)))
                     lo = max(lo, hole.hi + 1)
-                self._delete_seen(db, st, lo, st.contiguous)
+                purge.append((st.fleet, st.device, st.boot, lo, st.contiguous))
                 st.purge = False
-        if old and db.executemany("UPDATE boots SET first_ts = ?, first_seen_ms = ?, contiguous = ?, max_seq = ?"
-                                  " WHERE fleet = ? AND device = ? AND boot = ?", old).rowcount != len(old):
-            new = full   # a row vanished under us (the file edited by hand?): write every row in full
+        purge = [p for p in purge if p[3] <= p[4]]
+        if purge:
+            db.executemany("DELETE FROM seen WHERE fleet = ? AND device = ? AND boot = ? AND seq BETWEEN ? AND ?",
+                           purge)
+        if old:
+            db.executemany("UPDATE boots SET first_ts = ?, first_seen_ms = ?, contiguous = ?, max_seq = ?,"
+                           " marks_json = ?, mark_ms = ?, holes_open = ? WHERE fleet = ? AND device = ? AND boot = ?",
+                           old)
         if new:
             db.executemany(
-                "INSERT INTO boots (fleet, device, boot, first_ts, first_seen_ms, contiguous, max_seq)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fleet, device, boot) DO UPDATE SET"
-                " first_ts = excluded.first_ts, first_seen_ms = excluded.first_seen_ms,"
-                " contiguous = excluded.contiguous, max_seq = excluded.max_seq", new)
+                "INSERT INTO boots (fleet, device, boot, first_ts, first_seen_ms, contiguous, max_seq, marks_json,"
+                " mark_ms, holes_open) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fleet, device, boot)"
+                " DO UPDATE SET first_ts = excluded.first_ts, first_seen_ms = excluded.first_seen_ms,"
+                " contiguous = excluded.contiguous, max_seq = excluded.max_seq, marks_json = excluded.marks_json,"
+                " mark_ms = excluded.mark_ms, holes_open = excluded.holes_open", new)
 
-    @staticmethod
-    def _delete_seen(db: sqlite_db.Connection, st: Stream, lo: int, hi: int) -> None:
-        if lo <= hi:
-            db.execute("DELETE FROM seen WHERE fleet = ? AND device = ? AND boot = ? AND seq BETWEEN ? AND ?",
-                       (st.fleet, st.device, st.boot, lo, hi))
-
-    def _save_devices(self, db: sqlite_db.Connection, devices: Iterable[_Device]) -> None:
-        new, old, full = [], [], []
+    def _save_devices(self, db: Any, devices: Iterable[_Device]) -> None:
+        new, old = [], []
         for dev in devices:
             marks = "{" + ",".join([f'"{k}":{v}' for k, v in dev.marks.items()]) + "}"   # str keys, int values
             values = (dev.state, dev.reason, dev.last_seen_ms, dev.boot, dev.last_seq, dev.meta, dev.job,
                       dev.metrics, dev.active_version, dev.status_ts, marks)
-            full.append((dev.fleet, dev.device, *values))
             if dev.stored:
                 old.append((*values, dev.fleet, dev.device))
             else:
-                new.append(full[-1])
+                new.append((dev.fleet, dev.device, *values))
                 dev.stored = True
-        if old and db.executemany(
+                self._known.add((dev.fleet, dev.device))
+        if old:
+            db.executemany(
                 "UPDATE devices SET state = ?, reason = ?, last_seen_ms = ?, boot = ?, last_seq = ?, meta_json = ?,"
                 " job_json = ?, metrics_json = ?, active_version = ?, status_ts = ?, marks_json = ?"
-                " WHERE fleet = ? AND device = ?", old).rowcount != len(old):
-            new = full   # a row vanished under us (the file edited by hand?): write every row in full
+                " WHERE fleet = ? AND device = ?", old)
         if new:
-            db.executemany(f"INSERT OR REPLACE INTO devices ({_DEVICE_COLUMNS}) VALUES"
-                           " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new)
+            db.executemany(f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                           " ON CONFLICT (fleet, device) DO NOTHING", new)
 
-    def _prune_boots(self, db: sqlite_db.Connection, dev: _Device) -> None:
+    def _prune_boots(self, db: Any, dev: _Device) -> None:
         """Keep the newest ``keep_boots`` boots of a device for de-duplication."""
         dev.switched = False
-        old = db.execute("SELECT boot FROM boots WHERE fleet = ? AND device = ? AND boot != ?"
-                         " ORDER BY first_seen_ms DESC, first_ts DESC LIMIT -1 OFFSET ?",
-                         (dev.fleet, dev.device, dev.boot, self.keep_boots - 1)).fetchall()
-        for (boot,) in old:
+        rows = db.execute("SELECT boot FROM boots WHERE fleet = ? AND device = ? AND boot != ?"
+                          " ORDER BY first_seen_ms DESC, first_ts DESC", (dev.fleet, dev.device, dev.boot)).fetchall()
+        for (boot,) in rows[self.keep_boots - 1:]:
             key = (dev.fleet, dev.device, boot)
             db.execute("DELETE FROM seen WHERE fleet = ? AND device = ? AND boot = ?", key)
             db.execute("DELETE FROM boots WHERE fleet = ? AND device = ? AND boot = ?", key)
             self._streams.pop(key, None)
-            self._pending.discard(key)
 
-    @staticmethod
-    def _bump(db: sqlite_db.Connection, deltas: dict[str, int]) -> None:
-        db.executemany("UPDATE counters SET value = value + ? WHERE name = ?",
-                       [(n, k) for k, n in deltas.items() if n])
+    def _prune_replies(self) -> None:
+        """Keep the newest ``max_replies`` command replies (its own short transaction)."""
+        try:
+            with self.backend.write() as db:
+                old = db.execute(f"SELECT fleet, device, cmd_id FROM replies ORDER BY ts DESC, {self.backend.newest}"
+                                 " DESC LIMIT 1000000000 OFFSET ?", (self.max_replies,)).fetchall()
+                if old:
+                    db.executemany("DELETE FROM replies WHERE fleet = ? AND device = ? AND cmd_id = ?", old)
+        except FleetStoreError as exc:   # a later batch prunes again
+            log.debug("could not prune old command replies: %s", exc)
+
+    def _bump(self, db: Any, deltas: dict[str, int]) -> None:
+        """Add to this collector's shard of the counters (collectors never wait on each other's rows)."""
+        rows = [(k, self.instance, n) for k, n in deltas.items() if n]
+        if rows:
+            db.executemany("INSERT INTO counters (name, instance, value) VALUES (?, ?, ?) ON CONFLICT (name, instance)"
+                           " DO UPDATE SET value = counters.value + excluded.value", rows)
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite_db.Connection]:
-        """One write transaction under the lock; on failure the in-memory caches are dropped (reloaded)."""
-        with self._lock:
-            try:
-                with sqlite_db.transaction(self._db) as db:
-                    yield db
-                self.transactions += 1
-            except BaseException:
-                self._devices.clear()
-                self._fleet_sizes.clear()
-                self._streams.clear()
-                self._pending.clear()
-                try:
-                    self._load_pending()
-                except sqlite_db.Error:
-                    log.exception("could not reload pending holes")
-                raise
+    def _tx(self) -> Iterator[Any]:
+        """One write transaction; the state it loaded is dropped afterwards, whatever happened."""
+        try:
+            with self.backend.write() as db:
+                yield db
+            self.transactions += 1
+        finally:
+            self._devices.clear()
+            self._streams.clear()
+            self._new_seen.clear()
 
-    def _migrate(self) -> None:
-        """Bring the file to SCHEMA_VERSION (``PRAGMA user_version``), one transaction per step."""
-        with self._lock:
-            sqlite_db.migrate(self._db, _SCHEMA, error=FleetStoreError, what=f"the fleet database {self.path}",
-                              newer_hint="upgrade ftedge or use another --db")
+    def _retrying(self, work: Callable[[], _T]) -> _T:
+        """Run a transaction, again on a deadlock or a lost connection (its state is reloaded each time); raises
+        StoreUnavailable if the database stays out of reach for a few seconds (the caller keeps the batch)."""
+        delays = (0.05, 0.2, 0.5, 1.0, 2.0)
+        for attempt in range(len(delays) + 1):
+            try:
+                return work()
+            except StoreUnavailable as exc:
+                if attempt == len(delays):
+                    raise
+                log.info("%s; retrying in %.2f s", exc, delays[attempt])
+                time.sleep(delays[attempt])
+        raise AssertionError("unreachable")
 
 
 # -- helpers -------------------------------------------------------------------------------------------------

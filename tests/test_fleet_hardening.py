@@ -20,6 +20,7 @@ from paho.mqtt.properties import Properties
 from ftedge.cli import main
 from ftedge.fleet.http import FleetHTTPServer, dashboard_fragment, dashboard_page, prometheus_text
 from ftedge.fleet.ingest import CollectorSettings
+from ftedge.fleet.schema import _SCHEMA
 from ftedge.fleet.store import FleetStore
 from test_fleet_ingest import (FLEET, SimDevice, broker, env, msg, needs_broker, running,  # noqa: F401
                                simulate_training, wait_for)
@@ -264,14 +265,9 @@ def test_a_reply_from_another_device_is_not_taken_as_the_answer(tmp_path, broker
 def test_replies_survive_the_schema_upgrade(tmp_path):
     """A version-1 database (replies keyed on cmd_id alone) is migrated, keeping its replies."""
     db = tmp_path / "fleet.sqlite"
-    store = FleetStore(db)
-    store.ingest_batch([msg("d", "cmdres/h", env("d", "b", 1, cmd_id="c1", status="done"))])
-    store.close()
     raw = sqlite3.connect(db)
-    raw.executescript("DROP TABLE replies; CREATE TABLE replies (cmd_id TEXT PRIMARY KEY, fleet TEXT NOT NULL,"
-                      " device TEXT NOT NULL, body_json TEXT NOT NULL, ts INTEGER NOT NULL);"
-                      " INSERT INTO replies VALUES ('c1', 'demo', 'd', '{\"cmd_id\": \"c1\"}', 1);"
-                      " DELETE FROM counters WHERE name = 'rejected_total'; PRAGMA user_version = 1;")
+    raw.executescript(_SCHEMA[0] + "INSERT INTO replies VALUES ('c1', 'demo', 'd', '{\"cmd_id\": \"c1\"}', 1);"
+                      " PRAGMA user_version = 1;")
     raw.close()
     store = FleetStore(db)
     assert store.reply("c1", FLEET, "d") == {"cmd_id": "c1"}

@@ -185,3 +185,8 @@ class CollectorError(FtedgeError):
 
 class FleetStoreError(FtedgeError):
     """The fleet database cannot be opened or written."""
+
+
+class StoreUnavailable(FleetStoreError):
+    """The fleet database is out of reach for now (connection lost, deadlock between collectors): retry the
+    whole transaction later; nothing of it was committed."""
