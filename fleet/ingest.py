@@ -297,6 +297,10 @@ class Collector(CommandClient):
     def _check_gaps(self) -> None:
         try:
             holes = self.store.check_gaps()
+        except StoreUnavailable as exc:   # judged again at the next check
+            self.stats["store_retries"] += 1
+            log.warning("gap check postponed: %s", exc)
+            return
         except Exception:  # noqa: BLE001
             self.stats["errors"] += 1
             log.exception("gap check failed")

@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,13 +37,15 @@ def _free_port() -> int:
 class PostgresServer:
     """``start()`` makes (once) and starts a cluster in ``root``; ``stop()``, ``restart()``, ``kill()``."""
 
-    def __init__(self, root: Path, port: int | None = None, durable: bool = False, max_connections: int = 100,
+    def __init__(self, root: Path | None = None, port: int | None = None, durable: bool = False, max_connections: int = 100,
                  database: str = "ftedge") -> None:
         self.bindir = postgres_bindir()
         if self.bindir is None:
             raise RuntimeError("PostgreSQL server binaries not found: apt-get install postgresql "
                                "(scripts/dev.sh setup does)")
-        self.root = Path(root)
+        # Under pytest's basetemp the postgres user may lose access (pytest keeps it 0700): default to our own.
+        self.owned = root is None
+        self.root = Path(tempfile.mkdtemp(prefix="ftedge-pg-")) if root is None else Path(root)
         self.data = self.root / "pgdata"
         self.port = port or _free_port()
         self.durable, self.max_connections, self.database = durable, max_connections, database
@@ -132,3 +135,5 @@ class PostgresServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop("immediate")
+        if self.owned:
+            shutil.rmtree(self.root, ignore_errors=True)
