@@ -58,10 +58,10 @@ def _collector(args: argparse.Namespace, share: str | None = None, **extra):  # 
 
     host, port, tls = _broker(args.broker)
     password = args.password_file.read_text().rstrip("\r\n") if args.password_file else None
-    db = getattr(args, "db", None) or DEFAULT_DB
-    store = FleetStore(db if db == ":memory:" else Path(db),
-                       max_devices_per_fleet=getattr(args, "max_devices_per_fleet", None) or 100_000)
+    db = str(getattr(args, "db", None) or DEFAULT_DB)
     client_id = args.client_id or f"ftedge-fleet-{socket.gethostname()}"
+    store = FleetStore(db, max_devices_per_fleet=getattr(args, "max_devices_per_fleet", None) or 100_000,
+                       instance=client_id)
     return Collector(store, host=host, port=port, tls=tls, username=args.username, password=password,
                      ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
                      share=share, client_id=client_id, **extra), store
@@ -71,15 +71,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fleet", help="fleet collector: ingest telemetry, serve API/metrics/dashboard, send commands",
                        description="Collect the fleet's MQTT telemetry into SQLite and serve it; send commands.",
                        epilog="examples:\n  ftedge fleet serve --broker mqtt://127.0.0.1:1883 --http 127.0.0.1:8080 "
-                              "--db fleet.sqlite\n  ftedge fleet status --db fleet.sqlite\n"
+                              "--db fleet.sqlite\n  ftedge fleet serve --broker mqtt://broker:1883 --db postgresql://ftedge@db/fleet "
+                              "--share-group fleet --client-id collector-1 --http 0.0.0.0:8080   (one of several)\n"
+                              "  ftedge fleet status --db fleet.sqlite\n"
                               "  ftedge fleet send dev-001 ping --broker mqtt://127.0.0.1:1883",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     fs = p.add_subparsers(dest="fleet_command", metavar="ACTION")
     s = fs.add_parser("serve", help="ingest telemetry and serve /api, /metrics and the dashboard until Ctrl-C")
     _mqtt_args(s)
     s.add_argument("--http", default="127.0.0.1:8080", metavar="HOST:PORT", help="HTTP bind (default loopback:8080)")
-    s.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite file (default fleet.sqlite)")
-    s.add_argument("--share", metavar="GROUP", help="use the shared subscription $share/GROUP/… (split a fleet)")
+    s.add_argument("--db", default=str(DEFAULT_DB), metavar="PATH|URL",
+                   help="SQLite file (default fleet.sqlite; one collector) or postgresql://USER@HOST[:PORT]/DB "
+                        "(shared by every collector of a --share-group)")
+    s.add_argument("--share-group", "--share", dest="share", metavar="NAME",
+                   help="subscribe through $share/NAME/ftedge/v1/#: the broker spreads the fleet over the "
+                        "collectors of the group (give each its own --client-id; use one PostgreSQL --db)")
     s.add_argument("--token-file", type=Path, metavar="FILE",
                    help=f"file holding the bearer token that enables POST /api/devices/{{id}}/commands/{{verb}} "
                         f"(or set {TOKEN_ENV}); without one, commands over HTTP are disabled")
@@ -92,7 +98,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="devices per fleet at most (default 100000); messages of further devices are rejected")
     s.set_defaults(handler=_serve)
     st = fs.add_parser("status", help="a table of devices from the collector's database")
-    st.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite file (default fleet.sqlite)")
+    st.add_argument("--db", default=str(DEFAULT_DB), metavar="PATH|URL",
+                    help="SQLite file (default fleet.sqlite) or postgresql://USER@HOST[:PORT]/DB")
     st.add_argument("--json", action="store_true", help="print JSON")
     st.set_defaults(handler=_status)
     se = fs.add_parser("send", help="send one command and print the reply (MQTT v5 request/response)",
@@ -159,9 +166,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError("--max-devices-per-fleet must be at least 1")
     collector, store = _collector(args, share=args.share)
     collector.start()
-    server = FleetHTTPServer(store, host, int(port), token=token, allowed_hosts=args.allow_host,
+    server = FleetHTTPServer(store, host, int(port), token=token, allowed_hosts=args.allow_host, collector=collector,
                              send=lambda f, d, v, a: collector.send(f, d, v, a, timeout=10.0)).start()
-    print(f"collecting from {args.broker} into {args.db}; dashboard {server.url}/", file=sys.stderr)
+    print(f"collecting from {args.broker} into {store.backend}; dashboard {server.url}/", file=sys.stderr)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -223,9 +230,12 @@ def _fmt(value: object, spec: str) -> str:
 def _status(args: argparse.Namespace) -> int:
     from ftedge.fleet.store import FleetStore
 
-    if not args.db.exists():
+    from ftedge.fleet.store_backend import is_postgres_url
+
+    if not is_postgres_url(args.db) and not Path(args.db).exists():
         raise FtedgeError(f"{args.db} does not exist: run `ftedge fleet serve --db {args.db}` first")
-    devices = FleetStore(args.db).devices()
+    with FleetStore(args.db) as store:
+        devices = store.devices()
     if args.json:
         print(json.dumps(devices))
         return 0

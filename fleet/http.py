@@ -16,18 +16,51 @@ import ipaddress
 import json
 import logging
 import math
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import parse_qs, urlencode, urlparse
 
 log = logging.getLogger(__name__)
 
 
 # -- Prometheus ------------------------------------------------------------------------------------------
-def prometheus_text(store: Any) -> bytes:
-    """Exposition of fleet state; one series per device at most (bounded cardinality, no job labels)."""
+COLLECTOR_STATS = (("received", "messages received from the broker"),
+                   ("processed", "messages written (their batch committed or refused)"),
+                   ("batches", "write transactions of received messages"),
+                   ("errors", "batches or gap checks that failed"),
+                   ("resyncs", "resync commands sent after counted holes"),
+                   ("connections", "connections to the broker (reconnects included)"),
+                   ("unacked", "messages whose acknowledgement to the broker failed"))
+
+
+def process_stats() -> dict[str, float]:
+    """This process's resident memory (``VmRSS`` of /proc/self/status, bytes; absent where there is no /proc)
+    and CPU time (user + system, seconds)."""
+    t = os.times()
+    out = {"cpu_seconds": t.user + t.system}
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    out["resident_memory_bytes"] = float(line.split()[1]) * 1024   # "VmRSS:  1234 kB"
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def prometheus_text(store: Any, instance: str | None = None,
+                    stats: Callable[[], dict[str, Any]] | None = None) -> bytes:
+    """Exposition of fleet state; one series per device at most (bounded cardinality, no job labels).
+
+    The device gauges and ``ftedge_messages*`` counters are the fleet's (from the database, the same on every
+    collector sharing it). With ``instance`` (the collector's name), this process's own figures follow,
+    labelled ``instance``: ``ftedge_collector_{received,processed,batches,errors,resyncs,connections,
+    unacked}_total`` from ``stats()`` (the Collector's ``stats``), ``ftedge_collector_resident_memory_bytes``
+    and ``ftedge_collector_cpu_seconds_total``."""
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -41,12 +74,12 @@ def prometheus_text(store: Any) -> bytes:
                                     labels=["fleet", "device"])
             map50 = GaugeMetricFamily("ftedge_job_val_map50", "validation mAP@0.5 of the device's latest epoch "
                                       "(detectors)", labels=["fleet", "device"])
-            for d in store.devices():
-                lab = [str(d["fleet"]), str(d["device"])]
-                up.add_metric(lab, 1.0 if d.get("state") == "online" else 0.0)
-                if isinstance(d.get("last_seen"), int):
-                    seen.add_metric(lab, d["last_seen"] / 1000.0)
-                m = d.get("metrics") if isinstance(d.get("metrics"), dict) else {}
+            for fleet, device, state, last_seen, metrics in store.device_gauges():   # no meta/job bodies
+                lab = [str(fleet), str(device)]
+                up.add_metric(lab, 1.0 if state == "online" else 0.0)
+                if isinstance(last_seen, int) and not isinstance(last_seen, bool):
+                    seen.add_metric(lab, last_seen / 1000.0)
+                m = metrics if isinstance(metrics, dict) else {}
                 inner = m.get("metrics") if isinstance(m.get("metrics"), dict) else {}
                 for fam, value in ((loss, m.get("loss")), (acc, inner.get("val_accuracy")), (map50, inner.get("val_map50"))):
                     if _number(value) is not None:   # a row stored before validation may hold anything
@@ -63,10 +96,35 @@ def prometheus_text(store: Any) -> bytes:
                 fam = CounterMetricFamily(name, doc)
                 fam.add_metric([], float(c.get(key, 0)))
                 yield fam
+            if instance is not None:
+                yield from _collector_families(str(instance), stats)
 
     registry = CollectorRegistry()
     registry.register(_Fleet())
     return generate_latest(registry)
+
+
+def _collector_families(instance: str, stats: Callable[[], dict[str, Any]] | None) -> Iterator[Any]:
+    """The per-process series of one collector (label ``instance``)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    got = dict(stats() or {}) if stats is not None else {}
+    for key, doc in COLLECTOR_STATS:
+        if _number(got.get(key)) is not None:
+            fam = CounterMetricFamily(f"ftedge_collector_{key}", f"{doc} (this collector process)",
+                                      labels=["instance"])
+            fam.add_metric([instance], _number(got[key]))
+            yield fam
+    proc = process_stats()
+    if "resident_memory_bytes" in proc:
+        fam = GaugeMetricFamily("ftedge_collector_resident_memory_bytes", "resident memory (VmRSS) of the collector "
+                                "process", labels=["instance"])
+        fam.add_metric([instance], proc["resident_memory_bytes"])
+        yield fam
+    fam = CounterMetricFamily("ftedge_collector_cpu_seconds", "CPU time (user + system) of the collector process",
+                              labels=["instance"])
+    fam.add_metric([instance], proc["cpu_seconds"])
+    yield fam
 
 
 # -- dashboard ---------------------------------------------------------------------------------------------
@@ -245,21 +303,23 @@ def _device_charts(store: Any, d: dict[str, Any]) -> str:
 def dashboard_fragment(store: Any, page: int = 1, device: str | None = None, now_ms: int | None = None) -> str:
     """The live part of the dashboard: fleet summary, one page of the device table (``PAGE_SIZE`` rows) and
     loss/accuracy charts for at most ``MAX_CHARTS`` devices — the selected ``device`` first, then devices of
-    this page with a running job, then the others of this page that have a job. Its size and cost do not grow
-    with the fleet beyond reading the device list."""
+    this page with a running job, then the others of this page that have a job. Only this page's device rows
+    are read (``devices_page``; the summary is counted in SQL, see ``fleet_summary``), so its size and cost
+    hardly grow with the fleet."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     s = store.fleet_summary()
-    devices = store.devices()
-    pages = max(1, math.ceil(len(devices) / PAGE_SIZE))
+    total = int(s.get("devices") or 0)
+    pages = max(1, math.ceil(total / PAGE_SIZE))
     page = min(max(1, page), pages)
-    shown = devices[(page - 1) * PAGE_SIZE:page * PAGE_SIZE]
-    focus = [d for d in devices if device and d["device"] == device and _has_job(d)][:1]
-    with_job = [d for d in shown if _has_job(d) and d not in focus]
+    shown = store.devices_page(limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE) if total else []
+    focus = _focus(store, device)
+    key = lambda d: (d.get("fleet"), d.get("device"))  # noqa: E731
+    with_job = [d for d in shown if _has_job(d) and key(d) not in {key(f) for f in focus}]
     running = [d for d in with_job if _obj(d.get("job")).get("status") == "running"]
     charted = focus + running + [d for d in with_job if d not in running]
     before, after = s.get("accuracy_before"), s.get("accuracy_after")
     first, last = (page - 1) * PAGE_SIZE + 1 if shown else 0, (page - 1) * PAGE_SIZE + len(shown)
-    nav = [f'devices <b>{first}–{last}</b> of <b>{len(devices)}</b>' if devices
+    nav = [f'devices <b>{first}–{last}</b> of <b>{total}</b>' if total
            else "no devices yet: waiting for the first message from the fleet"]
     if page > 1:
         nav.append(f'<a rel="prev" href="{html.escape(_query(page - 1, device))}">‹ prev</a>')
@@ -285,6 +345,17 @@ def dashboard_fragment(store: Any, page: int = 1, device: str | None = None, now
         '<table id="devices"><thead><tr><th>fleet</th><th>device</th><th>state</th><th>job</th><th>status</th>'
         '<th>epoch</th><th>loss</th><th>val acc</th><th>active version</th><th>last seen</th></tr></thead><tbody>'
         + "".join(_isolated(_device_row, d, page, now_ms, cols=10) for d in shown) + "</tbody></table>")
+
+
+def _focus(store: Any, device: str | None) -> list[dict[str, Any]]:
+    """The selected device (of the first fleet, by name, that holds one with a job) as a one-item list, or []."""
+    if not device:
+        return []
+    for fleet in store.device_fleets(device):
+        d = store.device(fleet, device)
+        if d is not None and _has_job(d):
+            return [d]
+    return []
 
 
 def _page_args(query: str) -> tuple[int, str | None]:
@@ -330,6 +401,37 @@ def dashboard_page(store: Any, page: int = 1, device: str | None = None) -> str:
 # -- server --------------------------------------------------------------------------------------------------
 MAX_BODY = 64 * 1024   # bytes of a POST body (command args)
 TIMEOUT_S = 30.0       # socket timeout per read/write of a connection
+API_PAGE = 500         # devices per /api/devices page unless ?limit=N
+API_PAGE_MAX = 5000    # the largest ?limit=
+
+
+def devices_api(store: Any, query: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """``GET /api/devices`` for a query string: one page of device views (a JSON list, ``(fleet, device)``
+    order) and its headers — ``X-Total-Count`` (devices of ``?fleet=``, or all) and, when more remain,
+    ``Link: </api/devices?limit=N&after=FLEET/DEVICE>; rel="next"``. Query: ``limit`` (default ``API_PAGE``,
+    at most ``API_PAGE_MAX``), ``after=FLEET/DEVICE`` (the last row of the previous page; keyset, so a device
+    added meanwhile shifts nothing), ``fleet``. A bad value raises ValueError (400)."""
+    q = parse_qs(query)
+    raw_limit = (q.get("limit") or [""])[0].strip()
+    if raw_limit and (not raw_limit.isdigit() or int(raw_limit) < 1):
+        raise ValueError(f"limit={raw_limit!r}: give a number of devices from 1 to {API_PAGE_MAX}")
+    limit = min(int(raw_limit), API_PAGE_MAX) if raw_limit else API_PAGE
+    fleet = (q.get("fleet") or [""])[0] or None
+    raw_after = (q.get("after") or [""])[0]
+    after = None
+    if raw_after:
+        a_fleet, sep, a_device = raw_after.partition("/")   # topic levels: neither name holds a "/"
+        if not sep or not a_fleet or not a_device:
+            raise ValueError(f"after={raw_after!r}: give FLEET/DEVICE of the previous page's last device")
+        after = (a_fleet, a_device)
+    rows = store.devices_page(fleet=fleet, limit=limit + 1, after=after)
+    headers = {"X-Total-Count": str(store.device_count(fleet))}
+    if len(rows) > limit:
+        rows = rows[:limit]
+        nxt = {"limit": limit, **({"fleet": fleet} if fleet else {}),
+               "after": f"{rows[-1]['fleet']}/{rows[-1]['device']}"}
+        headers["Link"] = f'</api/devices?{urlencode(nxt)}>; rel="next"'
+    return rows, headers
 
 
 def host_allowed(header: str | None, allowed: frozenset[str]) -> bool:
@@ -357,12 +459,21 @@ def host_allowed(header: str | None, allowed: frozenset[str]) -> bool:
 class FleetHTTPServer:
     """The HTTP side. ``token``: bearer token enabling POST commands (None: commands disabled);
     ``allowed_hosts``: host names (besides IP literals and ``localhost``) the ``Host`` header may carry, e.g.
-    the DNS name the dashboard is opened under; ``timeout_s``: socket timeout of every connection."""
+    the DNS name the dashboard is opened under; ``timeout_s``: socket timeout of every connection.
+
+    ``/metrics`` adds this collector process's series (label ``instance``) given ``collector`` (a
+    :class:`~ftedge.fleet.ingest.Collector`: its ``instance`` or ``settings.client_id`` names it, its ``stats``
+    are counted) or ``instance`` with an optional ``stats`` callable returning such a dict."""
 
     def __init__(self, store: Any, host: str = "127.0.0.1", port: int = 8080, token: str | None = None,
                  send: Callable[[str, str, str, dict], dict] | None = None,
-                 allowed_hosts: Iterable[str] = (), timeout_s: float = TIMEOUT_S) -> None:
+                 allowed_hosts: Iterable[str] = (), timeout_s: float = TIMEOUT_S, collector: Any = None,
+                 instance: str | None = None, stats: Callable[[], dict[str, Any]] | None = None) -> None:
         self.store, self._token, self.send = store, token, send
+        if collector is not None:
+            instance = instance or getattr(collector, "instance", None) or collector.settings.client_id
+            stats = stats or (lambda: collector.stats)
+        self.instance, self.stats = instance, stats
         names = {h.strip().lower().rstrip(".") for h in allowed_hosts if h.strip()}
         if host and not host.replace(".", "").isdigit() and ":" not in host and host not in ("0.0.0.0", ""):
             names.add(host.lower())            # bound to a name: that name is fine too
@@ -383,16 +494,18 @@ class FleetHTTPServer:
                                           "start it with --allow-host NAME"})
                 return False
 
-            def _reply(self, code: int, body: bytes, ctype: str) -> None:
+            def _reply(self, code: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Cache-Control", "no-store")
                 self.send_header("Content-Length", str(len(body)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
 
-            def _json(self, code: int, obj: Any) -> None:
-                self._reply(code, json.dumps(obj).encode(), "application/json")
+            def _json(self, code: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+                self._reply(code, json.dumps(obj).encode(), "application/json", headers)
 
             def do_GET(self) -> None:  # noqa: N802 - http.server API
                 if not self._host_ok():
@@ -409,9 +522,14 @@ class FleetHTTPServer:
                     elif url.path == "/metrics":
                         from prometheus_client import CONTENT_TYPE_LATEST
 
-                        self._reply(200, prometheus_text(outer.store), CONTENT_TYPE_LATEST)
+                        self._reply(200, prometheus_text(outer.store, outer.instance, outer.stats),
+                                    CONTENT_TYPE_LATEST)
                     elif parts == ["api", "devices"]:
-                        self._json(200, outer.store.devices())
+                        try:
+                            rows, headers = devices_api(outer.store, url.query)
+                        except ValueError as exc:
+                            return self._json(400, {"error": str(exc)})
+                        self._json(200, rows, headers)
                     elif len(parts) == 5 and parts[:2] == ["api", "devices"] and parts[3] == "jobs":
                         fleet = parse_qs(url.query).get("fleet", [None])[0] or outer._fleet_of(parts[2])
                         job = outer.store.job(fleet, parts[2], parts[4]) if fleet else None
@@ -477,10 +595,9 @@ class FleetHTTPServer:
         return f"FleetHTTPServer({self.url}, commands {'enabled' if self._token else 'disabled'})"
 
     def _fleet_of(self, device: str) -> str | None:
-        for d in self.store.devices():
-            if d["device"] == device:
-                return d["fleet"]
-        return None
+        """The first fleet (by name) holding a device named ``device``, or None."""
+        fleets = self.store.device_fleets(device)
+        return fleets[0] if fleets else None
 
     def start(self) -> "FleetHTTPServer":
         self.thread.start()

@@ -311,17 +311,20 @@ class FleetStore(FleetReadModel):
 
     def _lock_and_load(self, db: Any, devices: set[tuple[str, str]], boots: set[tuple[str, str, str]],
                        now: float) -> None:
-        self._devices.clear()
-        self._streams.clear()
         self._new_seen.clear()
-        for row in self.backend.lock_devices(db, sorted(devices), _DEVICE_COLUMNS):
+        if self.backend.shared:   # other collectors write too: everything is read again under this transaction
+            self._forget()
+            to_lock = sorted(devices)
+        else:                     # this process is the only writer: what it holds from earlier batches is current
+            to_lock = sorted(k for k in devices if k not in self._devices)
+        for row in self.backend.lock_devices(db, to_lock, _DEVICE_COLUMNS):
             dev = _Device(*row[:12], marks=json.loads(row[12] or "{}"), stored=True)
             self._devices[(dev.fleet, dev.device)] = dev
             self._known.add((dev.fleet, dev.device))
         for key in devices - self._devices.keys():   # SQLite: new rows are written at the end
             self._devices[key] = _Device(*key)
         wanted = set(boots) | {(d.fleet, d.device, d.boot) for d in self._devices.values() if d.boot}
-        wanted = sorted(k for k in wanted if (k[0], k[1]) in self._devices)
+        wanted = sorted(k for k in wanted if (k[0], k[1]) in self._devices and k not in self._streams)
         if not wanted:
             return
         frag, args = self.backend.keys_in(("fleet", "device", "boot"), wanted)
@@ -584,15 +587,23 @@ class FleetStore(FleetReadModel):
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
-        """One write transaction; the state it loaded is dropped afterwards, whatever happened."""
+        """One write transaction. The state it loaded is dropped afterwards on a shared database, and after a
+        failure anywhere (it is reloaded from what was committed)."""
         try:
             with self.backend.write() as db:
                 yield db
             self.transactions += 1
+        except BaseException:
+            self._forget()
+            raise
         finally:
-            self._devices.clear()
-            self._streams.clear()
             self._new_seen.clear()
+        if self.backend.shared:
+            self._forget()
+
+    def _forget(self) -> None:
+        self._devices.clear()
+        self._streams.clear()
 
     def _retrying(self, work: Callable[[], _T]) -> _T:
         """Run a transaction, again on a deadlock or a lost connection (its state is reloaded each time); raises

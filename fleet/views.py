@@ -41,6 +41,42 @@ class FleetReadModel:
             rows = db.execute(sql + " ORDER BY fleet, device", args).fetchall()
         return [_device_view(r) for r in rows]
 
+    def devices_page(self, fleet: str | None = None, limit: int = 500, after: tuple[str, str] | None = None,
+                     offset: int = 0) -> list[dict[str, Any]]:
+        """At most ``limit`` devices (optionally of one ``fleet``) in ``(fleet, device)`` order: those after
+        ``after`` — the ``(fleet, device)`` of the previous page's last row (keyset pagination: stable while
+        devices are added, and each page is one index range) — skipping ``offset`` more (numbered pages, as the
+        dashboard's)."""
+        where, args = _keyset(fleet, after)
+        with self._reading() as db:
+            rows = db.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices{where} ORDER BY fleet, device LIMIT ? OFFSET ?",
+                              (*args, max(0, int(limit)), max(0, int(offset)))).fetchall()
+        return [_device_view(r) for r in rows]
+
+    def device_count(self, fleet: str | None = None) -> int:
+        """How many devices (of one ``fleet``) the store holds."""
+        sql, args = "SELECT COUNT(*) FROM devices", ()
+        if fleet is not None:
+            sql, args = sql + " WHERE fleet = ?", (fleet,)
+        with self._reading() as db:
+            return int(db.execute(sql, args).fetchone()[0])
+
+    def device_fleets(self, device: str) -> list[str]:
+        """The fleets that hold a device named ``device`` (a name is unique within a fleet only), sorted."""
+        with self._reading() as db:
+            rows = db.execute("SELECT fleet FROM devices WHERE device = ? ORDER BY fleet", (device,)).fetchall()
+        return [f for (f,) in rows]
+
+    def device_gauges(self, fleet: str | None = None) -> list[tuple[str, str, Any, Any, dict[str, Any] | None]]:
+        """What ``/metrics`` shows per device, reading only its columns: ``(fleet, device, state, last_seen,
+        latest progress body or None)`` in ``(fleet, device)`` order."""
+        sql, args = "SELECT fleet, device, state, last_seen_ms, metrics_json FROM devices", ()
+        if fleet is not None:
+            sql, args = sql + " WHERE fleet = ?", (fleet,)
+        with self._reading() as db:
+            rows = db.execute(sql + " ORDER BY fleet, device", args).fetchall()
+        return [(f, d, state, seen, _stored_object(m, "metrics", [])) for f, d, state, seen, m in rows]
+
     def device(self, fleet: str, device: str) -> dict[str, Any] | None:
         with self._reading() as db:
             row = db.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE fleet = ? AND device = ?",
@@ -90,7 +126,7 @@ class FleetReadModel:
 
     def counters(self) -> dict[str, int]:
         with self._reading() as db:
-            rows = dict(db.execute("SELECT name, value FROM counters").fetchall())
+            rows = dict(db.execute("SELECT name, SUM(value) FROM counters GROUP BY name").fetchall())
         return {k: int(rows.get(k, 0)) for k in COUNTERS}
 
     def gaps(self, fleet: str | None = None, device: str | None = None, open_only: bool = False) -> list[dict]:
@@ -112,13 +148,28 @@ class FleetReadModel:
     def fleet_summary(self, fleet: str | None = None) -> dict[str, Any]:
         """``devices``, ``online``, ``offline``, ``jobs_running``, and over the devices whose latest
         succeeded-and-promoted result reports ``baseline.accuracy`` and ``final.accuracy``:
-        ``promoted_devices``, ``accuracy_before``, ``accuracy_after`` (means; None when no such device)."""
-        devs = self.devices(fleet)
-        sql, args = "SELECT fleet, device, body_json FROM results", ()
-        if fleet is not None:
-            sql, args = sql + " WHERE fleet = ?", (fleet,)
+        ``promoted_devices``, ``accuracy_before``, ``accuracy_after`` (means; None when no such device).
+
+        Counts by state are SQL; only the job bodies and results that can matter are decoded: a ``LIKE``
+        pre-filter keeps those that mention ``running`` (jobs) or ``succeeded``, ``promoted`` and ``accuracy``
+        (results), plus any body holding a ``\\u`` escape (which could spell those words); the decoded body
+        decides, as before."""
+        cond, args = ("", ()) if fleet is None else (" WHERE fleet = ?", (fleet,))
+        also = " AND" if cond else " WHERE"
         with self._reading() as db:
-            rows = db.execute(sql + " ORDER BY ts", args).fetchall()
+            states = db.execute(f"SELECT state, COUNT(*) FROM devices{cond} GROUP BY state", args).fetchall()
+            jobs = db.execute(f"SELECT job_json FROM devices{cond}{also}"
+                              " (job_json LIKE ? OR job_json LIKE ? ESCAPE '!')",
+                              (*args, "%running%", _ESCAPED)).fetchall()
+            rows = db.execute(
+                f"SELECT fleet, device, body_json FROM results{cond}{also} ((body_json LIKE ? AND body_json LIKE ?"
+                " AND body_json LIKE ?) OR body_json LIKE ? ESCAPE '!') ORDER BY ts, job",
+                (*args, "%succeeded%", "%promoted%", "%accuracy%", _ESCAPED)).fetchall()
+        by_state = {s: int(n) for s, n in states}
+        running = 0
+        for (text,) in jobs:
+            body = _stored_object(text, "job", [])
+            running += body is not None and body.get("status") == "running"
         latest: dict[tuple[str, str], tuple[float, float]] = {}
         for f, d, text in rows:
             body = _stored_object(text, "result", [])
@@ -134,10 +185,10 @@ class FleetReadModel:
         before = sum(b for b, _ in latest.values()) / n if n else None
         after = sum(a for _, a in latest.values()) / n if n else None
         return {
-            "devices": len(devs),
-            "online": sum(d["state"] == "online" for d in devs),
-            "offline": sum(d["state"] == "offline" for d in devs),
-            "jobs_running": sum(bool(d["job"]) and d["job"].get("status") == "running" for d in devs),
+            "devices": sum(by_state.values()),
+            "online": by_state.get("online", 0),
+            "offline": by_state.get("offline", 0),
+            "jobs_running": running,
             "promoted_devices": n,
             "accuracy_before": before,
             "accuracy_after": after,
@@ -156,6 +207,22 @@ class FleetReadModel:
         with self._reading() as db:
             row = db.execute(sql + " ORDER BY ts DESC LIMIT 1", args).fetchone()
         return json.loads(row[0]) if row else None
+
+
+_ESCAPED = "%\\u%"   # LIKE pattern (with ESCAPE '!', the backslash is literal): a JSON text with a \u escape
+
+
+def _keyset(fleet: str | None, after: tuple[str, str] | None) -> tuple[str, tuple]:
+    """The WHERE clause of the devices of ``fleet`` after ``after``, as one index range of the ``(fleet, device)``
+    key (row values: SQLite 3.15+, PostgreSQL). The database compares (its collation orders the pages)."""
+    if after is None:
+        return ("", ()) if fleet is None else (" WHERE fleet = ?", (fleet,))
+    a_fleet, a_device = str(after[0]), str(after[1])
+    if fleet is None:
+        return " WHERE (fleet, device) > (?, ?)", (a_fleet, a_device)
+    if a_fleet == fleet:
+        return " WHERE fleet = ? AND device > ?", (fleet, a_device)
+    return " WHERE fleet = ? AND (fleet, device) > (?, ?)", (fleet, a_fleet, a_device)   # a cursor of another fleet
 
 
 def _device_view(row: tuple) -> dict[str, Any]:

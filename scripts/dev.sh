@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3-venv python3-dev espeak-ng mosquitto mosquitto-clients openssl chromium dataset-fashion-mnist)   # system packages the demo and tests need
+APT_PACKAGES=(python3-venv python3-dev espeak-ng mosquitto mosquitto-clients openssl chromium dataset-fashion-mnist postgresql)   # system packages the demo and tests need
 RIG_APT_PACKAGES=(debootstrap qemu-user-static binfmt-support)   # the platform rigs (scripts/rigs.sh)
 VENV=.venv                                # host: torch + export + device + dev extras (plain onnxruntime)
 DEVICE_VENV=.venv-device                  # edge box: only ftedge[device], no torch

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
+import urllib.parse
 import urllib.request
+from typing import Any
 
 import pytest
 
@@ -162,5 +165,138 @@ def test_a_detectors_map_shows_in_metrics_dashboard_and_status(tmp_path, capsys)
         assert 'ftedge_job_val_map50{device="cam-01",fleet="demo"} 0.6' in text
         _, _, page = get(srv.url + "/")
         assert "mAP@0.5 0.0% → 60.0% (promoted)" in page and "val mAP@0.5" in page
+    finally:
+        srv.stop()
+
+
+# -- issue 17: /api/devices pages, the summary in SQL, per-collector /metrics ---------------------------------
+
+def api_page(url: str) -> tuple[list[dict], Any]:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read()), r.headers
+
+
+def walk_devices(base: str, query: str = "") -> tuple[list[dict], int, list[str]]:
+    """Every device of ``GET /api/devices{query}``, following ``Link: <…>; rel="next"``: (rows, pages, totals)."""
+    url, rows, pages, totals = base + "/api/devices" + query, [], 0, []
+    while url:
+        page, headers = api_page(url)
+        assert isinstance(page, list)
+        rows += page
+        pages += 1
+        totals.append(headers["X-Total-Count"])
+        link = re.fullmatch(r'<(/api/devices\?[^>]+)>; rel="next"', headers.get("Link") or "")
+        assert link or headers.get("Link") is None, headers.get("Link")
+        url = base + link.group(1) if link else None
+    return rows, pages, totals
+
+
+def test_api_devices_pages_follow_the_link_header(store, server):
+    odd = ["dev+1", "dev 2", "dev%3", "dév-4", "dev&5", "a=b?c"]   # a topic level may hold any of these
+    store.ingest_batch([msg(d, "status", {"state": "online", "reason": "birth"}, 1, fleet=f)
+                        for d in odd for f in ("demo", "odd fleet")])
+    every = sorted((d["fleet"], d["device"]) for d in store.devices())
+    assert len(every) == 2 + 2 * len(odd) == store.device_count()
+
+    rows, pages, totals = walk_devices(server.url)            # default page: all of a small fleet, no Link
+    assert pages == 1 and [(d["fleet"], d["device"]) for d in rows] == every and totals == [str(len(every))]
+    rows, pages, totals = walk_devices(server.url, "?limit=3")
+    assert [(d["fleet"], d["device"]) for d in rows] == every, "every device once, in (fleet, device) order"
+    assert pages == -(-len(every) // 3) and set(totals) == {str(len(every))}
+    assert rows[0].keys() >= {"fleet", "device", "state", "job", "metrics", "meta", "last_seen"}
+    rows, pages, totals = walk_devices(server.url, "?fleet=odd+fleet&limit=4")
+    assert [d["device"] for d in rows] == sorted(odd) and pages == 2 and set(totals) == {str(len(odd))}
+
+    page, headers = api_page(server.url + "/api/devices?limit=2&after=" + urllib.parse.quote("demo/dev 2"))
+    assert [d["device"] for d in page] == ["dev%3", "dev&5"]
+    assert headers["Link"] == '</api/devices?limit=2&after=demo%2Fdev%265>; rel="next"'
+    assert store.devices_page(limit=2, after=("demo", "zzz")) == store.devices_page(fleet="odd fleet", limit=2)
+    assert store.devices_page(fleet="demo", after=("odd fleet", "a")) == []
+    assert [d["device"] for d in store.devices_page(fleet="odd fleet", after=("demo", "zzz"))] == sorted(odd)
+    assert [d["device"] for d in store.devices_page(limit=2, offset=3)] == [d for _, d in every[3:5]]
+    assert store.device_count("odd fleet") == len(odd) and store.device_count("nope") == 0
+    assert store.device_fleets("dev+1") == ["demo", "odd fleet"] and store.device_fleets("nope") == []
+
+    for bad in ("limit=0", "limit=-1", "limit=abc", "after=no-slash", "after=/dev", "after=demo/"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            get(server.url + "/api/devices?" + bad)
+        assert err.value.code == 400 and "error" in json.loads(err.value.read()), bad
+    page, headers = api_page(server.url + "/api/devices?limit=999999")   # capped at 5000
+    assert len(page) == len(every) and "Link" not in headers
+
+
+def test_fleet_summary_counts_in_sql_and_still_reads_escaped_bodies(tmp_path):
+    """The summary pre-filters job and result bodies in SQL; a body that spells a word with a \\u escape, and one
+    that mentions the words without meaning them, are still judged by their decoded JSON."""
+    s = FleetStore(tmp_path / "fleet.sqlite")
+
+    def raw(device: str, suffix: str, body: str, seq: int) -> tuple[str, bytes, bool]:
+        env = (f'"v": 1, "ts": {1_700_000_000_000 + seq}, "dev": "{device}", "boot": "{BOOT}", "seq": {seq}, '
+               '"hist": false')
+        return f"ftedge/v1/demo/{device}/{suffix}", ("{" + body + ", " + env + "}").encode(), False
+
+    s.ingest_batch([
+        raw("d1", "status", '"state": "online"', 1),
+        raw("d1", "job", r'"job": "j1", "status": "\u0072unning"', 2),            # running, spelled with an escape
+        raw("d1", "jobs/j1/result", r'"job": "j1", "status": "succ\u0065eded", "promoted": true, '
+                                    r'"baseline": {"accuracy": 0.5}, "final": {"accuracy": 0.7}', 3),
+        raw("d2", "status", '"state": "offline"', 1),
+        raw("d2", "job", '"job": "running", "status": "succeeded"', 2),          # mentions running: not running
+        raw("d2", "jobs/running/result", '"job": "running", "status": "succeeded", "promoted": false, '
+                                         '"baseline": {"accuracy": 0.1}, "final": {"accuracy": 0.2}', 3),
+        raw("d3", "job", '"job": "j3", "status": "running"', 1),                 # no status: state unknown
+        raw("d3", "jobs/j3/result", '"job": "j3", "status": "succeeded", "promoted": true, '
+                                    '"baseline": {"accuracy": 0.6}, "final": {"accuracy": 0.9}', 2),
+    ])
+    assert s.fleet_summary() == {"devices": 3, "online": 1, "offline": 1, "jobs_running": 2, "promoted_devices": 2,
+                                 "accuracy_before": pytest.approx(0.55), "accuracy_after": pytest.approx(0.8)}
+    assert s.fleet_summary("other") == {"devices": 0, "online": 0, "offline": 0, "jobs_running": 0,
+                                        "promoted_devices": 0, "accuracy_before": None, "accuracy_after": None}
+    s.close()
+
+
+def metric_values(text: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of an exposition, parsed by prometheus_client: {(name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
+            for fam in text_string_to_metric_families(text) for smp in fam.samples}
+
+
+def test_metrics_add_this_collectors_process_series(store):
+    from ftedge.fleet.ingest import Collector
+
+    collector = Collector(store, client_id="collector-a", host="127.0.0.1", port=1)   # never started
+    collector.stats.update(received=42, processed=40, batches=3, errors=1, resyncs=2, connections=1)
+    for srv in (FleetHTTPServer(store, "127.0.0.1", 0, collector=collector).start(),
+                FleetHTTPServer(store, "127.0.0.1", 0, instance="collector-a",
+                                stats=lambda: dict(collector.stats)).start()):
+        try:
+            _, ctype, text = get(srv.url + "/metrics")
+        finally:
+            srv.stop()
+        assert ctype.startswith("text/plain")
+        v = metric_values(text)
+        me = (("instance", "collector-a"),)
+        assert v[("ftedge_collector_received_total", me)] == 42 and v[("ftedge_collector_processed_total", me)] == 40
+        assert v[("ftedge_collector_batches_total", me)] == 3 and v[("ftedge_collector_errors_total", me)] == 1
+        assert v[("ftedge_collector_resyncs_total", me)] == 2 and v[("ftedge_collector_unacked_total", me)] == 0
+        assert 1e6 < v[("ftedge_collector_resident_memory_bytes", me)] < 1e12
+        assert 0 < v[("ftedge_collector_cpu_seconds_total", me)]
+        # the fleet's series stay unlabelled by instance: every collector of one database shows the same
+        assert v[("ftedge_messages_total", ())] == store.counters()["messages_total"]
+        assert v[("ftedge_device_up", (("device", "dev-001"), ("fleet", "demo")))] == 1.0
+        assert v[("ftedge_job_loss", (("device", "dev-001"), ("fleet", "demo")))] == 0.2
+        assert not any(name.startswith("ftedge_collector") and labels != me for name, labels in v)
+
+    plain = metric_values(get_metrics(store))
+    assert not any(name.startswith("ftedge_collector") for name, _ in plain), "no collector: no process series"
+    assert ("ftedge_device_up", (("device", "dev-002"), ("fleet", "demo"))) in plain
+
+
+def get_metrics(store: FleetStore) -> str:
+    srv = FleetHTTPServer(store, "127.0.0.1", 0).start()
+    try:
+        return get(srv.url + "/metrics")[2]
     finally:
         srv.stop()

@@ -336,6 +336,13 @@ def test_three_collectors_lose_nothing_when_one_is_killed_and_the_database_resta
         for p in ports:
             listed = _get(f"http://127.0.0.1:{p}/api/devices")
             assert sorted(x["device"] for x in listed) == sorted(d.device for d in devs)
+        out = subprocess.run([sys.executable, "-m", "ftedge", "fleet", "status", "--db", pg_url, "--json"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert sorted(x["device"] for x in json.loads(out.stdout)) == sorted(d.device for d in devs)
+        for p in ports:   # every collector's dashboard shows the whole fleet
+            page = _get(f"http://127.0.0.1:{p}/")
+            assert all(d.device in page for d in devs)
         from prometheus_client.parser import text_string_to_metric_families
 
         for p, name in zip(ports, ("collector-0", "collector-1", "collector-2")):
