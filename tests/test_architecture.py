@@ -1,5 +1,5 @@
 """The import rules of ARCHITECTURE.md, checked on the source: which package may import which, and which
-modules alone may import a third-party client (paho, onnxruntime, sqlite3) or define an error class."""
+modules alone may import a third-party client (paho, onnxruntime, sqlite3, psycopg) or define an error class."""
 
 from __future__ import annotations
 
@@ -68,6 +68,8 @@ ADAPTERS = {
     # paho: the shared adapter, plus the collector's fast receive path (it subclasses paho's client and reads
     # its internals, which is why the fleet extra pins paho's minor version)
     "paho": {"mqtt/client.py", "fleet/fast_receive.py"},
+    # psycopg: the PostgreSQL fleet store's adapter (imported only for --db postgresql://…)
+    "psycopg": {"fleet/postgres_db.py"},
 }
 
 
