@@ -120,12 +120,13 @@ def _errors(c: Connection) -> Iterator[None]:
 def migrate(c: Connection, steps: Sequence[str], *, newer_hint: str) -> int:
     """Bring the database to schema ``len(steps)`` (table ``ftedge_schema``), step by step, each in one
     transaction under an advisory lock (collectors starting together migrate once). Returns the old version."""
-    c.execute("CREATE TABLE IF NOT EXISTS ftedge_schema (version INTEGER NOT NULL)")
     old = None
     for attempt in range(5):
         try:
             with c.transaction() as tx:
                 tx.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+                # under the lock: IF NOT EXISTS alone races when collectors start together
+                tx.execute("CREATE TABLE IF NOT EXISTS ftedge_schema (version INTEGER NOT NULL)")
                 row = tx.execute("SELECT version FROM ftedge_schema").fetchone()
                 version = 0 if row is None else int(row[0])
                 old = version if old is None else old

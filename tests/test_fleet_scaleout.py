@@ -367,3 +367,16 @@ def test_three_collectors_lose_nothing_when_one_is_killed_and_the_database_resta
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_collectors_opening_a_fresh_database_together_migrate_it_once(pg_url):
+    """Collector processes opening one empty database at the same moment: one migrates, the others wait."""
+    start = time.time() + 1.5
+    code = ("import sys, time; from ftedge.fleet.store import FleetStore; time.sleep(max(0, float(sys.argv[2]) - "
+            "time.time())); FleetStore(sys.argv[1]).close()")
+    procs = [subprocess.Popen([sys.executable, "-c", code, pg_url, str(start)], stderr=subprocess.PIPE, text=True)
+             for _ in range(8)]
+    errors = [p.communicate(timeout=60)[1] for p in procs if p.wait(60) != 0]
+    assert not errors, errors
+    with FleetStore(pg_url) as store:
+        assert store.counters()["messages_total"] == 0
