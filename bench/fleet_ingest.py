@@ -1,4 +1,4 @@
-"""Fleet collector ingest throughput, CPU and memory over a real Mosquitto on loopback (issue 6).
+"""Fleet collector ingest throughput, CPU and memory over a real Mosquitto on loopback (issues 6 and 17).
 
 Reproduce (repo root, host venv; ~1.5-2 min with the defaults on an otherwise idle 2-core box):
 
@@ -6,6 +6,42 @@ Reproduce (repo root, host venv; ~1.5-2 min with the defaults on an otherwise id
     .venv/bin/python bench/fleet_ingest.py --soak-seconds 600    # the 10-minute soak (≈ 11.5 min in all)
     .venv/bin/python bench/fleet_ingest.py --json                # + one JSON object on the last line
     .venv/bin/python bench/fleet_ingest.py --profile max         # cProfile of the collector's threads, no report
+
+Several collectors on PostgreSQL (issue 17; needs the PostgreSQL server package, scripts/dev.sh setup):
+
+    .venv/bin/python bench/fleet_ingest.py --store postgresql --collectors 1,2,3 --devices 1000,10000 \
+        --soak-seconds 60 --json --json-out /tmp/fleet_pg.json          # ≈ 3 min
+    .venv/bin/python bench/fleet_ingest.py --store postgresql --collectors 3 --devices 10000 --phases soak \
+        --soak-seconds 600                                               # the 10-minute soak alone (≈ 10.5 min)
+    .venv/bin/python bench/fleet_ingest.py --store postgresql --collectors 1,3 --devices 200 \
+        --total-messages 20000 --soak-seconds 20                         # a smoke test (≈ 40 s)
+
+``--store postgresql`` runs, for each ``--devices`` count, the max phase below with the SQLite single
+collector (the baseline) and then once per ``--collectors`` count N on PostgreSQL: a fresh Mosquitto, a fresh
+database (``CREATE DATABASE`` on one throwaway cluster of tests/postgres.py for the whole run: loopback, trust
+auth, ``fsync``/``synchronous_commit``/``full_page_writes`` off unless ``--pg-durable``), N ``ftedge fleet serve
+--db postgresql://… --share-group bench --client-id bench-…-cK --http 127.0.0.1:PORT`` processes (MQTT v5 shared
+subscription ``$share/bench/ftedge/v1/+/+/#``; started together, each waited for until its SUBSCRIBE is in the
+broker's log), the same publisher configuration: ``--total-messages`` (default 200,000) unique messages per phase
+spread over the devices (``total / devices − 2`` telemetry messages each, plus the result and the final job).
+Then **paint** on the database of the largest device count with the most collectors (one idle collector of the
+group on a fresh broker; first paint as below, and a walk over ``GET /api/devices?limit=500`` following
+``Link: …; rel="next"`` that must return every device exactly once, in order, as many as ``X-Total-Count``),
+and the **soak** with max(N) collectors and the largest device count (``--soak-rate``, ``--soak-seconds``;
+each collector's VmRSS every 10 s while the paced load runs: start, after the warm-up (min(60 s, half the
+soak)), end, max, and the least-squares slope after the warm-up in MiB/min; the sample after the generator's
+final burst — every device's result and last job at once — is reported apart). Measured per phase: the
+ingest rate (as below, from ``SUM(value)`` of the sharded ``messages_total``), CPU seconds over the same window
+of the collectors (summed),
+of PostgreSQL (the postmaster with its reaped children's cutime/cstime plus every live child — the collectors'
+backends, checkpointer, walwriter, autovacuum — less the bench's own polling backend), of Mosquitto and of the
+generator (its own process time while publishing), as µs per message and cores used (CPU s / window s); the
+whole host's busy cores (/proc/stat) to spot a disturbed run; each collector's peak RSS (ru_maxrss); for
+PostgreSQL the backends waiting on a lock at every poll (pg_stat_activity), pg_stat_database's commits,
+rollbacks (a deadlock or serialization failure retried by a collector is one) and deadlocks, the server log's
+ERROR lines of the phase (a deadlock report names both statements; the cluster lives under the bench's
+temporary directory, kept with ``--keep``), the collectors' log warnings, and the share of ``messages_total``
+each collector counted (how Mosquitto spread the messages).
 
 What runs where (all on one host, sharing its CPUs):
 - **Mosquitto** (``/usr/sbin/mosquitto``), a fresh broker per phase on a free loopback port, persistence off,
@@ -18,15 +54,20 @@ What runs where (all on one host, sharing its CPUs):
   Its CPU time is utime+stime of /proc/PID/stat (all threads), its memory VmRSS of /proc/PID/status.
 - **The load generator**: ONE separate process (``--publisher``) simulating the fleet with raw MQTT v5 over
   TCP: by default one connection per simulated device (``--devices`` connections, each with its own client
-  id), PUBLISH QoS 1 packets encoded from byte templates, PUBACKs read and counted per connection (the
+  id; the bench raises its soft RLIMIT_NOFILE to the hard limit, which the generator and Mosquitto inherit,
+  and Mosquitto runs with ``max_connections -1``: 10,000 devices need 10,000 descriptors in each; connections
+  are opened 50 at a time, each group's CONNACKs awaited, so Mosquitto's listen backlog of 100 never overflows),
+  PUBLISH QoS 1 packets encoded from byte templates, PUBACKs read and counted per connection (the
   number in flight per connection is capped by the broker's Receive Maximum from CONNACK). No paho on this
   side: the generator must cost far less CPU than the collector for the collector to be the bottleneck.
   Each device publishes the contract (DESIGN.md "MQTT"): ``status`` (retained, online/birth, seq 1),
   ``meta`` (retained, seq 2), ``job`` (retained, running, seq 3), then ``jobs/{job}/progress`` (job, epoch,
   step, loss, metrics.val_accuracy, lr, samples_per_s, rss_mb; epoch = seq so that every progress message is
   its own row), every 100th seq a retained ``job`` snapshot, and at the end ``jobs/{job}/result`` and a final
-  retained ``job``. Every message carries the envelope v, ts, dev, boot, seq, hist. Every ``--dup-every``-th
-  message of a device is sent twice (same bytes, DUP flag; an outbox replay): the collector must drop it.
+  retained ``job``. Every message carries the envelope v, ts, dev, boot, seq, hist. About every
+  ``--dup-every``-th message is sent twice (same bytes, DUP flag; an outbox replay): device i repeats seq s
+  when (s + i) % dup_every = 0 (the offset spreads them over short streams too), right after the original or,
+  when the connection's window is full, first thing next time; the collector must drop it.
 
 Phases (one fresh broker + collector + database each):
 - **baselines** (a child process, no broker): the same kind of messages fed straight into
@@ -50,11 +91,14 @@ Phases (one fresh broker + collector + database each):
   navigation start; the first load has a cold renderer). Also timed: the whole ``chromium --headless
   --dump-dom URL`` process (browser start-up included).
 
-Correctness after each broker phase: for every device, the database's boot row has contiguous = max_seq =
-the last seq published (every seq from 1 arrived, none pending), no ``seen`` row is left (nothing beyond
-contiguous), ``seq_gaps_total`` = 0, ``messages_total`` = sum of last seqs (each (dev, boot, seq) counted
-once), ``duplicates_total`` = duplicates sent (+ the retained replays, none here: fresh broker) and the
-number of ``progress`` rows = progress messages published.
+Correctness after each broker phase (SQLite and PostgreSQL alike; counters summed over the collectors'
+shards): for every device, the database's boot row has contiguous = max_seq = the last seq published (every
+seq from 1 arrived, none pending), no ``seen`` row is left (nothing beyond contiguous), ``seq_gaps_total`` = 0,
+``messages_total`` = sum of last seqs (each (dev, boot, seq) counted once), ``duplicates_total`` = duplicates
+sent (a redelivery would add one; the difference is reported) and the number of ``progress`` rows = progress
+messages published. Reported explicitly: **lost** (published and acknowledged by the broker but not recorded:
+seqs a boot row has not reached less the ``seen`` rows beyond it, plus seqs written off as counted holes and
+never filled) and **double counted** (``messages_total`` beyond the unique messages recorded); both must be 0.
 """
 
 from __future__ import annotations
@@ -170,7 +214,7 @@ JOB = ('{"job":"%s","status":"%s","epoch":%d,"kind":"train","started_ts":%d,'
        '"v":1,"ts":%d,"dev":"%s","boot":"%s","seq":%d,"hist":false}')
 STATUS = '{"state":"online","reason":"birth","v":1,"ts":%d,"dev":"%s","boot":"%s","seq":%d,"hist":false}'
 META = ('{"agent":"0.1.0","ort":"1.19.2","providers":["CPUExecutionProvider"],"hardware":{"cpus":4,'
-        '"machine":"aarch64","mem_mb":3900},"models":{"kws":["v1","v2"]},"active_version":"v2",'
+        '"machine":"aarch64","mem_mb":3900},"models":["v1","v2"],"active_version":"v2",'
         '"v":1,"ts":%d,"dev":"%s","boot":"%s","seq":%d,"hist":false}')
 RESULT = ('{"job":"%s","status":"succeeded","final":{"accuracy":%.4f,"loss":0.31},"baseline":{"accuracy":%.4f,'
           '"loss":0.92},"promoted":true,"duration_s":%.1f,"error":null,"v":1,"ts":%d,"dev":"%s","boot":"%s",'
@@ -188,7 +232,7 @@ class _Conn:
 
 class _Device:
     __slots__ = ("name", "conn", "boot", "job", "seq", "limit", "prefix", "progress", "dups", "last", "done",
-                 "started", "final", "topics")
+                 "started", "final", "topics", "dup_offset", "dup_due")
 
     def __init__(self, name: str, conn: _Conn | None, limit: int, seed: int) -> None:
         self.name, self.conn, self.limit = name, conn, limit
@@ -196,6 +240,7 @@ class _Device:
         self.job = f"job-{name}-1"
         self.seq, self.progress, self.dups, self.last, self.done, self.started = 0, 0, 0, b"", False, 0
         self.final = 0
+        self.dup_offset, self.dup_due = 0, False   # duplicate seq s when (s + dup_offset) % dup_every == 0
         base = f"ftedge/v1/{FLEET}/{name}/"
         self.topics = {k: base + k for k in ("status", "meta", "job")}
         self.topics["progress"] = f"{base}jobs/{self.job}/progress"
@@ -252,23 +297,14 @@ class _Device:
         return bytes([pkt[0] | 0x08]) + pkt[1:at] + struct.pack(">H", c.pid) + pkt[at + 2:]
 
 
-def publisher(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Simulate the fleet; returns a summary (per-device last seq, counts, timings)."""
-    n_dev, n_conn = cfg["devices"], min(cfg["connections"] or cfg["devices"], cfg["devices"])
-    rate, seconds, messages = cfg.get("rate") or 0, cfg.get("seconds") or 0, cfg.get("messages") or 0
-    burst, dup_every = max(1, cfg.get("burst", 1)), cfg.get("dup_every", 0)
-    prefix = cfg.get("prefix", "dev")
-    conns: list[_Conn] = []
-    t_connect = time.monotonic()
-    ep = select.epoll()
-    for i in range(n_conn):
-        s = socket.create_connection(("127.0.0.1", cfg["port"]))
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s.sendall(connect_packet(f"{prefix}-pub-{i:05d}"))
-        conns.append(_Conn(s, 20))
-    for c in conns:   # CONNACKs (blocking reads, one by one)
+def _connacks(batch: list[_Conn], ep: Any, cfg: dict[str, Any]) -> None:
+    """Read the CONNACK of each connection of ``batch`` (blocking, one by one); then non-blocking + epoll."""
+    for c in batch:
         while True:
-            c.rx += c.sock.recv(4096)
+            data = c.sock.recv(4096)
+            if not data:
+                raise RuntimeError("the broker closed a connection before its CONNACK")
+            c.rx += data
             pkts = read_packets(c.rx)
             if pkts:
                 (first, body), = pkts
@@ -281,13 +317,38 @@ def publisher(cfg: dict[str, Any]) -> dict[str, Any]:
                 break
         c.sock.setblocking(False)
         ep.register(c.fd, select.EPOLLIN)
+
+
+def publisher(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Simulate the fleet; returns a summary (per-device last seq, counts, timings)."""
+    n_dev, n_conn = cfg["devices"], min(cfg["connections"] or cfg["devices"], cfg["devices"])
+    rate, seconds, messages = cfg.get("rate") or 0, cfg.get("seconds") or 0, cfg.get("messages") or 0
+    burst, dup_every = max(1, cfg.get("burst", 1)), cfg.get("dup_every", 0)
+    prefix = cfg.get("prefix", "dev")
+    raise_nofile()   # one socket per simulated device: 10,000 devices need more than the usual 1,024
+    conns: list[_Conn] = []
+    t_connect = time.monotonic()
+    ep = select.epoll()
+    step = 50   # connections opened before their CONNACKs are awaited: stays below the broker's listen backlog
+    # (Mosquitto's is 100; a full accept queue drops SYNs and connect() retries after 1, 3, 7 … s)
+    for i in range(n_conn):
+        s = socket.create_connection(("127.0.0.1", cfg["port"]))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(connect_packet(f"{prefix}-pub-{i:05d}"))
+        conns.append(_Conn(s, 20))
+        if len(conns) % step == 0 or len(conns) == n_conn:
+            _connacks(conns[len(conns) - ((len(conns) - 1) % step + 1):], ep, cfg)
     fd2conn = {c.fd: c for c in conns}
     connect_s = time.monotonic() - t_connect
-    devices = [_Device(f"{prefix}-{i:04d}", conns[i % n_conn], messages, cfg.get("seed", 0) * 100000 + i)
+    width = max(4, len(str(n_dev - 1)))
+    devices = [_Device(f"{prefix}-{i:0{width}d}", conns[i % n_conn], messages, cfg.get("seed", 0) * 100000 + i)
                for i in range(n_dev)]
+    for i, d in enumerate(devices):   # spread the duplicates over the devices (and over short streams)
+        d.dup_offset = i % dup_every if dup_every else 0
     print(json.dumps({"event": "connected", "connect_s": connect_s, "window": conns[0].window}), flush=True)
     if cfg.get("wait_go"):
         sys.stdin.readline()
+    cpu_go = time.process_time()
     t0 = time.monotonic()
     t0_wall = time.time()
     sent = dup_sent = 0
@@ -318,6 +379,11 @@ def publisher(cfg: dict[str, Any]) -> dict[str, Any]:
                 tried += 1
                 continue
             tried = used = 0
+            if d.dup_due:   # the duplicate of the last message goes out before anything newer
+                c.out += d.duplicate()
+                d.dup_due = False
+                used += 1
+                dup_sent += 1
             if stage == 1:
                 while used < room and d.final < 2:
                     d.final += 1
@@ -327,18 +393,23 @@ def publisher(cfg: dict[str, Any]) -> dict[str, Any]:
                     d.done = True
                     finished += 1
             else:
-                k = min(room, burst, allowed)
+                k = min(room - used, burst, allowed)
                 if messages:
                     k = min(k, messages - d.seq)
-                for _ in range(k):
+                for j in range(k):
                     c.out += d.packet(now_ms)
                     used += 1
-                    if dup_every and d.seq % dup_every == 0 and used < room:
-                        c.out += d.duplicate()
-                        used += 1
-                        dup_sent += 1
+                    if dup_every and (d.seq + d.dup_offset) % dup_every == 0:
+                        if used < room:
+                            c.out += d.duplicate()
+                            used += 1
+                            dup_sent += 1
+                        else:   # no room in the window: first thing next time (an outbox replay)
+                            d.dup_due = True
+                            k = j + 1
+                            break
                 allowed -= k
-                if messages and d.seq >= messages:
+                if messages and d.seq >= messages and not d.dup_due:
                     d.done = True
                     finished += 1
             c.inflight += used
@@ -382,6 +453,7 @@ def publisher(cfg: dict[str, Any]) -> dict[str, Any]:
                     raise RuntimeError(f"the broker disconnected a device: {body!r}")
         loops += 1
     t_end = time.monotonic()
+    cpu_end = time.process_time()
     for c in conns:
         try:
             c.sock.setblocking(True)
@@ -395,6 +467,7 @@ def publisher(cfg: dict[str, Any]) -> dict[str, Any]:
         "progress": sum(d.progress for d in devices), "acked": sum(c.acked for c in conns),
         "puback_errors": sum(c.errors for c in conns), "connect_s": connect_s,
         "t_start": t0_wall, "publish_s": t_end - t0, "t_end": t0_wall + (t_end - t0), "loops": loops,
+        "cpu_s": cpu_end - cpu_go,
         "last_seq": {d.name: [d.boot, d.seq, d.progress] for d in devices},
     }
 
@@ -493,10 +566,27 @@ from proc_launcher import LAUNCHER  # noqa: E402  (bench/ is sys.path[0] when ru
 
 from ftedge.fleet.local_broker import LocalBroker, free_port  # noqa: E402
 
+SHARE_GROUP = "bench"
+
+
+def raise_nofile() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: a socket per simulated device (the publisher) and per client (the
+    broker, which inherits the bench's limit). 10,000 devices need more than the usual soft 1,024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+
 
 class Mosquitto(LocalBroker):
     """ftedge's local broker with the benchmark's configuration: no per-client queue limit (a collector that
-    falls behind loses nothing at the broker) and no per-PUBLISH logging; started at construction."""
+    falls behind loses nothing at the broker), no connection limit, no per-PUBLISH logging; started at
+    construction (it inherits the bench's raised RLIMIT_NOFILE: one descriptor per simulated device)."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
@@ -504,20 +594,33 @@ class Mosquitto(LocalBroker):
 
     def config_lines(self) -> list[str]:
         return [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence false",
-                "max_queued_messages 0", f"log_dest file {self.root}/mosquitto.log", "log_type error",
-                "log_type warning", "log_type notice", "log_type subscribe", "connection_messages false"]
+                "max_queued_messages 0", "max_connections -1", f"log_dest file {self.root}/mosquitto.log",
+                "log_type error", "log_type warning", "log_type notice", "log_type subscribe",
+                "connection_messages false"]
 
 
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of a process (all threads), seconds."""
+def proc_cpu_s(pid: int, reaped: bool = False) -> float:
+    """utime + stime of a process (all threads), seconds; ``reaped``: plus its waited-for children's."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / TICK
+
+
+def host_busy_s() -> float:
+    """CPU seconds the whole host spent busy so far (all CPUs; /proc/stat: everything but idle and iowait)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(f[:8]) - f[3] - f[4]) / TICK
 
 
 def proc_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return float("nan")
 
 
@@ -528,19 +631,84 @@ def children(pid: int) -> list[int]:
         return []
 
 
-class CollectorProc:
-    """``ftedge fleet serve`` under the rusage launcher (or the bench's own profiled collector)."""
+class PgCpu:
+    """CPU seconds of a PostgreSQL server so far: the postmaster with its reaped children (cutime + cstime: a
+    backend that exited) plus every live child (backends, checkpointer, walwriter, autovacuum, …), less the
+    backends in ``exclude`` (the bench's own poller)."""
 
-    def __init__(self, broker: Mosquitto, db: Path, http_port: int, client_id: str, log: Path,
-                 child: dict[str, Any] | None = None) -> None:
-        self.db, self.client_id, self.rec, self.http_port = db, client_id, db.with_suffix(".rusage.json"), http_port
+    def __init__(self, data_dir: Path, exclude: set[int] | None = None) -> None:
+        self.pid = int((Path(data_dir) / "postmaster.pid").read_text().split()[0])
+        self.exclude = exclude or set()
+
+    def __call__(self) -> float:
+        total = proc_cpu_s(self.pid, reaped=True)
+        for pid in children(self.pid):
+            if pid in self.exclude:
+                continue
+            try:
+                total += proc_cpu_s(pid)
+            except (OSError, IndexError, ValueError):
+                pass   # gone meanwhile: counted in the postmaster's cutime from the next sample on
+        return total
+
+    def processes(self) -> int:
+        return 1 + len(children(self.pid))
+
+
+def is_pg(target: str | Path) -> bool:
+    return str(target).startswith(("postgresql://", "postgres://"))
+
+
+def open_db(target: str | Path) -> Any:
+    """A read connection to the collector's database: SQLite (read-only) or PostgreSQL (autocommit)."""
+    if is_pg(target):
+        import psycopg
+
+        return psycopg.connect(str(target), autocommit=True, connect_timeout=10)
+    return sqlite3.connect(f"file:{target}?mode=ro", uri=True, timeout=5)
+
+
+def committed(db: Any) -> int:
+    """Unique messages committed: ``messages_total`` summed over the collectors' shards (an older schema's single
+    row sums the same)."""
+    try:
+        row = db.execute("SELECT COALESCE(SUM(value), 0) FROM counters WHERE name = 'messages_total'").fetchone()
+    except Exception:  # noqa: BLE001 - not created yet / a transient error: poll again
+        return 0
+    return int(row[0]) if row else 0
+
+
+def lock_waiters(db: Any) -> int:
+    """PostgreSQL backends of this database waiting on a lock (a row lock of another collector's transaction)."""
+    try:
+        return int(db.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                              "AND datname = current_database()").fetchone()[0])
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+class CollectorProc:
+    """``ftedge fleet serve`` under the rusage launcher (or the bench's own profiled collector). ``db``: a SQLite
+    path or a PostgreSQL URL; ``share``: the MQTT share group (several collectors on one PostgreSQL database).
+    The constructor starts it; :meth:`wait_ready` waits for its SUBSCRIBE in the broker's log."""
+
+    def __init__(self, broker: Mosquitto, db: str | Path, http_port: int, client_id: str, log: Path,
+                 child: dict[str, Any] | None = None, share: str | None = None, wait: bool = True) -> None:
+        self.db, self.client_id, self.http_port, self.broker = str(db), client_id, http_port, broker
+        self.rec, self.log_path = log.with_name(f"{client_id}.rusage.json"), log
+        log.parent.mkdir(parents=True, exist_ok=True)
         if child is None:
             cmd = [str(FTEDGE), "fleet", "serve", "--broker", f"mqtt://127.0.0.1:{broker.port}",
-                   "--http", f"127.0.0.1:{http_port}", "--db", str(db), "--client-id", client_id]
+                   "--http", f"127.0.0.1:{http_port}", "--db", self.db, "--client-id", client_id]
+            if share:
+                cmd += ["--share-group", share]
         else:
+            if share:
+                raise ValueError("the bench's own collector child does not join share groups")
             self.http_port = 0
             cmd = [str(HOST_PY), str(THIS), "--child-collector", json.dumps(
-                {**child, "port": broker.port, "db": str(db), "client_id": client_id})]
+                {**child, "port": broker.port, "db": self.db, "client_id": client_id})]
+        self.sub_line = f" {client_id} 1 {'$share/' + share + '/' if share else ''}ftedge/v1/+/+/#"
         self._log = open(log, "ab")
         self.launcher = subprocess.Popen([str(HOST_PY), "-I", "-S", "-c", LAUNCHER, str(self.rec), *cmd],
                                          stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -553,14 +721,20 @@ class CollectorProc:
         if not self.pid:
             raise RuntimeError("the collector process did not start")
         self.t_spawn = time.time()
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = self.t_spawn + timeout
         while time.time() < deadline:   # subscribed: the broker logged its SUBSCRIBE
-            if f"{client_id} 1 ftedge/v1/+/+/#" in broker.log():
+            if any(ln.endswith(self.sub_line) for ln in self.broker.log().splitlines()):
                 break
             if self.launcher.poll() is not None:
-                raise RuntimeError(f"the collector exited:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(f"the collector exited:\n{self.log_path.read_text()[-3000:]}")
             time.sleep(0.05)
         else:
-            raise RuntimeError(f"the collector did not subscribe within 20 s:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"the collector did not subscribe within {timeout:g} s:\n"
+                               f"{self.log_path.read_text()[-3000:]}")
         self.t_ready = time.time()
 
     def stop(self) -> dict[str, Any]:
@@ -577,40 +751,85 @@ class CollectorProc:
         self._log.close()
         return json.loads(self.rec.read_text()) if self.rec.exists() else {}
 
+    def log_problems(self) -> list[str]:
+        """Warnings/errors of the collector's log (deadlock retries, store outages, batches stored one by one)."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        keys = ("WARNING", "ERROR", "Traceback", "deadlock", "retr", "serializ")
+        return [ln for ln in text.splitlines() if any(k in ln for k in keys)]
 
-def committed(db: sqlite3.Connection) -> int:
+
+def pg_database(pg: Any, name: str) -> str:
+    """A fresh database on the bench's PostgreSQL server; its URL."""
+    db = "bench_" + "".join(ch if ch.isalnum() else "_" for ch in name.lower())
+    pg.sql(f"DROP DATABASE IF EXISTS {db}")
+    pg.sql(f"CREATE DATABASE {db}")
+    return pg.url.rsplit("/", 1)[0] + "/" + db
+
+
+def pg_drop(pg: Any, url: str) -> None:
     try:
-        row = db.execute("SELECT value FROM counters WHERE name = 'messages_total'").fetchone()
-    except sqlite3.Error:
-        return 0
-    return int(row[0]) if row else 0
+        pg.sql(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
+    except subprocess.CalledProcessError:
+        pass
 
 
-def run_phase(name: str, tmp: Path, pub_cfg: dict[str, Any], rss_every: float = 10.0, timeout: float = 120.0,
+def run_phase(name: str, tmp: Path, pub_cfg: dict[str, Any], rss_every: float = 10.0, timeout: float = 300.0,
               child: dict[str, Any] | None = None, keep_db: bool = False,
-              during: tuple[float, Any] | None = None) -> dict[str, Any]:
-    """One broker, one collector, one publisher; returns the timeline, rates, CPU, RSS and the verification.
-    ``during=(seconds, fn)``: call ``fn(collector)`` in a thread that many seconds after the publisher started."""
+              during: tuple[float, Any] | None = None, store: str = "sqlite", collectors: int = 1,
+              pg: Any = None) -> dict[str, Any]:
+    """One broker, ``collectors`` collectors on one database (``store`` sqlite: one collector, a fresh file;
+    postgresql: a fresh database on ``pg``, the collectors in share group ``bench``), one publisher; returns the
+    timeline, rates, CPU (collectors, PostgreSQL, broker, publisher), RSS and the verification.
+    ``during=(seconds, fn)``: call ``fn(first collector)`` in a thread that many seconds after the publisher
+    started."""
     import threading
 
     root = tmp / name
     broker = Mosquitto(root / "broker")
-    db_path = root / "fleet.sqlite"
-    coll = CollectorProc(broker, db_path, free_port(), f"bench-collector-{name}", root / "collector.log", child)
+    if store == "postgresql":
+        target: str = pg_database(pg, name)
+        share: str | None = SHARE_GROUP
+        ids = [f"bench-{name}-c{i + 1}" for i in range(collectors)]
+    else:
+        if collectors != 1:
+            raise ValueError("the SQLite store has one collector")
+        target, share, ids = str(root / "fleet.sqlite"), None, [f"bench-collector-{name}"]
+    colls: list[CollectorProc] = []
     pub = None
     during_out: dict[str, Any] = {}
+    pg_stats: dict[str, Any] = {}
+    server_log = Path(pg.root) / "server.log" if store == "postgresql" else None
+    log_from = server_log.stat().st_size if server_log and server_log.exists() else 0
     try:
-        mosq_pid, coll_pid = broker.proc.pid, coll.pid
+        for cid in ids:   # started together (an ftedge process takes ~1 s to import), then waited for
+            colls.append(CollectorProc(broker, target, free_port(), cid, root / f"{cid}.log", child, share,
+                                       wait=False))
+        for c in colls:
+            c.wait_ready()
+        mosq_pid, coll_pids = broker.proc.pid, [c.pid for c in colls]
         cfg = {**pub_cfg, "port": broker.port, "wait_go": True}
         pub = subprocess.Popen([str(HOST_PY), str(THIS), "--publisher", json.dumps(cfg)], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=open(root / "publisher.log", "wb"), text=True, cwd=ROOT)
         hello = json.loads(pub.stdout.readline() or "{}")
         if hello.get("event") != "connected":
             raise RuntimeError(f"publisher failed:\n{(root / 'publisher.log').read_text()[-3000:]}")
-        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
-        samples: list[tuple[float, int, float, float, float]] = []   # t, committed, collector/mosq/pub CPU
-        rss: list[tuple[float, float]] = []
-        cpu0 = (proc_cpu_s(coll_pid), proc_cpu_s(mosq_pid), proc_cpu_s(pub.pid))
+        pub_out: list[str] = []   # its summary (per-device last seqs: more than a pipe holds at 10,000 devices)
+        reader = threading.Thread(target=lambda: pub_out.append(pub.stdout.read()), daemon=True)
+        reader.start()
+        db = open_db(target)
+        if store == "postgresql":
+            poller = int(db.execute("SELECT pg_backend_pid()").fetchone()[0])
+            pg_cpu = PgCpu(pg.data, exclude={poller})
+            pg_stats["processes_at_start"] = pg_cpu.processes()
+        else:
+            pg_cpu = None
+        # t, committed, collectors/mosquitto/publisher CPU, PostgreSQL CPU, backends waiting on a lock, host busy
+        samples: list[tuple[float, int, float, float, float, float, int, float]] = []
+        rss: list[tuple[float, list[float]]] = []
+
+        def coll_cpu() -> float:
+            return sum(proc_cpu_s(p) for p in coll_pids)
+        cpu0 = (coll_cpu(), proc_cpu_s(mosq_pid), proc_cpu_s(pub.pid), pg_cpu() if pg_cpu else 0.0)
         pub.stdin.write("go\n")
         pub.stdin.flush()
         t_go = time.time()
@@ -618,7 +837,7 @@ def run_phase(name: str, tmp: Path, pub_cfg: dict[str, Any], rss_every: float = 
             def _during() -> None:
                 time.sleep(during[0])
                 try:
-                    during_out.update(during[1](coll))
+                    during_out.update(during[1](colls[0]))
                 except Exception as exc:  # noqa: BLE001 - reported, the phase goes on
                     during_out["error"] = f"{type(exc).__name__}: {exc}"
             threading.Thread(target=_during, daemon=True).start()
@@ -628,13 +847,15 @@ def run_phase(name: str, tmp: Path, pub_cfg: dict[str, Any], rss_every: float = 
         while True:
             t = time.time()
             n = committed(db)
-            samples.append((t, n, proc_cpu_s(coll_pid), proc_cpu_s(mosq_pid),
-                            proc_cpu_s(pub.pid) if pub.poll() is None else float("nan")))
+            samples.append((t, n, coll_cpu(), proc_cpu_s(mosq_pid),
+                            proc_cpu_s(pub.pid) if pub.poll() is None else float("nan"),
+                            pg_cpu() if pg_cpu else 0.0, lock_waiters(db) if pg_cpu else 0, host_busy_s()))
             if t >= next_rss:
-                rss.append((t, proc_rss_mib(coll_pid)))
+                rss.append((t, [proc_rss_mib(p) for p in coll_pids]))
                 next_rss += rss_every
             if summary is None and pub.poll() is not None:
-                out = pub.stdout.read().strip().splitlines()
+                reader.join(30)
+                out = "".join(pub_out).strip().splitlines()
                 if pub.returncode != 0 or not out:
                     raise RuntimeError(f"publisher exited {pub.returncode}:\n"
                                        f"{(root / 'publisher.log').read_text()[-3000:]}")
@@ -647,82 +868,173 @@ def run_phase(name: str, tmp: Path, pub_cfg: dict[str, Any], rss_every: float = 
             if t - t_go > timeout + (pub_cfg.get("seconds") or 0) * 2 + 600 and summary is None:
                 raise RuntimeError("the publisher did not finish")
             time.sleep(0.05)
-        rss.append((time.time(), proc_rss_mib(coll_pid)))
+        rss.append((time.time(), [proc_rss_mib(p) for p in coll_pids]))
         db.close()
         broker_log_errors = [ln for ln in broker.log().splitlines() if "rror" in ln or "arning" in ln]
+        if pg_cpu:
+            pg_stats["processes_at_end"] = pg_cpu.processes()
     finally:
         if pub is not None and pub.poll() is None:
             pub.kill()
-        rusage = coll.stop()
+        rusages = [c.stop() for c in colls]
         broker.stop()
+    coll_log_problems = {c.client_id: c.log_problems() for c in colls}
     first = next((i for i, s in enumerate(samples) if s[1] > 0), None)
     last = next((i for i, s in enumerate(samples) if s[1] >= summary["unique"]), len(samples) - 1)
     if first is None:
         raise RuntimeError("nothing was committed")
-    ta, na, ca, ma, _ = samples[first]
-    tb, nb, cb, mb, _ = samples[last]
+    ta, na, ca, ma, _, ga, _, ha = samples[first]
+    tb, nb, cb, mb, _, gb, _, hb = samples[last]
+    win = tb - ta
     pub_cpu = [s for s in samples if s[4] == s[4]]
-    # split at the publisher's end: all three processes compete for the CPUs before, the collector is alone after
+    # split at the publisher's end: all processes compete for the CPUs before, the collectors are alone after
     mid = next((i for i, s in enumerate(samples) if s[0] >= summary["t_end"]), last)
     mid = min(max(mid, first), last)
-    tm, nm, cm, _, _ = samples[mid]
+    tm, nm, cm, _, _, gm, _, _ = samples[mid]
     split = {
         "while_publishing": {"s": tm - ta, "rate": (nm - na) / (tm - ta) if tm > ta else None,
-                             "collector_cores": (cm - ca) / (tm - ta) if tm > ta else None},
+                             "collector_cores": (cm - ca) / (tm - ta) if tm > ta else None,
+                             "pg_cores": (gm - ga) / (tm - ta) if tm > ta and pg_cpu else None},
         "after_publishing": {"s": tb - tm, "rate": (nb - nm) / (tb - tm) if tb > tm else None,
-                             "collector_cores": (cb - cm) / (tb - tm) if tb > tm else None},
+                             "collector_cores": (cb - cm) / (tb - tm) if tb > tm else None,
+                             "pg_cores": (gb - gm) / (tb - tm) if tb > tm and pg_cpu else None},
     }
+    window = samples[first:last + 1]
+    publisher_cpu = summary.get("cpu_s", (pub_cpu[-1][4] - cpu0[2]) if pub_cpu else float("nan"))
+    msgs = max(1, nb - na)
+    nan = float("nan")
     res = {
-        "name": name, "publisher": {k: v for k, v in summary.items() if k != "last_seq"},
+        "name": name, "store": store, "collectors": len(colls), "devices": summary["devices"],
+        "publisher": {k: v for k, v in summary.items() if k != "last_seq"},
         "committed": nb, "complete": nb >= summary["unique"],
         "first_commit_after_go_s": ta - t_go, "last_commit_after_publish_end_s": tb - summary["t_end"],
-        "window_s": tb - ta, "rate": (nb - na) / (tb - ta) if tb > ta else float("nan"),
-        "collector_cpu_s": cb - ca, "collector_cores": (cb - ca) / (tb - ta) if tb > ta else float("nan"),
-        "mosquitto_cores": (mb - ma) / (tb - ta) if tb > ta else float("nan"),
-        "publisher_cpu_s": (pub_cpu[-1][4] - cpu0[2]) if pub_cpu else float("nan"),
+        "window_s": win, "rate": (nb - na) / win if win > 0 else nan,
+        "collector_cpu_s": cb - ca, "collector_cores": (cb - ca) / win if win > 0 else nan,
+        "collector_us_per_msg": 1e6 * (cb - ca) / msgs,
+        "pg_cpu_s": (gb - ga) if pg_cpu else None, "pg_cores": (gb - ga) / win if pg_cpu and win > 0 else None,
+        "pg_us_per_msg": 1e6 * (gb - ga) / msgs if pg_cpu else None,
+        "mosquitto_cpu_s": mb - ma, "mosquitto_cores": (mb - ma) / win if win > 0 else nan,
+        "publisher_cpu_s": publisher_cpu, "publisher_cores": publisher_cpu / win if win > 0 else nan,
+        "host_busy_cores": (hb - ha) / win if win > 0 else nan,
         "collector_cpu_total_s": samples[-1][2] - cpu0[0],
         "split": split, "during": during_out, "t_go": t_go,
-        "rss_mib": [(round(t - t_go, 1), round(v, 1)) for t, v in rss], "rusage": rusage,
+        "rss_mib": [(round(t - t_go, 1), round(v[0], 1)) for t, v in rss],
+        "rss_mib_per_collector": {cid: [(round(t - t_go, 1), round(v[i], 1)) for t, v in rss]
+                                  for i, cid in enumerate(ids)},
+        "rusage": rusages[0] if rusages else {}, "rusages": dict(zip(ids, rusages)),
+        "peak_rss_mib": [round(r.get("maxrss_kib", 0) / 1024, 1) for r in rusages],
         "broker_log_problems": broker_log_errors[:5],
+        "collector_log_problems": {k: v[:5] for k, v in coll_log_problems.items() if v},
+        "collector_log_problem_lines": sum(len(v) for v in coll_log_problems.values()),
         "timeline": [(round(s[0] - t_go, 3), s[1], round(s[2] - cpu0[0], 2), round(s[3] - cpu0[1], 2),
-                      round(s[4] - cpu0[2], 2)) for s in samples[:: max(1, len(samples) // 400)]],
+                      round(s[4] - cpu0[2], 2), round(s[5] - cpu0[3], 2), s[6])
+                     for s in samples[:: max(1, len(samples) // 400)]],
     }
-    res["verify"] = verify(db_path, summary)
-    if not keep_db:
+    if pg_cpu:
+        waits = [s[6] for s in window]
+        pg_stats.update({"lock_wait_polls": len(waits), "polls_with_lock_waiters": sum(1 for w in waits if w),
+                         "mean_lock_waiters": sum(waits) / max(1, len(waits)), "max_lock_waiters": max(waits or [0])})
+        pg_stats.update(pg_database_stats(target))
+        if server_log and server_log.exists():   # the server's errors meanwhile: a deadlock report names both sides
+            with open(server_log, errors="replace") as f:
+                f.seek(log_from)
+                lines = [ln.rstrip() for ln in f if ln.strip()]
+            pg_stats["server_log_errors"] = sum(1 for ln in lines if "ERROR:" in ln)
+            pg_stats["server_log"] = lines[:40]
+        res["pg"] = pg_stats
+    res["verify"] = verify(target, summary)
+    if store == "postgresql":
+        if keep_db:
+            res["db"] = target
+        else:
+            pg_drop(pg, target)
+    elif not keep_db:
         for p in root.glob("fleet.sqlite*"):
             p.unlink()
     else:
-        res["db"] = str(db_path)
+        res["db"] = target
     return res
 
 
-def verify(db_path: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    """Every (dev, boot, seq) stored exactly once, zero gaps (see the module docstring)."""
-    db = sqlite3.connect(db_path)
-    boots = {(d, b): (c, m) for d, b, c, m in db.execute("SELECT device, boot, contiguous, max_seq FROM boots")}
-    progress = dict(db.execute("SELECT device, COUNT(*) FROM progress GROUP BY device"))
-    c = dict(db.execute("SELECT name, value FROM counters"))
-    seen_rows = db.execute("SELECT COUNT(*) FROM seen").fetchone()[0]
-    gap_rows = db.execute("SELECT COUNT(*) FROM gaps").fetchone()[0]
-    n_devices = db.execute("SELECT COUNT(*) FROM devices").fetchone()[0]
-    results = db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
-    db.close()
+def pg_database_stats(url: str) -> dict[str, Any]:
+    """pg_stat_database of the phase's database (transactions, rollbacks: deadlock/serialization retries among
+    them, deadlocks) and its size; read after the collectors exited (a backend flushes its statistics then)."""
+    try:
+        db = open_db(url)
+        try:
+            time.sleep(0.6)   # the statistics collector's flush interval (PostgreSQL ≥ 15: at most 1 s)
+            row = db.execute("SELECT xact_commit, xact_rollback, deadlocks, conflicts, tup_inserted, tup_updated, "
+                             "tup_deleted, blks_read, blks_hit, pg_database_size(current_database()) "
+                             "FROM pg_stat_database WHERE datname = current_database()").fetchone()
+        finally:
+            db.close()
+    except Exception as exc:  # noqa: BLE001 - reported
+        return {"stats_error": f"{type(exc).__name__}: {exc}"}
+    keys = ("xact_commit", "xact_rollback", "deadlocks", "conflicts", "tup_inserted", "tup_updated", "tup_deleted",
+            "blks_read", "blks_hit", "db_bytes")
+    return {k: int(v) for k, v in zip(keys, row)}
+
+
+def verify(target: str | Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Every (dev, boot, seq) stored exactly once, zero gaps (see the module docstring). ``lost``: messages
+    published (and acknowledged by the broker) but not recorded — seqs a device's boot row has not reached
+    (``max(0, last − contiguous)`` less the ``seen`` rows beyond contiguous) plus seqs written off as counted holes
+    and never filled; ``double_counted``: ``messages_total`` beyond the unique messages recorded."""
+    db = open_db(target)
+    try:
+        q = db.execute
+        boots = {(d, b): (int(c), int(m)) for d, b, c, m in q("SELECT device, boot, contiguous, max_seq FROM boots")}
+        progress = {d: int(n) for d, n in q("SELECT device, COUNT(*) FROM progress GROUP BY device")}
+        c = {k: int(v) for k, v in q("SELECT name, SUM(value) FROM counters GROUP BY name")}
+        seen = q("SELECT device, boot, seq FROM seen").fetchall()
+        gap_rows = int(q("SELECT COUNT(*) FROM gaps").fetchone()[0])
+        unfilled = int(q("SELECT COALESCE(SUM(missing_to - missing_from + 1 - filled), 0) FROM gaps").fetchone()[0])
+        n_devices = int(q("SELECT COUNT(*) FROM devices").fetchone()[0])
+        results = int(q("SELECT COUNT(*) FROM results").fetchone()[0])
+        try:
+            per_instance = {}
+            for inst, name, v in q("SELECT instance, name, value FROM counters WHERE value <> 0"):
+                per_instance.setdefault(inst, {})[name] = int(v)
+        except Exception:  # noqa: BLE001 - an older schema (the "before" phase): one row per counter
+            if not is_pg(target):
+                db.rollback()
+            per_instance = {}
+    finally:
+        db.close()
+    beyond: dict[tuple[str, str], int] = {}
+    for d, b, s in seen:
+        cont = boots.get((d, b), (0, 0))[0]
+        if int(s) > cont:
+            beyond[(d, b)] = beyond.get((d, b), 0) + 1
     bad = []
+    lost = 0
     for dev, (boot, last, nprog) in summary["last_seq"].items():
-        if boots.get((dev, boot)) != (last, last):
-            bad.append(f"{dev}: contiguous/max_seq {boots.get((dev, boot))} != {last}")
+        got = boots.get((dev, boot))
+        if got != (last, last):
+            bad.append(f"{dev}: contiguous/max_seq {got} != {last}")
+        cont = got[0] if got else 0
+        lost += max(0, last - cont - beyond.get((dev, boot), 0))
         if progress.get(dev, 0) != nprog:
             bad.append(f"{dev}: {progress.get(dev, 0)} progress rows != {nprog} published")
+    lost += unfilled
+    recorded = summary["unique"] - lost
+    double = c.get("messages_total", 0) - recorded
     expect = {"messages_total": summary["unique"], "duplicates_total": summary["duplicates"],
               "seq_gaps_total": 0, "malformed_total": 0}
     for k, v in expect.items():
-        if c.get(k) != v:
-            bad.append(f"{k} = {c.get(k)}, expected {v}")
-    if seen_rows or gap_rows:
-        bad.append(f"{seen_rows} seen rows, {gap_rows} gap rows left")
+        if c.get(k, 0) != v:
+            bad.append(f"{k} = {c.get(k, 0)}, expected {v}")
+    if seen:
+        bad.append(f"{len(seen)} seen rows left ({sum(beyond.values())} beyond contiguous)")
+    if gap_rows:
+        bad.append(f"{gap_rows} gap rows ({unfilled} seqs never filled)")
     if n_devices != summary["devices"] or results != summary["devices"]:
         bad.append(f"{n_devices} devices / {results} results, expected {summary['devices']}")
-    return {"ok": not bad, "problems": bad[:10], "n_problems": len(bad), "counters": c, "devices": n_devices}
+    return {"ok": not bad, "problems": bad[:10], "n_problems": len(bad), "counters": c, "devices": n_devices,
+            "lost": lost, "double_counted": max(0, double), "undercounted": max(0, -double),
+            "redeliveries": c.get("duplicates_total", 0) - summary["duplicates"],
+            "progress_rows": sum(progress.values()), "progress_published": summary["progress"],
+            "per_instance": per_instance}
 
 
 # == dashboard first paint ======================================================================================
@@ -773,23 +1085,77 @@ def paint_figures(url: str, runs: int = 5) -> dict[str, Any]:
             "chromium": br.find_chromium()}
 
 
-def first_paint(tmp: Path, db: Path | None, devices: int, runs: int = 5) -> dict[str, Any]:
-    """``ftedge fleet serve`` on the max phase's database (1,000 devices with jobs, curves and results)."""
-    if db is None or not db.exists():
+def first_paint(tmp: Path, db: str | Path | None, devices: int, runs: int = 5, api_walk_limit: int = 0,
+                name: str = "paint") -> dict[str, Any]:
+    """An idle ``ftedge fleet serve`` (fresh broker) on a max phase's database: SQLite (its file) or PostgreSQL
+    (its URL; the collector joins share group ``bench``); the dashboard's first paint and, with
+    ``api_walk_limit``, the walk over ``/api/devices`` page by page."""
+    if db is None or (not is_pg(db) and not Path(db).exists()):
         return {"skipped": "needs the max phase's database"}
-    root = tmp / "paint"
+    root = tmp / name
     broker = Mosquitto(root / "broker")
     port = free_port()
-    coll = CollectorProc(broker, db, port, "bench-collector-paint", root / "collector.log")
+    coll = CollectorProc(broker, db, port, f"bench-collector-{name}", root / "collector.log",
+                         share=SHARE_GROUP if is_pg(db) else None)
     try:
-        n = sqlite3.connect(f"file:{db}?mode=ro", uri=True).execute("SELECT COUNT(*) FROM devices").fetchone()[0]
+        conn = open_db(db)
+        try:
+            n = int(conn.execute("SELECT COUNT(*) FROM devices").fetchone()[0])
+        finally:
+            conn.close()
         out = paint_figures(f"http://127.0.0.1:{port}/", runs)
         out["devices_in_db"] = n
+        out["store"] = "postgresql" if is_pg(db) else "sqlite"
+        if api_walk_limit:
+            out["api_walk"] = walk_devices_api(f"http://127.0.0.1:{port}", api_walk_limit, n)
         out["rss_mib_after"] = proc_rss_mib(coll.pid)
     finally:
         coll.stop()
         broker.stop()
     return out
+
+
+def walk_devices_api(base: str, limit: int, expect: int) -> dict[str, Any]:
+    """GET /api/devices?limit=N, then each ``Link: <…>; rel="next"`` until none: pages, time, and whether every
+    device came exactly once, in (fleet, device) order, as many as ``X-Total-Count`` says."""
+    import re
+    import urllib.request
+
+    url: str | None = f"{base}/api/devices?limit={limit}"
+    seen: set[tuple[str, str]] = set()
+    dupes = pages = 0
+    ordered, totals, page_ms, sizes = True, set(), [], []
+    prev: tuple[str, str] | None = None
+    t0 = time.perf_counter()
+    while url:
+        t = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=60) as r:
+            body = r.read()
+            total, link = r.headers.get("X-Total-Count"), r.headers.get("Link")
+        rows = json.loads(body)
+        page_ms.append((time.perf_counter() - t) * 1000)
+        sizes.append(len(body))
+        pages += 1
+        totals.add(total)
+        for row in rows:
+            key = (row["fleet"], row["device"])
+            if key in seen:
+                dupes += 1
+            seen.add(key)
+            if prev is not None and key <= prev:
+                ordered = False
+            prev = key
+        m = re.search(r'<([^>]+)>;\s*rel="next"', link or "")
+        url = base + m.group(1) if m else None
+        if pages > 10 * (expect // max(1, limit) + 2):
+            raise RuntimeError("/api/devices: too many pages (a Link loop?)")
+    total_s = time.perf_counter() - t0
+    srt = sorted(page_ms)
+    return {"limit": limit, "pages": pages, "devices": len(seen), "duplicates": dupes, "ordered": ordered,
+            "x_total_count": sorted(totals), "walk_ms": total_s * 1000, "first_page_ms": page_ms[0],
+            "page_ms_median": srt[len(srt) // 2], "page_ms_max": srt[-1],
+            "page_bytes_median": sorted(sizes)[len(sizes) // 2],
+            "ok": len(seen) == expect and not dupes and ordered and totals == {str(expect)}}
 
 
 def paint_during(runs: int = 5) -> Any:
@@ -811,6 +1177,251 @@ def export_revision(ref: str, tmp: Path) -> Path:
                               text=True, check=True).stdout
         (d / name).write_text(text)
     return d
+
+
+# == --store postgresql: PostgreSQL collectors (1, 2, 3, …) against the SQLite single collector ====================
+
+def run_store_comparison(args: argparse.Namespace, tmp: Path, out: dict[str, Any], phases: list[str]) -> None:
+    """Per device count: the SQLite single-collector max phase, then one PostgreSQL max phase per collector count
+    (fresh broker and database each, same publisher configuration); then ``paint`` (an idle collector on the
+    largest PostgreSQL phase's database) and the ``soak`` (max collectors, the largest device count)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from postgres import PostgresServer   # tests/postgres.py: a throwaway cluster on a free loopback port
+
+    runs: list[dict[str, Any]] = out.setdefault("runs", [])
+    top_dev, top_n = max(args.device_list), max(args.collector_list)
+    # under the bench's temporary directory: --keep keeps its server.log (deadlock reports) with the rest
+    with PostgresServer(root=tmp / "postgres", max_connections=200, durable=args.pg_durable) as pg:
+        out["postgres"] = {"version": pg.sql("SHOW server_version"), "root": str(pg.root),
+                           "settings": {k: pg.sql(f"SHOW {k}") for k in (
+                               "shared_buffers", "fsync", "synchronous_commit", "full_page_writes",
+                               "max_connections", "deadlock_timeout")}}
+        kept = None
+        for devices in args.device_list:
+            cfg = {"devices": devices, "connections": args.connections, "dup_every": args.dup_every,
+                   "messages": max(4, args.total_messages // devices - 2)}
+            if "max" not in phases:
+                break
+            r = run_phase(f"max-sqlite-d{devices}", tmp, cfg)
+            r["phase"] = "max"
+            runs.append(r)
+            print_progress(r["name"], r)
+            for n in args.collector_list:
+                keep = devices == top_dev and n == top_n and "paint" in phases
+                r = run_phase(f"max-pg{n}-d{devices}", tmp, cfg, store="postgresql", collectors=n, pg=pg,
+                              keep_db=keep)
+                r["phase"] = "max"
+                runs.append(r)
+                print_progress(r["name"], r)
+                if keep:
+                    kept = r["db"]
+        if "paint" in phases:
+            out["paint"] = first_paint(tmp, kept, top_dev, api_walk_limit=500, name="paint-pg")
+            out["paint"]["phase_db"] = f"max-pg{top_n}-d{top_dev}"
+            print_progress("paint", out["paint"])
+        if kept:
+            pg_drop(pg, kept)
+        if "soak" in phases and args.soak_seconds > 0:
+            cfg = {"devices": top_dev, "connections": args.connections, "dup_every": args.dup_every,
+                   "rate": args.soak_rate, "seconds": args.soak_seconds}
+            r = run_phase(f"soak-pg{top_n}-d{top_dev}", tmp, cfg, store="postgresql", collectors=top_n, pg=pg)
+            r["phase"] = "soak"
+            r["memory"] = soak_memory(r, args.soak_seconds)
+            out["soak"] = r
+            print_progress(r["name"], r)
+
+
+def slope_mib_per_min(series: list[tuple[float, float]], t_from: float) -> float | None:
+    """Least-squares slope of (s, MiB) samples from ``t_from`` on, in MiB per minute."""
+    pts = [(t, v) for t, v in series if t >= t_from and v == v]
+    if len(pts) < 2:
+        return None
+    mt, mv = sum(t for t, _ in pts) / len(pts), sum(v for _, v in pts) / len(pts)
+    var = sum((t - mt) ** 2 for t, _ in pts)
+    return 60 * sum((t - mt) * (v - mv) for t, v in pts) / var if var else None
+
+
+def soak_memory(sk: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """Per collector, over the paced load (the samples up to the generator's last paced message): VmRSS start
+    (first sample), at the end of the warm-up (``min(60 s, half the soak)``), end, max and the least-squares slope
+    after the warm-up, and whether it is flat (end ≤ warm × 1.1 + 5 MiB). Reported apart: the sample after the
+    generator's final burst (every device's result and last job at once: 2 × devices messages as fast as the
+    windows allow), which is a load spike, not growth."""
+    warm_t = min(60.0, seconds / 2)
+    paced_end = seconds + 0.5
+    per = {}
+    for cid, series in sk["rss_mib_per_collector"].items():
+        vals = [(t, v) for t, v in series if v == v and t <= paced_end]
+        if not vals:
+            continue
+        warm = next((v for t, v in vals if t >= warm_t), vals[-1][1])
+        per[cid] = {"start": vals[0][1], "warm": warm, "end": vals[-1][1], "max": max(v for _, v in vals),
+                    "slope_mib_per_min": slope_mib_per_min(vals, warm_t),
+                    "after_final_burst": series[-1][1], "flat": vals[-1][1] <= warm * 1.1 + 5}
+    return {"warm_s": warm_t, "paced_end_s": paced_end, "collectors": per,
+            "flat": bool(per) and all(x["flat"] for x in per.values())}
+
+
+def report_stores(out: dict[str, Any]) -> str:
+    a, runs, pt, sk = out["args"], out.get("runs", []), out.get("paint"), out.get("soak")
+    pgv = out.get("postgres", {})
+    st = pgv.get("settings", {})
+    lines = [f"#### Fleet collectors: PostgreSQL (1–{max(a['collector_list'])} collectors, one share group) vs the "
+             f"SQLite single collector — loopback, Mosquitto {out.get('mosquitto', '?')}, MQTT v5 QoS 1, "
+             f"PostgreSQL {pgv.get('version', '?')} (fsync {st.get('fsync', '?')}, synchronous_commit "
+             f"{st.get('synchronous_commit', '?')}), {os.cpu_count()} CPUs", ""]
+    base = {r["devices"]: r["rate"] for r in runs if r["store"] == "sqlite"}
+    lines += ["| phase | store | collectors | devices | messages | ingest msg/s | × SQLite 1 | collector µs CPU/msg "
+              "| PostgreSQL µs CPU/msg | cores used: collectors / postgres / broker / publisher "
+              "| peak RSS per collector (MiB) | lost | double counted |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs + ([sk] if sk else []):
+        v, b = r["verify"], base.get(r["devices"])
+        lines.append(
+            f"| {r.get('phase', r['name'])} | {r['store']} | {r['collectors']} | {r['devices']:,} | "
+            f"{r['publisher']['unique']:,} (+{r['publisher']['duplicates']:,} dup) | {_f(r['rate'])} | "
+            f"{_f(r['rate'] / b if b and r.get('phase') == 'max' else None, '.2f')} | "
+            f"{_f(r['collector_us_per_msg'])} | {_f(r['pg_us_per_msg'])} | "
+            f"{_f(r['collector_cores'], '.2f')} / {_f(r['pg_cores'], '.2f')} / {_f(r['mosquitto_cores'], '.2f')} / "
+            f"{_f(r['publisher_cores'], '.2f')} | {', '.join(_f(x) for x in r['peak_rss_mib'])} | "
+            f"{v['lost']:,} | {v['double_counted']:,} |")
+    rows = []
+    allr = runs + ([sk] if sk else [])
+    if allr:
+        clean = all(r["verify"]["lost"] == 0 and r["verify"]["double_counted"] == 0 for r in allr)
+        ok = all(r["verify"]["ok"] for r in allr)
+        failed = "; ".join(p for r in allr for p in r["verify"]["problems"][:2])
+        rows.append(("zero lost and zero double-counted messages, every run",
+                     f"{sum(r['verify']['lost'] for r in allr):,} lost, "
+                     f"{sum(r['verify']['double_counted'] for r in allr):,} double counted over {len(allr)} runs "
+                     f"({sum(r['committed'] for r in allr):,} messages); all checks "
+                     f"{'passed' if ok else 'passed except: ' + failed}",
+                     "0 / 0", _met(clean and ok)))
+    n_max = max(a["collector_list"])
+    for d in a["device_list"]:
+        pg = {r["collectors"]: r for r in runs if r["store"] == "postgresql" and r["devices"] == d}
+        if 1 in pg and n_max in pg and n_max > 1:
+            r1, rn = pg[1]["rate"], pg[n_max]["rate"]
+            rows.append((f"{n_max} collectors on PostgreSQL ingest at least as fast as one, {d:,} devices",
+                         f"{_f(rn)} vs {_f(r1)} msg/s ({rn / r1:.2f}×); "
+                         + ", ".join(f"{k}: {_f(x['rate'])}" for k, x in sorted(pg.items())),
+                         "≥ 1.00×", _met(rn >= r1)))
+    if pt and "fcp_cold_ms" in pt:
+        rows.append((f"dashboard first paint, {pt['devices_in_db']:,} devices on PostgreSQL (idle collector)",
+                     f"{pt['fcp_cold_ms']:.0f} ms cold, {pt['fcp_warm_median_ms']:.0f} ms warm (median), max "
+                     f"{pt['fcp_max_ms']:.0f} ms", "< 1 s", _met(pt["fcp_max_ms"] < 1000)))
+    elif pt:
+        rows.append(("dashboard first paint", str(pt.get("skipped") or pt), "< 1 s", "—"))
+    if pt and "api_walk" in pt:
+        w = pt["api_walk"]
+        rows.append((f"/api/devices paginated (limit {w['limit']}, after=FLEET/DEVICE, X-Total-Count, Link rel=next)",
+                     f"{w['pages']} pages, {w['devices']:,} devices, {w['duplicates']} repeated, "
+                     f"{'in order' if w['ordered'] else 'OUT OF ORDER'}, "
+                     f"X-Total-Count {', '.join(w['x_total_count'])}; "
+                     f"walk {w['walk_ms']:.0f} ms (page median {w['page_ms_median']:.0f} ms, max "
+                     f"{w['page_ms_max']:.0f} ms)", "every device exactly once", _met(w["ok"])))
+    if sk:
+        mem = sk["memory"]
+        desc = "; ".join(f"{cid.rsplit('-', 1)[-1]}: {x['start']:.0f} → {x['warm']:.0f} "
+                         f"(at {mem['warm_s']:.0f} s) → "
+                         f"{x['end']:.0f} MiB, max {x['max']:.0f}, {_f(x['slope_mib_per_min'], '+.2f')} MiB/min "
+                         f"after {mem['warm_s']:.0f} s ({x['after_final_burst']:.0f} after the final burst)"
+                         for cid, x in mem["collectors"].items())
+        rows.append((f"memory per collector over the soak: {sk['collectors']} collectors, {sk['devices']:,} devices, "
+                     f"{a['soak_rate']:,.0f} msg/s for {a['soak_seconds']:g} s", desc,
+                     "flat" + (" (target: a 10-minute soak)" if a["soak_seconds"] < 600 else ""),
+                     _met(mem["flat"] and sk["verify"]["ok"])))
+    lines += ["", "| measure | result | target | status |", "|---|---|---|---|"]
+    lines += [f"| {' | '.join(r)} |" for r in rows]
+    return "\n".join(lines)
+
+
+def details_stores(out: dict[str, Any]) -> str:
+    a = out["args"]
+    ls = ["", "What the numbers include:"]
+    for r in out.get("runs", []) + ([out["soak"]] if out.get("soak") else []):
+        pb, v, sp = r["publisher"], r["verify"], r["split"]
+        c = v["counters"]
+        line = (f"- {r['name']}: {pb['unique']:,} unique + {pb['duplicates']:,} duplicate messages from "
+                f"{pb['devices']:,} devices on {pb['connections']:,} connections (connected in "
+                f"{pb['connect_s']:.1f} s, "
+                f"Receive Maximum {pb['window']}), published in {pb['publish_s']:.2f} s (generator "
+                f"{pb.get('cpu_s', float('nan')):.1f} CPU s); first commit {r['first_commit_after_go_s']:.2f} s after "
+                f"the start, last {r['last_commit_after_publish_end_s']:.2f} s after the last publish; window "
+                f"{r['window_s']:.2f} s: {_f(r['rate'])} msg/s; CPU s in the window: collectors "
+                f"{r['collector_cpu_s']:.1f}, PostgreSQL {_f(r['pg_cpu_s'], '.1f')}, Mosquitto "
+                f"{r['mosquitto_cpu_s']:.1f}; the whole host was busy {_f(r.get('host_busy_cores'), '.2f')} of "
+                f"{os.cpu_count()} cores. While publishing: {_f(sp['while_publishing']['rate'])} msg/s "
+                f"(collectors {_f(sp['while_publishing']['collector_cores'], '.2f')} cores, PostgreSQL "
+                f"{_f(sp['while_publishing']['pg_cores'], '.2f')}) over {sp['while_publishing']['s']:.1f} s; after: "
+                f"{_f(sp['after_publishing']['rate'])} msg/s ({_f(sp['after_publishing']['collector_cores'], '.2f')} / "
+                f"{_f(sp['after_publishing']['pg_cores'], '.2f')}) over {sp['after_publishing']['s']:.1f} s. "
+                f"Verified: {'OK' if v['ok'] else v['problems']} (messages_total {c.get('messages_total', 0):,}, "
+                f"duplicates_total {c.get('duplicates_total', 0):,} = sent {pb['duplicates']:,} "
+                f"{v['redeliveries']:+,} redelivered, seq_gaps_total {c.get('seq_gaps_total', 0)}, late_fills_total "
+                f"{c.get('late_fills_total', 0)}, progress rows {v['progress_rows']:,}/{v['progress_published']:,}, "
+                f"{v['devices']:,} devices).")
+        if len(v.get("per_instance", {})) > 1 or r["store"] == "postgresql":
+            share = {k.rsplit("-", 1)[-1]: x.get("messages_total", 0) for k, x in v.get("per_instance", {}).items()}
+            tot = sum(share.values()) or 1
+            line += (" Share of messages_total per collector: "
+                     + ", ".join(f"{k} {n:,} ({100 * n / tot:.1f}%)" for k, n in sorted(share.items())) + ".")
+        g = r.get("pg")
+        if g:
+            line += (f" PostgreSQL: {g.get('xact_commit', '?'):,} commits, {g.get('xact_rollback', '?')} rollbacks, "
+                     f"{g.get('deadlocks', '?')} deadlocks; a collector waited on a lock in "
+                     f"{g['polls_with_lock_waiters']}/{g['lock_wait_polls']} polls (50 ms apart; mean "
+                     f"{g['mean_lock_waiters']:.2f}, max {g['max_lock_waiters']} waiting); database "
+                     f"{g.get('db_bytes', 0) / 2**20:.0f} MiB; {g.get('processes_at_start')} server processes.")
+        if g and g.get("server_log_errors"):
+            dl = [ln.split("ERROR:", 1)[1].strip() for ln in g["server_log"] if "ERROR:" in ln]
+            line += f" PostgreSQL log: {g['server_log_errors']} ERROR lines ({'; '.join(sorted(set(dl)))[:200]})."
+        if r["collector_log_problem_lines"]:
+            line += (f" Collector logs: {r['collector_log_problem_lines']} warning/retry lines, e.g. "
+                     f"{next(iter(r['collector_log_problems'].values()))[:2]}")
+        if r["broker_log_problems"]:
+            line += f" Broker log: {r['broker_log_problems']}"
+        ls.append(line)
+    sk = out.get("soak")
+    if sk:
+        for cid, series in sk["rss_mib_per_collector"].items():
+            step = max(1, len(series) // 12)
+            ls.append(f"- soak VmRSS of {cid} (s: MiB): " + ", ".join(f"{t:.0f}: {v:.0f}" for t, v in series[::step])
+                      + f", end {series[-1][1]:.0f}")
+    pt = out.get("paint")
+    if pt and "loads" in pt:
+        ls.append(f"- first paint: {pt['url']} on the database of {pt.get('phase_db')} ({pt['devices_in_db']:,} "
+                  f"devices; one idle collector of share group bench, fresh broker; page {pt['page_bytes']:,} bytes, "
+                  f"one GET {pt['server_get_ms']:.0f} ms from Python), {len(pt['loads'])} loads in one headless "
+                  "Chromium (cache disabled), first-contentful-paint from navigation start: "
+                  + ", ".join(f"{x['first_contentful_paint_ms']:.0f}" for x in pt["loads"])
+                  + f" ms; `chromium --headless --dump-dom` whole process {pt['dump_dom_process_ms']:.0f} ms, "
+                  f"{pt['dump_dom_device_rows']} device rows in its DOM.")
+    elif pt:
+        ls.append(f"- first paint: {pt}")
+    st = out.get("postgres", {}).get("settings", {})
+    ls.append(f"- One PostgreSQL {out.get('postgres', {}).get('version', '?')} server for the run "
+              f"(tests/postgres.py: shared_buffers {st.get('shared_buffers')}, fsync {st.get('fsync')}, "
+              f"synchronous_commit {st.get('synchronous_commit')}, full_page_writes {st.get('full_page_writes')}), a "
+              "fresh database per phase; its CPU = postmaster + every child process (backends of the collectors, "
+              "checkpointer, walwriter, autovacuum; exited ones through the postmaster's cutime), less the bench's "
+              "own polling backend. Everything on one host over loopback (no TLS), broker + generator + collectors + "
+              f"PostgreSQL sharing {os.cpu_count()} CPUs. Load average before/after: "
+              f"{[round(x, 2) for x in out['loadavg_before']]} / {[round(x, 2) for x in out['loadavg_after']]}; "
+              f"bench total {out['bench_s']:.0f} s.")
+    cmd = (f".venv/bin/python bench/fleet_ingest.py --store postgresql --collectors "
+           f"{','.join(map(str, a['collector_list']))} --devices {','.join(map(str, a['device_list']))}")
+    if a["total_messages"] != 200000:
+        cmd += f" --total-messages {a['total_messages']}"
+    cmd += f" --soak-seconds {a['soak_seconds']:g}"
+    if a["soak_rate"] != 5000:
+        cmd += f" --soak-rate {a['soak_rate']:g}"
+    if a.get("pg_durable"):
+        cmd += " --pg-durable"
+    if a["phases"] != "max,paint,soak":
+        cmd += f" --phases {a['phases']}"
+    ls.append(f"- Reproduce: `{cmd}`")
+    return "\n".join(ls)
 
 
 # == the report ==================================================================================================
@@ -959,7 +1570,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--publisher", help=argparse.SUPPRESS)
     ap.add_argument("--child-collector", help=argparse.SUPPRESS)
     ap.add_argument("--baselines-child", help=argparse.SUPPRESS)
-    ap.add_argument("--devices", type=int, default=1000, help="simulated devices (default 1000)")
+    ap.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
+                    help="sqlite (default): the single-collector phases below; postgresql: per --devices count the "
+                         "SQLite single collector, then PostgreSQL with each --collectors count; paint; soak")
+    ap.add_argument("--collectors", default="1,2,3", metavar="N,…",
+                    help="--store postgresql: collector counts, one max phase each (default 1,2,3)")
+    ap.add_argument("--devices", default="1000", metavar="N,…",
+                    help="simulated devices (default 1000); --store postgresql: a comma list, e.g. 1000,10000")
+    ap.add_argument("--total-messages", type=int, default=200000, metavar="N",
+                    help="--store postgresql: unique messages per max phase, spread over the devices (default "
+                         "200000)")
+    ap.add_argument("--pg-durable", action="store_true",
+                    help="--store postgresql: fsync/synchronous_commit/full_page_writes on (default: off, as in "
+                         "tests/postgres.py)")
+    ap.add_argument("--json-out", type=Path, metavar="FILE", help="also write the JSON object to FILE")
     ap.add_argument("--connections", type=int, default=0, help="TCP connections (default: one per device)")
     ap.add_argument("--messages", type=int, default=200, help="max phase: messages per device (default 200)")
     ap.add_argument("--rate", type=float, default=10000, help="paced phase: offered msg/s (default 10000)")
@@ -969,8 +1593,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dup-every", type=int, default=97, help="send every Nth message twice (default 97; 0: never)")
     ap.add_argument("--before", default="09914b8", metavar="REF",
                     help="git revision whose fleet/ingest.py + store.py run the 'before' phase (default 09914b8)")
-    ap.add_argument("--phases", default="baselines,before,max,paced,soak,paint",
-                    help="comma-separated subset of baselines,before,max,paced,soak,paint (default: all)")
+    ap.add_argument("--phases", default=None,
+                    help="comma-separated subset of baselines,before,max,paced,soak,paint (default: all); "
+                         "--store postgresql: of max,paint,soak (default: all three)")
     ap.add_argument("--profile", metavar="PHASE", choices=("max", "paced"),
                     help="run PHASE with a cProfile'd collector and print the profiles of its threads")
     ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
@@ -984,9 +1609,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.baselines_child:
         print(json.dumps(baselines(json.loads(args.baselines_child))), flush=True)
         return 0
-    import resource
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * args.devices + 256)), hard))
+    try:
+        args.device_list = [int(x) for x in str(args.devices).split(",") if x.strip()]
+        args.collector_list = [int(x) for x in str(args.collectors).split(",") if x.strip()]
+    except ValueError:
+        ap.error("--devices and --collectors take comma-separated numbers")
+    if not args.device_list or min(args.device_list) < 1 or not args.collector_list or min(args.collector_list) < 1:
+        ap.error("--devices and --collectors need positive numbers")
+    if args.phases is None:
+        args.phases = "max,paint,soak" if args.store == "postgresql" else "baselines,before,max,paced,soak,paint"
+    if args.store == "sqlite":
+        if len(args.device_list) > 1:
+            ap.error("--store sqlite runs one device count (several: --store postgresql)")
+        args.devices = args.device_list[0]
+    raise_nofile()   # inherited by the publisher and Mosquitto: a socket per simulated device
     tmp = Path(tempfile.mkdtemp(prefix="fleet-ingest-"))
     phases = args.phases.split(",")
     common = {"devices": args.devices, "connections": args.connections, "dup_every": args.dup_every}
@@ -994,6 +1630,18 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"args": vars(args), "tmp": str(tmp), "loadavg_before": os.getloadavg(),
                            "mosquitto": version.replace("mosquitto version ", "").strip()}
     t_bench = time.time()
+    if args.store == "postgresql":
+        try:
+            run_store_comparison(args, tmp, out, phases)
+        finally:
+            out["loadavg_after"] = os.getloadavg()
+            out["bench_s"] = time.time() - t_bench
+            if not args.keep:
+                shutil.rmtree(tmp, ignore_errors=True)
+        print(report_stores(out))
+        print(details_stores(out))
+        emit_json(args, out)
+        return 0 if all(r["verify"]["ok"] for r in out.get("runs", []) + [out[k] for k in ("soak",) if k in out]) else 1
     try:
         if args.profile:
             cfg = ({**common, "messages": args.messages} if args.profile == "max"
@@ -1035,18 +1683,31 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     print(report(out))
     print(details(out))
-    if args.json:
-        print(json.dumps(out, default=str))
+    emit_json(args, out)
     ok = all(out[p]["verify"]["ok"] for p in ("before", "max", "paced", "soak") if p in out)
     return 0 if ok else 1
 
 
+def emit_json(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    if args.json or args.json_out:
+        text = json.dumps(out, default=str)
+        if args.json:
+            print(text)
+        if args.json_out:
+            args.json_out.write_text(text + "\n")
+
+
 def print_progress(name: str, res: dict[str, Any]) -> None:
-    keys = ("rate", "collector_cores", "mosquitto_cores", "complete", "fcp_cold_ms", "fcp_warm_median_ms",
-            "naive_rate", "batch500_rate", "batch5000_rate")
+    keys = ("rate", "collector_cores", "pg_cores", "mosquitto_cores", "publisher_cores", "collector_us_per_msg",
+            "pg_us_per_msg", "complete", "fcp_cold_ms", "fcp_warm_median_ms", "naive_rate", "batch500_rate",
+            "batch5000_rate")
     print(f"[{name}] " + ", ".join(f"{k}={res[k]:.3g}" if isinstance(res[k], float) else f"{k}={res[k]}"
-                                   for k in keys if k in res)
-          + (f", verify={res['verify']['ok']}" if "verify" in res else ""), file=sys.stderr, flush=True)
+                                   for k in keys if k in res and res[k] is not None)
+          + (f", verify={res['verify']['ok']}, lost={res['verify']['lost']}, "
+             f"double={res['verify']['double_counted']}" if "verify" in res else "")
+          + (f", problems={res['verify']['problems'][:3]}" if "verify" in res and not res["verify"]["ok"] else "")
+          + (f", api_walk_ok={res['api_walk']['ok']}" if "api_walk" in res else ""),
+          file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -69,8 +69,9 @@ class CollectorSettings:
     share: str | None = None            # shared-subscription group: several collectors split the fleet
     listen: bool = True                 # False: subscribe only to this collector's replies (a one-shot `send`)
     detect_gaps: bool | None = None     # None: on unless `share` is set (see the module docstring)
-    batch_size: int = 5000              # messages per transaction at most …
-    batch_interval_s: float = 0.2       # … or what arrived this long after the first one
+    batch_size: int | None = None       # messages per transaction at most (None: 5,000; 10,000 shared) …
+    batch_interval_s: float | None = None   # … or what arrived this long after the first one (None: 0.2 s;
+                                            # 1.0 s on a shared database, see Collector)
     receive_maximum: int = 20000        # unacknowledged messages the broker may send us (MQTT v5 Receive Maximum)
     fast_receive: bool = True           # False: stock paho receive path (also acked after commit)
     gap_check_s: float = 1.0
@@ -105,6 +106,15 @@ class Collector(CommandClient):
             raise CollectorError(f"share group {s.share!r} must be a non-empty name of letters, digits, . _ -")
         if not s.client_id:
             raise CollectorError("the collector needs a client_id (its persistent session is keyed by it)")
+        # On a database shared by a share group every collector gets a slice of every device's stream (the broker
+        # deals messages round-robin), so a batch of a given age holds fewer messages per device, and the
+        # per-device work of a transaction (row lock, boot and device rows) is spread over fewer of them.
+        # Fuller batches (longer wait, higher cap) keep the cost per message near one collector's
+        # (BENCHMARKS.md, issue 17); a second of extra latency is nothing for fleet telemetry.
+        if s.batch_interval_s is None:
+            s = replace(s, batch_interval_s=1.0 if store.shared else 0.2)
+        if s.batch_size is None:
+            s = replace(s, batch_size=10000 if store.shared else 5000)
         self.settings = s
         self.store = store
         self.host_id = _TOPIC_UNSAFE.sub("_", s.client_id)   # the {host} of cmdres/{host}

@@ -56,7 +56,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,14 +288,18 @@ class FleetStore(FleetReadModel):
         """Lock and load the devices and boots ``parsed`` touches (devices of full fleets are left out)."""
         keys = {(m.fleet, m.device) for m in parsed}
         unknown = sorted(keys - self._known)
+        new = []
         if unknown:
             frag, args = self.backend.keys_in(("fleet", "device"), unknown)
             self._known.update(tuple(r) for r in db.execute(f"SELECT fleet, device FROM devices WHERE {frag}",
                                                             args).fetchall())
             for key in sorted(k for k in unknown if k not in self._known):
-                if not self._room_for(db, key[0]):
+                if self._room_for(db, key[0]):
+                    new.append(key)
+                else:
                     keys.discard(key)
-        self._lock_and_load(db, keys, {(m.fleet, m.device, m.boot) for m in parsed if m.fleet and m.boot}, now)
+        self._lock_and_load(db, keys, {(m.fleet, m.device, m.boot) for m in parsed if m.fleet and m.boot}, now,
+                            new)
 
     def _room_for(self, db: Any, fleet: str) -> bool:
         """Whether a new device fits in ``fleet`` (exact near the cap; other collectors' devices are counted
@@ -310,14 +314,14 @@ class FleetStore(FleetReadModel):
         return True
 
     def _lock_and_load(self, db: Any, devices: set[tuple[str, str]], boots: set[tuple[str, str, str]],
-                       now: float) -> None:
+                       now: float, new: Sequence[tuple[str, str]] = ()) -> None:
         self._new_seen.clear()
         if self.backend.shared:   # other collectors write too: everything is read again under this transaction
             self._forget()
             to_lock = sorted(devices)
         else:                     # this process is the only writer: what it holds from earlier batches is current
             to_lock = sorted(k for k in devices if k not in self._devices)
-        for row in self.backend.lock_devices(db, to_lock, _DEVICE_COLUMNS):
+        for row in self.backend.lock_devices(db, to_lock, _DEVICE_COLUMNS, new):
             dev = _Device(*row[:12], marks=json.loads(row[12] or "{}"), stored=True)
             self._devices[(dev.fleet, dev.device)] = dev
             self._known.add((dev.fleet, dev.device))

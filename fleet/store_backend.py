@@ -4,8 +4,8 @@
   reads while the writer writes. Write transactions are ``BEGIN IMMEDIATE`` (the whole file is the lock).
 - :class:`PostgresBackend` (``--db postgresql://…``): one database shared by several collectors. A write
   transaction locks the rows of the devices its batch touches — all at once, in (fleet, device) order, with
-  one upsert, so concurrent collectors never deadlock on them — and the store reloads those devices' state
-  inside the transaction. Reads use a second connection, so the dashboard never waits for the writer.
+  one ``SELECT … FOR UPDATE``, so concurrent collectors do not deadlock on them — and the store reloads those
+  devices' state inside the transaction. Reads use a second connection, so the dashboard never waits for the writer.
 
 Both take SQL with ``?`` placeholders; :meth:`keys_in` writes "these composite keys" for each dialect.
 """
@@ -76,8 +76,10 @@ class SqliteBackend:
         with self.lock:
             yield self.db
 
-    def lock_devices(self, db: Any, keys: Sequence[tuple[str, str]], columns: str) -> list[tuple]:
-        """The rows of the existing ``keys`` (the file is locked already: nothing to lock)."""
+    def lock_devices(self, db: Any, keys: Sequence[tuple[str, str]], columns: str,
+                     new: Sequence[tuple[str, str]] = ()) -> list[tuple]:
+        """The rows of the existing ``keys`` (the file is locked already: nothing to lock; new rows are
+        inserted at the end of the transaction)."""
         frag, args = self.keys_in(("fleet", "device"), keys)
         return db.execute(f"SELECT {columns} FROM devices WHERE {frag}", args).fetchall()
 
@@ -124,16 +126,23 @@ class PostgresBackend:
         with self.reader.lock:
             yield self.reader
 
-    def lock_devices(self, db: Any, keys: Sequence[tuple[str, str]], columns: str) -> list[tuple]:
-        """Create the missing rows and lock every row of ``keys`` (sorted: one global lock order), returning
-        them as they are after every earlier commit (READ COMMITTED; DO UPDATE waits for concurrent writers)."""
+    def lock_devices(self, db: Any, keys: Sequence[tuple[str, str]], columns: str,
+                     new: Sequence[tuple[str, str]] = ()) -> list[tuple]:
+        """Lock the rows of ``keys`` and return them as every earlier commit left them (READ COMMITTED re-reads
+        a row it had to wait for). ``new`` (devices this process has not seen a row of) are inserted first, in
+        (fleet, device) order, waiting for a collector inserting the same ones; then every row is locked with
+        one ``SELECT … ORDER BY fleet, device FOR UPDATE``. Each phase takes its locks in the same global
+        order, and a row inserted in the first phase is one no other transaction could have locked before."""
         if not keys:
             return []
-        keys = sorted(set(keys))
-        return db.execute(
-            "INSERT INTO devices (fleet, device) SELECT f, d FROM unnest(?::text[], ?::text[]) AS k(f, d)"
-            " ORDER BY f, d ON CONFLICT (fleet, device) DO UPDATE SET fleet = EXCLUDED.fleet"
-            f" RETURNING {columns}", ([k[0] for k in keys], [k[1] for k in keys])).fetchall()
+        if new:
+            new = sorted(set(new))
+            db.execute("INSERT INTO devices (fleet, device) SELECT f, d FROM unnest(?::text[], ?::text[]) AS k(f, d)"
+                       " ORDER BY f, d ON CONFLICT (fleet, device) DO NOTHING",
+                       ([k[0] for k in new], [k[1] for k in new]))
+        frag, args = self.keys_in(("fleet", "device"), sorted(set(keys)))
+        return db.execute(f"SELECT {columns} FROM devices WHERE {frag} ORDER BY fleet, device FOR UPDATE",
+                          args).fetchall()
 
     @staticmethod
     def keys_in(cols: Sequence[str], keys: Sequence[tuple]) -> tuple[str, list[Any]]:
