@@ -19,12 +19,15 @@ per-client queue limit accordingly (Mosquitto: ``max_queued_messages``, default 
 drops QoS 1 messages for the client).
 
 With ``share="GROUP"`` the collector subscribes to ``$share/GROUP/ftedge/v1/+/+/#`` so several
-collectors (each with its own database) split a fleet, and additionally to its own reply topic so
-``send`` always sees its replies. Caveats of shared subscriptions: the broker does not replay retained
-messages to them (MQTT 5, 4.8.2), and Mosquitto hands out messages round-robin per message, so one
-device's stream is split across collectors — seq holes cannot be judged per collector, hence gap
-detection is off by default when sharing (turn it on with ``detect_gaps=True`` on a broker that routes by
-publisher, e.g. EMQX ``hash_clientid``).
+collectors split a fleet, and additionally to its own reply topic so ``send`` always sees its replies.
+Mosquitto hands out messages round-robin per message, so one device's stream is split across the
+collectors. Writing one shared database (PostgreSQL, ``store.shared``), they still judge every stream whole:
+de-duplication, holes and "which state wins" are decided in the database under the device's row lock (see
+:mod:`.store`), and gap detection stays on; batches wait longer and grow larger there (``batch_interval_s``
+1 s, ``batch_size`` 10,000), because each holds only a slice of every device's stream. Collectors of a
+group that each write their own database see parts of streams, so gap detection is off by default then
+(turn it on with ``detect_gaps=True`` on a broker that routes by publisher, e.g. EMQX ``hash_clientid``).
+The broker need not replay retained messages to shared subscriptions (MQTT 5, 4.8.2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fleet state built from the MQTT contract (SQLite in WAL mode, stdlib only): persistence and migrations.
+"""Fleet state built from the MQTT contract (SQLite in WAL mode, or PostgreSQL): persistence and migrations.
 
 Three rooms (ARCHITECTURE.md): :mod:`.envelope` parses a received message against the contract,
 :mod:`.sequence` decides de-duplication, holes and boot order (pure logic), this module stores what they decide;
@@ -44,8 +44,15 @@ command only files a reply of its own.
 fleet holds at most ``max_devices_per_fleet`` devices (default 100,000): messages of a further device count in
 ``rejected_total`` and create no row (so no Prometheus series).
 
-One ``FleetStore`` object owns a database file (it caches per-device and per-boot state in memory);
-it is thread-safe (one lock). Counters: ``messages_total`` (unique device messages), ``duplicates_total``,
+**Several collectors** (issue 17). ``FleetStore(path_or_url)`` opens a SQLite file (one collector: it keeps
+the per-device and per-boot state it loaded between batches) or a PostgreSQL database shared by a share
+group of collectors (:mod:`.store_backend`). On a shared database every transaction locks the rows of the
+devices it touches (in one global order) and reloads their state — boots, the seqs beyond the contiguous
+mark, the pending marks (``boots.marks_json``/``mark_ms``) and the open holes — inside the transaction, so
+de-duplication, holes and "which state wins" are decided on what every collector committed; a deadlock or
+lost connection retries the whole transaction (:class:`~ftedge.errors.StoreUnavailable` once the database
+stays away). Each collector adds to its own shard of the counters (``instance``); reads sum them.
+A ``FleetStore`` is thread-safe (one writer lock; PostgreSQL reads use their own connection). Counters: ``messages_total`` (unique device messages), ``duplicates_total``,
 ``seq_gaps_total``, ``malformed_total``, ``late_fills_total``, ``stale_wills_total``, ``ignored_total``,
 ``rejected_total``.
 """
