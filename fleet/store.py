@@ -129,6 +129,7 @@ class FleetStore(FleetReadModel):
         self.max_replies = max(1, int(max_replies))
         self.instance = instance if instance is not None else socket.gethostname()
         self.transactions = 0          # committed write transactions (ingest_batch, check_gaps)
+        self.deferred = 0              # messages moved to a second transaction: their devices were locked
         self._fleet_sizes: dict[str, int] = {}   # devices per fleet (approximate across collectors)
         self._known: set[tuple[str, str]] = set()  # devices known to have a row (rows are never deleted)
         # The state of one transaction: loaded (under the transaction's locks) at its start, written at its end.
@@ -170,20 +171,43 @@ class FleetStore(FleetReadModel):
                 parsed.append(m)
             else:
                 verdicts.add(m)
-        rep = self._retrying(lambda: self._ingest_tx(parsed, verdicts, now))
+        # On a shared database the first round takes the devices no other collector's transaction holds right
+        # now (SKIP LOCKED) and the next round waits for the rest: collectors work side by side on different
+        # devices instead of queueing behind one another's locks on all of them.
+        rep = _Report(messages=0, duplicates=0, malformed=0, ignored=0, late_fills=0, stale_wills=0, rejected=0)
+        rep.replies = []
+        pending, first, skip = parsed, True, self.backend.shared
+        while pending or first:
+            part, pending = self._retrying(
+                lambda todo=pending, v=(verdicts if first else _Report()), sk=skip: self._ingest_tx(todo, v, now, sk))
+            for k, n in part.items():
+                rep.add(k, n)
+            rep.replies = rep.replies + part.replies
+            if pending:
+                self.deferred += len(pending)
+            first, skip = False, False
         out: dict[str, Any] = dict(rep)
         out["replies"] = rep.replies
         if rep.replies:
             self._prune_replies()
         return out
 
-    def _ingest_tx(self, parsed: list[Message], verdicts: _Report, now: float) -> _Report:
+    def _ingest_tx(self, parsed: list[Message], verdicts: _Report, now: float,
+                   skip_locked: bool = False) -> tuple[_Report, list[Message]]:
+        """One transaction over ``parsed``; returns its counts and the messages of devices it left for later
+        (``skip_locked``: their rows were locked by another collector)."""
         now_ms = int(now * 1000)
         rep = _Report(messages=0, duplicates=0, malformed=0, ignored=0, late_fills=0, stale_wills=0, rejected=0)
+        rep.replies = []
         for k, n in verdicts.items():
             rep.add(k, n)
         with self._tx() as db:
-            self._load(db, parsed, now)
+            later = self._load(db, parsed, now, skip_locked)
+            if later:
+                parsed, deferred = [m for m in parsed if (m.fleet, m.device) not in later], \
+                    [m for m in parsed if (m.fleet, m.device) in later]
+            else:
+                deferred = []
             rows: dict[str, list[tuple]] = {"progress": [], "results": [], "replies": []}
             touched_devices: dict[tuple[str, str], _Device] = {}
             touched_streams: dict[tuple[str, str, str], Stream] = {}
@@ -216,7 +240,7 @@ class FleetStore(FleetReadModel):
                             "malformed_total": rep["malformed"], "ignored_total": rep["ignored"],
                             "late_fills_total": rep["late_fills"], "stale_wills_total": rep["stale_wills"],
                             "rejected_total": rep["rejected"]})
-        return rep
+        return rep, deferred
 
     def check_gaps(self, now: float | None = None) -> list[dict[str, Any]]:
         """Count the holes open for at least ``reorder_window_s``; returns the newly counted ones.
@@ -291,8 +315,9 @@ class FleetStore(FleetReadModel):
 
     # -- internals: loading a transaction's state ---------------------------------------------------------
 
-    def _load(self, db: Any, parsed: list[Message], now: float) -> None:
-        """Lock and load the devices and boots ``parsed`` touches (devices of full fleets are left out)."""
+    def _load(self, db: Any, parsed: list[Message], now: float, skip_locked: bool = False) -> set[tuple[str, str]]:
+        """Lock and load the devices and boots ``parsed`` touches (devices of full fleets are left out);
+        returns the devices left for a later transaction (``skip_locked``: locked by another collector)."""
         keys = {(m.fleet, m.device) for m in parsed}
         unknown = sorted(keys - self._known)
         new = []
@@ -305,8 +330,8 @@ class FleetStore(FleetReadModel):
                     new.append(key)
                 else:
                     keys.discard(key)
-        self._lock_and_load(db, keys, {(m.fleet, m.device, m.boot) for m in parsed if m.fleet and m.boot}, now,
-                            new)
+        return self._lock_and_load(db, keys, {(m.fleet, m.device, m.boot) for m in parsed if m.fleet and m.boot},
+                                   now, new, skip_locked)
 
     def _room_for(self, db: Any, fleet: str) -> bool:
         """Whether a new device fits in ``fleet`` (exact near the cap; other collectors' devices are counted
@@ -321,23 +346,28 @@ class FleetStore(FleetReadModel):
         return True
 
     def _lock_and_load(self, db: Any, devices: set[tuple[str, str]], boots: set[tuple[str, str, str]],
-                       now: float, new: Sequence[tuple[str, str]] = ()) -> None:
+                       now: float, new: Sequence[tuple[str, str]] = (),
+                       skip_locked: bool = False) -> set[tuple[str, str]]:
         self._new_seen.clear()
         if self.backend.shared:   # other collectors write too: everything is read again under this transaction
             self._forget()
             to_lock = sorted(devices)
         else:                     # this process is the only writer: what it holds from earlier batches is current
             to_lock = sorted(k for k in devices if k not in self._devices)
-        for row in self.backend.lock_devices(db, to_lock, _DEVICE_COLUMNS, new):
+        for row in self.backend.lock_devices(db, to_lock, _DEVICE_COLUMNS, new, skip_locked):
             dev = _Device(*row[:12], marks=json.loads(row[12] or "{}"), stored=True)
             self._devices[(dev.fleet, dev.device)] = dev
             self._known.add((dev.fleet, dev.device))
-        for key in devices - self._devices.keys():   # SQLite: new rows are written at the end
-            self._devices[key] = _Device(*key)
+        later: set[tuple[str, str]] = set()
+        if skip_locked:
+            later = devices - self._devices.keys()
+        else:
+            for key in devices - self._devices.keys():   # SQLite: new rows are written at the end
+                self._devices[key] = _Device(*key)
         wanted = set(boots) | {(d.fleet, d.device, d.boot) for d in self._devices.values() if d.boot}
         wanted = sorted(k for k in wanted if (k[0], k[1]) in self._devices and k not in self._streams)
         if not wanted:
-            return
+            return later
         frag, args = self.backend.keys_in(("fleet", "device", "boot"), wanted)
         above, holed = [], []
         for r in db.execute("SELECT fleet, device, boot, first_ts, first_seen_ms, contiguous, max_seq, marks_json,"
@@ -374,6 +404,7 @@ class FleetStore(FleetReadModel):
                     f" t.device = s.device AND t.boot = s.boot WHERE {frag} AND s.seq BETWEEN 1 AND t.contiguous",
                     args):
                 self._streams[(f, d, b)].hole_seen.add(seq)
+        return later
 
     # -- internals: applying ------------------------------------------------------------------------------
 

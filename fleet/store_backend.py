@@ -77,7 +77,7 @@ class SqliteBackend:
             yield self.db
 
     def lock_devices(self, db: Any, keys: Sequence[tuple[str, str]], columns: str,
-                     new: Sequence[tuple[str, str]] = ()) -> list[tuple]:
+                     new: Sequence[tuple[str, str]] = (), skip_locked: bool = False) -> list[tuple]:
         """The rows of the existing ``keys`` (the file is locked already: nothing to lock; new rows are
         inserted at the end of the transaction)."""
         frag, args = self.keys_in(("fleet", "device"), keys)
@@ -127,12 +127,13 @@ class PostgresBackend:
             yield self.reader
 
     def lock_devices(self, db: Any, keys: Sequence[tuple[str, str]], columns: str,
-                     new: Sequence[tuple[str, str]] = ()) -> list[tuple]:
+                     new: Sequence[tuple[str, str]] = (), skip_locked: bool = False) -> list[tuple]:
         """Lock the rows of ``keys`` and return them as every earlier commit left them (READ COMMITTED re-reads
         a row it had to wait for). ``new`` (devices this process has not seen a row of) are inserted first, in
         (fleet, device) order, waiting for a collector inserting the same ones; then every row is locked with
         one ``SELECT … ORDER BY fleet, device FOR UPDATE``. Each phase takes its locks in the same global
-        order, and a row inserted in the first phase is one no other transaction could have locked before."""
+        order, and a row inserted in the first phase is one no other transaction could have locked before.
+        With ``skip_locked`` the rows another transaction holds are left out instead of waited for."""
         if not keys:
             return []
         if new:
@@ -141,7 +142,8 @@ class PostgresBackend:
                        " ORDER BY f, d ON CONFLICT (fleet, device) DO NOTHING",
                        ([k[0] for k in new], [k[1] for k in new]))
         frag, args = self.keys_in(("fleet", "device"), sorted(set(keys)))
-        return db.execute(f"SELECT {columns} FROM devices WHERE {frag} ORDER BY fleet, device FOR UPDATE",
+        skip = " SKIP LOCKED" if skip_locked else ""
+        return db.execute(f"SELECT {columns} FROM devices WHERE {frag} ORDER BY fleet, device FOR UPDATE{skip}",
                           args).fetchall()
 
     @staticmethod

@@ -380,3 +380,29 @@ def test_collectors_opening_a_fresh_database_together_migrate_it_once(pg_url):
     assert not errors, errors
     with FleetStore(pg_url) as store:
         assert store.counters()["messages_total"] == 0
+
+
+def test_a_device_locked_by_another_collector_does_not_hold_up_the_others(pg_url):
+    """On a shared database a batch first commits the devices nobody else holds (SKIP LOCKED); the device another
+    collector's transaction has locked follows in a second transaction once that one ends."""
+    import psycopg
+
+    with FleetStore(pg_url) as store:
+        store.ingest_batch([msg(d, "status", env(d, "b", 1, state="online", reason="birth"), True)
+                            for d in ("d1", "d2")])
+        other = psycopg.connect(pg_url)                     # another collector, mid-transaction on d1
+        other.execute("SELECT 1 FROM devices WHERE device = 'd1' FOR UPDATE")
+        batch = [msg(d, "jobs/j/progress", env(d, "b", 2, job="j", epoch=1, loss=0.5)) for d in ("d1", "d2")]
+        done = threading.Event()
+        worker = threading.Thread(target=lambda: (store.ingest_batch(batch), done.set()))
+        worker.start()
+        with FleetStore(pg_url) as reader:
+            assert wait_for(lambda: reader.device(FLEET, "d2")["last_seq"] == 2, 10)   # d2 went ahead
+            assert reader.device(FLEET, "d1")["last_seq"] == 1 and not done.is_set()  # d1 waits for the lock
+            other.rollback()
+            assert done.wait(10)
+            worker.join(10)
+            assert reader.device(FLEET, "d1")["last_seq"] == 2
+            assert reader.counters()["messages_total"] == 4
+        assert store.deferred == 1
+        other.close()
