@@ -87,6 +87,12 @@ log = logging.getLogger(__name__)
 
 # -- in-memory state (flushed at the end of every transaction) -------------------------------------------------
 
+# What a transaction reads of a device: not the snapshot bodies (meta, job, metrics), which are only ever
+# replaced by a newer message's text, never read back — None in _Device means "unchanged" (COALESCE).
+_LOCK_COLUMNS = ("fleet, device, state, reason, last_seen_ms, boot, last_seq, active_version, status_ts,"
+                 " marks_json")
+
+
 @dataclass
 class _Device:
     fleet: str
@@ -354,8 +360,9 @@ class FleetStore(FleetReadModel):
             to_lock = sorted(devices)
         else:                     # this process is the only writer: what it holds from earlier batches is current
             to_lock = sorted(k for k in devices if k not in self._devices)
-        for row in self.backend.lock_devices(db, to_lock, _DEVICE_COLUMNS, new, skip_locked):
-            dev = _Device(*row[:12], marks=json.loads(row[12] or "{}"), stored=True)
+        for row in self.backend.lock_devices(db, to_lock, _LOCK_COLUMNS, new, skip_locked):
+            dev = _Device(*row[:7], active_version=row[7], status_ts=row[8], marks=json.loads(row[9] or "{}"),
+                          stored=True)
             self._devices[(dev.fleet, dev.device)] = dev
             self._known.add((dev.fleet, dev.device))
         later: set[tuple[str, str]] = set()
@@ -583,6 +590,7 @@ class FleetStore(FleetReadModel):
             marks = "{" + ",".join([f'"{k}":{v}' for k, v in dev.marks.items()]) + "}"   # str keys, int values
             values = (dev.state, dev.reason, dev.last_seen_ms, dev.boot, dev.last_seq, dev.meta, dev.job,
                       dev.metrics, dev.active_version, dev.status_ts, marks)
+            dev.meta = dev.job = dev.metrics = None   # written: unchanged from now on
             if dev.stored:
                 old.append((*values, dev.fleet, dev.device))
             else:
@@ -591,8 +599,9 @@ class FleetStore(FleetReadModel):
                 self._known.add((dev.fleet, dev.device))
         if old:
             db.executemany(
-                "UPDATE devices SET state = ?, reason = ?, last_seen_ms = ?, boot = ?, last_seq = ?, meta_json = ?,"
-                " job_json = ?, metrics_json = ?, active_version = ?, status_ts = ?, marks_json = ?"
+                "UPDATE devices SET state = ?, reason = ?, last_seen_ms = ?, boot = ?, last_seq = ?,"
+                " meta_json = COALESCE(?, meta_json), job_json = COALESCE(?, job_json),"
+                " metrics_json = COALESCE(?, metrics_json), active_version = ?, status_ts = ?, marks_json = ?"
                 " WHERE fleet = ? AND device = ?", old)
         if new:
             db.executemany(f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
