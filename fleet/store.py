@@ -73,7 +73,7 @@ from ftedge.errors import FleetStoreError, FtedgeError, StoreUnavailable  # noqa
 from ftedge.mqtt.contract import TOPIC_ROOT  # noqa: F401 - re-exported: fleet.store.TOPIC_ROOT
 
 from .envelope import Message, parse
-from .schema import _SCHEMA, COUNTERS, SCHEMA_VERSION  # noqa: F401 - SCHEMA_VERSION re-exported
+from .schema import COUNTERS, SCHEMA_VERSION  # noqa: F401 - re-exported
 from .sequence import Hole, Stream, started_later
 from .store_backend import PostgresBackend, SqliteBackend, is_postgres_url
 from .validate import MAX_PAYLOAD
@@ -113,10 +113,15 @@ class _Device:
 
 
 _T = TypeVar("_T")
+_KINDS = ("messages", "duplicates", "malformed", "ignored", "late_fills", "stale_wills", "rejected")
 
 
 class _Report(dict):
-    replies: list[str] = []
+    """Counts of one batch (every key present, zero when nothing happened) and the cmd_ids of replies stored."""
+
+    def __init__(self, *kinds: str) -> None:
+        super().__init__(dict.fromkeys(kinds, 0))
+        self.replies: list[str] = []
 
     def add(self, key: str, n: int = 1) -> None:
         self[key] = self.get(key, 0) + n
@@ -150,8 +155,6 @@ class FleetStore(FleetReadModel):
             self.path = Path(path) if str(path) != ":memory:" else None
             self.backend = SqliteBackend(path, cache_mib=cache_mib)
         self.shared = self.backend.shared   # several collectors may write the same database
-        self._lock = self.backend.lock
-        self._db = getattr(self.backend, "db", None)
 
     @contextmanager
     def _reading(self) -> Iterator[Any]:
@@ -180,15 +183,14 @@ class FleetStore(FleetReadModel):
         # On a shared database the first round takes the devices no other collector's transaction holds right
         # now (SKIP LOCKED) and the next round waits for the rest: collectors work side by side on different
         # devices instead of queueing behind one another's locks on all of them.
-        rep = _Report(messages=0, duplicates=0, malformed=0, ignored=0, late_fills=0, stale_wills=0, rejected=0)
-        rep.replies = []
+        rep = _Report(*_KINDS)
         pending, first, skip = parsed, True, self.backend.shared
         while pending or first:
             part, pending = self._retrying(
                 lambda todo=pending, v=(verdicts if first else _Report()), sk=skip: self._ingest_tx(todo, v, now, sk))
             for k, n in part.items():
                 rep.add(k, n)
-            rep.replies = rep.replies + part.replies
+            rep.replies += part.replies
             if pending:
                 self.deferred += len(pending)
             first, skip = False, False
@@ -203,8 +205,7 @@ class FleetStore(FleetReadModel):
         """One transaction over ``parsed``; returns its counts and the messages of devices it left for later
         (``skip_locked``: their rows were locked by another collector)."""
         now_ms = int(now * 1000)
-        rep = _Report(messages=0, duplicates=0, malformed=0, ignored=0, late_fills=0, stale_wills=0, rejected=0)
-        rep.replies = []
+        rep = _Report(*_KINDS)
         for k, n in verdicts.items():
             rep.add(k, n)
         with self._tx() as db:
@@ -354,7 +355,6 @@ class FleetStore(FleetReadModel):
     def _lock_and_load(self, db: Any, devices: set[tuple[str, str]], boots: set[tuple[str, str, str]],
                        now: float, new: Sequence[tuple[str, str]] = (),
                        skip_locked: bool = False) -> set[tuple[str, str]]:
-        self._new_seen.clear()
         if self.backend.shared:   # other collectors write too: everything is read again under this transaction
             self._forget()
             to_lock = sorted(devices)

@@ -4,12 +4,9 @@ the dashboard and ``ftedge fleet status`` show. Reads only; every write is in :m
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
-from ftedge import sqlite_db
 
 from .schema import COUNTERS
 
@@ -18,18 +15,13 @@ _DEVICE_COLUMNS = ("fleet, device, state, reason, last_seen_ms, boot, last_seq, 
 
 
 class FleetReadModel:
-    """The queries of :class:`~ftedge.fleet.store.FleetStore` (which provides ``_db`` and ``_lock``)."""
+    """The queries of :class:`~ftedge.fleet.store.FleetStore`, which provides :meth:`_reading`."""
 
-    _db: sqlite_db.Connection
-    _lock: threading.Lock
     reorder_window_s: float
 
-    @contextmanager
-    def _reading(self) -> Iterator[Any]:
-        """A connection to read from (SQL with ``?`` placeholders, portable between SQLite and PostgreSQL).
-        The PostgreSQL store overrides it with its own read connection."""
-        with self._lock:
-            yield self._db
+    def _reading(self) -> AbstractContextManager[Any]:
+        """A connection to read from (SQL with ``?`` placeholders, portable between SQLite and PostgreSQL)."""
+        raise NotImplementedError
 
     def devices(self, fleet: str | None = None) -> list[dict[str, Any]]:
         """Every device (optionally of one fleet), sorted by fleet and device id."""
