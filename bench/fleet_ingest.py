@@ -1634,10 +1634,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run_store_comparison(args, tmp, out, phases)
         finally:
-            out["loadavg_after"] = os.getloadavg()
-            out["bench_s"] = time.time() - t_bench
-            if not args.keep:
-                shutil.rmtree(tmp, ignore_errors=True)
+            end_run(args, out, tmp, t_bench)
         print(report_stores(out))
         print(details_stores(out))
         emit_json(args, out)
@@ -1677,10 +1674,7 @@ def main(argv: list[str] | None = None) -> int:
             out["paint"] = first_paint(tmp, Path(out["max"]["db"]) if "max" in out else None, args.devices)
             print_progress("paint", out["paint"])
     finally:
-        out["loadavg_after"] = os.getloadavg()
-        out["bench_s"] = time.time() - t_bench
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
+        end_run(args, out, tmp, t_bench)
     print(report(out))
     print(details(out))
     emit_json(args, out)
@@ -1695,6 +1689,14 @@ def emit_json(args: argparse.Namespace, out: dict[str, Any]) -> None:
             print(text)
         if args.json_out:
             args.json_out.write_text(text + "\n")
+
+
+def end_run(args: argparse.Namespace, out: dict[str, Any], tmp: Path, t_bench: float) -> None:
+    """Record the load average after and the run's length; remove the temporary directory unless --keep."""
+    out["loadavg_after"] = os.getloadavg()
+    out["bench_s"] = time.time() - t_bench
+    if not args.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def print_progress(name: str, res: dict[str, Any]) -> None:
