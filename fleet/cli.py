@@ -228,8 +228,8 @@ def _fmt(value: object, spec: str) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from ftedge.fleet import headline
     from ftedge.fleet.store import FleetStore
-
     from ftedge.fleet.store_backend import is_postgres_url
 
     if not is_postgres_url(args.db) and not Path(args.db).exists():
@@ -240,16 +240,16 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(devices))
         return 0
     print(f"{'fleet':10s} {'device':14s} {'state':8s} {'job':28s} {'status':10s} {'epoch':>5s} {'loss':>8s} "
-          f"{'val acc':>8s} {'version':8s}")   # val acc: accuracy, or a detector's mAP@0.5
+          f"{'validation':>20s} {'version':8s}")   # the latest epoch's headline metric, e.g. "accuracy 0.917"
     obj = lambda v: v if isinstance(v, dict) else {}  # noqa: E731
     for d in devices:
         try:
             job, m = obj(d.get("job")), obj(d.get("metrics"))
-            inner = obj(m.get("metrics"))
-            val = inner.get("val_accuracy") if inner.get("val_accuracy") is not None else inner.get("val_map50")
+            h = headline.of_progress(m)
+            val = "-" if h.value is None else f"{h.label[:12]} {_fmt(h.value, '.3f')}"
             print(f"{d['fleet']:10s} {d['device']:14s} {str(d.get('state')):8s} {str(job.get('id') or '-'):28s} "
                   f"{str(job.get('status') or '-'):10s} {str(m.get('epoch', '-')):>5s} "
-                  f"{_fmt(m.get('loss'), '.4f'):>8s} {_fmt(val, '.3f'):>8s} "
+                  f"{_fmt(m.get('loss'), '.4f'):>8s} {val:>20s} "
                   f"{str(d.get('active_version') or '-'):8s}")
         except Exception as exc:  # noqa: BLE001 - one bad row must not hide the others
             print(f"{str(d.get('fleet')):10s} {str(d.get('device')):14s} (cannot show this device: {exc})")
@@ -283,16 +283,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.json:
             return
         if run.result is not None:
-            r = run.result
-            key = "map50" if isinstance(r.get("final"), dict) and r["final"].get("map50") is not None else "accuracy"
-            acc = lambda m: _fmt(m.get(key), ".3f") if isinstance(m, dict) else "-"  # noqa: E731
-            took = _fmt(r.get("duration_s"), ".1f")
-            what = "val mAP@0.5" if key == "map50" else "val accuracy"
-            line = (f"{run.device}: job {run.job} {r.get('status')} — {what} {acc(r.get('baseline'))} → "
-                    f"{acc(r.get('final'))}, promoted {r.get('promoted')}, {took} s")
-            if r.get("error"):
-                line += f"; error: {r['error']}"
-            print(line, flush=True)
+            print(result_line(run.device, run.job, run.result), flush=True)
         elif run.last:
             print(f"{run.device}: epoch {run.last.get('epoch')} loss {run.last.get('loss')}", flush=True)
 
@@ -316,6 +307,18 @@ def _train(args: argparse.Namespace) -> int:
     if failed and not args.json:
         print(f"{len(failed)} of {len(runs)} devices failed: {', '.join(r.device for r in failed)}", file=sys.stderr)
     return _fan_out_code({r.failure for r in failed})
+
+
+def result_line(device: str, job: str | None, r: dict) -> str:
+    """``fleet train --wait``'s line for a device's result: its headline metric (label, before → after)."""
+    from ftedge.fleet import headline
+
+    h = headline.of_result(r)
+    line = (f"{device}: job {job} {r.get('status')} — val {h.label} {_fmt(h.untuned, '.3f')} → "
+            f"{_fmt(h.tuned, '.3f')}, promoted {r.get('promoted')}, {_fmt(r.get('duration_s'), '.1f')} s")
+    if r.get("error"):
+        line += f"; error: {r['error']}"
+    return line
 
 
 def _fan_out_code(failures: set[str | None]) -> int:

@@ -12,8 +12,7 @@ from typing import Any
 
 from ftedge.mqtt.contract import CMD, CMDRES, JOB, JOBS, META, PROGRESS, RESULT, STATUS, TOPIC_ROOT
 
-from .validate import MAX_NAME, MAX_PAYLOAD, body_problem, is_int
-from .views import _number
+from .validate import MAX_NAME, MAX_PAYLOAD, body_problem, is_int, number
 
 _INT64 = 2**63
 
@@ -64,7 +63,7 @@ def parse(topic: Any, payload: bytes, retained: bool,
         return _bad(topic, "payload is not a JSON object")
     ts, boot, seq = body.get("ts"), body.get("boot"), body.get("seq")
     if ("v" not in body or not is_int(seq) or not 0 <= seq < _INT64 or not isinstance(boot, str) or not boot
-            or _number(ts) is None or not math.isfinite(ts) or not 0 <= ts < _INT64):
+            or number(ts) is None or not math.isfinite(ts) or not 0 <= ts < _INT64):
         return _bad(topic, "missing or invalid envelope (v, ts, dev, boot, seq)")
     if body.get("dev") != device:
         return _bad(topic, f"envelope dev {body.get('dev')!r} is not the topic's device")

@@ -4,11 +4,15 @@ A device message whose payload exceeds ``max_payload`` bytes, whose topic names 
 has a known field of the wrong type is *malformed*: it is counted in ``malformed_total`` and stored nowhere,
 so no row can later break the dashboard, ``/metrics`` or ``fleet status``. Unknown fields are kept (newer
 agents may add some) but count towards the payload cap. Numbers are JSON numbers, never booleans; integers
-fit in 64 bits; identifiers and enum-like strings are at most ``MAX_ID`` characters.
+fit in 64 bits; identifiers and enum-like strings are at most ``MAX_ID`` characters. A job's ``headline``
+(:mod:`~ftedge.fleet.headline`) is an object naming its ``metric`` (a non-empty short string), with an optional
+``label`` (short string), ``higher_is_better`` (bool) and values ``tuned``, ``untuned`` (results) and ``value``
+(progress), each a finite number or null.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 MAX_PAYLOAD = 64 * 1024     # bytes of one device message (default of FleetStore(max_payload_bytes=…))
@@ -17,8 +21,9 @@ MAX_ID = 256                # characters of an identifier / enum-like string fie
 MAX_DEPTH = 16              # nesting of objects and arrays
 _INT64 = 2**63
 
-# Field types: "id" a short string, "text" a string, "int", "num" (int or float), "bool", "list" (of ids),
-# "obj" an object, "metrics" an object whose well-known keys are numbers, "any". A trailing "?" allows null.
+# Field types: "id" a short string, "text" a string, "int", "num" (int or float), "fin" (a finite "num"), "bool",
+# "list" (of ids), "obj" an object, "metrics" an object whose well-known keys are numbers, "headline" a job's
+# headline (HEADLINE_KEYS), "any". A trailing "?" allows null.
 _COMMON = {"thinned": "bool?", "hist": "bool?"}
 SCHEMAS: dict[str, dict[str, str]] = {
     "status": {"state": "id?", "reason": "id?", "will": "bool?"},
@@ -27,14 +32,18 @@ SCHEMAS: dict[str, dict[str, str]] = {
     "job": {"job": "id?", "status": "id?", "bundle": "id?", "cmd_id": "id?", "created_ms": "int?",
             "started_ms": "int?", "finished_ms": "int?", "attempts": "int?", "version": "id?", "error": "text?"},
     "progress": {"job": "id?", "epoch": "int", "step": "int?", "loss": "num?", "metrics": "metrics?",
-                 "lr": "num?", "samples_per_s": "num?", "rss_mb": "num?"},
+                 "lr": "num?", "samples_per_s": "num?", "rss_mb": "num?", "task": "id?", "headline": "headline?"},
     "result": {"job": "id?", "status": "id?", "final": "metrics?", "baseline": "metrics?", "promoted": "bool?",
-               "duration_s": "num?", "error": "text?", "version": "id?", "skipped": "int?", "tuning": "obj?"},
+               "duration_s": "num?", "error": "text?", "version": "id?", "skipped": "int?", "tuning": "obj?",
+               "task": "id?", "epochs_run": "int?", "headline": "headline?"},
     "cmdres": {"cmd_id": "id", "status": "id?", "code": "id?", "job": "id?"},
 }
 METRIC_KEYS = ("accuracy", "loss", "val_accuracy", "val_loss", "val_macro_f1", "val_mae", "macro_f1", "mae",
                "rmse", "perplexity", "val_perplexity", "retention", "exact_match", "token_f1",  # causal LMs
                "map50", "map50_95", "map75", "val_map50", "val_map50_95")  # detectors
+# A headline's keys and their types (a headline needs its metric; finite numbers: "fin?").
+HEADLINE_KEYS = {"metric": "id", "label": "id?", "higher_is_better": "bool?", "tuned": "fin?", "untuned": "fin?",
+                 "value": "fin?"}
 
 
 def is_int(x: Any) -> bool:
@@ -43,6 +52,22 @@ def is_int(x: Any) -> bool:
 
 def is_num(x: Any) -> bool:
     return is_int(x) or isinstance(x, float)
+
+
+def number(x: Any) -> float | None:
+    """``x`` as a float if it is a JSON number that a float can hold (not a boolean), else None."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    try:
+        return float(x)
+    except OverflowError:   # an integer beyond any float
+        return None
+
+
+def finite(x: Any) -> float | None:
+    """``x`` as a float if it is a finite JSON number, else None."""
+    f = number(x)
+    return f if f is not None and math.isfinite(f) else None
 
 
 def _ok(kind: str, x: Any) -> bool:
@@ -58,6 +83,8 @@ def _ok(kind: str, x: Any) -> bool:
         return is_int(x)
     if kind == "num":
         return is_num(x)
+    if kind == "fin":
+        return is_num(x) and finite(x) is not None
     if kind == "bool":
         return isinstance(x, bool)
     if kind == "list":
@@ -66,6 +93,9 @@ def _ok(kind: str, x: Any) -> bool:
         return isinstance(x, dict)
     if kind == "metrics":
         return isinstance(x, dict) and all(x.get(k) is None or is_num(x[k]) for k in METRIC_KEYS)
+    if kind == "headline":
+        return (isinstance(x, dict) and isinstance(x.get("metric"), str) and bool(x["metric"])
+                and all(_ok(spec, x.get(k)) for k, spec in HEADLINE_KEYS.items()))
     return True   # "any"
 
 
@@ -102,5 +132,8 @@ def _expected(spec: str) -> str:
     base = spec.rstrip("?")
     words = {"id": f"a string of at most {MAX_ID} characters", "text": "a string", "int": "a 64-bit integer",
              "num": "a number", "bool": "true or false", "list": f"a list of strings (≤ {MAX_ID} characters)",
-             "obj": "an object", "metrics": f"an object whose {', '.join(METRIC_KEYS[:4])}, … are numbers"}
+             "fin": "a finite number", "obj": "an object",
+             "metrics": f"an object whose {', '.join(METRIC_KEYS[:4])}, … are numbers",
+             "headline": "an object with a metric (a non-empty string), optionally a label (a string), "
+                         "higher_is_better (true or false) and finite numbers as tuned, untuned or value"}
     return words.get(base, base) + (" or null" if spec.endswith("?") else "")

@@ -7,8 +7,8 @@ import json
 from contextlib import AbstractContextManager
 from typing import Any
 
-
 from .schema import COUNTERS
+from .validate import number
 
 _DEVICE_COLUMNS = ("fleet, device, state, reason, last_seen_ms, boot, last_seq, meta_json, job_json, metrics_json,"
                    " active_version, status_ts, marks_json")
@@ -170,7 +170,7 @@ class FleetReadModel:
             base, final = body.get("baseline"), body.get("final")
             if not isinstance(base, dict) or not isinstance(final, dict):
                 continue   # stored before bodies were validated (see validate.py)
-            before, after = _number(base.get("accuracy")), _number(final.get("accuracy"))
+            before, after = number(base.get("accuracy")), number(final.get("accuracy"))
             if before is not None and after is not None:
                 latest[(f, d)] = (before, after)   # ordered by ts: the newest wins
         n = len(latest)
@@ -248,12 +248,3 @@ def _stored_object(text: str | None, what: str, errors: list[str]) -> dict[str, 
         errors.append(f"the stored {what} is not a JSON object")
         return None
     return value
-
-
-def _number(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    try:
-        return float(x)
-    except OverflowError:   # an integer beyond any float
-        return None

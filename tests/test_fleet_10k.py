@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from browser import parse_html
-from ftedge.fleet.http import API_PAGE, API_PAGE_MAX, PAGE_SIZE, FleetHTTPServer, dashboard_fragment, dashboard_page
+from ftedge.fleet.dashboard import PAGE_SIZE, dashboard_fragment, dashboard_page
+from ftedge.fleet.http import API_PAGE, API_PAGE_MAX, FleetHTTPServer
 from ftedge.fleet.store import FleetStore
 
 N = 10_000

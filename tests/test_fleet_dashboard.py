@@ -20,7 +20,9 @@ import pytest
 
 import browser
 from browser import Node, parse_html
-from ftedge.fleet.http import ACC_COLOR, LOSS_COLOR, MAX_CHARTS, PAGE_SIZE, FleetHTTPServer, dashboard_page
+from ftedge.fleet.charts import ACC_COLOR, LOSS_COLOR
+from ftedge.fleet.dashboard import MAX_CHARTS, PAGE_SIZE, dashboard_page
+from ftedge.fleet.http import FleetHTTPServer
 from ftedge.fleet.store import FleetStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,6 +145,9 @@ def assert_dashboard(dom: Node, epochs: dict[str, int]) -> None:
         "dev-a": "running", "dev-b": "succeeded", "dev-c": "succeeded", "dev-d": ""}
     assert {d: r.find("td", cls="epoch").text for d, r in rows.items() if d in epochs} == {
         d: str(n) for d, n in epochs.items()}
+    # no headline in these (older agents') messages: the latest epoch's val_accuracy, labelled
+    assert {d: r.find("td", cls="headline").text for d, r in rows.items() if d in epochs} == {
+        d: f"accuracy {min(0.99, 0.5 + 0.04 * n):.1%}" for d, n in epochs.items()}
 
     charts = {c.attrs["data-device"]: c for c in dom.by_id("charts").find_all("div", cls="device-charts")}
     assert set(charts) == set(epochs), "charts for every device with a job, none for the idle one"
@@ -317,6 +322,9 @@ def test_dashboard_shows_a_language_models_accuracy_perplexity_and_retention(tmp
     assert line == ("language model: answer accuracy 0.040 → 0.920 · held-out perplexity 21.00 → 1.40 · "
                     "retention 0.95")
     assert "val perplexity" in str(chart) and "val accuracy" not in str(chart)
+    # an agent from before the headline field: its result is judged by answer accuracy, as before
+    assert chart.find(cls="verdict").text == "accuracy 4.0% → 92.0% (promoted)"
+    assert not chart.find_all("line", cls="baseline"), "no accuracy baseline on the perplexity chart"
     from ftedge.fleet.validate import body_problem
 
     assert "final" in (body_problem("result", {"job": "j", "final": {"perplexity": "low"}}) or "")

@@ -18,8 +18,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ftedge.cli import main
-from ftedge.fleet.http import FleetHTTPServer, dashboard_fragment, dashboard_page, prometheus_text
+from ftedge.fleet.dashboard import dashboard_fragment, dashboard_page
+from ftedge.fleet.http import FleetHTTPServer
 from ftedge.fleet.ingest import CollectorSettings
+from ftedge.fleet.metrics import prometheus_text
 from ftedge.fleet.schema import _SCHEMA
 from ftedge.fleet.store import FleetStore
 from test_fleet_ingest import (FLEET, SimDevice, broker, env, msg, needs_broker, running,  # noqa: F401

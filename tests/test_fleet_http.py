@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 
 from ftedge.cli import main
+from ftedge.fleet.cli import result_line
+from ftedge.fleet.dashboard import dashboard_fragment
 from ftedge.fleet.http import FleetHTTPServer
+from ftedge.fleet.metrics import prometheus_text
 from ftedge.fleet.store import FleetStore
 
 BOOT = "b00t00000001"
@@ -81,6 +84,8 @@ def test_metrics_exposition(server):
     assert 'ftedge_device_up{device="dev-001",fleet="demo"} 1.0' in text
     assert 'ftedge_job_loss{device="dev-001",fleet="demo"} 0.2' in text
     assert 'ftedge_job_val_accuracy{device="dev-001",fleet="demo"} 0.75' in text
+    # an agent from before the headline field: its headline is the accuracy it reports
+    assert 'ftedge_job_val_headline{device="dev-001",fleet="demo",metric="accuracy"} 0.75' in text
     for name in ("ftedge_device_last_seen_timestamp_seconds", "ftedge_messages_total",
                  "ftedge_messages_duplicate_total", "ftedge_seq_gaps_total"):
         assert name in text
@@ -114,6 +119,7 @@ def test_fleet_status_table_and_json(store, tmp_path, capsys):
     assert main(["fleet", "status", "--db", str(tmp_path / "fleet.sqlite")]) == 0
     out = capsys.readouterr().out
     assert "dev-001" in out and "dev-002" in out and "v0001" in out
+    assert "accuracy 0.750" in out, "an older agent's progress (no headline) shows its accuracy"
     assert main(["fleet", "status", "--db", str(tmp_path / "fleet.sqlite"), "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 2
     assert main(["fleet", "status", "--db", str(tmp_path / "missing.sqlite")]) == 1
@@ -163,10 +169,90 @@ def test_a_detectors_map_shows_in_metrics_dashboard_and_status(tmp_path, capsys)
     try:
         _, _, text = get(srv.url + "/metrics")
         assert 'ftedge_job_val_map50{device="cam-01",fleet="demo"} 0.6' in text
+        assert 'ftedge_job_val_headline{device="cam-01",fleet="demo",metric="map50"} 0.6' in text
         _, _, page = get(srv.url + "/")
         assert "mAP@0.5 0.0% → 60.0% (promoted)" in page and "val mAP@0.5" in page
     finally:
         srv.stop()
+    assert main(["fleet", "status", "--db", str(tmp_path / "fleet.sqlite")]) == 0
+    assert "mAP@0.5 0.600" in capsys.readouterr().out
+    assert result_line("cam-01", "j7", s.job("demo", "cam-01", "j7")["result"]) == (
+        "cam-01: job j7 succeeded — val mAP@0.5 0.000 → 0.600, promoted True, 15.0 s")
+
+
+def segmentation_job(device: str, job: str, headline: dict, values: list[float], tuned: float, untuned: float,
+                     start: int = 1) -> list[tuple[str, bytes, bool]]:
+    """A job of a task the fleet has never heard of, as a newer agent reports it: ``task`` and ``headline`` in
+    every progress message and in the result; the epoch metrics do not repeat the headline's value."""
+    batch = [msg(device, "status", {"state": "online", "reason": "birth"}, start),
+             msg(device, "job", {"job": job, "status": "running"}, start + 1)]
+    for e, v in enumerate(values, 1):
+        batch.append(msg(device, f"jobs/{job}/progress", {
+            "job": job, "epoch": e, "loss": 1.0 / e, "metrics": {"val_loss": 0.5 / e}, "task": "segmentation",
+            "headline": {**headline, "value": v}}, start + 1 + e))
+    batch.append(msg(device, f"jobs/{job}/result", {
+        "job": job, "status": "succeeded", "promoted": True, "duration_s": 4.0, "error": None, "task": "segmentation",
+        "epochs_run": len(values), "final": {headline["metric"]: tuned}, "baseline": {headline["metric"]: untuned},
+        "headline": {**headline, "tuned": tuned, "untuned": untuned}}, start + 2 + len(values)))
+    return batch
+
+
+def test_a_headline_of_any_task_shows_its_label_and_values_everywhere(tmp_path, capsys):
+    """The fleet renders whatever headline the device reports: a made-up task's metric (mIoU, higher is better)
+    and a lower-is-better one (MAE) reach `fleet status`, `fleet train`'s result line, the dashboard's row,
+    verdict and chart, and the `ftedge_job_val_headline` gauge, without the fleet knowing either metric."""
+    s = FleetStore(tmp_path / "fleet.sqlite")
+    miou = {"metric": "miou", "label": "mIoU", "higher_is_better": True}
+    mae = {"metric": "mae", "label": "MAE", "higher_is_better": False}
+    rep = s.ingest_batch(segmentation_job("seg-01", "js", miou, [0.55, 0.7, 0.79], tuned=0.81, untuned=0.62)
+                         + segmentation_job("reg-01", "jr", mae, [3.0, 2.1, 1.6], tuned=1.5, untuned=3.2))
+    assert (rep["messages"], rep["malformed"]) == (12, 0)
+
+    text = prometheus_text(s).decode()
+    assert 'ftedge_job_val_headline{device="seg-01",fleet="demo",metric="miou"} 0.79' in text
+    assert 'ftedge_job_val_headline{device="reg-01",fleet="demo",metric="mae"} 1.6' in text
+    assert "ftedge_job_val_accuracy{" not in text and "ftedge_job_val_map50{" not in text
+
+    frag = dashboard_fragment(s)
+    assert "mIoU 62.0% → 81.0% (promoted)" in frag and "MAE 3.2 → 1.5 (promoted)" in frag
+    assert 'data-title="val mIoU" data-points="3"' in frag and 'data-title="val MAE" data-points="3"' in frag
+    assert 'data-title="loss" data-points="3"' in frag and "val accuracy" not in frag
+    assert '<td class="headline" data-metric="miou">mIoU 79.0%</td>' in frag
+    assert '<td class="headline" data-metric="mae">MAE 1.6</td>' in frag
+
+    assert main(["fleet", "status", "--db", str(tmp_path / "fleet.sqlite")]) == 0
+    out = capsys.readouterr().out
+    assert "mIoU 0.790" in out and "MAE 1.600" in out
+    assert result_line("seg-01", "js", s.job("demo", "seg-01", "js")["result"]) == (
+        "seg-01: job js succeeded — val mIoU 0.620 → 0.810, promoted True, 4.0 s")
+    s.close()
+
+
+@pytest.mark.parametrize("field, value", [
+    ("headline", {"metric": "miou", "label": "mIoU", "higher_is_better": True, "tuned": "x", "untuned": 0.6}),
+    ("headline", "miou"),
+    ("headline", ["miou"]),
+    ("headline", {"label": "mIoU", "tuned": 0.8}),                  # no metric
+    ("headline", {"metric": "", "tuned": 0.8}),
+    ("headline", {"metric": "miou", "higher_is_better": "yes"}),
+    ("headline", {"metric": "miou", "value": float("nan")}),
+    ("headline", {"metric": "miou", "untuned": True}),
+    ("task", 7),
+    ("epochs_run", 2.5),
+])
+def test_a_malformed_headline_task_or_epochs_run_is_counted_malformed(tmp_path, field, value):
+    s = FleetStore(tmp_path / "fleet.sqlite")
+    good = {"job": "js", "status": "succeeded", "final": {"miou": 0.8}, "task": "segmentation", "epochs_run": 3,
+            "headline": {"metric": "miou", "label": "mIoU", "higher_is_better": True, "tuned": 0.8, "untuned": None}}
+    bad = [msg("seg-01", "jobs/js/result", {**good, field: value}, 2)]
+    if field != "epochs_run":   # a result's field only
+        bad.append(msg("seg-01", "jobs/js/progress", {"job": "js", "epoch": 1, field: value}, 3))
+    rep = s.ingest_batch([msg("seg-01", "status", {"state": "online"}, 1), *bad])
+    assert (rep["messages"], rep["malformed"]) == (1, len(bad))
+    assert s.counters()["malformed_total"] == rep["malformed"]
+    assert s.job("demo", "seg-01", "js") is None, "stored nowhere"
+    assert s.ingest_batch([msg("seg-01", "jobs/js/result", {**good, "headline": None}, 4)])["messages"] == 1
+    s.close()
 
 
 # -- issue 17: /api/devices pages, the summary in SQL, per-collector /metrics ---------------------------------

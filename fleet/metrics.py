@@ -1,0 +1,119 @@
+"""The collector's Prometheus exposition (``GET /metrics``): the fleet's series from the database, and this
+collector process's own series (label ``instance``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterator
+
+from .headline import of_progress
+from .validate import number
+
+COLLECTOR_STATS = (("received", "messages received from the broker"),
+                   ("processed", "messages written (their batch committed or refused)"),
+                   ("batches", "write transactions of received messages"),
+                   ("errors", "batches or gap checks that failed"),
+                   ("resyncs", "resync commands sent after counted holes"),
+                   ("connections", "connections to the broker (reconnects included)"),
+                   ("unacked", "messages whose acknowledgement to the broker failed"))
+
+
+def process_stats() -> dict[str, float]:
+    """This process's resident memory (``VmRSS`` of /proc/self/status, bytes; absent where there is no /proc)
+    and CPU time (user + system, seconds)."""
+    t = os.times()
+    out = {"cpu_seconds": t.user + t.system}
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    out["resident_memory_bytes"] = float(line.split()[1]) * 1024   # "VmRSS:  1234 kB"
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def prometheus_text(store: Any, instance: str | None = None,
+                    stats: Callable[[], dict[str, Any]] | None = None) -> bytes:
+    """Exposition of fleet state; one series per device at most (bounded cardinality, no job labels).
+
+    Per device: ``ftedge_device_up``, ``ftedge_device_last_seen_timestamp_seconds`` and, from its latest epoch,
+    ``ftedge_job_loss``, ``ftedge_job_val_accuracy``, ``ftedge_job_val_map50`` (detectors) and
+    ``ftedge_job_val_headline`` (label ``metric``: the job's headline metric, :mod:`~ftedge.fleet.headline`).
+
+    The device gauges and ``ftedge_messages*`` counters are the fleet's (from the database, the same on every
+    collector sharing it). With ``instance`` (the collector's name), this process's own figures follow,
+    labelled ``instance``: ``ftedge_collector_{received,processed,batches,errors,resyncs,connections,
+    unacked}_total`` from ``stats()`` (the Collector's ``stats``), ``ftedge_collector_resident_memory_bytes``
+    and ``ftedge_collector_cpu_seconds_total``."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    class _Fleet:
+        def collect(self):  # noqa: ANN202 - prometheus_client protocol
+            up = GaugeMetricFamily("ftedge_device_up", "1 if the device's last status is online", labels=["fleet", "device"])
+            seen = GaugeMetricFamily("ftedge_device_last_seen_timestamp_seconds", "last message from the device",
+                                     labels=["fleet", "device"])
+            loss = GaugeMetricFamily("ftedge_job_loss", "training loss of the device's latest epoch", labels=["fleet", "device"])
+            acc = GaugeMetricFamily("ftedge_job_val_accuracy", "validation accuracy of the device's latest epoch",
+                                    labels=["fleet", "device"])
+            map50 = GaugeMetricFamily("ftedge_job_val_map50", "validation mAP@0.5 of the device's latest epoch "
+                                      "(detectors)", labels=["fleet", "device"])
+            headline = GaugeMetricFamily("ftedge_job_val_headline", "validation value of the headline metric (label "
+                                         "metric) the device's latest epoch reports", labels=["fleet", "device", "metric"])
+            for fleet, device, state, last_seen, metrics in store.device_gauges():   # no meta/job bodies
+                lab = [str(fleet), str(device)]
+                up.add_metric(lab, 1.0 if state == "online" else 0.0)
+                if isinstance(last_seen, int) and not isinstance(last_seen, bool):
+                    seen.add_metric(lab, last_seen / 1000.0)
+                m = metrics if isinstance(metrics, dict) else {}
+                inner = m.get("metrics") if isinstance(m.get("metrics"), dict) else {}
+                for fam, value in ((loss, m.get("loss")), (acc, inner.get("val_accuracy")), (map50, inner.get("val_map50"))):
+                    if number(value) is not None:   # a row stored before validation may hold anything
+                        fam.add_metric(lab, number(value))
+                if metrics is not None:
+                    h = of_progress(m)
+                    if h.value is not None:
+                        headline.add_metric([*lab, h.metric], h.value)
+            c = store.counters()
+            yield from (up, seen, loss, acc, map50, headline)
+            for name, key, doc in (("ftedge_messages", "messages_total", "device messages ingested"),
+                                   ("ftedge_messages_duplicate", "duplicates_total", "duplicates dropped (dev, boot, seq)"),
+                                   ("ftedge_messages_malformed", "malformed_total",
+                                    "device messages refused: bad envelope, body field types or size"),
+                                   ("ftedge_messages_rejected", "rejected_total",
+                                    "messages of devices beyond the devices-per-fleet cap"),
+                                   ("ftedge_seq_gaps", "seq_gaps_total", "holes in a device's seq after the reorder window")):
+                fam = CounterMetricFamily(name, doc)
+                fam.add_metric([], float(c.get(key, 0)))
+                yield fam
+            if instance is not None:
+                yield from _collector_families(str(instance), stats)
+
+    registry = CollectorRegistry()
+    registry.register(_Fleet())
+    return generate_latest(registry)
+
+
+def _collector_families(instance: str, stats: Callable[[], dict[str, Any]] | None) -> Iterator[Any]:
+    """The per-process series of one collector (label ``instance``)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    got = dict(stats() or {}) if stats is not None else {}
+    for key, doc in COLLECTOR_STATS:
+        if number(got.get(key)) is not None:
+            fam = CounterMetricFamily(f"ftedge_collector_{key}", f"{doc} (this collector process)",
+                                      labels=["instance"])
+            fam.add_metric([instance], number(got[key]))
+            yield fam
+    proc = process_stats()
+    if "resident_memory_bytes" in proc:
+        fam = GaugeMetricFamily("ftedge_collector_resident_memory_bytes", "resident memory (VmRSS) of the collector "
+                                "process", labels=["instance"])
+        fam.add_metric([instance], proc["resident_memory_bytes"])
+        yield fam
+    fam = CounterMetricFamily("ftedge_collector_cpu_seconds", "CPU time (user + system) of the collector process",
+                              labels=["instance"])
+    fam.add_metric([instance], proc["cpu_seconds"])
+    yield fam
