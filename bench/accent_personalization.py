@@ -72,9 +72,9 @@ def torch_reference(bundle: Path, train_dir: Path, test_dir: Path, epochs: int, 
     import torch
 
     from ftedge.bundle.loader import load_bundle
-    from ftedge.runtime.data import ModelIO, load_dataset
-    from ftedge.runtime.schedule import learning_rate
-    from ftedge.runtime.trainer import stratified_split
+    from ftedge.runtime.data.samples import ModelIO, load_dataset
+    from ftedge.runtime.training.schedule import learning_rate
+    from ftedge.runtime.tasks.classify.folds import stratified_split
 
     torch.set_num_threads(2)
     torch.manual_seed(seed)
@@ -124,7 +124,7 @@ def torch_reference(bundle: Path, train_dir: Path, test_dir: Path, epochs: int, 
 
 def run_voice(voice: str, shots: int, test_per_word: int, seed: int, epochs: int, lr: float, batch: int,
               val_fraction: float, bundle: Path, work: Path, auto_seconds: float | None = None) -> dict:
-    from ftedge.runtime.evaluate import evaluate
+    from ftedge.runtime.tasks.classify.evaluate import evaluate
 
     maker = _module(ROOT / "examples" / "demo" / "make_kws_dataset.py", "make_kws_dataset")
     kws = _module(KWS / "model.py", "kws_model")

@@ -826,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
         col = Collector(broker.port)
         ctx["collector"] = col
         # untimed warm-up: page-cache the device stack (onnxruntime, training api, paho)
-        subprocess.run([ctx["py"], "-c", "import paho.mqtt.client; from ftedge.runtime.ort_training_backend import training_api; "
+        subprocess.run([ctx["py"], "-c", "import paho.mqtt.client; from ftedge.runtime.engines.ort_training_backend import training_api; "
                         "training_api()"], env=ctx["env"], cwd=work, check=True, capture_output=True)
 
         say("(1) agent idle")

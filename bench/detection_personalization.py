@@ -77,10 +77,10 @@ from proc_launcher import run_measured  # noqa: E402
 
 INFER_SCRIPT = r"""
 import json, sys, time
-from ftedge.runtime.letterbox import letterbox_spec, load_letterboxed
-from ftedge.runtime.detect_trainer import OUTPUTS
-from ftedge.runtime.detector import Detector
-from ftedge.runtime.ort_backend import InferenceModel
+from ftedge.runtime.tasks.detect.letterbox import letterbox_spec, load_letterboxed
+from ftedge.runtime.tasks.detect.trainer import OUTPUTS
+from ftedge.runtime.tasks.detect.detector import Detector
+from ftedge.runtime.engines.ort_backend import InferenceModel
 run, paths_file, runs, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 paths = json.load(open(paths_file))
 spec = letterbox_spec(json.load(open(run + "/model.json"))["preprocessing"])
@@ -185,8 +185,8 @@ def ensure_bundle(bundle: Path) -> float | None:
 def check_device_venv(py: str) -> str:
     if not Path(py).exists():
         raise SystemExit(f"device python {py} does not exist (--device-python or FTEDGE_DEVICE_PYTHON)")
-    probe = subprocess.run([py, "-c", "import importlib.metadata as m, ftedge.runtime.detect_trainer, "
-                            "ftedge.runtime.detector; print(m.version('ftedge'))"], capture_output=True, text=True,
+    probe = subprocess.run([py, "-c", "import importlib.metadata as m, ftedge.runtime.tasks.detect.trainer, "
+                            "ftedge.runtime.tasks.detect.detector; print(m.version('ftedge'))"], capture_output=True, text=True,
                            cwd="/")
     if probe.returncode != 0:
         raise SystemExit(f"the device venv's ftedge ({py}) has no detection trainer: it is stale. Refresh it: "
@@ -208,9 +208,9 @@ def bake_reference(bundle_dir: Path, params: Path, out_dir: Path) -> None:
     from safetensors.numpy import load_file, save_file
 
     from ftedge.bundle.loader import load_bundle
-    from ftedge.runtime.detect_trainer import OUTPUTS
-    from ftedge.runtime.engine import PortableEngine
-    from ftedge.runtime.personalized import write_personalized
+    from ftedge.runtime.tasks.detect.trainer import OUTPUTS
+    from ftedge.runtime.engines.portable import PortableEngine
+    from ftedge.runtime.training.personalized import write_personalized
 
     bundle = load_bundle(bundle_dir)
     values = load_file(str(params))

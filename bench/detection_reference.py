@@ -57,13 +57,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ftedge.export.detect_model import DetectionHead, decode, detection_loss
-from ftedge.export.detect_sources import mobilenet_v2
-from ftedge.runtime.detect_data import load_detection
-from ftedge.runtime.letterbox import letterbox_spec, load_letterboxed, to_image_boxes, to_input_boxes
-from ftedge.runtime.detect_metrics import coco_map
-from ftedge.runtime.detect_targets import Grid, batch_targets, flip_boxes, grid_of
-from ftedge.runtime.schedule import learning_rate
+from ftedge.export.tasks.detect.model import DetectionHead, decode, detection_loss
+from ftedge.export.tasks.detect.sources import mobilenet_v2
+from ftedge.runtime.tasks.detect.data import load_detection
+from ftedge.runtime.tasks.detect.letterbox import letterbox_spec, load_letterboxed, to_image_boxes, to_input_boxes
+from ftedge.runtime.tasks.detect.metrics import coco_map
+from ftedge.runtime.tasks.detect.targets import Grid, batch_targets, flip_boxes, grid_of
+from ftedge.runtime.training.schedule import learning_rate
 
 MAX_DETS = 100
 

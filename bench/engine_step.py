@@ -158,7 +158,7 @@ def timed(fn, n: int) -> list[float]:  # noqa: ANN001
 
 def bench_case(case: str, bundle_dir: Path, args: argparse.Namespace, say) -> dict:  # noqa: ANN001
     from ftedge.runtime import load_bundle
-    from ftedge.runtime.session import BundleSession
+    from ftedge.runtime.engines.session import BundleSession
 
     bundle = load_bundle(bundle_dir)
     rng = np.random.default_rng(0)
@@ -335,8 +335,8 @@ def _profile_summary(path: str, runs: int) -> dict:
 def profile(bundle, sessions: dict, feeds: dict, labels: np.ndarray, args: argparse.Namespace) -> dict:  # noqa: ANN001
     """onnxruntime session profiles: portable step.onnx (fresh InferenceSession) and the ort-training training graph."""
     rt = sys.modules["onnxruntime"]
-    from ftedge.runtime.engine import bundle_engines
-    from ftedge.runtime.ort_training_backend import training_api
+    from ftedge.runtime.engines.engine import bundle_engines
+    from ftedge.runtime.engines.ort_training_backend import training_api
 
     runs = min(args.steps, 100)
     out = {}
@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"unknown case(s) {bad}; choose from {CASES}")
 
-    from ftedge.runtime.ort_backend import has_training_api, version
+    from ftedge.runtime.engines.ort_backend import has_training_api, version
 
     if not has_training_api():
         raise SystemExit(f"onnxruntime {version()} here has no training API: run this with the legacy venv "
@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         for case in cases:
             # each case in its own process: its own allocator arenas, and a fresh onnxruntime import (in one
             # process, a second BundleSession after an ort-training engine was opened raises ValueError from
-            # ftedge.runtime.ort_backend.has_training_api: see BENCHMARKS.md, issue 11)
+            # ftedge.runtime.engines.ort_backend.has_training_api: see BENCHMARKS.md, issue 11)
             cmd = [sys.executable, str(THIS), "--one-case", case, "--workdir", str(work), "--steps", str(args.steps),
                    "--rounds", str(args.rounds), "--warmup", str(args.warmup),
                    "--seconds-per-case", str(args.seconds_per_case)] + (["--reuse"] if args.reuse else []) + (["--profile"] if args.profile else [])

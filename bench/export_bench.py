@@ -29,12 +29,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from ftedge.export import ExportOptions, export_bundle  # noqa: E402
 from ftedge.export.graph_split import random_feeds  # noqa: E402
-from ftedge.export.head import set_modes  # noqa: E402
+from ftedge.export.tasks.classify.head import set_modes  # noqa: E402
 from ftedge.export.model_loader import load_model  # noqa: E402
 from ftedge.export.onnx_export import TORCH_DTYPES  # noqa: E402
 from ftedge.runtime import load_bundle  # noqa: E402
 from ftedge.bundle.manifest import parse_input_spec  # noqa: E402
-from ftedge.runtime.session import BundleSession  # noqa: E402
+from ftedge.runtime.engines.session import BundleSession  # noqa: E402
 
 ZOO = ROOT / "tests" / "zoo.py"
 MINILM = ROOT / "examples" / "minilm_classifier.py"
@@ -92,7 +92,7 @@ def run_case(name, spec, inputs, extra, batch, steps, tmp: Path) -> dict:
     model = load_model(spec)
     manifest = split.bundle.manifest
     if extra.get("labels"):
-        from ftedge.export.head import find_head, replace_head
+        from ftedge.export.tasks.classify.head import find_head, replace_head
 
         head_name, _ = find_head(model, extra.get("head"))
         replace_head(model, head_name, len(extra["labels"]), 0)

@@ -16,7 +16,7 @@ package `dataset-fashion-mnist`, read with gzip + numpy by `examples/vision/make
    ``--seeds`` and n in ``--shots`` a stratified training set of n photos (seed 1000 + seed) from the ``train``
    split, so no test photo is ever seen by any method's training, validation split or search. Each photo is
    written as a 28×28 8-bit grayscale PNG as stored (light product on black); the device's image loader
-   (`runtime/image.py`) converts grayscale to the bundle's 3 channels with Pillow's ``convert("RGB")`` (the
+   (`runtime/data/image.py`) converts grayscale to the bundle's 3 channels with Pillow's ``convert("RGB")`` (the
    gray value replicated to R, G and B), resizes bilinearly to ``--size`` and normalizes
    ``(x/255 - 127/255) / (128/255)``.
 2. Export (host, torch): ``ftedge export examples/vision/efficientnet_lite0.py:build_model --image-size S,S
@@ -237,7 +237,7 @@ def report(args, bench: Bench, rows: list[dict], test_n: int) -> dict:  # noqa: 
                      f"{_g(r['val_baseline']['accuracy'], '.3f')} → {_g(r['val_metrics']['accuracy'], '.3f')} | "
                      f"{r['best_epoch']} | {r['promoted']} | {r['test_accuracy']:.3f} |")
     lines += ["", f"Settings: input {size}×{size}; grayscale PNGs (mode L) become the bundle's 3 channels in "
-              "`runtime/image.py` `_to_rgb` via Pillow's `convert(\"RGB\")` (gray replicated to R, G, B), then "
+              "`runtime/data/image.py` `_to_rgb` via Pillow's `convert(\"RGB\")` (gray replicated to R, G, B), then "
               "bilinear resize 28→" f"{size}, /255, (x − 127/255) / (128/255). ftedge-defaults: `--epochs 30 --lr 0.01 "
               "--batch-size 32` (AdamW, the bundle's weight decay), default --val-fraction 0.2; ftedge-auto: `--auto "
               f"--max-seconds {args.auto_seconds:g}` (default 5 folds, no held-out split); both "

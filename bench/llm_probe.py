@@ -10,11 +10,11 @@ Data: examples/llm/make_faq.py (SYNTHETIC FAQ + REAL chatterbot questions), writ
 ``features``: per layer, the mean (and last-token) hidden state of each prompt, standardized and L2-normalized.
 (1) Which of the 25 FAQ entries a held-out paraphrase asks about, by nearest training prompt and by nearest
 class centroid (4 training phrasings per entry): how much of the paraphrase problem the frozen model already
-solves. (2) The adapter router's task: logistic regression (ftedge.runtime.router) on training prompts vs
+solves. (2) The adapter router's task: logistic regression (ftedge.runtime.tasks.lm.router) on training prompts vs
 offtopic.jsonl, scored on the held-out paraphrases (should be inside) and general.jsonl (should be outside).
 
 ``recipe``: bench/llm_reference.py's fine-tune (PEFT, same recipe, last epoch kept), answers by batched greedy
-decoding (left padding, <= 48 new tokens), scored with ftedge.runtime.answer_metrics: paraphrase accuracy and
+decoding (left padding, <= 48 new tokens), scored with ftedge.runtime.tasks.lm.answer_metrics: paraphrase accuracy and
 retention of the base answers on general.jsonl, adapter applied to every prompt (no router). ``--replay N``
 mixes N off-topic prompts with the base model's own greedy answers into training (self-distillation replay).
 """
@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 import llm_reference as R  # noqa: E402
 
-from ftedge.runtime import answer_metrics  # noqa: E402
-from ftedge.runtime.router import fit_router  # noqa: E402
+from ftedge.runtime.tasks.lm import answer_metrics  # noqa: E402
+from ftedge.runtime.tasks.lm.router import fit_router  # noqa: E402
 
 
 def read(path: Path) -> list[dict]:

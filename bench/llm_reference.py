@@ -55,7 +55,7 @@ class ReferenceConfig:
 
 
 def lr_at(step: int, total: int, base: float) -> float:
-    """Learning rate of optimizer step ``step`` (1..total) of ``total``: ftedge's runtime/schedule.py, 1-based.
+    """Learning rate of optimizer step ``step`` (1..total) of ``total``: ftedge's runtime/training/schedule.py, 1-based.
 
     Linear warm-up over the first W = max(1, round(0.1 * total)) steps: ``base * step / W`` (``base`` at step W);
     then cosine ``base * 0.5 * (1 + cos(pi * (step - 1 - W) / (total - W)))``: ``base`` at step W + 1, decaying
@@ -254,7 +254,7 @@ def run_reference(train_rows: list[dict], eval_prompts: list[str], general_promp
                   max_new_tokens: int = 48, off_topic: list[str] | None = None, validate: bool = False) -> dict:
     """Load, base answers, fine-tune, tuned answers, optional perplexity and eager tokens/s; all figures.
 
-    With ``off_topic`` prompts, ftedge's adapter router is fitted the same way (``ftedge.runtime.router``, on this
+    With ``off_topic`` prompts, ftedge's adapter router is fitted the same way (``ftedge.runtime.tasks.lm.router``, on this
     model's hidden states at the same cut) and ``tuned_*_routed`` holds the routed answers: the tuned answer where
     the router applies the adapter, the (deterministic, greedy) base answer elsewhere."""
     t0 = time.perf_counter()
@@ -268,7 +268,7 @@ def run_reference(train_rows: list[dict], eval_prompts: list[str], general_promp
         out["base_perplexity"] = perplexity(model, tok, scored, cfg.max_length)
     routes = None
     if off_topic:
-        from ftedge.runtime.router import fit_router
+        from ftedge.runtime.tasks.lm.router import fit_router
 
         t = time.perf_counter()
         cut = model.config.num_hidden_layers - cfg.trainable_blocks

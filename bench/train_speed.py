@@ -114,7 +114,7 @@ def make_data(n: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Copy of ftedge.runtime.trainer.stratified_split (classification); setup checks they agree."""
+    """Copy of ftedge.runtime.tasks.classify.folds.stratified_split (classification); setup checks they agree."""
     rng = np.random.default_rng(seed)
     if fraction <= 0:
         return np.arange(len(y)), np.arange(0)
@@ -128,7 +128,7 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
 
 
 def learning_rate(step: int, total: int, base: float, warmup: int) -> float:
-    """Copy of ftedge.runtime.schedule.learning_rate, cosine (ftedge's default); setup checks they agree."""
+    """Copy of ftedge.runtime.training.schedule.learning_rate, cosine (ftedge's default); setup checks they agree."""
     if warmup > 0 and step < warmup:
         return base * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -202,7 +202,7 @@ def make_weights(path: Path, classes: int, seed: int, calib: np.ndarray) -> int:
     `ftedge export --labels` does (seed 0), saved as a state dict. Returns the parameter count."""
     import torch
     import torch.nn as nn
-    from ftedge.export.head import replace_head
+    from ftedge.export.tasks.classify.head import replace_head
 
     torch.manual_seed(seed)
     model = _model_class()(classes)
@@ -228,7 +228,7 @@ def make_weights(path: Path, classes: int, seed: int, calib: np.ndarray) -> int:
 def worker_ort_infer(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     # onnxruntime-training's build-info check imports onnxruntime.training.ortmodule, which imports torch when
-    # torch is installed (the legacy venv): hide it for the import, as ftedge.runtime.ort_backend.ort() does
+    # torch is installed (the legacy venv): hide it for the import, as ftedge.runtime.engines.ort_backend.ort() does
     sys.modules.setdefault("onnxruntime.training.ortmodule", None)
     import onnxruntime as ort
 
@@ -365,9 +365,9 @@ def setup(args: argparse.Namespace, work: Path, say) -> dict:  # noqa: ANN001
     from safetensors.numpy import load_file
 
     from ftedge.runtime import load_bundle
-    from ftedge.runtime.engine import bundle_engines
-    from ftedge.runtime.schedule import learning_rate as ft_lr
-    from ftedge.runtime.trainer import stratified_split as ft_split
+    from ftedge.runtime.engines.engine import bundle_engines
+    from ftedge.runtime.training.schedule import learning_rate as ft_lr
+    from ftedge.runtime.tasks.classify.folds import stratified_split as ft_split
 
     info: dict = {}
     x, y = make_data(args.samples, args.classes, args.seed)
@@ -421,7 +421,7 @@ def setup(args: argparse.Namespace, work: Path, say) -> dict:  # noqa: ANN001
         if "ort-training" not in carried:
             raise SystemExit(f"the --engine all bundle carries only {sorted(carried)}")
         check = ("import json, sys, numpy as np; from safetensors.numpy import load_file; "
-                 "from ftedge.runtime import load_bundle; from ftedge.runtime.engine import OrtTrainingEngine; "
+                 "from ftedge.runtime import load_bundle; from ftedge.runtime.engines.ort_training import OrtTrainingEngine; "
                  "b = load_bundle(sys.argv[1]); p = OrtTrainingEngine(b).parameters(); i = load_file(sys.argv[2]); "
                  "print(json.dumps([float(np.abs(p[k] - i[k]).max()) for k in i]))")
         out = subprocess.run([str(LEGACY_PY), "-c", check, str(split.path),
@@ -522,9 +522,9 @@ def main(argv: list[str] | None = None) -> int:
             device_py = Path(sys.executable)
         env = child_env()
         # untimed warm-up: page-cache the shared libraries of every stack
-        run_checked([str(device_py), "-c", "import onnx, onnxruntime, safetensors, ftedge.runtime.engine"], env)
+        run_checked([str(device_py), "-c", "import onnx, onnxruntime, safetensors, ftedge.runtime.engines.engine"], env)
         if args.legacy:
-            run_checked([str(LEGACY_PY), "-c", "import onnx; from ftedge.runtime.ort_training_backend import training_api; "
+            run_checked([str(LEGACY_PY), "-c", "import onnx; from ftedge.runtime.engines.ort_training_backend import training_api; "
                                                "training_api()"], env)
         run_checked([str(HOST_PY if HOST_PY.exists() else sys.executable), "-c", "import torch"], env)
         floor_rec = run_measured([shutil.which("true") or "/bin/true"], ROOT, env)  # RSS the launcher passes on

@@ -19,6 +19,7 @@ from typing import Any, Iterable
 from ftedge.errors import BundleError
 from ftedge.bundle.hashing import sha256_file
 from ftedge.bundle.manifest import MANIFEST_NAME, TensorSpec, check_schema
+from ftedge.bundle.tasks import task_of
 
 
 @dataclass
@@ -242,6 +243,7 @@ def load_bundle(path: str | Path, verify: bool = True, trusted_keys: Iterable[An
     path = Path(path)
     manifest = _read_manifest(path)
     check_schema(manifest, str(path))
+    task_of(manifest, f"bundle {path}")  # a task this ftedge does not know: refused before anything else
     check_shape(manifest, str(path))
     signed_by = None
     if trusted_keys is not None:

@@ -141,8 +141,8 @@ class Agent:
             self.publish(kind, job_suffix(body["job"], kind), body)
 
     def meta(self) -> dict[str, Any]:
-        from ftedge.runtime.engine import available_engines
-        from ftedge.runtime import ort_backend
+        from ftedge.runtime.engines.engine import available_engines
+        from ftedge.runtime.engines import ort_backend
 
         active = self.models.active()
         return {

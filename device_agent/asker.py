@@ -26,7 +26,7 @@ class Asker:
         self._lock = threading.Lock()
 
     def _model(self, key: str, target: Path) -> Any:
-        from ftedge.runtime.lm_model import open_lm
+        from ftedge.runtime.tasks.lm.model import open_lm
 
         if self._open is None or self._open[0] != key:
             self._open = None  # drop the old decoder before opening the next

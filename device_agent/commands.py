@@ -3,7 +3,7 @@
 Every request is JSON ``{"cmd_id": str, "args": {...}}`` (optional ``"expires": epoch ms``). Anything
 malformed gets a ``rejected`` reply with a code and a detail and changes nothing. Replies are idempotent
 on ``(cmd_id, verb)``: a repeated request gets the first reply again. NaN/Infinity are not JSON and are
-refused; every numeric train option has bounds (``TRAIN_LIMITS``).
+refused; every numeric train option has bounds (its declaration in ``ftedge.runtime.training.options``).
 """
 
 from __future__ import annotations
@@ -17,18 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ftedge.device_agent.jobs import (
-    DET_OPTIONS,
-    LM_ONLY,
-    LM_OPTIONS,
-    TRAIN_CHOICES,
-    TRAIN_LIMITS,
-    TRAIN_OPTIONS,
-    Job,
-    new_job_id,
-    valid_job_id,
-)
+from ftedge.device_agent.jobs import Job, new_job_id, valid_job_id
 from ftedge.errors import FtedgeError, Rejected
+from ftedge.runtime import tasks
 
 log = logging.getLogger(__name__)
 
@@ -99,70 +90,45 @@ def parse_request(payload: bytes) -> tuple[str, dict[str, Any]]:
 
 
 def train_job(args: dict[str, Any], data_root: Path, bundle_root: Path, cmd_id: str) -> Job:
-    """A validated train job from command args (bundle/data resolved inside their roots)."""
-    unknown = sorted(set(args) - {"bundle", "data", *TRAIN_OPTIONS})
+    """A validated train job from command args (bundle/data resolved inside their roots).
+
+    The options are checked against their declarations (:mod:`ftedge.runtime.training.options`): an unknown key,
+    a wrong type, a value out of bounds, or an option the bundle's task does not take is ``bad_args``; a bundle
+    whose task this ftedge does not know is ``bad_bundle``.
+    """
+    every = tasks.all_options()
+    unknown = sorted(set(args) - {"bundle", "data", *every})
     if unknown:
         raise Rejected("bad_args", f"unknown train argument(s) {', '.join(unknown)}; "
-                                   f"allowed: bundle, data, {', '.join(TRAIN_OPTIONS)}")
+                                   f"allowed: bundle, data, {', '.join(every)}")
     bundle = _inside(bundle_root, args.get("bundle"), "bundle")
     data = _inside(data_root, args.get("data"), "data")
     if not (bundle / "manifest.json").is_file():
         raise Rejected("unknown_bundle", f"no bundle {args['bundle']!r} under {bundle_root}; deploy it first")
     if not data.exists():
         raise Rejected("unknown_data", f"no data {args['data']!r} under {data_root}")
-    options = {key: train_option(key, args[key]) for key in TRAIN_OPTIONS if key in args}
+    options = {key: every[key].check(args[key]) for key in every if key in args}
     try:
         from ftedge.bundle.loader import load_bundle
 
-        loaded = load_bundle(bundle, verify=False)  # schema and roles now; the job verifies every hash before training
+        loaded = load_bundle(bundle, verify=False)  # schema, roles, task now; the job verifies every hash later
+        row, task = tasks.for_bundle(loaded)
     except FtedgeError as exc:
         raise Rejected("bad_bundle", str(exc)) from exc
-    if loaded.manifest.get("task") == "causal-lm":
-        wrong = sorted(set(options) - set(LM_OPTIONS))
-        if wrong:
-            raise Rejected("bad_args", f"{', '.join(wrong)} do(es) not apply to a causal-LM bundle; its options: "
-                                       f"{', '.join(LM_OPTIONS)}")
-        for key in ("eval_data", "general", "off_topic"):
-            if key in options:
-                path = _inside(data_root, options[key], key)
-                if not path.is_file():
-                    raise Rejected("unknown_data", f"no file {options[key]!r} under {data_root} (args.{key})")
-                options[key] = str(path)
-    elif loaded.manifest.get("task") == "detection":
-        wrong = sorted(set(options) - set(DET_OPTIONS))
-        if wrong:
-            raise Rejected("bad_args", f"{', '.join(wrong)} do(es) not apply to a detection bundle; its options: "
-                                       f"{', '.join(DET_OPTIONS)}")
-        if "eval_data" in options:
-            path = _inside(data_root, options["eval_data"], "eval_data")
-            if not path.exists():
-                raise Rejected("unknown_data", f"no data {options['eval_data']!r} under {data_root} (args.eval_data)")
-            options["eval_data"] = str(path)
-    elif set(options) & {*LM_ONLY, "flip"}:
-        extra = ", ".join(sorted(set(options) & {*LM_ONLY, "flip"}))
-        raise Rejected("bad_args", f"{extra} apply to causal-LM or detection bundles only")
+    wrong = sorted(set(options) - set(task.options.names()))
+    if wrong:
+        raise Rejected("bad_args", f"{', '.join(wrong)} do(es) not apply to a {row.name} bundle; its options: "
+                                   f"{', '.join(task.options.names())}")
+    for key in options:
+        kind = every[key].path
+        if kind is None:
+            continue
+        path = _inside(data_root, options[key], key)
+        if not (path.is_file() if kind == "file" else path.exists()):
+            raise Rejected("unknown_data", f"no {'file' if kind == 'file' else 'data'} {options[key]!r} under "
+                                           f"{data_root} (args.{key})")
+        options[key] = str(path)
     return Job(id=new_job_id(), bundle=str(bundle), data=str(data), options=options, cmd_id=cmd_id)
-
-
-def train_option(key: str, value: Any) -> Any:
-    """``value`` checked against the type, bounds and choices of train option ``key``; else Rejected."""
-    typ = TRAIN_OPTIONS[key]
-    if typ is bool:  # JSON booleans only: "false" or 0 is not a boolean
-        if not isinstance(value, bool):
-            raise Rejected("bad_args", f"args.{key} must be a JSON boolean (true or false), got {value!r}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, typ):
-        want = {int: "an integer", str: "a string"}.get(typ, "a number")  # type: ignore[call-overload]
-        raise Rejected("bad_args", f"args.{key} must be {want}, got {json.dumps(value)[:60]}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise Rejected("bad_args", f"args.{key} must be a finite number, got {value!r}")
-    if key in TRAIN_LIMITS:
-        lo, hi = TRAIN_LIMITS[key]
-        if not lo <= value <= hi:
-            raise Rejected("bad_args", f"args.{key} must be between {lo:g} and {hi:g}, got {value!r}")
-    if key in TRAIN_CHOICES and value not in TRAIN_CHOICES[key]:
-        raise Rejected("bad_args", f"args.{key} must be one of {', '.join(TRAIN_CHOICES[key])}, got {value!r}")
-    return value
 
 
 def cancel_target(args: dict[str, Any], current: str | None) -> str | None:

@@ -17,41 +17,18 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ftedge.bundle.tasks import Task
 from ftedge.device_agent.disk import DiskGuard, is_disk_full
 from ftedge.errors import FtedgeError
 from ftedge.durable import atomic_write_json, swap_dir
+from ftedge.runtime import tasks
+from ftedge.runtime.training.result import COMMON_KEYS
 
 log = logging.getLogger(__name__)
 
 ACTIVE = ("queued", "running")
 MAX_STARTS = 3  # default of [jobs] max_starts: starts without a finished epoch before a job is failed
 JOB_ID_RE = re.compile(r"j\d{8}-\d{6}-[0-9a-f]{6}")  # what new_job_id() makes
-# `ftedge train` options a train command may set, with their types.
-TRAIN_OPTIONS: dict[str, type | tuple[type, ...]] = {
-    "epochs": int, "batch_size": int, "lr": (int, float), "mode": str, "patience": int,
-    "max_seconds": (int, float), "val_fraction": (int, float), "seed": int, "min_gain": (int, float),
-    "schedule": str, "backbone": str, "embed_batch_size": int, "engine": str,
-    "auto": bool, "folds": int, "max_trials": int, "weight_decay": (int, float), "class_weight": str,
-    # causal-LM bundles only (eval_data, general and off_topic are paths under the data root, like data)
-    "eval_data": str, "general": str, "off_topic": str, "min_retention": (int, float), "max_new_tokens": int,
-    # detection bundles (eval_data: labelled images under the data root)
-    "flip": bool,
-}
-LM_ONLY = ("eval_data", "general", "off_topic", "min_retention", "max_new_tokens")
-LM_OPTIONS = ("epochs", "batch_size", "lr", "weight_decay", "val_fraction", "seed", "max_seconds", "min_gain", *LM_ONLY)
-DET_OPTIONS = ("epochs", "batch_size", "lr", "weight_decay", "val_fraction", "seed", "max_seconds", "min_gain",
-               "patience", "mode", "eval_data", "flip")
-# Inclusive bounds of the numeric options (val_fraction must stay below 1).
-TRAIN_LIMITS: dict[str, tuple[float, float]] = {
-    "epochs": (1, 10_000), "batch_size": (1, 4096), "embed_batch_size": (1, 4096), "lr": (0, 10),
-    "patience": (0, 10_000), "max_seconds": (0, 7 * 86400), "val_fraction": (0, 0.95), "seed": (0, 2**31 - 1),
-    "min_gain": (0, 1000), "folds": (2, 50), "max_trials": (1, 10_000), "weight_decay": (0, 10),
-    "min_retention": (0, 1), "max_new_tokens": (1, 512),
-}
-TRAIN_CHOICES: dict[str, tuple[str, ...]] = {
-    "mode": ("auto", "cached", "full"), "engine": ("auto", "portable", "ort-training"),
-    "schedule": ("cosine", "linear", "constant"), "backbone": ("fp32", "int8"), "class_weight": ("none", "balanced"),
-}
 
 
 def tuning_summary(search: dict[str, Any]) -> dict[str, Any]:
@@ -149,6 +126,7 @@ class _Callbacks:
                  on_epoch_done: Callable[[Job], None] = lambda _j: None) -> None:
         self.job, self.emit, self.cancel, self.step = job, emit, cancel, 0
         self.on_epoch_done = on_epoch_done
+        self.task: Task | None = None  # the bundle's row of the task table (set when the job starts)
 
     def on_start(self, info: dict[str, Any]) -> None:
         log.info("job %s started: %s", self.job.id, info)
@@ -166,9 +144,10 @@ class _Callbacks:
         rss_mb = _current_rss_mb()
         self.emit("progress", {
             "job": self.job.id, "epoch": record["epoch"], "step": self.step, "loss": record["train_loss"],
-            "metrics": {k: record.get(k) for k in ("val_loss", "val_accuracy", "val_macro_f1", "val_mae", "val_perplexity",
-                                                   "val_map50", "val_map50_95") if record.get(k) is not None},
+            "metrics": {k: v for k, v in record.items()
+                        if k.startswith("val_") and isinstance(v, (int, float)) and not isinstance(v, bool)},
             "lr": record["lr"], "samples_per_s": record["samples_per_s"], "rss_mb": round(rss_mb, 1),
+            **({"task": self.task.name, "headline": self.task.headline.progress(record)} if self.task else {}),
         })
         self.on_epoch_done(self.job)
 
@@ -314,7 +293,6 @@ class JobRunner:
 
     def _run(self, job: Job) -> None:
         from ftedge.bundle.loader import load_bundle
-        from ftedge.runtime.trainer import TrainConfig, Trainer
 
         cancel = self.cancels.setdefault(job.id, threading.Event())
         if cancel.is_set():
@@ -347,20 +325,11 @@ class JobRunner:
             return
         callbacks = _Callbacks(job, self.emit, cancel, self._epoch_done)
         try:
-            if bundle.manifest.get("task") == "causal-lm":
-                from ftedge.runtime.lm_trainer import LMTrainConfig, LMTrainer
-
-                lm_cfg = LMTrainConfig(**{**job.options, "resume": resume, "bundle_source": job.bundle})
-                result = LMTrainer(bundle, job.data, run_dir, lm_cfg, callbacks).run()
-            elif bundle.manifest.get("task") == "detection":
-                from ftedge.runtime.detect_trainer import DetTrainConfig, DetTrainer
-
-                det_cfg = DetTrainConfig(**{**job.options, "resume": resume, "cache_dir": self.state_dir / "cache",
-                                            "bundle_source": job.bundle})
-                result = DetTrainer(bundle, job.data, run_dir, det_cfg, callbacks).run()
-            else:
-                cfg = TrainConfig(**{**job.options, "resume": resume, "cache_dir": self.state_dir / "cache"})
-                result = Trainer(bundle, job.data, run_dir, cfg, callbacks).run()
+            row, task = tasks.for_bundle(bundle)
+            callbacks.task = row
+            result = task.train(tasks.TrainRequest(
+                bundle=bundle, data=job.data, run_dir=run_dir, options=job.options, resume=resume,
+                cache_dir=self.state_dir / "cache", callbacks=callbacks, bundle_source=job.bundle))
         except FtedgeError as exc:
             if is_disk_full(exc):
                 raise
@@ -388,9 +357,8 @@ class JobRunner:
     def _finish(self, job: Job, status: str, result: dict[str, Any] | None, error: str | None) -> None:
         """Record and report the end of ``job``; every step is attempted even if an earlier one fails."""
         job.status, job.error, job.finished_ms = status, error, int(time.time() * 1000)
-        job.result = None if result is None else {k: result.get(k) for k in (
-            "status", "stop_reason", "best_epoch", "epochs_run", "metrics", "baseline", "gain", "promoted",
-            "duration_s", "samples", "mode", "engine", "task", "gate")}
+        job.result = None if result is None else {k: result.get(k) for k in (   # not the skipped list: it can be long
+            *(k for k in COMMON_KEYS if k != "skipped"), "gain", "mode", "gate")}
         if result is not None and isinstance(result.get("search"), dict):
             job.result["tuning"] = tuning_summary(result["search"])
         self.done.add(job.id)
@@ -408,6 +376,7 @@ class JobRunner:
         self.emit("result", {
             "job": job.id, "status": status, "final": res.get("metrics"),
             "baseline": res.get("baseline"), "promoted": bool(res.get("promoted")),
+            **{k: res[k] for k in ("task", "epochs_run", "headline") if res.get(k) is not None},
             "duration_s": res.get("duration_s"), "error": job.error, "version": job.version,
             "skipped": len((result or {}).get("skipped") or []),
             **({"tuning": res["tuning"]} if res.get("tuning") else {}),

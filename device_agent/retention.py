@@ -68,7 +68,7 @@ def trim_cache(state_dir: Path, max_bytes: int) -> int:
     path = Path(state_dir) / "cache" / "embeddings.sqlite"
     if not path.is_file():
         return 0
-    from ftedge.runtime.cache import EmbeddingCache
+    from ftedge.runtime.data.cache import EmbeddingCache
 
     cache = EmbeddingCache(path.parent)
     try:

@@ -13,6 +13,6 @@ def export_bundle(options: ExportOptions, progress=None, sign_key=None):  # noqa
 
     ``progress(message)`` is told each stage; ``sign_key`` (an Ed25519 private key PEM) signs the manifest.
     """
-    from ftedge.export.exporter import export_bundle as _export
+    from ftedge.export.tasks.classify.exporter import export_bundle as _export
 
     return _export(options, **({"progress": progress} if progress else {}), sign_key=sign_key)

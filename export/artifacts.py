@@ -13,7 +13,7 @@ import onnx
 
 from ftedge.errors import ExportError, GradientError
 from ftedge.export.onnx_export import add_training_outputs
-from ftedge.runtime import ort_training_backend
+from ftedge.runtime.engines import ort_training_backend
 
 # Ops ORT 1.19.2 has no gradient builder for (checked on the trainable path).
 NO_GRADIENT_OPS = {"InstanceNormalization", "GroupNormalization", "HardSwish", "CastLike"}

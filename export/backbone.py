@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 
 from ftedge.errors import ExportError, RuntimeBackendError
-from ftedge.runtime import ort_backend
+from ftedge.runtime.engines import ort_backend
 
 
 def save_optimized(model: onnx.ModelProto, path: Path) -> None:

@@ -22,7 +22,7 @@ def manifest_header(opts: Any, opset: int) -> dict[str, Any]:
 
     import ftedge
     from ftedge.bundle.manifest import SCHEMA_VERSION
-    from ftedge.runtime import ort_backend
+    from ftedge.runtime.engines import ort_backend
 
     return {
         "schema_version": SCHEMA_VERSION,

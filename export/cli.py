@@ -7,8 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from ftedge.errors import UsageError
-from ftedge.bundle.manifest import DTYPES, LOSSES, OPTIMIZERS, parse_input_spec
+from ftedge.bundle.manifest import DTYPES, ENGINE_ROLES, LOSSES, OPTIMIZERS
+from ftedge.bundle.tasks import DEFAULT_TASK, Task, all_tasks, choices, lookup
+from ftedge.export.tasks import export_task, packages
 
 EXAMPLE = """examples:
   ftedge export my_models/kws.py:build_model -o bundles/kws \\
@@ -28,6 +29,11 @@ causal LMs (LoRA on the top blocks, trained on cached hidden states):
 object detection (a new anchor-free head on a frozen backbone's feature maps, decoding + NMS in the graph):
   ftedge export ftedge.export.detect_sources:mobilenet_v2 -o bundles/shop --task detect \\
       --labels sneaker,bag,ankle_boot --image-size 320,320 --lr 2e-3"""
+
+
+def _task_help(t: Task) -> str:
+    also = f" (also {', '.join(t.aliases)})" if t.aliases else ""
+    return f"{t.name}{also}: {t.summary}"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -77,26 +83,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--image-size", metavar="H,W", help="images: the size the device resizes to (input 1,3,H,W)")
     t.add_argument("--mean", metavar="R,G,B", help="images: per-channel mean on 0..1 pixels (default ImageNet)")
     t.add_argument("--std", metavar="R,G,B", help="images: per-channel std (default ImageNet)")
-    c = p.add_argument_group("causal language models (--task causal-lm) and detectors (--task detect)")
-    c.add_argument("--task", choices=["classification", "causal-lm", "detect"],
-                   help="causal-lm: a Llama-style Hugging Face LM (its tokenizer as `ftedge_tokenizer` or --tokenizer "
-                   "DIR) becomes a LoRA bundle; detect: MODEL is a backbone returning feature maps (image → tuple), "
-                   "ftedge adds an anchor-free detection head for --labels (default --image-size 320,320, letterboxed "
-                   "on the device); default: classification/regression as --loss says")
-    c.add_argument("--lora", dest="lora_rank", type=int, default=8, metavar="RANK", help="LoRA rank (default 8)")
-    c.add_argument("--lora-alpha", type=float, metavar="A", help="LoRA alpha (default 2 x rank)")
-    c.add_argument("--lora-targets", metavar="REGEX",
-                   help="projections that get adapters, re.search over layers.{i}.{q,k,v,o,gate,up,down}_proj of the "
-                   "trainable blocks (default: all seven)")
-    c.add_argument("--trainable-blocks", type=int, default=4, metavar="N",
-                   help="top blocks that get adapters; the blocks below are the frozen, cached backbone (default 4)")
-    c.add_argument("--quantize-decoder", choices=["int4", "int8"],
-                   help="the generation decoder's base weights (projections and LM head; not the embedding or the "
-                   "LoRA adapters): int4 or int8 (4- or 8-bit MatMulNBits weights in blocks of 32, int8 activations "
-                   "per block: int8 ~1.5x the fp32 tokens/s on CPU at ~1/4 the size, int4 smaller still but further "
-                   "from fp32); default fp32. Parity against transformers is then informational for the "
-                   "decoder (max logit diff, greedy-token agreement with the fp32 graph)")
-    p.add_argument("--engine", choices=["auto", "portable", "ort-training", "all"], default="auto",
+    p.add_argument("--task", choices=choices(), metavar="TASK",
+                   help="what the bundle is for: " + "; ".join(_task_help(t) for t in all_tasks())
+                   + ". causal-lm: MODEL is a Llama-style Hugging Face LM (its tokenizer as `ftedge_tokenizer` or "
+                   "--tokenizer DIR); detection: MODEL is a backbone returning feature maps (image → tuple), "
+                   "letterboxed to --image-size (default 320,320) on the device. Default: classification, or "
+                   "regression as --loss says")
+    for et in packages():
+        et.arguments(p)
+    p.add_argument("--engine", choices=["auto", *ENGINE_ROLES, "all"], default="auto",
                    help="training engines the bundle carries: portable (standard-op step graphs for plain "
                    "onnxruntime, any platform), ort-training (onnxruntime-training 1.19.2 artifacts; needs that "
                    "package on this host), all; auto (default): portable, plus ort-training where this host has "
@@ -112,57 +107,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ftedge.export.exporter import export_bundle
-    from ftedge.export.options import ExportOptions
-
-    if args.task == "causal-lm":
-        return _run_causal_lm(args)
-
-    labels = None
-    if args.labels:
-        labels = [s.strip() for s in args.labels.split(",") if s.strip()]
-    elif args.labels_file:
-        try:
-            labels = [ln.strip() for ln in args.labels_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        except OSError as exc:
-            raise UsageError(f"cannot read --labels-file {args.labels_file}: {exc}") from exc
-    if labels is not None and (not labels or len(set(labels)) != len(labels)):
-        raise UsageError("labels must be non-empty and unique")
-    def floats(flag: str, text: str | None, n: int | None = None) -> list[float] | None:
-        if text is None:
-            return None
-        try:
-            vals = [float(v) for v in text.split(",")]
-        except ValueError as exc:
-            raise UsageError(f"{flag} {text!r}: give comma-separated numbers") from exc
-        if n is not None and len(vals) != n:
-            raise UsageError(f"{flag} {text!r}: give {n} comma-separated numbers")
-        return vals
-
-    size = floats("--image-size", args.image_size, 2)
-    if size is not None and any(v != int(v) or v < 1 for v in size):
-        raise UsageError(f"--image-size {args.image_size!r}: give two positive integers H,W")
-    if (args.mean or args.std) and size is None and args.task != "detect":
-        raise UsageError("--mean/--std describe images: give --image-size H,W too")
-    if args.max_length is not None and args.tokenizer is None:
-        raise UsageError("--max-length is the tokenizer's padded length: give --tokenizer too")
-    opts = ExportOptions(
-        model=args.model, output=args.bundle, inputs=[parse_input_spec(s) for s in args.inputs],
-        output_name=args.output_name, head=args.head, num_classes=args.num_classes, labels=labels,
-        keep_head=args.keep_head,
-        trainable=args.trainable, loss=args.loss, optimizer=args.optimizer, lr=args.lr, opset=args.opset,
-        split=args.split, quantize_backbone=args.quantize_backbone, skip_parity=args.skip_parity,
-        tolerance=args.tolerance, name=args.name, seed=args.seed, force=args.force, engine=args.engine,
-        tokenizer=args.tokenizer, max_length=args.max_length,
-        image_size=None if size is None else (int(size[0]), int(size[1])),
-        mean=floats("--mean", args.mean, 3), std=floats("--std", args.std, 3),
-    )
-    if args.task == "detect":
-        from ftedge.export.detection import export_detector
-
-        opts.task = "detect"
-        return _export_and_report(args, export_detector, opts)
-    return _export_and_report(args, export_bundle, opts)
+    row = lookup(args.task or DEFAULT_TASK)
+    et = export_task(row)
+    return _export_and_report(args, et.exporter(), et.options(args, row))
 
 
 def _export_and_report(args: argparse.Namespace, export_fn, opts) -> int:  # noqa: ANN001
@@ -172,26 +119,7 @@ def _export_and_report(args: argparse.Namespace, export_fn, opts) -> int:  # noq
     if args.json:
         print(json.dumps(manifest, indent=2))
     elif not args.quiet:
-        from ftedge.runtime.inspect import summary
+        from ftedge.bundle.summary import summary
 
         print(summary(args.bundle, manifest))
     return 0
-
-
-def _run_causal_lm(args: argparse.Namespace) -> int:
-    from ftedge.export.causal_lm import export_causal_lm
-    from ftedge.export.options import ExportOptions
-
-    if args.inputs or args.labels or args.labels_file or args.num_classes or args.head or args.trainable:
-        raise UsageError("--task causal-lm takes no --input/--labels/--num-classes/--head/--trainable: the inputs are "
-                         "token ids and what trains is chosen by --lora-targets and --trainable-blocks")
-    if args.engine not in ("auto", "portable"):
-        raise UsageError("--task causal-lm writes the portable engine only (onnxruntime-training is deprecated)")
-    if args.quantize_backbone:
-        raise UsageError("--quantize-backbone is not supported with --task causal-lm yet")
-    opts = ExportOptions(model=args.model, output=args.bundle, inputs=[], lr=args.lr, name=args.name, seed=args.seed,
-                         force=args.force, skip_parity=args.skip_parity, tolerance=args.tolerance,
-                         tokenizer=args.tokenizer, max_length=args.max_length, task="causal-lm",
-                         lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,
-                         trainable_blocks=args.trainable_blocks, quantize_decoder=args.quantize_decoder)
-    return _export_and_report(args, export_causal_lm, opts)

@@ -26,7 +26,7 @@ from onnx import helper
 from ftedge.errors import ExportError
 from ftedge.export.onnx_export import value_info
 from ftedge.bundle.manifest import BATCH, TensorSpec
-from ftedge.runtime.ort_backend import probe_session
+from ftedge.runtime.engines.ort_backend import probe_session
 
 
 _LAYOUT_OPS = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten"}

@@ -13,7 +13,7 @@ from ftedge.errors import ParityError
 from ftedge.export.onnx_export import sample_inputs
 from ftedge.export.wrapper import OutputSelector
 from ftedge.bundle.manifest import TensorSpec
-from ftedge.runtime.ort_backend import InferenceModel
+from ftedge.runtime.engines.ort_backend import InferenceModel
 
 BATCH_SIZES = (2, 5)
 CHUNK = 2  # the largest batch also runs its backbone in chunks of this many samples
@@ -72,7 +72,7 @@ def check_parity(
         models = {}
         for engine, head in heads.items():
             if isinstance(head, dict):
-                from ftedge.runtime.ort_training_backend import TrainableModel
+                from ftedge.runtime.engines.ort_training_backend import TrainableModel
 
                 path = Path(tmp) / f"{engine}_head.onnx"
                 TrainableModel(head["training"], head["eval"], head["optimizer"], head["checkpoint"]).export_inference(

@@ -338,7 +338,7 @@ def _verify(step: Any, state: list[torch.Tensor], head_inputs: list[TensorSpec],
     """Run ``step.onnx`` and the eager PyTorch step on the same random batches (5 and 2 samples, dropout masks,
     a large step size) and compare loss, output, gradients (AdamW's first moment, SGD's step), second moments and
     BatchNorm statistics, each relative to its largest value; raise listing each one that differs."""
-    from ftedge.runtime.ort_backend import InferenceModel
+    from ftedge.runtime.engines.ort_backend import InferenceModel
 
     sess = InferenceModel(path).session
     worst: dict[str, float] = {}

@@ -132,6 +132,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                             ("--max-seconds", float, "time budget per job")):
         tr.add_argument(flag, type=typ, help=f"{what} (default: the bundle's / the agent's)")
     tr.add_argument("--mode", choices=("auto", "cached", "full"), help="training mode (default auto)")
+    tr.add_argument("--option", action="append", default=[], metavar="KEY=JSON",
+                    help="any train option by its agent key, value as JSON (repeatable), e.g. --option flip=false "
+                    "--option eval_data='\"val.jsonl\"'; every option, its bounds and which tasks take it: "
+                    "docs/train-options.md (the device validates them)")
     tr.add_argument("--wait", action="store_true", help="follow the jobs until every device reports its result")
     tr.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each reply (default 10)")
     tr.add_argument("--job-timeout", type=float, default=3600.0, help="seconds to wait for results with --wait")
@@ -278,6 +282,14 @@ def _train(args: argparse.Namespace) -> int:
     for key in ("epochs", "batch_size", "lr", "seed", "patience", "max_seconds", "mode"):
         if getattr(args, key) is not None:
             job_args[key] = getattr(args, key)
+    for item in args.option:
+        key, sep, text = item.partition("=")
+        try:
+            if not sep or not key:
+                raise ValueError("no KEY=")
+            job_args[key] = json.loads(text)
+        except ValueError as exc:
+            raise UsageError(f"--option {item!r}: give KEY=VALUE with VALUE as JSON, e.g. flip=false ({exc})") from None
 
     def show(run) -> None:  # noqa: ANN001
         if args.json:

@@ -37,7 +37,7 @@ def random_targets(bundle, batch: int, seed: int = 1) -> np.ndarray:
 def smoke_train(bundle_path: Path, steps: int = 5, batch: int = 16) -> tuple[float, float]:
     """Eval loss on one fixed batch before and after ``steps`` ORT training steps on it."""
     from ftedge.runtime import load_bundle
-    from ftedge.runtime.session import BundleSession
+    from ftedge.runtime.engines.session import BundleSession
 
     bundle = load_bundle(bundle_path)
     session = BundleSession(bundle)

@@ -23,7 +23,7 @@ def main() -> None:
 
     from ftedge.cli import main as cli
     from ftedge.runtime import load_bundle
-    from ftedge.runtime.session import BundleSession
+    from ftedge.runtime.engines.session import BundleSession
 
     out, model, *args = sys.argv[1:]
     rc = cli(["export", f"{HERE / 'zoo.py'}:{model}", "-o", out, "--quiet", "--engine", "all", *args])

@@ -314,7 +314,7 @@ def _fake_run(run: Path, n: int) -> None:
 
 def test_retention_caps_are_enforced_at_start(broker, device, agents, tmp_path):
     from ftedge.device_agent.versions import ModelStore
-    from ftedge.runtime.cache import EmbeddingCache
+    from ftedge.runtime.data.cache import EmbeddingCache
 
     state = tmp_path / "state"
     store = ModelStore(state)

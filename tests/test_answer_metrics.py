@@ -1,4 +1,4 @@
-"""ftedge.runtime.answer_metrics: SQuAD-style answer scoring, keyword checks and retention."""
+"""ftedge.runtime.tasks.lm.answer_metrics: SQuAD-style answer scoring, keyword checks and retention."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from ftedge.runtime.answer_metrics import (
+from ftedge.runtime.tasks.lm.answer_metrics import (
     F1_CORRECT, RETAINED_F1, answer_correct, exact_match, keyword_hit, normalize, retention, score_answers,
     token_f1, tokens,
 )
@@ -224,7 +224,7 @@ def test_retention_rejects_a_length_mismatch() -> None:
 def test_answer_metrics_imports_only_the_standard_library() -> None:
     import ast
 
-    import ftedge.runtime.answer_metrics as m
+    import ftedge.runtime.tasks.lm.answer_metrics as m
     tree = ast.parse(open(m.__file__, encoding="utf-8").read())
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from ftedge.errors import DataError
-from ftedge.runtime.audio import WavError, prepare_clip, read_wav, resample
-from ftedge.runtime.data import ModelIO, load_dataset
+from ftedge.runtime.data.audio import WavError, prepare_clip, read_wav, resample
+from ftedge.runtime.data.samples import ModelIO, load_dataset
 from ftedge.bundle.manifest import TensorSpec
 
 RATE = 16000
@@ -253,9 +253,9 @@ def test_single_rank1_float_input_falls_back_to_16k_waveform(tmp_path):
     assert int(np.argmax(np.abs(np.fft.rfft(ds.inputs["x"][0])))) == 350  # 700 Hz in 0.5 s → 2 Hz bins
 
 
-@pytest.mark.parametrize("first", ["ftedge.runtime.audio", "ftedge.runtime.data"])
+@pytest.mark.parametrize("first", ["ftedge.runtime.data.audio", "ftedge.runtime.data.samples"])
 def test_either_import_order_registers_wav_without_loading_soxr(first):
-    code = (f"import sys, {first}; from ftedge.runtime import data; "
+    code = (f"import sys, {first}; from ftedge.runtime.data import samples as data; "
             "assert '.wav' in data._DECODERS; assert 'soxr' not in sys.modules and 'torch' not in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

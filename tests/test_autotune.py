@@ -13,8 +13,8 @@ import pytest
 from conftest import ZOO, export
 from ftedge.cli import main
 from ftedge.errors import UsageError
-from ftedge.runtime.folds import balanced_weights, paired_interval, small_classes, stratified_folds
-from ftedge.runtime.trainer import TrainCallbacks, TrainConfig, Trainer, train
+from ftedge.runtime.tasks.classify.folds import balanced_weights, paired_interval, small_classes, stratified_folds
+from ftedge.runtime.tasks.classify.trainer import TrainCallbacks, TrainConfig, Trainer, train
 from zoo import gaussian_classes
 
 

@@ -177,7 +177,7 @@ def test_feeds_not_matching_bundle_inputs_get_clear_error(cnn_bundle):
     import numpy as np
 
     from ftedge.errors import DataError
-    from ftedge.runtime.session import BundleSession
+    from ftedge.runtime.engines.session import BundleSession
 
     session = BundleSession(load_bundle(cnn_bundle))
     with pytest.raises(DataError, match=r"input 'x' is float32\[2, 40, 101\], the bundle expects float32\[batch, 101, 40\]"):

@@ -84,12 +84,12 @@ def test_every_exit_code_has_help_text_in_ftedge_help(capsys):
 
 
 def test_an_unexpected_exception_is_an_internal_error_without_traceback(capsys, cnn_bundle, monkeypatch):
-    import ftedge.runtime.cli as runtime_cli
+    import ftedge.bundle.cli as bundle_cli
 
     def broken(*_a, **_k):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(runtime_cli, "summary", broken)
+    monkeypatch.setattr(bundle_cli, "summary", broken)
     assert main(["inspect", str(cnn_bundle)]) == 70
     err = capsys.readouterr().err
     assert err.startswith("error: internal error (ZeroDivisionError: boom); rerun with --debug")

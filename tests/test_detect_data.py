@@ -1,4 +1,4 @@
-"""Detection data on the device (runtime/detect_data.py): YOLO and COCO layouts give the same boxes, every kind of
+"""Detection data on the device (runtime/tasks/detect/data.py): YOLO and COCO layouts give the same boxes, every kind of
 bad input is skipped or dropped with its reason while the rest loads, class names map by name, splits, EXIF
 orientation, letterbox geometry and normalization, and the module stays torch-free."""
 
@@ -15,8 +15,8 @@ from PIL import Image
 
 from conftest import ROOT
 from ftedge.errors import DataError, ImageError
-from ftedge.runtime.detect_data import DetDataset, is_detection_data, load_detection
-from ftedge.runtime.letterbox import (Letterbox, LetterboxSpec, letterbox, letterbox_spec, load_letterboxed, read_rgb,
+from ftedge.runtime.tasks.detect.data import DetDataset, is_detection_data, load_detection
+from ftedge.runtime.tasks.detect.letterbox import (Letterbox, LetterboxSpec, letterbox, letterbox_spec, load_letterboxed, read_rgb,
                                       to_image_boxes, to_input_boxes)
 
 LABELS = ["cat", "dog", "bird"]
@@ -430,7 +430,7 @@ def test_sixteen_bit_grayscale_keeps_its_precision_through_the_letterbox(tmp_pat
     np.testing.assert_allclose(x[:, :8], 114 / 255, atol=1e-6)
 
 
-IMPORT_CHECK = "import ftedge.runtime.detect_data, sys; assert 'torch' not in sys.modules, 'torch imported'"
+IMPORT_CHECK = "import ftedge.runtime.tasks.detect.data, sys; assert 'torch' not in sys.modules, 'torch imported'"
 
 
 def test_detect_data_imports_without_torch():
@@ -440,8 +440,8 @@ def test_detect_data_imports_without_torch():
 
 DEVICE_LOAD = """
 import sys
-from ftedge.runtime.detect_data import load_detection
-from ftedge.runtime.letterbox import letterbox_spec, load_letterboxed
+from ftedge.runtime.tasks.detect.data import load_detection
+from ftedge.runtime.tasks.detect.letterbox import letterbox_spec, load_letterboxed
 ds = load_detection(sys.argv[1], ["cat", "dog", "bird"])
 x, lb = load_letterboxed(ds.samples[0].image, letterbox_spec(__import__("json").loads(sys.argv[2])))
 assert len(ds.samples) == 3 and x.shape == (3, 32, 32), (ds, x.shape)

@@ -1,4 +1,4 @@
-"""ftedge.runtime.detect_metrics: COCO bbox mAP, checked against pycocotools' COCOeval on the same boxes.
+"""ftedge.runtime.tasks.detect.metrics: COCO bbox mAP, checked against pycocotools' COCOeval on the same boxes.
 
 pycocotools is a dev dependency only (the device never imports it); it is imported at module level on purpose, so a
 missing pycocotools makes these tests fail rather than skip.
@@ -18,7 +18,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ftedge.errors import DataError
-from ftedge.runtime.detect_metrics import IOU_THRESHOLDS, coco_map, iou_matrix
+from ftedge.runtime.tasks.detect.metrics import IOU_THRESHOLDS, coco_map, iou_matrix
 
 LABELS = ["cat", "dog", "bird"]  # "bird" never has ground truth in the random scenes
 TOL = 1e-9
@@ -240,7 +240,7 @@ def test_malformed_input_raises_data_error(detections, truths, labels, max_dets)
 
 
 def test_the_module_imports_neither_torch_nor_pycocotools():
-    code = ("import sys, ftedge.runtime.detect_metrics; "
+    code = ("import sys, ftedge.runtime.tasks.detect.metrics; "
             "print(sorted(m for m in ('torch', 'pycocotools') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -54,7 +54,7 @@ def test_export_records_parity_of_backbone_head_nms_and_step(det_bundle):
     assert p["backbone p16"]["relative"] < 1e-4 and p["backbone p32"]["relative"] < 1e-4
     assert p["head + nms"]["same_detections"] and p["head + nms"]["detections"] > 0
     assert p["step"]["max_rel_diff"] < 1e-4
-    from ftedge.runtime.inspect import summary
+    from ftedge.bundle.summary import summary
 
     text = summary(det_bundle, m)
     assert "head + NMS: the same" in text and "backbone, stride 16" in text and "NMS IoU 0.6" in text
@@ -66,8 +66,8 @@ def test_exported_head_and_nms_match_pytorch_on_the_same_feature_maps(det_bundle
     import torch
     from safetensors.torch import load_file
 
-    from ftedge.export.detect_model import decode, head_forward, nms_reference
-    from ftedge.runtime.detect_targets import grid_of
+    from ftedge.export.tasks.detect.model import decode, head_forward, nms_reference
+    from ftedge.runtime.tasks.detect.targets import grid_of
 
     m = json.loads((det_bundle / "manifest.json").read_text())
     d = m["detection"]
@@ -122,22 +122,26 @@ def test_training_on_cached_maps_beats_the_untuned_head_and_writes_a_detector(de
     lines = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == list(range(1, 13)) and all("val_map50" in r for r in lines)
     # the personalized model.onnx (backbone + tuned head + NMS) scores what training measured on the same images
-    from ftedge.runtime.detector import Detector
+    from ftedge.runtime.tasks.detect.detector import Detector
 
     ev = Detector(tmp_path / "run").evaluate(shop_data, split="val")
     assert ev["kind"] == "personalized model" and ev["samples"] == 24
     assert abs(ev["map50"] - result["metrics"]["map50"]) < 0.03  # image vs letterboxed pixels, boxes clipped
 
 
-def test_gate_keeps_a_model_that_does_not_clear_min_gain(det_bundle, shop_data, tmp_path):
+def test_gate_keeps_a_model_that_does_not_clear_min_gain(det_bundle, shop_data, tmp_path, capsys):
     result = _train(det_bundle, shop_data, tmp_path / "run", "--epochs", "2", "--min-gain", "0.99")
     assert result["status"] == "succeeded"
     assert result["promoted"] is False and result["gain"] < 0.99
     assert (tmp_path / "run/model.onnx").is_file()
+    assert result["headline"]["metric"] == "map50" and result["headline"]["tuned"] == result["metrics"]["map50"]
+    # the run directory now holds a run: the same refusal and exit code as every task's (tests/test_tasks.py)
+    rc = main(["train", str(det_bundle), "--data", str(shop_data), "-o", str(tmp_path / "run"), "--epochs", "2"])
+    assert rc == 1 and "already holds a run; pass --resume" in capsys.readouterr().err
 
 
 def test_resume_after_a_stop_continues_exactly(det_bundle, shop_data, tmp_path):
-    from ftedge.runtime.detect_trainer import DetTrainConfig, DetTrainer
+    from ftedge.runtime.tasks.detect.trainer import DetTrainConfig, DetTrainer
 
     cfg = DetTrainConfig(epochs=4, batch_size=8, seed=1)
     whole = DetTrainer(det_bundle, shop_data, tmp_path / "whole", cfg).run()
@@ -168,7 +172,7 @@ def test_resume_after_a_stop_continues_exactly(det_bundle, shop_data, tmp_path):
 
 
 def test_mirrored_boxes_get_mirrored_targets():
-    from ftedge.runtime.detect_targets import assign, flip_boxes, make_grid
+    from ftedge.runtime.tasks.detect.targets import assign, flip_boxes, make_grid
 
     grid = make_grid((320, 320), [16, 32], [[0, 48], [48, 1e8]], 2.5)
     boxes = np.array([[40, 60, 90, 120], [150, 20, 300, 200]], np.float32)
@@ -199,7 +203,7 @@ def test_bad_images_and_boxes_are_skipped_and_reported(det_bundle, shop_data, tm
 
 
 def test_coco_json_trains_like_the_yolo_layout(det_bundle, shop_data, tmp_path):
-    from ftedge.runtime.detect_data import load_detection
+    from ftedge.runtime.tasks.detect.data import load_detection
 
     a = load_detection(shop_data, LABELS)
     b = load_detection(shop_data / "annotations/instances_train.json", LABELS)
@@ -261,7 +265,7 @@ def test_device_venv_trains_and_detects_without_torch(det_bundle, shop_data, tmp
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
     assert result["task"] == "detection" and result["metrics"]["map50"] > result["baseline"]["map50"]
-    code = ("import sys, json; from ftedge.runtime.detector import Detector; "
+    code = ("import sys, json; from ftedge.runtime.tasks.detect.detector import Detector; "
             f"d = Detector({str(run)!r}); print(json.dumps(d.evaluate({str(shop_data)!r}, 'val')['map50'])); "
             "assert 'torch' not in sys.modules")
     proc = subprocess.run([device_python, "-c", code], capture_output=True, text=True)
@@ -271,7 +275,7 @@ def test_device_venv_trains_and_detects_without_torch(det_bundle, shop_data, tmp
 
 def test_data_whose_class_names_match_no_label_is_a_clear_error(det_bundle, tmp_path):
     from ftedge.errors import DataError
-    from ftedge.runtime.detect_trainer import DetTrainConfig, DetTrainer
+    from ftedge.runtime.tasks.detect.trainer import DetTrainConfig, DetTrainer
 
     data = tmp_path / "other"
     proc = subprocess.run([sys.executable, str(ROOT / "examples/detect/make_shop.py"), str(data), "--train", "6",

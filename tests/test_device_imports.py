@@ -10,12 +10,15 @@ from pathlib import Path
 from conftest import ROOT
 
 CHECK = """
-import sys
-import ftedge.runtime, ftedge.device_agent
-import ftedge.runtime.session, ftedge.runtime.ort_backend, ftedge.runtime.ort_training_backend, ftedge.runtime.cli, ftedge.cli
-import ftedge.runtime.lm_trainer, ftedge.runtime.lm_model, ftedge.runtime.lm_eval, ftedge.device_agent.asker
-import ftedge.runtime.detect_trainer, ftedge.runtime.detector, ftedge.runtime.detect_cli, ftedge.runtime.detect_metrics, ftedge.runtime.letterbox
+import importlib, pkgutil, sys
+import ftedge.runtime, ftedge.device_agent, ftedge.bundle, ftedge.cli
+names = ["ftedge.cli"]
+for pkg in (ftedge.runtime, ftedge.device_agent, ftedge.bundle):
+    names += [m.name for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")]
+for name in names:
+    importlib.import_module(name)
 assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))[:5]
+assert len(names) > 60, names   # the walk found the task packages' modules too
 print("ok")
 """
 
@@ -69,7 +72,7 @@ def test_device_environment_trains_resumes_and_evaluates_without_torch(device_py
 
 KILL_AT_EPOCH_2 = """
 import os, signal, sys
-from ftedge.runtime.trainer import TrainCallbacks, TrainConfig, train
+from ftedge.runtime.tasks.classify.trainer import TrainCallbacks, TrainConfig, train
 
 class Crash(TrainCallbacks):
     def on_epoch(self, record):

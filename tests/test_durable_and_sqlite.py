@@ -107,7 +107,7 @@ def test_connect_reports_an_unusable_path_as_the_callers_error(tmp_path):
 
 
 def test_an_embedding_cache_from_before_schema_versions_opens_and_keeps_its_rows(tmp_path):
-    from ftedge.runtime.cache import SCHEMA_VERSION, EmbeddingCache
+    from ftedge.runtime.data.cache import SCHEMA_VERSION, EmbeddingCache
 
     old = sqlite3.connect(tmp_path / "embeddings.sqlite")  # the layout ftedge wrote before the cache had a version
     old.execute("CREATE TABLE emb (backbone TEXT, sample TEXT, data BLOB, PRIMARY KEY (backbone, sample))")

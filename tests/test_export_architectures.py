@@ -12,7 +12,7 @@ import pytest
 from conftest import FAMILIES, ZOO, export, random_feeds, smoke_train
 from ftedge.cli import main
 from ftedge.runtime import load_bundle
-from ftedge.runtime.session import BundleSession
+from ftedge.runtime.engines.session import BundleSession
 
 
 def _fp32_diffs(manifest: dict) -> dict[str, float]:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from conftest import ROOT, export
-from ftedge.runtime.evaluate import evaluate
+from ftedge.runtime.tasks.classify.evaluate import evaluate
 
 KWS = ROOT / "examples" / "kws"
 SOURCE = ["en-us", "en-gb", "en-gb-x-rp", "en-us-nyc", "en-029", "en-gb-x-gbclan"]

@@ -45,6 +45,12 @@ def test_agent_trains_a_language_model_answers_with_it_and_rolls_back(broker, ll
         assert result["status"] == "succeeded" and result["promoted"] and result["version"] == "v0001", result
         assert result["final"]["accuracy"] >= 0.75 > result["baseline"]["accuracy"]
         assert [p["epoch"] for p in col.of(f"jobs/{first['job']}/progress")] == list(range(1, 31))
+        # the shared result schema: the task, how many epochs ran, and the task's headline metric
+        assert result["task"] == "causal-lm" and result["epochs_run"] == 30, result
+        assert result["headline"]["metric"] == "perplexity" and result["headline"]["higher_is_better"] is False
+        assert result["headline"]["tuned"] == result["final"]["perplexity"]
+        last = col.of(f"jobs/{first['job']}/progress")[-1]
+        assert last["task"] == "causal-lm" and last["headline"]["value"] == last["metrics"]["val_perplexity"]
         answer = col.send("ask", {"prompt": FACTS[0][0], "max_new_tokens": 12})
         assert answer["status"] == "done" and answer["version"] == "v0001", answer
         assert answer["answer"] == FACTS[0][1] and answer["stopped"] == "stop" and answer["route"] == "adapter"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ftedge.runtime.answer_metrics import keyword_hit, normalize
+from ftedge.runtime.tasks.lm.answer_metrics import keyword_hit, normalize
 
 pytest.importorskip("yaml")
 if importlib.util.find_spec("chatterbot_corpus") is None:

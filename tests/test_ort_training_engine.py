@@ -65,7 +65,7 @@ def test_ort_training_refuses_what_it_cannot_differentiate_naming_the_op(family,
     # and the portable engine trains it in that venv too (onnxruntime-training runs plain inference sessions)
     trained = _run(legacy_python, "-c", (
         "import sys; sys.path.insert(0, 'tests'); import numpy as np; from conftest import random_feeds; "
-        "from ftedge.runtime import load_bundle; from ftedge.runtime.session import BundleSession; "
+        "from ftedge.runtime import load_bundle; from ftedge.runtime.engines.session import BundleSession; "
         f"s = BundleSession(load_bundle({str(tmp_path / 'a')!r})); h = s.embed(random_feeds(s.bundle.inputs, 16)); "
         "y = np.arange(16) % 3; s.set_learning_rate(0.01); "
         "losses = [s.train_step(h, y)[0] for _ in range(15)]; print(s.engine_name, losses[0], losses[-1]); "
@@ -124,7 +124,7 @@ def test_bundle_from_a_plain_onnxruntime_host_loads_and_trains_on_onnxruntime_1_
     code = (
         "import sys, json; sys.path.insert(0, 'tests'); import numpy as np, onnxruntime; "
         "from conftest import random_feeds; from ftedge.runtime import load_bundle; "
-        "from ftedge.runtime.session import BundleSession; "
+        "from ftedge.runtime.engines.session import BundleSession; "
         f"s = BundleSession(load_bundle({str(cnn_bundle)!r})); h = s.embed(random_feeds(s.bundle.inputs, 16)); "
         "y = np.arange(16) % 4; s.model.set_seed(7); s.set_learning_rate(0.05); "
         "print(json.dumps([onnxruntime.__version__, s.engine_name, [s.train_step(h, y)[0] for _ in range(10)]]))")
@@ -140,7 +140,7 @@ def test_one_process_trains_with_ort_training_then_portable(legacy_python, tmp_p
     _run(legacy_python, "-m", "ftedge.cli", "export", f"{ZOO}:mlp", "-o", str(tmp_path / "b"), "--quiet",
          "--input", "x:float32:1,20", "--engine", "all")
     proc = _run(legacy_python, "-c", (
-        "from ftedge.runtime.trainer import TrainConfig, train; "
+        "from ftedge.runtime.tasks.classify.trainer import TrainConfig, train; "
         f"a = train({str(tmp_path / 'b')!r}, {str(data)!r}, {str(tmp_path / 'r1')!r}, "
         "TrainConfig(epochs=2, engine='ort-training')); "
         f"b = train({str(tmp_path / 'b')!r}, {str(data)!r}, {str(tmp_path / 'r2')!r}, TrainConfig(epochs=2)); "

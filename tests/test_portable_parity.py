@@ -13,12 +13,12 @@ import torch.nn.functional as F
 
 from conftest import FAMILIES, ZOO
 from zoo import PORTABLE_ONLY
-from ftedge.export.head import find_head, replace_head, set_modes
+from ftedge.export.tasks.classify.head import find_head, replace_head, set_modes
 from ftedge.export.model_loader import load_model
 from ftedge.export.onnx_export import sample_inputs
 from ftedge.export.wrapper import OutputSelector
 from ftedge.runtime import load_bundle
-from ftedge.runtime.session import BundleSession
+from ftedge.runtime.engines.session import BundleSession
 
 STEPS, N, BATCH, SEED = 50, 48, 16, 123
 REL = 1e-5

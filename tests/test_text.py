@@ -19,8 +19,8 @@ import pytest
 from conftest import ROOT, export
 from ftedge.cli import main
 from ftedge.errors import DataError
-from ftedge.runtime import text as T
-from ftedge.runtime.data import ModelIO, load_dataset
+from ftedge.runtime.data import text as T
+from ftedge.runtime.data.samples import ModelIO, load_dataset
 from ftedge.bundle.manifest import TensorSpec
 
 pytest.importorskip("transformers", reason="the [dev] extra installs transformers")
@@ -107,8 +107,8 @@ def test_device_venv_tokenizes_without_torch(device_python, bundle):
     script = (
         "import json, sys\n"
         "from pathlib import Path\n"
-        "from ftedge.runtime.data import ModelIO\n"
-        "from ftedge.runtime import text\n"
+        "from ftedge.runtime.data.samples import ModelIO\n"
+        "from ftedge.runtime.data import text\n"
         "b = Path(sys.argv[1])\n"
         "io = ModelIO.from_manifest(json.loads((b / 'manifest.json').read_text()), b)\n"
         "arrays, truncated = text.encode(['Great flight, thanks!'], io)\n"
@@ -143,7 +143,7 @@ def test_runtime_logits_match_pytorch(trained, tweets, bundle):
     import torch
     from onnx import numpy_helper
 
-    from ftedge.runtime.ort_backend import InferenceModel
+    from ftedge.runtime.engines.ort_backend import InferenceModel
 
     run, _ = trained
     spec = json.loads((run / "model.json").read_text())
@@ -289,7 +289,7 @@ def test_clear_errors_without_tokenizers_or_for_a_non_text_model(io, tmp_path, m
 def test_a_model_version_keeps_its_tokenizer(trained, tweets, tmp_path):
     """The device agent stores runs as model versions; a text version must stay evaluable on raw text."""
     from ftedge.device_agent.versions import ModelStore
-    from ftedge.runtime.evaluate import evaluate
+    from ftedge.runtime.tasks.classify.evaluate import evaluate
 
     run, _ = trained
     version = ModelStore(tmp_path / "state").add_version(run, "job-1")
@@ -305,7 +305,7 @@ def test_model_onnx_structure_is_checked_without_loading_the_weights(trained, tm
     import onnx
 
     from ftedge.errors import RuntimeBackendError
-    from ftedge.runtime.personalized import check_merged
+    from ftedge.runtime.training.personalized import check_merged
 
     run, _ = trained
     check_merged(run / "model.onnx")

@@ -15,9 +15,9 @@ import pytest
 from conftest import FAMILIES, ROOT, ZOO, export, random_feeds, random_targets
 from ftedge.cli import main
 from ftedge.runtime import load_bundle
-from ftedge.runtime.ort_backend import InferenceModel
-from ftedge.runtime.session import BundleSession
-from ftedge.runtime.trainer import TrainCallbacks, TrainConfig, train
+from ftedge.runtime.engines.ort_backend import InferenceModel
+from ftedge.runtime.engines.session import BundleSession
+from ftedge.runtime.tasks.classify.trainer import TrainCallbacks, TrainConfig, train
 from zoo import gaussian_classes
 
 

@@ -18,8 +18,8 @@ import pytest
 from conftest import ROOT, export
 from ftedge.cli import main
 from ftedge.errors import DataError
-from ftedge.runtime.data import ModelIO, load_dataset
-from ftedge.runtime.image import ImageError, ImageSpec, image_params, load_image
+from ftedge.runtime.data.samples import ModelIO, load_dataset
+from ftedge.runtime.data.image import ImageError, ImageSpec, image_params, load_image
 from ftedge.bundle.manifest import TensorSpec
 
 VISION = ROOT / "examples" / "vision"
@@ -124,9 +124,9 @@ def test_runtime_preprocessing_and_model_match_pytorch(vision_bundle, tmp_path):
     import torch
     from PIL import Image
 
-    from ftedge.export.head import replace_head
+    from ftedge.export.tasks.classify.head import replace_head
     from ftedge.runtime import load_bundle
-    from ftedge.runtime.session import BundleSession
+    from ftedge.runtime.engines.session import BundleSession
 
     out, _ = vision_bundle
     rng = np.random.default_rng(3)

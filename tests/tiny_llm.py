@@ -10,7 +10,7 @@ import functools
 
 import torch
 
-from ftedge.export.llm_sources import SMOLLM2_FILE, package_dir
+from ftedge.export.tasks.lm.sources import SMOLLM2_FILE, package_dir
 
 CONFIG = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True, rms_norm_eps=1e-5,

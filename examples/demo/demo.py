@@ -139,7 +139,7 @@ def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int
     from ftedge.fleet.ingest import Collector
     from ftedge.fleet.local_broker import LocalBroker, find_mosquitto
     from ftedge.fleet.store import FleetStore
-    from ftedge.runtime.evaluate import evaluate
+    from ftedge.runtime.tasks.classify.evaluate import evaluate
     from ftedge.bundle.signing import generate_keypair
     from ftedge.bundle.manifest import parse_input_spec
 

@@ -4,7 +4,7 @@
 
 Data: ``examples/demo/make_kws_dataset.py`` with espeak-ng voices en-us, en-gb, en-gb-x-rp, en-us-nyc, en-029 and
 en-gb-x-gbclan only (never the held-out accents), decoded and clipped with the device's own loader
-(``ftedge.runtime.audio``) so training sees exactly what the device feeds. Augmentation on the waveform:
+(``ftedge.runtime.data.audio``) so training sees exactly what the device feeds. Augmentation on the waveform:
 random time shift (±100 ms), gain (×0.5–1.5) and white noise (SNR 10–40 dB, 80 % of clips).
 """
 
@@ -41,7 +41,7 @@ def _load_bench(name: str, folder: str = "bench"):  # noqa: ANN202
 
 def load_clips(root: Path, words: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Every ``root/<word>/*.wav`` through the device loader → float32 [N, 16000], labels, file names."""
-    from ftedge.runtime.audio import prepare_clip, read_wav
+    from ftedge.runtime.data.audio import prepare_clip, read_wav
 
     xs, ys, names = [], [], []
     for label, word in enumerate(words):

@@ -7,7 +7,7 @@ chance. Each entry has:
 - ``id``: a short stable name;
 - ``answer``: one short sentence (at most 25 words) that states the fact plainly;
 - ``keywords``: the 1-3 facts a correct answer must contain (a phrase, or a list of alternative phrases), checked
-  with ``ftedge.runtime.answer_metrics.keyword_hit``: specific numbers, names and codes a generic answer would not
+  with ``ftedge.runtime.tasks.lm.answer_metrics.keyword_hit``: specific numbers, names and codes a generic answer would not
   contain by chance;
 - ``questions``: 7 distinct paraphrases of the question. ``make_faq.py`` trains on the first ones and holds the
   rest out, so the held-out paraphrases test recall of the fact, not of the wording.

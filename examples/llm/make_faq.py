@@ -37,7 +37,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from faq_facts import BUSINESS, FAQ  # noqa: E402
 
-from ftedge.runtime.answer_metrics import normalize  # noqa: E402
+from ftedge.runtime.tasks.lm.answer_metrics import normalize  # noqa: E402
 
 GENERAL_CATEGORIES = ("science", "history", "literature", "computers")
 GENERAL_MAX = 40

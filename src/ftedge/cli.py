@@ -24,12 +24,13 @@ def _epilog() -> str:
 
 def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     from ftedge import demo_launcher as demo
+    from ftedge.bundle import cli as bundle_cli
     from ftedge.device_agent import cli as agent_cli
     from ftedge.export import cli as export_cli
     from ftedge.fleet import cli as fleet_cli
     from ftedge.runtime import cli as runtime_cli
 
-    return [export_cli.register, runtime_cli.register, agent_cli.register, fleet_cli.register, demo.register]
+    return [export_cli.register, bundle_cli.register, runtime_cli.register, agent_cli.register, fleet_cli.register, demo.register]
 
 
 def build_parser() -> argparse.ArgumentParser:

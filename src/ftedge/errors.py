@@ -40,6 +40,10 @@ class UsageError(FtedgeError):
     exit_code = EXIT_USAGE
 
 
+class RunDirInUse(FtedgeError):
+    """A new training run was pointed at a run directory that already holds one (every task, exit 1)."""
+
+
 class ModelLoadError(FtedgeError):
     """The MODEL spec cannot be imported or does not give an ``nn.Module``."""
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from ftedge.errors import FtedgeError
 from ftedge.bundle.loader import load_bundle
-from ftedge.runtime.data import ModelIO
+from ftedge.runtime.data.samples import ModelIO
 
 from fuzz.common import corpus, guarded, workdir
 from fuzz.mutate import mutated

@@ -3,7 +3,7 @@
 
 Input: ``VERB`` newline ``PAYLOAD`` (the topic's last segment and the MQTT payload; corpus files are exactly
 that). Contract: ``Rejected`` or a result; a train job's bundle and data resolve inside their roots and its
-options are the known ones within ``TRAIN_LIMITS`` / ``TRAIN_CHOICES``.
+options are the declared ones (ftedge.runtime.training.options) within their bounds and choices.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from ftedge.device_agent import commands as cmds
-from ftedge.device_agent import jobs
+from ftedge.runtime.tasks import all_options
 
 from fuzz.common import corpus, guarded, workdir
 from fuzz.mutate import mutated
@@ -48,10 +48,12 @@ json_values = st.recursive(
     | st.sampled_from(PATHS),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=8)
-option_values = {k: st.sampled_from([v for pair in [jobs.TRAIN_LIMITS.get(k, (0, 1))] for v in pair])
-                 | st.integers(-2**40, 2**40) | st.floats() | json_values for k in jobs.TRAIN_OPTIONS}
-for k, choices in jobs.TRAIN_CHOICES.items():
-    option_values[k] = st.sampled_from(list(choices)) | option_values[k]
+OPTIONS = all_options()   # the declarations the agent validates against
+option_values = {k: st.sampled_from(list(o.bounds or (0, 1))) | st.integers(-2**40, 2**40) | st.floats()
+                 | json_values for k, o in OPTIONS.items()}
+for k, o in OPTIONS.items():
+    if o.choices:
+        option_values[k] = st.sampled_from(list(o.choices)) | option_values[k]
 
 
 @st.composite
@@ -61,7 +63,7 @@ def structured(draw: st.DrawFn) -> bytes:
     if verb == "train" or draw(st.booleans()):
         args["bundle"] = draw(st.sampled_from(PATHS) | json_values)
         args["data"] = draw(st.sampled_from(PATHS) | json_values)
-        for key in draw(st.lists(st.sampled_from(sorted(jobs.TRAIN_OPTIONS)), max_size=4, unique=True)):
+        for key in draw(st.lists(st.sampled_from(sorted(OPTIONS)), max_size=4, unique=True)):
             args[key] = draw(option_values[key])
     if verb == "cancel":
         args["job"] = draw(st.sampled_from(["j20260101-120000-a1b2c3", "../../x", "j2026", None]) | json_values)
@@ -94,11 +96,11 @@ def check(data: bytes) -> None:
                 p = Path(getattr(job, what)).resolve()
                 assert p == root.resolve() or root.resolve() in p.parents, f"job {what} {p} is outside {root}"
             for key, value in job.options.items():
-                assert key in jobs.TRAIN_OPTIONS, f"unknown option {key} accepted"
-                if key in jobs.TRAIN_LIMITS:
-                    lo, hi = jobs.TRAIN_LIMITS[key]
+                assert key in OPTIONS, f"unknown option {key} accepted"
+                if OPTIONS[key].bounds:
+                    lo, hi = OPTIONS[key].bounds
                     assert lo <= value <= hi, f"{key}={value!r} accepted outside [{lo}, {hi}]"
-                if key in jobs.TRAIN_CHOICES:
-                    assert value in jobs.TRAIN_CHOICES[key], f"{key}={value!r} accepted"
+                if OPTIONS[key].choices:
+                    assert value in OPTIONS[key].choices, f"{key}={value!r} accepted"
         elif verb_s == "cancel" and hasattr(cmds, "cancel_target"):
             cmds.cancel_target(args, None)

@@ -44,7 +44,7 @@ def wav() -> None:
     _wav(d / "f32-16k.wav", tone.astype("<f4").tobytes(), 16000, tag=3, bits=32)
     v = np.round(tone * (2**23 - 1)).astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
     _wav(d / "s24-extensible-16k.wav", v, 16000, bits=24, extensible=True)
-    # Regression inputs (found by this harness; fixed in runtime/audio.py).
+    # Regression inputs (found by this harness; fixed in runtime/data/audio.py).
     noise = (np.random.default_rng(0).standard_normal(2000) * 8000).astype("<i2").tobytes()
     _wav(d / "regress-rate-1hz.wav", noise, 1)  # resampling 1 Hz -> 16 kHz allocated 634 MiB
     big = np.concatenate([np.full((30, 2), 3e38), np.full((3200, 2), 0.1)]).astype("<f4").tobytes()
@@ -72,7 +72,7 @@ def bundle() -> None:
     (d / "bundle_v1-checkpoint-is-dir.json").write_bytes(_bundle_doc("bundle_v1", ops=[("dir", "head/checkpoint", 0)]))
     (d / "bundle_v1-role-escapes.json").write_bytes(
         _bundle_doc("bundle_v1", lambda m: m["roles"].update(backbone="../../../etc/passwd")))
-    # Regression inputs for bugs in bundle/loader.py and runtime/data.py (strict xfail in tests/test_fuzz.py).
+    # Regression inputs for bugs in bundle/loader.py and runtime/data/samples.py (strict xfail in tests/test_fuzz.py).
     (d / "regress-files-entry-null.json").write_bytes(
         _bundle_doc("bundle_v1", lambda m: m["files"].update({"backbone.onnx": None})))
     (d / "regress-no-output.json").write_bytes(_bundle_doc("mlp_v2", lambda m: m.pop("output")))

@@ -1,4 +1,4 @@
-"""(a) The WAV parser: ``ftedge.runtime.audio.decode_wav`` (read_wav + prepare_clip) on arbitrary file bytes.
+"""(a) The WAV parser: ``ftedge.runtime.data.audio.decode_wav`` (read_wav + prepare_clip) on arbitrary file bytes.
 
 Contract: a ``DataError`` (``WavError``) or a 16000-sample finite float32 clip; nothing else, no hang, no
 memory bomb (a header's sample rate or sizes must not decide how much is allocated).
@@ -12,8 +12,8 @@ import numpy as np
 from hypothesis import strategies as st
 
 from ftedge.errors import FtedgeError
-from ftedge.runtime.audio import decode_wav
-from ftedge.runtime.data import ModelIO
+from ftedge.runtime.data.audio import decode_wav
+from ftedge.runtime.data.samples import ModelIO
 from ftedge.bundle.manifest import TensorSpec
 
 from fuzz.common import corpus, guarded, workdir

@@ -1,0 +1,218 @@
+"""The adapter for plain ``onnxruntime`` (see ARCHITECTURE.md, "Adapters"): inference sessions, the
+portable engine's step sessions, the probe sessions and graph optimization/quantization export needs, the
+build's version and providers. With ``ort_training_backend`` (the ort-training engine's adapter) it is the only
+code that imports onnxruntime; the module object itself never leaves the two.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ftedge.runtime.engines.providers import full_names
+from ftedge.errors import RuntimeBackendError
+
+_INSTALL_HINT = "install the device extra: pip install 'ftedge[device]' (plain onnxruntime; onnxruntime-gpu on CUDA boxes)"
+
+
+_ORTMODULE = "onnxruntime.training.ortmodule"
+
+
+def _onnxruntime() -> types.ModuleType:
+    """The ``onnxruntime`` module, or a clear error saying how to install it (for the two ORT adapters only)."""
+    if "onnxruntime" not in sys.modules:
+        # onnxruntime's build-info check imports onnxruntime.training.ortmodule, which imports torch when
+        # torch is installed (0.1-1.7 s, and defeats the torch-free training import below). ftedge never
+        # uses ORTModule: hide it for that first import only.
+        sys.modules.setdefault(_ORTMODULE, None)
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise RuntimeBackendError(f"onnxruntime is not installed ({exc}); {_INSTALL_HINT}") from exc
+    finally:
+        if _ORTMODULE in sys.modules and sys.modules[_ORTMODULE] is None:
+            del sys.modules[_ORTMODULE]
+    onnxruntime.set_default_logger_severity(3)
+    return onnxruntime
+
+
+def has_training_api() -> bool:
+    """Whether this onnxruntime build is onnxruntime-training (checked without importing it)."""
+    if not is_installed():
+        return False
+    if "onnxruntime.training" in sys.modules:  # training_api() registered its bare package (no __spec__)
+        return True
+    return importlib.util.find_spec("onnxruntime.training") is not None
+
+
+def version() -> str:
+    """The installed onnxruntime's version (raises RuntimeBackendError when there is none)."""
+    return str(_onnxruntime().__version__)
+
+
+def is_installed() -> bool:
+    """Whether onnxruntime imports here."""
+    try:
+        _onnxruntime()
+    except RuntimeBackendError:
+        return False
+    return True
+
+
+def available_providers() -> list[str]:
+    return list(_onnxruntime().get_available_providers())
+
+
+def resolve_providers(requested: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """Requested execution providers that this ORT build has, CPU always last; plus the unavailable ones."""
+    have = available_providers()
+    wanted = full_names(requested or [])
+    chosen = [p for p in wanted if p in have and p != "CPUExecutionProvider"]
+    missing = [p for p in wanted if p not in have]
+    return chosen + ["CPUExecutionProvider"], missing
+
+
+def set_seed(seed: int) -> None:
+    """Seed ORT's random generators (dropout in training graphs)."""
+    _onnxruntime().set_seed(int(seed))
+
+
+def _session_options(threads: int | None, prepack: bool = True) -> Any:
+    so = _onnxruntime().SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    if not prepack:  # pre-packed copies of large weights double their memory (LLM graphs)
+        so.add_session_config_entry("session.disable_prepacking", "1")
+    return so
+
+
+class InferenceModel:
+    """A plain ``InferenceSession`` with name-keyed inputs and outputs."""
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,
+                 prepack: bool = True) -> None:
+        rt = _onnxruntime()
+        try:
+            self.session = rt.InferenceSession(
+                str(path), sess_options=_session_options(threads, prepack), providers=list(providers or ["CPUExecutionProvider"])
+            )
+        except Exception as exc:  # ORT raises its own exception types
+            raise RuntimeBackendError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.providers = list(self.session.get_providers())
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        names = list(outputs or self.output_names)
+        values = self.session.run(names, {k: feeds[k] for k in self.input_names})
+        return dict(zip(names, values))
+
+
+class StepSession:
+    """A graph run step after step with its state kept as OrtValues on the session's device.
+
+    ``state`` maps input names to OrtValues; each run feeds them plus the batch, and the outputs named
+    ``<input>_out`` replace them, with no numpy round trip.
+    """
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,
+                 prepack: bool = True) -> None:
+        rt = _onnxruntime()
+        try:
+            self.session = rt.InferenceSession(
+                str(path), sess_options=_session_options(threads, prepack), providers=list(providers or ["CPUExecutionProvider"])
+            )
+        except Exception as exc:
+            raise RuntimeBackendError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+        self.providers = list(self.session.get_providers())
+        self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        # initializers that are also graph inputs: bound when given, their stored value otherwise
+        self.overridable = [i.name for i in self.session.get_overridable_initializers()]
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def to_device(self, value: np.ndarray) -> Any:
+        return _onnxruntime().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), self.device, 0)
+
+    def run(self, state: dict[str, Any], feeds: dict[str, np.ndarray], fetch: Sequence[str],
+            keep: Sequence[str] = ()) -> dict[str, Any]:
+        """Run once; ``state`` is updated in place from the ``_out`` outputs; returns ``fetch`` as numpy and
+        ``keep`` as OrtValues left on the session's device (e.g. a KV cache fed to the next run)."""
+        binding = self.session.io_binding()
+        for name in self.overridable:
+            if name in state:
+                binding.bind_ortvalue_input(name, state[name])
+        for name in self.input_names:
+            if name in state:
+                binding.bind_ortvalue_input(name, state[name])
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(feeds[name]))
+        for name in self.output_names:
+            binding.bind_output(name, "cpu" if name in fetch else self.device)
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as exc:
+            raise RuntimeBackendError(f"ONNX Runtime failed to run a step: {exc}") from exc
+        outs = dict(zip(self.output_names, binding.get_outputs()))
+        for name in state:
+            if name + "_out" in outs:
+                state[name] = outs[name + "_out"]
+        return {name: outs[name].numpy() for name in fetch} | {name: outs[name] for name in keep}
+
+
+def probe_session(model_bytes: bytes) -> Any:
+    """An unoptimized CPU session over a serialized model, for export's graph probes (tensor shapes, per-sample
+    checks): no graph rewrites, so every named tensor stays observable. ``.run(names, feeds)`` as ORT's."""
+    so = _onnxruntime().SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = _onnxruntime().GraphOptimizationLevel.ORT_DISABLE_ALL
+    return _onnxruntime().InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def optimize_basic(src: str | Path, dst: str | Path) -> None:
+    """Write ``src`` with ORT's provider-independent (basic) optimizations applied (constant folding,
+    redundant-node removal) to ``dst``; any box's ORT loads the result."""
+    so = _onnxruntime().SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = _onnxruntime().GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(dst)
+    try:
+        _onnxruntime().InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise RuntimeBackendError(f"ONNX Runtime cannot load {src}: {exc}") from exc
+
+
+def quantize_nbits(model: Any, bits: int = 4, block_size: int = 32, exclude: Sequence[str] = ()) -> Any:
+    """Weight-only ``bits``-bit MatMulNBits quantization (symmetric, accuracy_level 4: int8 activations inside
+    the kernel) of an ``onnx.ModelProto``'s MatMul weights, nodes in ``exclude`` kept fp32; returns the new
+    ModelProto. Raises RuntimeBackendError with ORT's reason."""
+    _onnxruntime()
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    try:
+        q = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True, accuracy_level=4,
+                                 nodes_to_exclude=list(exclude))
+        q.process()
+    except Exception as exc:
+        raise RuntimeBackendError(f"ONNX Runtime's {bits}-bit quantizer failed: {exc}") from exc
+    return q.model.model
+
+
+def quantize_weights(src: str | Path, dst: str | Path, op_types: Sequence[str], signed: bool = True,
+                     exclude: Sequence[str] = ()) -> None:
+    """Dynamic quantization of the weights of ``op_types`` nodes (int8, or uint8 with ``signed=False``);
+    nodes named in ``exclude`` stay fp32. Raises RuntimeBackendError with ORT's reason."""
+    _onnxruntime()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    try:
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(op_types),
+                         weight_type=QuantType.QInt8 if signed else QuantType.QUInt8, nodes_to_exclude=list(exclude))
+    except Exception as exc:
+        raise RuntimeBackendError(f"ONNX Runtime's quantizer failed on {src}: {exc}") from exc
