@@ -99,6 +99,9 @@ setup() {
     log "creating $DEVICE_VENV (edge box: ftedge[device] only, no torch)"
     [ -x "$DEVICE_VENV/bin/python" ] || "$py" -m venv "$DEVICE_VENV"
     "$DEVICE_VENV/bin/python" -m pip install -q --upgrade pip
+    # setuptools builds in ./build and never deletes what it copied there: a module moved or removed since the
+    # last install would otherwise still land in the device venv
+    rm -rf build
     "$DEVICE_VENV/bin/python" -m pip install -q --force-reinstall --no-deps .
     "$DEVICE_VENV/bin/python" -m pip install -q '.[device]'
     if "$DEVICE_VENV/bin/python" -c 'import torch' 2>/dev/null; then
