@@ -208,3 +208,12 @@ def test_the_command_line_builds_without_numpy_or_onnxruntime():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "fleet" in proc.stdout and "train" in proc.stdout and "generate" in proc.stdout
+
+
+def test_export_task_choices_come_from_the_table_and_a_contradicting_loss_is_refused(tmp_path, capsys):
+    assert main(["export", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(t.name in out for t in table.all_tasks()) and "also detect" in out
+    assert main(["export", f"{ZOO}:mlp", "-o", str(tmp_path / "b"), "--input", "x:float32:1,20", "--task",
+                 "regression", "--quiet"]) == 2
+    assert "would write a classification bundle" in capsys.readouterr().err and not (tmp_path / "b").exists()

@@ -6,13 +6,21 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ftedge.bundle.tasks import Task
+from ftedge.bundle.tasks import Task, lookup
+from ftedge.errors import UsageError
 from ftedge.export.options import ExportOptions, from_args
 from ftedge.export.tasks import ExportTask
 
 
 def _options(args: argparse.Namespace, row: Task) -> ExportOptions:
-    return from_args(args)  # classification or regression: the manifest's task follows --loss
+    """The shared flags; the manifest's task (classification or regression) follows --loss, so an explicit --task
+    that --loss contradicts is refused rather than written as the other task."""
+    opts = from_args(args)
+    follows = lookup("classification" if opts.loss in ("cross-entropy", "bce") else "regression")
+    if args.task and row is not follows:
+        raise UsageError(f"--task {args.task} with --loss {opts.loss} would write a {follows.name} bundle: drop --task "
+                         "or change --loss (classification: cross-entropy or bce; regression: mse or l1)")
+    return opts
 
 
 def _exporter() -> Any:
