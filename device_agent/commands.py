@@ -120,7 +120,7 @@ def train_job(args: dict[str, Any], data_root: Path, bundle_root: Path, cmd_id: 
         raise Rejected("bad_args", f"{', '.join(wrong)} do(es) not apply to a {row.name} bundle; its options: "
                                    f"{', '.join(task.options.names())}")
     for key in options:
-        kind = every[key].path
+        kind = task.options.by_name[key].path   # the task's own rule: a causal LM's eval_data is a file
         if kind is None:
             continue
         path = _inside(data_root, options[key], key)

@@ -217,3 +217,18 @@ def test_export_task_choices_come_from_the_table_and_a_contradicting_loss_is_ref
     assert main(["export", f"{ZOO}:mlp", "-o", str(tmp_path / "b"), "--input", "x:float32:1,20", "--task",
                  "regression", "--quiet"]) == 2
     assert "would write a classification bundle" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_an_option_may_keep_a_rule_of_its_own_per_task(llm_bundle, tmp_path):
+    """eval_data is one option; a causal LM takes a file, a detector a dataset folder or file."""
+    bundles = tmp_path / "bundles"
+    shutil.copytree(llm_bundle, bundles / "faq")
+    data = tmp_path / "data"
+    (data / "folder").mkdir(parents=True)
+    write_jsonl(data / "qa.jsonl", [{"prompt": "q?", "answer": "a"}])
+    job = train_job({"bundle": "faq", "data": "qa.jsonl", "eval_data": "qa.jsonl"}, data, bundles, "c1")
+    assert job.options["eval_data"] == str((data / "qa.jsonl").resolve())
+    with pytest.raises(Rejected, match="no file 'folder'") as info:
+        train_job({"bundle": "faq", "data": "qa.jsonl", "eval_data": "folder"}, data, bundles, "c2")
+    assert info.value.code == "unknown_data"
+    assert tasks.all_options()["eval_data"].path == "any"   # the shared declaration the CLI and docs show

@@ -147,14 +147,15 @@ def pick(*names: str, own: Iterable[Option] = (), **defaults: Any) -> OptionSet:
 
 
 def union(sets: Iterable[OptionSet]) -> dict[str, Option]:
-    """Every option of the given tasks, by name; a name declared with another type or rules is an error."""
+    """Every option of the given tasks, by name; a name declared with another type, bounds or choices is an error
+    (the default, help and path kind may differ per task)."""
     out: dict[str, Option] = {}
     for s in sets:
         for o in s:
             seen = out.get(o.name)
-            if seen is not None and replace(seen, default=None, help="") != replace(o, default=None, help=""):
+            if seen is not None and (seen.type, seen.bounds, seen.choices) != (o.type, o.bounds, o.choices):
                 raise ValueError(f"train option {o.name!r} is declared twice with different rules")
-            out.setdefault(o.name, o)
+            out.setdefault(o.name, COMMON.get(o.name, o))  # the shared wording where there is one
     return out
 
 

@@ -46,10 +46,9 @@ COMMON_KEYS = ("status", "task", "stop_reason", "epochs_run", "best_epoch", "met
 
 def complete(result: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
     """``result`` with the common keys its trainer does not write itself: ``task`` and ``headline`` from the
-    bundle's task row, ``epochs_run``; the order puts the common keys first."""
+    bundle's task row, ``epochs_run`` (``status`` stays the first key)."""
     row = task_of(manifest)
-    result = {"status": result.get("status"), "task": row.name, **result}
-    result["task"] = row.name
+    result = {"status": result.get("status"), **result, "task": row.name}
     result.setdefault("epochs_run", result.get("epochs_done"))
     result["headline"] = row.headline.of(result.get("metrics"), result.get("baseline"))
     return result

@@ -4,13 +4,15 @@ metrics and evaluation (``answer_metrics.py``, ``evaluate.py``), and the ``gener
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from ftedge.runtime.tasks import DeviceTask, TrainRequest
-from ftedge.runtime.training.options import pick
+from ftedge.runtime.training.options import COMMON, pick
 
 OPTIONS = pick("epochs", "batch_size", "lr", "weight_decay", "val_fraction", "seed", "max_seconds", "min_gain",
-               "eval_data", "general", "off_topic", "min_retention", "max_new_tokens",
+               "general", "off_topic", "min_retention", "max_new_tokens",
+               own=[replace(COMMON["eval_data"], path="file", metavar="FILE.jsonl")],  # a file here, not a folder
                epochs=10, batch_size=4, weight_decay=0.0, val_fraction=0.1)
 
 
