@@ -16,17 +16,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ftedge.bundle.loader import load_bundle
+from ftedge.runtime.data.samples import ModelIO
 from hypothesis import strategies as st
 
 from ftedge.errors import FtedgeError
-from ftedge.bundle.loader import load_bundle
-from ftedge.runtime.data.samples import ModelIO
-
-from fuzz.common import corpus, guarded, workdir
-from fuzz.mutate import mutated
+from tests.fuzz.common import corpus, guarded, workdir
+from tests.fuzz.mutate import mutated
+from tests.helpers.common import DATA
 
 BASES = Path(__file__).resolve().parent / "bases"
-_ROOTS = {"bundle_v1": Path(__file__).resolve().parents[1] / "data" / "bundle_v1", "mlp_v2": BASES / "mlp_v2"}
+_ROOTS = {"bundle_v1": DATA / "bundle_v1", "mlp_v2": BASES / "mlp_v2"}
 _DIR = workdir("bundle")
 OPS = ("rm", "truncate", "append", "dir", "symlink_out", "symlink_in", "extra", "manifest_dir")
 

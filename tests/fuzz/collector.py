@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 
+from ftedge.fleet.store import FleetStore
 from hypothesis import strategies as st
 
-from ftedge.fleet.store import FleetStore
-
-from fuzz.common import corpus, guarded
-from fuzz.mutate import mutated
+from tests.fuzz.common import corpus, guarded
+from tests.fuzz.mutate import mutated
 
 NOW = 1_767_000_000.0
 json_values = st.recursive(
@@ -85,7 +84,11 @@ def check(data: bytes) -> None:
     """One batch through ingest and every view; raises ContractViolation."""
     msgs = _parse(data)
     with guarded("FleetStore", ()):
-        from ftedge.fleet.http import dashboard_fragment, dashboard_page, prometheus_text
+        from ftedge.fleet.http import (
+            dashboard_fragment,
+            dashboard_page,
+            prometheus_text,
+        )
 
         with FleetStore(":memory:", reorder_window_s=1.0) as store:
             store.ingest_batch(msgs, now=NOW)

@@ -13,13 +13,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from hypothesis import strategies as st
-
 from ftedge.device_agent import commands as cmds
 from ftedge.runtime.tasks import all_options
+from hypothesis import strategies as st
 
-from fuzz.common import corpus, guarded, workdir
-from fuzz.mutate import mutated
+from tests.fuzz.common import corpus, guarded, workdir
+from tests.fuzz.mutate import mutated
 
 _DIR = workdir("commands")
 DATA, BUNDLES, OUTSIDE = _DIR / "data", _DIR / "bundles", _DIR / "outside"
@@ -30,7 +29,7 @@ def _setup() -> None:
         d.mkdir(parents=True, exist_ok=True)
     np.savez(DATA / "blobs.npz", x=np.zeros((4, 20), np.float32), labels=np.arange(4))
     (DATA / "clips").mkdir(exist_ok=True)
-    shutil.copytree(Path(__file__).resolve().parents[1] / "data" / "bundle_v1", BUNDLES / "bundle_v1",
+    shutil.copytree(DATA / "bundle_v1", BUNDLES / "bundle_v1",
                     dirs_exist_ok=True)
     shutil.copytree(Path(__file__).resolve().parent / "bases" / "mlp_v2", BUNDLES / "mlp", dirs_exist_ok=True)
     shutil.copy(BUNDLES / "mlp" / "manifest.json", OUTSIDE / "b" / "manifest.json")

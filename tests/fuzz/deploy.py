@@ -24,14 +24,13 @@ import zlib
 from functools import lru_cache
 from pathlib import Path
 
+from ftedge.bundle.loader import load_bundle
+from ftedge.device_agent.install import deploy_bundle
 from hypothesis import strategies as st
 
 from ftedge.errors import FtedgeError
-from ftedge.bundle.loader import load_bundle
-from ftedge.device_agent.install import deploy_bundle
-
-from fuzz.common import corpus, guarded, workdir
-from fuzz.mutate import mutated
+from tests.fuzz.common import corpus, guarded, workdir
+from tests.fuzz.mutate import mutated
 
 MAX_BYTES = 16 * 2**20  # deploy limit given to deploy_bundle: unpacked bundles above it must be refused
 _DIR = workdir("deploy")

@@ -5,7 +5,6 @@ under a strict xfail (tests/test_fuzz.py KNOWN_BUGS). Remove entries once their 
 
 from __future__ import annotations
 
-
 KNOWN: dict[str, str] = {
     # Found and fixed in issue 12 (their inputs are regression examples in tests/fuzz/corpus/): manifest shapes
     # (null `files` entry, missing `output`, null `inputs`, `schema_version: [1]`, `roles: 5`, `preprocessing`

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 
-import fuzz.common as common
+import tests.fuzz.common as common
 
 
 def main() -> None:

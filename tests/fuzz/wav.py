@@ -9,15 +9,14 @@ from __future__ import annotations
 import struct
 
 import numpy as np
+from ftedge.bundle.manifest import TensorSpec
+from ftedge.runtime.data.audio import decode_wav
+from ftedge.runtime.data.samples import ModelIO
 from hypothesis import strategies as st
 
 from ftedge.errors import FtedgeError
-from ftedge.runtime.data.audio import decode_wav
-from ftedge.runtime.data.samples import ModelIO
-from ftedge.bundle.manifest import TensorSpec
-
-from fuzz.common import corpus, guarded, workdir
-from fuzz.mutate import mutated
+from tests.fuzz.common import corpus, guarded, workdir
+from tests.fuzz.mutate import mutated
 
 CLIP = 16000
 IO = ModelIO(inputs=[TensorSpec("waveform", "float32", ["batch", CLIP])], labels=["yes", "no"],
