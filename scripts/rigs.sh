@@ -4,7 +4,7 @@
 #   scripts/rigs.sh            # build/cache the rootfs, build the wheel, install it in every rig
 #   scripts/rigs.sh --env      # the same, then print `export FTEDGE_RIGS=… FTEDGE_RIG_WHEEL=…`
 #
-# Rigs (DESIGN.md §4): bookworm-arm64 (Debian 12, Python 3.11, aarch64 under qemu-user: a Pi 5 /
+# Rigs (docs/platforms.md): bookworm-arm64 (Debian 12, Python 3.11, aarch64 under qemu-user: a Pi 5 /
 # Jetson class box) and trixie-amd64 (Debian 13, Python 3.13).
 # Knobs:
 #   FTEDGE_RIG_CACHE=DIR   where the rootfs live (default ~/.cache/ftedge-rigs); outside the repo

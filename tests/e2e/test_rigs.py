@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from ftedge.cli import main
-from tests.helpers.common import HELPERS, ROOT, export, in_ci
+from tests.helpers.common import HELPERS, ROOT, export
+from tests.helpers.services import missing
 
 VENV_IN_RIG = "/opt/ftedge-venv"
 RIGS = {  # name: (Debian suite, arch, emulated on this x86_64 host)
@@ -38,12 +39,6 @@ VOICES = ["es", "en-gb-scotland"]  # accents the shipped model never heard
 PER_WORD = 3
 ARTIFACTS = Path(os.environ.get("FTEDGE_TEST_ARTIFACTS") or ROOT / "test-artifacts")
 _SUMMARY: dict[str, dict] = {}
-
-
-def _need(msg: str):
-    if in_ci():
-        pytest.fail(msg)
-    pytest.skip(msg)
 
 
 def _record(rig: str, key: str, value) -> None:
@@ -67,9 +62,9 @@ def _emulated(rig: str) -> bool:
 def rig_cache() -> Path:
     cache = os.environ.get("FTEDGE_RIGS")
     if not cache:
-        _need("FTEDGE_RIGS is not set: scripts/dev.sh test builds the rigs (scripts/rigs.sh) and sets it")
+        missing("FTEDGE_RIGS is not set: scripts/dev.sh test builds the rigs (scripts/rigs.sh) and sets it")
     if os.geteuid() != 0 and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode != 0:
-        _need("the rigs need root (chroot, mount) or password-less sudo")
+        missing("the rigs need root (chroot, mount) or password-less sudo")
     return Path(cache)
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from ftedge.export.frontends import LogMel
 
 from tests.helpers.common import export
+from tests.helpers.services import require_module
 
-librosa = pytest.importorskip("librosa", reason="librosa is the test-only reference ([dev] extra)")
+librosa = require_module("librosa", "librosa is the test-only reference ([dev] extra)")
 
 # Stated tolerance: float32 STFT-by-convolution vs librosa's float64 FFT agree to 1e-4 absolute in
 # log-mel (measured: 4.3e-6 on these signals, which carry noise in every bin).

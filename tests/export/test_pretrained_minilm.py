@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from tests.helpers.common import ROOT, export, smoke_train
+from tests.helpers.services import require_module
 
-pytest.importorskip("transformers", reason="the [dev] extra installs transformers")
+require_module("transformers", "the [dev] extra installs transformers")
 MODEL = f"{ROOT / 'examples' / 'minilm_classifier.py'}:build_model"
 INPUTS = ["--input", "input_ids:int64:1,32:0-30522", "--input", "attention_mask:int64:1,32:1-2"]
 

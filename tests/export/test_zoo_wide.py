@@ -18,8 +18,9 @@ from ftedge.runtime import load_bundle
 from ftedge.cli import main
 from tests.helpers.common import ROOT, ZOO_WIDE, random_targets, smoke_train
 from tests.helpers.zoo_wide import WIDE
+from tests.helpers.services import require_module
 
-pytest.importorskip("transformers", reason="the [dev] extra installs transformers")
+require_module("transformers", "the [dev] extra installs transformers")
 WIDE_ZOO = ZOO_WIDE
 TOL = 1e-4
 

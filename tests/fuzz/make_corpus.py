@@ -163,7 +163,7 @@ def commands() -> None:
 
 
 def collector() -> None:
-    """Batches as an agent publishes them (recorded shapes of DESIGN.md's MQTT contract) and hostile ones."""
+    """Batches as an agent publishes them (recorded shapes of the MQTT contract, docs/mqtt.md) and hostile ones."""
     d = CORPUS / "collector"
     d.mkdir(parents=True, exist_ok=True)
     root, ts = "ftedge/v1/demo/dev-001/", 1767000000000

@@ -16,7 +16,6 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
@@ -24,7 +23,6 @@ from paho.mqtt.properties import Properties
 
 from tests.helpers.broker import Broker
 from tests.helpers.common import ROOT, ZOO, export
-from tests.helpers.zoo import FAMILIES, gaussian_classes
 
 FLEET, DEV = "demo", "dev-001"
 ROOT_TOPIC = f"ftedge/v1/{FLEET}/{DEV}/"
@@ -126,6 +124,8 @@ def assert_no_holes(seqs: dict[str, list[int]]) -> None:
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory) -> Path:
+    from tests.helpers.zoo import FAMILIES
+
     root = tmp_path_factory.mktemp("bundles")
     export(f"{ZOO}:mlp", root / "mlp", "--input", "x:float32:1,20", "--labels", "a,b,c,d", "--lr", "0.01")
     model, args = FAMILIES["cnn-batchnorm-depthwise"]
@@ -152,6 +152,10 @@ def device(tmp_path, bundles):
     """State dir, data root with SYNTHETIC datasets, bundle root, and a config writer."""
     data = tmp_path / "data"
     data.mkdir()
+    import numpy as np
+
+    from tests.helpers.zoo import gaussian_classes
+
     x, y = gaussian_classes(seed=5)
     np.savez(data / "blobs.npz", x=x, labels=y)
     rng = np.random.default_rng(0)

@@ -43,7 +43,7 @@ def missing(why: str) -> None:
     """Fail under CI, skip elsewhere: the one rule for a missing service, venv or rig."""
     if in_ci():
         pytest.fail(f"{why} — CI must install it (.ci/run), never skip")
-    pytest.skip(why)
+    pytest.skip(why, allow_module_level=True)  # also from a test module's top level
 
 
 def require(*names: str) -> None:
@@ -54,3 +54,13 @@ def require(*names: str) -> None:
         available, why = SERVICES[name]
         if not available():
             missing(why)
+
+
+def require_module(name: str, why: str = ""):  # noqa: ANN201
+    """Import ``name`` for a test module: missing, it fails under CI and skips elsewhere (like a service)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(f"{name} is not installed{': ' + why if why else ''} (scripts/dev.sh setup installs it)")

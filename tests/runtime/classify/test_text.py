@@ -22,9 +22,10 @@ from ftedge.runtime.data.samples import ModelIO, load_dataset
 from ftedge.cli import main
 from ftedge.errors import DataError
 from tests.helpers.common import ROOT, export
+from tests.helpers.services import require_module
 
-pytest.importorskip("transformers", reason="the [dev] extra installs transformers")
-pytest.importorskip("tokenizers", reason="the [device] extra installs tokenizers")
+require_module("transformers", "the [dev] extra installs transformers")
+require_module("tokenizers", "the [device] extra installs tokenizers")
 MODEL = f"{ROOT / 'examples' / 'minilm_classifier.py'}:build_model"
 L = 64
 LABELS = ["negative", "positive"]

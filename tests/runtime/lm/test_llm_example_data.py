@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,10 +9,10 @@ import pytest
 from ftedge.runtime.tasks.lm.answer_metrics import keyword_hit, normalize
 
 from tests.helpers.common import ROOT, example_module
+from tests.helpers.services import require_module
 
-pytest.importorskip("yaml")
-if importlib.util.find_spec("chatterbot_corpus") is None:
-    pytest.skip("chatterbot-corpus is not installed", allow_module_level=True)
+require_module("yaml")
+require_module("chatterbot_corpus", "the chatterbot-corpus package ships the trivia questions")
 
 EXAMPLE = ROOT / "examples" / "llm"
 faq_facts = example_module("llm/faq_facts.py")
