@@ -4,7 +4,7 @@
 ops the TorchScript exporter and ONNX Runtime handle everywhere (Pad, Conv, Mul, MatMul, Log): the
 STFT is a strided Conv1d over a windowed DFT basis, the power spectrum goes through a Slaney-style
 mel filterbank (the same as librosa's default), then ``log(mel + eps)``. It matches
-``librosa.feature.melspectrogram(center=True, pad_mode="constant", power=2)`` (tests/test_frontend.py).
+``librosa.feature.melspectrogram(center=True, pad_mode="constant", power=2)`` (tests/export/test_frontend.py).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     python examples/llm/make_faq.py OUT_DIR [--train-phrasings 4] [--seed 0] [--category trivia] [--messages]
 
-Files (JSON Lines, UTF-8, one object per line; see README.md):
+Files (JSON Lines, UTF-8, one object per line; see docs/llm.md):
 
 - ``faq_train.jsonl``: the first ``--train-phrasings`` questions of each FAQ entry, ``{"prompt", "answer", "id"}``
   (or with ``--messages`` ``{"messages": [user, assistant], "id"}``), shuffled with ``--seed``;

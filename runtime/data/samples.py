@@ -1,6 +1,6 @@
 """Local training data → arrays matching a bundle's inputs.
 
-Formats (README.md, "Fine-tune on the device"):
+Formats (docs/training.md):
 - a folder per label, ``PATH/<label>/<sample>``, each file decoded by the decoder registered for its
   extension (``.npy`` here; audio, images and text register theirs through :func:`register_decoder`);
 - a ``.npz`` with one array per bundle input name plus ``labels``.

@@ -6,7 +6,7 @@ agent alike), how ``ftedge train`` / ``ftedge evaluate`` report, and the verbs o
 ``detect``). Importing a package is cheap (declarations only); trainers and numpy load when a run starts.
 
 Everything that depends on the task — the CLI, the agent's job runner and its command validation — asks this
-registry; no other module compares task names (``tests/test_architecture.py`` checks).
+registry; no other module compares task names (``tests/core/test_architecture.py`` checks).
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def options_markdown() -> str:
     return ("# Train options\n\n"
             "Generated from `runtime/training/options.py` and the task packages by\n"
             "`python -c 'from ftedge.runtime.tasks import options_markdown as m; print(m(), end=\"\")' > "
-            "docs/train-options.md`; `tests/test_tasks.py` fails when this file is stale.\n\n"
+            "docs/train-options.md`; `tests/bundle/test_tasks.py` fails when this file is stale.\n\n"
             "The same declarations give `ftedge train`'s flags and the device agent's validation of a `train` command "
             "(its args use the names in parentheses). A flag the bundle's task does not take is refused (exit 2; "
             "the agent replies `bad_args`).\n\n"

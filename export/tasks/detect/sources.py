@@ -1,4 +1,4 @@
-"""Pretrained backbones for ``ftedge export --task detect`` that ship offline in packages (DESIGN §5).
+"""Pretrained backbones for ``ftedge export --task detect`` that ship offline in packages (docs/pretrained.md).
 
 A detection MODEL is any ``nn.Module`` mapping ``image`` [B, 3, H, W] to a tuple of feature maps (e.g. strides
 16 and 32); ftedge freezes it and adds the anchor-free head (:mod:`ftedge.export.tasks.detect.model`).

@@ -176,7 +176,7 @@ def _verify_step(step: Callable[..., Any], state: list[torch.Tensor], model: Lla
 
 class _LeanDecoder:
     """The decoder's forward written for a small graph (the same math as :meth:`Llama.block`, checked by the
-    export's parity and ``tests/test_llm.py``). Per token the decode step is dominated by per-node overhead, not
+    export's parity and ``tests/runtime/lm/test_llm.py``). Per token the decode step is dominated by per-node overhead, not
     FLOPs, on a small model, so it trims the nodes per layer:
 
     * q/k/v and gate/up are one MatMul each (weights concatenated once at export), then a Split;

@@ -2,7 +2,7 @@
 
 The exporter traces these functions (not Hugging Face's modules) into the three causal-LM graphs: their shapes are
 explicit (no cache objects, no dispatch on attention backends), so the same code gives the backbone pass, the
-training step on cached hidden states and the KV-cache decoder. ``tests/test_llm.py`` holds it equal to
+training step on cached hidden states and the KV-cache decoder. ``tests/runtime/lm/test_llm.py`` holds it equal to
 ``transformers``' ``LlamaForCausalLM`` and PEFT's LoRA.
 """
 

@@ -1,7 +1,7 @@
 """Object-detection mAP, the COCO way (numpy only: runs on the device, never imports torch or pycocotools).
 
 This reimplements pycocotools' ``COCOeval`` for ``iouType="bbox"``, area range ``"all"`` and one ``maxDets``,
-because pycocotools is not a device dependency; ``tests/test_detect_metrics.py`` checks it against pycocotools on
+because pycocotools is not a device dependency; ``tests/runtime/detect/test_detect_metrics.py`` checks it against pycocotools on
 the same boxes. What it reproduces, as ``cocoeval.py`` does it:
 
 * Evaluation is per (image, class). Its detections are sorted by descending score with a *stable* sort (ties keep
