@@ -1,7 +1,7 @@
 """Fuzzing: each harness in tests/fuzz/ replays its saved corpus, then runs hypothesis for a bounded time.
 
 CI: ``pytest tests/test_fuzz.py`` (derandomized, about a minute in all). Deep local fuzzing:
-``FTEDGE_FUZZ_SECONDS=600 .venv/bin/python -m pytest tests/test_fuzz.py`` (split among the targets, fresh seeds).
+``FTEDGE_FUZZ_SECONDS=600 .venv/bin/python -m pytest tests/fuzz`` (split among the targets, fresh seeds).
 A failure prints the input; save it under tests/fuzz/corpus/<target>/ as a regression example.
 
 Corpus inputs that reproduce a bug owned elsewhere are listed in ``KNOWN_BUGS`` (strict xfail: once the owner
@@ -38,10 +38,10 @@ def _corpus_params() -> list:
 @pytest.mark.parametrize(("target", "path"), _corpus_params())
 def test_corpus_replays_cleanly(target, path, monkeypatch):
     monkeypatch.setattr(common, "STRICT_KNOWN", True)  # a known bug fails here (its strict xfail documents it)
-    importlib.import_module(f"fuzz.{target}").check(path.read_bytes())
+    importlib.import_module(f"tests.fuzz.{target}").check(path.read_bytes())
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_fuzz(target):
-    harness = importlib.import_module(f"fuzz.{target}")
+    harness = importlib.import_module(f"tests.fuzz.{target}")
     run_budgeted(harness.check, harness.inputs(), CI_EXAMPLES[target])

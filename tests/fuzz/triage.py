@@ -1,6 +1,6 @@
 """Collect every distinct contract violation of a target, with the shortest input seen for each.
 
-``cd tests && ../.venv/bin/python -m fuzz.triage TARGET [EXAMPLES] [OUT_DIR]``: prints one line per signature
+``.venv/bin/python -m tests.fuzz.triage TARGET [EXAMPLES] [OUT_DIR]``: prints one line per signature
 (including known ones) and writes the shortest input of each to OUT_DIR (default /tmp/ftedge-triage/TARGET).
 """
 
@@ -21,7 +21,7 @@ def main() -> None:
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 500
     out = Path(sys.argv[3] if len(sys.argv) > 3 else f"/tmp/ftedge-triage/{target}")
     out.mkdir(parents=True, exist_ok=True)
-    harness = importlib.import_module(f"fuzz.{target}")
+    harness = importlib.import_module(f"tests.fuzz.{target}")
     common.STRICT_KNOWN = True
     found: dict[str, tuple[bytes, str]] = {}
 
@@ -42,7 +42,7 @@ def main() -> None:
     for i, (sig, (data, tb)) in enumerate(sorted(found.items())):
         (out / f"{i:02d}.bin").write_bytes(data)
         (out / f"{i:02d}.txt").write_text(f"{sig}\n{tb}")
-        print(f"{i:02d} {sig} ({len(data)} bytes){'  [known]' if sig in importlib.import_module('fuzz.known').KNOWN else ''}")
+        print(f"{i:02d} {sig} ({len(data)} bytes){'  [known]' if sig in importlib.import_module('tests.fuzz.known').KNOWN else ''}")
 
 
 if __name__ == "__main__":
