@@ -84,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="SQLite file (default fleet.sqlite; one collector) or postgresql://USER@HOST[:PORT]/DB "
                         "(shared by every collector of a --share-group)")
     s.add_argument("--share-group", "--share", dest="share", metavar="NAME",
-                   help="subscribe through $share/NAME/ftedge/v1/#: the broker spreads the fleet over the "
+                   help="subscribe through $share/NAME/ftedge/v1/+/+/#: the broker spreads the fleet over the "
                         "collectors of the group (give each its own --client-id; use one PostgreSQL --db)")
     s.add_argument("--token-file", type=Path, metavar="FILE",
                    help=f"file holding the bearer token that enables POST /api/devices/{{id}}/commands/{{verb}} "
