@@ -1,6 +1,6 @@
 """Accent personalization benchmark on SYNTHETIC speech (espeak-ng): zero-shot vs `ftedge train` vs PyTorch.
 
-    .venv/bin/python bench/accent_personalization.py --holdout en-gb-scotland,es --shots 5 --seed 0 [--json]
+    .venv/bin/python -m bench.accent_personalization --holdout en-gb-scotland,es --shots 5 --seed 0 [--json]
 
 For each held-out voice (never seen by the shipped base model, which was pretrained on en-us, en-gb,
 en-gb-x-rp, en-us-nyc, en-029 and en-gb-x-gbclan only):
@@ -21,10 +21,8 @@ With ``--json`` the last line is one JSON object (per-voice rows plus means).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -34,25 +32,46 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench._common import DEVICE_PY, ROOT, load_module, md_table, omp_env
+
 KWS = ROOT / "examples" / "kws"
-DEVICE_PY = ROOT / ".venv-device" / "bin" / "python"
-
-
-def _module(path: Path, name: str):  # noqa: ANN202
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _timed(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess]:
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    """Whole-process seconds of ``cmd`` (OMP_NUM_THREADS=2, cwd: the repository root) and its output."""
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=omp_env())
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:4])} … failed:\n{proc.stderr[-3000:]}")
     return time.perf_counter() - t, proc
+
+
+VOICE_COLUMNS = ("held-out voice", "shots/word", "zero-shot", "ftedge personalized", "PyTorch reference",
+                 "ftedge, int8 backbone", "promoted", "ftedge train s (whole process)", "PyTorch s", "PyTorch ÷ ftedge")
+AUTO_COLUMNS = ("held-out voice", "hand-set (lr 0.01, 30 epochs, 20 % val)", "--auto", "--auto trials",
+                "chosen lr / wd / epochs (schedule)", "CV accuracy (untuned)", "CV gain [95 %]", "--auto promoted",
+                "--auto train s")
+
+
+def report(rows: list[dict]) -> list[str]:
+    """The per-voice table, then (if any voice ran --auto) the --auto table."""
+    lines = md_table(VOICE_COLUMNS, [
+        (r["holdout"], r["shots"], f"{r['zero_shot_accuracy']:.3f}", f"{r['personalized_accuracy']:.3f}",
+         f"{r['torch_reference_accuracy']:.3f}", f"{r['personalized_accuracy_int8_backbone']:.3f}", r["promoted"],
+         f"{r['ftedge_train_seconds']:.2f}", f"{r['torch_reference_seconds']:.2f}", f"{r['torch_over_ftedge']:.1f}×")
+        for r in rows])
+    autos = [r for r in rows if "auto_accuracy" in r]
+    if autos:
+        lines += ["", *md_table(AUTO_COLUMNS, [_auto_row(r) for r in autos])]
+    return lines
+
+
+def _auto_row(r: dict) -> tuple:
+    c, e = r["auto_chosen"], r["auto_cv"]
+    return (r["holdout"], f"{r['personalized_accuracy']:.3f}", f"{r['auto_accuracy']:.3f}", r["auto_trials"],
+            f"{c['lr']:.3g} / {c['weight_decay']:.3g} / {c['epochs']} ({c['horizon']})",
+            f"{e['tuned']:.3f} ({e['untuned']:.3f})", f"{e['gain']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}]",
+            r["auto_promoted"], f"{r['ftedge_train_seconds_auto']:.2f}")
 
 
 def split_user_data(src: Path, dst: Path, shots: int, words: list[str]) -> tuple[Path, Path]:
@@ -78,7 +97,7 @@ def torch_reference(bundle: Path, train_dir: Path, test_dir: Path, epochs: int, 
 
     torch.set_num_threads(2)
     torch.manual_seed(seed)
-    kws = _module(KWS / "model.py", "kws_model")
+    kws = load_module(KWS / "model.py", "kws_model")
     model = kws.build_model()
     io = ModelIO.from_manifest(load_bundle(bundle).manifest)
     data = load_dataset(train_dir, io)
@@ -126,8 +145,8 @@ def run_voice(voice: str, shots: int, test_per_word: int, seed: int, epochs: int
               val_fraction: float, bundle: Path, work: Path, auto_seconds: float | None = None) -> dict:
     from ftedge.runtime.tasks.classify.evaluate import evaluate
 
-    maker = _module(ROOT / "examples" / "demo" / "make_kws_dataset.py", "make_kws_dataset")
-    kws = _module(KWS / "model.py", "kws_model")
+    maker = load_module(ROOT / "examples" / "demo" / "make_kws_dataset.py", "make_kws_dataset")
+    kws = load_module(KWS / "model.py", "kws_model")
     raw = work / f"{voice}-raw"
     maker.make_dataset(raw, [voice], kws.WORDS, shots + test_per_word, seed)
     train_dir, test_dir = split_user_data(raw, work / voice, shots, kws.WORDS)
@@ -158,7 +177,7 @@ def run_voice(voice: str, shots: int, test_per_word: int, seed: int, epochs: int
                 "auto_cv": {k: sr["estimate"][k] for k in ("tuned", "untuned", "gain", "lo", "hi")},
                 "ftedge_train_seconds_auto": round(auto_s, 2)}
 
-    torch_s, tproc = _timed([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps({
+    torch_s, tproc = _timed([sys.executable, "-m", "bench.accent_personalization", "--worker", json.dumps({
         "bundle": str(bundle), "train_dir": str(train_dir), "test_dir": str(test_dir), "epochs": epochs, "lr": lr,
         "batch": batch, "val_fraction": val_fraction, "seed": seed})])
     ref = json.loads(tproc.stdout.strip().splitlines()[-1])
@@ -174,7 +193,8 @@ def run_voice(voice: str, shots: int, test_per_word: int, seed: int, epochs: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m bench.accent_personalization", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--holdout", default="en-gb-scotland,es", help="held-out voices, comma-separated")
     ap.add_argument("--shots", type=int, default=5, help="clips per word the user records")
     ap.add_argument("--seed", type=int, default=0)
@@ -196,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     from ftedge.cli import main as ftedge_main
 
     t0 = time.perf_counter()
-    kws = _module(KWS / "model.py", "kws_model")
+    kws = load_module(KWS / "model.py", "kws_model")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -211,25 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                                   args.batch_size, args.val_fraction, bundle, work, args.auto_seconds))
             print(f"done: {voice}", file=sys.stderr)
     print("data: SYNTHETIC speech (espeak-ng); base model never saw these voices")
-    print("| held-out voice | shots/word | zero-shot | ftedge personalized | PyTorch reference | ftedge, int8 backbone | "
-          "promoted | ftedge train s (whole process) | PyTorch s | PyTorch ÷ ftedge |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['holdout']} | {r['shots']} | {r['zero_shot_accuracy']:.3f} | {r['personalized_accuracy']:.3f} | "
-              f"{r['torch_reference_accuracy']:.3f} | {r['personalized_accuracy_int8_backbone']:.3f} | {r['promoted']} | "
-              f"{r['ftedge_train_seconds']:.2f} | {r['torch_reference_seconds']:.2f} | {r['torch_over_ftedge']:.1f}× |")
-    autos = [r for r in rows if "auto_accuracy" in r]
-    if autos:
-        print()
-        print("| held-out voice | hand-set (lr 0.01, 30 epochs, 20 % val) | --auto | --auto trials | chosen lr / wd / "
-              "epochs (schedule) | CV accuracy (untuned) | CV gain [95 %] | --auto promoted | --auto train s |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        for r in autos:
-            c, e = r["auto_chosen"], r["auto_cv"]
-            print(f"| {r['holdout']} | {r['personalized_accuracy']:.3f} | {r['auto_accuracy']:.3f} | {r['auto_trials']} | "
-                  f"{c['lr']:.3g} / {c['weight_decay']:.3g} / {c['epochs']} ({c['horizon']}) | {e['tuned']:.3f} "
-                  f"({e['untuned']:.3f}) | {e['gain']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}] | {r['auto_promoted']} | "
-                  f"{r['ftedge_train_seconds_auto']:.2f} |")
+    print("\n".join(report(rows)))
     summary = {
         "holdout": [r["holdout"] for r in rows], "shots": args.shots, "seed": args.seed,
         "zero_shot_accuracy": float(np.mean([r["zero_shot_accuracy"] for r in rows])),

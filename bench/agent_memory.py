@@ -5,7 +5,7 @@ process, sends ``--jobs`` train commands (each followed by one malformed command
 prints RSS next to the Python-traced memory every 50 jobs, then the 12 allocation sites that grew most
 between job 100 and the end. Native growth = RSS growth − traced growth.
 
-    .venv-device/bin/python bench/agent_memory.py --jobs 400     # torch-free, as on a box
+    .venv-device/bin/python -m bench.agent_memory --jobs 400     # torch-free, as on a box
 """
 
 from __future__ import annotations
@@ -24,19 +24,14 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
-from broker import Broker  # noqa: E402
-from soak import setup  # noqa: E402  (exports and signs the mlp bundle, writes SYNTHETIC blobs)
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+from bench._common import rss_mib
+from bench.soak import setup  # exports and signs the mlp bundle, writes SYNTHETIC blobs
+from tests.helpers.broker import Broker
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m bench.agent_memory", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=400)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)

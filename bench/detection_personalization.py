@@ -3,9 +3,9 @@
 Reproduce (repo root, host venv; the device venv must hold the current ftedge, e.g. after
 `.venv-device/bin/pip install -q --no-deps --force-reinstall .`):
 
-    .venv/bin/python bench/detection_personalization.py --wait-idle 300 --json           # 50 train / 200 held-out,
+    .venv/bin/python -m bench.detection_personalization --wait-idle 300 --json           # 50 train / 200 held-out,
                                                                                          # 60 epochs (~2.5 min)
-    .venv/bin/python bench/detection_personalization.py --quick --wait-idle 300 --json   # smoke: 12 / 20, 3 epochs
+    .venv/bin/python -m bench.detection_personalization --quick --wait-idle 300 --json   # smoke: 12 / 20, 3 epochs
 
 On a 2-core machine other work ruins PyTorch's timings most (its OpenMP threads wait on a busy core: a shared
 run measured the reference 5x slower and eager inference 40x slower), hence --wait-idle and other_cpu_s.
@@ -26,7 +26,7 @@ Contenders, same data, head initialisation, loss, targets, split, order, flips, 
              full), the epochs (cached maps of the image or of its mirror image, AdamW step graph, warm-up 5 % + cosine, validation mAP after
              each epoch, checkpoints), model.onnx of the best epoch. Validation: ftedge's default 20 % split of the
              training images (no --eval-data: the held-out images are never used for selection).
-  reference  bench/detection_reference.py in the host venv as its own process: import torch, MobileNetV2 weights,
+  reference  bench/detection_reference.py (`-m bench.detection_reference`) in the host venv as its own process: import torch, MobileNetV2 weights,
              the same data through ftedge's loaders, the same head (DetectionHead from the bundle's
              init.safetensors), detection_loss, torch.optim.AdamW, flips of the INPUT image with the frozen
              backbone run every step (no feature cache), per-epoch validation mAP on the same split, best epoch
@@ -68,12 +68,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench._common import DEVICE_PY, ROOT, cpu_times, fmt, md_table, progress, rounded, run_measured
+
 LABELS = "sneaker,bag,ankle_boot"
 DATA_NOTE = "SYNTHETIC shop scenes (examples/detect/make_shop.py: real Fashion-MNIST products on real photos)"
-
-sys.path.insert(0, str(ROOT / "bench"))
-from proc_launcher import run_measured  # noqa: E402
 
 INFER_SCRIPT = r"""
 import json, sys, time
@@ -106,18 +104,7 @@ print(json.dumps({"images_per_s": runs / s, "seconds": s, "runs": runs, "distinc
 """
 
 
-def say(msg: str) -> None:
-    print(f"[detect-bench] {msg}", file=sys.stderr, flush=True)
-
-
-def cpu_times() -> tuple[float, float]:
-    """(busy, total) CPU seconds of all processes since boot (/proc/stat; zeros off Linux)."""
-    try:
-        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
-        return 0.0, 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    return (sum(v) - v[3] - v[4]) / tick, sum(v) / tick  # idle and iowait are not busy
+say = progress("[detect-bench] ")
 
 
 def cpu_busy(seconds: float = 1.0) -> float | None:
@@ -227,17 +214,6 @@ def bake_reference(bundle_dir: Path, params: Path, out_dir: Path) -> None:
         "outputs": OUTPUTS, "kind": "detector"}))
 
 
-def rnd(x: Any, nd: int = 4) -> Any:
-    """``x`` with every float rounded to ``nd`` decimals (for the JSON line)."""
-    if isinstance(x, float):
-        return round(x, nd)
-    if isinstance(x, dict):
-        return {k: rnd(v, nd) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [rnd(v, nd) for v in x]
-    return x
-
-
 def ratio(a: Any, b: Any) -> float | None:
     return a / b if a is not None and b else None
 
@@ -278,7 +254,7 @@ def run(args: argparse.Namespace) -> dict:
     ref_dir = work / "reference"
     shutil.rmtree(ref_dir, ignore_errors=True)
     params = ref_dir / "params.safetensors"
-    rcmd = [sys.executable, str(ROOT / "bench" / "detection_reference.py"), "train", "--bundle", str(bundle), "--data",
+    rcmd = [sys.executable, "-m", "bench.detection_reference", "train", "--bundle", str(bundle), "--data",
             str(data), "--out", str(params), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
             "--lr", str(lr), "--weight-decay", str(res["config"]["weight_decay"]), "--seed", str(args.seed),
             "--threads", str(args.threads), "--json"]
@@ -296,7 +272,7 @@ def run(args: argparse.Namespace) -> dict:
     base_eval = json_of([*evaluate, str(bundle), "--data", str(data), "--json"])
     quiet_machine("reference_eager", args.wait_idle, busy)
     say("reference: PyTorch-side held-out mAP and eager images/s")
-    torch_eval = json_of([sys.executable, str(ROOT / "bench" / "detection_reference.py"), "evaluate", "--bundle",
+    torch_eval = json_of([sys.executable, "-m", "bench.detection_reference", "evaluate", "--bundle",
                           str(bundle), "--params", str(params), "--data", str(data), "--threads", str(args.threads),
                           "--bench-runs", str(args.infer_runs), "--bench-images", str(args.infer_images), "--json"],
                          ROOT)
@@ -366,10 +342,6 @@ def run(args: argparse.Namespace) -> dict:
             "reference": reference, "untuned": untuned, "ratios": ratios, "targets": targets}
 
 
-def fmt(x: Any, spec: str = ".3f") -> str:
-    return "—" if x is None else format(x, spec)
-
-
 def report(r: dict) -> str:
     s, f, ref, u, ra = r["settings"], r["ftedge"], r["reference"], r["untuned"], r["ratios"]
     lines = [
@@ -381,18 +353,19 @@ def report(r: dict) -> str:
         f"{' (--quick)' if s['quick'] else ''}."
         + (f" Bundle export (host, not in the job): {s['export_s']:.1f} s." if s["export_s"] else ""),
         "",
-        "| model | held-out mAP@0.5 | mAP@0.5:0.95 | val mAP@0.5 | best epoch | whole_s | job_s | peak_rss_mb "
-        "| images/s |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| untuned head | {fmt(u['heldout_map50'])} | {fmt(u['heldout_map50_95'])} | {fmt(u['val_map50'])} "
-        "| | | | | |",
-        f"| ftedge | {fmt(f['heldout_map50'])} | {fmt(f['heldout_map50_95'])} | {fmt(f['val_map50'])} | "
-        f"{f['best_epoch']} | {f['whole_s']:.1f} | {f['job_s']:.1f} | {f['peak_rss_mb']:.0f} | "
-        f"{fmt(f['images_per_s'], '.1f')} ({fmt(f['images_per_s_with_files'], '.1f')} from files) |",
-        f"| reference (PyTorch) | {fmt(ref['heldout_map50'])} | {fmt(ref['heldout_map50_95'])} | "
-        f"{fmt(ref['val_map50'])} | {ref['best_epoch']} | {ref['whole_s']:.1f} | {ref['job_s']:.1f} | "
-        f"{ref['peak_rss_mb']:.0f} | {fmt(ref['images_per_s'], '.1f')} (eager) |",
-        f"| reference, PyTorch decode + NMS | {fmt(ref['torch_map50'])} | {fmt(ref['torch_map50_95'])} | | | | | | |",
+        *md_table(("model", "held-out mAP@0.5", "mAP@0.5:0.95", "val mAP@0.5", "best epoch", "whole_s", "job_s",
+                   "peak_rss_mb", "images/s"), [
+            ("untuned head", fmt(u["heldout_map50"]), fmt(u["heldout_map50_95"]), fmt(u["val_map50"]), "", "", "", "",
+             ""),
+            ("ftedge", fmt(f["heldout_map50"]), fmt(f["heldout_map50_95"]), fmt(f["val_map50"]), f["best_epoch"],
+             f"{f['whole_s']:.1f}", f"{f['job_s']:.1f}", f"{f['peak_rss_mb']:.0f}",
+             f"{fmt(f['images_per_s'], '.1f')} ({fmt(f['images_per_s_with_files'], '.1f')} from files)"),
+            ("reference (PyTorch)", fmt(ref["heldout_map50"]), fmt(ref["heldout_map50_95"]), fmt(ref["val_map50"]),
+             ref["best_epoch"], f"{ref['whole_s']:.1f}", f"{ref['job_s']:.1f}", f"{ref['peak_rss_mb']:.0f}",
+             f"{fmt(ref['images_per_s'], '.1f')} (eager)"),
+            ("reference, PyTorch decode + NMS", fmt(ref["torch_map50"]), fmt(ref["torch_map50_95"]), "", "", "", "",
+             "", ""),
+        ]),
         "",
         f"Ratios: whole job reference/ftedge {fmt(ra['whole_time_reference_over_ftedge'], '.2f')}x (job_s "
         f"{fmt(ra['job_time_reference_over_ftedge'], '.2f')}x); peak RSS ftedge/reference "
@@ -419,14 +392,13 @@ def report(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    ap = argparse.ArgumentParser(prog="python -m bench.detection_personalization", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(ROOT / "bench" / ".cache" / "detect-work"),
                     help="work folder: data, bundle, runs (default bench/.cache/detect-work)")
     ap.add_argument("--bundle", help="detection bundle; exported there with the host ftedge when missing or stale "
                     "(default WORK/bundle)")
-    ap.add_argument("--device-python", default=os.environ.get("FTEDGE_DEVICE_PYTHON",
-                                                              str(ROOT / ".venv-device" / "bin" / "python")),
+    ap.add_argument("--device-python", default=os.environ.get("FTEDGE_DEVICE_PYTHON", str(DEVICE_PY)),
                     help="python of the torch-free device venv (default $FTEDGE_DEVICE_PYTHON or .venv-device)")
     ap.add_argument("--train", type=int, default=50, help="training scenes (default 50; 20 %% validate)")
     ap.add_argument("--heldout", type=int, default=200, help="held-out scenes (default 200)")
@@ -449,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     r = run(args)
     print(report(r))
     if args.json:
-        print(json.dumps(rnd(r)))
+        print(json.dumps(rounded(r)))
     return 0
 
 

@@ -7,8 +7,8 @@ bench/detection_personalization.py can compare mAP, time, memory and inference s
 Run as its own process (the benchmark does so, under bench/proc_launcher.py, so wall time and peak RSS are this
 process's own: the torch import, the MobileNetV2 weights, the data, training, writing the parameters):
 
-    .venv/bin/python bench/detection_reference.py train --bundle B --data DATA --out params.safetensors --json
-    .venv/bin/python bench/detection_reference.py evaluate --bundle B --params params.safetensors --data DATA --json
+    .venv/bin/python -m bench.detection_reference train --bundle B --data DATA --out params.safetensors --json
+    .venv/bin/python -m bench.detection_reference evaluate --bundle B --params params.safetensors --data DATA --json
 
 What is shared with ftedge, so that only the training machinery differs:
   data        ftedge's own loaders: ``load_detection(DATA, labels, split="train")`` and ``load_letterboxed`` (the
@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import sys
 import time
 from pathlib import Path
@@ -57,6 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench._common import peak_rss_mib
 from ftedge.export.tasks.detect.model import DetectionHead, decode, detection_loss
 from ftedge.export.tasks.detect.sources import mobilenet_v2
 from ftedge.runtime.tasks.detect.data import load_detection
@@ -66,10 +66,6 @@ from ftedge.runtime.tasks.detect.targets import Grid, batch_targets, flip_boxes,
 from ftedge.runtime.training.schedule import learning_rate
 
 MAX_DETS = 100
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class Setup:
@@ -268,7 +264,7 @@ def train(a: argparse.Namespace) -> dict[str, Any]:
             "warmup_steps": warmup, "batch_size": a.batch_size, "seed": a.seed, "flip": not a.no_flip,
             "samples": {"train": n, "val": len(val_items)}, "box_mapping_max_diff_px": max(d1, d2),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "params": str(a.out),
-            "peak_rss_mb": peak_rss_mb(), "whole_s": time.perf_counter() - t0}
+            "peak_rss_mb": peak_rss_mib(), "whole_s": time.perf_counter() - t0}
 
 
 def evaluate(a: argparse.Namespace) -> dict[str, Any]:
@@ -302,7 +298,7 @@ def evaluate(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.detection_reference", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="fine-tune the head; write its best-epoch parameters (safetensors)")
     t.add_argument("--bundle", required=True, help="the detection bundle (manifest, portable/init.safetensors)")

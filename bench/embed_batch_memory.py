@@ -4,7 +4,7 @@ The backbone pass dominates a big-image job's memory (activations of a whole emb
 same REAL digits (scikit-learn, as PNG), same seed; only the embedding batch differs, each run its own
 process in the torch-free device venv, started through bench/proc_launcher.py so its peak RSS is its own.
 
-    .venv/bin/python bench/embed_batch_memory.py [--sizes 64,16,4] [--size 224] [--json]
+    .venv/bin/python -m bench.embed_batch_memory [--sizes 64,16,4] [--size 224] [--json]
 """
 
 from __future__ import annotations
@@ -16,16 +16,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proc_launcher import run_measured  # noqa: E402
+from bench._common import DEVICE_PY, ROOT, md_table, run_measured
 
-ROOT = Path(__file__).resolve().parents[1]
-DEVICE_PY = ROOT / ".venv-device" / "bin" / "python"
 LITE = ["--mean", "0.498039,0.498039,0.498039", "--std", "0.501961,0.501961,0.501961"]
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Export once, train once per embedding batch size, print the table."""
+    ap = argparse.ArgumentParser(prog="python -m bench.embed_batch_memory", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="64,16,4", help="embedding batch sizes (64 = the default for batch 32)")
     ap.add_argument("--size", type=int, default=224, help="image input size (default 224, the native one)")
     ap.add_argument("--train", type=int, default=200, help="training digits (default 200)")
@@ -54,11 +53,9 @@ def main() -> int:
                          "val_accuracy": result["metrics"]["accuracy"]})
     base = rows[0]
     print(f"EfficientNet-Lite0 {args.size}×{args.size}, {args.train} REAL digits, {args.epochs} epochs, device venv")
-    print("| embed batch | peak RSS MiB | × first row | embed s | whole process s | val accuracy |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['embed_batch']} | {r['peak_rss_mib']} | {r['peak_rss_mib'] / base['peak_rss_mib']:.2f}× | "
-              f"{r['embed_s']} | {r['wall_s']} | {r['val_accuracy']:.3f} |")
+    print("\n".join(md_table(("embed batch", "peak RSS MiB", "× first row", "embed s", "whole process s", "val accuracy"),
+                             [(r["embed_batch"], r["peak_rss_mib"], f"{r['peak_rss_mib'] / base['peak_rss_mib']:.2f}×",
+                               r["embed_s"], r["wall_s"], f"{r['val_accuracy']:.3f}") for r in rows])))
     if args.json:
         print(json.dumps({"size": args.size, "rows": rows}))
     return 0

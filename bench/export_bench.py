@@ -1,6 +1,6 @@
 """Export time, bundle size and training-step time: split (cached head) vs merged graph vs PyTorch.
 
-    .venv/bin/python bench/export_bench.py [--json] [--steps 20] [--quick]
+    .venv/bin/python -m bench.export_bench [--json] [--steps 20] [--quick]
 
 For each model: export the split and the --no-split bundle (wall time, bytes on disk); then time one
 training step at a fixed batch (median of --steps after warm-up) three ways, in the same run:
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -24,19 +23,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+from bench._common import ROOT, md_table, median_ms
+from ftedge.bundle.manifest import parse_input_spec
+from ftedge.export import ExportOptions, export_bundle
+from ftedge.export.graph_split import random_feeds
+from ftedge.export.model_loader import load_model
+from ftedge.export.onnx_export import TORCH_DTYPES
+from ftedge.export.tasks.classify.head import set_modes
+from ftedge.runtime import load_bundle
+from ftedge.runtime.engines.session import BundleSession
+from tests.helpers.common import ZOO
 
-from ftedge.export import ExportOptions, export_bundle  # noqa: E402
-from ftedge.export.graph_split import random_feeds  # noqa: E402
-from ftedge.export.tasks.classify.head import set_modes  # noqa: E402
-from ftedge.export.model_loader import load_model  # noqa: E402
-from ftedge.export.onnx_export import TORCH_DTYPES  # noqa: E402
-from ftedge.runtime import load_bundle  # noqa: E402
-from ftedge.bundle.manifest import parse_input_spec  # noqa: E402
-from ftedge.runtime.engines.session import BundleSession  # noqa: E402
-
-ZOO = ROOT / "tests" / "zoo.py"
 MINILM = ROOT / "examples" / "minilm_classifier.py"
 CASES = [
     # name, model spec, inputs, options, batch
@@ -53,15 +50,8 @@ CASES = [
 ]
 
 
-def _median_ms(fn, steps: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
+COLUMNS = ("model", "params (trainable)", "export s split / full", "bundle MiB split / full", "step ms torch",
+           "step ms ORT full", "step ms ORT head (cached)", "backbone ms/batch", "torch ÷ head", "full ÷ head")
 
 
 def _dir_bytes(path: Path) -> int:
@@ -85,9 +75,9 @@ def run_case(name, spec, inputs, extra, batch, steps, tmp: Path) -> dict:
     feeds = random_feeds(split.bundle.inputs, batch)
     y = rng.integers(0, len(split.bundle.labels), batch)
     cache = split.embed(feeds)
-    row["ms_backbone"] = round(_median_ms(lambda: split.embed(feeds), steps), 3)
-    row["ms_head"] = round(_median_ms(lambda: split.train_step(cache, y), steps), 3)
-    row["ms_full"] = round(_median_ms(lambda: full.train_step(feeds, y), steps), 3)
+    row["ms_backbone"] = round(median_ms(lambda: split.embed(feeds), steps), 3)
+    row["ms_head"] = round(median_ms(lambda: split.train_step(cache, y), steps), 3)
+    row["ms_full"] = round(median_ms(lambda: full.train_step(feeds, y), steps), 3)
 
     model = load_model(spec)
     manifest = split.bundle.manifest
@@ -107,7 +97,7 @@ def run_case(name, spec, inputs, extra, batch, steps, tmp: Path) -> dict:
         torch.nn.functional.cross_entropy(model(*tx), ty).backward()
         opt.step()
 
-    row["ms_torch"] = round(_median_ms(torch_step, steps), 3)
+    row["ms_torch"] = round(median_ms(torch_step, steps), 3)
     row["trainable_params"] = manifest["trainable_parameter_count"]
     row["params"] = manifest["parameter_count"]
     for k in ("bundle_split", "bundle_full"):
@@ -116,7 +106,8 @@ def run_case(name, spec, inputs, extra, batch, steps, tmp: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m bench.export_bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="skip the MiniLM cases")
     ap.add_argument("--json", action="store_true")
@@ -129,14 +120,11 @@ def main(argv=None) -> int:
                 continue
             rows.append(run_case(*case, args.steps, Path(tmp)))
             print(f"done: {case[0]}", file=sys.stderr)
-    print("| model | params (trainable) | export s split / full | bundle MiB split / full | "
-          "step ms torch | step ms ORT full | step ms ORT head (cached) | backbone ms/batch | torch ÷ head | full ÷ head |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['params']:,} ({r['trainable_params']:,}) | {r['export_s_split']} / {r['export_s_full']} | "
-              f"{r['bundle_bytes_split'] / 2**20:.2f} / {r['bundle_bytes_full'] / 2**20:.2f} | {r['ms_torch']:.2f} | "
-              f"{r['ms_full']:.2f} | {r['ms_head']:.3f} | {r['ms_backbone']:.2f} | "
-              f"{r['ms_torch'] / r['ms_head']:.0f}× | {r['ms_full'] / r['ms_head']:.0f}× |")
+    print("\n".join(md_table(COLUMNS, [
+        (r["model"], f"{r['params']:,} ({r['trainable_params']:,})", f"{r['export_s_split']} / {r['export_s_full']}",
+         f"{r['bundle_bytes_split'] / 2**20:.2f} / {r['bundle_bytes_full'] / 2**20:.2f}", f"{r['ms_torch']:.2f}",
+         f"{r['ms_full']:.2f}", f"{r['ms_head']:.3f}", f"{r['ms_backbone']:.2f}", f"{r['ms_torch'] / r['ms_head']:.0f}×",
+         f"{r['ms_full'] / r['ms_head']:.0f}×") for r in rows])))
     if args.json:
         print(json.dumps(rows))
     return 0

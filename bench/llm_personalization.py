@@ -3,8 +3,8 @@
 Reproduce (repo root, host venv; the device venv must hold the current ftedge, e.g. after
 `.venv-device/bin/pip install -q --no-deps --force-reinstall .`):
 
-    .venv/bin/python bench/llm_personalization.py --json            # 100 Q&A pairs, 10 epochs, lr 2e-3
-    .venv/bin/python bench/llm_personalization.py --quick --json    # smoke run: 20 pairs, 2 epochs (~5 min)
+    .venv/bin/python -m bench.llm_personalization --json            # 100 Q&A pairs, 10 epochs, lr 2e-3
+    .venv/bin/python -m bench.llm_personalization --quick --json    # smoke run: 20 pairs, 2 epochs (~5 min)
 
 Data (examples/llm/make_faq.py, written into --work): faq_train.jsonl, 100 SYNTHETIC question/answer pairs of
 a made-up business (25 FAQ entries x 4 phrasings); faq_heldout.jsonl, 75 held-out paraphrases of the same
@@ -28,7 +28,7 @@ Contenders, on the same files with the same settings:
              torch-free device venv as its own
              process: startup, tokenizing, the frozen-backbone hidden-state cache, training (per-epoch
              validation loss + checkpoints), then base and tuned answers for held-out accuracy and retention.
-  reference  bench/llm_reference.py in the host venv as its own process (PyTorch + PEFT, same recipe):
+  reference  bench/llm_reference.py (`-m bench.llm_reference`) in the host venv as its own process (PyTorch + PEFT, same recipe):
              base answers, fine-tune, tuned answers, perplexities, then eager `generate` tokens/s.
   base       the untuned model's answers (ftedge's ONNX decoder, and the reference's PyTorch model).
 
@@ -74,12 +74,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench._common import DEVICE_PY, ROOT, fmt, md_row, md_table, progress, read_jsonl, rounded, run_measured
+
 BUNDLE_CACHE = ROOT / "bench" / ".cache"
 DATA_NOTE = "SYNTHETIC site FAQ (examples/llm) + real chatterbot-corpus general questions"
-
-sys.path.insert(0, str(ROOT / "bench"))
-from proc_launcher import run_measured  # noqa: E402
 
 GEN_SCRIPT = r"""
 import json, sys, time
@@ -105,12 +103,7 @@ print(json.dumps(out))
 """
 
 
-def say(msg: str) -> None:
-    print(f"[llm-bench] {msg}", file=sys.stderr, flush=True)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+say = progress("[llm-bench] ")
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -200,7 +193,7 @@ def run_gen(py: str, run_dir: Path, prompts: list[str], work: Path, threads: int
 
 
 def run_reference(files: dict[str, Path], args: argparse.Namespace, threads: int) -> dict:
-    cmd = [sys.executable, str(ROOT / "bench" / "llm_reference.py"), "--train", str(files["train"]),
+    cmd = [sys.executable, "-m", "bench.llm_reference", "--train", str(files["train"]),
            "--eval", str(files["heldout"]), "--general", str(files["general"]), "--off-topic", str(files["off_topic"]),
            "--epochs", str(args.epochs),
            "--lr", str(args.lr), "--batch-size", str(args.batch_size), "--rank", str(args.rank),
@@ -219,17 +212,6 @@ def score(predictions: list[str], rows: list[dict]) -> dict:
                                      for p, r in zip(predictions, rows))
     return {"n": s["n"], "paraphrase_accuracy": s["accuracy"], "exact_match": s["exact_match"],
             "token_f1": s["token_f1"]}
-
-
-def rnd(x: Any, nd: int = 4) -> Any:
-    """``x`` with every float rounded to ``nd`` decimals (for the JSON line)."""
-    if isinstance(x, float):
-        return round(x, nd)
-    if isinstance(x, dict):
-        return {k: rnd(v, nd) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [rnd(v, nd) for v in x]
-    return x
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -367,10 +349,6 @@ def run(args: argparse.Namespace) -> dict:
             "reference": reference, "base": base, "ratios": ratios, "targets": targets}
 
 
-def fmt(x: Any, spec: str = ".3f") -> str:
-    return "—" if x is None else format(x, spec)
-
-
 def report(r: dict) -> str:
     s, f, ref, base = r["settings"], r["ftedge"], r["reference"], r["base"]
     lines = [
@@ -382,25 +360,24 @@ def report(r: dict) -> str:
         f"{s['threads']} threads{' (--quick)' if s['quick'] else ''}."
         + (f" Bundle export (host, not in the job): {s['export_s']:.1f} s." if s["export_s"] else ""),
         "",
-        "| model | paraphrase_accuracy | exact_match | token_f1 | retention | perplexity | whole_s | train_s "
-        "| peak_rss_mb | gen tokens/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *md_table(("model", "paraphrase_accuracy", "exact_match", "token_f1", "retention", "perplexity", "whole_s",
+                   "train_s", "peak_rss_mb", "gen tokens/s")),
     ]
     for name, row in (("base (ftedge ONNX)", base["ftedge"]), ("base (PyTorch)", base["reference"])):
-        lines.append(f"| {name} | {fmt(row['paraphrase_accuracy'])} | {fmt(row['exact_match'])} | "
-                     f"{fmt(row['token_f1'])} | — | {fmt(row['perplexity'], '.2f')} | | | | |")
-    lines.append(f"| ftedge | {fmt(f['paraphrase_accuracy'])} | {fmt(f['exact_match'])} | {fmt(f['token_f1'])} | "
-                 f"{fmt(f['retention'])} | {fmt(f['perplexity'], '.2f')} | {f['whole_s']:.1f} | {f['train_s']:.1f} | "
-                 f"{f['peak_rss_mb']:.0f} | {fmt(f['gen_tokens_per_s'], '.1f')} (stop: "
-                 f"{fmt(f['gen_tokens_per_s_stop'], '.1f')}) |")
-    lines.append(f"| reference (PyTorch + PEFT) | {fmt(ref['paraphrase_accuracy'])} | {fmt(ref['exact_match'])} | "
-                 f"{fmt(ref['token_f1'])} | {fmt(ref['retention'])} | {fmt(ref['perplexity'], '.2f')} | "
-                 f"{ref['whole_s']:.1f} ({ref['whole_s_like']:.1f}) | {ref['train_s']:.1f} | {ref['peak_rss_mb']:.0f} | "
-                 f"{fmt(ref['gen_tokens_per_s'], '.1f')} (eager) |")
+        lines.append(md_row((name, fmt(row["paraphrase_accuracy"]), fmt(row["exact_match"]), fmt(row["token_f1"]), "—",
+                             fmt(row["perplexity"], ".2f"), "", "", "", "")))
+    lines.append(md_row(("ftedge", fmt(f["paraphrase_accuracy"]), fmt(f["exact_match"]), fmt(f["token_f1"]),
+                         fmt(f["retention"]), fmt(f["perplexity"], ".2f"), f"{f['whole_s']:.1f}", f"{f['train_s']:.1f}",
+                         f"{f['peak_rss_mb']:.0f}",
+                         f"{fmt(f['gen_tokens_per_s'], '.1f')} (stop: {fmt(f['gen_tokens_per_s_stop'], '.1f')})")))
+    lines.append(md_row(("reference (PyTorch + PEFT)", fmt(ref["paraphrase_accuracy"]), fmt(ref["exact_match"]),
+                         fmt(ref["token_f1"]), fmt(ref["retention"]), fmt(ref["perplexity"], ".2f"),
+                         f"{ref['whole_s']:.1f} ({ref['whole_s_like']:.1f})", f"{ref['train_s']:.1f}",
+                         f"{ref['peak_rss_mb']:.0f}", f"{fmt(ref['gen_tokens_per_s'], '.1f')} (eager)")))
     for name, row in (("ftedge adapter alone (no router)", f["adapter_alone"]),
                       ("reference adapter alone (no router)", ref["adapter_alone"])):
-        lines.append(f"| {name} | {fmt(row['paraphrase_accuracy'])} | {fmt(row['exact_match'])} | "
-                     f"{fmt(row['token_f1'])} | {fmt(row['retention'])} | | | | | |")
+        lines.append(md_row((name, fmt(row["paraphrase_accuracy"]), fmt(row["exact_match"]), fmt(row["token_f1"]),
+                             fmt(row["retention"]), "", "", "", "", "")))
     ra = r["ratios"]
     lines += [
         "",
@@ -434,7 +411,7 @@ def report(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    ap = argparse.ArgumentParser(prog="python -m bench.llm_personalization", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", help="work folder for data and the run (default: a new temp folder)")
     ap.add_argument("--bundle", help="causal-LM bundle; exported there with the host ftedge if missing (default "
@@ -442,8 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decoder", choices=["int8", "int4", "fp32"], default="int8",
                     help="the bundle's generation decoder weights (--quantize-decoder; default int8: 8-bit "
                     "MatMulNBits). Training and the router use the fp32 backbone and step graphs either way")
-    ap.add_argument("--device-python", default=os.environ.get("FTEDGE_DEVICE_PYTHON",
-                                                              str(ROOT / ".venv-device" / "bin" / "python")),
+    ap.add_argument("--device-python", default=os.environ.get("FTEDGE_DEVICE_PYTHON", str(DEVICE_PY)),
                     help="python of the torch-free device venv (default $FTEDGE_DEVICE_PYTHON or .venv-device)")
     ap.add_argument("--epochs", type=int, help="default 10 (2 with --quick)")
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -462,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     r = run(args)
     print(report(r))
     if args.json:
-        print(json.dumps(rnd(r)))
+        print(json.dumps(rounded(r)))
     return 0
 
 

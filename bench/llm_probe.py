@@ -1,8 +1,8 @@
 """Exploratory PyTorch-only probes behind the LLM benchmark's recipe (host venv; not device code, not a contender).
 
-    .venv/bin/python bench/llm_probe.py features            # how far frozen SmolLM2 features separate the FAQ
-    .venv/bin/python bench/llm_probe.py recipe --rank 32     # one PEFT fine-tune: paraphrase accuracy, retention
-    .venv/bin/python bench/llm_probe.py recipe --replay 100 --lr 5e-4   # + self-distillation replay
+    .venv/bin/python -m bench.llm_probe features            # how far frozen SmolLM2 features separate the FAQ
+    .venv/bin/python -m bench.llm_probe recipe --rank 32     # one PEFT fine-tune: paraphrase accuracy, retention
+    .venv/bin/python -m bench.llm_probe recipe --replay 100 --lr 5e-4   # + self-distillation replay
     (--json before the subcommand ends the output with one JSON line)
 
 Data: examples/llm/make_faq.py (SYNTHETIC FAQ + REAL chatterbot questions), written to --data if missing.
@@ -30,23 +30,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-import llm_reference as R  # noqa: E402
-
-from ftedge.runtime.tasks.lm import answer_metrics  # noqa: E402
-from ftedge.runtime.tasks.lm.router import fit_router  # noqa: E402
-
-
-def read(path: Path) -> list[dict]:
-    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+from bench import llm_reference as R
+from bench._common import ROOT, read_jsonl
+from ftedge.runtime.tasks.lm import answer_metrics
+from ftedge.runtime.tasks.lm.router import fit_router
 
 
 def data(folder: Path) -> dict[str, list[dict]]:
     if not (folder / "offtopic.jsonl").is_file():
         subprocess.run([sys.executable, str(ROOT / "examples" / "llm" / "make_faq.py"), str(folder)], check=True,
                        stdout=subprocess.DEVNULL)
-    return {k: read(folder / f"{f}.jsonl") for k, f in (("train", "faq_train"), ("held", "faq_heldout"),
+    return {k: read_jsonl(folder / f"{f}.jsonl") for k, f in (("train", "faq_train"), ("held", "faq_heldout"),
                                                          ("general", "general"), ("off", "offtopic"))}
 
 
@@ -141,7 +135,7 @@ def recipe(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    ap = argparse.ArgumentParser(prog="python -m bench.llm_probe", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="/tmp/ftedge-llm-probe", help="make_faq.py output folder (made if missing)")
     ap.add_argument("--threads", type=int, default=2)

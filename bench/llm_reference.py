@@ -10,9 +10,9 @@ loss = mean cross-entropy over the batch's answer tokens; LoRA (dropout 0, no bi
 the top ``trainable_blocks`` layers; AdamW (0.9, 0.999, eps 1e-6); warm-up + cosine per step (:func:`lr_at`);
 per-epoch permutation ``default_rng(seed + epoch)`` (epochs 1..E), last short batch kept.
 
-Run as a script (the benchmark does so, as a subprocess, so peak RSS is the reference's own):
+Run as a module (the benchmark does so, as a subprocess, so peak RSS is the reference's own):
 
-    .venv/bin/python bench/llm_reference.py --train T.jsonl --eval E.jsonl [--general G.jsonl] --json
+    .venv/bin/python -m bench.llm_reference --train T.jsonl --eval E.jsonl [--general G.jsonl] --json
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import argparse
 import importlib.util
 import json
 import math
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -30,6 +29,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from bench._common import peak_rss_mib, read_jsonl
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 END = "<|im_end|>"
@@ -244,11 +245,6 @@ def prompt_features(model: Any, tok: Any, prompts: list[str], cut: int) -> np.nd
     return np.stack(out) if out else np.zeros((0, base.config.hidden_size), np.float32)
 
 
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MiB (Linux ru_maxrss is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run_reference(train_rows: list[dict], eval_prompts: list[str], general_prompts: list[str],
                   cfg: ReferenceConfig, eval_rows: list[dict] | None = None, gen_tokens: int = 32,
                   max_new_tokens: int = 48, off_topic: list[str] | None = None, validate: bool = False) -> dict:
@@ -294,19 +290,17 @@ def run_reference(train_rows: list[dict], eval_prompts: list[str], general_promp
         out["tuned_perplexity"] = perplexity(model, tok, scored, cfg.max_length)
     if gen_tokens > 0 and eval_prompts:
         out["eager"] = eager_tokens_per_s(model, tok, eval_prompts[:8], gen_tokens)
-    out["peak_rss_mb"] = peak_rss_mb()
+    out["peak_rss_mb"] = peak_rss_mib()
     out["whole_seconds"] = time.perf_counter() - t0
     return out
 
 
 def _read_jsonl(path: str | None) -> list[dict]:
-    if not path:
-        return []
-    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+    return read_jsonl(Path(path)) if path else []
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.llm_reference", description=__doc__.splitlines()[0])
     ap.add_argument("--train", required=True, help="JSON lines of {prompt, answer}")
     ap.add_argument("--eval", required=True, help="JSON lines of {prompt[, answer]} (answers give perplexity)")
     ap.add_argument("--general", help="JSON lines of {prompt}: general questions, for retention")

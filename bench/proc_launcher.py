@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: start a measured command so its peak RSS is its own.
+"""Shared by the benchmarks (through :mod:`bench._common`): start a measured command so its peak RSS is its own.
 
 On Linux ru_maxrss survives execve (the exec'd program inherits the high-water mark of the address space it
 replaced), and a child forked from a parent holding torch (~300+ MiB) would report at least the parent's RSS.

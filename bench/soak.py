@@ -2,14 +2,14 @@
 
 Reproduce (repo root, host venv; --minutes of wall time plus ~1 minute of set-up and drain):
 
-    .venv/bin/python bench/soak.py                  # 10 minutes, Markdown report on stdout
-    .venv/bin/python bench/soak.py --minutes 2 --json   # + one JSON line of figures at the end
+    .venv/bin/python -m bench.soak                  # 10 minutes, Markdown report on stdout
+    .venv/bin/python -m bench.soak --minutes 2 --json   # + one JSON line of figures at the end
 
-What runs. This process starts Mosquitto (tests/broker.py's Broker: loopback, persistence on, so queued QoS 1
+What runs. This process starts Mosquitto (tests/helpers/broker.py's Broker: loopback, persistence on, so queued QoS 1
 messages survive its restarts), exports a small mlp bundle with `.venv/bin/ftedge export` into a temp dir,
 writes a SYNTHETIC Gaussian-blob dataset and runs the agent as its own process (`ftedge agent run`) with the
-device venv (`.venv-device/bin/python` + a PYTHONPATH symlink tree of this working copy, as bench/agent_bench.py
-does; the host venv if that is missing). One MQTT v5 client here is both the commander and the recording
+device venv (`.venv-device/bin/python` + a PYTHONPATH symlink tree of this working copy, bench/device_venv.py,
+as bench/agent_bench does; the host venv if that is missing). One MQTT v5 client here is both the commander and the recording
 subscriber (persistent session: clean_start=False, session expiry 1 h, QoS 1 on `ftedge/v1/soak/#`).
 
 Faults, for --minutes:
@@ -54,10 +54,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
-from agent_bench import child_env, pick_device_python  # noqa: E402
-from broker import Broker  # noqa: E402
+from bench._common import ROOT, md_table, rss_mib, slope_per_min
+from bench.device_venv import child_env, pick_device_python
+from tests.helpers.broker import Broker
+from tests.helpers.common import ZOO
 
 FLEET, DEV = "soak", "soak-001"
 TOPIC = f"ftedge/v1/{FLEET}/{DEV}/"
@@ -161,31 +161,14 @@ def bad_commands() -> list[tuple[str, str, Any]]:
     ]
 
 
-def rss_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def slope_per_min(samples: list[tuple[float, float]]) -> float | None:
-    if len(samples) < 3:
-        return None
-    t = np.array([s[0] for s in samples]) / 60.0
-    y = np.array([s[1] for s in samples])
-    return float(np.polyfit(t, y, 1)[0])
-
-
 def setup(work: Path) -> tuple[Path, Path]:
+    """The signed mlp bundle (`ftedge keygen` + `ftedge export --sign-key`) and SYNTHETIC Gaussian blobs."""
     bundles, data = work / "bundles", work / "data"
     data.mkdir(parents=True)
     cli = str(ROOT / ".venv" / "bin" / "ftedge")
     say("exporting the mlp bundle with `ftedge export`, signed by a key from `ftedge keygen` …")
     subprocess.run([cli, "keygen", "-o", str(work / "keys" / "soak")], check=True, cwd=ROOT, capture_output=True)
-    subprocess.run([cli, "export", f"{ROOT / 'tests' / 'zoo.py'}:mlp", "-o", str(bundles / "mlp"), "--input",
+    subprocess.run([cli, "export", f"{ZOO}:mlp", "-o", str(bundles / "mlp"), "--input",
                     "x:float32:1,20", "--labels", "a,b,c,d", "--lr", "0.01", "--quiet", "--sign-key",
                     str(work / "keys" / "soak.key.pem")], check=True, cwd=ROOT)
     rng = np.random.default_rng(5)
@@ -365,7 +348,7 @@ def check(rec: Recorder, jobs: dict[str, dict[str, Any]], rss: list[tuple[float,
         k["answered"] += bool(rec.replies(c))
     warm = min(120.0, 0.2 * args.minutes * 60)
     after = [s for s in rss if s[0] >= warm]
-    slope = slope_per_min(after)
+    slope = slope_per_min(after, min_points=3)
     per_min = [round(max(v for t, v in rss if m * 60 <= t < (m + 1) * 60), 1)
                for m in range(int(rss[-1][0] // 60) + 1) if any(m * 60 <= t < (m + 1) * 60 for t, v in rss)] if rss else []
     return {
@@ -392,8 +375,8 @@ def report(f: dict[str, Any]) -> str:
              f"- train jobs accepted: {f['jobs_accepted']} (refused {f['jobs_refused']}); results lost: "
              f"{len(f['results_lost'])}; duplicated: {len(f['results_doubled'])}; result statuses: {f['result_statuses']}",
              f"- bad commands that must be answered: {f['bad_must_answer']}; unanswered: {f['bad_unanswered_count']}",
-             "", "| kind | sent | acked by broker | answered |", "|---|---|---|---|"]
-    lines += [f"| {k} | {v['sent']} | {v['acked']} | {v['answered']} |" for k, v in sorted(f["bad_by_kind"].items())]
+             "", *md_table(("kind", "sent", "acked by broker", "answered"),
+                           [(k, v["sent"], v["acked"], v["answered"]) for k, v in sorted(f["bad_by_kind"].items())])]
     lines += ["", f"- RSS (MiB): first {f['rss_first_mib']}, last {f['rss_last_mib']}, max {f['rss_max_mib']}; "
               f"slope after {f['rss_warmup_s']:g} s warm-up {f['rss_slope_mib_per_min']} MiB/min",
               f"- RSS per minute (max, MiB): {f['rss_per_minute_max_mib']}",
@@ -402,7 +385,7 @@ def report(f: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n")[0])
     p.add_argument("--minutes", type=float, default=10)
     p.add_argument("--restart-every", type=float, default=30, help="seconds between broker restarts")
     p.add_argument("--down-s", type=float, default=2, help="seconds the broker stays down")

