@@ -60,7 +60,7 @@ What runs where (all on one host, sharing its CPUs):
   PUBLISH QoS 1 packets encoded from byte templates, PUBACKs read and counted per connection (the
   number in flight per connection is capped by the broker's Receive Maximum from CONNACK). No paho on this
   side: the generator must cost far less CPU than the collector for the collector to be the bottleneck.
-  Each device publishes the contract (DESIGN.md "MQTT"): ``status`` (retained, online/birth, seq 1),
+  Each device publishes the contract (docs/mqtt.md): ``status`` (retained, online/birth, seq 1),
   ``meta`` (retained, seq 2), ``job`` (retained, running, seq 3), then ``jobs/{job}/progress`` (job, epoch,
   step, loss, metrics.val_accuracy, lr, samples_per_s, rss_mb; epoch = seq so that every progress message is
   its own row), every 100th seq a retained ``job`` snapshot, and at the end ``jobs/{job}/result`` and a final

@@ -31,7 +31,7 @@ def raise_nofile() -> None:
             pass
 
 
-# the contract's messages (DESIGN.md "MQTT"), with the envelope v, ts, dev, boot, seq, hist
+# the contract's messages (docs/mqtt.md), with the envelope v, ts, dev, boot, seq, hist
 PROGRESS = ('{"job":"%s","epoch":%d,"step":%d,"loss":%.4f,"metrics":{"val_accuracy":%.4f},"lr":0.01,'
             '"samples_per_s":%.1f,"rss_mb":%.1f,"v":1,"ts":%d,"dev":"%s","boot":"%s","seq":%d,"hist":false}')
 JOB = ('{"job":"%s","status":"%s","epoch":%d,"kind":"train","started_ts":%d,'
