@@ -18,6 +18,7 @@ from ftedge.runtime.tasks import all_options
 from hypothesis import strategies as st
 
 from tests.fuzz.common import corpus, guarded, workdir
+from tests.helpers.common import DATA as TEST_DATA
 from tests.fuzz.mutate import mutated
 
 _DIR = workdir("commands")
@@ -29,7 +30,7 @@ def _setup() -> None:
         d.mkdir(parents=True, exist_ok=True)
     np.savez(DATA / "blobs.npz", x=np.zeros((4, 20), np.float32), labels=np.arange(4))
     (DATA / "clips").mkdir(exist_ok=True)
-    shutil.copytree(DATA / "bundle_v1", BUNDLES / "bundle_v1",
+    shutil.copytree(TEST_DATA / "bundle_v1", BUNDLES / "bundle_v1",
                     dirs_exist_ok=True)
     shutil.copytree(Path(__file__).resolve().parent / "bases" / "mlp_v2", BUNDLES / "mlp", dirs_exist_ok=True)
     shutil.copy(BUNDLES / "mlp" / "manifest.json", OUTSIDE / "b" / "manifest.json")
