@@ -39,14 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     from ftedge.device_agent.config import load_config
 
     work = Path(tempfile.mkdtemp(prefix="ftedge-agent-memory-"))
-    bundles, data = setup(work)
+    bundles, data, keys = setup(work)
     broker = Broker(work / "broker").start()
     root = "ftedge/v1/bench/d1/"
     cfg = work / "agent.toml"
     cfg.write_text("\n".join([
         'device_id = "d1"', 'fleet = "bench"', f'state_dir = "{work / "state"}"', "[mqtt]",
         f'url = "mqtt://127.0.0.1:{broker.port}"', "[paths]", f'data_root = "{data}"',
-        f'bundle_root = "{bundles}"', "[deploy]", f'trusted_keys = ["{work / "keys" / "soak.pub.pem"}"]']) + "\n")
+        f'bundle_root = "{bundles}"', *keys.deploy_toml()]) + "\n")
     tracemalloc.start(1)
     agent = Agent(load_config(cfg))
     agent.start()

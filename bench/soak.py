@@ -56,6 +56,7 @@ from paho.mqtt.properties import Properties
 
 from bench._common import ROOT, md_table, rss_mib, slope_per_min
 from bench.device_venv import child_env, pick_device_python
+from bench.signing import KeyPair, keygen
 from tests.helpers.broker import Broker
 from tests.helpers.common import ZOO
 
@@ -161,38 +162,38 @@ def bad_commands() -> list[tuple[str, str, Any]]:
     ]
 
 
-def setup(work: Path) -> tuple[Path, Path]:
-    """The signed mlp bundle (`ftedge keygen` + `ftedge export --sign-key`) and SYNTHETIC Gaussian blobs."""
+def setup(work: Path) -> tuple[Path, Path, KeyPair]:
+    """The signed mlp bundle (`ftedge keygen` + `ftedge export --sign-key`, bench/signing.py), SYNTHETIC Gaussian
+    blobs, and the key pair (the agent config trusts its public key)."""
     bundles, data = work / "bundles", work / "data"
     data.mkdir(parents=True)
     cli = str(ROOT / ".venv" / "bin" / "ftedge")
     say("exporting the mlp bundle with `ftedge export`, signed by a key from `ftedge keygen` …")
-    subprocess.run([cli, "keygen", "-o", str(work / "keys" / "soak")], check=True, cwd=ROOT, capture_output=True)
+    keys = keygen(work / "keys" / "soak", [cli])
     subprocess.run([cli, "export", f"{ZOO}:mlp", "-o", str(bundles / "mlp"), "--input",
-                    "x:float32:1,20", "--labels", "a,b,c,d", "--lr", "0.01", "--quiet", "--sign-key",
-                    str(work / "keys" / "soak.key.pem")], check=True, cwd=ROOT)
+                    "x:float32:1,20", "--labels", "a,b,c,d", "--lr", "0.01", "--quiet", *keys.sign_args()],
+                   check=True, cwd=ROOT)
     rng = np.random.default_rng(5)
     y = np.repeat(np.arange(4), 100)
     x = (rng.standard_normal((400, 20)) + 1.5 * np.eye(4, 20)[y] * 2).astype(np.float32)
     np.savez(data / "blobs.npz", x=x, labels=y)
-    return bundles, data
+    return bundles, data, keys
 
 
-def write_config(work: Path, port: int, data: Path, bundles: Path) -> Path:
+def write_config(work: Path, port: int, data: Path, bundles: Path, keys: KeyPair) -> Path:
     cfg = work / "agent.toml"
     cfg.write_text("\n".join([
         f'device_id = "{DEV}"', f'fleet = "{FLEET}"', f'state_dir = "{work / "state"}"', 'log_level = "info"',
         "[mqtt]", f'url = "mqtt://127.0.0.1:{port}"', "will_delay = 1", "keepalive = 5",
-        "[paths]", f'data_root = "{data}"', f'bundle_root = "{bundles}"',
-        "[deploy]", f'trusted_keys = ["{work / "keys" / "soak.pub.pem"}"]']) + "\n")
+        "[paths]", f'data_root = "{data}"', f'bundle_root = "{bundles}"', *keys.deploy_toml()]) + "\n")
     return cfg
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="ftedge-soak-"))
-    bundles, data = setup(work)
+    bundles, data, keys = setup(work)
     broker = Broker(work / "broker").start()
-    cfg = write_config(work, broker.port, data, bundles)
+    cfg = write_config(work, broker.port, data, bundles, keys)
     py, env, how = pick_device_python(work, child_env())
     say(f"agent interpreter: {how}")
     log = open(work / "agent.log", "ab")

@@ -7,12 +7,15 @@ Reproduce (repo root, host venv; about 2 minutes on an otherwise idle 2-core box
     .venv/bin/python -m bench.agent_bench --idle-s 5 --repeat 1 --messages 2000    # quick check
 
 What runs where. The bench (host venv) starts Mosquitto (tests/helpers/broker.py's Broker: loopback, free port,
-persistence on), exports one bundle with the CLI, writes a SYNTHETIC dataset and runs a persistent MQTT v5
-subscriber (the "collector", QoS 1, clean_start=False, in this process). Everything measured runs in its
-own process with the DEVICE interpreter: `.venv-device/bin/python` (no torch) with PYTHONPATH pointing at a
-throw-away symlink tree of this working copy (src/ftedge + runtime/ + device_agent/ ...; bench/device_venv.py),
-because the device venv holds a non-editable install that predates the agent. If .venv-device is missing, the host
-venv runs them (noted in the report). All children get OMP_NUM_THREADS=2.
+persistence on), exports one bundle with the CLI, signed with a key from `ftedge keygen` (bench/signing.py; every
+agent config trusts it in `[deploy] trusted_keys`: the agent refuses unsigned bundles), writes a SYNTHETIC dataset
+and runs a persistent MQTT v5 subscriber (the "collector", QoS 1, clean_start=False, in this process). Everything
+measured runs in its own process with the DEVICE interpreter: `.venv-device/bin/python` (no torch) with PYTHONPATH
+pointing at a throw-away symlink tree of this working copy laid out by pyproject.toml's package-dir (src/ftedge +
+runtime/ + bundle/ + mqtt/ + device_agent/ ...; bench/device_venv.py), because the device venv holds a non-editable
+install, a snapshot of whatever tree it was installed from. If .venv-device is missing or cannot import the agent,
+the host venv runs them (the report's "device python" line says which). All children get OMP_NUM_THREADS=2. Before
+the measurements, one untimed epoch of the same cached-mode job through the CLI (default engine) warms the page cache.
 
 1. Agent idle: `python -m ftedge agent run --config X`; once its birth (status) AND meta messages reached the
    collector, CPU = delta(utime+stime) of /proc/PID/stat over --idle-s seconds (all threads; % of ONE core)

@@ -17,7 +17,7 @@ say = progress()
 
 def bench_idle(args: argparse.Namespace, ctx: dict) -> dict:
     dev = "idle"
-    cfg = write_config(ctx["work"], dev, ctx["broker"].port, ctx["data_root"], ctx["bundle_root"])
+    cfg = write_config(ctx["work"], dev, ctx["broker"].port, ctx["data_root"], ctx["bundle_root"], ctx["keys"])
     col: Collector = ctx["collector"]
     t_start = time.monotonic()
     agent = AgentProc(ctx["py"], cfg, ctx["work"] / f"agent-{dev}.log", ctx["env"], ctx["work"])
@@ -101,7 +101,7 @@ def _cli_row(m: dict) -> dict:
 def _agent_job(args: argparse.Namespace, ctx: dict, r: int) -> dict:
     work, col = ctx["work"], ctx["collector"]
     dev = f"job{r}"
-    cfg = write_config(work, dev, ctx["broker"].port, ctx["data_root"], ctx["bundle_root"])
+    cfg = write_config(work, dev, ctx["broker"].port, ctx["data_root"], ctx["bundle_root"], ctx["keys"])
     agent = AgentProc(ctx["py"], cfg, work / f"agent-{dev}.log", ctx["env"], work)
     root = topic_root(dev)
     try:
@@ -141,7 +141,7 @@ def _agent_job(args: argparse.Namespace, ctx: dict, r: int) -> dict:
 def bench_outbox(args: argparse.Namespace, ctx: dict, scenario: str) -> dict:
     work, col, broker = ctx["work"], ctx["collector"], ctx["broker"]
     dev = "tput" if scenario == "live" else "outage"
-    cfg = write_config(work, dev, broker.port, ctx["data_root"], ctx["bundle_root"])
+    cfg = write_config(work, dev, broker.port, ctx["data_root"], ctx["bundle_root"], ctx["keys"])
     n = args.messages
     w = col.watch(topic_root(dev) + "jobs/bench/progress", n)
     worker = Worker(ctx["py"], ctx["env"], cfg, scenario, n, work / f"worker-{dev}.log", args.timeout)

@@ -12,13 +12,15 @@ from pathlib import Path
 
 from bench._common import ROOT, run_measured
 from bench.agent_bench.collector import FLEET
+from bench.signing import KeyPair
 
 
-def write_config(work: Path, dev: str, port: int, data_root: Path, bundle_root: Path) -> Path:
+def write_config(work: Path, dev: str, port: int, data_root: Path, bundle_root: Path, keys: KeyPair) -> Path:
+    """The agent config of device ``dev``; it trusts ``keys`` (the bundle is signed with them)."""
     state = work / f"state-{dev}"
     lines = [f'device_id = "{dev}"', f'fleet = "{FLEET}"', f'state_dir = "{state}"', 'log_level = "info"',
              "[mqtt]", f'url = "mqtt://127.0.0.1:{port}"',
-             "[paths]", f'data_root = "{data_root}"', f'bundle_root = "{bundle_root}"']
+             "[paths]", f'data_root = "{data_root}"', f'bundle_root = "{bundle_root}"', *keys.deploy_toml()]
     cfg = work / f"agent-{dev}.toml"
     cfg.write_text("\n".join(lines) + "\n")
     return cfg
