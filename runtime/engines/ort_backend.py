@@ -92,18 +92,22 @@ def _session_options(threads: int | None, prepack: bool = True) -> Any:
     return so
 
 
+def _open_session(path: str | Path, providers: Sequence[str] | None, threads: int | None, prepack: bool):  # noqa: ANN202
+    """An ``InferenceSession`` on ``providers`` (default CPU); ORT's own load errors become RuntimeBackendError."""
+    try:
+        return _onnxruntime().InferenceSession(
+            str(path), sess_options=_session_options(threads, prepack), providers=list(providers or ["CPUExecutionProvider"])
+        )
+    except Exception as exc:  # ORT raises its own exception types
+        raise RuntimeBackendError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+
+
 class InferenceModel:
     """A plain ``InferenceSession`` with name-keyed inputs and outputs."""
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,
                  prepack: bool = True) -> None:
-        rt = _onnxruntime()
-        try:
-            self.session = rt.InferenceSession(
-                str(path), sess_options=_session_options(threads, prepack), providers=list(providers or ["CPUExecutionProvider"])
-            )
-        except Exception as exc:  # ORT raises its own exception types
-            raise RuntimeBackendError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+        self.session = _open_session(path, providers, threads, prepack)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.providers = list(self.session.get_providers())
@@ -123,13 +127,7 @@ class StepSession:
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,
                  prepack: bool = True) -> None:
-        rt = _onnxruntime()
-        try:
-            self.session = rt.InferenceSession(
-                str(path), sess_options=_session_options(threads, prepack), providers=list(providers or ["CPUExecutionProvider"])
-            )
-        except Exception as exc:
-            raise RuntimeBackendError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+        self.session = _open_session(path, providers, threads, prepack)
         self.providers = list(self.session.get_providers())
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         # initializers that are also graph inputs: bound when given, their stored value otherwise
