@@ -20,6 +20,7 @@ from onnx import numpy_helper
 
 from ftedge.errors import ExportError
 from ftedge.export.onnx_recurrent import gru, lstm
+from ftedge.export.wrapper import PREFIX
 
 
 class Sh(list):
@@ -32,7 +33,9 @@ class Sh(list):
 
 def _tensor(v: Any) -> torch.Tensor:
     if isinstance(v, Sh):
-        if all(isinstance(x, int) for x in v):
+        if all(isinstance(x, bool) for x in v) and len(v):  # a comparison of shapes
+            t = torch.tensor(list(v), dtype=torch.bool)
+        elif all(isinstance(x, int) for x in v):
             t = torch.tensor(list(v), dtype=torch.int64)
         else:  # a symbolic size (the batch) must stay symbolic: int() would bake the tracing batch into the graph
             t = torch.stack([torch.scalar_tensor(x, dtype=torch.int64) for x in v]) if len(v) else \
@@ -100,6 +103,19 @@ def _bin(fn: Callable) -> Callable:
                 aa, bb = (list(a) * n if len(a) == 1 else list(a)), (list(b) * n if len(b) == 1 else list(b))
                 return Sh([fn(x, y) for x, y in zip(aa, bb)], scalar=a.scalar and b.scalar)
         return fn(_tensor(a), _tensor(b))
+    return op
+
+
+def _cmp(name: str) -> Callable:
+    """A comparison or logical op: Python's on shape lists (a ``Where`` over shapes stays a shape), torch's on
+    tensors."""
+    py = {"eq": lambda a, b: a == b, "lt": lambda a, b: a < b, "gt": lambda a, b: a > b, "le": lambda a, b: a <= b,
+          "ge": lambda a, b: a >= b, "logical_and": lambda a, b: bool(a) and bool(b),
+          "logical_or": lambda a, b: bool(a) or bool(b), "logical_xor": lambda a, b: bool(a) != bool(b)}[name]
+    th = getattr(torch, name)
+
+    def op(ins, at, ctx):  # noqa: ANN001, ANN202
+        return _bin(py if isinstance(ins[0], Sh) and isinstance(ins[1], Sh) else th)(ins, at, ctx)
     return op
 
 
@@ -315,7 +331,7 @@ def _shape(ins, at, ctx):  # noqa: ANN001, ANN202
 
 
 def _expand(ins, at, ctx):  # noqa: ANN001, ANN202
-    x, shape = _tensor(ins[0]), list(ins[1])
+    x, shape = _tensor(ins[0]), _ints(ins[1])  # a tensor shape (a Where over shapes) gives plain ints too
     n = max(x.dim(), len(shape))
     xs = [1] * (n - x.dim()) + list(x.shape)
     ts = [1] * (n - len(shape)) + shape
@@ -332,6 +348,9 @@ def _cast(ins, at, ctx):  # noqa: ANN001, ANN202
 
 def _constant_of_shape(ins, at, ctx):  # noqa: ANN001, ANN202
     value = at.get("value", np.zeros(1, np.float32))
+    dims = list(ins[0])
+    if value.dtype == np.int64 and len(dims) == 1 and isinstance(dims[0], int) and dims[0] <= 16:
+        return Sh([int(value.reshape(-1)[0])] * dims[0])  # shape arithmetic (nn.MultiheadAttention's mask expand)
     return torch.full(list(ins[0]), float(value.reshape(-1)[0]) if value.dtype.kind == "f" else int(value.reshape(-1)[0]),
                       dtype=torch.from_numpy(np.array(value)).dtype)
 
@@ -376,11 +395,36 @@ def _range(ins, at, ctx):  # noqa: ANN001, ANN202
 
 
 def _where(ins, at, ctx):  # noqa: ANN001, ANN202
+    if all(isinstance(i, Sh) for i in ins) and not ins[0].scalar:
+        n = max(len(i) for i in ins)
+        c, a, b = ([*i] * n if len(i) == 1 else list(i) for i in ins)
+        if len(c) == len(a) == len(b) == n:
+            return Sh([x if k else y for k, x, y in zip(c, a, b)])
     return torch.where(_tensor(ins[0]), _tensor(ins[1]), _tensor(ins[2]))
 
 
 def _unary(fn: Callable) -> Callable:
     return lambda ins, at, ctx: fn(_tensor(ins[0]))
+
+
+def _isinf(ins, at, ctx):  # noqa: ANN001, ANN202
+    x = _tensor(ins[0])
+    pos, neg = at.get("detect_positive", 1), at.get("detect_negative", 1)
+    if pos and neg:
+        return torch.isinf(x)
+    if pos:
+        return torch.isposinf(x)
+    return torch.isneginf(x) if neg else torch.zeros_like(x, dtype=torch.bool)
+
+
+def _arg(fn: Callable) -> Callable:
+    def op(ins, at, ctx):  # noqa: ANN001, ANN202
+        x = _tensor(ins[0])
+        axis, keep = at.get("axis", 0) % max(x.dim(), 1), bool(at.get("keepdims", 1))
+        if at.get("select_last_index", 0):  # the last of equal extremes: search the reversed axis
+            return x.size(axis) - 1 - fn(x.flip(axis), dim=axis, keepdim=keep)
+        return fn(x, dim=axis, keepdim=keep)
+    return op
 
 
 def _variadic(fn: Callable) -> Callable:
@@ -415,10 +459,9 @@ def _pad(ins, at, ctx):  # noqa: ANN001, ANN202
 OPS: dict[str, Callable] = {
     "Add": _bin(lambda a, b: a + b), "Sub": _bin(lambda a, b: a - b), "Mul": _bin(lambda a, b: a * b),
     "Div": _bin(_div), "Pow": _bin(lambda a, b: torch.pow(a, b)),
-    "Equal": _bin(lambda a, b: torch.eq(a, b)), "Less": _bin(lambda a, b: torch.lt(a, b)),
-    "Greater": _bin(lambda a, b: torch.gt(a, b)), "LessOrEqual": _bin(lambda a, b: torch.le(a, b)),
-    "GreaterOrEqual": _bin(lambda a, b: torch.ge(a, b)), "And": _bin(lambda a, b: torch.logical_and(a, b)),
-    "Or": _bin(lambda a, b: torch.logical_or(a, b)),
+    "Equal": _cmp("eq"), "Less": _cmp("lt"), "Greater": _cmp("gt"), "LessOrEqual": _cmp("le"),
+    "GreaterOrEqual": _cmp("ge"), "And": _cmp("logical_and"), "Or": _cmp("logical_or"), "Xor": _cmp("logical_xor"),
+    "IsNaN": _unary(torch.isnan), "IsInf": _isinf, "ArgMax": _arg(torch.argmax), "ArgMin": _arg(torch.argmin),
     "Mod": lambda ins, at, ctx: (torch.fmod if at.get("fmod", 0) else torch.remainder)(_tensor(ins[0]), _tensor(ins[1]))
     if not (isinstance(ins[0], Sh) and isinstance(ins[1], Sh)) else _bin(lambda a, b: a % b)(ins, at, ctx),
     "MatMul": lambda ins, at, ctx: torch.matmul(ins[0], ins[1]), "Gemm": _gemm,
@@ -426,7 +469,8 @@ OPS: dict[str, Callable] = {
     "Erf": _unary(torch.erf), "Exp": _unary(torch.exp), "Log": _unary(torch.log), "Sqrt": _unary(torch.sqrt),
     "Neg": _unary(torch.neg), "Abs": _unary(torch.abs), "Reciprocal": _unary(torch.reciprocal),
     "Floor": _unary(torch.floor), "Ceil": _unary(torch.ceil), "Sin": _unary(torch.sin), "Cos": _unary(torch.cos),
-    "Not": _unary(torch.logical_not), "Sign": _unary(torch.sign), "Softsign": _unary(F.softsign),
+    "Not": lambda ins, at, ctx: Sh([not x for x in ins[0]], ins[0].scalar) if isinstance(ins[0], Sh)
+    else torch.logical_not(ins[0]), "Sign": _unary(torch.sign), "Softsign": _unary(F.softsign),
     "Softplus": _unary(F.softplus), "HardSwish": _unary(F.hardswish), "Mish": _unary(F.mish),
     "Selu": _unary(F.selu), "Identity": lambda ins, at, ctx: ins[0],
     "Gelu": lambda ins, at, ctx: F.gelu(ins[0], approximate=at.get("approximate", "none")),
@@ -459,10 +503,37 @@ OPS: dict[str, Callable] = {
 }
 
 
-def unsupported_ops(graph: onnx.GraphProto) -> list[str]:
-    """Op types of ``graph`` this interpreter cannot run (and so the portable engine cannot train)."""
-    return sorted({n.op_type for n in graph.node if n.op_type not in OPS and n.op_type != "Constant"}
-                  | {f"{n.domain}::{n.op_type}" for n in graph.node if n.domain not in ("", "ai.onnx")})
+# Ops whose outputs carry no gradient, so the backward treats them as constants -- exactly what PyTorch's autograd
+# does with the same values. Predicates, comparisons and logic produce booleans; ArgMax/ArgMin, Shape and Size
+# produce integers; Where's condition is such a boolean (Where itself is differentiable in its two branches);
+# Floor, Ceil and Sign are piecewise constant, derivative 0 wherever it exists. No gradient is dropped: none
+# exists to drop. (docs/engines.md lists them; tests/export/test_step_graph_ops.py checks each.)
+GRADIENT_FREE = frozenset({
+    "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Not", "IsNaN", "IsInf",
+    "ArgMax", "ArgMin", "Shape", "Size", "Floor", "Ceil", "Sign",
+})
+
+
+def _module_of(node: onnx.NodeProto) -> str:
+    """The PyTorch module a node came from: ``/model/pool/TopK`` -> ``pool`` (the exporter names nodes by module
+    path)."""
+    parts = [p for p in (node.name or "").split("/") if p][:-1]
+    if parts[:1] == [PREFIX.rstrip(".")]:  # the export wrapper holds the user's model as ``model``
+        parts = parts[1:]
+    return ".".join(parts) or "(top level)"
+
+
+def unsupported_ops(graph: onnx.GraphProto) -> dict[str, list[str]]:
+    """Op types of ``graph`` this interpreter cannot run (so the portable engine has no gradient for them), each
+    with the modules that use it."""
+    found: dict[str, list[str]] = {}
+    for n in graph.node:
+        name = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
+        if (n.op_type not in OPS and n.op_type != "Constant") or n.domain not in ("", "ai.onnx"):
+            mods = found.setdefault(name, [])
+            if _module_of(n) not in mods:
+                mods.append(_module_of(n))
+    return dict(sorted(found.items()))
 
 
 class GraphFunction:
@@ -471,8 +542,10 @@ class GraphFunction:
     def __init__(self, model: onnx.ModelProto, overridable: list[str]) -> None:
         bad = unsupported_ops(model.graph)
         if bad:
-            raise ExportError(f"the portable engine cannot train through operator(s) {', '.join(bad)}; "
-                              "freeze those layers (narrow --trainable) or use --engine ort-training")
+            where = "; ".join(f"{op} in module {', '.join(mods[:3])}{' …' if len(mods) > 3 else ''}"
+                              for op, mods in bad.items())
+            raise ExportError(f"the portable engine has no gradient for operator(s) {where}: freeze those modules "
+                              "(narrow --trainable so they stay in the backbone) or use --engine ort-training")
         self.graph = model.graph
         self.overridable = set(overridable)
         self.constants = {i.name: _const(numpy_helper.to_array(i)) for i in model.graph.initializer

@@ -91,6 +91,19 @@ def family_bundle():
 
 
 @pytest.fixture(scope="session")
+def wide_bundles():
+    """``wide_bundles(family)`` -> (export process, bundle path) of a wide-zoo family (tests/helpers/zoo_wide.py),
+    exported once per session in the background; the export may have failed (tests assert on the process)."""
+    from tests.helpers.bundle_farm import current
+
+    def get(family: str) -> tuple[subprocess.CompletedProcess, Path]:
+        farm = current()
+        return farm.get(f"wide-{family}"), farm.root / f"wide-{family}"
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def cnn_bundle() -> Path:
     from tests.helpers.bundle_farm import zoo_bundle
 

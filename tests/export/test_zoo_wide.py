@@ -1,4 +1,4 @@
-"""The wide zoo (tests/zoo_wide.py): tiny random-init Hugging Face and plain PyTorch architectures people fine-tune
+"""The wide zoo (tests/helpers/zoo_wide.py): tiny random-init Hugging Face and plain PyTorch architectures people fine-tune
 on edge boxes. Every family exports with parity against PyTorch, whole-batch and with the backbone run in chunks
 (as the embedding cache runs it), and trains with `ftedge train` on the default (portable) engine; with
 onnxruntime-training every family it can differentiate trains too, and the others are refused at export, naming
@@ -29,19 +29,6 @@ ORT_CANNOT = {
     "bilstm-top-layer": "LSTM (direction=bidirectional) in module rnn",
     "bigru-top-layer": "GRU (direction=bidirectional) in module rnn",
 }
-
-
-@pytest.fixture(scope="session")
-def wide_bundles():
-    """``wide_bundles(family)`` -> (export process, bundle path): every family exported once per session, in the
-    background (tests/helpers/bundle_farm.py)."""
-    from tests.helpers.bundle_farm import current
-
-    def get(family: str) -> tuple[subprocess.CompletedProcess, Path]:
-        farm = current()
-        return farm.get(f"wide-{family}"), farm.root / f"wide-{family}"
-
-    return get
 
 
 def _bundle(wide_bundles, family: str) -> Path:  # noqa: ANN001
@@ -78,6 +65,25 @@ def test_wide_family_exports_with_chunked_parity_and_trains(family, wide_bundles
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["status"] == "succeeded" and result["engine"] == "portable"
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("family", ["bert-last", "gpt2-last", "llama-last"])
+def test_default_attention_last_block_trains_on_the_torch_free_device_install(family, wide_bundles, device_python,
+                                                                             tmp_path):
+    """The recipe users reach for after "new head": a transformers model loaded with its defaults (SDPA
+    attention), last block unfrozen, trained by the device install (no torch) and its model written."""
+    path = _bundle(wide_bundles, family)
+    data = _dataset(path, tmp_path / "d.npz")
+    run = tmp_path / "run"
+    proc = subprocess.run([device_python, "-m", "ftedge", "train", str(path), "--data", str(data), "-o", str(run),
+                           "--epochs", "3", "--quiet"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((run / "result.json").read_text())
+    assert result["status"] == "succeeded" and result["engine"] == "portable"
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 3 and all(np.isfinite(m["train_loss"]) for m in metrics)
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    assert (run / "model.onnx").exists()
 
 
 def test_many_classes_keep_per_epoch_state_small(wide_bundles, tmp_path, capsys):

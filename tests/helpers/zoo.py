@@ -310,6 +310,81 @@ def bigru() -> nn.Module:
     return _seeded(BiRecurrent, "gru")
 
 
+class SdpaAttention(nn.Module):
+    """Two ``F.scaled_dot_product_attention`` layers as models call it: bidirectional with a boolean padding mask
+    (its exported graph masks fully masked rows with ``IsNaN``/``Where``), then causal (``is_causal=True``)."""
+
+    def __init__(self, vocab: int = 40, d: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.heads = heads
+        self.qkv1, self.out1 = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.qkv2, self.out2 = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.head = nn.Linear(d, 3)
+
+    def _attend(self, h: torch.Tensor, qkv: nn.Linear, out: nn.Linear, **kw) -> torch.Tensor:  # noqa: ANN003
+        b, s, d = h.shape
+        q, k, v = (t.reshape(b, s, self.heads, d // self.heads).transpose(1, 2) for t in qkv(h).chunk(3, -1))
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v, **kw)
+        return h + out(a.transpose(1, 2).reshape(b, s, d))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        keep = tokens != 0  # token 0 pads
+        h = self._attend(self.embed(tokens), self.qkv1, self.out1, attn_mask=keep[:, None, None, :])
+        h = self._attend(h, self.qkv2, self.out2, is_causal=True)
+        return self.head((h * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1))
+
+
+class MhaAttention(nn.Module):
+    """``nn.MultiheadAttention`` both ways models call it: without weights (its SDPA path) under a key-padding mask
+    and a boolean causal mask, and with averaged weights (its matmul + softmax path) under a key-padding mask."""
+
+    def __init__(self, vocab: int = 40, d: int = 16, seq: int = 8) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.attn1 = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.attn2 = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.register_buffer("causal", torch.triu(torch.ones(seq, seq, dtype=torch.bool), 1), persistent=False)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        pad = (tokens == 0) & (torch.arange(tokens.shape[1]) > 0)  # position 0 holds BOS: no row is fully masked
+        h = self.embed(tokens)
+        h = h + self.attn1(h, h, h, key_padding_mask=pad, attn_mask=self.causal, need_weights=False)[0]
+        a, w = self.attn2(h, h, h, key_padding_mask=pad, need_weights=True)
+        return self.head((h + a).mean(1) + (w.mean(1, keepdim=True) @ h).squeeze(1))  # the weights reach the loss
+
+
+class TopKPooling(nn.Module):
+    """Top-2 pooling over time (ONNX ``TopK``): an operator the portable engine has no gradient for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(6, 8)
+        self.pool = TopK()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(torch.tanh(self.body(x))))
+
+
+class TopK(nn.Module):
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.topk(2, dim=1).values.mean(1)
+
+
+def topk_pooling() -> nn.Module:
+    return _seeded(TopKPooling)
+
+
+def sdpa_attention() -> nn.Module:
+    return _seeded(SdpaAttention)
+
+
+def mha_attention() -> nn.Module:
+    return _seeded(MhaAttention)
+
+
 # Every architecture family the exporter must handle: (id, MODEL, extra CLI args).
 FAMILIES = {
     "cnn-batchnorm-depthwise": ("cnn", ["--input", "x:float32:1,101,40", "--head", "classifier",
@@ -324,6 +399,9 @@ FAMILIES = {
     "mlp-l1-sgd": ("mlp", ["--input", "x:float32:1,20", "--loss", "l1", "--optimizer", "sgd", "--lr", "0.05"]),
     "two-inputs-float-int64": ("two_inputs", ["--input", "feats:float32:1,6", "--input", "cats:int64:1,4:0-10"]),
     "dict-output-bce": ("dict_output", ["--input", "x:float32:1,10", "--output", "scores", "--loss", "bce"]),
+    # attention in the training step, as models call it (tokens 0-4 include the pad id 0 often)
+    "sdpa-masks": ("sdpa_attention", ["--input", "tokens:int64:1,8:0-40", "--trainable", r"^(qkv|out|head)"]),
+    "mha-masks": ("mha_attention", ["--input", "tokens:int64:1,8:0-40", "--trainable", r"^(attn|head)"]),
 }
 
 # Families only the portable engine trains: a trainable GroupNorm block and a trainable HardSwish block.

@@ -1,11 +1,14 @@
 """A wide zoo: tiny random-init configurations of the architectures people fine-tune on edge boxes.
 
-Hugging Face models (text encoders and decoders, audio and vision) and plain PyTorch ones, a few thousand to a few
-hundred thousand parameters each, so one exports and trains in seconds. Every factory is seeded and gives the model
-a *sane* initialization (:func:`sane_init`): with Hugging Face's std-0.02 defaults and BatchNorm scales near zero,
-pooled features of a random deep net collapse towards zero and "loss falls" would test nothing.
+Hugging Face models (text encoders and decoders, audio and vision), configured as users load them (the library's
+default attention: SDPA for most families; ``*_eager`` factories give the eager variants), and plain PyTorch ones,
+a few thousand to a few hundred thousand parameters each, so one exports and trains in seconds. Every factory is
+seeded and gives the model a *sane* initialization (:func:`sane_init`): with Hugging Face's std-0.02 defaults and
+BatchNorm scales near zero, pooled features of a random deep net collapse towards zero and "loss falls" would test
+nothing.
 
-``WIDE`` maps a family id to (factory name, export args); ``tests/test_zoo_wide.py`` exports and trains every one.
+``WIDE`` maps a family id to (factory name, export args); ``tests/export/test_zoo_wide.py`` exports and trains every
+one.
 """
 
 from __future__ import annotations
@@ -34,13 +37,24 @@ def sane_init(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def _hf(config_cls: str, model_cls: str, **config):  # noqa: ANN202
+def _hf(config_cls: str, model_cls: str, attn: str | None = None, **config):  # noqa: ANN202
+    """A Hugging Face model configured as a user loads it: the library's default attention (SDPA for most
+    families) unless ``attn`` names another implementation."""
     import transformers
 
     torch.manual_seed(0)
     cfg = getattr(transformers, config_cls)(**config)
-    cfg._attn_implementation = "eager"
+    if attn is not None:
+        cfg._attn_implementation = attn
     return sane_init(getattr(transformers, model_cls)(cfg))
+
+
+def _eager(factory):  # noqa: ANN001, ANN202
+    """``factory`` with eager (matmul + softmax) attention: the other path Hugging Face models export through."""
+    def make() -> nn.Module:
+        return factory(attn="eager")
+    make.__name__ = f"{factory.__name__}_eager"
+    return make
 
 
 _ENC = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -50,54 +64,54 @@ _DEC = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_he
 
 
 # -- text encoders -------------------------------------------------------------------------------------------------
-def bert() -> nn.Module:
-    return _hf("BertConfig", "BertForSequenceClassification", **_ENC)
+def bert(attn: str | None = None) -> nn.Module:
+    return _hf("BertConfig", "BertForSequenceClassification", attn, **_ENC)
 
 
-def distilbert() -> nn.Module:
-    return _hf("DistilBertConfig", "DistilBertForSequenceClassification", vocab_size=96, dim=32, n_layers=2,
+def distilbert(attn: str | None = None) -> nn.Module:
+    return _hf("DistilBertConfig", "DistilBertForSequenceClassification", attn, vocab_size=96, dim=32, n_layers=2,
                n_heads=4, hidden_dim=64, max_position_embeddings=32, num_labels=3)
 
 
-def roberta() -> nn.Module:
-    return _hf("RobertaConfig", "RobertaForSequenceClassification", **{**_ENC, "max_position_embeddings": 40},
+def roberta(attn: str | None = None) -> nn.Module:
+    return _hf("RobertaConfig", "RobertaForSequenceClassification", attn, **{**_ENC, "max_position_embeddings": 40},
                pad_token_id=0)
 
 
-def albert() -> nn.Module:
-    return _hf("AlbertConfig", "AlbertForSequenceClassification", **_ENC, embedding_size=16)
+def albert(attn: str | None = None) -> nn.Module:
+    return _hf("AlbertConfig", "AlbertForSequenceClassification", attn, **_ENC, embedding_size=16)
 
 
-def electra() -> nn.Module:
-    return _hf("ElectraConfig", "ElectraForSequenceClassification", **_ENC, embedding_size=16)
+def electra(attn: str | None = None) -> nn.Module:
+    return _hf("ElectraConfig", "ElectraForSequenceClassification", attn, **_ENC, embedding_size=16)
 
 
-def deberta_v2() -> nn.Module:
-    return _hf("DebertaV2Config", "DebertaV2ForSequenceClassification", **_ENC, relative_attention=True,
+def deberta_v2(attn: str | None = None) -> nn.Module:
+    return _hf("DebertaV2Config", "DebertaV2ForSequenceClassification", attn, **_ENC, relative_attention=True,
                position_buckets=8, max_relative_positions=16, pos_att_type=["p2c", "c2p"])
 
 
 # -- text decoders (last-token pooling) ---------------------------------------------------------------------------
-def gpt2() -> nn.Module:
-    return _hf("GPT2Config", "GPT2ForSequenceClassification", vocab_size=96, n_embd=32, n_layer=2, n_head=4,
+def gpt2(attn: str | None = None) -> nn.Module:
+    return _hf("GPT2Config", "GPT2ForSequenceClassification", attn, vocab_size=96, n_embd=32, n_layer=2, n_head=4,
                n_positions=32, num_labels=3, pad_token_id=0)
 
 
-def llama() -> nn.Module:
-    return _hf("LlamaConfig", "LlamaForSequenceClassification", **_DEC, num_key_value_heads=2)
+def llama(attn: str | None = None) -> nn.Module:
+    return _hf("LlamaConfig", "LlamaForSequenceClassification", attn, **_DEC, num_key_value_heads=2)
 
 
-def qwen2() -> nn.Module:
-    return _hf("Qwen2Config", "Qwen2ForSequenceClassification", **_DEC, num_key_value_heads=2)
+def qwen2(attn: str | None = None) -> nn.Module:
+    return _hf("Qwen2Config", "Qwen2ForSequenceClassification", attn, **_DEC, num_key_value_heads=2)
 
 
-def phi() -> nn.Module:
-    return _hf("PhiConfig", "PhiForSequenceClassification", **_DEC)
+def phi(attn: str | None = None) -> nn.Module:
+    return _hf("PhiConfig", "PhiForSequenceClassification", attn, **_DEC)
 
 
 # -- audio --------------------------------------------------------------------------------------------------------
-def whisper_encoder() -> nn.Module:
-    return _hf("WhisperConfig", "WhisperForAudioClassification", num_mel_bins=16, d_model=32, encoder_layers=2,
+def whisper_encoder(attn: str | None = None) -> nn.Module:
+    return _hf("WhisperConfig", "WhisperForAudioClassification", attn, num_mel_bins=16, d_model=32, encoder_layers=2,
                encoder_attention_heads=4, encoder_ffn_dim=64, decoder_layers=1, decoder_attention_heads=4,
                max_source_positions=16, num_labels=3, vocab_size=96)
 
@@ -107,19 +121,19 @@ _W2V = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermed
             num_labels=3, classifier_proj_size=16, mask_time_prob=0.0)
 
 
-def hubert() -> nn.Module:
-    return _hf("HubertConfig", "HubertForSequenceClassification", **_W2V)
+def hubert(attn: str | None = None) -> nn.Module:
+    return _hf("HubertConfig", "HubertForSequenceClassification", attn, **_W2V)
 
 
-def wav2vec2_conformer() -> nn.Module:
-    return _hf("Wav2Vec2ConformerConfig", "Wav2Vec2ConformerForSequenceClassification", **_W2V,
+def wav2vec2_conformer(attn: str | None = None) -> nn.Module:
+    return _hf("Wav2Vec2ConformerConfig", "Wav2Vec2ConformerForSequenceClassification", attn, **_W2V,
                conv_depthwise_kernel_size=3, position_embeddings_type="relative")
 
 
-def ast() -> nn.Module:
-    return _hf("ASTConfig", "ASTForAudioClassification", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-               intermediate_size=64, patch_size=8, frequency_stride=8, time_stride=8, max_length=32,
-               num_mel_bins=16, num_labels=3)
+def ast(attn: str | None = None) -> nn.Module:
+    return _hf("ASTConfig", "ASTForAudioClassification", attn, hidden_size=32, num_hidden_layers=2,
+               num_attention_heads=4, intermediate_size=64, patch_size=8, frequency_stride=8, time_stride=8,
+               max_length=32, num_mel_bins=16, num_labels=3)
 
 
 # -- vision -------------------------------------------------------------------------------------------------------
@@ -127,12 +141,12 @@ _VIT = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, nu
             intermediate_size=64, num_labels=3)
 
 
-def vit() -> nn.Module:
-    return _hf("ViTConfig", "ViTForImageClassification", **_VIT)
+def vit(attn: str | None = None) -> nn.Module:
+    return _hf("ViTConfig", "ViTForImageClassification", attn, **_VIT)
 
 
-def deit() -> nn.Module:
-    return _hf("DeiTConfig", "DeiTForImageClassification", **_VIT)
+def deit(attn: str | None = None) -> nn.Module:
+    return _hf("DeiTConfig", "DeiTForImageClassification", attn, **_VIT)
 
 
 def convnext() -> nn.Module:
@@ -140,9 +154,9 @@ def convnext() -> nn.Module:
                depths=[1, 1], patch_size=4, num_labels=3)
 
 
-def swin() -> nn.Module:
-    return _hf("SwinConfig", "SwinForImageClassification", image_size=32, patch_size=4, embed_dim=16, depths=[1, 1],
-               num_heads=[2, 4], window_size=4, num_labels=3)
+def swin(attn: str | None = None) -> nn.Module:
+    return _hf("SwinConfig", "SwinForImageClassification", attn, image_size=32, patch_size=4, embed_dim=16,
+               depths=[1, 1], num_heads=[2, 4], window_size=4, num_labels=3)
 
 
 def mobilevit() -> nn.Module:
@@ -155,8 +169,8 @@ def resnet() -> nn.Module:
                layer_type="basic", num_labels=3)
 
 
-def segformer() -> nn.Module:
-    return _hf("SegformerConfig", "SegformerForImageClassification", num_encoder_blocks=2, depths=[1, 1],
+def segformer(attn: str | None = None) -> nn.Module:
+    return _hf("SegformerConfig", "SegformerForImageClassification", attn, num_encoder_blocks=2, depths=[1, 1],
                sr_ratios=[2, 1], hidden_sizes=[8, 16], patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2],
                mlp_ratios=[2, 2], num_labels=3)
 
@@ -289,23 +303,36 @@ def next_token() -> nn.Module:
     return _plain(NextToken)
 
 
+# The last-block families again with eager attention: there the attention itself trains, and the two
+# implementations export different graphs (matmul + softmax vs scaled_dot_product_attention's IsNaN-guarded mask).
+bert_eager, gpt2_eager, llama_eager, vit_eager = (_eager(f) for f in (bert, gpt2, llama, vit))
+
+
 def _last(*patterns: str) -> list[str]:
     return [a for p in patterns for a in ("--trainable", p)]
 
 
-# family id -> (factory, export args). "-last" variants train the last block (or layer) and the head.
+# family id -> (factory, export args). "-last" variants train the last block (or layer) and the head; every Hugging
+# Face family uses the library's default attention (SDPA where it has one), "-eager" the eager implementation.
+_BERT_LAST = TEXT + _last(r"bert\.encoder\.layer\.1\.", "^classifier")
+_GPT2_LAST = TEXT + _last(r"transformer\.h\.1\.", r"transformer\.ln_f", "^score")
+_LLAMA_LAST = TEXT + _last(r"model\.layers\.1\.", r"model\.norm", "^score")
+_VIT_LAST = IMAGE + _last(r"vit\.layers\.1\.", r"vit\.layernorm", "^classifier")
 WIDE: dict[str, tuple[str, list[str]]] = {
     "bert": ("bert", TEXT),
-    "bert-last": ("bert", TEXT + _last(r"bert\.encoder\.layer\.1\.", "^classifier")),
+    "bert-last": ("bert", _BERT_LAST),
+    "bert-last-eager": ("bert_eager", _BERT_LAST),
     "distilbert": ("distilbert", TEXT),
     "roberta": ("roberta", TEXT),
     "albert": ("albert", TEXT),
     "electra": ("electra", TEXT),
     "deberta-v2": ("deberta_v2", TEXT),
     "gpt2": ("gpt2", TEXT),
-    "gpt2-last": ("gpt2", TEXT + _last(r"transformer\.h\.1\.", r"transformer\.ln_f", "^score")),
+    "gpt2-last": ("gpt2", _GPT2_LAST),
+    "gpt2-last-eager": ("gpt2_eager", _GPT2_LAST),
     "llama": ("llama", TEXT),
-    "llama-last": ("llama", TEXT + _last(r"model\.layers\.1\.", r"model\.norm", "^score")),
+    "llama-last": ("llama", _LLAMA_LAST),
+    "llama-last-eager": ("llama_eager", _LLAMA_LAST),
     "qwen2": ("qwen2", TEXT),
     "phi": ("phi", TEXT),
     "whisper-encoder": ("whisper_encoder", ["--input", "input_features:float32:1,16,32"]),
@@ -313,7 +340,8 @@ WIDE: dict[str, tuple[str, list[str]]] = {
     "wav2vec2-conformer": ("wav2vec2_conformer", ["--input", "input_values:float32:1,400"]),
     "ast": ("ast", ["--input", "input_values:float32:1,32,16"]),
     "vit": ("vit", IMAGE),
-    "vit-last": ("vit", IMAGE + _last(r"vit\.layers\.1\.", r"vit\.layernorm", "^classifier")),
+    "vit-last": ("vit", _VIT_LAST),
+    "vit-last-eager": ("vit_eager", _VIT_LAST),
     "deit": ("deit", IMAGE),
     "convnext": ("convnext", IMAGE),
     "swin": ("swin", IMAGE),

@@ -5,6 +5,8 @@ relative and the same final accuracy."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -17,8 +19,9 @@ from ftedge.export.wrapper import OutputSelector
 from ftedge.runtime import load_bundle
 from ftedge.runtime.engines.session import BundleSession
 
-from tests.helpers.common import ZOO
+from tests.helpers.common import ZOO, ZOO_WIDE
 from tests.helpers.zoo import FAMILIES, PORTABLE_ONLY
+from tests.helpers.zoo_wide import WIDE
 
 STEPS, N, BATCH, SEED = 50, 48, 16, 123
 REL = 1e-5
@@ -29,10 +32,10 @@ def _arg(args: list[str], flag: str) -> str | None:
     return args[args.index(flag) + 1] if flag in args else None
 
 
-def reference_module(model: str, args: list[str], manifest: dict) -> OutputSelector:
+def reference_module(model: str, args: list[str], manifest: dict, zoo: Path = ZOO) -> OutputSelector:
     """The nn.Module exactly as `ftedge export` prepared it (same seed, same new head, same modes)."""
     torch.manual_seed(0)
-    module = load_model(f"{ZOO}:{model}")
+    module = load_model(f"{zoo}:{model}")
     head_name = manifest["head"]
     replaced = (_arg(args, "--labels") or _arg(args, "--num-classes")) and "--keep-head" not in args
     if replaced:
@@ -87,10 +90,48 @@ def masks_for(specs: list[dict], n: int, rng: np.random.Generator) -> list[np.nd
 def test_portable_engine_trains_step_by_step_like_pytorch(family, family_bundle):
     model, args = ALL[family]
     bundle = load_bundle(family_bundle(family))
+    _train_side_by_side(bundle, reference_module(model, args, bundle.manifest), sample_inputs(bundle.inputs, N, seed=5))
+
+
+def padded_text(specs: list, n: int, seed: int) -> list[torch.Tensor]:
+    """Token ids and an attention mask with right padding of random length (pad id 0), a few rows unpadded: the
+    masks users' batches carry, so the attention's masking paths are in every step."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 96, (n, 12), generator=g)
+    lengths = torch.randint(2, 13, (n,), generator=g)
+    lengths[::5] = 12
+    mask = (torch.arange(12)[None, :] < lengths[:, None]).long()
+    feeds = {"input_ids": ids * mask, "attention_mask": mask}
+    return [feeds[s.name] for s in specs]
+
+
+# Hugging Face models whose last block trains, as users load them: default attention (SDPA) and eager.
+HF_LAST = ["bert-last", "bert-last-eager", "gpt2-last", "gpt2-last-eager", "llama-last", "llama-last-eager"]
+
+
+@pytest.mark.parametrize("family", HF_LAST)
+def test_hugging_face_last_block_trains_step_by_step_like_pytorch(family, wide_bundles):
+    """The attention of a real transformers model in the training step, with padded batches, against the same
+    model trained by PyTorch (its own attention implementation, not the exported graph)."""
+    model, args = WIDE[family]
+    proc, path = wide_bundles(family)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bundle = load_bundle(path)
+    ref = reference_module(model, args, bundle.manifest, zoo=ZOO_WIDE)
+    want = "eager" if family.endswith("-eager") else "sdpa"
+    assert ref.model.config._attn_implementation == want
+    assert not bundle.manifest["engines"]["portable"]["masks"]  # no dropout in the step: nothing to align
+    step_ops = {n.op_type for n in onnx.load(str(path / "portable" / "step.onnx")).graph.node}
+    assert ("IsNaN" in step_ops) == (want == "sdpa")  # SDPA's export guards fully masked rows with IsNaN/Where
+    _train_side_by_side(bundle, ref, padded_text(bundle.inputs, N, seed=5))
+
+
+def _train_side_by_side(bundle, ref: OutputSelector, raw: list[torch.Tensor]) -> None:  # noqa: ANN001
+    """50 steps of the bundle on plain onnxruntime against ``ref`` trained by PyTorch autograd with
+    onnxruntime-training's update, same batches and dropout masks; then the same predictions."""
     manifest = bundle.manifest
-    ref = reference_module(model, args, manifest)
-    specs = [s for s in bundle.inputs]
-    raw = sample_inputs(specs, N, seed=5)
+    specs = list(bundle.inputs)
+    family = manifest.get("source_model", "")
     rng = np.random.default_rng(1)
     y = targets(bundle, N, rng)
     lr = float(manifest["optimizer"]["lr"]) * (10 if manifest["optimizer"]["name"] == "adamw" else 1)
@@ -142,6 +183,13 @@ def test_portable_engine_trains_step_by_step_like_pytorch(family, family_bundle)
         assert (got.argmax(1) == want.argmax(1)).all()
     else:
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_sdpa_masks_family_trains_through_an_isnan_mask(family_bundle):
+    """The padding-masked scaled_dot_product_attention exports with an IsNaN-guarded mask inside the step graph
+    (test_portable_engine_trains_step_by_step_like_pytorch[sdpa-masks] holds it to PyTorch for 50 steps)."""
+    step = onnx.load(str(family_bundle("sdpa-masks") / "portable" / "step.onnx"))
+    assert {"IsNaN", "Where"} <= {n.op_type for n in step.graph.node}
 
 
 def test_trainable_batchnorm_updates_its_running_statistics(family_bundle):

@@ -1,0 +1,75 @@
+"""Which operators the portable engine's step graph differentiates through: predicates and masks carry no gradient
+(treated as constants, as PyTorch's autograd treats them); an operator it has no gradient for is refused at export,
+naming the operator, the module and the fix."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+from onnx import helper
+
+from ftedge.cli import main
+from ftedge.export.onnx_torch import GRADIENT_FREE, OPS, Sh
+from tests.helpers.common import ZOO
+
+
+def _run(op: str, *inputs: torch.Tensor, **attrs) -> object:  # noqa: ANN003
+    node = helper.make_node(op, [f"i{k}" for k in range(len(inputs))], ["y"], **attrs)
+    at = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return OPS[op](list(inputs), at, {"n_outputs": 1, "training": True, "masks": {}})
+
+
+@pytest.mark.parametrize("op", sorted(GRADIENT_FREE - {"Shape", "Size"}))
+def test_gradient_free_ops_give_no_gradient_to_drop(op):
+    """Each op the writer treats as a constant in the backward either outputs booleans / integers or is piecewise
+    constant (autograd's gradient is exactly zero): treating it as a constant loses nothing."""
+    x = torch.randn(4, 5, requires_grad=True)
+    b = torch.randn(4, 5)
+    if op in {"And", "Or", "Xor", "Not"}:
+        ins = [x > 0, b > 0][: 1 if op == "Not" else 2]
+    elif op in {"IsNaN", "IsInf", "ArgMax", "ArgMin", "Floor", "Ceil", "Sign"}:
+        ins = [x * 3]
+    else:
+        ins = [x, b]
+    y = _run(op, *ins)
+    assert isinstance(y, torch.Tensor)
+    if y.is_floating_point():
+        (grad,) = torch.autograd.grad(y.sum(), x)
+        assert torch.count_nonzero(grad) == 0
+    else:
+        assert not y.requires_grad
+
+
+def test_isnan_and_isinf_follow_onnx():
+    x = torch.tensor([1.0, float("nan"), float("inf"), -float("inf")])
+    assert _run("IsNaN", x).tolist() == [False, True, False, False]
+    assert _run("IsInf", x).tolist() == [False, False, True, True]
+    assert _run("IsInf", x, detect_negative=0).tolist() == [False, False, True, False]
+    assert _run("IsInf", x, detect_positive=0).tolist() == [False, False, False, True]
+    assert _run("ArgMax", torch.tensor([[1.0, 3.0, 3.0]]), axis=1, select_last_index=1).tolist() == [[2]]
+
+
+def test_shape_arithmetic_through_where_stays_shape_arithmetic():
+    """nn.MultiheadAttention expands its masks with Where(Equal(shape, -1), ones, shape): the result must stay a
+    list of ints, or a traced Expand would have a data-dependent size."""
+    shape = Sh([1, 2, 1, -1])
+    cond = OPS["Equal"]([shape, Sh([-1], scalar=True)], {}, {})
+    assert isinstance(cond, Sh) and list(cond) == [False, False, False, True]
+    out = OPS["Where"]([cond, Sh([1, 1, 1, 1]), shape], {}, {})
+    assert isinstance(out, Sh) and list(out) == [1, 2, 1, 1]
+    ones = OPS["ConstantOfShape"]([Sh([4])], {"value": onnx.numpy_helper.to_array(
+        helper.make_tensor("v", onnx.TensorProto.INT64, [1], [1]))}, {})
+    assert isinstance(ones, Sh) and list(ones) == [1, 1, 1, 1]
+
+
+def test_an_operator_without_a_gradient_is_refused_naming_it_its_module_and_the_fix(tmp_path, capsys):
+    args = ["--input", "x:float32:1,5,6", "--engine", "portable", "--quiet"]
+    out = tmp_path / "refused"
+    rc = main(["export", f"{ZOO}:topk_pooling", "-o", str(out), "--trainable", r"^(body|head)\.", *args])
+    err = capsys.readouterr().err
+    assert rc == 1 and "TopK in module pool" in err, err
+    assert "narrow --trainable" in err and "--engine ort-training" in err and "Traceback" not in err
+    assert not out.exists()
+    # frozen, the same operator stays in the backbone and the head trains
+    assert main(["export", f"{ZOO}:topk_pooling", "-o", str(tmp_path / "head"), "--trainable", r"^head\.", *args]) == 0
