@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for register in _registrars():
         register(sub)
-    for child in sub.choices.values():  # accept --debug after the subcommand too
-        child.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    for child in sub.choices.values():  # accept --debug after the subcommand too (where it parses options itself)
+        if "-" in child.prefix_chars:
+            child.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -96,3 +97,42 @@ def test_an_unexpected_exception_is_an_internal_error_without_traceback(capsys, 
     assert "Traceback" not in err
     assert main(["inspect", str(cnn_bundle), "--debug"]) == 70
     assert "Traceback" in capsys.readouterr().err
+
+
+TRAP = ("from pathlib import Path\n"
+        "Path(__file__).with_name('EXECUTED').write_text('code from examples/demo ran')\n"
+        "def register(sub):\n"
+        "    p = sub.add_parser('demo')\n"
+        "    p.add_argument('--marker-option')\n"
+        "    p.set_defaults(handler=lambda a: 7)\n")
+
+
+def _trap(root) -> object:  # noqa: ANN001
+    demo = root / "examples" / "demo"
+    demo.mkdir(parents=True)
+    (demo / "demo.py").write_text(TRAP)
+    return demo / "EXECUTED"
+
+
+def test_no_command_runs_a_demo_found_in_the_working_directory(device_python, tmp_path):
+    """An installed (non-editable) ftedge run in a folder holding examples/demo/demo.py -- a shared folder, a
+    data directory -- must not execute it: not for `ftedge demo`, and not to build the parser of other commands."""
+    marker = _trap(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "FTEDGE_EXAMPLES"}
+    for argv in (["inspect", "--help"], ["agent", "--help"], ["--version"], ["demo", "--help"]):
+        proc = subprocess.run([device_python, "-m", "ftedge", *argv], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert not marker.exists(), f"`ftedge {' '.join(argv)}` executed ./examples/demo/demo.py"
+        assert proc.returncode in (0, 1), proc.stderr
+    assert "FTEDGE_EXAMPLES" in proc.stderr  # `ftedge demo` without a demo says where it looks
+
+
+def test_the_demo_is_loaded_only_when_ftedge_demo_runs(tmp_path, monkeypatch, capsys):
+    marker = _trap(tmp_path)
+    monkeypatch.setenv("FTEDGE_EXAMPLES", str(tmp_path / "examples"))
+    assert main(["inspect", "--help"]) == 0
+    assert not marker.exists()
+    assert main(["demo", "--help"]) == 0 and "--marker-option" in capsys.readouterr().out
+    assert marker.exists()
+    assert main(["demo", "--marker-option", "x"]) == 7
+    assert main(["demo", "--no-such-option"]) == 2
