@@ -287,8 +287,10 @@ class FleetStore(Precedence, TransactionState, FleetReadModel):
             with self.backend.write() as db:
                 yield db
             self.transactions += 1
+            self._committed()
         except BaseException:
             self._forget()
+            self._rolled_back()
             raise
         finally:
             self._new_seen.clear()
