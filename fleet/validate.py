@@ -27,7 +27,7 @@ MAX_NAME = 128              # characters of a fleet, device or job name in a top
 MAX_ID = 256                # characters of an identifier / enum-like string field
 MAX_DEPTH = 16              # nesting of objects and arrays
 MAX_BOOT = 64               # characters of an envelope's boot id
-BOOT_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,%d}" % MAX_BOOT)   # a boot id (fullmatch)
+BOOT_PATTERN = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_BOOT}}}")   # a boot id (fullmatch)
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")   # NUL (PostgreSQL text) and lone surrogates (UTF-8)
 _INT64 = 2**63
 

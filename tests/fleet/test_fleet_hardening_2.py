@@ -114,3 +114,108 @@ def test_a_failed_transaction_leaves_no_room_taken_in_the_fleet(db):
         assert (rep["messages"], rep["rejected"]) == (8, 0)
         assert store.ingest_batch([_status("d11")])["rejected"] == 1   # the cap itself still holds
         assert store.device_count() == 10
+
+
+# -- finding 3: device-controlled row counts, job pages, reads beside the writer --------------------------------
+
+def _rows(store: FleetStore, sql: str, *args: Any) -> int:
+    with store._reading() as db:
+        return int(db.execute(sql, args).fetchone()[0])
+
+
+def test_a_device_cannot_grow_its_epochs_and_jobs_without_bound(db):
+    from ftedge.fleet.device_caps import MAX_EPOCHS_PER_JOB, MAX_JOBS_PER_DEVICE, PRUNE_EVERY
+
+    epochs = MAX_EPOCHS_PER_JOB + 2 * PRUNE_EVERY
+    jobs = MAX_JOBS_PER_DEVICE + 2 * PRUNE_EVERY
+    with FleetStore(db) as store:
+        store.ingest_batch([msg("d", "jobs/j0/progress", env("d", "b1", e, 1_000 + e, job="j0", epoch=e, loss=1 / e))
+                            for e in range(1, epochs + 1)])
+        kept = _rows(store, "SELECT COUNT(*) FROM progress WHERE job = ?", "j0")
+        assert MAX_EPOCHS_PER_JOB <= kept <= MAX_EPOCHS_PER_JOB + PRUNE_EVERY
+        assert _rows(store, "SELECT MIN(epoch) FROM progress WHERE job = ?", "j0") == epochs - kept + 1  # oldest go
+        # jobs: each a result (and the newest ones a progress row too), newer ones later
+        seq = epochs
+        batch = []
+        for j in range(1, jobs + 1):
+            seq += 1
+            batch.append(msg("d", f"jobs/j{j}/result", env("d", "b1", seq, 10_000 + j, job=f"j{j}", status="failed")))
+        store.ingest_batch(batch)
+        names = {j["job"] for j in store.jobs(device="d")}
+        assert MAX_JOBS_PER_DEVICE <= len(names) <= MAX_JOBS_PER_DEVICE + PRUNE_EVERY
+        assert f"j{jobs}" in names and "j0" not in names and "j1" not in names
+        assert _rows(store, "SELECT COUNT(*) FROM progress") == 0   # j0's epochs went with it
+        # another device is not touched by d's pruning
+        store.ingest_batch([msg("e", "jobs/x/progress", env("e", "b1", 1, 1, job="x", epoch=1))])
+        assert store.job(FLEET, "e", "x")["progress"][0]["epoch"] == 1
+
+
+def test_closed_holes_of_a_device_are_pruned_past_the_cap(db):
+    from ftedge.fleet.device_caps import PRUNE_EVERY
+
+    t0 = 1_800_000_000.0
+    with FleetStore(db, reorder_window_s=1, max_gaps_per_device=10) as store:
+        n = PRUNE_EVERY + 50
+        store.ingest_batch([msg("d", "status", env("d", "b1", 2 * i, state="online")) for i in range(1, n + 1)],
+                           now=t0)
+        assert len(store.check_gaps(now=t0 + 5)) == n                # every odd seq is a hole: all kept (open)
+        store.ingest_batch([msg("d", "status", env("d", "b1", 2 * i - 1, state="online")) for i in range(1, n + 1)],
+                           now=t0 + 6)                                # all filled late: closed
+        assert len(store.gaps(device="d")) == n
+        base = 2 * n
+        store.ingest_batch([msg("d", "status", env("d", "b1", base + 2 * i, state="online"))
+                            for i in range(1, PRUNE_EVERY + 1)], now=t0 + 7)
+        assert len(store.check_gaps(now=t0 + 12)) == PRUNE_EVERY
+        gaps = store.gaps(device="d")
+        assert len(gaps) == PRUNE_EVERY and all(g["filled_ts"] is None for g in gaps)   # open ones stay
+        assert store.counters()["seq_gaps_total"] == n + PRUNE_EVERY
+        # a late fill of a kept open hole still counts
+        rep = store.ingest_batch([msg("d", "status", env("d", "b1", base + 1, state="online"))], now=t0 + 13)
+        assert rep["late_fills"] == 1
+
+
+def test_a_job_is_read_in_pages_of_the_newest_epochs(db):
+    from ftedge.fleet.views import JOB_PAGE_EPOCHS
+
+    n = 2 * JOB_PAGE_EPOCHS + 10
+    with FleetStore(db) as store:
+        store.ingest_batch([msg("d", "jobs/j/progress", env("d", "b1", e, job="j", epoch=e)) for e in range(1, n + 1)])
+        page = store.job(FLEET, "d", "j")
+        assert [p["epoch"] for p in page["progress"]] == list(range(n - JOB_PAGE_EPOCHS + 1, n + 1))
+        seen = [p["epoch"] for p in page["progress"]]
+        while page["next_before"] is not None:
+            page = store.job(FLEET, "d", "j", before_epoch=page["next_before"])
+            assert 0 < len(page["progress"]) <= JOB_PAGE_EPOCHS
+            seen = [p["epoch"] for p in page["progress"]] + seen
+        assert seen == list(range(1, n + 1))
+        assert [p["epoch"] for p in store.job(FLEET, "d", "j", limit=3)["progress"]] == [n - 2, n - 1, n]
+
+
+def test_reads_do_not_wait_for_the_writer(db):
+    import threading
+
+    with FleetStore(db) as store:
+        store.ingest_batch([msg("d", "jobs/j/progress", env("d", "b1", 1, job="j", epoch=1))])
+        holding, release = threading.Event(), threading.Event()
+
+        def writer() -> None:
+            with store.backend.write() as tx:      # a long write transaction (a big batch, a slow disk)
+                tx.execute("UPDATE devices SET state = 'busy'")
+                holding.set()
+                release.wait(30)
+
+        w = threading.Thread(target=writer)
+        w.start()
+        try:
+            assert holding.wait(10)
+            got: list[Any] = []
+            r = threading.Thread(target=lambda: got.append((store.job(FLEET, "d", "j"), store.devices())))
+            r.start()
+            r.join(10)
+            assert got, "a read waited for the writer's transaction"
+            job, devices = got[0]
+            assert job["progress"][0]["epoch"] == 1 and devices[0]["state"] != "busy"   # the committed state
+        finally:
+            release.set()
+            w.join(30)
+        assert store.devices()[0]["state"] == "busy"
