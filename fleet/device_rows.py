@@ -59,8 +59,13 @@ class TransactionState:
     keep_boots: int
 
     def __init__(self) -> None:
-        self._fleet_sizes: dict[str, int] = {}   # devices per fleet (approximate across collectors)
-        self._known: set[tuple[str, str]] = set()  # devices known to have a row (rows are never deleted)
+        # Devices per fleet and the devices known to have a row (rows are never deleted), as committed: a
+        # transaction's additions wait in _fleet_added/_known_added until it commits, and vanish if it fails
+        # (a failing batch must not fill a fleet's cap with devices that were never stored).
+        self._fleet_sizes: dict[str, int] = {}   # approximate across collectors
+        self._known: set[tuple[str, str]] = set()
+        self._fleet_added: dict[str, int] = {}
+        self._known_added: set[tuple[str, str]] = set()
         # The state of one transaction: loaded (under the transaction's locks) at its start, written at its end.
         self._devices: dict[tuple[str, str], DeviceRow] = {}
         self._streams: dict[tuple[str, str, str], Stream] = {}
@@ -69,6 +74,26 @@ class TransactionState:
     def _forget(self) -> None:
         self._devices.clear()
         self._streams.clear()
+
+    def _committed(self) -> None:
+        """The transaction committed: its new devices count from now on."""
+        for fleet, n in self._fleet_added.items():
+            if fleet in self._fleet_sizes:
+                self._fleet_sizes[fleet] += n
+        self._fleet_added.clear()
+        self._known_added.clear()   # already in _known
+
+    def _rolled_back(self) -> None:
+        """The transaction failed: nothing it added was stored."""
+        self._fleet_added.clear()
+        self._known -= self._known_added
+        self._known_added.clear()
+
+    def _learn(self, key: tuple[str, str]) -> None:
+        """``key`` has a row once this transaction commits (it may have had one before)."""
+        if key not in self._known:
+            self._known.add(key)
+            self._known_added.add(key)
 
     # -- loading (under the transaction's locks) -------------------------------------------------------------
 
@@ -93,13 +118,15 @@ class TransactionState:
     def _room_for(self, db: Any, fleet: str) -> bool:
         """Whether a new device fits in ``fleet`` (exact near the cap; other collectors' devices are counted
         whenever the count is refreshed, so a shared fleet may exceed the cap by their in-flight batches)."""
-        size = self._fleet_sizes.get(fleet)
-        if size is None or (self.backend.shared and size + 1 >= self.max_devices_per_fleet * 0.9):
-            size = int(db.execute("SELECT COUNT(*) FROM devices WHERE fleet = ?", (fleet,)).fetchone()[0])
-        if size >= self.max_devices_per_fleet:
-            self._fleet_sizes[fleet] = size
+        committed = self._fleet_sizes.get(fleet)
+        added = self._fleet_added.get(fleet, 0)
+        if committed is None or (self.backend.shared and committed + added + 1 >= self.max_devices_per_fleet * 0.9):
+            # this transaction's new rows are not in the count yet (inserted at its end, or after this check)
+            committed = int(db.execute("SELECT COUNT(*) FROM devices WHERE fleet = ?", (fleet,)).fetchone()[0])
+            self._fleet_sizes[fleet] = committed
+        if committed + added >= self.max_devices_per_fleet:
             return False
-        self._fleet_sizes[fleet] = size + 1
+        self._fleet_added[fleet] = added + 1
         return True
 
     def _lock_and_load(self, db: Any, devices: set[tuple[str, str]], boots: set[tuple[str, str, str]],
@@ -114,7 +141,7 @@ class TransactionState:
             dev = DeviceRow(*row[:7], active_version=row[7], status_ts=row[8], marks=json.loads(row[9] or "{}"),
                             stored=True)
             self._devices[(dev.fleet, dev.device)] = dev
-            self._known.add((dev.fleet, dev.device))
+            self._learn((dev.fleet, dev.device))
         later: set[tuple[str, str]] = set()
         if skip_locked:
             later = devices - self._devices.keys()
@@ -216,7 +243,7 @@ class TransactionState:
             else:
                 new.append((dev.fleet, dev.device, *values))
                 dev.stored = True
-                self._known.add((dev.fleet, dev.device))
+                self._learn((dev.fleet, dev.device))
         if old:
             db.executemany(
                 "UPDATE devices SET state = ?, reason = ?, last_seen_ms = ?, boot = ?, last_seq = ?,"

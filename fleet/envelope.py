@@ -12,7 +12,7 @@ from typing import Any
 
 from ftedge.mqtt.contract import CMD, CMDRES, JOB, JOBS, META, PROGRESS, RESULT, STATUS, TOPIC_ROOT
 
-from .validate import MAX_NAME, MAX_PAYLOAD, body_problem, is_int, number
+from .validate import BOOT_PATTERN, MAX_BOOT, MAX_NAME, MAX_PAYLOAD, body_problem, is_int, number, unstorable
 
 _INT64 = 2**63
 
@@ -51,6 +51,8 @@ def parse(topic: Any, payload: bytes, retained: bool,
         return "ignored", "", ""
     if len(fleet) > MAX_NAME or len(device) > MAX_NAME or len(rest) > 2 * MAX_NAME:
         return _bad(topic[:300], f"fleet, device or topic name longer than {MAX_NAME} characters")
+    if unstorable(topic):
+        return _bad(repr(topic), "topic holds a NUL or a lone surrogate (neither database can store it)")
     if len(payload) > max_payload_bytes:
         return _bad(topic, f"payload of {len(payload)} bytes exceeds the {max_payload_bytes} byte cap "
                            "(FleetStore max_payload_bytes)")
@@ -65,6 +67,13 @@ def parse(topic: Any, payload: bytes, retained: bool,
     if ("v" not in body or not is_int(seq) or not 0 <= seq < _INT64 or not isinstance(boot, str) or not boot
             or number(ts) is None or not math.isfinite(ts) or not 0 <= ts < _INT64):
         return _bad(topic, "missing or invalid envelope (v, ts, dev, boot, seq)")
+    if not BOOT_PATTERN.fullmatch(boot):
+        return _bad(topic, f"envelope boot is not a token of at most {MAX_BOOT} of A-Z a-z 0-9 . _ - "
+                           f"({len(boot)} characters)")
+    # Raw UTF-8 holds neither a lone surrogate nor (in valid JSON) a NUL: only a \u escape can make one.
+    if ("\\u" in text or not isinstance(payload, (bytes, bytearray, memoryview))) and unstorable(body):
+        return _bad(topic, "a string of the body holds a NUL or a lone surrogate (\\u0000, \\ud800-\\udfff): "
+                           "neither database can store it; send valid Unicode text")
     if body.get("dev") != device:
         return _bad(topic, f"envelope dev {body.get('dev')!r} is not the topic's device")
     job = None

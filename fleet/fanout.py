@@ -25,7 +25,7 @@ class DeviceRun:
     cmd_id: str
     reply: dict[str, Any] | None = None
     job: str | None = None
-    epochs: int = 0                      # progress messages seen so far
+    epochs: int = 0                      # the newest epoch reported so far
     last: dict[str, Any] = field(default_factory=dict)   # latest progress body
     result: dict[str, Any] | None = None
     error: str | None = None             # no reply / rejected / gave up waiting
@@ -93,12 +93,15 @@ def follow(collector: Collector, runs: list[DeviceRun], timeout: float,
     while True:
         waiting = [r for r in runs if not r.done]
         for run in waiting:
-            job = collector.store.job(run.fleet, run.device, run.job or "")
+            job = collector.store.job(run.fleet, run.device, run.job or "", limit=1)   # the newest epoch only
             if job is None:
                 continue
-            changed = len(job["progress"]) != run.epochs
-            run.epochs = len(job["progress"])
-            run.last = job["progress"][-1] if job["progress"] else run.last
+            last = job["progress"][-1] if job["progress"] else None
+            epoch = last.get("epoch") if last is not None else 0
+            epoch = epoch if isinstance(epoch, int) else 0
+            changed = epoch != run.epochs
+            run.epochs = epoch
+            run.last = last if last is not None else run.last
             if job["result"] is not None and job["result"].get("status") in _FINAL:
                 run.result, changed = job["result"], True
             if changed and on_update is not None:

@@ -136,6 +136,12 @@ _SCHEMA.append(
     ALTER TABLE counters_v3 RENAME TO counters;
     """)
 
+_SCHEMA.append(
+    # 4 (issue 33): a device's holes are pruned past a cap (fleet/device_caps.py), found by device in id order
+    """
+    CREATE INDEX gaps_device ON gaps (fleet, device, id);
+    """)
+
 # The same steps for PostgreSQL (64-bit integers for epoch milliseconds and seqs).
 POSTGRES_SCHEMA = [
     """
@@ -200,6 +206,9 @@ POSTGRES_SCHEMA = [
     ALTER TABLE counters DROP CONSTRAINT counters_pkey;
     ALTER TABLE counters ADD PRIMARY KEY (name, instance);
     """,
+    """
+    CREATE INDEX gaps_device ON gaps (fleet, device, id);
+    """,
 ]
 SCHEMA_VERSION = len(_SCHEMA)
-assert SCHEMA_VERSION == len(POSTGRES_SCHEMA) == 3
+assert SCHEMA_VERSION == len(POSTGRES_SCHEMA) == 4

@@ -30,7 +30,9 @@ message by :mod:`.precedence`; the devices and boot streams a transaction locks,
 **Limits** (issue 12). Bodies are type-checked and size-capped (:mod:`~ftedge.fleet.validate`;
 ``max_payload_bytes``, default 64 KiB): what fails counts in ``malformed_total`` and is stored nowhere. A
 fleet holds at most ``max_devices_per_fleet`` devices (default 100,000): messages of a further device count in
-``rejected_total`` and create no row (so no Prometheus series).
+``rejected_total`` and create no row (so no Prometheus series). A device keeps at most ``max_jobs_per_device``
+jobs, ``max_epochs_per_job`` progress rows per job and ``max_gaps_per_device`` counted holes; the oldest are
+pruned (:mod:`.device_caps`, issue 33).
 
 **Several collectors** (issue 17). ``FleetStore(path_or_url)`` opens a SQLite file (one collector: it keeps
 the per-device and per-boot state it loaded between batches) or a PostgreSQL database shared by a share
@@ -58,6 +60,7 @@ from typing import Any, TypeVar
 from ftedge.errors import FleetStoreError, FtedgeError, StoreUnavailable  # noqa: F401 - re-exported
 from ftedge.mqtt.contract import TOPIC_ROOT  # noqa: F401 - re-exported: fleet.store.TOPIC_ROOT
 
+from .device_caps import MAX_EPOCHS_PER_JOB, MAX_GAPS_PER_DEVICE, MAX_JOBS_PER_DEVICE, DeviceCaps
 from .device_rows import DeviceRow, TransactionState
 from .envelope import Message, parse
 from .precedence import KINDS, Precedence, Report
@@ -73,12 +76,14 @@ _T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 
-class FleetStore(Precedence, TransactionState, FleetReadModel):
+class FleetStore(Precedence, TransactionState, DeviceCaps, FleetReadModel):
     """The collector's database (SQLite file or PostgreSQL URL); see the module docstring for the rules."""
 
     def __init__(self, path: Path | str, reorder_window_s: float = 5.0, keep_boots: int = 4,
                  max_replies: int = 1000, cache_mib: int = 32, max_payload_bytes: int = MAX_PAYLOAD,
-                 max_devices_per_fleet: int = MAX_DEVICES_PER_FLEET, instance: str | None = None) -> None:
+                 max_devices_per_fleet: int = MAX_DEVICES_PER_FLEET, instance: str | None = None,
+                 max_epochs_per_job: int = MAX_EPOCHS_PER_JOB, max_jobs_per_device: int = MAX_JOBS_PER_DEVICE,
+                 max_gaps_per_device: int = MAX_GAPS_PER_DEVICE) -> None:
         self.max_payload_bytes = max(1024, int(max_payload_bytes))
         self.max_devices_per_fleet = max(1, int(max_devices_per_fleet))
         self.reorder_window_s = float(reorder_window_s)
@@ -88,6 +93,10 @@ class FleetStore(Precedence, TransactionState, FleetReadModel):
         self.transactions = 0          # committed write transactions (ingest_batch, check_gaps)
         self.deferred = 0              # messages moved to a second transaction: their devices were locked
         TransactionState.__init__(self)
+        DeviceCaps.__init__(self)
+        self.max_epochs_per_job = max(1, int(max_epochs_per_job))
+        self.max_jobs_per_device = max(1, int(max_jobs_per_device))
+        self.max_gaps_per_device = max(1, int(max_gaps_per_device))
         self._malformed_logged = 0
         if is_postgres_url(str(path)):
             self.path = None
@@ -179,6 +188,8 @@ class FleetStore(Precedence, TransactionState, FleetReadModel):
                                " ON CONFLICT (fleet, device, cmd_id) DO UPDATE SET body_json = excluded.body_json,"
                                " ts = excluded.ts", rows["replies"])
                 rep.replies = [r[0] for r in rows["replies"]]
+            for fleet, device in self._prune_due((r[0], r[1]) for r in rows["progress"] + rows["results"]):
+                self._prune_jobs(db, fleet, device)
             self._save_streams(db, touched_streams.values())
             self._save_devices(db, touched_devices.values())
             for dev in touched_devices.values():
@@ -232,6 +243,8 @@ class FleetStore(Precedence, TransactionState, FleetReadModel):
                                     "missing_from": a, "missing_to": b, "ts": ts})
                 changed.append(st)
             self._save_streams(db, changed)
+            for fleet, device in self._prune_due((h["fleet"], h["device"]) for h in counted):
+                self._prune_gaps(db, fleet, device)
             self._bump(db, {"seq_gaps_total": len(counted)})
         return counted
 
@@ -287,8 +300,10 @@ class FleetStore(Precedence, TransactionState, FleetReadModel):
             with self.backend.write() as db:
                 yield db
             self.transactions += 1
+            self._committed()
         except BaseException:
             self._forget()
+            self._rolled_back()
             raise
         finally:
             self._new_seen.clear()

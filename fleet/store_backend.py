@@ -1,7 +1,8 @@
 """The two databases behind :class:`~ftedge.fleet.store.FleetStore`: one interface, SQLite or PostgreSQL.
 
 - :class:`SqliteBackend` (``--db PATH``, the default): one file, one collector process; WAL, so the HTTP side
-  reads while the writer writes. Write transactions are ``BEGIN IMMEDIATE`` (the whole file is the lock).
+  reads while the writer writes: reads use a second connection (one snapshot per read, never waiting for the
+  writer's lock). Write transactions are ``BEGIN IMMEDIATE`` (the whole file is the lock).
 - :class:`PostgresBackend` (``--db postgresql://…``): one database shared by several collectors. A write
   transaction locks the rows of the devices its batch touches — all at once, in (fleet, device) order, with
   one ``SELECT … FOR UPDATE``, so concurrent collectors do not deadlock on them — and the store reloads those
@@ -58,6 +59,18 @@ class SqliteBackend:
         except BaseException:
             self.db.close()
             raise
+        # Reads on their own connection: a dashboard refresh never holds (or waits for) the writer's lock.
+        # An in-memory database is private to its connection: reads share the writer's there.
+        self.reader: Any = None
+        self.read_lock = threading.RLock()
+        if self.target != ":memory:":
+            try:
+                self.reader = sqlite_db.connect(self.target, error=FleetStoreError, what="the fleet database",
+                                                synchronous=None, damaged_hint=_DAMAGED)
+                self.reader.execute("PRAGMA query_only = ON")
+            except BaseException:
+                self.db.close()
+                raise
 
     def __str__(self) -> str:
         return str(self.target)
@@ -73,8 +86,16 @@ class SqliteBackend:
 
     @contextmanager
     def read(self) -> Iterator[Any]:
-        with self.lock:
-            yield self.db
+        if self.reader is None:
+            with self.lock:
+                yield self.db
+            return
+        with self.read_lock:
+            self.reader.execute("BEGIN")   # one snapshot for all the queries of a view
+            try:
+                yield self.reader
+            finally:
+                self.reader.execute("COMMIT")
 
     def lock_devices(self, db: Any, keys: Sequence[tuple[str, str]], columns: str,
                      new: Sequence[tuple[str, str]] = (), skip_locked: bool = False) -> list[tuple]:
@@ -94,6 +115,9 @@ class SqliteBackend:
     def close(self) -> None:
         with self.lock:
             self.db.close()
+        if self.reader is not None:
+            with self.read_lock:
+                self.reader.close()
 
 
 class PostgresBackend:

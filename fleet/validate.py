@@ -8,17 +8,27 @@ fit in 64 bits; identifiers and enum-like strings are at most ``MAX_ID`` charact
 (:mod:`~ftedge.fleet.headline`) is an object naming its ``metric`` (a non-empty short string), with an optional
 ``label`` (short string), ``higher_is_better`` (bool) and values ``tuned``, ``untuned`` (results) and ``value``
 (progress), each a finite number or null.
+
+Every string of a message (topic, keys and values at any depth) must be storable in both databases: a lone
+UTF-16 surrogate (``"\\ud800"``, which no UTF-8 encoder accepts) or a NUL (``"\\u0000"``, which PostgreSQL's
+text refuses) makes the message malformed here, so it can never fail a whole batch's transaction later. A
+``boot`` is a short token: at most ``MAX_BOOT`` of ``[A-Za-z0-9._-]`` (agents send 12 hex digits); it is part
+of primary keys, where a long one would exceed PostgreSQL's index row size.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 MAX_PAYLOAD = 64 * 1024     # bytes of one device message (default of FleetStore(max_payload_bytes=…))
 MAX_NAME = 128              # characters of a fleet, device or job name in a topic
 MAX_ID = 256                # characters of an identifier / enum-like string field
 MAX_DEPTH = 16              # nesting of objects and arrays
+MAX_BOOT = 64               # characters of an envelope's boot id
+BOOT_PATTERN = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_BOOT}}}")   # a boot id (fullmatch)
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")   # NUL (PostgreSQL text) and lone surrogates (UTF-8)
 _INT64 = 2**63
 
 # Field types: "id" a short string, "text" a string, "int", "num" (int or float), "fin" (a finite "num"), "bool",
@@ -97,6 +107,18 @@ def _ok(kind: str, x: Any) -> bool:
         return (isinstance(x, dict) and isinstance(x.get("metric"), str) and bool(x["metric"])
                 and all(_ok(spec, x.get(k)) for k, spec in HEADLINE_KEYS.items()))
     return True   # "any"
+
+
+def unstorable(x: Any) -> bool:
+    """Whether ``x`` (a decoded JSON value, or a topic) holds a string — key or value, at any depth — with a
+    NUL or a lone surrogate, which neither database can store."""
+    if isinstance(x, str):
+        return "\x00" in x or (not x.isascii() and _UNSTORABLE.search(x) is not None)
+    if isinstance(x, dict):
+        return any(unstorable(k) or unstorable(v) for k, v in x.items())
+    if isinstance(x, list):
+        return any(unstorable(v) for v in x)
+    return False
 
 
 def _depth_ok(x: Any, depth: int = 0) -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 from .schema import COUNTERS
 from .validate import number
 
+JOB_PAGE_EPOCHS = 200   # progress rows (epochs) of one job page, FleetReadModel.job's default
 _DEVICE_COLUMNS = ("fleet, device, state, reason, last_seen_ms, boot, last_seq, meta_json, job_json, metrics_json,"
                    " active_version, status_ts, marks_json")
 
@@ -75,16 +76,25 @@ class FleetReadModel:
                                    (fleet, device)).fetchone()
         return None if row is None else _device_view(row)
 
-    def job(self, fleet: str, device: str, job: str) -> dict[str, Any] | None:
-        """``progress`` (bodies in epoch order), ``result`` (body or None), ``status``; None if unknown."""
+    def job(self, fleet: str, device: str, job: str, limit: int = JOB_PAGE_EPOCHS,
+            before_epoch: int | None = None) -> dict[str, Any] | None:
+        """``progress`` (bodies in epoch order: the newest ``limit`` epochs, those below ``before_epoch`` if
+        given), ``next_before`` (the ``before_epoch`` of the page of older epochs, None if there is none),
+        ``result`` (body or None), ``status``; None if unknown. One page is one index range: the dashboard reads
+        it every 2 s for each charted device, whatever a device sent."""
+        limit = max(1, int(limit))
+        cond, args = "", [fleet, device, job]
+        if before_epoch is not None:
+            cond, args = " AND epoch < ?", [*args, int(before_epoch)]
         with self._reading() as db:
-            progress = [_stored_object(b, "progress", []) for (b,) in db.execute(
-                "SELECT body_json FROM progress WHERE fleet = ? AND device = ? AND job = ? ORDER BY epoch",
-                (fleet, device, job))]
+            page = db.execute(f"SELECT epoch, body_json FROM progress WHERE fleet = ? AND device = ? AND job = ?{cond}"
+                              " ORDER BY epoch DESC LIMIT ?", (*args, limit + 1)).fetchall()
             row = db.execute("SELECT body_json FROM results WHERE fleet = ? AND device = ? AND job = ?",
                                    (fleet, device, job)).fetchone()
             snap = db.execute("SELECT job_json FROM devices WHERE fleet = ? AND device = ?",
                                     (fleet, device)).fetchone()
+        next_before = page[limit - 1][0] if len(page) > limit else None
+        progress = [_stored_object(b, "progress", []) for _, b in reversed(page[:limit])]
         progress = [p for p in progress if p is not None]
         result = _stored_object(row[0], "result", []) if row else None
         snapshot = _stored_object(snap[0], "job", []) if snap else None
@@ -94,7 +104,7 @@ class FleetReadModel:
             return None
         status = (result or {}).get("status") or (snapshot or {}).get("status") or "running"
         return {"fleet": fleet, "device": device, "job": job, "status": status, "progress": progress,
-                "result": result, "snapshot": snapshot}
+                "next_before": next_before, "result": result, "snapshot": snapshot}
 
     def jobs(self, fleet: str | None = None, device: str | None = None) -> list[dict[str, Any]]:
         """Known jobs: ``fleet``, ``device``, ``job``, ``epochs`` (progress rows), ``last_ts``, ``status``
@@ -111,7 +121,7 @@ class FleetReadModel:
                 f" SELECT fleet, device, job, COUNT(*) AS epochs, MAX(ts) AS ts, NULL AS result FROM progress{cond}"
                 "  GROUP BY fleet, device, job"
                 f" UNION ALL SELECT fleet, device, job, 0, ts, body_json FROM results{cond})"
-                " GROUP BY fleet, device, job ORDER BY MAX(ts)", args * 2).fetchall()
+                " AS j GROUP BY fleet, device, job ORDER BY MAX(ts)", args * 2).fetchall()
         return [{"fleet": f, "device": d, "job": j, "epochs": int(n or 0), "last_ts": ts,
                  "status": (_stored_object(r, "result", []) or {}).get("status") if r else None}
                 for f, d, j, n, ts, r in rows]
