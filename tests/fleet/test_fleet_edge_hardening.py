@@ -3,15 +3,26 @@ strings and passwords in database URLs."""
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import select
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
 from ftedge.fleet import share_group
+from ftedge.fleet.http import FleetHTTPServer
 
 from ftedge.errors import UsageError
+from tests.helpers.postgres import PostgresServer
+from tests.helpers.services import require
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,3 +83,156 @@ def test_compose_secrets_script_makes_a_share_group_and_keeps_existing_secrets(t
     assert {p.name: p.read_text().strip() for p in out.iterdir()} == files
     compose = (ROOT / "deploy" / "compose" / "compose.yaml").read_text()
     assert "FTEDGE_SHARE_GROUP" not in compose and '--share-group "$$(cat /run/secrets/share_group)"' in compose
+
+
+# -- 11: slow HTTP clients --------------------------------------------------------------------------------------
+
+@pytest.fixture()
+def empty_store(tmp_path):
+    from ftedge.fleet.store import FleetStore
+
+    s = FleetStore(tmp_path / "fleet.sqlite")
+    yield s
+    s.close()
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_http_drops_a_client_that_trickles_its_request_at_the_deadline(empty_store):
+    """One header line every 0.2 s never trips a 1 s per-read timeout: the whole request has a deadline."""
+    srv = FleetHTTPServer(empty_store, "127.0.0.1", 0, timeout_s=1.0).start()
+    try:
+        with socket.create_connection(srv.httpd.server_address[:2], timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            closed = False
+            for i in range(75):   # 15 s of trickling at most; the deadline is 1 s
+                readable, _, _ = select.select([s], [], [], 0.2)
+                if readable:
+                    try:
+                        closed = s.recv(65536) == b""
+                    except ConnectionResetError:
+                        closed = True
+                    if closed:
+                        break
+                try:
+                    s.sendall(b"X-Slow-%d: 1\r\n" % i)
+                except (BrokenPipeError, ConnectionResetError):
+                    closed = True
+                    break
+            assert closed, "the server kept a trickling client's connection for 15 s"
+            assert i < 40, f"closed only after {i} header lines"
+        assert _get(srv.url + "/api/devices")[0] == 200   # and it goes on serving
+    finally:
+        srv.stop()
+
+
+def test_http_serves_a_bounded_number_of_connections_and_refuses_the_rest(empty_store):
+    cap, extra = 4, 26
+    srv = FleetHTTPServer(empty_store, "127.0.0.1", 0, timeout_s=60.0, max_connections=cap).start()
+    holders: list[socket.socket] = []
+    try:
+        before = _open_fds()
+        for _ in range(cap):   # slow clients: half a request each, then nothing
+            s = socket.create_connection(srv.httpd.server_address[:2], timeout=10)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            holders.append(s)
+        refused = []
+        for _ in range(extra):
+            with socket.create_connection(srv.httpd.server_address[:2], timeout=10) as s:
+                s.sendall(b"GET /api/devices HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                try:
+                    reply = s.recv(65536)   # socket.timeout here: the server served it (or kept it waiting)
+                except ConnectionResetError:
+                    reply = b""
+                refused.append(reply.split(b"\r\n", 1)[0])
+        assert all(r in (b"HTTP/1.1 503 Service Unavailable", b"") for r in refused), refused
+        assert refused.count(b"HTTP/1.1 503 Service Unavailable") >= extra // 2
+        assert srv.httpd.refused == extra
+        # The server holds one descriptor per served connection, never one per client.
+        assert _open_fds() - before <= 2 * cap + 2
+        for s in holders:
+            s.close()
+        holders.clear()
+        deadline = time.monotonic() + 20   # the freed slots are taken again by the next clients
+        while _get_status(srv.url + "/api/devices") != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _get_status(srv.url + "/api/devices") == 200
+    finally:
+        for s in holders:
+            s.close()
+        srv.stop()
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _get_status(url: str) -> int:
+    try:
+        return _get(url)[0]
+    except OSError:
+        return 0
+
+
+# -- 12: malformed query strings are 400s (or the documented fallback), never 500s ---------------------------
+
+@pytest.fixture(scope="module")
+def pg_server():
+    require("postgres")
+    with PostgresServer() as server:
+        yield server
+
+
+def _raw_get(server: FleetHTTPServer, target: bytes) -> tuple[int, str]:
+    """A GET of ``target`` as given (http.client refuses control characters in a URL)."""
+    with socket.create_connection(server.httpd.server_address[:2], timeout=10) as s:
+        s.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+def test_a_non_ascii_digit_page_is_page_one_and_a_limit_of_one_is_a_400(empty_store, caplog):
+    """``"²".isdigit()`` is true and ``int("²")`` raises: that was a 500 and a traceback for anyone."""
+    srv = FleetHTTPServer(empty_store, "127.0.0.1", 0).start()
+    try:
+        for path in ("/?page=%C2%B2", "/fragment?page=%C2%B2", "/?page=%D9%A3"):   # ², Arabic-Indic three
+            assert _get(srv.url + path)[0] == 200, path     # like ?page=abc: the documented fallback, page 1
+        code, body = _get(srv.url + "/api/devices?limit=%C2%B2")
+        assert code == 400 and "give a number of devices" in body, (code, body)
+    finally:
+        srv.stop()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_nul_in_the_url_is_a_400_on_postgresql(pg_server, caplog):
+    from ftedge.fleet.store import FleetStore
+
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    pg_server.sql(f"CREATE DATABASE {name}")
+    store = FleetStore(pg_server.url.rsplit("/", 1)[0] + "/" + name)
+    srv = FleetHTTPServer(store, "127.0.0.1", 0, token="t").start()
+    try:
+        for target in (b"/api/devices?fleet=%00", b"/api/devices?fleet=demo&after=a%00/b", b"/?device=%00",
+                       b"/fragment?device=d%00", b"/api/devices/dev-1/jobs/j?fleet=%00",
+                       b"/api/devices/dev\x001/jobs/j"):
+            code, body = _raw_get(srv, target)
+            assert code == 400 and "NUL" in body, (target, code, body)
+        req = urllib.request.Request(srv.url + "/api/devices/dev-1/commands/ping?fleet=%00", data=b"{}",
+                                     headers={"Authorization": "Bearer t"}, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=10)
+        assert err.value.code == 400
+        assert _get(srv.url + "/api/devices?fleet=demo")[0] == 200   # the store is fine and still serving
+    finally:
+        srv.stop()
+        store.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
