@@ -236,3 +236,53 @@ def test_a_nul_in_the_url_is_a_400_on_postgresql(pg_server, caplog):
         srv.stop()
         store.close()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# -- 13: libpq's ?password= never reaches a log line ------------------------------------------------------------
+
+SECRET = "s3cr3t-Pg-pw"
+
+
+def test_a_password_in_the_database_url_query_is_redacted_in_every_line(tmp_path, broker, pg_server):
+    """The start-up line (and the broker URL's password in it), and the line of a database that cannot be reached (the one every outage warning uses),
+    of a real `ftedge fleet serve` whose --db carries libpq's ``?password=`` (the fixture trusts loopback, so
+    the URL connects)."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    pg_server.sql(f"CREATE DATABASE {name}")
+    base = pg_server.url.rsplit("/", 1)[0]
+    url = f"{base}/{name}?sslmode=disable&password={SECRET}&sslpassword={SECRET}"
+    port = _free_port()
+    broker_url = broker.url.replace("://", f"://collector:{SECRET}@")   # accepted and ignored, never shown
+    proc = subprocess.Popen([sys.executable, "-m", "ftedge", "fleet", "serve", "--broker", broker_url, "--db", url,
+                             "--http", f"127.0.0.1:{port}"], stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert "collecting from" in line and f"/{name}?sslmode=disable&password=***" in line, line
+        assert SECRET not in line
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        proc.stderr.close()
+    closed = f"postgresql://postgres@127.0.0.1:{_free_port()}/{name}?password={SECRET}"
+    r = _serve(tmp_path, "--db", closed)
+    assert r.returncode == 1 and "cannot connect to the fleet database" in r.stderr, r.stderr
+    assert SECRET not in r.stderr and "password=***" in r.stderr
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    (f"postgresql://u:{SECRET}@db/f?password={SECRET}", "postgresql://u:***@db/f?password=***"),
+    (f"postgresql://u@db/f?application_name=x&pass%77ord={SECRET}", "postgresql://u@db/f?application_name=x&pass%77ord=***"),
+    (f"host=db password={SECRET} dbname=f", "host=db password=*** dbname=f"),
+    (f"host=db password = '{SECRET} x' dbname=f", "host=db password = *** dbname=f"),
+    ("postgresql://u@db:5432/f?sslmode=verify-full", "postgresql://u@db:5432/f?sslmode=verify-full"),
+])
+def test_redact_hides_every_form_of_the_libpq_password(url, shown):
+    from ftedge.fleet.postgres_db import redact
+
+    assert redact(url) == shown
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
