@@ -157,13 +157,14 @@ class _CappedHTTPServer(ThreadingHTTPServer):
         self.refused += 1
         if time.monotonic() - self._warned_at > 60:   # at most one line a minute however many are refused
             self._warned_at = time.monotonic()
-            log.warning("HTTP: %d connections open, the most served at once: refusing further ones with 503 "
-                        "(%d so far); slow or idle clients hold them for up to the request deadline",
+            log.warning("HTTP: all %d connections that are served at once are open: refusing further ones with "
+                        "503 (%d so far); a slow or idle client holds one until its request deadline",
                         self.max_connections, self.refused)
         body = json.dumps({"error": f"too many connections ({self.max_connections} at once): retry shortly"}).encode()
         try:
             request.setblocking(False)
             request.send(_BUSY % (len(body), body))
+            request.recv(65536)   # what already arrived: closing with unread bytes would reset, losing the 503
         except OSError:
             pass
         self.shutdown_request(request)
