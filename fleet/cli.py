@@ -21,7 +21,9 @@ from ftedge.errors import (
     ReplyTimeoutError,
     UsageError,
 )
-from ftedge.mqtt.contract import BrokerSettings
+from ftedge.mqtt.contract import BrokerSettings, redact_url
+
+from ftedge.fleet import share_group
 
 DEFAULT_DB = Path("fleet.sqlite")
 TOKEN_ENV = "FTEDGE_FLEET_TOKEN"
@@ -72,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Collect the fleet's MQTT telemetry into SQLite and serve it; send commands.",
                        epilog="examples:\n  ftedge fleet serve --broker mqtt://127.0.0.1:1883 --http 127.0.0.1:8080 "
                               "--db fleet.sqlite\n  ftedge fleet serve --broker mqtt://broker:1883 --db postgresql://ftedge@db/fleet "
-                              "--share-group fleet --client-id collector-1 --http 0.0.0.0:8080   (one of several)\n"
+                              "--share-group \"$(cat share-group)\" --client-id collector-1 --http 0.0.0.0:8080   (one of several)\n"
                               "  ftedge fleet status --db fleet.sqlite\n"
                               "  ftedge fleet send dev-001 ping --broker mqtt://127.0.0.1:1883",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,7 +87,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(shared by every collector of a --share-group)")
     s.add_argument("--share-group", "--share", dest="share", metavar="NAME",
                    help="subscribe through $share/NAME/ftedge/v1/+/+/#: the broker spreads the fleet over the "
-                        "collectors of the group (give each its own --client-id; use one PostgreSQL --db)")
+                        "collectors of the group (give each its own --client-id; use one PostgreSQL --db). NAME is "
+                        "a secret (a device that knows it takes a share of the telemetry): make it with "
+                        "`ftedge fleet share-group`; example names and names under 16 letters/digits are refused")
     s.add_argument("--token-file", type=Path, metavar="FILE",
                    help=f"file holding the bearer token that enables POST /api/devices/{{id}}/commands/{{verb}} "
                         f"(or set {TOKEN_ENV}); without one, commands over HTTP are disabled")
@@ -142,6 +146,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--json", action="store_true", help="print one JSON object per device")
     _mqtt_args(tr)
     tr.set_defaults(handler=_train)
+    sg = fs.add_parser("share-group", help="print a fresh random --share-group name (a secret of the fleet)",
+                       description="Print a random MQTT share-group name for `serve --share-group`. Give every "
+                                   "collector of the fleet the same one and keep it from devices: a broker user that "
+                                   "knows it can join the group and take a share of the fleet's telemetry.",
+                       epilog="example:\n  ftedge fleet share-group > /etc/ftedge/share-group",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    sg.set_defaults(handler=_share_group)
     ac = fs.add_parser("acl", help="print the Mosquitto ACL that pins every device to its fleet and subtree",
                        description="One broker user per device (username = device id): it may write only its "
                                    "own telemetry and read only its own commands, in its own fleet; collector "
@@ -168,11 +179,13 @@ def _serve(args: argparse.Namespace) -> int:
     token = _http_token(args)
     if args.max_devices_per_fleet < 1:
         raise UsageError("--max-devices-per-fleet must be at least 1")
+    if args.share is not None:
+        share_group.check(args.share)
     collector, store = _collector(args, share=args.share)
     collector.start()
     server = FleetHTTPServer(store, host, int(port), token=token, allowed_hosts=args.allow_host, collector=collector,
                              send=lambda f, d, v, a: collector.send(f, d, v, a, timeout=10.0)).start()
-    print(f"collecting from {args.broker} into {store.backend}; dashboard {server.url}/", file=sys.stderr)
+    print(f"collecting from {redact_url(args.broker)} into {store.backend}; dashboard {server.url}/", file=sys.stderr)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -180,6 +193,11 @@ def _serve(args: argparse.Namespace) -> int:
     server.stop()
     collector.stop()
     return 0
+
+
+def _share_group(_args: argparse.Namespace) -> int:
+    print(share_group.generate())
+    return EXIT_OK
 
 
 def _http_token(args: argparse.Namespace) -> str | None:

@@ -200,7 +200,8 @@ def page_args(query: str) -> tuple[int, str | None]:
     """``page`` and ``device`` from a query string (bad values fall back to page 1, no device)."""
     q = parse_qs(query)
     raw = (q.get("page") or ["1"])[0]
-    page = int(raw) if raw.isdigit() and len(raw) < 7 else 1
+    # isascii: str.isdigit() is also true of "²" and other digits int() refuses (that was a 500)
+    page = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 7 else 1
     return page, (q.get("device") or [None])[0] or None
 
 

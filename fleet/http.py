@@ -4,16 +4,25 @@
 Stdlib ``ThreadingHTTPServer`` bound to loopback by default; commands over HTTP need a bearer token (and
 are disabled when none is configured; compared in constant time). Every request's ``Host`` must be an IP
 address, ``localhost`` or an allowed name (else 421: a DNS-rebinding page cannot read the GET endpoints);
-connections have a socket timeout and POST bodies a size cap.
+POST bodies have a size cap.
+
+Slow clients: at most ``MAX_CONNECTIONS`` connections are served at once (one thread and one file descriptor
+each; further ones get a 503 and are closed at once), and a request must arrive whole within
+``REQUEST_DEADLINE_S`` of the connection waiting for it — a per-read timeout alone lets a client that trickles
+a byte now and then hold its connection forever, and enough of them used to exhaust the process's file
+descriptors (database and MQTT reconnects then failed too).
 """
 
 from __future__ import annotations
 
 import hmac
+import io
 import ipaddress
 import json
 import logging
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, urlencode, urlparse
@@ -23,8 +32,9 @@ from .metrics import prometheus_text
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 64 * 1024   # bytes of a POST body (command args)
-TIMEOUT_S = 30.0       # socket timeout per read/write of a connection
+MAX_BODY = 64 * 1024       # bytes of a POST body (command args)
+REQUEST_DEADLINE_S = 30.0  # a request (line, headers, body) must arrive whole within this; also per reply write
+MAX_CONNECTIONS = 64       # connections served at once; further ones get 503 and are closed
 API_PAGE = 500         # devices per /api/devices page unless ?limit=N
 API_PAGE_MAX = 5000    # the largest ?limit=
 
@@ -37,7 +47,7 @@ def devices_api(store: Any, query: str) -> tuple[list[dict[str, Any]], dict[str,
     added meanwhile shifts nothing), ``fleet``. A bad value raises ValueError (400)."""
     q = parse_qs(query)
     raw_limit = (q.get("limit") or [""])[0].strip()
-    if raw_limit and (not raw_limit.isdigit() or int(raw_limit) < 1):
+    if raw_limit and (not (raw_limit.isascii() and raw_limit.isdigit()) or int(raw_limit) < 1):
         raise ValueError(f"limit={raw_limit!r}: give a number of devices from 1 to {API_PAGE_MAX}")
     limit = min(int(raw_limit), API_PAGE_MAX) if raw_limit else API_PAGE
     fleet = (q.get("fleet") or [""])[0] or None
@@ -56,6 +66,17 @@ def devices_api(store: Any, query: str) -> tuple[list[dict[str, Any]], dict[str,
                "after": f"{rows[-1]['fleet']}/{rows[-1]['device']}"}
         headers["Link"] = f'</api/devices?{urlencode(nxt)}>; rel="next"'
     return rows, headers
+
+
+def url_problem(path: str) -> str | None:
+    """Why a request's path and query cannot name anything the collector stores, or None. Names come from MQTT
+    topics, which never hold U+0000 (MQTT 5, 1.5.4), and PostgreSQL text cannot: a NUL reaching a query was a
+    500 with a traceback in the log; it is a 400 instead."""
+    url = urlparse(path)
+    values = [v for pair in parse_qs(url.query, keep_blank_values=True).items() for v in (pair[0], *pair[1])]
+    if "\x00" in url.path or any("\x00" in v for v in values):
+        return "the URL holds a NUL character (%00): no fleet, device or job name has one"
+    return None
 
 
 def host_allowed(header: str | None, allowed: frozenset[str]) -> bool:
@@ -80,10 +101,80 @@ def host_allowed(header: str | None, allowed: frozenset[str]) -> bool:
         return name == "localhost" or name in allowed
 
 
+class _DeadlineReader(io.RawIOBase):
+    """Reads a connection's socket until its handler's ``deadline`` (``time.monotonic()``): each read waits only
+    for the time left, and raises TimeoutError once none is (http.server then drops the connection)."""
+
+    def __init__(self, sock: socket.socket, handler: Any) -> None:
+        super().__init__()
+        self.sock, self.handler = sock, handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.handler.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive within its deadline")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
+
+
+_BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n" \
+        b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
+
+
+class _CappedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` of them; a connection beyond is answered 503 (best
+    effort, without blocking) and closed at once, so slow clients cannot take every file descriptor."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type, max_connections: int) -> None:
+        self.max_connections = max_connections
+        self.slots = threading.BoundedSemaphore(max_connections)
+        self.refused = 0            # connections answered 503 (only this thread counts)
+        self._warned_at = -1e9
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)   # the thread releases the slot
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def _refuse(self, request: socket.socket) -> None:
+        self.refused += 1
+        if time.monotonic() - self._warned_at > 60:   # at most one line a minute however many are refused
+            self._warned_at = time.monotonic()
+            log.warning("HTTP: all %d connections that are served at once are open: refusing further ones with "
+                        "503 (%d so far); a slow or idle client holds one until its request deadline",
+                        self.max_connections, self.refused)
+        body = json.dumps({"error": f"too many connections ({self.max_connections} at once): retry shortly"}).encode()
+        try:
+            request.setblocking(False)
+            request.send(_BUSY % (len(body), body))
+            request.recv(65536)   # what already arrived: closing with unread bytes would reset, losing the 503
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+
 class FleetHTTPServer:
     """The HTTP side. ``token``: bearer token enabling POST commands (None: commands disabled);
     ``allowed_hosts``: host names (besides IP literals and ``localhost``) the ``Host`` header may carry, e.g.
-    the DNS name the dashboard is opened under; ``timeout_s``: socket timeout of every connection.
+    the DNS name the dashboard is opened under; ``timeout_s``: the deadline of a request's arrival (and the
+    timeout of each reply write); ``max_connections``: connections served at once (see the module docstring).
 
     ``/metrics`` adds this collector process's series (label ``instance``) given ``collector`` (a
     :class:`~ftedge.fleet.ingest.Collector`: its ``instance`` or ``settings.client_id`` names it, its ``stats``
@@ -91,8 +182,9 @@ class FleetHTTPServer:
 
     def __init__(self, store: Any, host: str = "127.0.0.1", port: int = 8080, token: str | None = None,
                  send: Callable[[str, str, str, dict], dict] | None = None,
-                 allowed_hosts: Iterable[str] = (), timeout_s: float = TIMEOUT_S, collector: Any = None,
-                 instance: str | None = None, stats: Callable[[], dict[str, Any]] | None = None) -> None:
+                 allowed_hosts: Iterable[str] = (), timeout_s: float = REQUEST_DEADLINE_S, collector: Any = None,
+                 instance: str | None = None, stats: Callable[[], dict[str, Any]] | None = None,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         self.store, self._token, self.send = store, token, send
         if collector is not None:
             instance = instance or getattr(collector, "instance", None) or collector.settings.client_id
@@ -105,7 +197,17 @@ class FleetHTTPServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            timeout = timeout_s   # StreamRequestHandler sets it on the socket: an idle client is dropped
+            timeout = timeout_s   # StreamRequestHandler sets it on the socket (the reply's writes keep it)
+            deadline = 0.0        # time.monotonic() by which the current request must have arrived
+
+            def setup(self) -> None:
+                super().setup()
+                self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self))
+
+            def handle_one_request(self) -> None:
+                # The wait for a request counts too: an idle keep-alive connection is closed at the deadline.
+                self.deadline = time.monotonic() + timeout_s
+                super().handle_one_request()
 
             def log_message(self, fmt: str, *args: Any) -> None:
                 log.debug("http: " + fmt, *args)
@@ -119,6 +221,7 @@ class FleetHTTPServer:
                 return False
 
             def _reply(self, code: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
+                self.connection.settimeout(timeout_s)   # the last read may have left only a sliver of time
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Cache-Control", "no-store")
@@ -131,8 +234,14 @@ class FleetHTTPServer:
             def _json(self, code: int, obj: Any, headers: dict[str, str] | None = None) -> None:
                 self._reply(code, json.dumps(obj).encode(), "application/json", headers)
 
+            def _url_ok(self) -> bool:
+                problem = url_problem(self.path)
+                if problem:
+                    self._json(400, {"error": problem})
+                return problem is None
+
             def do_GET(self) -> None:  # noqa: N802 - http.server API
-                if not self._host_ok():
+                if not self._host_ok() or not self._url_ok():
                     return
                 url = urlparse(self.path)
                 parts = [p for p in url.path.split("/") if p]
@@ -165,7 +274,7 @@ class FleetHTTPServer:
                     self._json(500, {"error": str(exc)})
 
             def do_POST(self) -> None:  # noqa: N802
-                if not self._host_ok():
+                if not self._host_ok() or not self._url_ok():
                     return
                 url = urlparse(self.path)
                 parts = [p for p in url.path.split("/") if p]
@@ -202,8 +311,7 @@ class FleetHTTPServer:
                 except TimeoutError as exc:
                     self._json(504, {"error": str(exc)})
 
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _CappedHTTPServer((host, port), Handler, max_connections)
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="ftedge-http", daemon=True)
 
     @property

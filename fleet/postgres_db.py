@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import unquote_plus
 
 from ftedge.errors import FleetStoreError, StoreUnavailable
 
@@ -33,9 +34,26 @@ def _sql(text: str) -> str:
     return _PLACEHOLDER.sub("%s", text.replace("%", "%%"))
 
 
+_SECRET_KEYS = ("password", "sslpassword")   # libpq parameters that hold a secret
+# keyword/value conninfo ("host=db password='x y'"): a quoted value may hold spaces and \' escapes
+_SECRET_KEYWORD = re.compile(r"\b((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """The URL without a password (for messages and logs)."""
-    return re.sub(r"(//[^:/@]+):[^@/]*@", r"\1:***@", url)
+    """The URL (or keyword/value conninfo) without its secrets, for messages and logs: the password of
+    ``user:password@`` and the value of a ``password=`` / ``sslpassword=`` parameter (libpq takes them in the
+    query, ``?password=…``, too; the key may be percent-encoded)."""
+    if "://" not in url:
+        return _SECRET_KEYWORD.sub(r"\1***", url)
+    url = re.sub(r"(//[^:/@]+):[^@/]*@", r"\1:***@", url)
+    head, sep, query = url.partition("?")
+    if not sep:
+        return url
+    items = []
+    for item in query.split("&"):
+        key, eq, _ = item.partition("=")
+        items.append(f"{key}=***" if eq and unquote_plus(key).strip().lower() in _SECRET_KEYS else item)
+    return head + sep + "&".join(items)
 
 
 class Connection:

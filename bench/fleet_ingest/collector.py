@@ -15,9 +15,10 @@ from typing import Any
 from bench._common import HOST_PY, LAUNCHER, ROOT, children, rss_mib
 from bench.fleet_ingest.old_revision import use_revision
 from ftedge.fleet.local_broker import LocalBroker
+from ftedge.fleet.share_group import generate
 
 FTEDGE = ROOT / ".venv" / "bin" / "ftedge"
-SHARE_GROUP = "bench"
+SHARE_GROUP = generate()   # per run: `ftedge fleet serve` refuses guessable names
 
 
 def proc_rss_mib(pid: int) -> float:

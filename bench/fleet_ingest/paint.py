@@ -56,8 +56,8 @@ def paint_figures(url: str, runs: int = 5) -> dict[str, Any]:
 def first_paint(tmp: Path, db: str | Path | None, devices: int, runs: int = 5, api_walk_limit: int = 0,
                 name: str = "paint") -> dict[str, Any]:
     """An idle ``ftedge fleet serve`` (fresh broker) on a max phase's database: SQLite (its file) or PostgreSQL
-    (its URL; the collector joins share group ``bench``); the dashboard's first paint and, with
-    ``api_walk_limit``, the walk over ``/api/devices`` page by page."""
+    (its URL; the collector joins share group ``SHARE_GROUP``, random per run); the dashboard's first paint and,
+    with ``api_walk_limit``, the walk over ``/api/devices`` page by page."""
     if db is None or (not is_pg(db) and not Path(db).exists()):
         return {"skipped": "needs the max phase's database"}
     root = tmp / name

@@ -27,8 +27,8 @@ def run_phase(name: str, tmp: Path, pub_cfg: dict[str, Any], rss_every: float = 
               during: tuple[float, Any] | None = None, store: str = "sqlite", collectors: int = 1,
               pg: Any = None) -> dict[str, Any]:
     """One broker, ``collectors`` collectors on one database (``store`` sqlite: one collector, a fresh file;
-    postgresql: a fresh database on ``pg``, the collectors in share group ``bench``), one publisher; returns the
-    timeline, rates, CPU (collectors, PostgreSQL, broker, publisher), RSS and the verification.
+    postgresql: a fresh database on ``pg``, the collectors in share group ``SHARE_GROUP``, random per run), one
+    publisher; returns the timeline, rates, CPU (collectors, PostgreSQL, broker, publisher), RSS and the verification.
     ``during=(seconds, fn)``: call ``fn(first collector)`` in a thread that many seconds after the publisher
     started."""
     root = tmp / name

@@ -19,11 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ftedge.fleet.share_group import generate
 from ftedge.fleet.store import FleetStore
 
 from tests.helpers.fleet_sim import FLEET, SimDevice, env, msg, wait_for, will_body
 from tests.helpers.postgres import PostgresServer
 from tests.helpers.services import require
+
+SHARE_GROUP = generate()   # one group for every collector process of this module (`serve` refuses guessable names)
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +219,7 @@ def test_concurrent_stores_count_every_message_once(pg_url):
 def _serve(broker_port: int, pg_url: str, name: str, http_port: int, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "ftedge", "fleet", "serve", "--broker", f"mqtt://127.0.0.1:{broker_port}",
-         "--db", pg_url, "--share-group", "fleetgrp", "--client-id", name, "--http", f"127.0.0.1:{http_port}"],
+         "--db", pg_url, "--share-group", SHARE_GROUP, "--client-id", name, "--http", f"127.0.0.1:{http_port}"],
         stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
 
 

@@ -26,7 +26,7 @@ from hypothesis.strategies import SearchStrategy
 CORPUS = Path(__file__).resolve().parent / "corpus"
 DEADLINE_S = float(os.environ.get("FTEDGE_FUZZ_DEADLINE", "20"))
 MEMORY_BOUND = 64 * 2**20
-TARGETS = tuple(t for t in ("wav", "bundle", "deploy", "commands", "collector")
+TARGETS = tuple(t for t in ("wav", "bundle", "deploy", "commands", "collector", "http")
                 if (Path(__file__).parent / f"{t}.py").exists())
 
 
@@ -78,7 +78,7 @@ def guarded(what: str, allowed: tuple[type[BaseException], ...]) -> Iterator[Non
         raise
     except BaseException as exc:  # noqa: BLE001 - that is the point
         sig = signature(exc)
-        from fuzz.known import KNOWN
+        from tests.fuzz.known import KNOWN
 
         if sig in KNOWN and not STRICT_KNOWN:
             return  # a reported bug owned elsewhere: keep looking for new ones
