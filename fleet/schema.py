@@ -135,6 +135,22 @@ _SCHEMA.append(
     DROP TABLE counters;
     ALTER TABLE counters_v3 RENAME TO counters;
     """)
+_SCHEMA.append(
+    # 4 (issue 33): per-device counts (which box loses telemetry), and the liveness of a share group's
+    # collectors, so that a hole is judged only when no member of the group can still deliver it
+    # (ftedge.fleet.liveness).
+    """
+    ALTER TABLE devices ADD COLUMN messages_total INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN seq_gaps_total INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN late_fills_total INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE collectors (
+        grp TEXT NOT NULL,                          -- the share group
+        member TEXT NOT NULL,                       -- the collector's client id
+        up_ms INTEGER NOT NULL,                     -- when its current broker connection was subscribed
+        beat_ms INTEGER NOT NULL,                   -- its latest heartbeat while connected
+        PRIMARY KEY (grp, member)
+    ) WITHOUT ROWID;
+    """)
 
 # The same steps for PostgreSQL (64-bit integers for epoch milliseconds and seqs).
 POSTGRES_SCHEMA = [
@@ -200,6 +216,15 @@ POSTGRES_SCHEMA = [
     ALTER TABLE counters DROP CONSTRAINT counters_pkey;
     ALTER TABLE counters ADD PRIMARY KEY (name, instance);
     """,
+    """
+    ALTER TABLE devices ADD COLUMN messages_total BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN seq_gaps_total BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN late_fills_total BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE collectors (
+        grp TEXT NOT NULL, member TEXT NOT NULL, up_ms BIGINT NOT NULL, beat_ms BIGINT NOT NULL,
+        PRIMARY KEY (grp, member)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(_SCHEMA)
-assert SCHEMA_VERSION == len(POSTGRES_SCHEMA) == 3
+assert SCHEMA_VERSION == len(POSTGRES_SCHEMA) == 4
