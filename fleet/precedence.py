@@ -15,8 +15,8 @@ keep ``state`` honest because the agent publishes ``online`` only at birth: a me
 than the one that went offline sets ``online`` (reason ``new_boot``), and a live message of the current
 boot published after its Will sets ``online`` (reason ``reconnect``). ``progress`` rows and ``result``
 rows are recorded from every boot (a result is idempotent per job). ``cmdres`` replies are kept (the
-newest ``max_replies``) for ``fleet send``, keyed on ``(fleet, device, cmd_id)``: a device answering another's
-command only files a reply of its own.
+newest ``max_replies_per_device`` per device, ``max_replies`` in all) for ``fleet send``, keyed on
+``(fleet, device, cmd_id)``: a device answering another's command only files a reply of its own.
 """
 
 from __future__ import annotations

@@ -71,6 +71,10 @@ from .validate import MAX_PAYLOAD
 from .views import FleetReadModel
 
 MAX_DEVICES_PER_FLEET = 100_000
+# Command replies kept: per device, so that one device flooding its cmdres topic evicts only its own replies,
+# and in all (the table's bound).
+MAX_REPLIES_PER_DEVICE = 100
+MAX_REPLIES = 10_000
 HOLE_LOGS_PER_MINUTE = 20    # WARNING lines about counted holes; the rest are summed up in one line a minute
 _T = TypeVar("_T")
 
@@ -81,15 +85,17 @@ class FleetStore(Precedence, TransactionState, FleetReadModel):
     """The collector's database (SQLite file or PostgreSQL URL); see the module docstring for the rules."""
 
     def __init__(self, path: Path | str, reorder_window_s: float = 5.0, keep_boots: int = 4,
-                 max_replies: int = 1000, cache_mib: int = 32, max_payload_bytes: int = MAX_PAYLOAD,
+                 max_replies: int = MAX_REPLIES, cache_mib: int = 32, max_payload_bytes: int = MAX_PAYLOAD,
                  max_devices_per_fleet: int = MAX_DEVICES_PER_FLEET, instance: str | None = None,
-                 member_hold_s: float = liveness.MEMBER_HOLD_S) -> None:
+                 member_hold_s: float = liveness.MEMBER_HOLD_S,
+                 max_replies_per_device: int = MAX_REPLIES_PER_DEVICE) -> None:
         self.max_payload_bytes = max(1024, int(max_payload_bytes))
         self.max_devices_per_fleet = max(1, int(max_devices_per_fleet))
         self.reorder_window_s = float(reorder_window_s)
         self.member_hold_s = float(member_hold_s)
         self.keep_boots = max(2, int(keep_boots))
         self.max_replies = max(1, int(max_replies))
+        self.max_replies_per_device = max(1, int(max_replies_per_device))
         self.instance = instance if instance is not None else socket.gethostname()
         self.transactions = 0          # committed write transactions (ingest_batch, check_gaps)
         self.deferred = 0              # messages moved to a second transaction: their devices were locked
@@ -145,7 +151,7 @@ class FleetStore(Precedence, TransactionState, FleetReadModel):
         out: dict[str, Any] = dict(rep)
         out["replies"] = rep.replies
         if rep.replies:
-            self._prune_replies()
+            self._prune_replies({(m.fleet, m.device) for m in parsed if m.kind == "cmdres"})
         return out
 
     def _ingest_tx(self, parsed: list[Message], verdicts: Report, now: float,
@@ -210,14 +216,11 @@ class FleetStore(Precedence, TransactionState, FleetReadModel):
         with self.backend.read() as db:
             if group is not None and self.backend.shared:
                 cutoff = liveness.judgement_cutoff(db, group, now, self.reorder_window_s, self.member_hold_s)
-                if cutoff is None:
-                    return []
-            due = [tuple(r) for r in db.execute(
+            due = [] if cutoff is None else [tuple(r) for r in db.execute(
                 "SELECT fleet, device, boot FROM boots WHERE mark_ms IS NOT NULL AND mark_ms <= ?"
                 " ORDER BY mark_ms LIMIT 2000", (int(cutoff * 1000),)).fetchall()]
-        if not due:
-            return []
-        counted = self._retrying(lambda: self._gaps_tx(due, now, cutoff))
+        judged = cutoff if cutoff is not None else 0.0
+        counted = self._retrying(lambda: self._gaps_tx(due, now, judged)) if due else []
         self._log_holes(counted, now)
         return counted
 
@@ -303,10 +306,17 @@ class FleetStore(Precedence, TransactionState, FleetReadModel):
         log.log(level, "malformed message on %s: %s", topic, why)
         return "malformed"
 
-    def _prune_replies(self) -> None:
-        """Keep the newest ``max_replies`` command replies (its own short transaction)."""
+    def _prune_replies(self, devices: set[tuple[str, str]]) -> None:
+        """Keep the newest ``max_replies_per_device`` command replies of each of ``devices`` (those that just
+        replied) and the newest ``max_replies`` in all (its own short transaction)."""
         try:
             with self.backend.write() as db:
+                for fleet, device in sorted(devices):
+                    old = db.execute(f"SELECT fleet, device, cmd_id FROM replies WHERE fleet = ? AND device = ? ORDER"
+                                     f" BY ts DESC, {self.backend.newest} DESC LIMIT 1000000000 OFFSET ?",
+                                     (fleet, device, self.max_replies_per_device)).fetchall()
+                    if old:
+                        db.executemany("DELETE FROM replies WHERE fleet = ? AND device = ? AND cmd_id = ?", old)
                 old = db.execute(f"SELECT fleet, device, cmd_id FROM replies ORDER BY ts DESC, {self.backend.newest}"
                                  " DESC LIMIT 1000000000 OFFSET ?", (self.max_replies,)).fetchall()
                 if old:

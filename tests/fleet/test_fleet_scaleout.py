@@ -414,6 +414,32 @@ def _samples(port: int) -> dict[tuple[str, tuple], float]:
             for fam in text_string_to_metric_families(_get(f"http://127.0.0.1:{port}/metrics")) for s in fam.samples}
 
 
+def test_holes_wait_while_a_member_of_the_group_is_down_or_draining(pg_url):
+    """The judgement rule of ftedge.fleet.liveness on the clock of the test: a hole noticed while member b is
+    down waits for b, then one window after b is back, and a member silent past member_hold_s holds nothing."""
+    a = FleetStore(pg_url, reorder_window_s=5, instance="a", member_hold_s=60)
+    t0 = time.time()
+    a.beat("grp", "a", up_ms=int((t0 - 100) * 1000), now=t0)
+    a.beat("grp", "b", up_ms=int((t0 - 100) * 1000), now=t0)          # b's last beat: it dies right after
+    a.ingest_batch([msg("d1", "status", env("d1", "b1", 1, state="online")),
+                    msg("d1", "jobs/j/progress", env("d1", "b1", 3, job="j", epoch=3))], now=t0 + 1)
+    a.beat("grp", "a", up_ms=int((t0 - 100) * 1000), now=t0 + 10)
+    assert a.check_gaps(now=t0 + 10, group="grp") == []                 # b may hold seq 2
+    a.beat("grp", "b", up_ms=int((t0 + 20) * 1000), now=t0 + 21)        # b is back at t0 + 20 ...
+    a.beat("grp", "a", up_ms=int((t0 - 100) * 1000), now=t0 + 22)
+    assert a.check_gaps(now=t0 + 22, group="grp") == []                 # ... and drains its session for a window
+    a.beat("grp", "b", up_ms=int((t0 + 20) * 1000), now=t0 + 26)
+    a.beat("grp", "a", up_ms=int((t0 - 100) * 1000), now=t0 + 26)
+    assert [(h["missing_from"], h["missing_to"]) for h in a.check_gaps(now=t0 + 26, group="grp")] == [(2, 2)]
+    # a member gone longer than member_hold_s no longer holds judgement
+    a.ingest_batch([msg("d1", "jobs/j/progress", env("d1", "b1", 5, job="j", epoch=5))], now=t0 + 27)
+    a.beat("grp", "a", up_ms=int((t0 - 100) * 1000), now=t0 + 100)
+    assert a.check_gaps(now=t0 + 80, group="grp") == []                 # b (last beat t0 + 26) may hold seq 4
+    assert len(a.check_gaps(now=t0 + 100, group="grp")) == 1            # b silent for 74 s > 60 s: gone
+    assert a.counters()["seq_gaps_total"] == 2
+    a.close()
+
+
 def test_a_collector_down_longer_than_the_window_makes_no_false_holes(tmp_path, broker, pg_server, pg_url):
     """One of three collectors is SIGKILLed for 8 s (the reorder window is 5 s) while the fleet talks: its share
     of every stream waits in its broker session. The others must not count the seqs it holds as holes nor ask
