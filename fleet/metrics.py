@@ -95,11 +95,11 @@ def prometheus_text(store: Any, instance: str | None = None,
                                     "device messages refused: bad envelope, body field types or size"),
                                    ("ftedge_messages_rejected", "rejected_total",
                                     "messages of devices beyond the devices-per-fleet cap"),
-                                   ("ftedge_seq_gaps", "seq_gaps_total", "holes counted in devices' seqs (missing "
+                                   ("ftedge_seq_gaps", "seq_gaps_total", ("holes counted in devices' seqs (missing "
                                     "after the reorder window, and no collector of the group could still deliver "
-                                    "them)"),
-                                   ("ftedge_seq_late_fills", "late_fills_total", "messages that arrived after their "
-                                    "hole was counted (a hole filled later was delay, not loss)")):
+                                    "them)")),
+                                   ("ftedge_seq_late_fills", "late_fills_total", ("messages that arrived after their "
+                                    "hole was counted (a hole filled later was delay, not loss)"))):
                 fam = CounterMetricFamily(name, doc)
                 fam.add_metric([], float(c.get(key, 0)))
                 yield fam

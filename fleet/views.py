@@ -64,8 +64,9 @@ class FleetReadModel:
     def device_gauges(self, fleet: str | None = None) -> list[tuple[Any, ...]]:
         """What ``/metrics`` shows per device, reading only its columns: ``(fleet, device, state, last_seen,
         latest progress body or None, messages, seq_gaps, late_fills)`` in ``(fleet, device)`` order."""
-        sql, args = ("SELECT fleet, device, state, last_seen_ms, metrics_json, messages_total, seq_gaps_total,"
-                     " late_fills_total FROM devices", ())
+        sql = ("SELECT fleet, device, state, last_seen_ms, metrics_json, messages_total, seq_gaps_total,"
+               " late_fills_total FROM devices")
+        args: tuple = ()
         if fleet is not None:
             sql, args = sql + " WHERE fleet = ?", (fleet,)
         with self._reading() as db:

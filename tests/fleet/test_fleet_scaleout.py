@@ -502,13 +502,13 @@ def test_a_collector_down_longer_than_the_window_makes_no_false_holes(tmp_path, 
             assert listed[d.device]["seq_gaps"] == per_dev[d.device]
             assert listed[d.device]["messages"] == d.seq - per_dev[d.device]
         out = subprocess.run([sys.executable, "-m", "ftedge", "fleet", "status", "--db", pg_url],
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=60, check=False)
         assert out.returncode == 0, out.stderr
         assert "gaps" in out.stdout.splitlines()[0]
         samples = _samples(ports[2])
         assert samples[("ftedge_seq_late_fills_total", ())] == c["late_fills_total"]
         assert samples[("ftedge_seq_gaps_total", ())] == len(skipped)
-        d0 = sorted(holed)[0]
+        d0 = min(holed)
         assert samples[("ftedge_device_seq_gaps_total", (("device", d0), ("fleet", FLEET)))] == per_dev[d0]
         store.close()
         for d in devs:
