@@ -262,7 +262,8 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(devices))
         return 0
     print(f"{'fleet':10s} {'device':14s} {'state':8s} {'job':28s} {'status':10s} {'epoch':>5s} {'loss':>8s} "
-          f"{'validation':>20s} {'version':8s}")   # the latest epoch's headline metric, e.g. "accuracy 0.917"
+          f"{'validation':>20s} {'version':8s} {'msgs':>8s} {'gaps':>5s}")   # headline metric, e.g. "accuracy 0.917";
+    # msgs/gaps: the device's unique messages and counted seq holes (which box loses telemetry)
     obj = lambda v: v if isinstance(v, dict) else {}  # noqa: E731
     for d in devices:
         try:
@@ -272,7 +273,8 @@ def _status(args: argparse.Namespace) -> int:
             print(f"{d['fleet']:10s} {d['device']:14s} {str(d.get('state')):8s} {str(job.get('id') or '-'):28s} "
                   f"{str(job.get('status') or '-'):10s} {str(m.get('epoch', '-')):>5s} "
                   f"{_fmt(m.get('loss'), '.4f'):>8s} {val:>20s} "
-                  f"{str(d.get('active_version') or '-'):8s}")
+                  f"{str(d.get('active_version') or '-'):8s} {_fmt(d.get('messages'), 'd'):>8s} "
+                  f"{_fmt(d.get('seq_gaps'), 'd'):>5s}")
         except Exception as exc:  # noqa: BLE001 - one bad row must not hide the others
             print(f"{str(d.get('fleet')):10s} {str(d.get('device')):14s} (cannot show this device: {exc})")
     return 0

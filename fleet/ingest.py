@@ -6,7 +6,8 @@ thread drains the queue in batches (up to ``batch_size`` messages or ``batch_int
 one) into ``FleetStore.ingest_batch`` (one transaction per batch), then acknowledges the batch's QoS 1
 messages (one PUBACK blob), runs ``check_gaps`` every ``gap_check_s`` and, for every device with a newly
 counted seq hole, publishes a ``resync`` command (``cmd/resync``, ResponseTopic under the device's
-``cmdres/<collector id>``).
+``cmdres/<collector id>``). In a share group on one database it first records its heartbeat, and holes
+wait while another member of the group is down or draining its backlog (:mod:`.liveness`).
 
 The session is persistent (``clean_start=False`` + ``SessionExpiryInterval``): messages published while
 the collector is down are queued by the broker and arrive when it returns; retained state is replayed
@@ -126,6 +127,7 @@ class Collector(CommandClient):
         self.detect_gaps = (s.share is None or store.shared) if s.detect_gaps is None else bool(s.detect_gaps)
         self.connected = threading.Event()
         self.subscribed = threading.Event()   # SUBACK of the current connection received
+        self.up_ms = 0                        # when the current connection's SUBACK arrived (epoch ms)
         self.refused: str | None = None       # the last CONNACK refusal reason (bad credentials, not authorized)
         self.stats: dict[str, int] = {"received": 0, "processed": 0, "batches": 0, "errors": 0, "resyncs": 0,
                                       "connections": 0, "unacked": 0, "store_retries": 0}
@@ -311,8 +313,13 @@ class Collector(CommandClient):
             log.exception("could not acknowledge %d message(s)", len(mids))
 
     def _check_gaps(self) -> None:
+        # A share group on one database judges holes together: a member that is down (or back for less than a
+        # reorder window) may still deliver the missing messages from its session (ftedge.fleet.liveness).
+        group = self.settings.share if self.store.shared else None
         try:
-            holes = self.store.check_gaps()
+            if group is not None and self.subscribed.is_set() and self.up_ms:
+                self.store.beat(group, self.settings.client_id, self.up_ms)
+            holes = self.store.check_gaps(group=group)
         except StoreUnavailable as exc:   # judged again at the next check
             self.stats["store_retries"] += 1
             log.warning("gap check postponed: %s", exc)
@@ -364,6 +371,7 @@ class Collector(CommandClient):
             if rc.is_failure:
                 log.error("broker refused the subscription %s: %s (check the ACL; shared subscriptions need "
                           "MQTT v5 support)", topic, rc)
+        self.up_ms = int(time.time() * 1000)
         self.subscribed.set()
 
     def _received(self, generation: int, msgs: list[tuple[Any, bytes, bool]], packet_ids: list[int]) -> None:

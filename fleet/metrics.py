@@ -38,7 +38,9 @@ def prometheus_text(store: Any, instance: str | None = None,
                     stats: Callable[[], dict[str, Any]] | None = None) -> bytes:
     """Exposition of fleet state; one series per device at most (bounded cardinality, no job labels).
 
-    Per device: ``ftedge_device_up``, ``ftedge_device_last_seen_timestamp_seconds`` and, from its latest epoch,
+    Per device: ``ftedge_device_up``, ``ftedge_device_last_seen_timestamp_seconds``, the counters
+    ``ftedge_device_messages_total``, ``ftedge_device_seq_gaps_total``, ``ftedge_device_seq_late_fills_total``
+    (which box loses telemetry) and, from its latest epoch,
     ``ftedge_job_loss``, ``ftedge_job_val_accuracy``, ``ftedge_job_val_map50`` (detectors) and
     ``ftedge_job_val_headline`` (label ``metric``: the job's headline metric, :mod:`~ftedge.fleet.headline`).
 
@@ -62,8 +64,17 @@ def prometheus_text(store: Any, instance: str | None = None,
                                       "(detectors)", labels=["fleet", "device"])
             headline = GaugeMetricFamily("ftedge_job_val_headline", "validation value of the headline metric (label "
                                          "metric) the device's latest epoch reports", labels=["fleet", "device", "metric"])
-            for fleet, device, state, last_seen, metrics in store.device_gauges():   # no meta/job bodies
+            dev_msgs = CounterMetricFamily("ftedge_device_messages", "unique messages of the device",
+                                           labels=["fleet", "device"])
+            dev_gaps = CounterMetricFamily("ftedge_device_seq_gaps", "seq holes counted for the device (missing "
+                                           "after the reorder window; see ftedge_device_seq_late_fills)",
+                                           labels=["fleet", "device"])
+            dev_late = CounterMetricFamily("ftedge_device_seq_late_fills", "messages of the device that arrived "
+                                           "after their hole was counted", labels=["fleet", "device"])
+            for fleet, device, state, last_seen, metrics, *counts in store.device_gauges():   # no meta/job bodies
                 lab = [str(fleet), str(device)]
+                for fam, value in zip((dev_msgs, dev_gaps, dev_late), counts):
+                    fam.add_metric(lab, float(value or 0))
                 up.add_metric(lab, 1.0 if state == "online" else 0.0)
                 if isinstance(last_seen, int) and not isinstance(last_seen, bool):
                     seen.add_metric(lab, last_seen / 1000.0)
@@ -77,14 +88,18 @@ def prometheus_text(store: Any, instance: str | None = None,
                     if h.value is not None:
                         headline.add_metric([*lab, h.metric], h.value)
             c = store.counters()
-            yield from (up, seen, loss, acc, map50, headline)
+            yield from (up, seen, loss, acc, map50, headline, dev_msgs, dev_gaps, dev_late)
             for name, key, doc in (("ftedge_messages", "messages_total", "device messages ingested"),
                                    ("ftedge_messages_duplicate", "duplicates_total", "duplicates dropped (dev, boot, seq)"),
                                    ("ftedge_messages_malformed", "malformed_total",
                                     "device messages refused: bad envelope, body field types or size"),
                                    ("ftedge_messages_rejected", "rejected_total",
                                     "messages of devices beyond the devices-per-fleet cap"),
-                                   ("ftedge_seq_gaps", "seq_gaps_total", "holes in a device's seq after the reorder window")):
+                                   ("ftedge_seq_gaps", "seq_gaps_total", ("holes counted in devices' seqs (missing "
+                                    "after the reorder window, and no collector of the group could still deliver "
+                                    "them)")),
+                                   ("ftedge_seq_late_fills", "late_fills_total", ("messages that arrived after their "
+                                    "hole was counted (a hole filled later was delay, not loss)"))):
                 fam = CounterMetricFamily(name, doc)
                 fam.add_metric([], float(c.get(key, 0)))
                 yield fam

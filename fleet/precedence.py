@@ -15,8 +15,8 @@ keep ``state`` honest because the agent publishes ``online`` only at birth: a me
 than the one that went offline sets ``online`` (reason ``new_boot``), and a live message of the current
 boot published after its Will sets ``online`` (reason ``reconnect``). ``progress`` rows and ``result``
 rows are recorded from every boot (a result is idempotent per job). ``cmdres`` replies are kept (the
-newest ``max_replies``) for ``fleet send``, keyed on ``(fleet, device, cmd_id)``: a device answering another's
-command only files a reply of its own.
+newest ``max_replies_per_device`` per device, ``max_replies`` in all) for ``fleet send``, keyed on
+``(fleet, device, cmd_id)``: a device answering another's command only files a reply of its own.
 """
 
 from __future__ import annotations
@@ -64,11 +64,12 @@ class Precedence(TransactionState):
         sighting = now_ms if m.seq != 0 and m.body.get("hist") is not True else 0
         st = self._stream(db, m.fleet, m.device, m.boot, now, create_ts=m.ts, now_ms=sighting)
         will = m.seq == 0
-        fresh = self._will_is_new(db, m, dev) if will else self._seq_is_new(db, st, m, now, rep)
+        fresh = self._will_is_new(db, m, dev) if will else self._seq_is_new(db, st, m, now, rep, dev)
         if not fresh:
             rep.add("duplicates")
             return dev, st
         rep.add("messages")
+        dev.new_messages += 1
         st.max_seq = max(st.max_seq, m.seq)
         current = self._settle_boot(db, dev, st, now)
         if will:
@@ -134,7 +135,7 @@ class Precedence(TransactionState):
         # The same Will fires again (same bytes) if the device came back and dropped off again.
         return not m.retained and dev.boot == m.boot and dev.state == "online"
 
-    def _seq_is_new(self, db: Any, st: Stream, m: Message, now: float, rep: Report) -> bool:
+    def _seq_is_new(self, db: Any, st: Stream, m: Message, now: float, rep: Report, dev: DeviceRow) -> bool:
         # The stream was loaded under the device's lock: its seqs beyond `contiguous` and those recorded inside
         # open holes are all in memory; new ones are written at the end of the transaction.
         def recorded(seq: int) -> bool:
@@ -149,6 +150,7 @@ class Precedence(TransactionState):
         if offer.filled is not None:
             hole = offer.filled
             rep.add("late_fills")
+            dev.new_late_fills += 1
             db.execute("UPDATE gaps SET filled = ?, filled_ts = ? WHERE id = ?",
                        (hole.filled, int(now * 1000) if hole.complete else None, hole.id))
         return offer.new

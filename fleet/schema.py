@@ -135,10 +135,22 @@ _SCHEMA.append(
     DROP TABLE counters;
     ALTER TABLE counters_v3 RENAME TO counters;
     """)
-
 _SCHEMA.append(
-    # 4 (issue 33): a device's holes are pruned past a cap (fleet/device_caps.py), found by device in id order
+    # 4 (issue 33): per-device counts (which box loses telemetry), the liveness of a share group's
+    # collectors, so that a hole is judged only when no member of the group can still deliver it
+    # (ftedge.fleet.liveness).
     """
+    ALTER TABLE devices ADD COLUMN messages_total INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN seq_gaps_total INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN late_fills_total INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE collectors (
+        grp TEXT NOT NULL,                          -- the share group
+        member TEXT NOT NULL,                       -- the collector's client id
+        up_ms INTEGER NOT NULL,                     -- when its current broker connection was subscribed
+        beat_ms INTEGER NOT NULL,                   -- its latest heartbeat while connected
+        PRIMARY KEY (grp, member)
+    ) WITHOUT ROWID;
+    -- and a device's holes are pruned past a cap (fleet/device_caps.py), found by device in id order
     CREATE INDEX gaps_device ON gaps (fleet, device, id);
     """)
 
@@ -208,6 +220,13 @@ POSTGRES_SCHEMA = [
     """,
     """
     CREATE INDEX gaps_device ON gaps (fleet, device, id);
+    ALTER TABLE devices ADD COLUMN messages_total BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN seq_gaps_total BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN late_fills_total BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE collectors (
+        grp TEXT NOT NULL, member TEXT NOT NULL, up_ms BIGINT NOT NULL, beat_ms BIGINT NOT NULL,
+        PRIMARY KEY (grp, member)
+    );
     """,
 ]
 SCHEMA_VERSION = len(_SCHEMA)

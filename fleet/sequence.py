@@ -14,6 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+# Holes one write-off counts at most: a stream of sparse seqs (2, 4, 6, …) would otherwise count (and log, and
+# store) one hole per seq. The ranges beyond the cap are counted as one hole spanning them, whose seqs that
+# did arrive count as already filled.
+MAX_HOLES_PER_WRITE_OFF = 100
+
 
 @dataclass
 class Hole:
@@ -107,7 +112,8 @@ class Stream:
 
     def write_off(self, cutoff: float) -> list[tuple[int, int]]:
         """Count as missing the ranges below the newest mark noticed at or before ``cutoff``; ``contiguous``
-        moves past them. Returns the ranges (inclusive) for the caller to store as :class:`Hole` s."""
+        moves past them. Returns the ranges (inclusive) for the caller to store as :class:`Hole` s: at most
+        :data:`MAX_HOLES_PER_WRITE_OFF`, the last one spanning the rest (see :meth:`arrived`)."""
         due = [s for s, t in self.marks if t <= cutoff]
         if not due:
             return []
@@ -118,11 +124,20 @@ class Stream:
             if x > lo:
                 ranges.append((lo, x - 1))
             lo = x + 1
+        if len(ranges) > MAX_HOLES_PER_WRITE_OFF:
+            lo, hi = ranges[MAX_HOLES_PER_WRITE_OFF - 1][0], ranges[-1][1]
+            ranges[MAX_HOLES_PER_WRITE_OFF - 1:] = [(lo, hi)]
+            self.hole_seen.update(x for x in present if lo <= x <= hi)   # arrived: their rows stay in `seen`
         self.above.difference_update(present)
         self.purge = self.purge or bool(present)   # their rows sit at or below the new mark now
         self.contiguous = max(self.contiguous, top)
         self.advance()
         return ranges
+
+    def arrived(self, lo: int, hi: int) -> int:
+        """How many seqs of ``lo..hi`` are recorded as arrived inside counted holes (a capped write-off's last
+        range holds the seqs that arrived between its holes)."""
+        return sum(1 for x in self.hole_seen if lo <= x <= hi)
 
 
 def started_later(a: Stream, b: Stream) -> bool:

@@ -15,7 +15,9 @@ the store keeps ``contiguous``, the highest seq up to which every seq arrived (o
 hole), plus the seqs seen beyond it (table ``seen``). A seq ≤ ``contiguous`` is a duplicate (unless it
 fills a counted hole); a seq beyond ``contiguous + 1`` leaves a *pending hole*. A hole still open
 ``reorder_window_s`` after it was noticed is counted by :meth:`FleetStore.check_gaps` (one ``gaps`` row and
-one ``seq_gaps_total`` per missing range) and returned so the collector can ask the device to ``resync``.
+one ``seq_gaps_total`` per missing range, at most ``MAX_HOLES_PER_WRITE_OFF`` per boot and check) and returned
+so the collector can ask the device to ``resync``; in a share group only once no member of the group can still
+deliver it (:mod:`.liveness`).
 A late arrival that fills a counted hole is accepted (``late_fills_total``) and the hole is marked filled
 once complete; the counter is not decremented. Retained replays (``retained=True``) never open a hole
 by themselves: they are old by nature. A boot first seen mid-way (a collector that joins a running
@@ -44,7 +46,7 @@ lost connection retries the whole transaction (:class:`~ftedge.errors.StoreUnava
 stays away). Each collector adds to its own shard of the counters (``instance``); reads sum them.
 A ``FleetStore`` is thread-safe (one writer lock; PostgreSQL reads use their own connection). Counters: ``messages_total`` (unique device messages), ``duplicates_total``,
 ``seq_gaps_total``, ``malformed_total``, ``late_fills_total``, ``stale_wills_total``, ``ignored_total``,
-``rejected_total``.
+``rejected_total``; per device (``devices`` columns) ``messages_total``, ``seq_gaps_total``, ``late_fills_total``.
 """
 
 from __future__ import annotations
@@ -60,17 +62,23 @@ from typing import Any, TypeVar
 from ftedge.errors import FleetStoreError, FtedgeError, StoreUnavailable  # noqa: F401 - re-exported
 from ftedge.mqtt.contract import TOPIC_ROOT  # noqa: F401 - re-exported: fleet.store.TOPIC_ROOT
 
+from . import liveness
 from .device_caps import MAX_EPOCHS_PER_JOB, MAX_GAPS_PER_DEVICE, MAX_JOBS_PER_DEVICE, DeviceCaps
 from .device_rows import DeviceRow, TransactionState
 from .envelope import Message, parse
 from .precedence import KINDS, Precedence, Report
 from .schema import COUNTERS, SCHEMA_VERSION  # noqa: F401 - re-exported
-from .sequence import Hole, Stream
+from .sequence import MAX_HOLES_PER_WRITE_OFF, Hole, Stream
 from .store_backend import PostgresBackend, SqliteBackend, is_postgres_url
 from .validate import MAX_PAYLOAD
 from .views import FleetReadModel
 
 MAX_DEVICES_PER_FLEET = 100_000
+# Command replies kept: per device, so that one device flooding its cmdres topic evicts only its own replies,
+# and in all (the table's bound).
+MAX_REPLIES_PER_DEVICE = 100
+MAX_REPLIES = 10_000
+HOLE_LOGS_PER_MINUTE = 20    # WARNING lines about counted holes; the rest are summed up in one line a minute
 _T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
@@ -80,15 +88,19 @@ class FleetStore(Precedence, TransactionState, DeviceCaps, FleetReadModel):
     """The collector's database (SQLite file or PostgreSQL URL); see the module docstring for the rules."""
 
     def __init__(self, path: Path | str, reorder_window_s: float = 5.0, keep_boots: int = 4,
-                 max_replies: int = 1000, cache_mib: int = 32, max_payload_bytes: int = MAX_PAYLOAD,
+                 max_replies: int = MAX_REPLIES, cache_mib: int = 32, max_payload_bytes: int = MAX_PAYLOAD,
                  max_devices_per_fleet: int = MAX_DEVICES_PER_FLEET, instance: str | None = None,
+                 member_hold_s: float = liveness.MEMBER_HOLD_S,
+                 max_replies_per_device: int = MAX_REPLIES_PER_DEVICE,
                  max_epochs_per_job: int = MAX_EPOCHS_PER_JOB, max_jobs_per_device: int = MAX_JOBS_PER_DEVICE,
                  max_gaps_per_device: int = MAX_GAPS_PER_DEVICE) -> None:
         self.max_payload_bytes = max(1024, int(max_payload_bytes))
         self.max_devices_per_fleet = max(1, int(max_devices_per_fleet))
         self.reorder_window_s = float(reorder_window_s)
+        self.member_hold_s = float(member_hold_s)
         self.keep_boots = max(2, int(keep_boots))
         self.max_replies = max(1, int(max_replies))
+        self.max_replies_per_device = max(1, int(max_replies_per_device))
         self.instance = instance if instance is not None else socket.gethostname()
         self.transactions = 0          # committed write transactions (ingest_batch, check_gaps)
         self.deferred = 0              # messages moved to a second transaction: their devices were locked
@@ -98,6 +110,7 @@ class FleetStore(Precedence, TransactionState, DeviceCaps, FleetReadModel):
         self.max_jobs_per_device = max(1, int(max_jobs_per_device))
         self.max_gaps_per_device = max(1, int(max_gaps_per_device))
         self._malformed_logged = 0
+        self._hole_log = [0.0, 0, 0]   # start of the current minute, holes logged in it, holes not logged
         if is_postgres_url(str(path)):
             self.path = None
             self.backend: SqliteBackend | PostgresBackend = PostgresBackend(str(path))
@@ -147,7 +160,7 @@ class FleetStore(Precedence, TransactionState, DeviceCaps, FleetReadModel):
         out: dict[str, Any] = dict(rep)
         out["replies"] = rep.replies
         if rep.replies:
-            self._prune_replies()
+            self._prune_replies({(m.fleet, m.device) for m in parsed if m.kind == "cmdres"})
         return out
 
     def _ingest_tx(self, parsed: list[Message], verdicts: Report, now: float,
@@ -201,25 +214,50 @@ class FleetStore(Precedence, TransactionState, DeviceCaps, FleetReadModel):
                             "rejected_total": rep["rejected"]})
         return rep, deferred
 
-    def check_gaps(self, now: float | None = None) -> list[dict[str, Any]]:
+    def check_gaps(self, now: float | None = None, group: str | None = None) -> list[dict[str, Any]]:
         """Count the holes open for at least ``reorder_window_s``; returns the newly counted ones.
 
         Each: ``fleet``, ``device``, ``boot``, ``missing_from``, ``missing_to`` (inclusive), ``ts`` (ms).
         Any collector of a shared database may count a hole; it is counted once (under the device's lock).
+        With ``group`` (the share group, on a shared database) a hole waits, beyond the window, while a member
+        of the group that may still deliver it is down or draining its backlog (:mod:`.liveness`).
         """
         now = time.time() if now is None else float(now)
-        cutoff = now - self.reorder_window_s
+        cutoff: float | None = now - self.reorder_window_s
         with self.backend.read() as db:
-            due = [tuple(r) for r in db.execute(
+            if group is not None and self.backend.shared:
+                cutoff = liveness.judgement_cutoff(db, group, now, self.reorder_window_s, self.member_hold_s)
+            due = [] if cutoff is None else [tuple(r) for r in db.execute(
                 "SELECT fleet, device, boot FROM boots WHERE mark_ms IS NOT NULL AND mark_ms <= ?"
                 " ORDER BY mark_ms LIMIT 2000", (int(cutoff * 1000),)).fetchall()]
-        if not due:
-            return []
-        counted = self._retrying(lambda: self._gaps_tx(due, now, cutoff))
-        for h in counted:
-            log.warning("seq hole %s/%s boot %s: %d..%d missing for %.1f s", h["fleet"], h["device"], h["boot"],
-                        h["missing_from"], h["missing_to"], self.reorder_window_s)
+        judged = cutoff if cutoff is not None else 0.0
+        counted = self._retrying(lambda: self._gaps_tx(due, now, judged)) if due else []
+        self._log_holes(counted, now)
         return counted
+
+    def beat(self, group: str, member: str, up_ms: int, now: float | None = None) -> None:
+        """Record that collector ``member`` of share ``group`` is connected to the broker since ``up_ms`` (its
+        own short transaction; see :mod:`.liveness`)."""
+        now = time.time() if now is None else float(now)
+        with self.backend.write() as db:
+            liveness.beat(db, group, member, int(up_ms), int(now * 1000))
+
+    def _log_holes(self, counted: list[dict[str, Any]], now: float) -> None:
+        """One WARNING per counted hole, at most ``HOLE_LOGS_PER_MINUTE`` a minute; the rest in one line a
+        minute (a device publishing sparse seqs must not flood the log)."""
+        lg = self._hole_log
+        if now - lg[0] >= 60.0:
+            if lg[2]:
+                log.warning("%d more seq hole(s) counted in the last minute were not logged one by one "
+                            "(see ftedge_seq_gaps_total and the per-device seq_gaps)", lg[2])
+            lg[:] = [now, 0, 0]
+        for h in counted:
+            if lg[1] < HOLE_LOGS_PER_MINUTE:
+                lg[1] += 1
+                log.warning("seq hole %s/%s boot %s: %d..%d missing for %.1f s", h["fleet"], h["device"], h["boot"],
+                            h["missing_from"], h["missing_to"], self.reorder_window_s)
+            else:
+                lg[2] += 1
 
     def _gaps_tx(self, due: list[tuple], now: float, cutoff: float) -> list[dict[str, Any]]:
         counted: list[dict[str, Any]] = []
@@ -227,6 +265,7 @@ class FleetStore(Precedence, TransactionState, DeviceCaps, FleetReadModel):
         with self._tx() as db:
             self._lock_and_load(db, {(f, d) for f, d, _ in due}, set(due), now)
             changed = []
+            per_device: dict[tuple[str, str], int] = {}
             for key in sorted(due):
                 st = self._streams.get(key)
                 if st is None:
@@ -236,13 +275,19 @@ class FleetStore(Precedence, TransactionState, DeviceCaps, FleetReadModel):
                 if st.contiguous == before and not ranges:
                     continue
                 for a, b in ranges:
-                    gid = db.execute("INSERT INTO gaps (fleet, device, boot, missing_from, missing_to, ts) VALUES"
-                                     " (?, ?, ?, ?, ?, ?) RETURNING id", (*key, a, b, ts)).fetchone()[0]
-                    st.holes.append(Hole(gid, a, b))
+                    filled = st.arrived(a, b) if len(ranges) == MAX_HOLES_PER_WRITE_OFF else 0
+                    gid = db.execute("INSERT INTO gaps (fleet, device, boot, missing_from, missing_to, ts, filled)"
+                                     " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id", (*key, a, b, ts, filled)).fetchone()[0]
+                    st.holes.append(Hole(gid, a, b, filled))
                     counted.append({"fleet": st.fleet, "device": st.device, "boot": st.boot,
                                     "missing_from": a, "missing_to": b, "ts": ts})
                 changed.append(st)
+                if ranges:
+                    per_device[(st.fleet, st.device)] = per_device.get((st.fleet, st.device), 0) + len(ranges)
             self._save_streams(db, changed)
+            if per_device:
+                db.executemany("UPDATE devices SET seq_gaps_total = seq_gaps_total + ? WHERE fleet = ? AND device = ?",
+                               [(n, f, d) for (f, d), n in sorted(per_device.items())])
             for fleet, device in self._prune_due((h["fleet"], h["device"]) for h in counted):
                 self._prune_gaps(db, fleet, device)
             self._bump(db, {"seq_gaps_total": len(counted)})
@@ -274,10 +319,17 @@ class FleetStore(Precedence, TransactionState, DeviceCaps, FleetReadModel):
         log.log(level, "malformed message on %s: %s", topic, why)
         return "malformed"
 
-    def _prune_replies(self) -> None:
-        """Keep the newest ``max_replies`` command replies (its own short transaction)."""
+    def _prune_replies(self, devices: set[tuple[str, str]]) -> None:
+        """Keep the newest ``max_replies_per_device`` command replies of each of ``devices`` (those that just
+        replied) and the newest ``max_replies`` in all (its own short transaction)."""
         try:
             with self.backend.write() as db:
+                for fleet, device in sorted(devices):
+                    old = db.execute(f"SELECT fleet, device, cmd_id FROM replies WHERE fleet = ? AND device = ? ORDER"
+                                     f" BY ts DESC, {self.backend.newest} DESC LIMIT 1000000000 OFFSET ?",
+                                     (fleet, device, self.max_replies_per_device)).fetchall()
+                    if old:
+                        db.executemany("DELETE FROM replies WHERE fleet = ? AND device = ? AND cmd_id = ?", old)
                 old = db.execute(f"SELECT fleet, device, cmd_id FROM replies ORDER BY ts DESC, {self.backend.newest}"
                                  " DESC LIMIT 1000000000 OFFSET ?", (self.max_replies,)).fetchall()
                 if old:

@@ -13,6 +13,8 @@ from .validate import number
 JOB_PAGE_EPOCHS = 200   # progress rows (epochs) of one job page, FleetReadModel.job's default
 _DEVICE_COLUMNS = ("fleet, device, state, reason, last_seen_ms, boot, last_seq, meta_json, job_json, metrics_json,"
                    " active_version, status_ts, marks_json")
+# What the read side shows of a device: its row plus its per-device counts (issue 33: which box loses telemetry).
+_VIEW_COLUMNS = _DEVICE_COLUMNS + ", messages_total, seq_gaps_total, late_fills_total"
 
 
 class FleetReadModel:
@@ -26,7 +28,7 @@ class FleetReadModel:
 
     def devices(self, fleet: str | None = None) -> list[dict[str, Any]]:
         """Every device (optionally of one fleet), sorted by fleet and device id."""
-        sql = f"SELECT {_DEVICE_COLUMNS} FROM devices"
+        sql = f"SELECT {_VIEW_COLUMNS} FROM devices"
         args: tuple = ()
         if fleet is not None:
             sql, args = sql + " WHERE fleet = ?", (fleet,)
@@ -42,7 +44,7 @@ class FleetReadModel:
         dashboard's)."""
         where, args = _keyset(fleet, after)
         with self._reading() as db:
-            rows = db.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices{where} ORDER BY fleet, device LIMIT ? OFFSET ?",
+            rows = db.execute(f"SELECT {_VIEW_COLUMNS} FROM devices{where} ORDER BY fleet, device LIMIT ? OFFSET ?",
                               (*args, max(0, int(limit)), max(0, int(offset)))).fetchall()
         return [_device_view(r) for r in rows]
 
@@ -60,19 +62,21 @@ class FleetReadModel:
             rows = db.execute("SELECT fleet FROM devices WHERE device = ? ORDER BY fleet", (device,)).fetchall()
         return [f for (f,) in rows]
 
-    def device_gauges(self, fleet: str | None = None) -> list[tuple[str, str, Any, Any, dict[str, Any] | None]]:
+    def device_gauges(self, fleet: str | None = None) -> list[tuple[Any, ...]]:
         """What ``/metrics`` shows per device, reading only its columns: ``(fleet, device, state, last_seen,
-        latest progress body or None)`` in ``(fleet, device)`` order."""
-        sql, args = "SELECT fleet, device, state, last_seen_ms, metrics_json FROM devices", ()
+        latest progress body or None, messages, seq_gaps, late_fills)`` in ``(fleet, device)`` order."""
+        sql = ("SELECT fleet, device, state, last_seen_ms, metrics_json, messages_total, seq_gaps_total,"
+               " late_fills_total FROM devices")
+        args: tuple = ()
         if fleet is not None:
             sql, args = sql + " WHERE fleet = ?", (fleet,)
         with self._reading() as db:
             rows = db.execute(sql + " ORDER BY fleet, device", args).fetchall()
-        return [(f, d, state, seen, _stored_object(m, "metrics", [])) for f, d, state, seen, m in rows]
+        return [(f, d, state, seen, _stored_object(m, "metrics", []), *counts) for f, d, state, seen, m, *counts in rows]
 
     def device(self, fleet: str, device: str) -> dict[str, Any] | None:
         with self._reading() as db:
-            row = db.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE fleet = ? AND device = ?",
+            row = db.execute(f"SELECT {_VIEW_COLUMNS} FROM devices WHERE fleet = ? AND device = ?",
                                    (fleet, device)).fetchone()
         return None if row is None else _device_view(row)
 
@@ -230,7 +234,8 @@ def _keyset(fleet: str | None, after: tuple[str, str] | None) -> tuple[str, tupl
 def _device_view(row: tuple) -> dict[str, Any]:
     """A devices row as the API shows it; a stored body that does not decode to an object shows as None
     (with ``error`` set) instead of failing the whole device list."""
-    (fleet, device, state, reason, last_seen, boot, last_seq, meta, job, metrics, active, status_ts, _marks) = row
+    (fleet, device, state, reason, last_seen, boot, last_seq, meta, job, metrics, active, status_ts, _marks,
+     messages, gaps, late) = row
     errors: list[str] = []
     job_view = None
     body = _stored_object(job, "job", errors)
@@ -241,6 +246,8 @@ def _device_view(row: tuple) -> dict[str, Any]:
         "fleet": fleet, "device": device, "state": state, "reason": reason, "last_seen": last_seen,
         "last_seq": last_seq, "boot": boot, "job": job_view, "metrics": _stored_object(metrics, "metrics", errors),
         "active_version": active, "meta": _stored_object(meta, "meta", errors), "status_ts": status_ts,
+        # per-device counts: unique messages, counted seq holes, late arrivals into counted holes
+        "messages": messages, "seq_gaps": gaps, "late_fills": late,
     }
     if errors:
         view["error"] = "; ".join(errors)

@@ -314,3 +314,74 @@ def test_an_envelope_ts_beyond_any_float_is_malformed_not_a_crash(tmp_path):
                               msg("d", "status", env("d", "b", 2, state="online"))])
     assert (rep["malformed"], rep["messages"]) == (1, 1)
     store.close()
+
+
+# -- issue 33, finding 15: one device's flood stays that device's ----------------------------------------------
+
+def test_a_device_flooding_command_replies_evicts_only_its_own(tmp_path):
+    """Replies are capped per device: 1,500 replies from one device (more than the old global cap of 1,000) leave
+    the other devices' replies in place and keep only the flooder's newest."""
+    from ftedge.fleet.store import MAX_REPLIES_PER_DEVICE
+
+    store = FleetStore(tmp_path / "fleet.sqlite")
+    store.ingest_batch([msg(d, "cmdres/h", env(d, "b", 1, cmd_id=f"ping-{d}", status="done", code="ok"))
+                        for d in ("d1", "d2")])
+    for k in range(3):
+        store.ingest_batch([msg("flood", "cmdres/h", env("flood", "b", 1 + k * 500 + i, cmd_id=f"x{k * 500 + i}",
+                                                         status="done", code="ok")) for i in range(500)])
+    assert store.reply("ping-d1", FLEET, "d1")["status"] == "done"
+    assert store.reply("ping-d2", FLEET, "d2")["status"] == "done"
+    assert store.reply("x1499", FLEET, "flood") is not None and store.reply("x0", FLEET, "flood") is None
+    db = sqlite3.connect(tmp_path / "fleet.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM replies WHERE device = 'flood'").fetchone()[0] == MAX_REPLIES_PER_DEVICE
+    db.close()
+    store.close()
+
+
+def test_sparse_seqs_count_capped_holes_and_log_a_bounded_number_of_lines(tmp_path, caplog):
+    """A device publishing every other seq (2, 4, …, 40,000): one gap check counts at most
+    MAX_HOLES_PER_WRITE_OFF holes for it (the rest as one spanning hole whose arrived seqs count as filled) and
+    logs at most HOLE_LOGS_PER_MINUTE WARNING lines; its per-device counts say it is the one with holes."""
+    import logging
+
+    from ftedge.fleet.sequence import MAX_HOLES_PER_WRITE_OFF
+    from ftedge.fleet.store import HOLE_LOGS_PER_MINUTE
+
+    store = FleetStore(tmp_path / "fleet.sqlite")
+    t0 = 1_800_000_000.0
+    store.ingest_batch([msg("ok", "status", env("ok", "b", 1, state="online"))], now=t0)
+    for k in range(0, 20_000, 5_000):
+        store.ingest_batch([msg("sparse", "jobs/j/progress", env("sparse", "b", 2 * (i + 1), job="j", epoch=i, loss=1.0))
+                            for i in range(k, k + 5_000)], now=t0)
+    with caplog.at_level(logging.WARNING, logger="ftedge.fleet.store"):
+        counted = store.check_gaps(now=t0 + 60)
+    assert len(counted) == MAX_HOLES_PER_WRITE_OFF == store.counters()["seq_gaps_total"]
+    last = counted[-1]
+    assert (last["missing_from"], last["missing_to"]) == (2 * MAX_HOLES_PER_WRITE_OFF - 1, 39_999)
+    holes = [r for r in caplog.records if "seq hole" in r.getMessage()]
+    assert len(holes) == HOLE_LOGS_PER_MINUTE
+    # the spanning hole: an arrived seq inside it is a duplicate, a missing one a late fill
+    rep = store.ingest_batch([msg("sparse", "jobs/j/progress", env("sparse", "b", 20_000, job="j", epoch=1, loss=1.0)),
+                              msg("sparse", "jobs/j/progress", env("sparse", "b", 20_001, job="j", epoch=1, loss=1.0))],
+                             now=t0 + 61)
+    assert (rep["duplicates"], rep["late_fills"]) == (1, 1)
+    devs = {d["device"]: d for d in store.devices()}
+    assert (devs["sparse"]["messages"], devs["sparse"]["seq_gaps"], devs["sparse"]["late_fills"]) == \
+        (20_001, MAX_HOLES_PER_WRITE_OFF, 1)
+    assert (devs["ok"]["messages"], devs["ok"]["seq_gaps"]) == (1, 0)
+    metrics = prometheus_text(store).decode()
+    assert f'ftedge_device_seq_gaps_total{{device="sparse",fleet="{FLEET}"}} {float(MAX_HOLES_PER_WRITE_OFF)}' \
+        in metrics
+    # later checks of the same minute log nothing more one by one; the next minute sums up the minute's rest
+    caplog.clear()
+    store.ingest_batch([msg("sparse", "jobs/j/progress", env("sparse", "b", 40_000 + 2 * i, job="j", epoch=2,
+                                                             loss=1.0)) for i in range(1, 50)], now=t0 + 62)
+    with caplog.at_level(logging.WARNING, logger="ftedge.fleet.store"):
+        assert len(store.check_gaps(now=t0 + 70)) == 49
+        assert not [r for r in caplog.records if "seq hole" in r.getMessage()]
+        store.check_gaps(now=t0 + 125)
+    unlogged = MAX_HOLES_PER_WRITE_OFF - HOLE_LOGS_PER_MINUTE + 49
+    assert [r.getMessage() for r in caplog.records if "not logged one by one" in r.getMessage()] == \
+        [(f"{unlogged} more seq hole(s) counted in the last minute were not logged one by one "
+          "(see ftedge_seq_gaps_total and the per-device seq_gaps)")]
+    store.close()

@@ -406,3 +406,122 @@ def test_a_device_locked_by_another_collector_does_not_hold_up_the_others(pg_url
             assert reader.counters()["messages_total"] == 4
         assert store.deferred == 1
         other.close()
+
+
+# -- a collector down longer than the reorder window (issue 33, finding 18) -------------------------------------
+
+def _samples(port: int) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(_get(f"http://127.0.0.1:{port}/metrics")) for s in fam.samples}
+
+
+def test_holes_wait_while_a_member_of_the_group_is_down_or_draining(pg_url):
+    """The judgement rule of ftedge.fleet.liveness on the clock of the test: a hole noticed while member b is
+    down waits for b, then one window after b is back, and a member silent past member_hold_s holds nothing."""
+    a = FleetStore(pg_url, reorder_window_s=5, instance="a", member_hold_s=60)
+    t0 = time.time()
+    a.beat("grp", "a", up_ms=int((t0 - 100) * 1000), now=t0)
+    a.beat("grp", "b", up_ms=int((t0 - 100) * 1000), now=t0)          # b's last beat: it dies right after
+    a.ingest_batch([msg("d1", "status", env("d1", "b1", 1, state="online")),
+                    msg("d1", "jobs/j/progress", env("d1", "b1", 3, job="j", epoch=3))], now=t0 + 1)
+    a.beat("grp", "a", up_ms=int((t0 - 100) * 1000), now=t0 + 10)
+    assert a.check_gaps(now=t0 + 10, group="grp") == []                 # b may hold seq 2
+    a.beat("grp", "b", up_ms=int((t0 + 20) * 1000), now=t0 + 21)        # b is back at t0 + 20 ...
+    a.beat("grp", "a", up_ms=int((t0 - 100) * 1000), now=t0 + 22)
+    assert a.check_gaps(now=t0 + 22, group="grp") == []                 # ... and drains its session for a window
+    a.beat("grp", "b", up_ms=int((t0 + 20) * 1000), now=t0 + 26)
+    a.beat("grp", "a", up_ms=int((t0 - 100) * 1000), now=t0 + 26)
+    assert [(h["missing_from"], h["missing_to"]) for h in a.check_gaps(now=t0 + 26, group="grp")] == [(2, 2)]
+    # a member gone longer than member_hold_s no longer holds judgement
+    a.ingest_batch([msg("d1", "jobs/j/progress", env("d1", "b1", 5, job="j", epoch=5))], now=t0 + 27)
+    a.beat("grp", "a", up_ms=int((t0 - 100) * 1000), now=t0 + 100)
+    assert a.check_gaps(now=t0 + 80, group="grp") == []                 # b (last beat t0 + 26) may hold seq 4
+    assert len(a.check_gaps(now=t0 + 100, group="grp")) == 1            # b silent for 74 s > 60 s: gone
+    assert a.counters()["seq_gaps_total"] == 2
+    a.close()
+
+
+def test_a_collector_down_longer_than_the_window_makes_no_false_holes(tmp_path, broker, pg_server, pg_url):
+    """One of three collectors is SIGKILLed for 8 s (the reorder window is 5 s) while the fleet talks: its share
+    of every stream waits in its broker session. The others must not count the seqs it holds as holes nor ask
+    devices without a real hole to resync; the real holes (seqs never sent) are counted once, per device too,
+    and the late-fill counter is exported."""
+    ports = [_free_port() for _ in range(3)]
+    logs = [tmp_path / f"collector-{i}.log" for i in range(3)]
+    procs = [_serve(broker.port, pg_url, f"collector-{i}", ports[i], logs[i]) for i in range(3)]
+    try:
+        assert all(wait_for(lambda p=p: _up(p), 30) for p in ports), [lg.read_text()[-2000:] for lg in logs]
+        time.sleep(1.0)
+        devs = [SimDevice(broker, f"dev-{i:02d}") for i in range(20)]
+        rng = random.Random(5)
+        skipped: set[tuple[str, int]] = set()
+        holed = {d.device for d in devs[:4]}          # only these devices ever skip a seq
+
+        def publish(seconds: float) -> None:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                for d in devs:
+                    if d.device in holed and rng.random() < 0.05:
+                        with d.lock:                   # a message the device never sends: a real hole
+                            d.seq += 1
+                            skipped.add((d.device, d.seq))
+                    e = d.seq + 1
+                    d.publish("jobs/j/progress", {"job": "j", "epoch": e, "loss": 1.0 / e})
+                time.sleep(0.1)
+
+        for d in devs:
+            d.publish("status", {"state": "online", "reason": "birth"}, retain=True)
+        publish(2.0)
+        os.killpg(procs[1].pid, signal.SIGKILL)
+        procs[1].wait(10)
+        publish(8.0)                                   # longer than the 5 s reorder window
+        procs[1] = _serve(broker.port, pg_url, "collector-1", ports[1], logs[1])
+        assert wait_for(lambda: _up(ports[1]), 30), logs[1].read_text()[-2000:]
+        publish(2.0)
+        for d in devs:
+            d.sync()
+        store = FleetStore(pg_url, instance="checker")
+        total = sum(d.seq for d in devs) - len(skipped)
+        assert wait_for(lambda: store.counters()["messages_total"] >= total, 60), (store.counters(), total)
+        assert wait_for(lambda: store.counters()["seq_gaps_total"] >= len(skipped), 30), \
+            (store.counters(), len(skipped))
+        time.sleep(3.0)                                # a gap check or three more: nothing further is counted
+        c = store.counters()
+        gaps = store.gaps()
+        print("counters", c, "skipped", len(skipped), "gaps", len(gaps))
+        false = [g for g in gaps if any((g["device"], s) not in skipped
+                                        for s in range(g["missing_from"], g["missing_to"] + 1))]
+        assert not false, f"{len(false)} false hole(s), e.g. {false[:3]}"
+        assert c["seq_gaps_total"] == len(gaps) == len(skipped)
+        assert c["messages_total"] == sum(d.seq for d in devs) - len(skipped)   # + the replies to resyncs
+        resynced = {d.device for d in devs for topic, *_ in d.commands if topic.endswith("/cmd/resync")}
+        assert resynced <= holed, f"resync sent to devices without a real hole: {sorted(resynced - holed)}"
+        # per device: the API, `fleet status` and /metrics say which box lost what
+        listed = {x["device"]: x for x in _get(f"http://127.0.0.1:{ports[0]}/api/devices")}
+        per_dev = {d.device: sum(1 for dev, _ in skipped if dev == d.device) for d in devs}
+        for d in devs:
+            assert listed[d.device]["seq_gaps"] == per_dev[d.device]
+            assert listed[d.device]["messages"] == d.seq - per_dev[d.device]
+        out = subprocess.run([sys.executable, "-m", "ftedge", "fleet", "status", "--db", pg_url],
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert out.returncode == 0, out.stderr
+        assert "gaps" in out.stdout.splitlines()[0]
+        samples = _samples(ports[2])
+        assert samples[("ftedge_seq_late_fills_total", ())] == c["late_fills_total"]
+        assert samples[("ftedge_seq_gaps_total", ())] == len(skipped)
+        d0 = min(holed)
+        assert samples[("ftedge_device_seq_gaps_total", (("device", d0), ("fleet", FLEET)))] == per_dev[d0]
+        store.close()
+        for d in devs:
+            d.close()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 from ftedge.fleet.envelope import Message, parse
-from ftedge.fleet.sequence import Hole, Stream, started_later
+from ftedge.fleet.sequence import MAX_HOLES_PER_WRITE_OFF, Hole, Stream, started_later
 
 
 def stream(**kw) -> Stream:
@@ -52,6 +52,26 @@ def test_a_gap_older_than_the_window_is_written_off_once_as_ranges():
     assert st.write_off(cutoff=100.0) == [(3, 4), (7, 8)]
     assert st.contiguous == 9 and not st.above and not st.pending
     assert st.write_off(cutoff=1e9) == []           # counted once
+
+
+def test_sparse_seqs_are_written_off_as_at_most_the_capped_number_of_holes():
+    """Seqs 2, 4, …, 1000 (issue 33): 100 holes, the last spanning the rest; the seqs that arrived inside it are
+    recorded as arrived, so a repeat is a duplicate, a missing one a late fill, and the hole completes."""
+    st, rec = stream(), Recorder()
+    offer_all(st, range(2, 1001, 2), rec, now=0.0)
+    ranges = st.write_off(cutoff=0.0)
+    cap = MAX_HOLES_PER_WRITE_OFF
+    assert len(ranges) == cap and ranges[:2] == [(1, 1), (3, 3)] and ranges[-1] == (2 * cap - 1, 999)
+    lo, hi = ranges[-1]
+    arrived = st.arrived(lo, hi)
+    assert arrived == len(range(2 * cap, 999, 2))
+    hole = Hole(1, lo, hi, arrived)
+    st.holes.append(hole)
+    assert st.offer(500, False, 1.0, rec).new is False             # arrived before the write-off
+    late = st.offer(501, False, 1.0, rec)
+    assert late.new and late.filled is hole and hole.filled == arrived + 1
+    offer_all(st, range(2 * cap - 1, 1000, 2), rec)               # the rest arrive late: the hole completes
+    assert hole.complete and hole not in st.holes
 
 
 def test_only_marks_past_the_window_are_written_off():
