@@ -79,7 +79,7 @@ def report(result: dict[str, Any]) -> list[str]:
             f"({result['stop_reason']}); val mAP@0.5 {fmt(b.get('map50'))} untuned → {fmt(m.get('map50'))} tuned "
             f"(mAP@0.5:0.95 {fmt(m.get('map50_95'))}); promoted: {result['promoted']}; "
             f"{result['samples']['train']} train / {result['samples']['val']} val images, "
-            f"{len(result['skipped'])} skipped, {len(result['dropped_boxes'])} boxes dropped; "
+            f"{result['skipped_count']} skipped, {result['dropped_count']} boxes dropped; "
             f"{result['duration_s']:.1f} s"]
 
 
@@ -92,7 +92,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(result))
         return 0
     print(f"{result['kind']} {result['model']} on {result['samples']} images, {result['boxes']} boxes "
-          f"({len(result['skipped'])} skipped, {len(result['dropped_boxes'])} boxes dropped)")
+          f"({result['skipped_count']} skipped, {result['dropped_count']} boxes dropped)")
     if result["map50"] is None:
         print("no ground-truth boxes: mAP undefined")
         return 0

@@ -113,7 +113,8 @@ class Detector:
         return {"model": str(self.target), "kind": self.kind, "task": "detection", "samples": len(pairs),
                 "boxes": int(sum(len(s.boxes) for _, s in pairs)), "format": ds.format,
                 **{k: m[k] for k in ("map50", "map50_95", "map75", "per_class", "method")},
-                "skipped": ds.skipped + skipped, "dropped_boxes": ds.dropped_boxes}
+                "skipped": ds.skipped + skipped, "dropped_boxes": ds.dropped_boxes,
+                "skipped_count": ds.skipped_count + len(skipped), "dropped_count": ds.dropped_count}
 
 
 def image_files(folder: str | Path) -> list[Path]:
