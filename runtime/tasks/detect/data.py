@@ -249,8 +249,6 @@ def _read_yaml(file: Path) -> dict[str, Any]:
         if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
             raise DataError(f"{file} uses a YAML alias (*name); write the values out instead of anchors and aliases")
         data = yaml.safe_load(text)
-    except DataError:
-        raise
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
         raise DataError(f"cannot read {file}: {exc}; fix the YAML (Ultralytics data.yaml layout)") from exc
     if not isinstance(data, dict):
@@ -297,8 +295,6 @@ def _yaml_images(value: Any, root: Path, key: str, file: Path, confine: Confine)
         elif p.is_file() and p.suffix.lower() == ".txt":
             try:
                 lines = read_capped(p, MAX_LIST_BYTES, "image list").decode("utf-8-sig").splitlines()
-            except DataTooLarge:
-                raise
             except (OSError, UnicodeDecodeError) as exc:
                 raise DataError(f"cannot read the image list {p} ({key} in {file}): {exc}") from exc
             for line in (x.strip() for x in lines):
@@ -309,8 +305,8 @@ def _yaml_images(value: Any, root: Path, key: str, file: Path, confine: Confine)
         elif p.is_file() and p.suffix.lower() in EXTENSIONS:
             images.append(p)
         else:
-            raise DataError(f"{file}: {key} {_short(entry)} → {p} is not an image folder, .txt list or image; fix the path "
-                            f"(it is relative to the dataset root {root})")
+            raise DataError(f"{file}: {key} {_short(entry)} → {p} is not an image folder, .txt list or image; "
+                            f"fix the path (it is relative to the dataset root {root})")
     return [Path(os.path.normpath(p)) for p in images]
 
 
@@ -359,8 +355,6 @@ def _load_yolo_folder(folder: Path, labels: list[str], split: str, source: str, 
             try:
                 text = read_capped(classes, MAX_YAML_BYTES, "class list").decode("utf-8-sig")
                 listed = [x.strip() for x in text.splitlines() if x.strip()]
-            except DataTooLarge:
-                raise
             except (OSError, UnicodeDecodeError) as exc:
                 raise DataError(f"cannot read {classes} ({exc}); save it as UTF-8, one class name a line") from exc
             names = dict(enumerate(listed))
@@ -386,8 +380,6 @@ def _number(v: Any) -> bool:
 def _load_coco(file: Path, labels: list[str], source: str, confine: Confine) -> DetDataset:
     try:
         data = json.loads(read_capped(file, MAX_COCO_BYTES, "COCO file").decode("utf-8-sig"))
-    except DataTooLarge:
-        raise
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise DataError(f"cannot read COCO file {file}: {exc}; fix the JSON") from exc
     for key in ("images", "annotations", "categories"):

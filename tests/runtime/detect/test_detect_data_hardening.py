@@ -158,7 +158,8 @@ def test_yaml_path_outside_the_root_is_refused(roots):
             load_detection(yaml, LABELS, root=root)
 
 
-@pytest.mark.parametrize("entry", ["{outside}/images/train", "../../secret/images/train", "[images/train, {outside}/images/train]"])
+@pytest.mark.parametrize("entry", ["{outside}/images/train", "../../secret/images/train",
+                                   "[images/train, {outside}/images/train]"])
 def test_split_entries_outside_the_root_are_refused(roots, entry):
     root, outside = roots
     yaml = _yaml(root / "ds", f"train: {entry.format(outside=outside)}\nnames: [cat, dog]\n")
