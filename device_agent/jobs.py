@@ -212,8 +212,10 @@ class JobRunner:
 
     def __init__(self, store: JobStore, state_dir: Path, emit: Callable[[str, dict[str, Any]], None],
                  on_finished: Callable[[Job], None], max_starts: int = MAX_STARTS,
-                 trusted_keys: list[Path] | None = None, disk: DiskGuard | None = None) -> None:
+                 trusted_keys: list[Path] | None = None, disk: DiskGuard | None = None,
+                 data_root: Path | None = None) -> None:
         self.store, self.state_dir, self.emit, self.on_finished = store, Path(state_dir), emit, on_finished
+        self.data_root = data_root  # a job's data may not lead reads outside it (a data.yaml's path:, symlinks)
         self.max_starts, self.trusted_keys = max_starts, trusted_keys
         self.disk = disk or DiskGuard(self.state_dir)
         self.queue: "queue.Queue[Job | None]" = queue.Queue()
@@ -329,7 +331,8 @@ class JobRunner:
             callbacks.task = row
             result = task.train(tasks.TrainRequest(
                 bundle=bundle, data=job.data, run_dir=run_dir, options=job.options, resume=resume,
-                cache_dir=self.state_dir / "cache", callbacks=callbacks, bundle_source=job.bundle))
+                cache_dir=self.state_dir / "cache", callbacks=callbacks, bundle_source=job.bundle,
+                data_root=self.data_root))
         except FtedgeError as exc:
             if is_disk_full(exc):
                 raise
@@ -378,7 +381,7 @@ class JobRunner:
             "baseline": res.get("baseline"), "promoted": bool(res.get("promoted")),
             **{k: res[k] for k in ("task", "epochs_run", "headline") if res.get(k) is not None},
             "duration_s": res.get("duration_s"), "error": job.error, "version": job.version,
-            "skipped": len((result or {}).get("skipped") or []),
+            "skipped": (result or {}).get("skipped_count", len((result or {}).get("skipped") or [])),
             **({"tuning": res["tuning"]} if res.get("tuning") else {}),
         })
         try:

@@ -36,6 +36,7 @@ class TrainRequest:
     callbacks: Any = None              # progress/cancellation hooks (the agent's)
     progress: bool = False             # a progress bar on stderr (the CLI)
     bundle_source: str | None = None   # the bundle path to record (the agent trains a pinned copy of it)
+    data_root: Path | None = None      # the data may not lead reads outside this folder (the agent's data_root)
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,10 @@ class TextError(DataError):
     """Text data cannot be tokenized for this bundle (no tokenizer, bad CSV header)."""
 
 
+class DataTooLarge(DataError):
+    """A data file is above its size cap (a detection data.yaml, label file, image list or COCO JSON)."""
+
+
 class KeyFileError(FtedgeError):
     """A signing or trusted key cannot be read or is not an Ed25519 key."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -36,6 +37,19 @@ def test_agent_trains_a_detector_reports_map_and_keeps_versions(broker, det_devi
                          ({"bundle": "shop", "data": "shop", "flip": "yes"}, "boolean")):
             reply = col.send("train", bad)
             assert reply["status"] == "rejected" and why in reply["detail"], reply
+        # data inside data_root whose data.yaml points outside it (issue 33, finding 10): the job fails, nothing
+        # outside is read
+        secret = tmp_path / "secret"
+        for part in ("images", "labels"):
+            shutil.copytree(tmp_path / "data/shop" / part, secret / part)
+        (tmp_path / "data/leak").mkdir()
+        (tmp_path / "data/leak/data.yaml").write_text(f"path: {secret}\ntrain: images/train\n"
+                                                      "names: [sneaker, bag, ankle_boot]\n")
+        leak = col.send("train", {"bundle": "shop", "data": "leak", "epochs": 1})
+        assert leak["status"] == "accepted", leak
+        assert col.wait(lambda: col.of(f"jobs/{leak['job']}/result"), 60), agent.text()[-3000:]
+        failed = col.of(f"jobs/{leak['job']}/result")[0]
+        assert failed["status"] == "failed" and "outside the data root" in failed["error"], failed
         settings = {"bundle": "shop", "data": "shop", "eval_data": "shop", "epochs": 8, "flip": True}
         first = col.send("train", settings)
         assert first["status"] == "accepted", first

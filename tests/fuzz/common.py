@@ -26,7 +26,8 @@ from hypothesis.strategies import SearchStrategy
 CORPUS = Path(__file__).resolve().parent / "corpus"
 DEADLINE_S = float(os.environ.get("FTEDGE_FUZZ_DEADLINE", "20"))
 MEMORY_BOUND = 64 * 2**20
-TARGETS = tuple(t for t in ("wav", "bundle", "deploy", "commands", "collector", "http")
+TARGETS = tuple(t for t in ("wav", "bundle", "deploy", "commands", "collector", "http", "detect_yaml",
+                           "detect_labels", "detect_coco")
                 if (Path(__file__).parent / f"{t}.py").exists())
 
 

@@ -17,7 +17,7 @@ def _train(req: TrainRequest) -> dict[str, Any]:
     from ftedge.runtime.tasks.detect.trainer import DetTrainConfig, DetTrainer
 
     cfg = DetTrainConfig(**OPTIONS.resolved(req.options), resume=req.resume, providers=req.providers,
-                         cache_dir=req.cache_dir, bundle_source=req.bundle_source)
+                         cache_dir=req.cache_dir, bundle_source=req.bundle_source, data_root=req.data_root)
     return DetTrainer(req.bundle, req.data, req.run_dir, cfg, req.callbacks).run()
 
 

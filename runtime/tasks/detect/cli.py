@@ -31,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--images", required=True, metavar="DIR", help="a folder of .jpg/.jpeg/.png images (searched "
                    "recursively) or one image")
     d.add_argument("--draw", metavar="OUT_DIR", type=Path, nargs="?", const=Path("detections"),
-                   help="write each image with its boxes drawn (PNG) into OUT_DIR (default ./detections)")
+                   help="write each image with its boxes drawn (PNG) into OUT_DIR (default ./detections), "
+                   "mirroring the images' subfolders; a.jpg and a.png of one folder become a.jpg.png, a.png.png; "
+                   "OUT_DIR may not be the --images folder or inside it")
     d.add_argument("--threshold", type=float, default=0.25, help="minimum score to report (default 0.25)")
     d.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
     add_providers_argument(d)
@@ -45,13 +47,14 @@ def evaluate_arguments(g: argparse._ArgumentGroup) -> None:
 
 
 def run_detect(args: argparse.Namespace) -> int:
-    from ftedge.runtime.tasks.detect.detector import Detector, draw, image_files
+    from ftedge.runtime.tasks.detect.detector import Detector, draw, draw_paths, image_files
 
+    files = image_files(args.images)
+    targets = draw_paths(files, args.images, args.draw) if args.draw else {}  # refused before any work
     det = Detector(args.target, args.providers, args.threads)
-    found, skipped = det.detect(image_files(args.images), threshold=args.threshold)
-    if args.draw:
-        for d in found:
-            draw(d, det.names, args.draw / (Path(d.file).stem + ".png"))
+    found, skipped = det.detect(files, threshold=args.threshold)
+    for d in found if args.draw else []:
+        draw(d, det.names, targets[d.file])
     if args.json:
         print(json.dumps({"model": str(args.target), "kind": det.kind, "threshold": args.threshold,
                           "images": [d.to_json(det.names) for d in found], "skipped": skipped}))
@@ -79,7 +82,7 @@ def report(result: dict[str, Any]) -> list[str]:
             f"({result['stop_reason']}); val mAP@0.5 {fmt(b.get('map50'))} untuned → {fmt(m.get('map50'))} tuned "
             f"(mAP@0.5:0.95 {fmt(m.get('map50_95'))}); promoted: {result['promoted']}; "
             f"{result['samples']['train']} train / {result['samples']['val']} val images, "
-            f"{len(result['skipped'])} skipped, {len(result['dropped_boxes'])} boxes dropped; "
+            f"{result['skipped_count']} skipped, {result['dropped_count']} boxes dropped; "
             f"{result['duration_s']:.1f} s"]
 
 
@@ -92,7 +95,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(result))
         return 0
     print(f"{result['kind']} {result['model']} on {result['samples']} images, {result['boxes']} boxes "
-          f"({len(result['skipped'])} skipped, {len(result['dropped_boxes'])} boxes dropped)")
+          f"({result['skipped_count']} skipped, {result['dropped_count']} boxes dropped)")
     if result["map50"] is None:
         print("no ground-truth boxes: mAP undefined")
         return 0

@@ -27,7 +27,13 @@ COCO ``width``/``height`` disagree with the file; a single box is **dropped** (`
 its line is malformed, it is not a box line (segmentation polygons, keypoints), its class is unknown, it is a COCO
 crowd box, it has no area, or it lies outside the image (a box partly outside is clipped; under 1 pixel wide or
 high after clipping it has no area). YOLO label files without an image are ignored. Only when no usable image
-remains does :func:`load_detection` raise :class:`DataError`.
+remains does :func:`load_detection` raise :class:`DataError`. Skipped images and dropped boxes are all counted
+(``skipped_count``, ``dropped_count``); the first ``MAX_LISTED`` of each are listed.
+
+Everything read is bounded (:mod:`ftedge.runtime.tasks.detect.bounds`: file sizes, folder walks; YAML aliases are
+refused; images above :data:`~ftedge.runtime.tasks.detect.letterbox.MAX_DECODE_PIXELS` are skipped), and with a
+``root`` (the agent's ``data_root``) a ``path:`` or split entry outside it is an error, and an image or label
+file resolving outside it (``.txt`` list, COCO ``file_name``, symlink) is skipped.
 
 Images are only verified and measured here; :mod:`ftedge.runtime.tasks.detect.letterbox` turns them into model inputs.
 """
@@ -43,8 +49,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ftedge.errors import DataError, ImageError
+from ftedge.errors import DataError, DataTooLarge, ImageError
 from ftedge.runtime.data.image import EXTENSIONS
+from ftedge.runtime.tasks.detect.bounds import (MAX_COCO_BYTES, MAX_LABEL_BYTES, MAX_LIST_BYTES, MAX_LISTED,
+                                               MAX_YAML_BYTES, Confine, images_under, read_capped)
 from ftedge.runtime.tasks.detect.letterbox import _decode
 
 SPLIT_KEYS = ("train", "val", "test", "minival")
@@ -67,10 +75,13 @@ class DetDataset:
 
     names: list[str]                 # the bundle's labels (class index order)
     samples: list[DetSample]
-    skipped: list[dict]              # whole images left out: {"file": str, "reason": str}
-    dropped_boxes: list[dict]        # {"file": str, "box": int, "reason": str} (box: 1-based line / annotation id)
+    skipped: list[dict]              # whole images left out: {"file": str, "reason": str} (the first MAX_LISTED)
+    dropped_boxes: list[dict]        # {"file": str, "box": int, "reason": str} (box: 1-based line / annotation id;
+                                     # the first MAX_LISTED)
     format: str                      # "yolo" or "coco"
     source: str                      # the path given
+    skipped_count: int = 0           # all skipped images, listed or not
+    dropped_count: int = 0           # all dropped boxes, listed or not
 
 
 def _clip(x1: float, y1: float, x2: float, y2: float, width: int, height: int) -> tuple[list[float] | None, str]:
@@ -90,10 +101,14 @@ class _Collector:
         self.ds = DetDataset(list(labels), [], [], [], fmt, source)
 
     def skip(self, rel: str, reason: str) -> None:
-        self.ds.skipped.append({"file": rel, "reason": reason})
+        self.ds.skipped_count += 1
+        if len(self.ds.skipped) < MAX_LISTED:  # a dataset of a million bad lines must not fill memory with them
+            self.ds.skipped.append({"file": rel, "reason": reason})
 
     def drop(self, rel: str, box: int, reason: str) -> None:
-        self.ds.dropped_boxes.append({"file": rel, "box": box, "reason": reason})
+        self.ds.dropped_count += 1
+        if len(self.ds.dropped_boxes) < MAX_LISTED:
+            self.ds.dropped_boxes.append({"file": rel, "box": box, "reason": reason})
 
     def verify(self, image: Path, rel: str) -> tuple[int, int] | None:
         """The image's oriented (height, width), or None (skipped) if it is missing or cannot be decoded."""
@@ -115,7 +130,8 @@ class _Collector:
         if not self.ds.samples:
             skipped = self.ds.skipped
             reasons = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5]) + ("; …" if skipped[5:] else "")
-            found = f"{len(skipped)} image(s), all skipped: {reasons}" if skipped else "no .jpg/.jpeg/.png images"
+            found = (f"{self.ds.skipped_count} image(s), all skipped: {reasons}" if skipped
+                     else "no .jpg/.jpeg/.png images")
             raise DataError(f"no usable images in {self.ds.source} ({self.ds.format} layout: found {found}); {hint}")
         return self.ds
 
@@ -127,9 +143,10 @@ def _rel(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def _images_under(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+def _short(value: Any) -> str:
+    """``repr(value)`` cut to 80 characters: an error message quotes a hostile value without copying it whole."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _label_path(image: Path) -> Path:
@@ -178,7 +195,7 @@ def _yolo_line(line: str, width: int, height: int, to_label: Callable[[int], tup
 
 
 def _load_yolo(images: list[Path], root: Path, labels: list[str], names: dict[int, str] | None, source: str,
-               hint: str) -> DetDataset:
+               hint: str, confine: Confine) -> DetDataset:
     out = _Collector(labels, "yolo", source)
     to_label = _class_mapper(names, labels)
     unique = {str(p.absolute()): p for p in images}
@@ -187,11 +204,18 @@ def _load_yolo(images: list[Path], root: Path, labels: list[str], names: dict[in
         if not image.is_file():  # listed in a .txt but not there
             out.skip(rel, f"image file not found ({image})")
             continue
+        outside = confine.outside(image) or confine.outside(label_file)
+        if outside:
+            out.skip(rel, outside)
+            continue
         if not label_file.is_file():
             out.skip(rel, f"no label file {_rel(label_file, root)}; an image without objects needs an empty .txt")
             continue
         try:
-            text = label_file.read_bytes().decode("utf-8-sig")
+            text = read_capped(label_file, MAX_LABEL_BYTES, "label file").decode("utf-8-sig")
+        except DataTooLarge as exc:
+            out.skip(rel, str(exc))
+            continue
         except (OSError, UnicodeDecodeError) as exc:
             out.skip(rel, f"cannot read label file {_rel(label_file, root)} ({exc}); save it as UTF-8 text")
             continue
@@ -213,13 +237,19 @@ def _load_yolo(images: list[Path], root: Path, labels: list[str], names: dict[in
 
 
 def _read_yaml(file: Path) -> dict[str, Any]:
+    """The mapping of a data.yaml of at most MAX_YAML_BYTES, without aliases (``*name``): an alias re-uses a node,
+    and a few nested ones expand to billions of values wherever the data is walked or printed (a "billion laughs"
+    bomb); a data.yaml never needs them."""
     try:
         import yaml
     except ImportError as exc:
         raise DataError(f"reading {file} needs PyYAML, which is not installed ({exc}); pip install pyyaml") from exc
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        text = read_capped(file, MAX_YAML_BYTES, "data.yaml").decode("utf-8-sig")
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise DataError(f"{file} uses a YAML alias (*name); write the values out instead of anchors and aliases")
+        data = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
         raise DataError(f"cannot read {file}: {exc}; fix the YAML (Ultralytics data.yaml layout)") from exc
     if not isinstance(data, dict):
         raise DataError(f"{file} is not a YAML mapping; an Ultralytics data.yaml has train/val and names keys")
@@ -228,34 +258,43 @@ def _read_yaml(file: Path) -> dict[str, Any]:
 
 def _yaml_names(data: dict[str, Any], file: Path) -> dict[int, str]:
     raw = data.get("names")
+
+    def name(v: Any) -> str:
+        if not isinstance(v, (str, int, float)) or isinstance(v, bool):
+            raise TypeError(f"class name {_short(v)} is not a string")
+        return str(v)
     try:
         if isinstance(raw, list):
-            names = {i: str(n) for i, n in enumerate(raw)}
+            names = {i: name(n) for i, n in enumerate(raw)}
         elif isinstance(raw, dict):
-            names = {int(k): str(v) for k, v in raw.items()}
+            names = {int(k): name(v) for k, v in raw.items()}
         else:
             raise TypeError(f"names is {type(raw).__name__}")
         if data.get("nc") is not None and int(data["nc"]) != len(names):
-            raise ValueError(f"nc is {data['nc']} but names lists {len(names)}")
+            raise ValueError(f"nc is {_short(data['nc'])} but names lists {len(names)}")
     except (TypeError, ValueError) as exc:
         raise DataError(f"{file}: bad class names ({exc}); give names: [a, b, …] (or {{0: a, 1: b}}) in class index "
                         "order, and nc equal to their count or no nc") from exc
     return names
 
 
-def _yaml_images(value: Any, root: Path, key: str, file: Path) -> list[Path]:
+def _yaml_images(value: Any, root: Path, key: str, file: Path, confine: Confine) -> list[Path]:
     images: list[Path] = []
     for entry in value if isinstance(value, list) else [value]:
         if not isinstance(entry, str) or not entry:
-            raise DataError(f"{file}: {key} entry {entry!r} is not a path; give a folder, a list of them or a .txt")
+            raise DataError(f"{file}: {key} entry {_short(entry)} is not a path; give a folder, a list of them or a "
+                            ".txt")
         p = Path(entry) if Path(entry).is_absolute() else root / entry
         if not p.exists() and entry.startswith("../"):  # Roboflow writes ../train/images beside the yaml
             p = root / entry[3:]
+        outside = confine.outside(p)
+        if outside:
+            raise DataError(f"{file}: {key} {_short(entry)}: {outside}")
         if p.is_dir():
-            images += _images_under(p)
+            images += images_under(p)
         elif p.is_file() and p.suffix.lower() == ".txt":
             try:
-                lines = p.read_text(encoding="utf-8-sig").splitlines()
+                lines = read_capped(p, MAX_LIST_BYTES, "image list").decode("utf-8-sig").splitlines()
             except (OSError, UnicodeDecodeError) as exc:
                 raise DataError(f"cannot read the image list {p} ({key} in {file}): {exc}") from exc
             for line in (x.strip() for x in lines):
@@ -266,29 +305,35 @@ def _yaml_images(value: Any, root: Path, key: str, file: Path) -> list[Path]:
         elif p.is_file() and p.suffix.lower() in EXTENSIONS:
             images.append(p)
         else:
-            raise DataError(f"{file}: {key} {entry!r} → {p} is not an image folder, .txt list or image; fix the path "
-                            f"(it is relative to the dataset root {root})")
+            raise DataError(f"{file}: {key} {_short(entry)} → {p} is not an image folder, .txt list or image; "
+                            f"fix the path (it is relative to the dataset root {root})")
     return [Path(os.path.normpath(p)) for p in images]
 
 
-def _load_yaml(file: Path, labels: list[str], split: str, source: str) -> DetDataset:
+def _load_yaml(file: Path, labels: list[str], split: str, source: str, confine: Confine) -> DetDataset:
+    outside = confine.outside(file)
+    if outside:
+        raise DataError(f"data.yaml {outside}")
     data = _read_yaml(file)
     names = _yaml_names(data, file)
     root = file.parent
     if isinstance(data.get("path"), str) and data["path"]:
         candidate = root / data["path"]  # absolute stays absolute
         root = candidate if candidate.is_dir() else root  # a path of another machine: the yaml's folder
+        outside = confine.outside(root)
+        if outside:
+            raise DataError(f"{file}: path {_short(data['path'])}: {outside}")
     root = Path(os.path.normpath(root))
     if split in _NOT_SPLITS or not data.get(split):
         has = [k for k in SPLIT_KEYS if data.get(k)]
         raise DataError(f"{file} has no {split!r} split (it has {', '.join(has) or 'none'}); pick one of those, "
                         f"or add {split}: <image folder> to it")
-    images = _yaml_images(data[split], root, split, file)
+    images = _yaml_images(data[split], root, split, file, confine)
     return _load_yolo(images, root, labels, names, source,
-                      f"each image of {split!r} needs a PNG/JPEG file and a label file under labels/")
+                      f"each image of {split!r} needs a PNG/JPEG file and a label file under labels/", confine)
 
 
-def _load_yolo_folder(folder: Path, labels: list[str], split: str, source: str) -> DetDataset:
+def _load_yolo_folder(folder: Path, labels: list[str], split: str, source: str, confine: Confine) -> DetDataset:
     alias = ("valid",) if split == "val" else ()  # Roboflow's name for val
     images_dir = next((d for s in (split, *alias) for d in (folder / "images" / s, folder / s / "images")
                        if d.is_dir()), None)
@@ -304,14 +349,18 @@ def _load_yolo_folder(folder: Path, labels: list[str], split: str, source: str) 
     names = None
     for classes in (folder / "classes.txt", folder / "labels" / "classes.txt"):
         if classes.is_file():
+            outside = confine.outside(classes)
+            if outside:
+                raise DataError(f"cannot read {classes}: {outside}")
             try:
-                listed = [x.strip() for x in classes.read_text(encoding="utf-8-sig").splitlines() if x.strip()]
+                text = read_capped(classes, MAX_YAML_BYTES, "class list").decode("utf-8-sig")
+                listed = [x.strip() for x in text.splitlines() if x.strip()]
             except (OSError, UnicodeDecodeError) as exc:
                 raise DataError(f"cannot read {classes} ({exc}); save it as UTF-8, one class name a line") from exc
             names = dict(enumerate(listed))
             break
-    return _load_yolo(_images_under(images_dir), folder, labels, names, source,
-                      "put PNG/JPEG files in images/ and a label .txt for each in labels/")
+    return _load_yolo(images_under(images_dir), folder, labels, names, source,
+                      "put PNG/JPEG files in images/ and a label .txt for each in labels/", confine)
 
 
 def _coco_dirs(file: Path) -> list[Path]:
@@ -328,10 +377,10 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _load_coco(file: Path, labels: list[str], source: str) -> DetDataset:
+def _load_coco(file: Path, labels: list[str], source: str, confine: Confine) -> DetDataset:
     try:
-        data = json.loads(file.read_bytes().decode("utf-8-sig"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        data = json.loads(read_capped(file, MAX_COCO_BYTES, "COCO file").decode("utf-8-sig"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise DataError(f"cannot read COCO file {file}: {exc}; fix the JSON") from exc
     for key in ("images", "annotations", "categories"):
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
@@ -373,6 +422,10 @@ def _load_coco(file: Path, labels: list[str], source: str) -> DetDataset:
         image = next((p for p in tried if p.is_file()), None)
         if image is None:
             out.skip(rel, "image file not found (looked in " + ", ".join(str(p.parent) for p in tried) + ")")
+            continue
+        outside = confine.outside(image)
+        if outside:  # an absolute file_name, ../.. or a symlink out of the dataset
+            out.skip(rel, outside)
             continue
         size = out.verify(image, rel)
         if size is None:
@@ -428,28 +481,36 @@ def _coco_file(folder: Path, split: str) -> Path | None:
     return top[0] if len(top) == 1 else None
 
 
-def load_detection(path: str | Path, labels: list[str], split: str = "train") -> DetDataset:
+def load_detection(path: str | Path, labels: list[str], split: str = "train",
+                   root: str | Path | None = None) -> DetDataset:
     """Load YOLO or COCO detection data (see the module docstring) with classes mapped to ``labels``; DataError if
-    the layout is unknown or malformed, or no usable image remains."""
-    src, labels = Path(path), [str(x) for x in labels]
+    the layout is unknown or malformed, a file is over its size cap (:mod:`.bounds`), or no usable image remains.
+    With ``root`` (the agent's data_root) nothing outside that folder is read."""
+    src, labels, confine = Path(path), [str(x) for x in labels], Confine(root)
     if not labels:
         raise DataError("the bundle has no labels; a detection bundle needs its class names")
     if not src.exists():
         raise DataError(f"detection data {src} does not exist; pass a data.yaml, a COCO .json or their folder")
+    outside = confine.outside(src)
+    if outside:
+        raise DataError(f"detection data {outside}")
     if src.is_file():
         if src.suffix.lower() in (".yaml", ".yml"):
-            return _load_yaml(src, labels, split, str(path))
+            return _load_yaml(src, labels, split, str(path), confine)
         if src.suffix.lower() == ".json":
-            return _load_coco(src, labels, str(path))
+            return _load_coco(src, labels, str(path), confine)
         raise DataError(f"{src} is neither a data.yaml nor a COCO .json; pass one of those or their folder")
     for name in ("data.yaml", "data.yml"):
         if (src / name).is_file():
-            return _load_yaml(src / name, labels, split, str(path))
+            return _load_yaml(src / name, labels, split, str(path), confine)
     coco = _coco_file(src, split)
     if coco is not None:
-        return _load_coco(coco, labels, str(path))
+        outside = confine.outside(coco)
+        if outside:
+            raise DataError(f"COCO file {outside}")
+        return _load_coco(coco, labels, str(path), confine)
     if (src / "images").is_dir() or any((src / s / "images").is_dir() for s in (split, "valid")):
-        return _load_yolo_folder(src, labels, split, str(path))
+        return _load_yolo_folder(src, labels, split, str(path), confine)
     raise DataError(f"{src} holds no detection data: expected a data.yaml (Ultralytics), images/ + labels/ "
                     "folders (YOLO) or a COCO .json (e.g. annotations/instances_train.json)")
 

@@ -113,7 +113,8 @@ class Detector:
         return {"model": str(self.target), "kind": self.kind, "task": "detection", "samples": len(pairs),
                 "boxes": int(sum(len(s.boxes) for _, s in pairs)), "format": ds.format,
                 **{k: m[k] for k in ("map50", "map50_95", "map75", "per_class", "method")},
-                "skipped": ds.skipped + skipped, "dropped_boxes": ds.dropped_boxes}
+                "skipped": ds.skipped + skipped, "dropped_boxes": ds.dropped_boxes,
+                "skipped_count": ds.skipped_count + len(skipped), "dropped_count": ds.dropped_count}
 
 
 def image_files(folder: str | Path) -> list[Path]:
@@ -126,6 +127,37 @@ def image_files(folder: str | Path) -> list[Path]:
     if not files:
         raise FtedgeError(f"--images {folder}: no .jpg/.jpeg/.png files found")
     return files
+
+
+def draw_paths(files: list[Path], images: str | Path, out_dir: Path) -> dict[str, Path]:
+    """Where ``--draw OUT_DIR`` writes each of ``files`` (found under ``--images``), by ``str(file)``.
+
+    OUT_DIR mirrors the images' subfolders; each file is ``<stem>.png``, or ``<name>.png`` (``a.jpg.png``) when
+    images of one folder share a stem, so no drawing replaces another. UsageError, before anything runs, when
+    OUT_DIR is the ``--images`` folder or inside it, or a drawing would replace an input image.
+    """
+    base = Path(images)
+    out_real = out_dir.resolve()
+    if base.is_dir() and (out_real == base.resolve() or base.resolve() in out_real.parents):
+        raise UsageError(f"--draw {out_dir} is inside --images {base}: the drawings would replace or join the "
+                         "input images; pick a folder outside it (e.g. --draw detections)")
+    rels = [f.relative_to(base) if base.is_dir() else Path(f.name) for f in files]
+    plain = [r.with_suffix(".png") for r in rels]
+    shared = {p for p in plain if plain.count(p) > 1}
+    chosen: dict[str, Path] = {}
+    taken: set[Path] = set()
+    for f, r, p in zip(files, rels, plain):
+        target = r.parent / f"{r.name}.png" if p in shared else p
+        n = 1
+        while target in taken:  # e.g. a.jpg and a.jpg.png in one folder
+            target, n = r.parent / f"{r.name}-{n}.png", n + 1
+        taken.add(target)
+        chosen[str(f)] = out_dir / target
+    inputs = {f.resolve() for f in files}
+    clash = next((t for t in chosen.values() if t.resolve() in inputs), None)
+    if clash is not None:
+        raise UsageError(f"--draw {out_dir} would overwrite the input image {clash}; pick another folder")
+    return chosen
 
 
 COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),

@@ -19,6 +19,10 @@ from ftedge.errors import DataError, ImageError
 from ftedge.runtime.data.image import FORMATS, ORIENTATION, ImageSpec, _pil, _to_rgb, load_image
 
 TRANSPOSED = (5, 6, 7, 8)        # EXIF orientations that swap width and height
+# The most pixels one image may decode to (a JPEG's after its DCT reduction, a PNG's in full), checked from the
+# header before anything is decoded: a 150 KB 16-bit PNG can declare 8900x8900 pixels, which take ~14 bytes each
+# on the way to RGB (about 1.1 GB); at this cap an image peaks near 0.5 GB.
+MAX_DECODE_PIXELS = 36_000_000
 _PROBE = ImageSpec("image", (1, 1), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # only to get image.py's error for a file
 
 
@@ -124,10 +128,11 @@ def _decode(path: Path, draft: int | None = None, pixels: bool = True) -> tuple[
             raise ValueError("empty file")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # a bomb is an error, not a warning
-            with Image.open(path, formats=FORMATS) as img:
+            with Image.open(path, formats=FORMATS) as img:  # reads the header only
                 width, height = img.size
                 if img.format == "JPEG" and (draft or not pixels):
                     img.draft(None, (draft, draft) if draft else (1, 1))
+                _check_pixels(path, img.size, (width, height))
                 img.load()
                 orientation = img.getexif().get(ORIENTATION, 1)
                 if orientation in TRANSPOSED:
@@ -140,6 +145,15 @@ def _decode(path: Path, draft: int | None = None, pixels: bool = True) -> tuple[
                 return np.array(rgb, dtype=np.float32 if rgb.mode == "F" else np.uint8), height, width
     except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError… on bad files
         raise _image_error(path, exc) from exc
+
+
+def _check_pixels(path: Path, decoded: tuple[int, int], full: tuple[int, int]) -> None:
+    """ImageError naming ``path`` when decoding it would produce more than MAX_DECODE_PIXELS pixels."""
+    if decoded[0] * decoded[1] > MAX_DECODE_PIXELS:
+        raise ImageError(f"image {path} is too large to decode: {full[0]}x{full[1]} pixels"
+                         + (f" (decoded at {decoded[0]}x{decoded[1]})" if decoded != full else "")
+                         + f", above the {MAX_DECODE_PIXELS:,}-pixel limit for detection images; downscale or tile "
+                         "it, or remove it")
 
 
 def _image_error(path: Path, exc: Exception) -> ImageError:

@@ -68,6 +68,7 @@ class DetTrainConfig:
     threads: int | None = None
     cache_dir: str | Path | None = None
     bundle_source: str | None = None
+    data_root: str | Path | None = None  # no data file outside it is read (the agent's data_root; None: anywhere)
 
 
 def is_detector(bundle: Bundle) -> bool:
@@ -103,9 +104,10 @@ class DetTrainer:
         self.labels = list(self.bundle.labels)
         self.spec = letterbox_spec(self.bundle.manifest["preprocessing"])
         self.grid = grid_of(self.det, self.spec.size)
-        self.data = load_detection(data, self.labels, split="train")
+        self.data = load_detection(data, self.labels, split="train", root=config.data_root)
         if config.eval_data:
-            self.val_data: DetDataset | None = load_detection(config.eval_data, self.labels, split="val")
+            self.val_data: DetDataset | None = load_detection(config.eval_data, self.labels, split="val",
+                                                              root=config.data_root)
             self.train_idx = np.arange(len(self.data.samples))
             self.val_items = list(self.val_data.samples)
         else:
@@ -119,7 +121,7 @@ class DetTrainer:
         if self.train_items and not any(len(s.boxes) for s in self.train_items):
             reasons = sorted({d["reason"] for d in self.data.dropped_boxes})[:3]
             raise DataError(f"{data}: no box to train on in {len(self.train_items)} training image(s)"
-                            + (f" ({len(self.data.dropped_boxes)} dropped: {'; '.join(reasons)})" if reasons else "")
+                            + (f" ({self.data.dropped_count} dropped: {'; '.join(reasons)})" if reasons else "")
                             + f"; the bundle's classes are {', '.join(self.labels)}: check the labels' class names")
         self.timings: dict[str, float] = {}
         self.cache_stats = {"computed": 0, "reused": 0}
@@ -360,6 +362,8 @@ class DetTrainer:
                         "boxes": int(sum(len(s.boxes) for s in self.train_items + self.val_items))},
             "skipped": self.data.skipped + (self.val_data.skipped if self.val_data else []),
             "dropped_boxes": self.data.dropped_boxes + (self.val_data.dropped_boxes if self.val_data else []),
+            "skipped_count": self.data.skipped_count + (self.val_data.skipped_count if self.val_data else 0),
+            "dropped_count": self.data.dropped_count + (self.val_data.dropped_count if self.val_data else 0),
             "format": self.data.format, "mode": self.mode, "engine": "portable", "flip": self.cfg.flip,
             "providers": list(self.cfg.providers or ["CPUExecutionProvider"]), "cache": self.cache_stats,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},

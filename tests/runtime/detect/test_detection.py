@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from ftedge.cli import main
+from ftedge.errors import EXIT_USAGE
 from tests.helpers.common import ROOT
 
 LABELS = ["sneaker", "bag", "ankle_boot"]
@@ -248,6 +250,19 @@ def test_detect_cli_prints_json_and_draws_boxes(det_bundle, shop_data, tmp_path,
     finally:
         os.chdir(cwd)
     assert len(list((tmp_path / "detections").glob("*.png"))) == 4
+    # images sharing a stem get one drawing each; --draw into the --images folder is refused, inputs untouched
+    same = tmp_path / "same"
+    (same / "sub").mkdir(parents=True)
+    first = sorted((shop_data / "images/val").glob("*.jpg"))[0]
+    shutil.copy(first, same / "x.jpg")
+    shutil.copy(first, same / "sub" / "x.jpg")
+    Image.open(first).save(same / "x.png")
+    before = {p: p.read_bytes() for p in same.rglob("*") if p.is_file()}
+    assert main(["detect", str(tmp_path / "run"), "--images", str(same), "--draw", str(tmp_path / "drawn2")]) == 0
+    drawn = sorted(p.relative_to(tmp_path / "drawn2").as_posix() for p in (tmp_path / "drawn2").rglob("*.png"))
+    assert drawn == ["sub/x.png", "x.jpg.png", "x.png.png"]
+    assert main(["detect", str(tmp_path / "run"), "--images", str(same), "--draw", str(same)]) == EXIT_USAGE
+    assert {p: p.read_bytes() for p in same.rglob("*") if p.is_file()} == before
     capsys.readouterr()
     rc = main(["evaluate", str(tmp_path / "run"), "--data", str(shop_data), "--json"])
     assert rc == 0
