@@ -28,7 +28,7 @@ from typing import Any, Callable
 from ftedge.device_agent.commands import _inside, ask_request
 from ftedge.device_agent.config import AskConfig
 from ftedge.device_agent.versions import ModelStore
-from ftedge.errors import FtedgeError, Rejected
+from ftedge.errors import FtedgeError, PromptTooLong, Rejected
 from ftedge.runtime.tasks.lm import PINNED_BUNDLE
 
 log = logging.getLogger(__name__)
@@ -147,8 +147,6 @@ class Asker:
 
     def ask(self, req: dict[str, Any], expires_ms: float | None = None) -> tuple[str, str, str, dict[str, Any]]:
         """Answer one validated request (:func:`ask_request`) now, on the calling thread."""
-        from ftedge.runtime.tasks.lm.model import PromptTooLong
-
         with self._lock:
             target, key, version = self._target(req)
             try:

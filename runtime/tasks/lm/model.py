@@ -14,20 +14,11 @@ from typing import Any, Sequence
 
 from ftedge.runtime.tasks.lm import PINNED_BUNDLE, TASK
 from ftedge.bundle.loader import Bundle, load_bundle
-from ftedge.errors import BundleError, DataError, UsageError
+from ftedge.errors import BundleError, PromptTooLong, UsageError
 from ftedge.runtime.tasks.lm.chat import ChatTokenizer, bundle_tokenizer
 from ftedge.runtime.tasks.lm.generator import Decoder, Generation
 
 ADAPTER_FILE = "adapter.safetensors"
-
-
-class PromptTooLong(DataError):
-    """A prompt has more tokens than the model (or the device's ``[ask] max_prompt_tokens``) takes."""
-
-    def __init__(self, tokens: int, limit: int) -> None:
-        super().__init__(f"the prompt is {tokens} tokens (system text and chat markers included); at most {limit} "
-                         "are taken: shorten the prompt or the system text")
-        self.tokens, self.limit = tokens, limit
 
 
 def load_adapter(path: str | Path) -> dict[str, Any]:

@@ -370,7 +370,8 @@ def test_special_tokens_typed_in_a_prompt_stay_text_and_cannot_forge_a_turn(llm_
 
 
 def test_a_prompt_over_the_token_bound_is_refused_and_answers_stop_at_the_context(llm_bundle):
-    from ftedge.runtime.tasks.lm.model import PromptTooLong, open_lm
+    from ftedge.errors import PromptTooLong
+    from ftedge.runtime.tasks.lm.model import open_lm
 
     model = open_lm(llm_bundle)
     assert model.context == 512  # the tiny model's max_position_embeddings, recorded by the export
