@@ -2,7 +2,7 @@
 
 Threads: paho's network thread (callbacks only enqueue), the *pump* (the only thread that publishes:
 outbox → paho, PUBACK → delete), the *command* thread (validates and answers ``cmd/{verb}``), the *job*
-thread (trains). Every device→host message goes through the SQLite outbox first.
+thread (trains), the *ask* thread (answers ``ask``, :mod:`ftedge.device_agent.asker`) and the deploy worker. Every device→host message goes through the SQLite outbox first.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from typing import Any
 
 import ftedge
 from ftedge.device_agent.asker import Asker
-from ftedge.device_agent.commands import ReplyCache, Rejected, cancel_target, parse_request, train_job
+from ftedge.device_agent.commands import (ReplyCache, Rejected, cancel_target, parse_request, peek_cmd_id,
+                                          request_expires, train_job)
 from ftedge.device_agent.config import AgentConfig, topic_root
 from ftedge.device_agent.deployer import Deployer
 from ftedge.device_agent.disk import DiskGuard
@@ -53,7 +54,9 @@ class Agent:
                               trusted_keys=list(d.trusted_keys) if d.require_signed else None)
         self.replies = ReplyCache(self.state_dir / "replies.json")
         self.deployer = Deployer(cfg.deploy, cfg.paths.bundle_root)
-        self.asker = Asker(self.models, cfg.paths.bundle_root)
+        self.asker = Asker(self.models, cfg.paths.bundle_root, cfg.ask,
+                           trusted_keys=list(d.trusted_keys) if d.require_signed else None,
+                           training=lambda: self.jobs.current is not None)
         self.stopping = threading.Event()   # asked to stop (signal); `run` then calls `shutdown`
         self._drained = threading.Event()   # shutdown flushed the outbox: the pump thread may exit
         self.wake = threading.Event()
@@ -135,6 +138,8 @@ class Agent:
                 "detail": f"message body of {size} bytes exceeds the {limit}-byte limit; raise mqtt.max_packet_size"}
 
     def _emit_job(self, kind: str, body: dict[str, Any]) -> None:
+        if kind == JOB and body.get("status") == "running":
+            self.asker.release()  # the decoder would compete with the training for memory
         if kind == JOB:
             self.publish(JOB, JOB, body, retain=True)
         else:
@@ -210,6 +215,7 @@ class Agent:
         self.deployer.cleanup()  # leftovers of a deploy interrupted by a power loss
         for t in self.threads:
             t.start()
+        self.asker.start()
         self.link.start()
         self.jobs.start()
 
@@ -224,6 +230,7 @@ class Agent:
             time.sleep(0.02)
         self.stopping.set()
         self._drained.set()
+        self.asker.stop()
         self.commands.put(None)
         self.wake.set()
         self.link.stop()
@@ -318,8 +325,9 @@ class Agent:
                 self._handle(incoming)
             except Exception as exc:  # noqa: BLE001 - one bad command must not stop the agent
                 log.exception("command on %s failed", incoming.topic)
-                try:
-                    self._reply(incoming, None, "error", "internal", f"{type(exc).__name__}: {exc}")
+                try:  # with the request's cmd_id when it has one: the sender matches replies by it
+                    self._reply(incoming, peek_cmd_id(incoming.payload), "error", "internal",
+                                f"{type(exc).__name__}: {exc}")
                 except Exception:  # noqa: BLE001
                     log.exception("could not even reply")
 
@@ -345,19 +353,23 @@ class Agent:
                 self._reply(incoming, cmd_id, previous["status"], previous["code"], previous["detail"],
                             {k: v for k, v in previous.items() if k not in ("cmd_id", "status", "code", "detail", "correlation")})
                 return
-            status, code, detail, extra = self._dispatch(verb, cmd_id, args, incoming)
+            outcome = self._dispatch(verb, cmd_id, args, incoming)
+            if outcome is None:  # answered later, by the verb's own worker (ask)
+                return
+            status, code, detail, extra = outcome
         except Rejected as rej:
             cmd_id = cmd_id or rej.cmd_id
             log.warning("rejected %s command %s: %s", verb, cmd_id, rej.detail)
             reply = self._reply(incoming, cmd_id, "rejected", rej.code, rej.detail)
         else:
             reply = self._reply(incoming, cmd_id, status, code, detail, extra)
-        if cmd_id is not None:
+        if cmd_id is not None and reply["code"] != "busy":  # busy is transient: a retry may get an answer
             self.replies.put(cmd_id, {k: v for k, v in reply.items() if k != "correlation"}, verb)
 
     def _dispatch(self, verb: str, cmd_id: str, args: dict[str, Any],
-                  incoming: Incoming) -> tuple[str, str, str, dict[str, Any]]:
-        """Run ``verb`` through the one verb table; returns (status, code, detail, extra) for the reply."""
+                  incoming: Incoming) -> tuple[str, str, str, dict[str, Any]] | None:
+        """Run ``verb`` through the one verb table; returns (status, code, detail, extra) for the reply, or None
+        when the verb's worker replies later."""
         handler = _VERBS.get(verb)
         if handler is None:
             raise Rejected("unknown_verb", f"unknown verb {verb!r}; verbs: {', '.join(_VERBS)}")
@@ -397,8 +409,15 @@ class Agent:
         self.publish(META, META, self.meta(), retain=True)
         return "done", "ok", f"active version is now {active['id']}", {"active_version": active["id"]}
 
-    def _ask(self, cmd_id: str, args: dict[str, Any], incoming: Incoming) -> tuple[str, str, str, dict[str, Any]]:
-        return self.asker.ask(args)
+    def _ask(self, cmd_id: str, args: dict[str, Any], incoming: Incoming) -> None:
+        """Queue the ask on the asker's thread (bad args and a full queue are refused here, at once); its one
+        reply is published when it is answered."""
+        def finish(status: str, code: str, detail: str, extra: dict[str, Any]) -> None:
+            reply = self._reply(incoming, cmd_id, status, code, detail, extra)
+            self.replies.put(cmd_id, {k: v for k, v in reply.items() if k != "correlation"}, "ask")
+
+        self.asker.submit(cmd_id, args, request_expires(incoming.payload), finish)
+        return None
 
     def _deploy(self, cmd_id: str, args: dict[str, Any], incoming: Incoming) -> tuple[str, str, str, dict[str, Any]]:
         def finish(status: str, code: str, detail: str, extra: dict[str, Any]) -> None:

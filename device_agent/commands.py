@@ -20,6 +20,7 @@ from typing import Any, Callable
 from ftedge.device_agent.jobs import Job, new_job_id, valid_job_id
 from ftedge.errors import FtedgeError, Rejected
 from ftedge.runtime import tasks
+from ftedge.runtime.tasks.lm import MIN_TEMPERATURE
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,23 @@ def _non_finite(obj: Any, path: str = "args") -> str | None:
     return None
 
 
+def peek_cmd_id(payload: bytes) -> str | None:
+    """The request's ``cmd_id`` if it has a valid one, else None; never raises (for replies to requests that
+    failed in any way, so the sender can match them)."""
+    try:
+        body = json.loads(payload.decode("utf-8"))
+    except Exception:  # noqa: BLE001 - any undecodable payload simply has no cmd_id
+        return None
+    cmd_id = body.get("cmd_id") if isinstance(body, dict) else None
+    return cmd_id if isinstance(cmd_id, str) and cmd_id and len(cmd_id) <= 128 else None
+
+
+def request_expires(payload: bytes) -> float | None:
+    """The ``expires`` (epoch ms) of a request :func:`parse_request` accepted, or None."""
+    expires = json.loads(payload.decode("utf-8")).get("expires")
+    return float(expires) if isinstance(expires, (int, float)) and not isinstance(expires, bool) else None
+
+
 def parse_request(payload: bytes) -> tuple[str, dict[str, Any]]:
     try:
         body = json.loads(payload.decode("utf-8"))
@@ -85,7 +103,9 @@ def parse_request(payload: bytes) -> tuple[str, dict[str, Any]]:
         if not isinstance(expires, (int, float)):
             raise Rejected("bad_args", "expires must be epoch milliseconds", cmd_id)
         if expires < time.time() * 1000:
-            raise Rejected("expired", f"command {cmd_id} expired at {int(expires)} ms", cmd_id)
+            raise Rejected("expired", f"command {cmd_id} expired at {int(expires)} ms and this device's clock says "
+                                      f"{int(time.time() * 1000)} ms: the sender gave up (if it was just sent, "
+                                      "this device's clock is ahead: check its time sync)", cmd_id)
     return cmd_id, args
 
 
@@ -228,7 +248,8 @@ MAX_PROMPT_CHARS = 4000
 
 def ask_request(args: dict[str, Any]) -> dict[str, Any]:
     """Validated ``ask`` args: ``prompt`` (1..4000 characters), optional ``system``, sampling settings and
-    ``bundle`` (answer with that untuned bundle instead of the active version)."""
+    ``bundle`` (answer with that untuned bundle instead of the active version). The token bound is checked
+    after tokenizing (:class:`ftedge.device_agent.asker.Asker`)."""
     unknown = sorted(set(args) - set(ASK_ARGS))
     if unknown:
         raise Rejected("bad_args", f"unknown ask argument(s) {', '.join(unknown)}; allowed: {', '.join(ASK_ARGS)}")
@@ -243,6 +264,9 @@ def ask_request(args: dict[str, Any]) -> dict[str, Any]:
         if key in ASK_LIMITS and not ASK_LIMITS[key][0] <= value <= ASK_LIMITS[key][1]:
             lo, hi = ASK_LIMITS[key]
             raise Rejected("bad_args", f"args.{key} must be between {lo:g} and {hi:g}, got {value!r}")
+        if key == "temperature" and 0 < value < MIN_TEMPERATURE:
+            raise Rejected("bad_args", f"args.temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, "
+                                       f"got {value!r}")
         out[key] = value
     prompt = out.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > MAX_PROMPT_CHARS:

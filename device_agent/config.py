@@ -33,7 +33,8 @@ _U32 = 2**32 - 1
 
 # Known keys per table ("" is the top level); a dict value is a sub-table.
 _SCHEMA: dict[str, tuple[str, ...]] = {
-    "": ("device_id", "fleet", "state_dir", "log_level", "mqtt", "paths", "deploy", "outbox", "jobs", "retention"),
+    "": ("device_id", "fleet", "state_dir", "log_level", "mqtt", "paths", "deploy", "outbox", "jobs", "retention",
+         "ask"),
     "mqtt": ("url", "username", "password_file", "ca_file", "cert_file", "key_file",
              "keepalive", "session_expiry", "will_delay", "max_packet_size"),
     "jobs": ("max_starts",),
@@ -41,6 +42,7 @@ _SCHEMA: dict[str, tuple[str, ...]] = {
     "paths": ("data_root", "bundle_root"),
     "deploy": ("trusted_keys", "require_signed", "file_root", "max_bytes", "deadline_s", "keep_replaced"),
     "outbox": ("max_bytes", "max_age_s"),
+    "ask": ("max_prompt_tokens", "queue", "token_deadline_s"),
 }
 _HINTS = {
     "device_id": 'add device_id = "dev-001" at the top of the file',
@@ -111,6 +113,15 @@ class JobsConfig:
 
 
 @dataclass(frozen=True)
+class AskConfig:
+    """The ``ask`` verb's bounds (its worker: ``ftedge.device_agent.asker``)."""
+
+    max_prompt_tokens: int = 1024  # prefill memory grows with the square of this (SmolLM2-135M: ~0.2 GB at 1024)
+    queue: int = 4                 # asks waiting behind the one being answered; more are refused `busy`
+    token_deadline_s: float = 10.0  # the answer stops (stopped: "deadline") when one token takes longer
+
+
+@dataclass(frozen=True)
 class RetentionConfig:
     """What the agent deletes at start: the oldest beyond these caps."""
 
@@ -131,13 +142,14 @@ class AgentConfig:
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    ask: AskConfig = field(default_factory=AskConfig)
     source: Path | None = None  # the file it was loaded from
 
     def to_public_dict(self) -> dict[str, Any]:
         """JSON-ready view safe to log or publish (password redacted)."""
         out = {f.name: _public(getattr(self, f.name)) for f in fields(self) if f.name != "mqtt"}
         out["mqtt"] = self.mqtt.to_public_dict()
-        for name in ("paths", "deploy", "outbox", "jobs", "retention"):
+        for name in ("paths", "deploy", "outbox", "jobs", "retention", "ask"):
             obj = getattr(self, name)
             out[name] = {f.name: _public(getattr(obj, f.name)) for f in fields(obj)}
         return out
@@ -304,11 +316,12 @@ class _Reader:
         deploy = self.deploy(self.table(doc, "deploy", required=False))
         outbox = self.outbox(self.table(doc, "outbox", required=False))
         jobs, retention = self.jobs(self.table(doc, "jobs", required=False)), self.retention(self.table(doc, "retention", required=False))
+        ask = self.ask(self.table(doc, "ask", required=False))
         if self.errors:
             return None
         assert state_dir is not None and mqtt is not None and paths is not None
         return AgentConfig(device_id=device_id, fleet=fleet, state_dir=state_dir, log_level=log_level.lower(),
-                           mqtt=mqtt, paths=paths, deploy=deploy, outbox=outbox, source=source, jobs=jobs, retention=retention)
+                           mqtt=mqtt, paths=paths, deploy=deploy, outbox=outbox, source=source, jobs=jobs, retention=retention, ask=ask)
 
     def mqtt(self, t: dict | None) -> MqttConfig | None:
         if t is None:
@@ -425,6 +438,20 @@ class _Reader:
             return d
         self.unknown(t, "jobs")
         return JobsConfig(max_starts=self.integer(t, "jobs", "max_starts", d.max_starts, 1, 1000))
+
+    def ask(self, t: dict | None) -> AskConfig:
+        d = AskConfig()
+        if t is None:
+            return d
+        self.unknown(t, "ask")
+        deadline = t.get("token_deadline_s")
+        if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float))
+                                     or not 0.1 <= deadline <= 3600):
+            self.err("ask.token_deadline_s", f"must be a number of seconds between 0.1 and 3600, got {deadline!r}")
+            deadline = None
+        return AskConfig(max_prompt_tokens=self.integer(t, "ask", "max_prompt_tokens", d.max_prompt_tokens, 1, 131_072),
+                         queue=self.integer(t, "ask", "queue", d.queue, 0, 1000),
+                         token_deadline_s=float(deadline) if deadline is not None else d.token_deadline_s)
 
     def retention(self, t: dict | None) -> RetentionConfig:
         d = RetentionConfig()

@@ -5,6 +5,8 @@ Layout under ``STATE_DIR/models/``::
     v0001/  model.onnx  model.json  result.json  version.json  [tokenizer.json]
     v0002/  adapter.safetensors  model.json  result.json  version.json   (a causal LM: its LoRA adapter,
             side-loaded onto the decoder of the bundle model.json names; the record's ``model_file``)
+            bundle/  the base bundle it was trained on, hard-linked (a ``deploy replace`` of the base cannot
+                     take it away; versions of the same base share one copy's disk blocks)
     active.json    {"active": "v0002", "history": ["v0001", "v0002"], "events": [...]}
 
 A version is staged in a hidden temp directory (files fsynced) and renamed into place, so ``vNNNN/``
@@ -132,6 +134,8 @@ class ModelStore:
                 os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700
                 files = run_files + tuple(f for f in OPTIONAL_RUN_FILES if (run_dir / f).is_file())
                 digests = {f: _copy_durable(run_dir / f, staging / f) for f in files}
+                if adapter:
+                    self._pin_base(run_dir / "bundle", staging / "bundle")
                 record = {
                     "id": None,
                     "created_at": _now(),
@@ -161,6 +165,25 @@ class ModelStore:
                 message = (f"{version_id} stored but NOT activated: not promoted (it did not beat the "
                            f"untuned model); {parent or 'no version'} stays active")
             return {**record, "active": promoted, "activated": promoted, "message": message}
+
+    def _pin_base(self, pinned: Path, dst: Path) -> None:
+        """Hard-link the base bundle a causal-LM run trained on (the job's pinned copy) into the version, from a
+        kept version with the same files where there is one (one copy's blocks per base, whatever the links)."""
+        from ftedge.device_agent.jobs import pin_bundle
+
+        try:
+            files = json.loads((pinned / "manifest.json").read_text(encoding="utf-8")).get("files")
+        except (OSError, ValueError):
+            return  # a run without its pinned copy (`ftedge train` outside the agent): the recorded path answers
+        for v in reversed(self._ids()):
+            try:
+                if json.loads((self.root / v / "bundle" / "manifest.json").read_text(encoding="utf-8")).get(
+                        "files") == files:
+                    pinned = self.root / v / "bundle"
+                    break
+            except (OSError, ValueError):
+                continue
+        pin_bundle(pinned, dst)
 
     def activate(self, version_id: str) -> dict[str, Any]:
         """Make ``version_id`` active (pushed on the history, so ``rollback()`` undoes it)."""

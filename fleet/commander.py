@@ -29,9 +29,11 @@ class CommandClient:
         return cmdres_topic(fleet, device, self.host_id)
 
     def publish_command(self, fleet: str, device: str, verb: str, args: dict[str, Any] | None = None,
-                        cmd_id: str | None = None, expiry_s: int | None = None) -> str:
+                        cmd_id: str | None = None, expiry_s: int | None = None,
+                        expires_ms: int | None = None) -> str:
         """Publish ``{"cmd_id", "args"}`` on ``cmd/{verb}`` (QoS 1, ResponseTopic, CorrelationData); returns
-        the cmd_id. Does not wait (see :meth:`send`)."""
+        the cmd_id. Does not wait (see :meth:`send`). ``expires_ms`` (epoch ms) goes into the body as
+        ``expires``: the device refuses or stops the command after it (the sender has given up)."""
         for name, value in (("fleet", fleet), ("device", device), ("verb", verb)):
             if not isinstance(value, str) or not value or any(ch in value for ch in "/+#\0"):
                 raise CollectorError(f"{name} {value!r} must be a non-empty topic segment (no / + #)")
@@ -40,7 +42,10 @@ class CommandClient:
         cmd_id = cmd_id or f"{verb}-{uuid.uuid4().hex}"
         props = mqtt.publish_properties(correlation=cmd_id.encode(), response_topic=self.reply_topic(fleet, device),
                                         expiry_s=max(1, int(expiry_s or self.settings.command_expiry_s)))
-        payload = json.dumps({"cmd_id": cmd_id, "args": args or {}}, separators=(",", ":")).encode()
+        body: dict[str, Any] = {"cmd_id": cmd_id, "args": args or {}}
+        if expires_ms is not None:
+            body["expires"] = int(expires_ms)
+        payload = json.dumps(body, separators=(",", ":")).encode()
         info = self.client.publish(cmd_topic(fleet, device, verb), payload, qos=1, retain=False,
                                    properties=props)
         if info.rc not in (mqtt.ERR_SUCCESS, mqtt.ERR_NO_CONN):   # NO_CONN: paho sends it later
@@ -68,7 +73,8 @@ class CommandClient:
         if not self.subscribed.wait(timeout):   # the reply subscription must exist before the command leaves
             raise TimeoutError(self.not_connected(timeout))
         remaining = max(0.0, deadline - time.monotonic())
-        cmd_id = self.publish_command(fleet, device, verb, args, expiry_s=max(1, math.ceil(remaining)))
+        cmd_id = self.publish_command(fleet, device, verb, args, expiry_s=max(1, math.ceil(remaining)),
+                                      expires_ms=int((time.time() + remaining) * 1000))
         with self._cv:
             while True:
                 reply = self.store.reply(cmd_id, fleet, device)

@@ -72,6 +72,15 @@ class DataError(FtedgeError):
     """Training or evaluation data does not match the bundle's inputs."""
 
 
+class PromptTooLong(DataError):
+    """A prompt has more tokens than the model (or the device's ``[ask] max_prompt_tokens``) takes."""
+
+    def __init__(self, tokens: int, limit: int) -> None:
+        super().__init__(f"the prompt is {tokens} tokens (system text and chat markers included); at most {limit} "
+                         "are taken: shorten the prompt or the system text")
+        self.tokens, self.limit = tokens, limit
+
+
 class RuntimeBackendError(FtedgeError):
     """ONNX Runtime (training) is missing or failed."""
 

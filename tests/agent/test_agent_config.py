@@ -303,3 +303,15 @@ def test_limits_and_retention_defaults_and_values(tmp_path):
 ])
 def test_invalid_limits_name_the_key(tmp_path, extra, key):
     assert key in error(tmp_path, MINIMAL + extra)
+
+
+def test_ask_table_sets_the_token_bound_queue_and_deadline_and_names_a_bad_key(tmp_path):
+    cfg = load_config(write(tmp_path, FULL + "\n[ask]\nmax_prompt_tokens = 300\nqueue = 0\ntoken_deadline_s = 2.5\n"))
+    assert (cfg.ask.max_prompt_tokens, cfg.ask.queue, cfg.ask.token_deadline_s) == (300, 0, 2.5)
+    assert cfg.to_public_dict()["ask"]["max_prompt_tokens"] == 300
+    assert load_config(write(tmp_path, FULL)).ask.max_prompt_tokens == 1024
+    for bad, key, words in (("max_prompt_tokens = 0", "ask.max_prompt_tokens", "at least 1"),
+                            ("token_deadline_s = 0", "ask.token_deadline_s", "between 0.1 and 3600"),
+                            ('queue = "4"', "ask.queue", "must be an integer")):
+        msg = error(tmp_path, FULL + f"\n[ask]\n{bad}\n")
+        assert f"{key}: " in msg and words in msg, msg

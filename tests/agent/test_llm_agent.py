@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
 
 import pytest
@@ -68,6 +71,25 @@ def test_agent_trains_a_language_model_answers_with_it_and_rolls_back(broker, ll
         assert back["status"] == "done" and back["active_version"] == "v0001", back
         again = col.send("ask", {"prompt": FACTS[0][0], "max_new_tokens": 12})
         assert again["status"] == "done" and again["version"] == "v0001" and again["answer"] == FACTS[0][1]
+        # `deploy replace` of the base (a new folder renamed into place, the old one deleted by retention) and a
+        # restart: the version answers from its own copy of the base it was trained on
+        bundles = tmp_path / "bundles"
+        staged = bundles / ".staged"
+        shutil.copytree(bundles / "faq-llm", staged)
+        tok = staged / "tokenizer.json"
+        tok.write_text(json.dumps(json.loads(tok.read_text()), indent=1))  # other bytes: another bundle
+        manifest = json.loads((staged / "manifest.json").read_text())
+        manifest["files"]["tokenizer.json"] = {"sha256": hashlib.sha256(tok.read_bytes()).hexdigest(),
+                                               "size": tok.stat().st_size}
+        (staged / "manifest.json").write_text(json.dumps(manifest))
+        os.rename(bundles / "faq-llm", bundles / ".replaced-faq-llm")
+        os.rename(staged, bundles / "faq-llm")
+        shutil.rmtree(bundles / ".replaced-faq-llm")
+        agent.stop()
+        agent = AgentProc(llm_device(broker), tmp_path / "agent2.log")
+        pinned = col.send("ask", {"prompt": FACTS[0][0], "max_new_tokens": 12}, timeout=60)
+        assert pinned["status"] == "done" and pinned["version"] == "v0001", (pinned, agent.text()[-2000:])
+        assert pinned["answer"] == FACTS[0][1]
     finally:
         col.close()
         agent.stop()

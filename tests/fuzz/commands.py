@@ -1,9 +1,12 @@
-"""(d) The agent's command parser: ``parse_request`` on any payload, then ``train_job`` (train) or
-``cancel_target`` (cancel) on the parsed args, against real bundle and data roots holding an escaping symlink.
+"""(d) The agent's command parser: ``parse_request`` on any payload, then ``train_job`` (train),
+``cancel_target`` (cancel) or ``ask_request`` (ask) on the parsed args, against real bundle and data roots holding
+an escaping symlink; ``peek_cmd_id`` (the cmd_id of an error reply) on every payload.
 
 Input: ``VERB`` newline ``PAYLOAD`` (the topic's last segment and the MQTT payload; corpus files are exactly
 that). Contract: ``Rejected`` or a result; a train job's bundle and data resolve inside their roots and its
-options are the declared ones (ftedge.runtime.training.options) within their bounds and choices.
+options are the declared ones (ftedge.runtime.training.options) within their bounds and choices; an accepted ask
+has only its declared arguments within their bounds, a temperature of 0 or at least the floor, and UTF-8 text;
+``peek_cmd_id`` never raises and agrees with ``parse_request``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from ftedge.device_agent import commands as cmds
 from ftedge.runtime.tasks import all_options
+from ftedge.runtime.tasks.lm import MIN_TEMPERATURE
 from hypothesis import strategies as st
 
 from tests.fuzz.common import corpus, guarded, workdir
@@ -58,9 +62,15 @@ for k, o in OPTIONS.items():
 
 @st.composite
 def structured(draw: st.DrawFn) -> bytes:
-    verb = draw(st.sampled_from(["train", "train", "train", "cancel", "status", "deploy", "bogus", ""]))
+    verb = draw(st.sampled_from(["train", "train", "train", "ask", "ask", "cancel", "status", "deploy", "bogus", ""]))
     args: dict = {}
-    if verb == "train" or draw(st.booleans()):
+    if verb == "ask":
+        args["prompt"] = draw(st.text(max_size=30) | st.sampled_from(["x" * 4001, "<|im_start|>assistant\n", "\udcff"])
+                              | json_values)
+        for key in draw(st.lists(st.sampled_from(sorted(cmds.ASK_ARGS)), max_size=4, unique=True)):
+            args[key] = draw(st.sampled_from([0, 1e-320, 0.009, 0.01, 2, 2.01, 256, 257, -1, 2**31]) | st.floats()
+                             | json_values)
+    elif verb == "train" or draw(st.booleans()):
         args["bundle"] = draw(st.sampled_from(PATHS) | json_values)
         args["data"] = draw(st.sampled_from(PATHS) | json_values)
         for key in draw(st.lists(st.sampled_from(sorted(OPTIONS)), max_size=4, unique=True)):
@@ -87,8 +97,11 @@ def check(data: bytes) -> None:
     """One command through the parser; raises ContractViolation."""
     verb, _, payload = data.partition(b"\n")
     verb_s = verb.decode("utf-8", "replace")
+    peeked = cmds.peek_cmd_id(payload)
+    assert peeked is None or isinstance(peeked, str), peeked
     with guarded(f"parse_request({verb_s})", (cmds.Rejected,)):
         cmd_id, args = cmds.parse_request(payload)
+        assert peeked == cmd_id, (peeked, cmd_id)
         assert isinstance(cmd_id, str) and isinstance(args, dict), (cmd_id, args)
         if verb_s == "train":
             job = cmds.train_job(args, DATA, BUNDLES, cmd_id)
@@ -102,5 +115,14 @@ def check(data: bytes) -> None:
                     assert lo <= value <= hi, f"{key}={value!r} accepted outside [{lo}, {hi}]"
                 if OPTIONS[key].choices:
                     assert value in OPTIONS[key].choices, f"{key}={value!r} accepted"
+        elif verb_s == "ask":
+            req = cmds.ask_request(args)
+            assert set(req) <= set(cmds.ASK_ARGS) and isinstance(req["prompt"], str), req
+            for key, (lo, hi) in cmds.ASK_LIMITS.items():
+                assert key not in req or lo <= req[key] <= hi, f"ask {key}={req[key]!r} accepted"
+            assert req.get("temperature", 0) == 0 or req["temperature"] >= MIN_TEMPERATURE, req
+            for key in ("prompt", "system"):
+                if key in req:
+                    req[key].encode("utf-8")
         elif verb_s == "cancel" and hasattr(cmds, "cancel_target"):
             cmds.cancel_target(args, None)

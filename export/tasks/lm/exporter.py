@@ -332,7 +332,9 @@ def export_causal_lm(opts: ExportOptions, progress: Callable[[str], None] = lamb
                     "router_feature": "cut_mean",  # the decoder output an adapter router reads (runtime/tasks/lm/router.py)
                     "decoder_weights": quant or "fp32",
                     **({"decoder_quantization": quant_info} if quant_info else {}),
-                    "eos": fmt.stop[0] if fmt.stop else None},
+                    "eos": fmt.stop[0] if fmt.stop else None,
+                    # the positions the model was built for: a prompt plus its answer never goes beyond
+                    "context": getattr(hf.config, "max_position_embeddings", None)},
             "trainable": names,
             "frozen": ["(every base-model weight)"],
             "trainable_parameter_count": n_lora,

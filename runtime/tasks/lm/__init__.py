@@ -10,6 +10,11 @@ from typing import Any
 from ftedge.runtime.tasks import DeviceTask, TrainRequest
 from ftedge.runtime.training.options import COMMON, pick
 
+# The lowest sampling temperature above 0 (greedy): below it the logits divided by it overflow to inf and the
+# sampler's probabilities become NaN.
+MIN_TEMPERATURE = 0.01
+PINNED_BUNDLE = "bundle"  # in an agent's model version: its own hard-linked copy of the base bundle
+
 OPTIONS = pick("epochs", "batch_size", "lr", "weight_decay", "val_fraction", "seed", "max_seconds", "min_gain",
                "general", "off_topic", "min_retention", "max_new_tokens",
                own=[replace(COMMON["eval_data"], path="file", metavar="FILE.jsonl")],  # a file here, not a folder

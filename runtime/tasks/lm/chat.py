@@ -52,18 +52,27 @@ class ChatFormat:
         return {"turn": {r: list(v) for r, v in self.turn.items()}, "default_system": self.default_system,
                 "generation_prompt": self.generation_prompt, "stop": list(self.stop)}
 
+    def segments(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[tuple[str, bool]]:
+        """The conversation as the model's chat template writes it, as ``(text, is_content)`` pieces: the template's
+        own markers (``is_content`` False) and the messages' text (True), which must never be parsed into
+        special tokens (a prompt typing ``<|im_start|>assistant`` would otherwise forge a turn)."""
+        out: list[tuple[str, bool]] = []
+
+        def turn(role: str, content: str) -> None:
+            pre, post = self.turn[role]
+            out.extend([(pre, False), (content, True), (post, False)])
+
+        if self.default_system is not None and (not messages or messages[0]["role"] != "system"):
+            turn("system", self.default_system)
+        for m in messages:
+            turn(m["role"], m["content"])
+        if add_generation_prompt:
+            out.append((self.generation_prompt, False))
+        return [(text, content) for text, content in out if text]
+
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         """The conversation as the model's chat template writes it."""
-        out = []
-        if self.default_system is not None and (not messages or messages[0]["role"] != "system"):
-            pre, post = self.turn["system"]
-            out.append(pre + self.default_system + post)
-        for m in messages:
-            pre, post = self.turn[m["role"]]
-            out.append(pre + m["content"] + post)
-        if add_generation_prompt:
-            out.append(self.generation_prompt)
-        return "".join(out)
+        return "".join(text for text, _ in self.segments(messages, add_generation_prompt))
 
 
 @dataclass
@@ -99,6 +108,10 @@ class ChatTokenizer:
             raise TextError(f"cannot read the bundle's tokenizer {tokenizer_file}: {exc}; re-export the bundle") from exc
         self.tok.no_truncation()
         self.tok.no_padding()
+        # A second copy that reads special-token strings as plain text: for message text (what a user typed).
+        # Two instances rather than toggling one flag: the tokenizer is shared by the job and the ask threads.
+        self.plain = tokenizers.Tokenizer.from_str(self.tok.to_str())
+        self.plain.encode_special_tokens = True
         self.fmt = fmt
         self.max_length = int(max_length)
         self.stop_ids = sorted({i for s in fmt.stop for i in self.encode(s)} if fmt.stop else set())
@@ -111,16 +124,22 @@ class ChatTokenizer:
                    int(preprocessing["max_length"]))
 
     def encode(self, text: str) -> list[int]:
+        """Template text: special-token strings in it become their tokens."""
         return list(self.tok.encode(text, add_special_tokens=False).ids)
+
+    def encode_text(self, text: str) -> list[int]:
+        """Message text: special-token strings in it stay plain text."""
+        return list(self.plain.encode(text, add_special_tokens=False).ids)
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=True)
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        return self.encode(self.fmt.render(messages, add_generation_prompt=True))
+        return [i for text, content in self.fmt.segments(messages, add_generation_prompt=True)
+                for i in (self.encode_text(text) if content else self.encode(text))]
 
     def answer_ids(self, answer: str) -> list[int]:
-        return self.encode(answer + (self.fmt.stop[0] if self.fmt.stop else ""))
+        return self.encode_text(answer) + (self.encode(self.fmt.stop[0]) if self.fmt.stop else [])
 
 
 def _messages(row: Any) -> tuple[list[dict[str, str]], str]:

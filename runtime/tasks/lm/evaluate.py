@@ -14,7 +14,7 @@ import numpy as np
 
 from ftedge.bundle.loader import Bundle
 from ftedge.runtime.tasks.lm import answer_metrics
-from ftedge.runtime.tasks.lm.chat import ChatTokenizer, Example, load_qa, prompt_of, read_rows
+from ftedge.runtime.tasks.lm.chat import ChatTokenizer, Example, _messages, load_qa, prompt_of, read_rows
 from ftedge.runtime.tasks.lm.generator import Decoder
 from ftedge.errors import DataError
 
@@ -126,14 +126,35 @@ def perplexity(decoder: Decoder, examples: list[Example]) -> dict[str, Any]:
     return {"answer_tokens": count, "nll": total / max(count, 1), "perplexity": math.exp(total / max(count, 1))}
 
 
-def rows_of(path: str | Path, flag: str) -> list[dict[str, Any]]:
-    """The JSON objects of a ``.jsonl`` file (other lines skipped with a warning); DataError when none is left."""
-    rows, skipped = read_rows(path)
-    good = [r for _, r in rows if isinstance(r, dict)]
-    if skipped or len(good) != len(rows):
-        log.warning("%s %s: %d line(s) skipped (not JSON objects)", flag, path, len(skipped) + len(rows) - len(good))
+def rows_of(path: str | Path, flag: str, tok: ChatTokenizer | None = None, need_answer: bool = False,
+            skipped: list[dict[str, str]] | None = None) -> list[dict[str, Any]]:
+    """The usable rows of a ``.jsonl`` file, checked before any training: JSON objects with a prompt (and with
+    ``need_answer`` a non-empty answer) whose prompt fits the bundle's ``max_length`` (with ``tok``). Every other
+    line is skipped, logged and appended to ``skipped`` as ``{"source": FILE:LINE, "reason": …}``; DataError when
+    none is left."""
+    rows, bad = read_rows(path)
+    good = []
+    for where, row in rows:
+        try:
+            if need_answer:
+                messages, answer = _messages(row)
+                if not answer.strip():
+                    raise ValueError("empty answer")
+            else:
+                messages = prompt_of(row)
+            if tok is not None and len(tok.prompt_ids(messages)) > tok.max_length:
+                raise ValueError(f"the prompt is longer than the bundle's {tok.max_length} tokens")
+        except (ValueError, DataError) as exc:
+            bad.append({"source": where, "reason": f"{flag}: {str(exc).removeprefix('bad row: ')}"})
+            continue
+        good.append(row)
+    for entry in bad:
+        log.warning("%s %s: line skipped: %s", flag, entry["source"], entry["reason"])
+    if skipped is not None:
+        skipped.extend(bad)
     if not good:
-        raise DataError(f"{flag} {path}: no usable rows ({len(skipped) + len(rows)} skipped)")
+        reasons = "; ".join(f"{s['source']}: {s['reason']}" for s in bad[:3])
+        raise DataError(f"{flag} {path}: no usable rows ({len(bad)} skipped{': ' + reasons if reasons else ''})")
     return good
 
 

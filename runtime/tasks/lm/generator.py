@@ -25,6 +25,7 @@ import numpy as np
 
 from ftedge.errors import DataError
 from ftedge.runtime.engines.ort_backend import StepSession
+from ftedge.runtime.tasks.lm import MIN_TEMPERATURE
 from ftedge.runtime.tasks.lm.router import split_adapter
 
 
@@ -32,7 +33,8 @@ from ftedge.runtime.tasks.lm.router import split_adapter
 class Generation:
     ids: list[int]
     text: str
-    stopped: str          # "stop" (a stop token), "length" (max_new_tokens) or "context" (max_length reached)
+    stopped: str          # "stop" (a stop token), "length" (max_new_tokens), "context" (max_length reached),
+                          # "deadline" (a token was too slow) or "expired" (past the caller's deadline)
     prompt_tokens: int
     seconds: float
     route: str | None = None  # with a routed adapter: "adapter" or "untuned" (which weights answered)
@@ -112,20 +114,26 @@ class Decoder:
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int = 64, stop_ids: Sequence[int] = (),
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                 max_length: int | None = None, use_cache: bool = True, route: bool | None = None
-                 ) -> tuple[list[int], str]:
+                 max_length: int | None = None, use_cache: bool = True, route: bool | None = None,
+                 token_deadline_s: float | None = None, until: float | None = None) -> tuple[list[int], str]:
         """Token ids after ``prompt_ids`` and why it stopped; greedy at ``temperature`` 0, else sampled
         (top-k / nucleus, seeded). ``use_cache=False`` recomputes the whole sequence per token (for tests).
         ``route``: the router's decision for this prompt when the caller already has it (:meth:`routes_to_adapter`),
-        which saves the prefill it would otherwise spend on an off-topic prompt."""
+        which saves the prefill it would otherwise spend on an off-topic prompt. It stops with ``"deadline"`` when
+        one token (the first: the prefill) took longer than ``token_deadline_s``, and with ``"expired"`` once the
+        epoch time ``until`` has passed (the asker gave up)."""
         if not prompt_ids:
             raise DataError("an empty prompt")
+        if 0 < temperature < MIN_TEMPERATURE:
+            raise DataError(f"temperature {temperature!r} is below {MIN_TEMPERATURE:g}: use 0 for greedy decoding "
+                            f"or at least {MIN_TEMPERATURE:g}")
         rng = np.random.default_rng(seed)
         stop = set(int(i) for i in stop_ids)
         seq = [int(i) for i in prompt_ids]
         out: list[int] = []
         state: dict[str, Any] = {}
         self.last_route = None
+        last = time.monotonic()
         if self.router is None:
             weights = self.adapter
             logits = self._next(seq, state, 0, use_cache, weights)
@@ -152,6 +160,12 @@ class Decoder:
                 return out, "length"
             if max_length is not None and len(seq) >= max_length:
                 return out, "context"
+            now = time.monotonic()
+            if token_deadline_s is not None and now - last > token_deadline_s:
+                return out, "deadline"
+            if until is not None and time.time() > until:
+                return out, "expired"
+            last = now
             logits = self._next(seq, state, len(seq) - 1, use_cache, weights)
 
     def _next(self, seq: list[int], state: dict[str, Any], past_len: int, use_cache: bool,

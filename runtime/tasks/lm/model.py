@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ftedge.runtime.tasks.lm import TASK
+from ftedge.runtime.tasks.lm import PINNED_BUNDLE, TASK
 from ftedge.bundle.loader import Bundle, load_bundle
-from ftedge.errors import BundleError, UsageError
+from ftedge.errors import BundleError, PromptTooLong, UsageError
 from ftedge.runtime.tasks.lm.chat import ChatTokenizer, bundle_tokenizer
 from ftedge.runtime.tasks.lm.generator import Decoder, Generation
 
@@ -62,15 +62,27 @@ class LMModel:
     kind: str          # "bundle" (untuned) or "personalized"
     source: str
 
+    @property
+    def context(self) -> int | None:
+        """The positions the model was built for (``llm.context``; None in bundles exported before it was recorded)."""
+        value = self.bundle.manifest["llm"].get("context")
+        return int(value) if isinstance(value, int) and value > 1 else None
+
     def answer(self, prompt: str | list[dict[str, str]], system: str | None = None, max_new_tokens: int = 64,
-               **sampling: Any) -> Generation:
+               max_prompt_tokens: int | None = None, **sampling: Any) -> Generation:
+        """Generate an answer. The prompt (with ``system`` and the chat markers) must fit ``max_prompt_tokens``
+        and leave the model's context one position; the answer stops (``stopped: "context"``) where the context ends.
+        Why a token bound and not only a character one: the prefill's attention memory grows with the square of
+        the prompt's tokens, and a byte-level tokenizer gives up to 4 tokens per rare character."""
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         if system is not None:
             messages = [{"role": "system", "content": system}] + [m for m in messages if m["role"] != "system"]
         ids = self.tok.prompt_ids(messages)
+        limits = [n for n in (max_prompt_tokens, self.context and self.context - 1) if n]
+        if limits and len(ids) > min(limits):
+            raise PromptTooLong(len(ids), min(limits))
         t0 = time.perf_counter()
-        out, why = self.decoder.generate(ids, max_new_tokens, self.tok.stop_ids,
-                                         max_length=self.tok.max_length + max_new_tokens, **sampling)
+        out, why = self.decoder.generate(ids, max_new_tokens, self.tok.stop_ids, max_length=self.context, **sampling)
         return Generation(out, self.tok.decode(out).strip(), why, len(ids), time.perf_counter() - t0,
                           self.decoder.last_route)
 
@@ -83,6 +95,8 @@ def open_lm(target: str | Path, providers: Sequence[str] | None = None, threads:
         b = load_bundle(path, trusted_keys=trusted_keys)
         adapter_path, kind = b.file("init"), "bundle"
     else:
+        if bundle is None and (path / PINNED_BUNDLE / "manifest.json").is_file():
+            bundle = path / PINNED_BUNDLE  # the agent's model version keeps the base it was trained on
         b, adapter_path = run_bundle(path, bundle, trusted_keys)
         kind = "personalized"
     if not TASK.serves(b.manifest):

@@ -113,8 +113,10 @@ class LMTrainer:
         self.callbacks = callbacks
         self.rundir = RunDir(self.run_dir)
         self.ckpt = self.rundir.ckpt
-        self.eval_rows = rows_of(config.eval_data, "--eval-data") if config.eval_data else None
-        self.general_rows = rows_of(config.general, "--general") if config.general else []
+        # Checked now, not after the last epoch: a bad row is skipped and listed (FILE:LINE) with the data's own.
+        self.eval_rows = (rows_of(config.eval_data, "--eval-data", self.tok, need_answer=True,
+                                  skipped=self.data.skipped) if config.eval_data else None)
+        self.general_rows = rows_of(config.general, "--general", self.tok, skipped=self.data.skipped) if config.general else []
         for i, row in enumerate(self.eval_rows or []):  # before training, not after it
             keywords_of(row, f"--eval-data {config.eval_data} row {i + 1}")
         n = len(self.data)
