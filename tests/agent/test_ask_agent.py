@@ -114,3 +114,27 @@ def test_ask_checks_signatures_and_answers_with_the_bundle_now_deployed(broker, 
     finally:
         col.close()
         agent.stop()
+
+
+def test_the_decoder_is_released_when_training_starts_and_a_slow_token_stops_the_answer(tmp_path, llm_bundle):
+    """The asker the agent runs (its own component, in process): the opened decoder is dropped on `release()`
+    (the agent calls it when a job starts running) and after every answer while a job runs; and
+    `[ask] token_deadline_s` reaches the generator (`stopped: "deadline"`)."""
+    from ftedge.device_agent.asker import Asker
+    from ftedge.device_agent.config import AskConfig
+    from ftedge.device_agent.versions import ModelStore
+
+    bundles = tmp_path / "bundles"
+    shutil.copytree(llm_bundle, bundles / "faq-llm")
+    req = {"prompt": FACTS[0][0], "bundle": "faq-llm", "max_new_tokens": 3}
+    training = {"on": False}
+    asker = Asker(ModelStore(tmp_path / "state"), bundles, training=lambda: training["on"])
+    status, code, _, out = asker.ask(req)
+    assert (status, code) == ("done", "ok") and asker._open is not None  # kept for the next question
+    asker.release()                                                        # a job starts running
+    assert asker._open is None
+    training["on"] = True
+    assert asker.ask(req)[0] == "done" and asker._open is None             # answered, then dropped again
+    slow = Asker(ModelStore(tmp_path / "state"), bundles, cfg=AskConfig(token_deadline_s=1e-9))
+    status, _, _, out = slow.ask({**req, "max_new_tokens": 8})
+    assert status == "done" and out["stopped"] == "deadline" and out["tokens"] < 8, out
