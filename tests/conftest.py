@@ -81,6 +81,14 @@ def pytest_sessionfinish(session, exitstatus):  # noqa: ANN001
     bundle_farm.stop()
 
 
+def pytest_terminal_summary(terminalreporter):  # noqa: ANN001
+    from tests.helpers import bundle_farm
+
+    if bundle_farm.LAST:
+        terminalreporter.write_line(f"zoo bundles: {bundle_farm.LAST['bundles']} ready, {bundle_farm.LAST['cached']} of "
+                                    "them restored from the export cache (tests/helpers/bundle_cache.py)")
+
+
 @pytest.fixture(scope="session")
 def family_bundle():
     """``family_bundle(name)`` -> the bundle of a zoo family (FAMILIES or PORTABLE_ONLY), exported once per session.

@@ -3,7 +3,9 @@
 Exporting a bundle is mostly single-threaded Python (torch.onnx, the training-step graph), and the suite's broker,
 agent and fleet tests mostly wait; so the session starts one export process per spare core as soon as collection
 shows which zoo bundles it needs, and a test asking for a bundle waits only for that one (moved to the front of the
-queue if it has not started). Every export is the real `ftedge export` CLI in its own process.
+queue if it has not started). Every export is the real `ftedge export` CLI in its own process -- or, when the same
+code and libraries exported the same spec before, that export's bundle restored from the cache outside the clone
+(:mod:`tests.helpers.bundle_cache`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import sys
 import threading
 from pathlib import Path
 
+from tests.helpers import bundle_cache
+
 
 class BundleFarm:
     def __init__(self, root: Path, specs: dict[str, tuple[Path, str, list[str]]], workers: int) -> None:
@@ -25,6 +29,7 @@ class BundleFarm:
         self.running: dict[str, subprocess.Popen] = {}
         self.cond = threading.Condition()
         self.closed = False
+        self.cached = 0  # bundles restored from tests/helpers/bundle_cache.py instead of exported
         self.threads = [threading.Thread(target=self._work, daemon=True, name=f"bundle-farm-{k}")
                         for k in range(max(1, workers))]
         for t in self.threads:
@@ -37,15 +42,25 @@ class BundleFarm:
                 if self.closed or not self.pending:
                     return
                 name = self.pending.pop(0)
-                zoo, model, args = self.specs[name]
-                cmd = [sys.executable, "-m", "ftedge.cli", "export", f"{zoo}:{model}", "-o", str(self.root / name),
-                       "--quiet", *args]
-                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-                self.running[name] = proc
-            out, err = proc.communicate()
+            zoo, model, args = self.specs[name]
+            cmd = [sys.executable, "-m", "ftedge.cli", "export", f"{zoo}:{model}", "-o", str(self.root / name),
+                   "--quiet", *args]
+            key = bundle_cache.key(zoo, model, args)
+            done = bundle_cache.restore(key, self.root / name, cmd)  # the same code exported it before
+            cached = done is not None
+            if done is None:
+                with self.cond:
+                    if self.closed:
+                        return
+                    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                    self.running[name] = proc
+                out, err = proc.communicate()
+                done = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+                bundle_cache.store(key, self.root / name, done)
             with self.cond:
+                self.cached += cached
                 self.running.pop(name, None)
-                self.results[name] = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+                self.results[name] = done
                 self.cond.notify_all()
 
     def get(self, name: str, timeout: float = 1800) -> subprocess.CompletedProcess:
@@ -77,6 +92,7 @@ _FARM: list[BundleFarm] = []
 
 
 def start(root: Path, specs: dict[str, tuple[Path, str, list[str]]], workers: int) -> BundleFarm:
+    bundle_cache.prune()
     _FARM.append(BundleFarm(root, specs, workers))
     return _FARM[-1]
 
@@ -85,9 +101,14 @@ def current() -> BundleFarm | None:
     return _FARM[-1] if _FARM else None
 
 
+# The last stopped farm's counts, for the session summary: {"bundles": n, "cached": restored from the cache}.
+LAST: dict[str, int] = {}
+
+
 def stop() -> None:
     while _FARM:
         farm = _FARM.pop()
+        LAST.update(bundles=len(farm.results), cached=farm.cached)
         farm.close()
         shutil.rmtree(farm.root, ignore_errors=True)
 
