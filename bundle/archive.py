@@ -271,3 +271,24 @@ def _unpack(s: _Stream, dest: Path, max_bytes: int, accept_manifest: Callable[[d
         raise BundleRejectedError(f"the archive lacks file(s) its manifest lists ({', '.join(missing[:5])}); re-pack "
                                   "the bundle with `ftedge pack`")
     return dest / top
+
+
+class _Manifest(Exception):
+    def __init__(self, manifest: dict[str, Any]) -> None:
+        self.manifest = manifest
+
+
+def read_archive_manifest(archive: Path, max_bytes: int = 2 * 2**30) -> dict[str, Any]:
+    """The ``manifest.json`` of a bundle archive, read without unpacking anything else (the fleet's rollouts
+    read the bundle's name from it). Raises like :func:`unpack_bundle_archive`."""
+    import tempfile
+
+    def stop(manifest: dict[str, Any]) -> None:
+        raise _Manifest(manifest)
+
+    with tempfile.TemporaryDirectory(prefix="ftedge-manifest-") as tmp:
+        try:
+            unpack_bundle_archive(Path(archive), Path(tmp), max_bytes, stop)
+        except _Manifest as found:
+            return found.manifest
+    raise BundleRejectedError(f"{archive} has no {MANIFEST_NAME}: it is not a bundle archive written by `ftedge pack`")

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from ftedge.errors import (
@@ -100,6 +101,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "are always allowed, other names get 421 (DNS-rebinding protection); repeatable")
     s.add_argument("--max-devices-per-fleet", type=int, default=100_000, metavar="N",
                    help="devices per fleet at most (default 100000); messages of further devices are rejected")
+    s.add_argument("--public-url", metavar="URL",
+                   help="the collector's HTTP address as devices reach it, for the bundle URLs of rollouts "
+                        "(default http://HOST:PORT of --http; give it when --http binds 0.0.0.0 or sits behind a proxy)")
+    s.add_argument("--bundle-dir", type=Path, metavar="DIR",
+                   help="the folder of published rollout bundles, served as /bundles/<sha256>.tar.gz (default: "
+                        "beside a SQLite --db; collectors sharing PostgreSQL need one folder they all read)")
+    s.add_argument("--url-key-file", type=Path, metavar="FILE",
+                   help="the key that signs bundle download URLs (default DIR/.url-key in --bundle-dir, created "
+                        "0600 on first use; collectors of a group need the same key)")
+    s.add_argument("--no-rollouts", action="store_true",
+                   help="do not drive rollouts from this collector (another one of the group does)")
     s.set_defaults(handler=_serve)
     st = fs.add_parser("status", help="a table of devices from the collector's database")
     st.add_argument("--db", default=str(DEFAULT_DB), metavar="PATH|URL",
@@ -167,6 +179,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="MQTT username of a collector (default collector); repeatable")
     ac.add_argument("-o", "--output", type=Path, help="write the file here instead of stdout")
     ac.set_defaults(handler=_acl)
+    from ftedge.fleet.rollout.cli import register as register_rollout
+
+    register_rollout(fs, str(DEFAULT_DB))
     p.set_defaults(handler=lambda _a: (p.print_help(sys.stderr), 2)[1])
 
 
@@ -181,15 +196,38 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError("--max-devices-per-fleet must be at least 1")
     if args.share is not None:
         share_group.check(args.share)
+    from ftedge.fleet.bundle_store import BundleStore
+    from ftedge.fleet.rollout.cli import default_bundle_dir
+    from ftedge.fleet.rollout.driver import RolloutDriver
+    from ftedge.fleet.url_signing import bundle_url, load_or_create_key
+
+    bundle_dir = args.bundle_dir or (None if args.db.startswith(("postgresql:", "postgres:"))
+                                     else default_bundle_dir(args.db))
+    bundles = BundleStore(bundle_dir) if bundle_dir is not None else None
+    key = load_or_create_key(args.url_key_file or bundle_dir / ".url-key") if bundle_dir is not None else None
     collector, store = _collector(args, share=args.share)
     collector.start()
     server = FleetHTTPServer(store, host, int(port), token=token, allowed_hosts=args.allow_host, collector=collector,
-                             send=lambda f, d, v, a: collector.send(f, d, v, a, timeout=10.0)).start()
-    print(f"collecting from {redact_url(args.broker)} into {store.backend}; dashboard {server.url}/", file=sys.stderr)
+                             send=lambda f, d, v, a: collector.send(f, d, v, a, timeout=10.0), bundles=bundles,
+                             url_key=key).start()
+    public = (args.public_url or server.url).rstrip("/")
+    driver = None
+    if not args.no_rollouts:
+        url_for = None
+        if key is not None:
+            def url_for(sha: str, fleet: str, device: str, rollout: str, expires: int) -> str:
+                return bundle_url(public, key, sha, device, rollout, expires)
+        driver = RolloutDriver(store, lambda f, d, v, a, c, e: collector.publish_command(
+            f, d, v, a, cmd_id=c, expiry_s=max(1, int(e / 1000 - time.time())), expires_ms=e),
+            holder=collector.settings.client_id, url_for=url_for).start()
+    print(f"collecting from {redact_url(args.broker)} into {store.backend}; dashboard {server.url}/"
+          + (f"; bundles from {bundle_dir} at {public}/bundles/" if bundles is not None else ""), file=sys.stderr)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
+    if driver is not None:
+        driver.stop()
     server.stop()
     collector.stop()
     return 0

@@ -118,7 +118,8 @@ class Precedence(TransactionState):
         elif m.kind == "cmdres":
             cmd_id = body.get("cmd_id")
             if isinstance(cmd_id, str) and cmd_id:
-                rows["replies"].append((cmd_id, m.fleet, m.device, m.text, now_ms))
+                rows["replies"].append((cmd_id, m.fleet, m.device, m.text, now_ms,
+                                        0 if body.get("status") == "accepted" else 1))
         return dev, st
 
     @staticmethod

@@ -154,6 +154,53 @@ _SCHEMA.append(
     CREATE INDEX gaps_device ON gaps (fleet, device, id);
     """)
 
+_SCHEMA.append(
+    # 5 (issue 34): staged rollouts (fleet/rollout/), driven by one collector at a time (the lease).
+    """
+    CREATE TABLE rollouts (
+        name TEXT PRIMARY KEY,
+        spec_json TEXT NOT NULL,                    -- RolloutSpec as started
+        state TEXT NOT NULL,                        -- running / paused / halted / aborted / done
+        wave INTEGER NOT NULL DEFAULT 0,            -- the wave being driven (0: the canary)
+        waves INTEGER NOT NULL,                     -- waves in all (canary included)
+        wave_started_ms INTEGER,
+        reason TEXT,                                -- why it halted or was aborted
+        verdicts_json TEXT NOT NULL DEFAULT '[]',   -- one per judged wave
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        undo_from INTEGER                           -- roll back the devices of this wave and later (NULL: none)
+    );
+    CREATE TABLE rollout_devices (
+        rollout TEXT NOT NULL,
+        fleet TEXT NOT NULL,
+        device TEXT NOT NULL,
+        wave INTEGER NOT NULL,
+        state TEXT NOT NULL,                        -- DEVICE_STATES of fleet/rollout/plan.py
+        attempt INTEGER NOT NULL DEFAULT 0,         -- a device back from offline is commanded again
+        cmd_id TEXT,                                -- the command in flight
+        sent_ms INTEGER,
+        job TEXT,
+        prev_version TEXT,                          -- its active model version before the rollout
+        new_version TEXT,                           -- the version the training of the rollout activated
+        replaced TEXT,                              -- the bundle folder its deploy replaced (kept on the device)
+        before REAL,
+        after REAL,
+        gain REAL,
+        reason TEXT,
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (rollout, fleet, device)
+    ) WITHOUT ROWID;
+    CREATE INDEX rollout_devices_wave ON rollout_devices (rollout, wave, state);
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        until_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    -- a command's final reply (done/error/rejected) is never replaced by its `accepted`, which a collector of a
+    -- share group may commit later than another collector commits the final one
+    ALTER TABLE replies ADD COLUMN final INTEGER NOT NULL DEFAULT 1;
+    """)
+
 # The same steps for PostgreSQL (64-bit integers for epoch milliseconds and seqs).
 POSTGRES_SCHEMA = [
     """
@@ -228,6 +275,23 @@ POSTGRES_SCHEMA = [
         PRIMARY KEY (grp, member)
     );
     """,
+    """
+    CREATE TABLE rollouts (
+        name TEXT PRIMARY KEY, spec_json TEXT NOT NULL, state TEXT NOT NULL, wave BIGINT NOT NULL DEFAULT 0,
+        waves BIGINT NOT NULL, wave_started_ms BIGINT, reason TEXT, verdicts_json TEXT NOT NULL DEFAULT '[]',
+        created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL, undo_from BIGINT
+    );
+    CREATE TABLE rollout_devices (
+        rollout TEXT NOT NULL, fleet TEXT NOT NULL, device TEXT NOT NULL, wave BIGINT NOT NULL, state TEXT NOT NULL,
+        attempt BIGINT NOT NULL DEFAULT 0, cmd_id TEXT, sent_ms BIGINT, job TEXT, prev_version TEXT,
+        new_version TEXT, replaced TEXT, before DOUBLE PRECISION, after DOUBLE PRECISION, gain DOUBLE PRECISION,
+        reason TEXT, updated_ms BIGINT NOT NULL,
+        PRIMARY KEY (rollout, fleet, device)
+    );
+    CREATE INDEX rollout_devices_wave ON rollout_devices (rollout, wave, state);
+    CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until_ms BIGINT NOT NULL);
+    ALTER TABLE replies ADD COLUMN final BIGINT NOT NULL DEFAULT 1;
+    """,
 ]
 SCHEMA_VERSION = len(_SCHEMA)
-assert SCHEMA_VERSION == len(POSTGRES_SCHEMA) == 4
+assert SCHEMA_VERSION == len(POSTGRES_SCHEMA) == 5

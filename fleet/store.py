@@ -197,9 +197,10 @@ class FleetStore(Precedence, TransactionState, DeviceCaps, FleetReadModel):
                                " ON CONFLICT (fleet, device, job) DO UPDATE SET ts = excluded.ts,"
                                " body_json = excluded.body_json", rows["results"])
             if rows["replies"]:
-                db.executemany("INSERT INTO replies (cmd_id, fleet, device, body_json, ts) VALUES (?, ?, ?, ?, ?)"
-                               " ON CONFLICT (fleet, device, cmd_id) DO UPDATE SET body_json = excluded.body_json,"
-                               " ts = excluded.ts", rows["replies"])
+                db.executemany("INSERT INTO replies (cmd_id, fleet, device, body_json, ts, final) VALUES"
+                               " (?, ?, ?, ?, ?, ?) ON CONFLICT (fleet, device, cmd_id) DO UPDATE SET"
+                               " body_json = excluded.body_json, ts = excluded.ts, final = excluded.final"
+                               " WHERE excluded.final >= replies.final", rows["replies"])
                 rep.replies = [r[0] for r in rows["replies"]]
             for fleet, device in self._prune_due((r[0], r[1]) for r in rows["progress"] + rows["results"]):
                 self._prune_jobs(db, fleet, device)

@@ -20,8 +20,10 @@ EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
     EXIT_ERROR: "error: the message on stderr says what went wrong and what to do",
     EXIT_USAGE: "usage error: a malformed argument or option",
-    EXIT_REJECTED: "fleet send/train: a device answered with an error or rejected the command",
-    EXIT_TIMEOUT: "fleet send/train: no reply (or result) before --timeout",
+    EXIT_REJECTED: "fleet send/train: a device answered with an error or rejected the command; "
+                   "fleet rollout start --wait: the rollout halted on a threshold",
+    EXIT_TIMEOUT: "fleet send/train: no reply (or result) before --timeout; "
+                  "fleet rollout start --wait: not finished before --timeout",
     EXIT_UNREACHABLE: "fleet: the MQTT broker cannot be reached",
     EXIT_INTERNAL: "internal error (a bug): rerun with --debug and report the traceback",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
@@ -207,3 +209,11 @@ class FleetStoreError(FtedgeError):
 class StoreUnavailable(FleetStoreError):
     """The fleet database is out of reach for now (connection lost, deadlock between collectors): retry the
     whole transaction later; nothing of it was committed."""
+
+
+class RolloutError(FtedgeError):
+    """A rollout cannot be started or changed as asked (unknown name, name taken, no devices, finished)."""
+
+
+class LeaseLost(RolloutError):
+    """A fenced rollout write found that another collector drives the rollouts now (nothing was written)."""
