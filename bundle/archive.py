@@ -200,7 +200,8 @@ def unpack_bundle_archive(archive: Path, dest: Path, max_bytes: int,
                                  "written by `ftedge pack`") from exc
 
 
-def _unpack(s: _Stream, dest: Path, max_bytes: int, accept_manifest: Callable[[dict[str, Any]], None]) -> Path:
+def _unpack(s: _Stream, dest: Path, max_bytes: int, accept_manifest: Callable[[dict[str, Any]], None],
+            manifest_only: bool = False) -> Path:
     top: str | None = None
     table: dict[str, tuple[int, str]] | None = None
     seen: set[str] = set()
@@ -246,6 +247,8 @@ def _unpack(s: _Stream, dest: Path, max_bytes: int, accept_manifest: Callable[[d
             if not isinstance(manifest, dict):
                 raise BundleRejectedError(f"the archive's {MANIFEST_NAME} is not a JSON object; re-export the bundle")
             accept_manifest(manifest)
+            if manifest_only:
+                return dest
             table = _files_table(manifest, max_bytes)
             target = dest / key
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -273,22 +276,22 @@ def _unpack(s: _Stream, dest: Path, max_bytes: int, accept_manifest: Callable[[d
     return dest / top
 
 
-class _Manifest(Exception):
-    def __init__(self, manifest: dict[str, Any]) -> None:
-        self.manifest = manifest
-
 
 def read_archive_manifest(archive: Path, max_bytes: int = 2 * 2**30) -> dict[str, Any]:
     """The ``manifest.json`` of a bundle archive, read without unpacking anything else (the fleet's rollouts
     read the bundle's name from it). Raises like :func:`unpack_bundle_archive`."""
     import tempfile
 
-    def stop(manifest: dict[str, Any]) -> None:
-        raise _Manifest(manifest)
-
+    found: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="ftedge-manifest-") as tmp:
         try:
-            unpack_bundle_archive(Path(archive), Path(tmp), max_bytes, stop)
-        except _Manifest as found:
-            return found.manifest
-    raise BundleRejectedError(f"{archive} has no {MANIFEST_NAME}: it is not a bundle archive written by `ftedge pack`")
+            with open(archive, "rb") as raw:
+                _unpack(_Stream(raw, max_bytes + (MAX_MEMBERS + 2) * (BLOCK * 2 + MAX_PAX)), Path(tmp), max_bytes,
+                        found.append, manifest_only=True)
+        except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise UnsafeArchiveError(f"cannot read the archive {archive} ({type(exc).__name__}: {exc}); it must be a "
+                                     ".tar.gz written by `ftedge pack`") from exc
+    if not found:
+        raise BundleRejectedError(f"{archive} has no {MANIFEST_NAME}: it is not a bundle archive written by "
+                                  "`ftedge pack`")
+    return found[0]

@@ -188,3 +188,14 @@ def test_every_package_folder_is_in_pyproject_packages():
             rel = init.parent.relative_to(ROOT / folder).parts
             found.add(".".join((name, *rel)))
     assert found == listed, f"missing from pyproject.toml: {sorted(found - listed)}; stale: {sorted(listed - found)}"
+
+
+# The fleet reads an archive's manifest and hashes it when a rollout starts; it never loads, verifies or unpacks a
+# bundle (the devices do, against their own trusted keys).
+FLEET_MAY_USE_OF_BUNDLE = {"ftedge.bundle.archive", "ftedge.bundle.hashing"}
+
+
+def test_the_fleet_uses_of_the_bundle_format_only_the_archive_reader_and_the_hash():
+    bad = [f"{_rel(p)}:{line} imports {mod}" for p in _modules("fleet") for line, mod in _imports(p)
+           if _hits(mod, {"ftedge.bundle"}) and mod not in FLEET_MAY_USE_OF_BUNDLE]
+    assert not bad, "the fleet imports bundle code it may not (ARCHITECTURE.md):\n" + "\n".join(bad)

@@ -21,8 +21,6 @@ from ftedge.fleet import share_group
 from ftedge.fleet.http import FleetHTTPServer
 
 from ftedge.errors import UsageError
-from tests.helpers.postgres import PostgresServer
-from tests.helpers.services import require
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -182,11 +180,6 @@ def _get_status(url: str) -> int:
 
 # -- 12: malformed query strings are 400s (or the documented fallback), never 500s ---------------------------
 
-@pytest.fixture(scope="module")
-def pg_server():
-    require("postgres")
-    with PostgresServer() as server:
-        yield server
 
 
 def _raw_get(server: FleetHTTPServer, target: bytes) -> tuple[int, str]:

@@ -16,15 +16,8 @@ from ftedge.fleet.ingest import Collector
 from ftedge.fleet.store import FleetStore
 
 from tests.helpers.fleet_sim import FLEET, env, msg
-from tests.helpers.postgres import PostgresServer
-from tests.helpers.services import require
 
 
-@pytest.fixture(scope="module")
-def pg_server():
-    require("postgres")
-    with PostgresServer() as server:
-        yield server
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,26 +22,12 @@ from ftedge.fleet.share_group import generate
 from ftedge.fleet.store import FleetStore
 
 from tests.helpers.fleet_sim import FLEET, SimDevice, env, msg, wait_for, will_body
-from tests.helpers.postgres import PostgresServer
-from tests.helpers.services import require
 
 SHARE_GROUP = generate()   # one group for every collector process of this module (`serve` refuses guessable names)
 
 
-@pytest.fixture(scope="module")
-def pg_server():
-    """A real PostgreSQL server for the module: required under CI (.ci/run installs it), skipped elsewhere."""
-    require("postgres", "mosquitto")
-    with PostgresServer() as server:
-        yield server
 
 
-@pytest.fixture()
-def pg_url(pg_server):
-    """A fresh database on the module's server."""
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    pg_server.sql(f"CREATE DATABASE {name}")
-    return pg_server.url.rsplit("/", 1)[0] + "/" + name
 
 
 # -- the two stores tell the same story ----------------------------------------------------------------------

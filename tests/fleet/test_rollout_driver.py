@@ -198,3 +198,37 @@ def test_pause_holds_the_next_wave_and_abort_with_rollback_undoes_every_reached_
         records.members("r1")
     assert all([c[0] for c in b.commands] == ["deploy", "rollback"] for b in boxes.values())
     assert main(["fleet", "rollout", "pause", "r1", "--db", str(store.path)]) == 1, "an aborted rollout stays so"
+
+
+def test_on_postgresql_one_collector_drives_and_another_takes_over_when_it_dies(broker, running, pg_url):
+    """Two collectors on one PostgreSQL database, each with a driver: one holds the lease; when it stops
+    renewing (killed), the other takes over after the lease and finishes the rollout, deploying no box twice."""
+    stores = [FleetStore(pg_url, instance=f"c{i}") for i in (1, 2)]
+    collectors = [running(s) for s in stores]
+    drivers: list[RolloutDriver] = []
+    s = FleetSim(broker.port, FLEET, {f"b{i}": Box(delay_s=0.3) for i in range(6)})
+    try:
+        records = _start(stores[0], _spec(canary="1", waves=[0.5, 1.0], train={"data": "user"}), list(s.boxes))
+        for i, (store, col) in enumerate(zip(stores, collectors)):
+            drivers.append(RolloutDriver(store, lambda f, d, v, a, c, e, col=col: col.publish_command(
+                f, d, v, a, cmd_id=c, expiry_s=60, expires_ms=e), holder=f"c{i + 1}", tick_s=0.05,
+                lease_s=1.0).start())
+        assert wait_for(lambda: drivers[0].leading != drivers[1].leading, 10)
+        leader = next(d for d in drivers if d.leading)
+        follower = next(d for d in drivers if d is not leader)
+        assert wait_for(lambda: records.get("r1").wave >= 1, 20)
+        leader._stop.set()                 # it stops renewing; its lease runs out (like a SIGKILL)
+        leader._thread.join(5)
+        assert wait_for(lambda: follower.leading, 10), "the other collector never took over"
+        assert wait_for(lambda: records.get("r1").finished, 30), records.get("r1")
+        assert records.get("r1").state == plan.DONE
+        assert leader.sent > 0 and follower.sent > 0
+        assert all(b.deploys == 1 for b in s.boxes.values()), {d: b.deploys for d, b in s.boxes.items()}
+    finally:
+        for d in drivers:
+            d.stop()
+        s.close()
+        for c in collectors:
+            c.stop()
+        for store in stores:
+            store.close()

@@ -16,7 +16,10 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
+
+import pytest
 
 
 def postgres_bindir() -> Path | None:
@@ -137,3 +140,21 @@ class PostgresServer:
         self.stop("immediate")
         if self.owned:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pg_server():
+    """A real PostgreSQL server per test module: required under CI (.ci/run installs it), skipped elsewhere."""
+    from tests.helpers.services import require
+
+    require("postgres")
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture()
+def pg_url(pg_server):
+    """A fresh database on the module's server."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    pg_server.sql(f"CREATE DATABASE {name}")
+    return pg_server.url.rsplit("/", 1)[0] + "/" + name
