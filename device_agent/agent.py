@@ -25,16 +25,19 @@ from ftedge.device_agent.commands import (ReplyCache, Rejected, cancel_target, p
 from ftedge.device_agent.config import AgentConfig, topic_root
 from ftedge.device_agent.deployer import Deployer
 from ftedge.device_agent.disk import DiskGuard
-from ftedge.device_agent.jobs import Job, JobRunner, JobStore
+from ftedge.device_agent.install import DeployError, check_restore_names, restore_replaced
+from ftedge.device_agent.jobs import ACTIVE, Job, JobRunner, JobStore
 from ftedge.device_agent.mqtt_link import Incoming, LinkSettings, MqttLink
 from ftedge.device_agent.outbox import Outbox
 from ftedge.device_agent.retention import enforce_retention
 from ftedge.device_agent.versions import ModelStore
-from ftedge.errors import FtedgeError
+from ftedge.errors import AgentError, FtedgeError
 from ftedge.mqtt.contract import CMD, CMDRES, JOB, META, STATUS, job_suffix
 
 log = logging.getLogger(__name__)
 MAX_INFLIGHT = 100
+ROLLBACK_ARGS = ("to", "bundle", "restore")
+NO_VERSION = "none"  # rollback's args.to that deactivates every personalized model
 
 
 class Agent:
@@ -399,15 +402,60 @@ class Agent:
 
     def _rollback(self, cmd_id: str, args: dict[str, Any],
                   incoming: Incoming) -> tuple[str, str, str, dict[str, Any]]:
-        to = args.get("to")
+        """Undo a rollout on this box: the model version (``to``: an earlier version, or "none"), the bundle
+        (``bundle`` + ``restore``: a kept ``BUNDLE.replaced-<time>`` folder), or both; no args: the model back
+        one version. The model part runs first; if the bundle part fails it is undone: a refused rollback
+        changes nothing."""
+        unknown = sorted(set(args) - set(ROLLBACK_ARGS))
+        if unknown:
+            raise Rejected("bad_args", f"unknown rollback argument(s) {', '.join(map(str, unknown))}; "
+                                       f"allowed: {', '.join(ROLLBACK_ARGS)}")
+        to, bundle, restore = args.get("to"), args.get("bundle"), args.get("restore")
         if to is not None and not isinstance(to, str):
-            raise Rejected("bad_args", "args.to must be a version id string")
+            raise Rejected("bad_args", f'args.to must be a version id string (e.g. "v0003") or "{NO_VERSION}"')
+        if (bundle is None) != (restore is None):
+            raise Rejected("bad_args", "args.bundle and args.restore go together: the bundle's name and the kept "
+                                       "folder to put back (the `replaced` a replace deploy answered)")
+        if bundle is not None:
+            try:
+                check_restore_names(bundle, restore)
+            except DeployError as exc:
+                raise Rejected("bad_args", f"args.bundle/args.restore: {exc}") from None
+        d = self.cfg.deploy
+        replaced = None
         try:
-            active = self.models.rollback(to)
+            with self.models.transaction():  # a failing bundle part puts active.json back
+                if to == NO_VERSION:
+                    self.models.deactivate()
+                elif to is not None or bundle is None:
+                    self.models.rollback(to)
+                if bundle is not None:
+                    replaced = restore_replaced(self.cfg.paths.bundle_root, bundle, restore,
+                                                list(d.trusted_keys) if d.require_signed else None,
+                                                check=lambda: self._bundle_idle(bundle))
+                active = (self.models.active() or {}).get("id")
         except FtedgeError as exc:
             raise Rejected("rollback_refused", str(exc)) from exc
         self.publish(META, META, self.meta(), retain=True)
-        return "done", "ok", f"active version is now {active['id']}", {"active_version": active["id"]}
+        detail = "active version is now " + (active or "none (the bundle's own model answers)")
+        if bundle is not None:
+            detail += f"; bundle {bundle} restored from {restore}" + (
+                f" (the one it replaced is kept as {replaced})" if replaced else "")
+        return "done", "ok", detail, {"active_version": active, "bundle": bundle, "restored": restore,
+                                      "replaced": replaced}
+
+    def _bundle_idle(self, name: str) -> None:
+        """Raise if a queued or running job trains on bundle ``name`` (its bundle must not change under it)."""
+        root = Path(self.cfg.paths.bundle_root)
+        paths = {str(root.resolve() / name), str((root / name).resolve())}  # how train_job resolved it
+        current = self.jobs.current
+        jobs = [current] if current is not None else []
+        jobs += [j for j in self.jobs.store.all() if j.status in ACTIVE and j.id not in self.jobs.done]
+        for job in jobs:
+            if job.bundle in paths:
+                raise AgentError(f"job {job.id} is {job.status} on bundle {name}, which must not change under "
+                                 f"it: cancel it (cmd/cancel with args.job = \"{job.id}\") or wait for its "
+                                 "result, then send the rollback again")
 
     def _ask(self, cmd_id: str, args: dict[str, Any], incoming: Incoming) -> None:
         """Queue the ask on the asker's thread (bad args and a full queue are refused here, at once); its one

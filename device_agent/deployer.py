@@ -101,13 +101,14 @@ class Deployer:
 
     def _work(self, cmd_id: str, r: dict[str, Any], finish: Finish) -> None:
         shown = _redact(r["url"])
+        report: dict[str, Any] = {}
         try:
             path = deploy_bundle(r["url"], r["sha256"], self.bundle_root, name=r["name"],
                                  trusted_keys=list(self.cfg.trusted_keys) if self.cfg.require_signed else None,
                                  max_bytes=self.cfg.max_bytes, replace=r["replace"],
                                  deadline_s=self.cfg.deadline_s, allow_file=self.cfg.file_root is not None,
                                  file_root=self.cfg.file_root, allow_downgrade=r["allow_downgrade"],
-                                 keep_replaced=self.cfg.keep_replaced)
+                                 keep_replaced=self.cfg.keep_replaced, report=report)
         except FtedgeError as exc:
             log.warning("deploy %s from %s failed: %s", cmd_id, shown, exc)
             result = ("error", "deploy_failed", str(exc), {"reason": getattr(exc, "reason", "deploy")})
@@ -117,7 +118,11 @@ class Deployer:
                                            "see the agent log, and report it if it repeats", {"reason": "internal"})
         else:
             log.info("deploy %s from %s installed %s", cmd_id, shown, path)
-            result = ("done", "deployed", f"bundle at {path.name}", {"bundle": path.name})
+            # `replaced` is what a rollback's args.restore names to bring the old bundle back.
+            replaced = report.get("replaced")
+            result = ("done", "deployed", f"bundle at {path.name}"
+                      + (f"; the one it replaced is kept as {replaced}" if replaced else ""),
+                      {"bundle": path.name, "replaced": replaced, "manifest_sha256": report.get("manifest_sha256")})
         finally:
             self.current = None
             self._busy.release()

@@ -36,6 +36,7 @@ from ftedge.errors import (  # noqa: F401 - the deploy errors, re-exported for t
     BundleError,
     BundleExistsError,
     BundleRejectedError,
+    BundleRestoreError,
     DeployError,
     DeployRequestError,
     DowngradeError,
@@ -194,6 +195,10 @@ def _check_name(name: str, what: str, error: type[DeployError]) -> str:
     return name
 
 
+# What `_backup_path` names a replaced bundle: NAME.replaced-<UTC time>[-N]; a rollback restores only these.
+REPLACED_SUFFIX_RE = re.compile(r"\.replaced-\d{8}T\d{6}Z(?:-\d{1,6})?")
+
+
 def _backup_path(root: Path, name: str) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     candidate, i = root / f"{name}.replaced-{stamp}", 1
@@ -228,7 +233,7 @@ def deploy_bundle(url: str, sha256: str, bundle_root: Path, name: str | None = N
                   trusted_keys: Iterable[Any] | None = None, timeout: float = 60, max_bytes: int = 2 * 2**30,
                   replace: bool = False, progress: Progress | None = None, *, deadline_s: float | None = None,
                   allow_file: bool = True, file_root: Path | None = None, allow_downgrade: bool = False,
-                  keep_replaced: int | None = None) -> Path:
+                  keep_replaced: int | None = None, report: dict[str, Any] | None = None) -> Path:
     """Fetch the .tar.gz at ``url``, check it is ``sha256``, verify it and install it as ``bundle_root/NAME``.
 
     - ``url``: http://, https:// (certificates verified) or file:// (when ``allow_file``; only regular files,
@@ -243,6 +248,9 @@ def deploy_bundle(url: str, sha256: str, bundle_root: Path, name: str | None = N
       refused unless ``allow_downgrade``.
     - ``progress(bytes_done, bytes_total_or_None)`` is called after each downloaded chunk; an exception it
       raises cancels the deploy (it propagates after the cleanup).
+    - ``report``: a dict that, on success, gets ``replaced`` (the ``NAME.replaced-<time>`` folder the old
+      bundle was kept as, or None: nothing replaced, the identical bundle was already there, or
+      ``keep_replaced = 0`` removed it) and ``manifest_sha256`` (of the installed ``manifest.json``).
 
     Returns the installed bundle's path. Raises a :class:`DeployError` subclass (``.reason`` names the
     stage); on any failure nothing is added to ``bundle_root``. Error messages never carry a hash of what
@@ -305,7 +313,7 @@ def deploy_bundle(url: str, sha256: str, bundle_root: Path, name: str | None = N
         final = name or _check_name(bundle.manifest.get("name"), "the manifest's bundle name", BundleRejectedError)
         try:
             with bundle_lock(root):
-                return _install(bundle_dir, root, final, keys, replace, allow_downgrade, keep_replaced)
+                return _install(bundle_dir, root, final, keys, replace, allow_downgrade, keep_replaced, report)
         except OSError as exc:
             raise DeployError(f"cannot install the bundle as {root / final}: {exc}; check space and permissions "
                               f"of {root}") from exc
@@ -316,11 +324,15 @@ def deploy_bundle(url: str, sha256: str, bundle_root: Path, name: str | None = N
 
 
 def _install(bundle_dir: Path, root: Path, name: str, keys: list[Any] | None, replace: bool,
-             allow_downgrade: bool = False, keep_replaced: int | None = None) -> Path:
-    """Rename the verified ``bundle_dir`` to ``root/name`` (idempotent for an identical bundle); hold the lock."""
+             allow_downgrade: bool = False, keep_replaced: int | None = None,
+             report: dict[str, Any] | None = None) -> Path:
+    """Rename the verified ``bundle_dir`` to ``root/name`` (idempotent for an identical bundle); hold the lock.
+    ``report`` (when given) gets ``replaced`` and ``manifest_sha256`` (see :func:`deploy_bundle`)."""
     target = root / name
+    new_sha = sha256_file(bundle_dir / MANIFEST_NAME)
+    if report is not None:
+        report.update(replaced=None, manifest_sha256=new_sha)
     if target.exists() or target.is_symlink():
-        new_sha = sha256_file(bundle_dir / MANIFEST_NAME)
         old_manifest = target / MANIFEST_NAME
         if old_manifest.is_file() and sha256_file(old_manifest) == new_sha:
             try:
@@ -346,6 +358,8 @@ def _install(bundle_dir: Path, root: Path, name: str, keys: list[Any] | None, re
         log.warning("replaced bundle %s; the old one is kept as %s", target, backup)
         if keep_replaced is not None:
             prune_replaced(root, name, keep_replaced)
+        if report is not None and backup.is_dir():  # keep_replaced = 0 removes it at once
+            report["replaced"] = backup.name
     else:
         swap_dir(bundle_dir, target)
     return target
@@ -360,6 +374,62 @@ def prune_replaced(bundle_root: Path, name: str, keep: int) -> list[Path]:
         shutil.rmtree(p, ignore_errors=True)
         log.info("removed old bundle %s (keeping %d replaced folder(s) per bundle)", p, keep)
     return gone
+
+
+# -- rollback: put a replaced bundle back ------------------------------------------------------------------
+
+
+def check_restore_names(name: Any, restore: Any) -> tuple[str, str]:
+    """``(name, restore)`` if ``restore`` is exactly a ``NAME.replaced-<UTC time>[-N]`` folder name of bundle
+    ``name`` (what a ``replace`` deploy or a rollback keeps); DeployRequestError otherwise."""
+    _check_name(name, "bundle name", DeployRequestError)
+    if not isinstance(restore, str) or not (restore.startswith(f"{name}.")
+                                            and REPLACED_SUFFIX_RE.fullmatch(restore, len(name))):
+        raise DeployRequestError(f"restore {restore!r} is not a kept folder of bundle {name!r}: give the "
+                                 f"{name}.replaced-YYYYMMDDTHHMMSSZ name a replace deploy answered as `replaced`")
+    return name, restore
+
+
+def restore_replaced(bundle_root: Path, name: str, restore: str, trusted_keys: Iterable[Any] | None = None,
+                     check: Callable[[], None] | None = None) -> str | None:
+    """Put the kept folder ``restore`` (``NAME.replaced-<time>``) back as ``bundle_root/NAME``: a deploy's rollback.
+
+    Under the exclusive :func:`bundle_lock`: ``check()`` runs first (it raises to refuse, e.g. while a job
+    trains on the bundle); ``restore`` must be a real folder (not a symlink) holding a bundle that verifies
+    (hashes; the signature when ``trusted_keys`` is given); then the current ``NAME`` becomes a new
+    ``NAME.replaced-<time>`` (a later rollback or deploy can bring it back) and ``restore`` takes its place
+    in one :func:`~ftedge.durable.swap_dir`. Returns that new folder's name (None when there was no ``NAME``).
+    Raises DeployRequestError for a malformed name, BundleRestoreError otherwise; a failure changes nothing.
+    """
+    check_restore_names(name, restore)
+    root = Path(bundle_root)
+    src, target = root / restore, root / name
+    with bundle_lock(root):
+        if check is not None:
+            check()
+        try:
+            mode = os.lstat(src).st_mode
+        except OSError as exc:
+            raise BundleRestoreError(f"there is no kept bundle {restore} under {root} ({exc.strerror or exc}); "
+                                     f"name one that exists (`[deploy] keep_replaced` bounds how many are kept), "
+                                     f"or deploy the bundle again") from None
+        if not stat.S_ISDIR(mode):
+            raise BundleRestoreError(f"{src} is not a folder (a symlink or a file); refusing to restore it — "
+                                     "deploy the bundle again instead")
+        try:
+            load_bundle(src, trusted_keys=None if trusted_keys is None else list(trusted_keys))
+        except BundleError as exc:
+            raise BundleRestoreError(f"the kept bundle {restore} does not verify ({exc}); deploy the bundle "
+                                     "again instead") from exc
+        backup = _backup_path(root, name)
+        try:
+            moved = swap_dir(src, target, backup)
+        except OSError as exc:
+            raise BundleRestoreError(f"cannot put {src} back as {target}: {exc}; check space and permissions "
+                                     f"of {root}") from exc
+    log.warning("restored bundle %s from %s%s", target, restore,
+                f"; the one it replaced is kept as {moved.name}" if moved else "")
+    return moved.name if moved is not None else None
 
 
 def remove_stale_temp(bundle_root: Path) -> list[Path]:

@@ -11,12 +11,15 @@ Layout under ``STATE_DIR/models/``::
 
 A version is staged in a hidden temp directory (files fsynced) and renamed into place, so ``vNNNN/``
 is always complete; ``active.json`` is replaced atomically. ``history`` is the activation stack that
-``rollback`` pops; ``events`` is an append-only log. ``prune(keep)`` (agent start, ``[retention]
-keep_versions``) deletes the oldest versions, never the active one or its predecessor.
+``rollback`` pops; ``events`` is an append-only log. ``deactivate()`` sets ``active`` to null and keeps the
+history (the box's app falls back to the bundle's shipped model; ``rollback`` or ``activate`` brings a version
+back). ``prune(keep)`` (agent start, ``[retention] keep_versions``) deletes the oldest versions, never the
+active one or its predecessor.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -27,10 +30,10 @@ import tempfile
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ftedge.errors import AgentError
-from ftedge.durable import atomic_write_json, fsync_dir
+from ftedge.durable import atomic_write_bytes, atomic_write_json, fsync_dir
 from ftedge.bundle.hashing import sha256_file
 
 RUN_FILES = ("model.onnx", "model.json", "result.json")
@@ -223,24 +226,61 @@ class ModelStore:
             fsync_dir(self.root)
             return doomed
 
+    def deactivate(self) -> dict[str, Any]:
+        """Make no version active (the app falls back to the bundle's shipped model); the history is kept, so
+        ``rollback()`` re-activates the version active before, and ``rollback(to)``/``activate`` any other."""
+        with self._lock:
+            state = self._state()
+            previous = state["active"]
+            if previous is None:
+                return {"changed": False, "previous": None, "message": "no version is active"}
+            state["active"] = None
+            state["events"].append({"at": _now(), "action": "deactivate", "id": None, "from": previous})
+            self._write_state(state)
+            return {"changed": True, "previous": previous,
+                    "message": f"no version is active (was {previous}); the bundle's own model answers"}
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Hold the store for a block; if the block raises, put ``active.json`` back byte for byte (a rollback
+        whose bundle part fails must leave the model part as it was). Versions added inside stay on disk."""
+        with self._lock:
+            before = self.state_path.read_bytes() if self.state_path.exists() else None
+            try:
+                yield
+            except BaseException:
+                now = self.state_path.read_bytes() if self.state_path.exists() else None
+                if now != before:
+                    if before is None:
+                        self.state_path.unlink(missing_ok=True)
+                    else:
+                        atomic_write_bytes(self.state_path, before)
+                raise
+
     def rollback(self, to: str | None = None) -> dict[str, Any]:
-        """Go back to the version active before the current one, or to ``to`` (an earlier active one)."""
+        """Go back to the version active before the current one, or to ``to`` (an earlier active one).
+
+        With no version active (after :meth:`deactivate`), ``rollback()`` re-activates the last active version
+        and ``rollback(to)`` any version of the history.
+        """
         with self._lock:
             state = self._state()
             history, current = state["history"], state["active"]
             if not history:
                 raise AgentError("nothing to roll back to: no version is active"
                                  + (f"; use activate('{to}') to make it active" if to else ""))
+            # The versions ``rollback`` may return to: those active before the current one (all when none is).
+            before = history[:-1] if current is not None else history
             if to is None:
-                if len(history) < 2:
+                if not before:
                     raise AgentError(f"nothing to roll back to: {current} is the first version ever activated")
-                index = len(history) - 2
+                index = len(before) - 1
             else:
                 self._record(to)
                 if to == current:
                     return {**self._record(to), "active": True, "changed": False, "previous": current,
                             "message": f"{to} is already active"}
-                earlier = [i for i, v in enumerate(history[:-1]) if v == to]
+                earlier = [i for i, v in enumerate(before) if v == to]
                 if not earlier:
                     raise AgentError(f"nothing to roll back to: {to} was never active before {current}; "
                                      f"use activate('{to}') to make it active anyway")
@@ -252,7 +292,7 @@ class ModelStore:
             state["events"].append({"at": _now(), "action": "rollback", "id": target, "from": current})
             self._write_state(state)
             return {**record, "active": True, "changed": True, "previous": current,
-                    "message": f"rolled back from {current} to {target}"}
+                    "message": f"rolled back from {current or 'no version'} to {target}"}
 
     # --- internals -----------------------------------------------------------------------------
 
@@ -322,7 +362,8 @@ class ModelStore:
         state = _read_json(self.state_path, "model activation state")
         ok = (isinstance(state, dict) and isinstance(state.get("history"), list)
               and isinstance(state.get("events"), list)
-              and state.get("active") == (state["history"][-1] if state["history"] else None))
+              # active is the top of the history, or null (never activated, or deactivated: history kept)
+              and state.get("active") in ((state["history"][-1], None) if state["history"] else (None,)))
         if not ok:
             raise AgentError(f"model activation state {self.state_path} is inconsistent: fix it or move it "
                              "away (the versions themselves are intact), then activate a version")
@@ -330,7 +371,8 @@ class ModelStore:
 
     def _push(self, state: dict[str, Any], version_id: str, action: str) -> None:
         state["events"].append({"at": _now(), "action": action, "id": version_id, "from": state["active"]})
-        state["history"].append(version_id)
+        if not state["history"] or state["history"][-1] != version_id:  # re-activating after deactivate()
+            state["history"].append(version_id)
         state["active"] = version_id
         self._write_state(state)
 

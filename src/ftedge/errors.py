@@ -167,6 +167,12 @@ class DowngradeError(BundleExistsError):
     reason = "downgrade"
 
 
+class BundleRestoreError(DeployError):
+    """A rollback could not put a kept ``NAME.replaced-<time>`` bundle back (missing, not a folder, damaged)."""
+
+    reason = "restore"
+
+
 class DeviceRejectedError(FtedgeError):
     """A device answered a fleet command with ``rejected`` or ``error``."""
 

@@ -315,6 +315,24 @@ def test_replaced_folders_are_capped(signed, tmp_path):
     assert entries[0] == "mlp" and len(entries) == 3 and all(e.startswith("mlp.replaced-") for e in entries[1:])
 
 
+def test_the_deploy_report_names_the_kept_folder_and_only_one_that_is_kept(signed, tmp_path):
+    root = tmp_path / "bundles"
+    shas, reports = [], []
+    for i in range(3):
+        b = _variant(signed, tmp_path / f"v{i}" / "mlp", _created(f"203{i}-01-01T00:00:00+00:00"), None)
+        sha = pack_bundle(b, tmp_path / f"v{i}.tar.gz")
+        reports.append({})
+        deploy_bundle((tmp_path / f"v{i}.tar.gz").as_uri(), sha, root, replace=True, keep_replaced=1 - i // 2,
+                      report=reports[-1])
+        shas.append(sha256_file(b / "manifest.json"))
+        if i == 1:
+            assert reports[1]["replaced"].startswith("mlp.replaced-") and reports[1]["manifest_sha256"] == shas[1]
+            assert sha256_file(root / reports[1]["replaced"] / "manifest.json") == shas[0]
+    assert reports[0] == {"replaced": None, "manifest_sha256": shas[0]}
+    assert reports[2] == {"replaced": None, "manifest_sha256": shas[2]}, "keep_replaced = 0 removed it at once"
+    assert _entries(root) == ["mlp"]
+
+
 # -- finding 6: ONNX external data ----------------------------------------------------------------------------
 
 

@@ -177,3 +177,40 @@ def test_the_event_log_of_active_json_stays_bounded(tmp_path, store, monkeypatch
     state = json.loads((tmp_path / "state/models/active.json").read_text())
     assert len(state["events"]) == 5 and state["events"][-1]["action"] == "rollback", state["events"]
     assert store.active()["id"] == "v0007" and len(store.list()) == 8, "trimming the log changes no state"
+
+
+def test_deactivate_keeps_the_history_and_a_version_comes_back(tmp_path, store):
+    assert store.deactivate()["changed"] is False, "a fresh box has nothing active: nothing to change"
+    three(tmp_path, store)  # history v0001, v0003
+    off = store.deactivate()
+    assert off["changed"] and off["previous"] == "v0003" and store.active() is None
+    again = ModelStore(tmp_path / "state")  # active null with a history is a consistent state
+    assert again.active() is None and [v["active"] for v in again.list()] == [False, False, False]
+    assert again.deactivate()["changed"] is False
+    assert again.prune(0) == ["v0002"], "the last two activations stay: rollback returns to them"
+    back = again.rollback()
+    assert back["id"] == "v0003" and back["previous"] is None and again.active()["id"] == "v0003"
+    again.deactivate()
+    assert again.rollback(to="v0001")["id"] == "v0001", "with none active, any version of the history"
+    state = json.loads((tmp_path / "state/models/active.json").read_text())
+    assert state["history"] == ["v0001"] and [e["action"] for e in state["events"]][-5:] == [
+        "deactivate", "pruned", "rollback", "deactivate", "rollback"]
+    again.deactivate()
+    assert again.activate("v0001")["changed"] and again.active()["id"] == "v0001"
+    assert json.loads((tmp_path / "state/models/active.json").read_text())["history"] == ["v0001"]
+    v4 = again.add_version(fake_run(tmp_path, "d", True), "job-d")
+    assert v4["parent"] == "v0001" and again.rollback()["id"] == "v0001"
+
+
+def test_a_failed_transaction_puts_active_json_back(tmp_path, store):
+    three(tmp_path, store)
+    before = (tmp_path / "state/models/active.json").read_bytes()
+    with pytest.raises(AgentError, match="bundle part failed"):
+        with store.transaction():
+            store.deactivate()
+            assert store.active() is None
+            raise AgentError("bundle part failed")
+    assert (tmp_path / "state/models/active.json").read_bytes() == before and store.active()["id"] == "v0003"
+    with store.transaction():
+        store.rollback()
+    assert store.active()["id"] == "v0001"
