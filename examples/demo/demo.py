@@ -9,6 +9,8 @@
 4. `ftedge fleet train` fans one job out; each box trains on its own clips (they never leave it) and
    reports progress and its result over MQTT; the collector turns that into the fleet table.
 5. Check each box's new model on its held-out clips against the untuned model.
+6. Release a new signed bundle (a rebuild of the shipped model) and roll it out from the collector: a canary box
+   deploys and trains it first; the others follow only if the canary's model beats its untuned baseline.
 The dashboard stays up until Ctrl-C when run from a terminal (``--serve``/``--no-serve`` to choose).
 Needs the examples folder of the repository (examples/demo, examples/kws), ``apt-get install espeak-ng mosquitto``.
 """
@@ -157,7 +159,7 @@ def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int
     workdir.mkdir(parents=True)
     boxes = [_Box(workdir / "boxes" / f"box-{i + 1}", f"box-{i + 1}", v) for i, v in enumerate(voices)]
 
-    say(f"1/5 synthesizing each user's recordings: SYNTHETIC speech, voices {', '.join(voices)} "
+    say(f"1/7 synthesizing each user's recordings: SYNTHETIC speech, voices {', '.join(voices)} "
         "(unseen by the base model)")
     for box in boxes:
         quiet = io.StringIO()   # the dataset tool's own report; its dataset.json keeps the details
@@ -166,7 +168,7 @@ def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int
         _split(workdir / "raw" / box.voice, box.data, shots, kws.WORDS)
         say(f"    {box.name}: {(shots + 20) * len(kws.WORDS)} clips of voice '{box.voice}' in {box.data}")
 
-    say("2/5 ftedge export of the shipped keyword model (waveform in, log-mel in the graph), parity-checked")
+    say("2/7 ftedge export of the shipped keyword model (waveform in, log-mel in the graph), parity-checked")
     bundle = workdir / "kws-bundle"
     # The release key signs the bundle; each box trusts only its public half (SECURITY.md).
     keys = workdir / "keys"
@@ -185,14 +187,18 @@ def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int
 
     broker = LocalBroker(workdir / "broker")
     store = FleetStore(workdir / "fleet.sqlite")
-    collector = server = None
+    collector = server = rollouts = None
+    act2 = _module(HERE / "second_act.py", "demo_second_act")
     try:
         broker.start()
         collector = Collector(store, host="127.0.0.1", port=broker.port, client_id="ftedge-demo-collector").start()
         host, port = _bind(http)
+        rollouts = act2.RolloutDriverHost(workdir, store, collector)
         server = FleetHTTPServer(store, host, port,
-                                 send=lambda f, d, v, a: collector.send(f, d, v, a, timeout=10.0)).start()
-        say(f"3/5 Mosquitto on {broker.url}, collector + dashboard on {server.url}/, "
+                                 send=lambda f, d, v, a: collector.send(f, d, v, a, timeout=10.0),
+                                 bundles=rollouts.bundles, url_key=rollouts.key).start()
+        rollouts.start(server.url)
+        say(f"3/7 Mosquitto on {broker.url}, collector + dashboard on {server.url}/, "
             f"starting {len(boxes)} boxes")
         for box in boxes:
             box.start(broker.url, public_key)
@@ -207,7 +213,7 @@ def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int
 
         _wait(online, 90, f"the boxes did not come online (see {workdir / 'boxes'}/*/agent.log)")
 
-        say(f"4/5 ftedge fleet train --devices {','.join(sorted(names))} --bundle kws --data train: "
+        say(f"4/7 ftedge fleet train --devices {','.join(sorted(names))} --bundle kws --data train: "
             f"{shots} clips per word on each box, which never leave it")
         runs = fan_out(collector, FLEET, [b.name for b in boxes], "train", {**JOB, "seed": seed}, timeout=30)
         bad = [r for r in runs if r.error]
@@ -230,7 +236,7 @@ def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int
                               + f"; see {workdir / 'boxes'}/*/agent.log")
         collector.flush()
 
-        say("5/5 held-out check: each box's active model vs the untuned bundle on its user's other clips")
+        say("5/7 held-out check: each box's active model vs the untuned bundle on its user's other clips")
         from ftedge.device_agent.versions import ModelStore
 
         rows = []
@@ -249,11 +255,26 @@ def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int
                 "val_accuracy_after": (res.get("final") or {}).get("accuracy"),
                 "accuracy_before": round(before["accuracy"], 4), "accuracy_after": round(after["accuracy"], 4),
             })
+        say("6/7 release kws 2: a rebuild of the shipped model, signed by the release key, packed for the fleet")
+        bundle2 = workdir / "kws-2"
+        export_bundle(ExportOptions(
+            model=f"{REPO / 'examples' / 'kws' / 'model.py'}:build_model", output=bundle2,
+            inputs=[parse_input_spec("waveform:float32:1,16000")], head="classifier", labels=kws.WORDS,
+            keep_head=True, name="kws", force=True), sign_key=private_key)
+        say(f"7/7 ftedge fleet rollout start --bundle kws-2.tar.gz --canary-devices {boxes[0].name} --train …: the "
+            "collector serves it; the canary deploys and trains first, the others follow if its model improved")
+        rollout = act2.roll_out(rollouts, bundle2, workdir / "kws-2.tar.gz", [(FLEET, b.name) for b in boxes],
+                                boxes[0].name, {**{k: v for k, v in JOB.items() if k != "bundle"}, "seed": seed},
+                                say)
         summary = store.fleet_summary(FLEET)
         result = {
             "data": "synthetic speech (espeak-ng)", "shots": shots, "boxes": rows, "fleet": summary,
             "dashboard": server.url + "/", "broker": broker.url,
             "parity_max_abs_diff": max(manifest["parity"]["max_abs_diff"].values()),
+            "rollout": {"name": rollout["name"], "state": rollout["state"], "reason": rollout["reason"],
+                        "verdicts": [(w["verdict"] or {}).get("line") for w in rollout["wave_list"]],
+                        "devices": {m["device"]: {k: m[k] for k in ("wave", "state", "before", "after", "gain")}
+                                    for m in rollout["devices"]}},
             "seconds": round(time.perf_counter() - t0, 1),
         }
         (workdir / "demo-result.json").write_text(json.dumps(result, indent=2))
@@ -263,7 +284,9 @@ def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int
             f"held-out accuracy (mean over boxes) "
             f"{sum(r['accuracy_before'] for r in rows) / len(rows):.1%} → "
             f"{sum(r['accuracy_after'] for r in rows) / len(rows):.1%}; {result['seconds']} s in all")
-        say(f"dashboard: {server.url}/   (also `ftedge fleet status --db {workdir / 'fleet.sqlite'}`)")
+        say(f"rollout {rollout['name']}: {rollout['state']}" + (f" ({rollout['reason']})" if rollout["reason"] else ""))
+        say(f"dashboard: {server.url}/   (also `ftedge fleet status --db {workdir / 'fleet.sqlite'}`, "
+            f"`ftedge fleet rollout status --db {workdir / 'fleet.sqlite'}`)")
         if ready is not None:
             ready(result)
         if serve:
@@ -271,6 +294,8 @@ def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int
             _serve_until_signal()
         return result
     finally:
+        if rollouts is not None:
+            rollouts.stop()
         for box in boxes:
             box.stop()
         if server is not None:
@@ -344,5 +369,6 @@ def _run(args: argparse.Namespace) -> int:
     if serve:
         print("stopped the boxes, the collector and the broker", file=sys.stderr)
     ok = all(r["job_status"] == "succeeded" and r["accuracy_after"] >= r["accuracy_before"] for r in result["boxes"])
+    ok = ok and result["rollout"]["state"] == "done"
     return 0 if ok else 1
 

@@ -148,59 +148,73 @@ def _devices(records: RolloutRecords, args: argparse.Namespace) -> list[tuple[st
 
 
 def _start(args: argparse.Namespace) -> int:
-    from ftedge.bundle.archive import read_archive_manifest
-    from ftedge.bundle.hashing import sha256_file
-
-    if not args.bundle.is_file():
-        raise UsageError(f"--bundle {args.bundle}: no such file; give the .tar.gz `ftedge pack` wrote")
-    manifest = read_archive_manifest(args.bundle)
-    bundle_name = str(manifest.get("name") or "")
-    if not bundle_name:
-        raise RolloutError(f"{args.bundle}: its manifest has no name, which devices install it under; re-export it")
-    if "signature" not in manifest:
-        print(f"warning: {args.bundle} is not signed: devices that require signed bundles (the default) refuse it",
-              file=sys.stderr)
     train = None
     if args.train is not None:
         try:
             train = json.loads(args.train)
         except ValueError as exc:
             raise UsageError(f"--train is not JSON: {exc}") from None
-        if not isinstance(train, dict) or "data" not in train:
-            raise UsageError("--train must be a JSON object with at least \"data\" (the folder under each device's "
-                             "data_root), e.g. '{\"data\": \"user\", \"epochs\": 30}'")
-        train.pop("bundle", None)
-    sha = sha256_file(args.bundle)
-    spec = RolloutSpec(
-        name=args.name or f"{bundle_name}-{sha[:8]}", sha256=sha, bundle=bundle_name, url=args.url,
-        canary=args.canary, canary_devices=[d.strip() for d in (args.canary_devices or "").split(",") if d.strip()],
+    if not args.canary_devices and not args.canary.strip().endswith("%") and not args.canary.strip().isdigit():
+        raise UsageError(f"--canary {args.canary!r}: give a number of devices or a share like 5%")
+    options = dict(
+        name=args.name, url=args.url, canary=args.canary,
+        canary_devices=[d.strip() for d in (args.canary_devices or "").split(",") if d.strip()],
         waves=plan.parse_waves(args.waves), max_failures=plan.parse_share(args.max_failures, "--max-failures"),
         min_devices=args.min_devices, wave_timeout_s=args.wave_timeout, train=train, min_gain=args.min_gain,
-        max_regressions=plan.parse_share(args.max_regressions, "--max-regressions"),
-        rollback=not args.no_rollback).check()
-    if not args.canary_devices and not args.canary.strip().endswith("%"):
-        if not args.canary.strip().isdigit():
-            raise UsageError(f"--canary {args.canary!r}: give a number of devices or a share like 5%")
+        max_regressions=plan.parse_share(args.max_regressions, "--max-regressions"), rollback=not args.no_rollback)
     with _store(args.db) as store:
         records = RolloutRecords(store)
-        devices = _devices(records, args)
-        if spec.canary_devices:
-            missing = [d for d in spec.canary_devices if not any(d in (k[1], f"{k[0]}/{k[1]}") for k in devices)]
-            if missing:
-                raise UsageError(f"--canary-devices {', '.join(missing)}: not among the rollout's devices")
-        if args.url is None:
-            from ftedge.fleet.bundle_store import BundleStore
-
-            BundleStore(args.bundle_dir or default_bundle_dir(args.db)).publish(args.bundle)
-        waves = plan.assign_waves(spec, devices)
-        versions = {k: v for k, (_, v) in records.device_facts(devices).items()}
-        records.create(spec, waves, versions)
-        n = max(waves.values()) + 1
-        print(f"rollout {spec.name}: {spec.bundle} (sha256 {sha[:12]}…) to {len(devices)} device(s) in "
-              f"{n} wave(s), canary {sum(w == 0 for w in waves.values())}; `fleet serve` drives it", file=sys.stderr)
+        spec = launch(store, args.bundle, _devices(records, args), args.bundle_dir or (
+            None if args.url else default_bundle_dir(args.db)), **options)
         if not args.wait:
             return EXIT_OK
         return _follow(records, spec.name, args.timeout, args.json)
+
+
+def launch(store: Any, archive: Path, devices: list[tuple[str, str]], bundle_dir: Path | None,
+           say: Any = None, **options: Any) -> RolloutSpec:
+    """Start a rollout of ``archive`` to ``devices`` (``(fleet, device)`` keys the store knows): read its
+    manifest, publish it into ``bundle_dir`` (unless ``options["url"]``), assign the waves, record it. The
+    running collector's driver takes it from there. ``options`` are :class:`RolloutSpec` fields."""
+    from ftedge.bundle.archive import read_archive_manifest
+    from ftedge.bundle.hashing import sha256_file
+
+    say = say or (lambda m: print(m, file=sys.stderr))
+    archive = Path(archive)
+    if not archive.is_file():
+        raise UsageError(f"--bundle {archive}: no such file; give the .tar.gz `ftedge pack` wrote")
+    manifest = read_archive_manifest(archive)
+    bundle_name = str(manifest.get("name") or "")
+    if not bundle_name:
+        raise RolloutError(f"{archive}: its manifest has no name, which devices install it under; re-export it")
+    if "signature" not in manifest:
+        say(f"warning: {archive} is not signed: devices that require signed bundles (the default) refuse it")
+    train = options.get("train")
+    if train is not None:
+        if not isinstance(train, dict) or "data" not in train:
+            raise UsageError("--train must be a JSON object with at least \"data\" (the folder under each device's "
+                             "data_root), e.g. '{\"data\": \"user\", \"epochs\": 30}'")
+        options["train"] = {k: v for k, v in train.items() if k != "bundle"}
+    sha = sha256_file(archive)
+    spec = RolloutSpec(**{**options, "name": options.get("name") or f"{bundle_name}-{sha[:8]}", "sha256": sha,
+                          "bundle": bundle_name}).check()
+    if spec.canary_devices:
+        missing = [d for d in spec.canary_devices if not any(d in (k[1], f"{k[0]}/{k[1]}") for k in devices)]
+        if missing:
+            raise UsageError(f"--canary-devices {', '.join(missing)}: not among the rollout's devices")
+    records = RolloutRecords(store)
+    if spec.url is None:
+        from ftedge.fleet.bundle_store import BundleStore
+
+        if bundle_dir is None:
+            raise UsageError("give --bundle-dir (the collector's bundle folder) or --url")
+        BundleStore(bundle_dir).publish(archive)
+    waves = plan.assign_waves(spec, devices)
+    versions = {k: v for k, (_, v) in records.device_facts(devices).items()}
+    records.create(spec, waves, versions)
+    say(f"rollout {spec.name}: {spec.bundle} (sha256 {sha[:12]}…) to {len(devices)} device(s) in "
+        f"{len(set(waves.values()))} wave(s), canary {sum(w == 0 for w in waves.values())}; `fleet serve` drives it")
+    return spec
 
 
 def _follow(records: RolloutRecords, name: str, timeout: float, as_json: bool) -> int:
