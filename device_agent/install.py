@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import stat
@@ -58,6 +59,8 @@ LOCK_NAME = ".ftedge-bundles.lock"
 _CHUNK = 1 << 20
 MAX_RESUMES = 5         # resumed requests (Range) of one http(s) download cut mid-way, within its deadline
 RESUME_PAUSE_S = 0.5    # wait before the Nth resume: N times this (at most half the time left)
+MAX_BUSY_RETRIES = 30   # tries again after a 503/429 (a collector serving its cap of downloads), within the deadline
+BUSY_PAUSE_S = 5.0      # wait after a 503/429 without a usable Retry-After (and the most a Retry-After may ask)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
 
@@ -119,14 +122,33 @@ def _request(url: str) -> urllib.request.Request:
     return urllib.request.Request(url, headers=headers)
 
 
+def _digits(text: str) -> bool:
+    """Whether ``text`` is a decimal number (ASCII: ``"²".isdigit()`` is true, and ``int("²")`` raises)."""
+    return text.isascii() and text.isdigit()
+
+
 def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
     """``(first, last, total or None)`` of a ``Content-Range: bytes FIRST-LAST/TOTAL`` header, or None."""
     unit, _, rest = (value or "").strip().partition(" ")
     span, _, total = rest.partition("/")
     first, _, last = span.partition("-")
-    if unit.lower() != "bytes" or not (first.isdigit() and last.isdigit()) or not (total.isdigit() or total == "*"):
+    if unit.lower() != "bytes" or not (_digits(first) and _digits(last)) or not (_digits(total) or total == "*"):
         return None
-    return int(first), int(last), int(total) if total.isdigit() else None
+    return int(first), int(last), int(total) if _digits(total) else None
+
+
+def _busy_pause(exc: urllib.error.HTTPError, tries: int, end: float | None) -> float | None:
+    """How long to wait before asking again after ``exc``, or None to give up: only a 503/429 (the server is busy),
+    at most ``MAX_BUSY_RETRIES`` times, and only if the wait ends before the deadline. The wait is the server's
+    ``Retry-After`` (seconds, at most ``BUSY_PAUSE_S``) times 1 to 2, so devices told together spread out."""
+    if exc.code not in (429, 503) or tries >= MAX_BUSY_RETRIES:
+        return None
+    raw = (exc.headers.get("Retry-After") or "").strip() if exc.headers is not None else ""
+    base = min(float(raw), BUSY_PAUSE_S) if _digits(raw) else BUSY_PAUSE_S
+    pause = base * (1 + random.random())   # noqa: S311 - jitter, not a secret
+    if end is not None and time.monotonic() + pause >= end:
+        return None
+    return pause
 
 
 def _fetch(url: str, out: IO[bytes], timeout: float, max_bytes: int, progress: Progress | None = None,
@@ -142,7 +164,7 @@ def _fetch(url: str, out: IO[bytes], timeout: float, max_bytes: int, progress: P
     read_timeout = timeout if deadline_s is None else max(0.1, min(timeout, deadline_s))
     is_file = urllib.parse.urlsplit(url).scheme.lower() == "file"
     etag: str | None = None
-    resumes = 0
+    resumes = busy = 0
     started = False          # a response arrived: from then on a cut is resumed
 
     def too_slow() -> FetchError:
@@ -164,7 +186,7 @@ def _fetch(url: str, out: IO[bytes], timeout: float, max_bytes: int, progress: P
                 resp = urllib.request.urlopen(request, timeout=wait)  # noqa: S310 - scheme checked by the caller
                 started = True
                 length = resp.headers.get("Content-Length")
-                body = int(length) if length and length.strip().isdigit() else None
+                body = int(length) if length and _digits(length.strip()) else None
                 if n and resp.status == 206:
                     span = _content_range(resp.headers.get("Content-Range"))
                     if span is None or span[0] != n:
@@ -210,8 +232,14 @@ def _fetch(url: str, out: IO[bytes], timeout: float, max_bytes: int, progress: P
                     raise IncompleteRead(b"", total - n)
             break
         except urllib.error.HTTPError as exc:
-            raise FetchError(f"{shown} answered HTTP {exc.code} {exc.reason}; check the URL and that the server "
-                             "serves the archive") from exc
+            pause = _busy_pause(exc, busy, end)
+            if pause is None:
+                raise FetchError(f"{shown} answered HTTP {exc.code} {exc.reason}; check the URL and that the server "
+                                 "serves the archive") from exc
+            busy += 1
+            log.info("download of %s: the server is busy (HTTP %d); trying again in %.1f s (%d of %d)", shown,
+                     exc.code, pause, busy, MAX_BUSY_RETRIES)
+            time.sleep(pause)
         except (OSError, HTTPException) as exc:  # resets, timeouts, truncated bodies, refused reconnects
             left = None if end is None else end - time.monotonic()
             if is_file or not started or resumes >= MAX_RESUMES or (left is not None and left <= 0):

@@ -125,6 +125,48 @@ def test_a_server_that_always_cuts_ends_in_a_fetch_error(archive, tmp_path):
     assert [p.name for p in (tmp_path / "b").iterdir() if not p.name.startswith(".ftedge-bundles")] == []
 
 
+class _BusyFirst(BaseHTTPRequestHandler):
+    """Answers the first ``busy`` GETs 503 with ``Retry-After: 1`` (a collector at its cap), then ``data``."""
+
+    data = b""
+    busy = 2
+    seen: list[int] = []
+
+    def log_message(self, *args) -> None:  # noqa: ANN002
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.seen.append(1)
+        if len(self.seen) <= self.busy:
+            self.send_response(503)
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.data)))
+        self.end_headers()
+        self.wfile.write(self.data)
+
+
+def test_a_busy_server_is_asked_again_after_its_retry_after(archive, tmp_path):
+    path, sha = archive
+    handler = type("H", (_BusyFirst,), {"data": path.read_bytes(), "seen": []})
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/x.tar.gz"
+    try:
+        assert (deploy_bundle(url, sha, tmp_path / "b", name="mlp", deadline_s=30) / "manifest.json").is_file()
+        assert len(handler.seen) == 3
+        handler.seen.clear()
+        with pytest.raises(FetchError, match="HTTP 503"):   # no time left to wait: the 503 is the answer
+            deploy_bundle(url, sha, tmp_path / "c", name="mlp", deadline_s=1)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 # -- the real agent, downloading from the collector ----------------------------------------------------------
 
 
