@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import stat
@@ -27,7 +28,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from http.client import HTTPException
+from http.client import HTTPException, IncompleteRead
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator
 
@@ -57,6 +58,10 @@ log = logging.getLogger(__name__)
 TEMP_PREFIX = ".ftedge-deploy-"
 LOCK_NAME = ".ftedge-bundles.lock"
 _CHUNK = 1 << 20
+MAX_RESUMES = 5         # resumed requests (Range) of one http(s) download cut mid-way, within its deadline
+RESUME_PAUSE_S = 0.5    # wait before the Nth resume: N times this (at most half the time left)
+MAX_BUSY_RETRIES = 30   # tries again after a 503/429 (a collector serving its cap of downloads), within the deadline
+BUSY_PAUSE_S = 5.0      # wait after a 503/429 without a usable Retry-After (and the most a Retry-After may ask)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
 
@@ -118,47 +123,139 @@ def _request(url: str) -> urllib.request.Request:
     return urllib.request.Request(url, headers=headers)
 
 
+def _digits(text: str) -> bool:
+    """Whether ``text`` is a decimal number (ASCII: ``"²".isdigit()`` is true, and ``int("²")`` raises)."""
+    return text.isascii() and text.isdigit()
+
+
+def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
+    """``(first, last, total or None)`` of a ``Content-Range: bytes FIRST-LAST/TOTAL`` header, or None."""
+    unit, _, rest = (value or "").strip().partition(" ")
+    span, _, total = rest.partition("/")
+    first, _, last = span.partition("-")
+    if unit.lower() != "bytes" or not (_digits(first) and _digits(last)) or not (_digits(total) or total == "*"):
+        return None
+    return int(first), int(last), int(total) if _digits(total) else None
+
+
+def _busy_pause(exc: urllib.error.HTTPError, tries: int, end: float | None) -> float | None:
+    """How long to wait before asking again after ``exc``, or None to give up: only a 503/429 (the server is busy),
+    at most ``MAX_BUSY_RETRIES`` times, and only if the wait ends before the deadline. The wait is the server's
+    ``Retry-After`` (seconds, at most ``BUSY_PAUSE_S``) times 1 to 2, so devices told together spread out."""
+    if exc.code not in (429, 503) or tries >= MAX_BUSY_RETRIES:
+        return None
+    raw = (exc.headers.get("Retry-After") or "").strip() if exc.headers is not None else ""
+    base = min(float(raw), BUSY_PAUSE_S) if _digits(raw) else BUSY_PAUSE_S
+    pause = base * (1 + random.random())   # noqa: S311 - jitter, not a secret
+    if end is not None and time.monotonic() + pause >= end:
+        return None
+    return pause
+
+
 def _fetch(url: str, out: IO[bytes], timeout: float, max_bytes: int, progress: Progress | None = None,
            deadline_s: float | None = None, file_root: Path | None = None) -> str:
-    """Stream ``url`` into ``out`` within ``deadline_s`` seconds in all; return the sha256 of what was written."""
+    """Stream ``url`` into ``out`` within ``deadline_s`` seconds in all; return the sha256 of what was written.
+
+    An http(s) download cut after its response began (connection reset, short body, read timeout) resumes with
+    ``Range: bytes=DONE-`` (and ``If-Range`` with the first response's ETag) up to ``MAX_RESUMES`` times within
+    the deadline: a 206 from DONE is appended, a 200 (the server ignored the range) starts over."""
     shown = _redact(url)
     h, n = hashlib.sha256(), 0
     end = None if deadline_s is None else time.monotonic() + deadline_s
     read_timeout = timeout if deadline_s is None else max(0.1, min(timeout, deadline_s))
-    try:
-        if urllib.parse.urlsplit(url).scheme.lower() == "file":
-            resp, total = _open_file(url, file_root, max_bytes)
-            read = resp.read1
-        else:
-            request = _request(url)
-            resp = urllib.request.urlopen(request, timeout=read_timeout)  # noqa: S310 - scheme checked by the caller
-            length = resp.headers.get("Content-Length")
-            total = int(length) if length and length.strip().isdigit() else None
-            read = resp.read1 if hasattr(resp, "read1") else resp.read
-        with resp:
-            if total is not None and total > max_bytes:
-                raise FetchError(f"{shown} is {total} bytes, more than the {max_bytes}-byte limit; "
-                                 "raise max_bytes if this bundle is really that large")
-            while chunk := read(_CHUNK):
-                n += len(chunk)
-                if n > max_bytes:
-                    raise FetchError(f"{shown} sent more than the {max_bytes}-byte limit; download stopped "
-                                     "(raise max_bytes if this bundle is really that large)")
-                if end is not None and time.monotonic() > end:
-                    raise FetchError(f"download of {shown} took longer than the {deadline_s:g} s deadline "
-                                     f"({n} bytes so far); retry from a faster server or raise the deploy deadline_s")
-                h.update(chunk)
-                out.write(chunk)
-                if progress is not None:
-                    progress(n, total)
-    except urllib.error.HTTPError as exc:
-        raise FetchError(f"{shown} answered HTTP {exc.code} {exc.reason}; check the URL and that the server "
-                         "serves the archive") from exc
-    except urllib.error.URLError as exc:
-        raise FetchError(f"cannot fetch {shown}: {exc.reason}; check the URL and the network") from exc
-    except (OSError, HTTPException) as exc:  # timeouts, resets, truncated bodies, disk full
-        raise FetchError(f"download of {shown} failed after {n} bytes: {type(exc).__name__}: {exc}; "
-                         "retry the deploy") from exc
+    is_file = urllib.parse.urlsplit(url).scheme.lower() == "file"
+    etag: str | None = None
+    resumes = busy = 0
+    started = False          # a response arrived: from then on a cut is resumed
+
+    def too_slow() -> FetchError:
+        return FetchError(f"download of {shown} took longer than the {deadline_s:g} s deadline "
+                          f"({n} bytes so far); retry from a faster server or raise the deploy deadline_s")
+
+    while True:
+        try:
+            if is_file:
+                resp, total = _open_file(url, file_root, max_bytes)
+                read = resp.read1
+            else:
+                request = _request(url)
+                if n:
+                    request.add_header("Range", f"bytes={n}-")
+                    if etag:
+                        request.add_header("If-Range", etag)
+                wait = read_timeout if end is None else max(0.1, min(read_timeout, end - time.monotonic()))
+                resp = urllib.request.urlopen(request, timeout=wait)  # noqa: S310 - scheme checked by the caller
+                started = True
+                length = resp.headers.get("Content-Length")
+                body = int(length) if length and _digits(length.strip()) else None
+                if n and resp.status == 206:
+                    span = _content_range(resp.headers.get("Content-Range"))
+                    if span is None or span[0] != n:
+                        resp.close()
+                        raise FetchError(f"{shown} answered the resume from byte {n} with the range "
+                                         f"{resp.headers.get('Content-Range')!r}; retry the deploy")
+                    total = span[2] if span[2] is not None else span[1] + 1
+                elif n and resp.status == 200:   # the server ignores ranges (or the file changed): start over
+                    log.info("download of %s: the server sent the whole archive again; starting over", shown)
+                    out.seek(0)
+                    out.truncate()
+                    h, n = hashlib.sha256(), 0
+                    total = body
+                elif n:
+                    resp.close()
+                    raise FetchError(f"{shown} answered the resume from byte {n} with HTTP {resp.status}; "
+                                     "retry the deploy")
+                else:
+                    total = body
+                    tag = (resp.headers.get("ETag") or "").strip()
+                    etag = tag if tag.startswith('"') else None    # If-Range takes only a strong validator
+                read = resp.read1 if hasattr(resp, "read1") else resp.read
+            with resp:
+                if total is not None and total > max_bytes:
+                    raise FetchError(f"{shown} is {total} bytes, more than the {max_bytes}-byte limit; "
+                                     "raise max_bytes if this bundle is really that large")
+                while chunk := read(_CHUNK):
+                    n += len(chunk)
+                    if n > max_bytes:
+                        raise FetchError(f"{shown} sent more than the {max_bytes}-byte limit; download stopped "
+                                         "(raise max_bytes if this bundle is really that large)")
+                    if end is not None and time.monotonic() > end:
+                        raise too_slow()
+                    h.update(chunk)
+                    try:
+                        out.write(chunk)
+                    except OSError as exc:   # disk full: resuming cannot help
+                        raise FetchError(f"cannot store the download of {shown}: {exc}; free space in the bundle "
+                                         "root") from exc
+                    if progress is not None:
+                        progress(n, total)
+                if not is_file and total is not None and n < total:   # read1 just returns b"" on a short body
+                    raise IncompleteRead(b"", total - n)
+            break
+        except urllib.error.HTTPError as exc:
+            pause = _busy_pause(exc, busy, end)
+            if pause is None:
+                raise FetchError(f"{shown} answered HTTP {exc.code} {exc.reason}; check the URL and that the server "
+                                 "serves the archive") from exc
+            busy += 1
+            log.info("download of %s: the server is busy (HTTP %d); trying again in %.1f s (%d of %d)", shown,
+                     exc.code, pause, busy, MAX_BUSY_RETRIES)
+            time.sleep(pause)
+        except (OSError, HTTPException) as exc:  # resets, timeouts, truncated bodies, refused reconnects
+            left = None if end is None else end - time.monotonic()
+            if is_file or not started or resumes >= MAX_RESUMES or (left is not None and left <= 0):
+                if isinstance(exc, urllib.error.URLError) and not started:
+                    raise FetchError(f"cannot fetch {shown}: {exc.reason}; check the URL and the network") from exc
+                if left is not None and left <= 0:
+                    raise too_slow() from exc
+                raise FetchError(f"download of {shown} failed after {n} bytes"
+                                 + (f" and {resumes} resumes" if resumes else "")
+                                 + f": {type(exc).__name__}: {exc}; retry the deploy") from exc
+            resumes += 1
+            pause = RESUME_PAUSE_S * resumes if left is None else min(RESUME_PAUSE_S * resumes, left / 2)
+            log.info("download of %s cut after %d bytes (%s: %s); resuming from there (%d of %d) in %.1f s",
+                     shown, n, type(exc).__name__, exc, resumes, MAX_RESUMES, pause)
+            time.sleep(pause)
     out.flush()
     os.fsync(out.fileno())
     return h.hexdigest()

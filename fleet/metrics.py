@@ -35,7 +35,8 @@ def process_stats() -> dict[str, float]:
 
 
 def prometheus_text(store: Any, instance: str | None = None,
-                    stats: Callable[[], dict[str, Any]] | None = None) -> bytes:
+                    stats: Callable[[], dict[str, Any]] | None = None,
+                    bundles: dict[str, Any] | None = None) -> bytes:
     """Exposition of fleet state; one series per device at most (bounded cardinality, no job labels).
 
     Per device: ``ftedge_device_up``, ``ftedge_device_last_seen_timestamp_seconds``, the counters
@@ -48,7 +49,11 @@ def prometheus_text(store: Any, instance: str | None = None,
     collector sharing it). With ``instance`` (the collector's name), this process's own figures follow,
     labelled ``instance``: ``ftedge_collector_{received,processed,batches,errors,resyncs,connections,
     unacked}_total`` from ``stats()`` (the Collector's ``stats``), ``ftedge_collector_resident_memory_bytes``
-    and ``ftedge_collector_cpu_seconds_total``."""
+    and ``ftedge_collector_cpu_seconds_total``.
+
+    ``bundles`` (the HTTP server's :meth:`~ftedge.fleet.http.FleetHTTPServer.bundle_stats`: ``requests``, HTTP
+    code -> count, and ``bytes``) adds this process's ``ftedge_bundle_requests_total{code}`` and
+    ``ftedge_bundle_bytes_total`` (labelled ``instance`` too when given)."""
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -105,6 +110,8 @@ def prometheus_text(store: Any, instance: str | None = None,
                 yield fam
             if instance is not None:
                 yield from _collector_families(str(instance), stats)
+            if bundles is not None:
+                yield from _bundle_families(instance, bundles)
 
     registry = CollectorRegistry()
     registry.register(_Fleet())
@@ -131,4 +138,21 @@ def _collector_families(instance: str, stats: Callable[[], dict[str, Any]] | Non
     fam = CounterMetricFamily("ftedge_collector_cpu_seconds", "CPU time (user + system) of the collector process",
                               labels=["instance"])
     fam.add_metric([instance], proc["cpu_seconds"])
+    yield fam
+
+
+def _bundle_families(instance: str | None, got: dict[str, Any]) -> Iterator[Any]:
+    """This process's bundle downloads: requests by HTTP code, and body bytes sent."""
+    from prometheus_client.core import CounterMetricFamily
+
+    inst = [] if instance is None else [str(instance)]
+    labels = [] if instance is None else ["instance"]
+    fam = CounterMetricFamily("ftedge_bundle_requests", "bundle download requests (GET and HEAD of "
+                              "/bundles/...) by HTTP code (403: URL not signed, expired or for another bundle)",
+                              labels=[*labels, "code"])
+    for code, count in sorted((got.get("requests") or {}).items()):
+        fam.add_metric([*inst, str(code)], float(count))
+    yield fam
+    fam = CounterMetricFamily("ftedge_bundle_bytes", "bytes of bundle archives sent", labels=labels)
+    fam.add_metric(inst, float(got.get("bytes") or 0))
     yield fam

@@ -208,6 +208,10 @@ class CollectorError(FtedgeError):
     """The collector cannot be configured or cannot send a command."""
 
 
+class BundleStoreError(FtedgeError):
+    """A bundle archive cannot be published into (or read from) the collector's bundle folder."""
+
+
 class FleetStoreError(FtedgeError):
     """The fleet database cannot be opened or written."""
 

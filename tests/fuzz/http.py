@@ -13,7 +13,8 @@ import json
 from urllib.parse import parse_qs, urlparse
 
 from ftedge.fleet.dashboard import dashboard_fragment, page_args
-from ftedge.fleet.http import API_PAGE_MAX, devices_api, url_problem
+from ftedge.fleet import url_signing
+from ftedge.fleet.http import API_PAGE_MAX, devices_api, parse_range, url_problem
 from ftedge.fleet.store import FleetStore
 from hypothesis import strategies as st
 
@@ -26,15 +27,19 @@ STORE.ingest_batch([(f"ftedge/v1/{fleet}/{dev}/status",
                                  "dev": dev, "boot": "b00t00000001", "seq": 1, "hist": False}).encode(), False)
                     for fleet in ("demo", "lab") for dev in ("dev-001", "dev-002", "dev-003")])
 
-KEYS = ["page", "device", "limit", "after", "fleet", "x"]
+KEYS = ["page", "device", "limit", "after", "fleet", "x", "dev", "ro", "exp", "sig"]
+URL_KEY, SHA = b"u" * 32, "ab" * 32
+REFUSALS = {"missing parameters", "malformed parameters", "bad signature", "expired"}
 VALUES = ["1", "2", "0", "-1", "²", "٣", "1e3", "999999", "9" * 30, "demo", "demo/dev-001", "lab/", "/", "%00",
-          "a%00b", "%C2%B2", "%FF", "%", "%2", "+", "dev-001", "<script>", ""]
+          "a%00b", "%C2%B2", "%FF", "%", "%2", "+", "dev-001", "<script>", "", "bytes=0-", "bytes=-5",
+          "bytes=5-1,2-3"]
 
 
 @st.composite
 def structured(draw: st.DrawFn) -> bytes:
     path = draw(st.sampled_from(["/", "/fragment", "/api/devices", "/api/devices/dev-001/jobs/j",
-                                 "/api/devices/dev%00/jobs/j", "/api/devices/d\x00/jobs/j"]))
+                                 "/api/devices/dev%00/jobs/j", "/api/devices/d\x00/jobs/j",
+                                 f"/bundles/{SHA}.tar.gz"]))
     pairs = draw(st.lists(st.tuples(st.sampled_from(KEYS) | st.text(max_size=4),
                                     st.sampled_from(VALUES) | st.text(max_size=8)), max_size=5))
     query = "&".join(f"{k}={v}" for k, v in pairs)
@@ -49,6 +54,13 @@ def inputs() -> st.SearchStrategy[bytes]:
 def check(data: bytes) -> None:
     """One request target through the parsers; raises ContractViolation."""
     target = data.decode("latin-1")
+    with guarded("bundle request", ()):
+        reason = url_signing.verify(URL_KEY, SHA, urlparse(target).query)
+        assert reason in REFUSALS, f"a query not signed with the key passed or gave {reason!r}: {target!r}"
+        for size in (0, 1, 100):
+            got = parse_range(target, size)
+            assert got is None or got == "unsatisfiable" or (
+                isinstance(got, tuple) and 0 <= got[0] <= got[1] < size), (target, size, got)
     with guarded("http query", ()):
         problem = url_problem(target)
         assert problem is None or isinstance(problem, str), problem
