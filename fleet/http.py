@@ -52,6 +52,7 @@ API_PAGE_MAX = 5000    # the largest ?limit=
 BUNDLE_CHUNK = 256 * 1024      # bytes per write of a bundle download
 BUNDLE_MIN_RATE = 16 * 1024    # bytes/s a bundle download must average (beyond REQUEST_DEADLINE_S), or it is cut
 MAX_BUNDLE_TRANSFERS = MAX_CONNECTIONS // 2   # bundle downloads at once; the rest of the connections stay free
+BUNDLE_RETRY_AFTER_S = 5       # the Retry-After of the 503 a download beyond MAX_BUNDLE_TRANSFERS gets
 BUNDLE_MAX_AGE_S = 365 * 86400  # Cache-Control max-age of an archive (content-addressed: it never changes)
 CLIENT_GONE = 499               # the code a bundle request is counted under when its client left before the reply
 
@@ -354,7 +355,7 @@ class FleetHTTPServer:
                 code = 206 if isinstance(wanted, tuple) else 200
                 if not outer._bundle_slots.acquire(blocking=False):
                     return self._text(503, "too many bundle downloads at once: retry shortly", head,
-                                      {"Retry-After": "5"}), 0
+                                      {"Retry-After": str(BUNDLE_RETRY_AFTER_S)}), 0
                 try:
                     self.connection.settimeout(timeout_s)
                     self.send_response(code)
