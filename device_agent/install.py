@@ -62,6 +62,8 @@ MAX_RESUMES = 5         # resumed requests (Range) of one http(s) download cut m
 RESUME_PAUSE_S = 0.5    # wait before the Nth resume: N times this (at most half the time left)
 MAX_BUSY_RETRIES = 30   # tries again after a 503/429 (a collector serving its cap of downloads), within the deadline
 BUSY_PAUSE_S = 5.0      # wait after a 503/429 without a usable Retry-After (and the most a Retry-After may ask)
+MAX_CONNECT_RETRIES = 8  # tries again when the server refuses or drops the connection before answering (a collector
+CONNECT_PAUSE_S = 1.0    # restarting mid-rollout); the Nth waits min(2**(N-1), 10) times this, within the deadline
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
 
@@ -165,7 +167,7 @@ def _fetch(url: str, out: IO[bytes], timeout: float, max_bytes: int, progress: P
     read_timeout = timeout if deadline_s is None else max(0.1, min(timeout, deadline_s))
     is_file = urllib.parse.urlsplit(url).scheme.lower() == "file"
     etag: str | None = None
-    resumes = busy = 0
+    resumes = busy = connects = 0
     started = False          # a response arrived: from then on a cut is resumed
 
     def too_slow() -> FetchError:
@@ -243,6 +245,16 @@ def _fetch(url: str, out: IO[bytes], timeout: float, max_bytes: int, progress: P
             time.sleep(pause)
         except (OSError, HTTPException) as exc:  # resets, timeouts, truncated bodies, refused reconnects
             left = None if end is None else end - time.monotonic()
+            reason = getattr(exc, "reason", exc)
+            if not is_file and not started and isinstance(reason, (ConnectionError, TimeoutError)) \
+                    and connects < MAX_CONNECT_RETRIES:
+                pause = CONNECT_PAUSE_S * min(2 ** connects, 10)
+                if left is None or pause < left:
+                    connects += 1
+                    log.info("download of %s: %s; trying again in %.1f s (%d of %d)", shown, reason, pause,
+                             connects, MAX_CONNECT_RETRIES)
+                    time.sleep(pause)
+                    continue
             if is_file or not started or resumes >= MAX_RESUMES or (left is not None and left <= 0):
                 if isinstance(exc, urllib.error.URLError) and not started:
                     raise FetchError(f"cannot fetch {shown}: {exc.reason}; check the URL and the network") from exc

@@ -216,7 +216,7 @@ def _serve(args: argparse.Namespace) -> int:
         url_for = None
         if key is not None:
             def url_for(sha: str, fleet: str, device: str, rollout: str, expires: int) -> str:
-                return bundle_url(public, key, sha, device, rollout, expires)
+                return bundle_url(public, key, sha, f"{fleet}/{device}", rollout, expires)
         driver = RolloutDriver(store, lambda f, d, v, a, c, e: collector.publish_command(
             f, d, v, a, cmd_id=c, expiry_s=max(1, int(e / 1000 - time.time())), expires_ms=e),
             holder=collector.settings.client_id, url_for=url_for).start()

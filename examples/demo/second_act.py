@@ -35,7 +35,7 @@ class RolloutDriverHost:
         from ftedge.fleet.url_signing import bundle_url
 
         def url_for(sha: str, fleet: str, device: str, rollout: str, expires: int) -> str:
-            return bundle_url(public_url, self.key, sha, device, rollout, expires)
+            return bundle_url(public_url, self.key, sha, f"{fleet}/{device}", rollout, expires)
 
         c = self.collector
         self.driver = RolloutDriver(self.store, lambda f, d, v, a, cmd, e: c.publish_command(

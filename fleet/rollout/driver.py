@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 LEASE_S = 15.0             # a driver that stops renewing is replaced after this long
 TICK_S = 1.0
 CATCH_UP_S = 10.0          # how often offline devices are looked for again
+RESEND_S = 30.0            # a command without its final reply after this long is published again (same cmd_id)
 ROLLBACK_EXPIRY_S = 86400  # a rollback waits this long in an offline box's session
 
 # send(fleet, device, verb, args, cmd_id, expires_ms): publish one command (the collector's publish_command)
@@ -160,11 +161,12 @@ class RolloutDriver:
         results = self.records.results([(m.fleet, m.device, m.job) for m in flying
                                         if m.state == TRAINING and m.job])
         for m in flying:
-            if self._resolve(r, m, replies.get((m.fleet, m.device, m.cmd_id)),
-                             results.get((m.fleet, m.device, m.job or ""))):
+            reply = replies.get((m.fleet, m.device, m.cmd_id))
+            if self._resolve(r, m, reply, results.get((m.fleet, m.device, m.job or ""))):
                 put(m)
-            elif resend:
-                self._command(r, m, now, again=True)
+            elif resend or (now - (m.sent_ms or now) >= RESEND_S * 1000 and self._unanswered(m, reply)):
+                self._command(r, m, now, again=True)   # same cmd_id: the box answers from its reply cache
+                put(m)
         # 2. new commands of the current wave
         if r.state == plan.RUNNING:
             wave = [m for m in members.values() if m.wave == r.wave]
@@ -281,6 +283,16 @@ class RolloutDriver:
                 m.reason = "the personalized model did not beat the untuned one on this box's validation data"
             return True
         return False
+
+    @staticmethod
+    def _unanswered(m: Member, reply: dict[str, Any] | None) -> bool:
+        """Whether ``m``'s command still waits for its final reply. A reply can be stuck in the session of a
+        share-group member that is down (the broker deals the group's messages to it too): asked again, the
+        box answers on this collector's own reply topic. A train job that was accepted is followed by its
+        result (telemetry), not by another reply."""
+        if reply is None:
+            return True
+        return reply.get("status") == "accepted" and m.state != TRAINING
 
     def _rollback_args(self, r: Rollout, m: Member) -> dict[str, Any]:
         args: dict[str, Any] = {}

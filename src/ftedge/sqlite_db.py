@@ -85,12 +85,18 @@ def migrate(db: sqlite3.Connection, steps: Sequence[str], *, error: type[FtedgeE
             newer_hint: str) -> int:
     """Bring ``db`` to schema ``len(steps)``: step i (a SQL script) takes ``user_version`` i to i + 1, one
     transaction each. A newer file raises ``error`` (``newer_hint`` says what to do). Returns the old version."""
-    version = schema_version(db)
+    old = version = schema_version(db)
     if version > len(steps):
         raise error(f"{what} has schema {version}, newer than this ftedge understands ({len(steps)}); {newer_hint}")
-    for v in range(version, len(steps)):
+    while version < len(steps):
         with transaction(db):
-            for statement in statements(steps[v]):
+            # Read the version again under the write lock: another process opening the same file (a collector
+            # and `fleet rollout start`, say) may have run this step meanwhile; running it twice fails.
+            version = schema_version(db)
+            if version >= len(steps):
+                break
+            for statement in statements(steps[version]):
                 db.execute(statement)
-            db.execute(f"PRAGMA user_version = {v + 1}")
-    return version
+            db.execute(f"PRAGMA user_version = {version + 1}")
+            version += 1
+    return old

@@ -125,6 +125,46 @@ def test_a_server_that_always_cuts_ends_in_a_fetch_error(archive, tmp_path):
     assert [p.name for p in (tmp_path / "b").iterdir() if not p.name.startswith(".ftedge-bundles")] == []
 
 
+def test_a_server_that_is_down_when_the_download_starts_is_asked_again_until_it_is_back(archive, tmp_path, caplog):
+    """The collector serving the bundle restarts while a rollout's deploy is on its way: the box tries again with
+    a growing pause (install.MAX_CONNECT_RETRIES) within the deploy's deadline instead of failing the deploy."""
+    from ftedge.fleet.local_broker import free_port
+
+    path, sha = archive
+    port = free_port()
+    handler = type("H", (_Cutting,), {"data": path.read_bytes(), "seen": [{}]})   # not a "first": serves whole
+    made: list[ThreadingHTTPServer] = []
+
+    def come_back() -> None:
+        time.sleep(2.0)                    # connections are refused meanwhile
+        srv = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        srv.daemon_threads = True
+        made.append(srv)
+        srv.serve_forever()
+
+    threading.Thread(target=come_back, daemon=True).start()
+    try:
+        with caplog.at_level("INFO", logger="ftedge.device_agent.install"):
+            installed = deploy_bundle(f"http://127.0.0.1:{port}/x.tar.gz", sha, tmp_path / "b", name="mlp",
+                                      deadline_s=60)
+    finally:
+        for srv in made:
+            srv.shutdown()
+            srv.server_close()
+    assert (installed / "manifest.json").is_file()
+    assert "trying again" in caplog.text
+
+
+def test_a_server_that_stays_down_fails_the_deploy_within_its_deadline(archive, tmp_path):
+    from ftedge.fleet.local_broker import free_port
+
+    path, sha = archive
+    t0 = time.monotonic()
+    with pytest.raises(FetchError, match="check the URL and the network"):
+        deploy_bundle(f"http://127.0.0.1:{free_port()}/x.tar.gz", sha, tmp_path / "b", deadline_s=4)
+    assert time.monotonic() - t0 < 10
+
+
 class _BusyFirst(BaseHTTPRequestHandler):
     """Answers the first ``busy`` GETs 503 with ``Retry-After: 1`` (a collector at its cap), then ``data``."""
 

@@ -121,3 +121,28 @@ def test_an_embedding_cache_from_before_schema_versions_opens_and_keeps_its_rows
     newer.execute("PRAGMA user_version = 7"), newer.close()
     with pytest.raises(CacheError, match="newer than this ftedge.*delete the file"):
         EmbeddingCache(tmp_path)
+
+
+def test_processes_opening_a_new_file_together_migrate_it_once(tmp_path):
+    """A collector and `fleet rollout start` may open a fresh fleet database at the same moment: each step runs
+    once (the version is read again under the write lock), never twice ("table … already exists")."""
+    import subprocess
+    import sys
+
+    import time
+
+    code = ("import sys, time; from ftedge import sqlite_db; from ftedge.errors import FtedgeError\n"
+            "db = sqlite_db.connect(sys.argv[1], error=FtedgeError, what='t')\n"
+            "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"   # all at once
+
+            "steps = ['CREATE TABLE a (x INTEGER); SELECT 1;'] + [f'CREATE TABLE t{i} (x INTEGER);' for i in range(30)]\n"
+            "sqlite_db.migrate(db, steps, error=FtedgeError, what='t', newer_hint='')\n"
+            "print(sqlite_db.schema_version(db))\n")
+    for attempt in range(3):
+        path = tmp_path / f"race{attempt}.sqlite"
+        start = str(time.time() + 2.0)
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(path), start], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        outs = [p.communicate(60) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outs]
+        assert {o[0].strip() for o in outs} == {"31"}

@@ -80,14 +80,15 @@ class Rig:
     def restart(self, name: str) -> None:
         self.agents[name] = AgentProc(self.configs[name], self.tmp / name / "agent.log")
 
-    def serve(self, db: str | None = None, name: str = "collector-1", share: str | None = None) -> subprocess.Popen:
-        port = free_port()
+    def serve(self, db: str | None = None, name: str = "collector-1", share: str | None = None,
+              port: int | None = None) -> subprocess.Popen:
+        port = port or free_port()
         cmd = [sys.executable, "-m", "ftedge", "fleet", "serve", "--broker", self.broker.url, "--db", db or self.db,
                "--http", f"127.0.0.1:{port}", "--client-id", name, "--bundle-dir", str(self.bundle_dir)]
         if share:
             cmd += ["--share-group", share]
         p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(self.tmp / f"{name}.log", "ab"))
-        p.log = self.tmp / f"{name}.log"  # type: ignore[attr-defined]
+        p.log, p.port = self.tmp / f"{name}.log", port  # type: ignore[attr-defined]
         self.serves.append(p)
         return p
 
@@ -156,7 +157,7 @@ def test_a_canary_that_does_not_trust_the_key_halts_the_rollout_and_no_other_box
     assert code == 3, doc
     assert doc["state"] == "halted" and doc["reason"].startswith("canary:"), doc
     by = {m["device"]: m for m in doc["devices"]}
-    assert by["box-1"]["state"] == "failed" and "signature" in by["box-1"]["reason"].lower(), by["box-1"]
+    assert by["box-1"]["state"] == "failed" and "trusted keys" in by["box-1"]["reason"], by["box-1"]
     assert by["box-2"]["state"] == by["box-3"]["state"] == "pending"
     for n, r in roots.items():   # nothing changed on any box, the canary included (it refused before installing)
         assert _manifest_sha(r) == before[n] and not list((r / "bundles").glob("mlp.replaced-*")), n
@@ -229,8 +230,9 @@ def test_a_collector_killed_mid_wave_resumes_the_rollout_and_deploys_no_box_twic
         60), rig.status("r-kill")
     first.send_signal(signal.SIGKILL)
     first.wait(10)
-    rig.serve()   # the same client id and database: its session and the rollout's state are waiting
-    assert wait_for(lambda: rig.status("r-kill")["state"] == "done", 90), rig.status("r-kill")
+    rig.serve(port=first.port)   # the same client id, address and database: its session and the rollout wait
+    assert wait_for(lambda: rig.status("r-kill")["state"] == "done", 90), [
+        (m["device"], m["state"], m["reason"]) for m in rig.status("r-kill")["devices"]]
     assert {m["state"] for m in rig.status("r-kill")["devices"]} == {"promoted"}, rig.status("r-kill")["devices"]
     for n, r in roots.items():
         installs = rig.agents[n].text().count("installed")
@@ -283,8 +285,11 @@ def test_two_collectors_on_one_postgresql_database_one_drives_and_the_other_take
         other = next(n for n in serves if n != leader)
         assert wait_for(lambda: records.leader() is not None and records.leader()[0] == other, 40), \
             "the other collector never took the lease over"
+        # its orchestrator restarts it (same client id): the group's messages the broker dealt to its session
+        # while it was down arrive (docs/fleet.md, "Holes in a share group"); it does not take the lease back
+        rig.serve(db=pg_url, name=leader, share=share, port=serves[leader].port)
         assert wait_for(lambda: records.get("r-pg").finished, 90), records.get("r-pg")
-        assert records.get("r-pg").state == "done"
+        assert records.get("r-pg").state == "done" and records.leader()[0] == other
     for n, r in roots.items():
         assert rig.agents[n].text().count("installed") == 1, n
         assert len(list((r / "bundles").glob("mlp.replaced-*"))) == 1, n
