@@ -1,5 +1,6 @@
-"""The collector's HTTP server: the JSON API (``/api/devices`` pages, a job, commands), ``/metrics``
-(:mod:`.metrics`) and the live dashboard (``/``, ``/fragment``: :mod:`.dashboard`).
+"""The collector's HTTP server: the JSON API (``/api/devices`` pages, a job, commands; ``/api/rollouts`` and
+``/api/rollouts/<name>``), ``/metrics`` (:mod:`.metrics`) and the live dashboard (``/``, ``/fragment``:
+:mod:`.dashboard`; ``/rollouts/<name>`` and its ``/fragment``: :mod:`.rollout_page`).
 
 Stdlib ``ThreadingHTTPServer`` bound to loopback by default; commands over HTTP need a bearer token (and
 are disabled when none is configured; compared in constant time). Every request's ``Host`` must be an IP
@@ -16,6 +17,7 @@ descriptors (database and MQTT reconnects then failed too).
 from __future__ import annotations
 
 import hmac
+import html
 import io
 import ipaddress
 import json
@@ -25,10 +27,16 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable
-from urllib.parse import parse_qs, urlencode, urlparse
+from urllib.parse import parse_qs, unquote, urlencode, urlparse
 
-from .dashboard import dashboard_fragment, dashboard_page, page_args
+from ftedge.errors import RolloutError
+
+from .dashboard import dashboard_fragment, dashboard_page, page_args, rollout_page
 from .metrics import prometheus_text
+from .rollout.cli import describe, listing
+from .rollout.plan import NAME_RE
+from .rollout.records import RolloutRecords
+from .rollout_page import rollout_fragment
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +74,24 @@ def devices_api(store: Any, query: str) -> tuple[list[dict[str, Any]], dict[str,
                "after": f"{rows[-1]['fleet']}/{rows[-1]['device']}"}
         headers["Link"] = f'</api/devices?{urlencode(nxt)}>; rel="next"'
     return rows, headers
+
+
+def rollout_doc(store: Any, raw_name: str) -> dict[str, Any] | None:
+    """``GET /api/rollouts/<name>`` (and the rollout page): the rollout ``raw_name`` (URL-quoted) as
+    ``fleet rollout status --json`` prints it, or None (404) when there is no such rollout. A name no rollout
+    can have (:data:`~ftedge.fleet.rollout.plan.NAME_RE`) is not looked up."""
+    name = unquote(raw_name)
+    if not NAME_RE.fullmatch(name):
+        return None
+    try:
+        return describe(RolloutRecords(store), name)
+    except RolloutError:
+        return None
+
+
+def rollouts_list(store: Any) -> list[dict[str, Any]]:
+    """``GET /api/rollouts``: every rollout, as ``fleet rollout list --json`` prints them."""
+    return listing(RolloutRecords(store))
 
 
 def url_problem(path: str) -> str | None:
@@ -263,6 +289,22 @@ class FleetHTTPServer:
                         except ValueError as exc:
                             return self._json(400, {"error": str(exc)})
                         self._json(200, rows, headers)
+                    elif parts == ["api", "rollouts"]:
+                        self._json(200, rollouts_list(outer.store))
+                    elif len(parts) == 3 and parts[:2] == ["api", "rollouts"]:
+                        doc = rollout_doc(outer.store, parts[2])
+                        if doc is None:
+                            return self._json(404, {"error": f"no rollout named {unquote(parts[2])!r}: GET "
+                                                             "/api/rollouts lists them"})
+                        self._json(200, doc)
+                    elif parts[:1] == ["rollouts"] and (len(parts) == 2 or parts[2:] == ["fragment"]):
+                        doc = rollout_doc(outer.store, parts[1])
+                        if doc is None:
+                            body = (f"<!doctype html><title>no such rollout</title><p>no rollout named "
+                                    f"{html.escape(unquote(parts[1]))}: see <a href=\"/\">the dashboard</a></p>")
+                            return self._reply(404, body.encode(), "text/html; charset=utf-8")
+                        page = rollout_fragment(doc) if len(parts) == 3 else rollout_page(doc)
+                        self._reply(200, page.encode(), "text/html; charset=utf-8")
                     elif len(parts) == 5 and parts[:2] == ["api", "devices"] and parts[3] == "jobs":
                         fleet = parse_qs(url.query).get("fleet", [None])[0] or outer._fleet_of(parts[2])
                         job = outer.store.job(fleet, parts[2], parts[4]) if fleet else None

@@ -1,5 +1,6 @@
 """(f) The collector's HTTP query parsing: ``url_problem`` (the 400 for a NUL), ``page_args`` (the dashboard)
-and ``devices_api`` (``/api/devices``), on any request target, against a real SQLite store holding a few devices.
+and ``devices_api`` (``/api/devices``) and ``rollout_doc`` (``/api/rollouts/<name>``, ``/rollouts/<name>``), on any
+request target, against a real SQLite store holding a few devices.
 
 Input: the request target (``/PATH?QUERY``) as bytes; http.server decodes it as latin-1, and so does this.
 Contract: ``url_problem`` returns None or a reason, and a reason whenever a NUL would reach the store;
@@ -13,7 +14,7 @@ import json
 from urllib.parse import parse_qs, urlparse
 
 from ftedge.fleet.dashboard import dashboard_fragment, page_args
-from ftedge.fleet.http import API_PAGE_MAX, devices_api, url_problem
+from ftedge.fleet.http import API_PAGE_MAX, devices_api, rollout_doc, url_problem
 from ftedge.fleet.store import FleetStore
 from hypothesis import strategies as st
 
@@ -34,7 +35,8 @@ VALUES = ["1", "2", "0", "-1", "²", "٣", "1e3", "999999", "9" * 30, "demo", "d
 @st.composite
 def structured(draw: st.DrawFn) -> bytes:
     path = draw(st.sampled_from(["/", "/fragment", "/api/devices", "/api/devices/dev-001/jobs/j",
-                                 "/api/devices/dev%00/jobs/j", "/api/devices/d\x00/jobs/j"]))
+                                 "/api/devices/dev%00/jobs/j", "/api/devices/d\x00/jobs/j", "/api/rollouts/r1",
+                                 "/rollouts/%00", "/rollouts/r%2F1", "/rollouts/%3Cscript%3E/fragment"]))
     pairs = draw(st.lists(st.tuples(st.sampled_from(KEYS) | st.text(max_size=4),
                                     st.sampled_from(VALUES) | st.text(max_size=8)), max_size=5))
     query = "&".join(f"{k}={v}" for k, v in pairs)
@@ -61,6 +63,9 @@ def check(data: bytes) -> None:
         if problem:
             return
         assert isinstance(dashboard_fragment(STORE, page, device), str)
+    with guarded("rollout_doc", ()):
+        for segment in [p for p in url.path.split("/") if p][-2:]:
+            assert rollout_doc(STORE, segment) is None, segment   # the store has no rollout: a 404, never a 500
     with guarded("devices_api", (ValueError,)):
         rows, headers = devices_api(STORE, url.query)
         assert isinstance(rows, list) and len(rows) <= API_PAGE_MAX and "X-Total-Count" in headers
