@@ -256,3 +256,37 @@ def test_rollout_page_renders_in_chromium_without_console_errors(fleet):
         assert b.console_errors() == []
         urls = {e["params"]["request"]["url"] for e in b.events("Network.requestWillBeSent")}
         assert urls and all(u.startswith((http.url + "/", "data:")) for u in urls), urls
+
+
+@pytest.mark.needs("postgres")
+def test_metrics_dashboard_and_api_read_rollouts_on_postgresql():
+    """The new read queries (finished-in-the-window, dashboard order, counts of some rollouts) on PostgreSQL:
+    rollouts written as `fleet rollout start` writes them, read by /metrics, the dashboard and the API."""
+    from ftedge.fleet.dashboard import dashboard_page
+    from ftedge.fleet.http import rollout_doc, rollouts_list
+
+    from tests.helpers.postgres import PostgresServer
+
+    with PostgresServer() as pg:
+        store = FleetStore(pg.url)
+        try:
+            records = RolloutRecords(store)
+            records.create(_spec("pg-old"), {(FLEET, "d0"): 0, (FLEET, "d1"): 1, (FLEET, "d2"): 1}, {})
+            records.set_state("pg-old", plan.HALTED, reason="canary: <b>bad</b>")
+            records.create(_spec("pg-run"), {(FLEET, "d3"): 0}, {})
+            now = int(time.time() * 1000)
+            fams = {f.name: f for f in rollout_families(store, now_ms=now)}
+            pending = {s.labels["rollout"]: s.value for s in fams["ftedge_rollout_devices"].samples
+                       if s.labels["state"] == plan.PENDING}
+            assert pending == {"pg-old": 3.0, "pg-run": 1.0}
+            later = {f.name: f for f in rollout_families(store, now_ms=now + (ROLLOUT_WINDOW_S + 60) * 1000)}
+            assert {s.labels["rollout"] for s in later["ftedge_rollout_state"].samples} == {"pg-run"}
+            assert later["ftedge_rollout_leader"].samples == []   # no collector ever drove them
+            dom = parse_html(dashboard_page(store))
+            rows = dom.by_id("rollout-table").find_all("tr", cls="rollout")
+            assert [r.attrs["data-rollout"] for r in rows] == ["pg-run", "pg-old"]
+            assert rows[1].find("td", cls="reason").text == "canary: <b>bad</b>"
+            assert [r["name"] for r in rollouts_list(store)] == ["pg-old", "pg-run"]
+            assert rollout_doc(store, "pg-old") == describe(records, "pg-old") and rollout_doc(store, "nope") is None
+        finally:
+            store.close()
