@@ -14,11 +14,11 @@ import math
 import re
 import time
 from typing import Any, Callable
-from urllib.parse import parse_qs, quote, urlencode
+from urllib.parse import parse_qs, urlencode
 
 from . import headline
 from .charts import ACC_COLOR, LOSS_COLOR, svg_chart
-from .rollout_page import rollout_fragment, rollouts_section
+from .rollout_page import rollouts_section
 from .validate import finite
 
 log = logging.getLogger(__name__)
@@ -257,11 +257,3 @@ def dashboard_page(store: Any, page: int = 1, device: str | None = None) -> str:
     """The whole ``/`` page: server-rendered (paints without waiting for any script), then live."""
     return page_shell("ftedge fleet", "ftedge fleet", "/fragment", dashboard_fragment(store, page, device))
 
-
-def rollout_page(doc: dict[str, Any]) -> str:
-    """``GET /rollouts/<name>``: the page of one rollout (``doc``: :func:`~ftedge.fleet.rollout.cli.describe`),
-    refreshed live from ``/rollouts/<name>/fragment``."""
-    name = str(doc["name"])
-    return page_shell(f"rollout {name} · ftedge fleet",
-                      f'<a href="/">ftedge fleet</a> › rollout {html.escape(name)}',
-                      f"/rollouts/{quote(name, safe='')}/fragment", rollout_fragment(doc))

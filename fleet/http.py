@@ -29,14 +29,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, unquote, urlencode, urlparse
 
-from ftedge.errors import RolloutError
-
-from .dashboard import dashboard_fragment, dashboard_page, page_args, rollout_page
+from .dashboard import dashboard_fragment, dashboard_page, page_args
 from .metrics import prometheus_text
-from .rollout.cli import describe, listing
-from .rollout.plan import NAME_RE
-from .rollout.records import RolloutRecords
-from .rollout_page import rollout_fragment
+from .rollout_page import rollout_doc, rollout_fragment, rollout_html, rollouts_list
 
 log = logging.getLogger(__name__)
 
@@ -74,24 +69,6 @@ def devices_api(store: Any, query: str) -> tuple[list[dict[str, Any]], dict[str,
                "after": f"{rows[-1]['fleet']}/{rows[-1]['device']}"}
         headers["Link"] = f'</api/devices?{urlencode(nxt)}>; rel="next"'
     return rows, headers
-
-
-def rollout_doc(store: Any, raw_name: str) -> dict[str, Any] | None:
-    """``GET /api/rollouts/<name>`` (and the rollout page): the rollout ``raw_name`` (URL-quoted) as
-    ``fleet rollout status --json`` prints it, or None (404) when there is no such rollout. A name no rollout
-    can have (:data:`~ftedge.fleet.rollout.plan.NAME_RE`) is not looked up."""
-    name = unquote(raw_name)
-    if not NAME_RE.fullmatch(name):
-        return None
-    try:
-        return describe(RolloutRecords(store), name)
-    except RolloutError:
-        return None
-
-
-def rollouts_list(store: Any) -> list[dict[str, Any]]:
-    """``GET /api/rollouts``: every rollout, as ``fleet rollout list --json`` prints them."""
-    return listing(RolloutRecords(store))
 
 
 def url_problem(path: str) -> str | None:
@@ -303,7 +280,7 @@ class FleetHTTPServer:
                             body = (f"<!doctype html><title>no such rollout</title><p>no rollout named "
                                     f"{html.escape(unquote(parts[1]))}: see <a href=\"/\">the dashboard</a></p>")
                             return self._reply(404, body.encode(), "text/html; charset=utf-8")
-                        page = rollout_fragment(doc) if len(parts) == 3 else rollout_page(doc)
+                        page = rollout_fragment(doc) if len(parts) == 3 else rollout_html(doc)
                         self._reply(200, page.encode(), "text/html; charset=utf-8")
                     elif len(parts) == 5 and parts[:2] == ["api", "devices"] and parts[3] == "jobs":
                         fleet = parse_qs(url.query).get("fleet", [None])[0] or outer._fleet_of(parts[2])

@@ -15,10 +15,13 @@ import html
 import json
 import logging
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
+
+from ftedge.errors import RolloutError
 
 from .charts import svg_histogram
 from .rollout import plan
+from .rollout.cli import describe, listing
 from .rollout.records import Rollout, RolloutRecords
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,26 @@ def _position(current: int, waves: list[int]) -> str:
     """"i/n": the wave being driven among the waves that have devices."""
     i = waves.index(current) + 1 if current in waves else sum(w < current for w in waves)
     return f"{i}/{len(waves)}"
+
+
+# -- the documents of /api/rollouts (the CLI's) --------------------------------------------------------------------
+
+def rollout_doc(store: Any, raw_name: str) -> dict[str, Any] | None:
+    """``GET /api/rollouts/<name>`` (and the rollout page): the rollout ``raw_name`` (URL-quoted) as
+    ``fleet rollout status --json`` prints it, or None (404) when there is no such rollout. A name no rollout
+    can have (:data:`~ftedge.fleet.rollout.plan.NAME_RE`: never a NUL, a slash or markup) is not looked up."""
+    name = unquote(raw_name)
+    if not plan.NAME_RE.fullmatch(name):
+        return None
+    try:
+        return describe(RolloutRecords(store), name)
+    except RolloutError:
+        return None
+
+
+def rollouts_list(store: Any) -> list[dict[str, Any]]:
+    """``GET /api/rollouts``: every rollout, as ``fleet rollout list --json`` prints them."""
+    return listing(RolloutRecords(store))
 
 
 # -- the main page's section ---------------------------------------------------------------------------------------
@@ -177,3 +200,13 @@ def rollout_fragment(doc: dict[str, Any]) -> str:
 
 def _json(v: Any) -> str:
     return json.dumps(v, separators=(", ", ": "))
+
+
+def rollout_html(doc: dict[str, Any]) -> str:
+    """``GET /rollouts/<name>``: the whole page of one rollout (``doc``: :func:`rollout_doc`), refreshed live
+    from ``/rollouts/<name>/fragment``."""
+    from .dashboard import page_shell   # the dashboard imports this module for its Rollouts section
+
+    name = str(doc["name"])
+    return page_shell(f"rollout {name} · ftedge fleet", f'<a href="/">ftedge fleet</a> › rollout {_e(name)}',
+                      f"/rollouts/{quote(name, safe='')}/fragment", rollout_fragment(doc))

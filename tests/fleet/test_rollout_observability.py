@@ -263,7 +263,7 @@ def test_metrics_dashboard_and_api_read_rollouts_on_postgresql():
     """The new read queries (finished-in-the-window, dashboard order, counts of some rollouts) on PostgreSQL:
     rollouts written as `fleet rollout start` writes them, read by /metrics, the dashboard and the API."""
     from ftedge.fleet.dashboard import dashboard_page
-    from ftedge.fleet.http import rollout_doc, rollouts_list
+    from ftedge.fleet.rollout_page import rollout_doc, rollouts_list
 
     from tests.helpers.postgres import PostgresServer
 

@@ -14,7 +14,8 @@ import json
 from urllib.parse import parse_qs, urlparse
 
 from ftedge.fleet.dashboard import dashboard_fragment, page_args
-from ftedge.fleet.http import API_PAGE_MAX, devices_api, rollout_doc, url_problem
+from ftedge.fleet.http import API_PAGE_MAX, devices_api, url_problem
+from ftedge.fleet.rollout_page import rollout_doc
 from ftedge.fleet.store import FleetStore
 from hypothesis import strategies as st
 
@@ -35,16 +36,19 @@ VALUES = ["1", "2", "0", "-1", "²", "٣", "1e3", "999999", "9" * 30, "demo", "d
 @st.composite
 def structured(draw: st.DrawFn) -> bytes:
     path = draw(st.sampled_from(["/", "/fragment", "/api/devices", "/api/devices/dev-001/jobs/j",
-                                 "/api/devices/dev%00/jobs/j", "/api/devices/d\x00/jobs/j", "/api/rollouts/r1",
-                                 "/rollouts/%00", "/rollouts/r%2F1", "/rollouts/%3Cscript%3E/fragment"]))
+                                 "/api/devices/dev%00/jobs/j", "/api/devices/d\x00/jobs/j"]))
     pairs = draw(st.lists(st.tuples(st.sampled_from(KEYS) | st.text(max_size=4),
                                     st.sampled_from(VALUES) | st.text(max_size=8)), max_size=5))
     query = "&".join(f"{k}={v}" for k, v in pairs)
     return (path + ("?" + query if pairs or draw(st.booleans()) else "")).encode("utf-8", "surrogatepass")
 
 
+ROLLOUT_TARGETS = [b"/api/rollouts/r1", b"/rollouts/%00", b"/rollouts/r%2F1", b"/rollouts/%3Cscript%3E/fragment",
+                   b"/api/rollouts/..%2F"]
+
+
 def inputs() -> st.SearchStrategy[bytes]:
-    return st.one_of(structured(), structured(), mutated([p.read_bytes() for p in corpus("http")]),
+    return st.one_of(st.sampled_from(ROLLOUT_TARGETS), structured(), structured(), mutated([p.read_bytes() for p in corpus("http")]),
                      st.binary(max_size=120))
 
 
