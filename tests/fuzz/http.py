@@ -15,9 +15,10 @@ from urllib.parse import parse_qs, urlparse
 
 from ftedge.fleet.dashboard import dashboard_fragment, page_args
 from ftedge.fleet.http import API_PAGE_MAX, devices_api, url_problem
-from ftedge.fleet.rollout_page import rollout_doc
 from ftedge.fleet.store import FleetStore
 from hypothesis import strategies as st
+
+from ftedge.fleet.rollout_page import rollout_doc  # noqa: I001 - apart from the import above: merges cleanly
 
 from tests.fuzz.common import corpus, guarded
 from tests.fuzz.mutate import mutated
