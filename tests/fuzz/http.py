@@ -18,7 +18,7 @@ from ftedge.fleet.http import API_PAGE_MAX, devices_api, url_problem
 from ftedge.fleet.store import FleetStore
 from hypothesis import strategies as st
 
-from ftedge.fleet.rollout_page import rollout_doc  # noqa: I001 - apart from the import above: merges cleanly
+from ftedge.fleet.rollout_page import rollout_doc
 
 from tests.fuzz.common import corpus, guarded
 from tests.fuzz.mutate import mutated
