@@ -11,12 +11,14 @@ from __future__ import annotations
 import html
 import logging
 import math
+import re
 import time
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlencode
 
 from . import headline
 from .charts import ACC_COLOR, LOSS_COLOR, svg_chart
+from .rollout_page import rollouts_section
 from .validate import finite
 
 log = logging.getLogger(__name__)
@@ -176,6 +178,7 @@ def dashboard_fragment(store: Any, page: int = 1, device: str | None = None, now
         f'<span>jobs running <b id="n-running">{s.get("jobs_running", 0)}</b></span> '
         f'<span>accuracy before → after personalization <b id="acc">{_pct(before)} → {_pct(after)}</b> '
         f'(<span id="n-promoted">{s.get("promoted_devices", 0)}</span> promoted)</span></section>'
+        + rollouts_section(store) +
         f'<section id="charts" data-charted="{min(len(charted), MAX_CHARTS)}" data-with-job="{len(charted)}">'
         + "".join(_isolated(lambda dv: _device_charts(store, dv), d) for d in charted[:MAX_CHARTS]) + "</section>"
         f'<nav id="pager" data-page="{page}" data-pages="{pages}">' + " · ".join(nav) + "</nav>"
@@ -205,7 +208,7 @@ def page_args(query: str) -> tuple[int, str | None]:
     return page, (q.get("device") or [None])[0] or None
 
 
-PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>ftedge fleet</title>
+PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>@TITLE@</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">
 <style>body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;font-size:.9em}
 td,th{padding:.15em .6em;border-bottom:1px solid #e5e5e5;text-align:left}.state-online{color:#1e8449}
@@ -213,8 +216,18 @@ td,th{padding:.15em .6em;border-bottom:1px solid #e5e5e5;text-align:left}.state-
 #charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(425px,1fr));gap:.6em;margin:.8em 0}
 .device-charts{padding:.4em .5em;border:1px solid #eee}
 .device-charts h3{font-size:.95em;margin:.2em 0}.verdict{display:block;font-weight:normal;color:#555;font-size:.85em}
-#live.stale #summary::after{content:"collector unreachable: showing the last data";color:#a93226}</style>
-</head><body><h1>ftedge fleet</h1><div id="live" data-refreshes="0">%s</div>
+h1 a{color:inherit;text-decoration:none}h2{font-size:1.05em;margin:1em 0 .4em}
+.wave-bar{display:flex;gap:2px;min-width:12em;max-width:40em;height:1.15em;margin:.3em 0}
+.wave-seg{min-width:3.2em;padding:0 .3em;font-size:.75em;line-height:1.55em;color:#fff;text-align:center;
+overflow:hidden;white-space:nowrap;border-radius:2px}.wave-pos{font-size:.8em;color:#555}
+.v-passed{background:#1e8449}.v-halted{background:#a93226}.v-running{background:#2471a3}
+.v-paused{background:#b9770e}.v-aborted{background:#616a6b}.v-pending{background:#d5d8dc;color:#333}
+.rstate-done,.v-text-passed{color:#1e8449}.rstate-halted,.rstate-aborted,.v-text-halted,.reason{color:#a93226}
+.rstate-running{color:#2471a3}.ds{white-space:nowrap}.meta{color:#555;font-size:.9em}
+#rollouts td.progress{min-width:16em}#problems td.why{max-width:48em}
+#live.stale #summary::after,#live.stale #rollout::before{content:"collector unreachable: showing the last data";
+color:#a93226}</style>
+</head><body><h1>@HEADING@</h1><div id="live" data-refreshes="0" data-src="@SRC@">@FRAGMENT@</div>
 <script>(() => {
   const live = document.getElementById('live');
   let busy = false, n = 0;
@@ -222,7 +235,7 @@ td,th{padding:.15em .6em;border-bottom:1px solid #e5e5e5;text-align:left}.state-
     if (busy) return;
     busy = true;
     try {
-      const r = await fetch('/fragment' + location.search, {cache: 'no-store'});
+      const r = await fetch(live.dataset.src + location.search, {cache: 'no-store'});
       if (!r.ok) throw new Error(r.status);
       live.innerHTML = await r.text();
       live.dataset.refreshes = ++n;
@@ -232,6 +245,15 @@ td,th{padding:.15em .6em;border-bottom:1px solid #e5e5e5;text-align:left}.state-
 })();</script></body></html>"""
 
 
+def page_shell(title: str, heading: str, src: str, fragment: str) -> str:
+    """A whole dashboard page: ``fragment`` server-rendered (it paints without waiting for any script), then
+    re-rendered every 2 s from ``src`` (a same-origin path). ``heading`` is HTML; the others are escaped."""
+    parts = {"TITLE": html.escape(title), "HEADING": heading, "SRC": html.escape(src), "FRAGMENT": fragment}
+    # one pass: a fragment holding "@SRC@" (device text) is never substituted again
+    return re.sub(r"@(TITLE|HEADING|SRC|FRAGMENT)@", lambda m: parts[m.group(1)], PAGE)
+
+
 def dashboard_page(store: Any, page: int = 1, device: str | None = None) -> str:
     """The whole ``/`` page: server-rendered (paints without waiting for any script), then live."""
-    return PAGE % dashboard_fragment(store, page, device)
+    return page_shell("ftedge fleet", "ftedge fleet", "/fragment", dashboard_fragment(store, page, device))
+

@@ -1,5 +1,6 @@
-"""The collector's HTTP server: the JSON API (``/api/devices`` pages, a job, commands), ``/metrics``
-(:mod:`.metrics`) and the live dashboard (``/``, ``/fragment``: :mod:`.dashboard`).
+"""The collector's HTTP server: the JSON API (``/api/devices`` pages, a job, commands; ``/api/rollouts`` and
+``/api/rollouts/<name>``), ``/metrics`` (:mod:`.metrics`) and the live dashboard (``/``, ``/fragment``:
+:mod:`.dashboard`; ``/rollouts/<name>`` and its ``/fragment``: :mod:`.rollout_page`).
 
 Stdlib ``ThreadingHTTPServer`` bound to loopback by default; commands over HTTP need a bearer token (and
 are disabled when none is configured; compared in constant time). Every request's ``Host`` must be an IP
@@ -24,6 +25,7 @@ forever nor take the connections the dashboard and API need.
 from __future__ import annotations
 
 import hmac
+import html
 import io
 import ipaddress
 import json
@@ -34,13 +36,14 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable
-from urllib.parse import parse_qs, urlencode, urlparse
+from urllib.parse import parse_qs, unquote, urlencode, urlparse
 
 from . import url_signing
 from .bundle_store import SUFFIX as BUNDLE_SUFFIX
 from .bundle_store import BundleStore, valid_sha
 from .dashboard import dashboard_fragment, dashboard_page, page_args
 from .metrics import prometheus_text
+from .rollout_page import rollout_doc, rollout_fragment, rollout_html, rollouts_list
 
 log = logging.getLogger(__name__)
 
@@ -419,6 +422,22 @@ class FleetHTTPServer:
                         except ValueError as exc:
                             return self._json(400, {"error": str(exc)})
                         self._json(200, rows, headers)
+                    elif parts == ["api", "rollouts"]:
+                        self._json(200, rollouts_list(outer.store))
+                    elif len(parts) == 3 and parts[:2] == ["api", "rollouts"]:
+                        doc = rollout_doc(outer.store, parts[2])
+                        if doc is None:
+                            return self._json(404, {"error": f"no rollout named {unquote(parts[2])!r}: GET "
+                                                             "/api/rollouts lists them"})
+                        self._json(200, doc)
+                    elif parts[:1] == ["rollouts"] and (len(parts) == 2 or parts[2:] == ["fragment"]):
+                        doc = rollout_doc(outer.store, parts[1])
+                        if doc is None:
+                            body = (f"<!doctype html><title>no such rollout</title><p>no rollout named "
+                                    f"{html.escape(unquote(parts[1]))}: see <a href=\"/\">the dashboard</a></p>")
+                            return self._reply(404, body.encode(), "text/html; charset=utf-8")
+                        page = rollout_fragment(doc) if len(parts) == 3 else rollout_html(doc)
+                        self._reply(200, page.encode(), "text/html; charset=utf-8")
                     elif len(parts) == 5 and parts[:2] == ["api", "devices"] and parts[3] == "jobs":
                         fleet = parse_qs(url.query).get("fleet", [None])[0] or outer._fleet_of(parts[2])
                         job = outer.store.job(fleet, parts[2], parts[4]) if fleet else None

@@ -3,11 +3,17 @@ collector process's own series (label ``instance``)."""
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from typing import Any, Callable, Iterator
 
 from .headline import of_progress
 from .validate import number
+
+log = logging.getLogger(__name__)
+
+ROLLOUT_WINDOW_S = 86400   # finished rollouts stay in /metrics this long after their last change
 
 COLLECTOR_STATS = (("received", "messages received from the broker"),
                    ("processed", "messages written (their batch committed or refused)"),
@@ -44,6 +50,8 @@ def prometheus_text(store: Any, instance: str | None = None,
     (which box loses telemetry) and, from its latest epoch,
     ``ftedge_job_loss``, ``ftedge_job_val_accuracy``, ``ftedge_job_val_map50`` (detectors) and
     ``ftedge_job_val_headline`` (label ``metric``: the job's headline metric, :mod:`~ftedge.fleet.headline`).
+    Rollouts (:func:`rollout_families`): ``ftedge_rollout_devices``, ``ftedge_rollout_wave``,
+    ``ftedge_rollout_state`` and ``ftedge_rollout_leader``.
 
     The device gauges and ``ftedge_messages*`` counters are the fleet's (from the database, the same on every
     collector sharing it). With ``instance`` (the collector's name), this process's own figures follow,
@@ -94,6 +102,7 @@ def prometheus_text(store: Any, instance: str | None = None,
                         headline.add_metric([*lab, h.metric], h.value)
             c = store.counters()
             yield from (up, seen, loss, acc, map50, headline, dev_msgs, dev_gaps, dev_late)
+            yield from rollout_families(store)
             for name, key, doc in (("ftedge_messages", "messages_total", "device messages ingested"),
                                    ("ftedge_messages_duplicate", "duplicates_total", "duplicates dropped (dev, boot, seq)"),
                                    ("ftedge_messages_malformed", "malformed_total",
@@ -116,6 +125,49 @@ def prometheus_text(store: Any, instance: str | None = None,
     registry = CollectorRegistry()
     registry.register(_Fleet())
     return generate_latest(registry)
+
+
+def rollout_families(store: Any, now_ms: int | None = None) -> list[Any]:
+    """The rollouts' series, from three queries whatever their number (the rollouts shown, their device counts,
+    the lease). Shown: rollouts not finished, and those finished (last changed) in the last
+    ``ROLLOUT_WINDOW_S``; every state of a rollout and of its devices has a series (0 when none), so a series
+    does not vanish when its count drops to 0. A rollout table that cannot be read costs these series only
+    (logged), never the fleet's."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    from .rollout.plan import DEVICE_STATES, ROLLOUT_STATES
+    from .rollout.records import RolloutRecords
+
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    window = f"rollouts not finished, and those finished in the last {ROLLOUT_WINDOW_S // 3600} h"
+    devices = GaugeMetricFamily("ftedge_rollout_devices", f"devices of the rollout in each state ({window})",
+                                labels=["rollout", "state"])
+    wave = GaugeMetricFamily("ftedge_rollout_wave", f"the wave the rollout drives, 0 = the canary ({window})",
+                             labels=["rollout"])
+    state = GaugeMetricFamily("ftedge_rollout_state", f"1 for the rollout's current state, 0 for the others "
+                              f"({window})", labels=["rollout", "state"])
+    leader = GaugeMetricFamily("ftedge_rollout_leader", "1 for the collector holding the lease on driving "
+                               "rollouts (0: its lease ran out and no collector renewed it)", labels=["holder"])
+    try:
+        records = RolloutRecords(store)
+        shown = records.current(now_ms - ROLLOUT_WINDOW_S * 1000)
+        counts = records.counts_of([r.name for r in shown])
+        lease = records.leader()
+    except Exception:  # noqa: BLE001 - the fleet's series must not depend on the rollout tables
+        log.exception("/metrics: could not read the rollouts; their series are left out")
+        return [devices, wave, state, leader]
+    per: dict[tuple[str, str], int] = {}
+    for (name, _, st), n in counts.items():
+        per[(name, st)] = per.get((name, st), 0) + n
+    for r in shown:
+        for st in DEVICE_STATES:
+            devices.add_metric([r.name, st], float(per.get((r.name, st), 0)))
+        wave.add_metric([r.name], float(r.wave))
+        for st in ROLLOUT_STATES:
+            state.add_metric([r.name, st], 1.0 if r.state == st else 0.0)
+    if lease is not None:
+        leader.add_metric([str(lease[0])], 1.0 if lease[1] > now_ms else 0.0)
+    return [devices, wave, state, leader]
 
 
 def _collector_families(instance: str, stats: Callable[[], dict[str, Any]] | None) -> Iterator[Any]:

@@ -297,15 +297,20 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def listing(records: RolloutRecords) -> list[dict[str, Any]]:
+    """Every rollout, oldest first, as ``list --json`` prints it (``GET /api/rollouts`` serves the same)."""
+    counts = records.counts()
+    rows = []
+    for r in records.all():
+        n = sum(c for (name, _, _), c in counts.items() if name == r.name)
+        rows.append({"name": r.name, "state": r.state, "bundle": r.spec.bundle, "wave": r.wave, "waves": r.waves,
+                     "devices": n, "reason": r.reason, "created_ms": r.created_ms})
+    return rows
+
+
 def _list(args: argparse.Namespace) -> int:
     with _store(args.db) as store:
-        records = RolloutRecords(store)
-        counts = records.counts()
-        rows = []
-        for r in records.all():
-            n = sum(c for (name, _, _), c in counts.items() if name == r.name)
-            rows.append({"name": r.name, "state": r.state, "bundle": r.spec.bundle, "wave": r.wave, "waves": r.waves,
-                         "devices": n, "reason": r.reason, "created_ms": r.created_ms})
+        rows = listing(RolloutRecords(store))
     if args.json:
         print(json.dumps(rows))
         return EXIT_OK

@@ -279,3 +279,34 @@ class RolloutRecords:
             return [(r[0], r[1]) for r in db.execute(sql + " ORDER BY fleet, device", args)]
 
 
+
+    # -- read-only views: /metrics, the dashboard and /api (added for issue 34's observability) ------------------
+
+    def current(self, since_ms: int) -> list[Rollout]:
+        """Rollouts not finished, and the finished ones last changed at or after ``since_ms`` (oldest first):
+        what ``/metrics`` exposes, so old rollouts do not grow the series count forever."""
+        done = list(FINISHED)
+        with self.backend.read() as db:
+            rows = db.execute(f"SELECT {_ROLLOUT_COLS} FROM rollouts WHERE state NOT IN ({', '.join('?' * len(done))})"
+                              " OR updated_ms >= ? ORDER BY created_ms, name", [*done, int(since_ms)]).fetchall()
+        return [_rollout(r) for r in rows]
+
+    def shown(self, limit: int) -> list[Rollout]:
+        """At most ``limit`` rollouts for the dashboard: those not finished first, then the newest."""
+        done = list(FINISHED)
+        with self.backend.read() as db:
+            rows = db.execute(f"SELECT {_ROLLOUT_COLS} FROM rollouts ORDER BY CASE WHEN state IN "
+                              f"({', '.join('?' * len(done))}) THEN 1 ELSE 0 END, created_ms DESC, name DESC LIMIT ?",
+                              [*done, int(limit)]).fetchall()
+        return [_rollout(r) for r in rows]
+
+    def counts_of(self, names: list[str]) -> dict[tuple[str, int, str], int]:
+        """``(rollout, wave, state)`` → devices, of the rollouts ``names`` only (one query per 500 names)."""
+        out: dict[tuple[str, int, str], int] = {}
+        for i in range(0, len(names), 500):
+            part = list(names[i:i + 500])
+            with self.backend.read() as db:
+                rows = db.execute("SELECT rollout, wave, state, COUNT(*) FROM rollout_devices WHERE rollout IN "
+                                  f"({', '.join('?' * len(part))}) GROUP BY rollout, wave, state", part).fetchall()
+            out.update({(r[0], int(r[1]), r[2]): int(r[3]) for r in rows})
+        return out

@@ -1,5 +1,6 @@
 """(f) The collector's HTTP query parsing: ``url_problem`` (the 400 for a NUL), ``page_args`` (the dashboard)
-and ``devices_api`` (``/api/devices``), on any request target, against a real SQLite store holding a few devices.
+and ``devices_api`` (``/api/devices``) and ``rollout_doc`` (``/api/rollouts/<name>``, ``/rollouts/<name>``), on any
+request target, against a real SQLite store holding a few devices.
 
 Input: the request target (``/PATH?QUERY``) as bytes; http.server decodes it as latin-1, and so does this.
 Contract: ``url_problem`` returns None or a reason, and a reason whenever a NUL would reach the store;
@@ -17,6 +18,8 @@ from ftedge.fleet import url_signing
 from ftedge.fleet.http import API_PAGE_MAX, devices_api, parse_range, url_problem
 from ftedge.fleet.store import FleetStore
 from hypothesis import strategies as st
+
+from ftedge.fleet.rollout_page import rollout_doc
 
 from tests.fuzz.common import corpus, guarded
 from tests.fuzz.mutate import mutated
@@ -46,8 +49,12 @@ def structured(draw: st.DrawFn) -> bytes:
     return (path + ("?" + query if pairs or draw(st.booleans()) else "")).encode("utf-8", "surrogatepass")
 
 
+ROLLOUT_TARGETS = [b"/api/rollouts/r1", b"/rollouts/%00", b"/rollouts/r%2F1", b"/rollouts/%3Cscript%3E/fragment",
+                   b"/api/rollouts/..%2F"]
+
+
 def inputs() -> st.SearchStrategy[bytes]:
-    return st.one_of(structured(), structured(), mutated([p.read_bytes() for p in corpus("http")]),
+    return st.one_of(st.sampled_from(ROLLOUT_TARGETS), structured(), structured(), mutated([p.read_bytes() for p in corpus("http")]),
                      st.binary(max_size=120))
 
 
@@ -73,6 +80,9 @@ def check(data: bytes) -> None:
         if problem:
             return
         assert isinstance(dashboard_fragment(STORE, page, device), str)
+    with guarded("rollout_doc", ()):
+        for segment in [p for p in url.path.split("/") if p][-2:]:
+            assert rollout_doc(STORE, segment) is None, segment   # the store has no rollout: a 404, never a 500
     with guarded("devices_api", (ValueError,)):
         rows, headers = devices_api(STORE, url.query)
         assert isinstance(rows, list) and len(rows) <= API_PAGE_MAX and "X-Total-Count" in headers

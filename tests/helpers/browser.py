@@ -230,6 +230,26 @@ class Browser:
     def html(self) -> str:
         return self.evaluate("document.documentElement.outerHTML")
 
+    def events(self, *methods: str) -> list[dict[str, Any]]:
+        """The DevTools events of ``methods`` seen so far (e.g. ``Runtime.exceptionThrown`` once ``Runtime.enable``
+        was called); a short evaluate first drains those already sent."""
+        self.evaluate("0")
+        return [e for e in self._events if e.get("method") in methods]
+
+    def console_errors(self) -> list[str]:
+        """Uncaught exceptions, ``console.error`` calls and error log entries (failed loads, CSP) so far; call
+        :meth:`call` ``("Runtime.enable")`` and ``("Log.enable")`` before navigating."""
+        out = []
+        for e in self.events("Runtime.exceptionThrown", "Runtime.consoleAPICalled", "Log.entryAdded"):
+            p = e.get("params", {})
+            if e["method"] == "Runtime.exceptionThrown":
+                out.append(json.dumps(p.get("exceptionDetails", {}))[:500])
+            elif e["method"] == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+                out.append(json.dumps(p.get("args", []))[:500])
+            elif e["method"] == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
+                out.append(f"{p['entry'].get('text')} {p['entry'].get('url', '')}")
+        return out
+
     def screenshot(self, path: Path | str) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

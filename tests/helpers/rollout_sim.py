@@ -31,6 +31,7 @@ class Box:
     """How one simulated device behaves."""
 
     fail_deploy: bool = False
+    fail_detail: str = "the bundle from … was rejected: signed by an untrusted key"   # the failed deploy's detail
     regress: bool = False          # its training makes the model worse (not promoted)
     offline: bool = False          # never answers (and says it is offline)
     before: float = 0.6
@@ -138,8 +139,7 @@ class FleetSim:
             if box.delay_s:
                 time.sleep(box.delay_s)
             if box.fail_deploy:
-                say("error", "deploy_failed", "the bundle from … was rejected: signed by an untrusted key",
-                    reason="bundle")
+                say("error", "deploy_failed", box.fail_detail, reason="bundle")
             else:
                 box.deploys += 1
                 say("done", "deployed", "bundle at kws", bundle=args.get("name"),
