@@ -211,6 +211,12 @@ def _serve(args: argparse.Namespace) -> int:
                              send=lambda f, d, v, a: collector.send(f, d, v, a, timeout=10.0), bundles=bundles,
                              url_key=key).start()
     public = (args.public_url or server.url).rstrip("/")
+    if not args.public_url and host in ("0.0.0.0", "::", "[::]"):
+        import socket
+
+        public = f"http://{socket.getfqdn()}:{port}"   # a wildcard address is no address for a device to fetch from
+        print(f"warning: bundle URLs name {public}: give --public-url if devices reach this collector otherwise",
+              file=sys.stderr)
     driver = None
     if not args.no_rollouts:
         url_for = None
