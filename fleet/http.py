@@ -13,13 +13,10 @@ each; further ones get a 503 and are closed at once), and a request must arrive 
 a byte now and then hold its connection forever, and enough of them used to exhaust the process's file
 descriptors (database and MQTT reconnects then failed too).
 
-Bundles (:mod:`.bundle_store`): ``GET``/``HEAD /bundles/<sha256>.tar.gz?dev=…&ro=…&exp=…&sig=…`` serves a
-published archive to a device holding a URL signed for it (:mod:`.url_signing`; no bearer token, and no
-``Host`` check: the signature is the authorization, which a DNS-rebinding page does not have). Single byte
-ranges are honoured (206/416), so a device resumes a cut download. The file is streamed in chunks; each write
-has ``REQUEST_DEADLINE_S`` and the whole transfer ``REQUEST_DEADLINE_S + size / BUNDLE_MIN_RATE`` seconds, and
-at most ``MAX_BUNDLE_TRANSFERS`` run at once (further ones get 503), so slow downloads neither hold a thread
-forever nor take the connections the dashboard and API need.
+Bundles (:mod:`.bundle_store`, answered by :mod:`.bundle_http`): ``GET``/``HEAD /bundles/<sha256>.tar.gz?dev=…``
+serves a published archive to a device holding a URL signed for it (:mod:`.url_signing`; no bearer token, and
+no ``Host`` check: the signature is the authorization, which a DNS-rebinding page does not have), with single
+ranges, per-write and per-transfer deadlines and a cap on transfers at once.
 """
 
 from __future__ import annotations
@@ -30,7 +27,6 @@ import io
 import ipaddress
 import json
 import logging
-import os
 import socket
 import threading
 import time
@@ -38,9 +34,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, unquote, urlencode, urlparse
 
-from . import url_signing
-from .bundle_store import SUFFIX as BUNDLE_SUFFIX
-from .bundle_store import BundleStore, valid_sha
+from .bundle_http import MAX_BUNDLE_TRANSFERS, BundleRequests
+from .bundle_store import BundleStore
 from .dashboard import dashboard_fragment, dashboard_page, page_args
 from .metrics import prometheus_text
 from .rollout_page import rollout_doc, rollout_fragment, rollout_html, rollouts_list
@@ -52,36 +47,6 @@ REQUEST_DEADLINE_S = 30.0  # a request (line, headers, body) must arrive whole w
 MAX_CONNECTIONS = 64       # connections served at once; further ones get 503 and are closed
 API_PAGE = 500         # devices per /api/devices page unless ?limit=N
 API_PAGE_MAX = 5000    # the largest ?limit=
-BUNDLE_CHUNK = 256 * 1024      # bytes per write of a bundle download
-BUNDLE_MIN_RATE = 16 * 1024    # bytes/s a bundle download must average (beyond REQUEST_DEADLINE_S), or it is cut
-MAX_BUNDLE_TRANSFERS = MAX_CONNECTIONS // 2   # bundle downloads at once; the rest of the connections stay free
-BUNDLE_RETRY_AFTER_S = 5       # the Retry-After of the 503 a download beyond MAX_BUNDLE_TRANSFERS gets
-BUNDLE_MAX_AGE_S = 365 * 86400  # Cache-Control max-age of an archive (content-addressed: it never changes)
-CLIENT_GONE = 499               # the code a bundle request is counted under when its client left before the reply
-
-
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
-    """The byte range ``(first, last)`` (inclusive) a ``Range`` header asks of a ``size``-byte file; None to
-    send the whole file (no header, a malformed one, another unit, or several ranges: RFC 9110 14.2 lets a
-    server ignore those); ``"unsatisfiable"`` when the one range lies past the end (416)."""
-    if not header:
-        return None
-    unit, _, spec = header.strip().partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None
-    first_s, dash, last_s = spec.strip().partition("-")
-    first_s, last_s = first_s.strip(), last_s.strip()
-    if not dash or not all(x.isascii() and x.isdigit() for x in (first_s, last_s) if x) or not (first_s or last_s):
-        return None
-    if not first_s:                         # bytes=-N: the last N bytes
-        n = int(last_s)
-        return (max(0, size - n), size - 1) if n > 0 and size > 0 else "unsatisfiable"
-    first = int(first_s)
-    if last_s and int(last_s) < first:
-        return None                         # invalid: ignored
-    if first >= size:
-        return "unsatisfiable"
-    return first, min(int(last_s), size - 1) if last_s else size - 1
 
 
 def devices_api(store: Any, query: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
@@ -252,8 +217,9 @@ class FleetHTTPServer:
         self.allowed_hosts = frozenset(names)
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(BundleRequests, BaseHTTPRequestHandler):
             timeout = timeout_s   # StreamRequestHandler sets it on the socket (the reply's writes keep it)
+            fleet_server = outer
             deadline = 0.0        # time.monotonic() by which the current request must have arrived
 
             def setup(self) -> None:
@@ -300,102 +266,6 @@ class FleetHTTPServer:
                 if urlparse(self.path).path.startswith("/bundles/"):
                     return self._bundle(head=True)
                 self._reply(405, b"", "text/plain", {"Allow": "GET, POST"})
-
-            def _bundle(self, head: bool) -> None:
-                code, sent = 500, 0
-                try:
-                    code, sent = self._serve_bundle(head)
-                except OSError as exc:    # the client left before the headers were written
-                    code, self.close_connection = CLIENT_GONE, True
-                    log.info("bundle request %s: the client left (%s)", self.path.split("?")[0], exc)
-                finally:
-                    outer._count_bundle(code, sent)
-
-            def _text(self, code: int, text: str, head: bool, headers: dict[str, str] | None = None) -> int:
-                body = (text + "\n").encode()
-                self._reply(code, b"" if head else body, "text/plain; charset=utf-8", headers)
-                return code
-
-            def _serve_bundle(self, head: bool) -> tuple[int, int]:
-                """Answer a bundle request; return (HTTP code, body bytes sent)."""
-                if not self._url_ok():
-                    return 400, 0
-                url = urlparse(self.path)
-                name = url.path[len("/bundles/"):]
-                sha = name[: -len(BUNDLE_SUFFIX)] if name.endswith(BUNDLE_SUFFIX) else ""
-                if outer.bundles is None or not valid_sha(sha):
-                    return self._text(404, "no such bundle: this collector serves /bundles/<sha256>.tar.gz of the "
-                                      "archives its rollouts published", head), 0
-                if outer._url_key is None:
-                    return self._text(403, "this collector has no URL key, so no download is authorized", head), 0
-                reason = url_signing.verify(outer._url_key, sha, url.query)
-                if reason is not None:
-                    return self._text(403, f"download refused: {reason}; ask the collector for a new deploy "
-                                      "command (its URL is signed for one device, rollout and time)", head), 0
-                path = outer.bundles.path(sha)
-                f = None
-                try:
-                    f = open(path, "rb") if path is not None else None   # noqa: SIM115 - closed below
-                except OSError:
-                    pass
-                if f is None:
-                    return self._text(404, "no such bundle: it was never published here (or was removed)", head), 0
-                with f:
-                    return self._send_file(f, sha, head)
-
-            def _send_file(self, f: Any, sha: str, head: bool) -> tuple[int, int]:
-                size = os.fstat(f.fileno()).st_size
-                etag = f'"{sha}"'
-                wanted = parse_range(self.headers.get("Range"), size)
-                if_range = self.headers.get("If-Range")
-                if if_range is not None and if_range.strip() != etag:
-                    wanted = None           # the client's partial copy is of another file: send the whole one
-                common = {"Accept-Ranges": "bytes", "ETag": etag}
-                if wanted == "unsatisfiable":
-                    return self._text(416, f"the range {self.headers.get('Range')!r} lies past the end of the "
-                                      f"{size}-byte archive", head, {**common, "Content-Range": f"bytes */{size}"}), 0
-                first, last = wanted if isinstance(wanted, tuple) else (0, size - 1)
-                code = 206 if isinstance(wanted, tuple) else 200
-                if not outer._bundle_slots.acquire(blocking=False):
-                    return self._text(503, "too many bundle downloads at once: retry shortly", head,
-                                      {"Retry-After": str(BUNDLE_RETRY_AFTER_S)}), 0
-                try:
-                    self.connection.settimeout(timeout_s)
-                    self.send_response(code)
-                    self.send_header("Content-Type", "application/gzip")
-                    self.send_header("Content-Length", str(last - first + 1))
-                    self.send_header("Cache-Control", f"private, max-age={BUNDLE_MAX_AGE_S}, immutable")
-                    for k, v in common.items():
-                        self.send_header(k, v)
-                    if code == 206:
-                        self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
-                    self.end_headers()
-                    return code, 0 if head else self._stream(f, first, last - first + 1)
-                finally:
-                    outer._bundle_slots.release()
-
-            def _stream(self, f: Any, offset: int, length: int) -> int:
-                """Send ``length`` bytes of ``f`` from ``offset`` in chunks; each write within the request deadline,
-                the whole within ``timeout_s + length / BUNDLE_MIN_RATE`` (else the connection is dropped)."""
-                end = time.monotonic() + timeout_s + length / BUNDLE_MIN_RATE
-                f.seek(offset)
-                sent = 0
-                try:
-                    while sent < length:
-                        chunk = f.read(min(BUNDLE_CHUNK, length - sent))
-                        if not chunk:
-                            raise OSError("the archive is shorter than when the download started")
-                        left = end - time.monotonic()
-                        if left <= 0:
-                            raise TimeoutError(f"the download averaged under {BUNDLE_MIN_RATE} bytes/s")
-                        self.connection.settimeout(min(timeout_s, left))   # sendall: the timeout bounds the write
-                        self.wfile.write(chunk)
-                        sent += len(chunk)
-                except OSError as exc:
-                    log.info("bundle download of %s cut after %d of %d bytes: %s", self.path.split("?")[0], sent,
-                             length, exc)
-                    self.close_connection = True
-                return sent
 
             def do_GET(self) -> None:  # noqa: N802 - http.server API
                 if urlparse(self.path).path.startswith("/bundles/"):

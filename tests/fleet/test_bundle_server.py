@@ -14,7 +14,8 @@ import pytest
 from ftedge.errors import BundleStoreError, KeyFileError
 from ftedge.fleet import url_signing
 from ftedge.fleet.bundle_store import BundleStore
-from ftedge.fleet.http import FleetHTTPServer, parse_range
+from ftedge.fleet.bundle_http import parse_range
+from ftedge.fleet.http import FleetHTTPServer
 from ftedge.fleet.store import FleetStore
 
 KEY = b"k" * 32

@@ -15,7 +15,8 @@ from urllib.parse import parse_qs, urlparse
 
 from ftedge.fleet.dashboard import dashboard_fragment, page_args
 from ftedge.fleet import url_signing
-from ftedge.fleet.http import API_PAGE_MAX, devices_api, parse_range, url_problem
+from ftedge.fleet.bundle_http import parse_range
+from ftedge.fleet.http import API_PAGE_MAX, devices_api, url_problem
 from ftedge.fleet.store import FleetStore
 from hypothesis import strategies as st
 
