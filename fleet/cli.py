@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 from ftedge.errors import (
@@ -196,20 +195,17 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError("--max-devices-per-fleet must be at least 1")
     if args.share is not None:
         share_group.check(args.share)
-    from ftedge.fleet.bundle_store import BundleStore
     from ftedge.fleet.rollout.cli import default_bundle_dir
-    from ftedge.fleet.rollout.driver import RolloutDriver
-    from ftedge.fleet.url_signing import bundle_url, load_or_create_key
+    from ftedge.fleet.rollout.host import RolloutHost
 
     bundle_dir = args.bundle_dir or (None if args.db.startswith(("postgresql:", "postgres:"))
                                      else default_bundle_dir(args.db))
-    bundles = BundleStore(bundle_dir) if bundle_dir is not None else None
-    key = load_or_create_key(args.url_key_file or bundle_dir / ".url-key") if bundle_dir is not None else None
     collector, store = _collector(args, share=args.share)
+    rollouts = RolloutHost(store, collector, bundle_dir, args.url_key_file)
     collector.start()
     server = FleetHTTPServer(store, host, int(port), token=token, allowed_hosts=args.allow_host, collector=collector,
-                             send=lambda f, d, v, a: collector.send(f, d, v, a, timeout=10.0), bundles=bundles,
-                             url_key=key).start()
+                             send=lambda f, d, v, a: collector.send(f, d, v, a, timeout=10.0),
+                             bundles=rollouts.bundles, url_key=rollouts.key).start()
     public = (args.public_url or server.url).rstrip("/")
     if not args.public_url and host in ("0.0.0.0", "::", "[::]"):
         import socket
@@ -217,23 +213,15 @@ def _serve(args: argparse.Namespace) -> int:
         public = f"http://{socket.getfqdn()}:{port}"   # a wildcard address is no address for a device to fetch from
         print(f"warning: bundle URLs name {public}: give --public-url if devices reach this collector otherwise",
               file=sys.stderr)
-    driver = None
     if not args.no_rollouts:
-        url_for = None
-        if key is not None:
-            def url_for(sha: str, fleet: str, device: str, rollout: str, expires: int) -> str:
-                return bundle_url(public, key, sha, f"{fleet}/{device}", rollout, expires)
-        driver = RolloutDriver(store, lambda f, d, v, a, c, e: collector.publish_command(
-            f, d, v, a, cmd_id=c, expiry_s=max(1, int(e / 1000 - time.time())), expires_ms=e),
-            holder=collector.settings.client_id, url_for=url_for).start()
+        rollouts.start(public)
     print(f"collecting from {redact_url(args.broker)} into {store.backend}; dashboard {server.url}/"
-          + (f"; bundles from {bundle_dir} at {public}/bundles/" if bundles is not None else ""), file=sys.stderr)
+          + (f"; bundles from {bundle_dir} at {public}/bundles/" if bundle_dir is not None else ""), file=sys.stderr)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    if driver is not None:
-        driver.stop()
+    rollouts.stop()
     server.stop()
     collector.stop()
     return 0

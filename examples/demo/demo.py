@@ -140,6 +140,7 @@ def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int
     from ftedge.fleet.http import FleetHTTPServer
     from ftedge.fleet.ingest import Collector
     from ftedge.fleet.local_broker import LocalBroker, find_mosquitto
+    from ftedge.fleet.rollout.host import RolloutHost
     from ftedge.fleet.store import FleetStore
     from ftedge.runtime.tasks.classify.evaluate import evaluate
     from ftedge.bundle.signing import generate_keypair
@@ -193,7 +194,7 @@ def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int
         broker.start()
         collector = Collector(store, host="127.0.0.1", port=broker.port, client_id="ftedge-demo-collector").start()
         host, port = _bind(http)
-        rollouts = act2.RolloutDriverHost(workdir, store, collector)
+        rollouts = RolloutHost(store, collector, workdir / "fleet-bundles", tick_s=0.25)
         server = FleetHTTPServer(store, host, port,
                                  send=lambda f, d, v, a: collector.send(f, d, v, a, timeout=10.0),
                                  bundles=rollouts.bundles, url_key=rollouts.key).start()
