@@ -31,45 +31,49 @@ def _settings(args: argparse.Namespace) -> None:
 
 
 def run_simulated(args: argparse.Namespace, work: Path, phases: set[str]) -> dict[str, Any]:
-    """Every simulated scenario on one broker and one simulator (a fresh database and collector host each)."""
+    """Every simulated scenario, each on a fresh broker, simulator (new boots, seqs from 1: a collector that met
+    the simulator's later seqs first would count holes and send resyncs) and database."""
     from bench.fleet_ingest.collector import Mosquitto
-    from bench.rollout.simulated import (
-        FLEET,
-        make_boxes,
-        run_baseline,
-        run_scenario,
-        set_regress,
-    )
+    from bench.rollout.simulated import FLEET, make_boxes, run_baseline, run_scenario, set_regress
     from tests.helpers.rollout_sim import FleetSim
 
     out: dict[str, Any] = {}
-    broker = Mosquitto(work / "broker")
     boxes = make_boxes(args.devices, args.fail_rate, args.offline_rate, args.regress_rate, args.seed)
-    sim = FleetSim(broker.port, FLEET, boxes)
     spec = {"canary": f"{CANARY:.0%}", "waves": WAVES, "train": TRAIN, "max_failures": args.max_failures,
             "min_devices": args.min_devices, "max_regressions": args.max_regressions,
             "wave_timeout_s": args.wave_timeout}
     limit = (len(WAVES) + 1) * (args.wave_timeout + 15) + 60
-    p0 = time.process_time()
-    try:
-        if "sim" in phases:
-            say(f"simulated: {args.devices} boxes, driver tick 1 s")
-            out["sim"] = run_scenario("tick1", broker.port, work, boxes, spec, 1.0, limit)
-            if args.fast_tick:
-                say(f"simulated: {args.devices} boxes, driver tick {args.fast_tick:g} s")
-                out["sim_fast"] = run_scenario("fast", broker.port, work, boxes, spec, args.fast_tick, limit)
-        if "baseline" in phases:
-            say(f"baseline: fan-out deploy then train to {args.devices} boxes at once")
-            out["baseline"] = run_baseline(broker.port, work, boxes, TRAIN, args.wave_timeout, limit)
-        if "halt" in phases:
+    runs: list[tuple[str, str, Any]] = []
+    if "sim" in phases:
+        runs.append(("sim", f"simulated: {args.devices} boxes, driver tick 1 s",
+                     lambda port: run_scenario("tick1", port, work, boxes, spec, 1.0, limit)))
+        if args.fast_tick:
+            runs.append(("sim_fast", f"simulated: {args.devices} boxes, driver tick {args.fast_tick:g} s",
+                         lambda port: run_scenario("fast", port, work, boxes, spec, args.fast_tick, limit)))
+    if "baseline" in phases:
+        runs.append(("baseline", f"baseline: fan-out deploy then train to {args.devices} boxes at once",
+                     lambda port: run_baseline(port, work, boxes, TRAIN, args.wave_timeout, limit)))
+    if "halt" in phases:
+        def halt(port: int) -> dict[str, Any]:
             set_regress(boxes, args.halt_regress_rate, args.seed + 1)
-            say(f"breach: regress rate {args.halt_regress_rate:.0%}: a wave halts and rolls back")
-            out["halt"] = run_scenario("halt", broker.port, work, boxes, spec, 1.0, limit)
-        out["simulator_cpu_s"] = time.process_time() - p0
-        out["simulator_repeats"] = sim.repeats
-    finally:
-        sim.close()
-        broker.stop()
+            return run_scenario("halt", port, work, boxes, spec, 1.0, limit)
+        runs.append(("halt", f"breach: regress rate {args.halt_regress_rate:.0%}: a wave halts and rolls back", halt))
+    cpu = 0.0
+    for key, what, fn in runs:
+        say(what)
+        broker = Mosquitto(work / f"broker-{key}")
+        try:
+            p0 = time.process_time()
+            sim = FleetSim(broker.port, FLEET, boxes)
+            try:
+                out[key] = fn(broker.port)
+                out[key]["simulator_repeats"] = sim.repeats
+            finally:
+                sim.close()
+            cpu += time.process_time() - p0
+        finally:
+            broker.stop()
+    out["simulator_cpu_s"] = cpu
     return out
 
 

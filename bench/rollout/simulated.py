@@ -91,7 +91,8 @@ def run_scenario(label: str, port: int, work: Path, boxes: dict[str, Any], spec_
         "settled": settled, "wall_s": t_verdict - t0, "wall_with_rollback_s": t1 - t0,
         "collector_cpu_s": cpu1 - cpu0, "collector_cpu_to_verdict_s": cpu_verdict - cpu0,
         "collector_cpu_us_per_device": (cpu1 - cpu0) / n * 1e6,
-        "sent": stats["sent"], "sent_by": stats["sent_by"], "waves": waves, "final_states": states,
+        "sent": stats["sent"], "sent_by": stats["sent_by"], "resyncs": stats["collector_stats"].get("resyncs"),
+        "waves": waves, "final_states": states,
         "ticks": {"n": len(walls), "p50_ms": percentile(walls, 50) * 1e3 if walls else None,
                   "p95_ms": percentile(walls, 95) * 1e3 if walls else None,
                   "max_ms": max(walls) * 1e3 if walls else None,
@@ -163,7 +164,7 @@ def run_baseline(port: int, work: Path, boxes: dict[str, Any], train: dict[str, 
         out = host.expect("fanout", timeout_s * 4 + job_timeout_s + 60)
         out["collector_cpu_s"] = host.cpu_s() - cpu0
         out["collector_cpu_us_per_device"] = out["collector_cpu_s"] / len(boxes) * 1e6
-        host.stop()
+        out["resyncs"] = host.stop()["collector_stats"].get("resyncs")
     finally:
         host.kill()
     after = db_figures(db)

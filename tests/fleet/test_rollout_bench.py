@@ -30,6 +30,7 @@ def test_the_rollout_bench_runs_small_and_every_box_ends_in_a_final_state(tmp_pa
         assert w["state"] == "passed" and w["verdict_s"] > 0
         assert w["last_answer_s"] is not None or w["offline"] == w["devices"], w   # a wave of silent boxes: none
     assert sim["sent"] == sum(sim["sent_by"].values()) > 30
+    assert sim["resyncs"] == 0 and res["baseline"]["resyncs"] == 0, "a fresh simulator per part: no seq holes"
     assert sim["collector_cpu_s"] > 0 and sim["ticks"]["n"] > 0 and sim["ticks"]["p50_ms"] > 0
     assert sim["rows"]["rollout_devices"] == 30 and sim["rows_per_device"] > 1 and sim["bytes_per_device"] > 0
     base = res["baseline"]
