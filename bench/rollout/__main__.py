@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.host:
         from bench.rollout.host import host
 
-        return host(json.loads(args.host))
+        return host(json.loads(Path(args.host).read_text()))
     from bench.rollout.harness import run
 
     return run(args)

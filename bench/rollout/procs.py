@@ -19,11 +19,13 @@ TABLES = ("rollouts", "rollout_devices", "replies", "results", "progress")
 
 
 class HostProc:
-    """``python -m bench.rollout --host CFG``: a collector (+ driver) in its own process, read as JSON lines."""
+    """``python -m bench.rollout --host CFG.json``: a collector (+ driver) in its own process, read as JSON lines."""
 
     def __init__(self, cfg: dict[str, Any], log: Path) -> None:
         self._err = open(log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.rollout", "--host", json.dumps(cfg)], cwd=ROOT,
+        path = log.with_suffix(".host.json")      # a file: 10,000 device ids overflow one argv string (128 KiB)
+        path.write_text(json.dumps(cfg))
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.rollout", "--host", str(path)], cwd=ROOT,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True)
         self.pid, self.log = self.proc.pid, log
         self.lines: queue.Queue = queue.Queue()
