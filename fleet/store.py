@@ -67,6 +67,7 @@ from .device_caps import MAX_EPOCHS_PER_JOB, MAX_GAPS_PER_DEVICE, MAX_JOBS_PER_D
 from .device_rows import DeviceRow, TransactionState
 from .envelope import Message, parse
 from .precedence import KINDS, Precedence, Report
+from .rollout.records import ROLLOUT_CMD_PREFIX
 from .schema import COUNTERS, SCHEMA_VERSION  # noqa: F401 - re-exported
 from .sequence import MAX_HOLES_PER_WRITE_OFF, Hole, Stream
 from .store_backend import PostgresBackend, SqliteBackend, is_postgres_url
@@ -78,6 +79,7 @@ MAX_DEVICES_PER_FLEET = 100_000
 # and in all (the table's bound).
 MAX_REPLIES_PER_DEVICE = 100
 MAX_REPLIES = 10_000
+ROLLOUT_REPLY_KEEP_S = 3600   # a rollout command's reply outlives the global cap this long (the per-device cap holds)
 HOLE_LOGS_PER_MINUTE = 20    # WARNING lines about counted holes; the rest are summed up in one line a minute
 _T = TypeVar("_T")
 
@@ -331,8 +333,12 @@ class FleetStore(Precedence, TransactionState, DeviceCaps, FleetReadModel):
                                      (fleet, device, self.max_replies_per_device)).fetchall()
                     if old:
                         db.executemany("DELETE FROM replies WHERE fleet = ? AND device = ? AND cmd_id = ?", old)
-                old = db.execute(f"SELECT fleet, device, cmd_id FROM replies ORDER BY ts DESC, {self.backend.newest}"
-                                 " DESC LIMIT 1000000000 OFFSET ?", (self.max_replies,)).fetchall()
+                # A rollout's replies stay for ROLLOUT_REPLY_KEEP_S whatever the cap: its driver learns each box's
+                # outcome from them, and a wave of 10⁵ boxes answers more than the cap between two of its ticks.
+                keep_from = int((time.time() - ROLLOUT_REPLY_KEEP_S) * 1000)
+                old = db.execute(f"SELECT fleet, device, cmd_id FROM replies WHERE NOT (cmd_id LIKE ? AND ts > ?)"
+                                 f" ORDER BY ts DESC, {self.backend.newest} DESC LIMIT 1000000000 OFFSET ?",
+                                 (ROLLOUT_CMD_PREFIX + "%", keep_from, self.max_replies)).fetchall()
                 if old:
                     db.executemany("DELETE FROM replies WHERE fleet = ? AND device = ? AND cmd_id = ?", old)
         except FleetStoreError as exc:   # a later batch prunes again

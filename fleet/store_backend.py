@@ -109,7 +109,10 @@ class SqliteBackend:
         if not keys:
             return "1 = 0", []
         row = "(" + ", ".join("?" * len(cols)) + ")"
-        return (f"({', '.join(cols)}) IN (VALUES {', '.join([row] * len(keys))})",
+        # `IN (SELECT column1, … FROM (VALUES …))`, not `IN (VALUES …)`: SQLite plans the latter as a scan of the
+        # whole table and the former as primary-key searches (26.6 → 2.5 ms for 500 of 100,000 devices).
+        picked = ", ".join(f"column{i + 1}" for i in range(len(cols)))
+        return (f"({', '.join(cols)}) IN (SELECT {picked} FROM (VALUES {', '.join([row] * len(keys))}))",
                 [v for k in keys for v in k])
 
     def close(self) -> None:

@@ -63,8 +63,9 @@ def register(fs: argparse._SubParsersAction, default_db: str) -> None:
                         "(default 100%%: one wave), e.g. 10%%,50%%,100%%")
     s.add_argument("--max-failures", default="10%", metavar="P%",
                    help="halt when more of a wave's devices than this fail (default 10%%)")
-    s.add_argument("--min-devices", type=int, default=1, metavar="N",
-                   help="judge failures once this many devices of the wave have an outcome (default 1)")
+    s.add_argument("--min-devices", type=int, default=10, metavar="N",
+                   help="halt a running wave early only once this many of its devices have an outcome (default "
+                        "10); a finished wave is judged on all of them")
     s.add_argument("--wave-timeout", type=float, default=3600.0, metavar="S",
                    help="seconds a wave may take; devices without an outcome then are offline or failed (default 3600)")
     s.add_argument("--train", metavar="JSON", help="train on each device's own data after the deploy, e.g. "

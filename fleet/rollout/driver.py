@@ -38,7 +38,7 @@ from . import plan
 from .plan import (
     DEPLOYED, DEPLOYING, FAILED, NOT_PROMOTED, OFFLINE, PENDING, PROMOTED, ROLLED_BACK, ROLLING_BACK, TRAINING,
 )
-from .records import Member, Rollout, RolloutRecords, now_ms
+from .records import ROLLOUT_CMD_PREFIX, Member, Rollout, RolloutRecords, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ TICK_S = 1.0
 CATCH_UP_S = 10.0          # how often offline devices are looked for again
 RESEND_S = 30.0            # a command without its final reply after this long is published again (same cmd_id)
 ROLLBACK_EXPIRY_S = 86400  # a rollback waits this long in an offline box's session
+MIN_EXPIRY_S = 60.0        # a deploy or train expires at its wave's end, and never sooner than this after it was sent
 
 # send(fleet, device, verb, args, cmd_id, expires_ms): publish one command (the collector's publish_command)
 Send = Callable[[str, str, str, dict[str, Any], str, int], Any]
@@ -70,10 +71,10 @@ class RolloutDriver:
     external ``--url`` can start their waves)."""
 
     def __init__(self, store: Any, send: Send, holder: str, url_for: UrlFor | None = None,
-                 tick_s: float = TICK_S, lease_s: float = LEASE_S) -> None:
+                 tick_s: float = TICK_S, lease_s: float = LEASE_S, min_expiry_s: float = MIN_EXPIRY_S) -> None:
         self.records = RolloutRecords(store)
         self.send, self.holder, self.url_for = send, holder, url_for
-        self.tick_s, self.lease_s = float(tick_s), float(lease_s)
+        self.tick_s, self.lease_s, self.min_expiry_s = float(tick_s), float(lease_s), float(min_expiry_s)
         self.leading = False
         self.sent = 0                  # commands published (the benchmark reads it)
         self._last_catch_up = 0.0
@@ -128,7 +129,8 @@ class RolloutDriver:
         if catch_up:
             self._last_catch_up = time.monotonic()
         for r in self.records.all():
-            if self._settled.get(r.name) == r.updated_ms:   # an operator's abort --rollback changes it
+            settled = self._settled.get(r.name) == r.updated_ms   # an operator's abort --rollback changes it
+            if settled and not (catch_up and r.state == plan.DONE):  # done: look for boxes back from offline
                 continue
             self._drive(r, now, resend=takeover, catch_up=catch_up)
         return True
@@ -213,6 +215,18 @@ class RolloutDriver:
                     r.state, r.reason = plan.DONE, None
                 else:
                     r.wave, r.wave_started_ms = nxt, now
+        # commands still in flight when a rollout stopped: past their expiry no box will run them
+        if r.finished:
+            deadline = (r.wave_started_ms or now) + int(spec.wave_timeout_s * 1000)
+            late = [m for m in members.values() if m.state in (DEPLOYING, TRAINING) and m.key not in changed
+                    and now >= max(deadline, (m.sent_ms or 0) + int(self.min_expiry_s * 1000))]
+            if late:
+                facts = self.records.device_facts([m.key for m in late])
+                for m in late:
+                    online = facts.get(m.key, (None, None))[0] == "online"
+                    m.state, m.cmd_id = (FAILED if online else OFFLINE), None
+                    m.reason = f"no answer before the rollout {r.state} and its command expired"
+                    put(m)
         # 5. roll back what the halted (or aborted --rollback) waves installed
         if r.undo_from is not None:
             for m in list(members.values()) + list(changed.values()):
@@ -237,8 +251,7 @@ class RolloutDriver:
                     put(m)
         if changed or before != (r.state, r.wave, r.wave_started_ms, r.reason, len(r.verdicts), r.undo_from):
             self.records.save(r, changed.values(), holder=self.holder)
-        if r.finished and r.state != plan.DONE and not flying \
-                and not any(m.state in plan.IN_FLIGHT for m in changed.values()):
+        if r.finished and not any(m.state in plan.IN_FLIGHT for m in list(members.values()) + list(changed.values())):
             self._settled[r.name] = r.updated_ms
 
     def _next_wave(self, r: Rollout) -> int | None:
@@ -309,7 +322,7 @@ class RolloutDriver:
         verb = {DEPLOYING: "deploy", TRAINING: "train", ROLLING_BACK: "rollback"}[state]
         spec = r.spec
         wave_end = (r.wave_started_ms or now) + int(spec.wave_timeout_s * 1000)
-        expires = now + ROLLBACK_EXPIRY_S * 1000 if verb == "rollback" else max(wave_end, now + 60_000)
+        expires = now + ROLLBACK_EXPIRY_S * 1000 if verb == "rollback" else max(wave_end, now + int(self.min_expiry_s * 1000))
         if verb == "deploy":
             if spec.url:
                 url = spec.url
@@ -323,7 +336,7 @@ class RolloutDriver:
             args = {**(spec.train or {}), "bundle": spec.bundle}
         else:
             args = self._rollback_args(r, m)
-        cmd_id = m.cmd_id if again and m.cmd_id else f"ro-{r.name}-{verb}-w{m.wave}-a{m.attempt}"
+        cmd_id = m.cmd_id if again and m.cmd_id else f"{ROLLOUT_CMD_PREFIX}{r.name}-{verb}-w{m.wave}-a{m.attempt}"
         m.state, m.cmd_id, m.sent_ms = state, cmd_id, now
         if verb == "train":
             m.job = None

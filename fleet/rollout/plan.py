@@ -10,8 +10,9 @@ device's untuned baseline, or not), ``failed`` (why: the reply's code and detail
 ``offline`` (the device never answered and is not connected at the wave's timeout), ``rolling_back`` and
 ``rolled_back``.
 
-**Gates.** A wave ends when every device has an outcome or its timeout passes. Failures (``failed``) are
-counted once ``min_devices`` devices have an outcome; a share above ``max_failures`` halts at once. With
+**Gates.** A wave ends when every device has an outcome or its timeout passes. While it runs, a share of
+failures (``failed``) above ``max_failures`` halts it at once, judged once ``min_devices`` devices have an outcome
+(one early failure in a large wave is no verdict); when it ends, the share over all its outcomes. With
 ``--train`` the wave also needs the share of devices that regressed (``not_promoted``) or failed at most
 ``max_regressions`` and the median gain (after − before of the task's headline metric, signed so that
 higher is better) at least ``min_gain``. ``offline`` devices count in neither share.
@@ -83,7 +84,7 @@ class RolloutSpec:
     canary_devices: list[str] = field(default_factory=list)
     waves: list[float] = field(default_factory=lambda: [1.0])
     max_failures: float = 0.1
-    min_devices: int = 1
+    min_devices: int = 10
     wave_timeout_s: float = 3600.0
     train: dict[str, Any] | None = None
     min_gain: float = 0.0
@@ -183,7 +184,9 @@ def judge(spec: RolloutSpec, wave: int, outcomes: list[Outcome], closed: bool) -
                 regressed=sum(o.state == NOT_PROMOTED for o in final))
     gains = [o.gain for o in final if o.gain is not None and math.isfinite(o.gain)]
     v.median_gain = median(gains) if gains else None
-    if len(counted) >= spec.min_devices and v.failed / len(counted) > spec.max_failures:
+    # min_devices holds back only the early verdict: a closed wave is judged on every outcome it has (a canary
+    # of one box that failed halts, whatever --min-devices says)
+    if counted and (closed or len(counted) >= spec.min_devices) and v.failed / len(counted) > spec.max_failures:
         v.state, v.why = "halted", (f"{v.failed} of {len(counted)} devices failed, more than --max-failures "
                                     f"{spec.max_failures:.0%}")
         return v
@@ -191,7 +194,7 @@ def judge(spec: RolloutSpec, wave: int, outcomes: list[Outcome], closed: bool) -
         return v
     if training and counted:
         bad = v.failed + v.regressed
-        if len(counted) >= spec.min_devices and bad / len(counted) > spec.max_regressions:
+        if bad / len(counted) > spec.max_regressions:
             v.state, v.why = "halted", (f"{bad} of {len(counted)} devices regressed or failed, more than "
                                         f"--max-regressions {spec.max_regressions:.0%}")
             return v

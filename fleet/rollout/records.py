@@ -22,6 +22,7 @@ from .plan import FINISHED, RolloutSpec
 log = logging.getLogger(__name__)
 
 LEASE = "rollouts"
+ROLLOUT_CMD_PREFIX = "ro-"   # the cmd_id of every rollout command (driver.py); their replies outlive the store's cap
 _MEMBER_COLS = ("rollout", "fleet", "device", "wave", "state", "attempt", "cmd_id", "sent_ms", "job",
                 "prev_version", "new_version", "replaced", "before", "after", "gain", "reason", "updated_ms")
 

@@ -256,7 +256,7 @@ def test_a_tampered_archive_on_the_collectors_disk_is_refused_by_every_box(rig, 
     data[len(data) // 2] ^= 0xFF       # someone with access to the collector's disk changes one byte
     os.chmod(served, 0o644)
     served.write_bytes(bytes(data))
-    code = rig.rollout("--name", "r-tamper", "--canary", "0", "--min-devices", "3")
+    code = rig.rollout("--name", "r-tamper", "--canary", "0")
     doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 3 and doc["state"] == "halted", doc
     for m in doc["devices"]:

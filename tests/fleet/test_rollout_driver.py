@@ -3,6 +3,8 @@ waves, gates, rollback, offline boxes, restarts and the lease. Real agents: test
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from ftedge.fleet.rollout import plan
 from ftedge.fleet.rollout.driver import RolloutDriver
@@ -45,9 +47,11 @@ def fleet(broker, running, tmp_path):
         sims.append(s)
         return s
 
-    def driver(holder: str = "c1", on: FleetStore | None = None, lease_s: float = 15.0) -> RolloutDriver:
+    def driver(holder: str = "c1", on: FleetStore | None = None, lease_s: float = 15.0,
+               min_expiry_s: float = 60.0) -> RolloutDriver:
         d = RolloutDriver(on or store, lambda f, dev, v, a, c, e: collector.publish_command(
-            f, dev, v, a, cmd_id=c, expiry_s=60, expires_ms=e), holder=holder, tick_s=0.05, lease_s=lease_s)
+            f, dev, v, a, cmd_id=c, expiry_s=60, expires_ms=e), holder=holder, tick_s=0.05, lease_s=lease_s,
+            min_expiry_s=min_expiry_s)
         drivers.append(d)
         return d.start()
 
@@ -198,6 +202,64 @@ def test_pause_holds_the_next_wave_and_abort_with_rollback_undoes_every_reached_
         records.members("r1")
     assert all([c[0] for c in b.commands] == ["deploy", "rollback"] for b in boxes.values())
     assert main(["fleet", "rollout", "pause", "r1", "--db", str(store.path)]) == 1, "an aborted rollout stays so"
+
+
+def test_a_halted_rollout_settles_once_the_commands_of_silent_boxes_expired(fleet):
+    """Halted early by a failure while a hung box never answers: once its command expired it is marked, nothing is
+    left in flight, and the driver stops reading the rollout every tick."""
+    store, sim, driver = fleet
+    boxes = {"b0": Box(fail_deploy=True), "b1": Box(silent=True), "b2": Box()}
+    sim(boxes)
+    records = _start(store, _spec(canary="0", min_devices=1, wave_timeout_s=1.0), list(boxes))
+    d = driver(min_expiry_s=1.0)
+    assert wait_for(lambda: records.get("r1").state == plan.HALTED, 20)
+    assert wait_for(lambda: not records.members("r1", states=plan.IN_FLIGHT), 20), records.members("r1")
+    b1 = next(m for m in records.members("r1") if m.device == "b1")
+    assert b1.state == plan.FAILED and "expired" in b1.reason, b1
+    assert wait_for(lambda: "r1" in d._settled, 10)
+    calls = []
+    original = d.records.members
+    d.records.members = lambda *a, **k: calls.append(a) or original(*a, **k)
+    time.sleep(1.0)                      # ~20 ticks
+    assert not calls, f"a settled rollout was read {len(calls)} times"
+
+
+def test_a_done_rollout_is_read_again_only_on_catch_up_ticks(fleet):
+    store, sim, driver = fleet
+    sim({f"b{i}": Box() for i in range(3)})
+    records = _start(store, _spec(canary="1"), ["b0", "b1", "b2"])
+    d = driver()
+    _done(records)
+    assert wait_for(lambda: "r1" in d._settled, 10)
+    calls = []
+    original = d.records.members
+    d.records.members = lambda *a, **k: calls.append(a) or original(*a, **k)
+    d._last_catch_up = time.monotonic()    # the next catch-up tick is 10 s away
+    time.sleep(1.0)
+    assert not calls, "a done rollout was driven on ordinary ticks"
+    d._last_catch_up = 0.0                 # a catch-up tick: it looks for boxes back from offline
+    assert wait_for(lambda: calls, 5)
+
+
+def test_replies_to_rollout_commands_outlive_the_global_reply_cap(tmp_path):
+    """The driver learns every box's outcome from the replies: a wave answering more than the store's cap
+    between two ticks must not lose them (other replies are still pruned to the cap)."""
+    from tests.helpers.fleet_sim import env, msg
+
+    store = FleetStore(tmp_path / "f.sqlite", max_replies=5)
+    try:
+        batch = []
+        for i in range(20):
+            dev = f"d{i:02d}"
+            batch.append(msg(dev, "cmdres/h", env(dev, "b1", 1, cmd_id="ro-r1-deploy-w1-a0", status="done")))
+            batch.append(msg(dev, "cmdres/h", env(dev, "b1", 2, cmd_id=f"ping-{i}", status="done")))
+        store.ingest_batch(batch)
+        records = RolloutRecords(store)
+        kept = records.replies([("demo", f"d{i:02d}", "ro-r1-deploy-w1-a0") for i in range(20)])
+        assert len(kept) == 20
+        assert sum(store.reply(f"ping-{i}", "demo", f"d{i:02d}") is not None for i in range(20)) <= 5
+    finally:
+        store.close()
 
 
 def test_on_postgresql_one_collector_drives_and_another_takes_over_when_it_dies(broker, running, pg_url):

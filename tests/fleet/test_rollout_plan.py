@@ -50,6 +50,11 @@ def test_failures_halt_at_once_but_only_after_min_devices_have_an_outcome():
     assert v.state == "halted" and "2 of 5 devices failed" in v.why
     ok = [Outcome(plan.FAILED)] + [Outcome(plan.DEPLOYED)] * 9
     assert judge(spec, 1, ok, closed=True).state == "passed"
+    # a finished wave is judged on all its outcomes, however few: a canary of one that failed halts
+    v = judge(spec, 0, [Outcome(plan.FAILED)], closed=True)
+    assert v.state == "halted" and "1 of 1 devices failed" in v.why
+    assert judge(_spec(), 1, [Outcome(plan.FAILED)] + [Outcome(plan.DEPLOYING)] * 99, closed=False).state == "open", \
+        "one early failure in a wave of 100 is no verdict with the default --min-devices 10"
 
 
 def test_offline_devices_are_neither_failures_nor_regressions():

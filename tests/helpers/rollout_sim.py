@@ -34,6 +34,7 @@ class Box:
     fail_detail: str = "the bundle from … was rejected: signed by an untrusted key"   # the failed deploy's detail
     regress: bool = False          # its training makes the model worse (not promoted)
     offline: bool = False          # never answers (and says it is offline)
+    silent: bool = False           # online, but never answers (a hung agent)
     before: float = 0.6
     gain: float = 0.1
     delay_s: float = 0.0           # before each final answer
@@ -118,7 +119,7 @@ class FleetSim:
             return
         body = json.loads(m.payload)
         cmd_id, args = body["cmd_id"], body.get("args") or {}
-        if box.offline:
+        if box.offline or box.silent:
             return
         box.commands.append((verb, cmd_id, args))
         cached = self.replies.get((device, cmd_id))
