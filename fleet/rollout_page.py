@@ -176,7 +176,7 @@ def rollout_fragment(doc: dict[str, Any]) -> str:
     """The live part of a rollout's page, from :func:`~ftedge.fleet.rollout.cli.describe`'s document."""
     th = doc["thresholds"]
     meta = [f"bundle <b>{_e(doc['bundle'])}</b> (sha256 {_e(doc['sha256'][:12])}…)",
-            f"max failures {th['max_failures']:.0%} (judged from {int(th['min_devices'])} device(s))",
+            f"max failures {th['max_failures']:.0%} (early once {int(th['min_devices'])} device(s) have an outcome)",
             f"wave timeout {th['wave_timeout_s']:g} s", "rollback on halt" if th["rollback"] else "no rollback"]
     if doc.get("train") is not None:
         meta += [f"training {_e(_json(doc['train']))}", f"min gain {th['min_gain']:+g}",
