@@ -68,7 +68,13 @@ def test_demo_fleet_personalizes_three_accents_then_ctrl_c_stops_everything(tmp_
         assert all(f"box-{i}" in page for i in (1, 2, 3))
         devices = json.loads(urllib.request.urlopen(result["dashboard"] + "api/devices", timeout=10).read())
         assert sorted(d["device"] for d in devices) == ["box-1", "box-2", "box-3"]
-        assert all(d["state"] == "online" and d["active_version"] == "v0001" for d in devices)
+        # the second act: kws 2 rolled out (canary first), trained and promoted on every box: its second version
+        rollout = result["rollout"]
+        assert rollout["state"] == "done", rollout
+        assert [v.split(":")[0] for v in rollout["verdicts"]] == ["canary", "wave 1"], rollout
+        assert {d: m["state"] for d, m in rollout["devices"].items()} == {f"box-{i}": "promoted" for i in (1, 2, 3)}
+        assert rollout["devices"]["box-1"]["wave"] == 0 and all(m["gain"] > 0 for m in rollout["devices"].values())
+        assert all(d["state"] == "online" and d["active_version"] == "v0002" for d in devices)
         assert _processes_under(work), "the boxes and the broker run while the demo serves"
 
         proc.send_signal(signal.SIGINT)

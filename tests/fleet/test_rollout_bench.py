@@ -15,8 +15,11 @@ def test_the_rollout_bench_runs_small_and_every_box_ends_in_a_final_state(tmp_pa
     from bench.rollout.__main__ import main
 
     out = tmp_path / "rollout.json"
+    # waves of 1-9 boxes with seeded failures: one failure is 11-33 % of such a wave, which halts it at the bench's
+    # thresholds (rightly: a finished wave is judged on all its outcomes); this test is about the bench running to
+    # its end, so its thresholds are loose
     assert main(["--devices", "30", "--phases", "sim,baseline,ticks", "--fail-rate", "5%", "--offline-rate", "10%",
-                 "--wave-timeout", "2", "--fast-tick", "0", "--tick-sizes", "40,80", "--agents", "0",
+                 "--max-failures", "0.3", "--max-regressions", "0.4", "--wave-timeout", "4", "--fast-tick", "0", "--tick-sizes", "40,80", "--agents", "0",
                  "--seed", "3", "--json-out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert "Staged rollouts" in capsys.readouterr().out
