@@ -35,12 +35,9 @@ def set_regress(boxes: dict[str, Any], rate: float, seed: int) -> None:
 
 
 def _wait(cond: Any, timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(interval)
-    return bool(cond())
+    from tests.helpers.fleet_sim import wait_for   # the tests' helper (imported late, as the simulator is)
+
+    return wait_for(cond, timeout, interval)
 
 
 def run_scenario(label: str, port: int, work: Path, boxes: dict[str, Any], spec_kw: dict[str, Any], tick_s: float,

@@ -251,24 +251,21 @@ class RolloutRecords:
 
     def replies(self, wanted: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], dict[str, Any]]:
         """``(fleet, device, cmd_id)`` → the stored reply body, for those that have one."""
-        out: dict[tuple[str, str, str], dict[str, Any]] = {}
-        for i in range(0, len(wanted), 500):
-            frag, args = self.backend.keys_in(("fleet", "device", "cmd_id"), wanted[i:i + 500])
-            with self.backend.read() as db:
-                for f, d, c, body in db.execute(f"SELECT fleet, device, cmd_id, body_json FROM replies WHERE {frag}",
-                                                args):
-                    out[(f, d, c)] = json.loads(body)
-        return out
+        return self._bodies("replies", "cmd_id", wanted)
 
     def results(self, wanted: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], dict[str, Any]]:
         """``(fleet, device, job)`` → the job's result body, for those that have one."""
-        out: dict[tuple[str, str, str], dict[str, Any]] = {}
+        return self._bodies("results", "job", wanted)
+
+    def _bodies(self, table: str, key: str, wanted: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], Any]:
+        """The ``body_json`` of ``table``'s rows keyed ``(fleet, device, key)``, 500 keys per query."""
+        out: dict[tuple[str, str, str], Any] = {}
         for i in range(0, len(wanted), 500):
-            frag, args = self.backend.keys_in(("fleet", "device", "job"), wanted[i:i + 500])
+            frag, args = self.backend.keys_in(("fleet", "device", key), wanted[i:i + 500])
             with self.backend.read() as db:
-                for f, d, j, body in db.execute(f"SELECT fleet, device, job, body_json FROM results WHERE {frag}",
+                for f, d, k, body in db.execute(f"SELECT fleet, device, {key}, body_json FROM {table} WHERE {frag}",
                                                 args):
-                    out[(f, d, j)] = json.loads(body)
+                    out[(f, d, k)] = json.loads(body)
         return out
 
     def known_devices(self, fleet: str | None = None) -> list[tuple[str, str]]:
@@ -278,8 +275,6 @@ class RolloutRecords:
             args.append(fleet)
         with self.backend.read() as db:
             return [(r[0], r[1]) for r in db.execute(sql + " ORDER BY fleet, device", args)]
-
-
 
     # -- read-only views: /metrics, the dashboard and /api (added for issue 34's observability) ------------------
 
