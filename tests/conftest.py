@@ -155,6 +155,15 @@ def legacy_python() -> str:
     return python
 
 
+@pytest.fixture(scope="session")
+def openvino_python() -> str:
+    """The onnxruntime-openvino venv (FTEDGE_OPENVINO_PYTHON; TEMPORARY until scripts/dev.sh builds it)."""
+    python = os.environ.get("FTEDGE_OPENVINO_PYTHON") or "/work/venv-ov/bin/python"
+    if not Path(python).exists():
+        missing("FTEDGE_OPENVINO_PYTHON is not set")
+    return python
+
+
 # -- causal LMs: a tiny random Llama with SmolLM2's real tokenizer (tests/helpers/tiny_llm.py) ---------------------
 
 @pytest.fixture(scope="session")

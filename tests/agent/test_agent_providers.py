@@ -18,13 +18,6 @@ pytestmark = pytest.mark.needs("mosquitto")
 OV = "OpenVINOExecutionProvider"
 
 
-@pytest.fixture(scope="session")
-def openvino_python() -> str:  # replaced by tests/conftest.py's fixture once it lands
-    python = os.environ.get("FTEDGE_OPENVINO_PYTHON") or "/work/venv-ov/bin/python"
-    if not Path(python).exists():
-        pytest.skip("no onnxruntime-openvino venv")
-    return python
-
 
 def test_train_command_naming_an_ep_the_box_lacks_is_refused(broker, device, agents):
     col = Collector(broker)

@@ -35,6 +35,36 @@ def test_minilm_head_trains(minilm_bundle):
     assert after < before
 
 
+def test_minilm_npu_split_int8_backbone_on_openvino_head_on_cpu(minilm_bundle, openvino_python, tmp_path):
+    """The NPU pattern on a real model: the int8 backbone on the OpenVINO EP, the head trained on the CPU EP, in
+    the onnxruntime-openvino venv; the personalized model.onnx then runs on OpenVINO too. SYNTHETIC token data."""
+    import json
+    import subprocess
+
+    out, _ = minilm_bundle
+    rng = np.random.default_rng(0)
+    y = np.arange(32) % 2
+    ids = rng.integers(1000, 3000, (32, 32)).astype(np.int64)
+    ids[y == 1, :4] = 2023
+    np.savez(tmp_path / "d.npz", input_ids=ids, attention_mask=np.ones_like(ids), labels=y)
+    run = tmp_path / "run"
+    proc = subprocess.run([openvino_python, "-m", "ftedge", "train", str(out), "--data", str(tmp_path / "d.npz"),
+                           "-o", str(run), "--epochs", "3", "--backbone", "int8", "--providers", "OpenVINO",
+                           "--step-providers", "CPU", "--quiet", "--no-cache"], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    placed = json.loads((run / "result.json").read_text())["providers"]
+    assert placed["backbone"]["providers"][0] == "OpenVINOExecutionProvider" and placed["backbone"]["fallback"] is None
+    assert placed["step"]["providers"] == ["CPUExecutionProvider"]
+    scores = {}
+    for ep in ("OpenVINO", "CPU"):   # the same personalized model on both EPs: the same predictions
+        proc = subprocess.run([openvino_python, "-m", "ftedge", "evaluate", str(run), "--data", str(tmp_path / "d.npz"),
+                               "--providers", ep, "--json"], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        scores[ep] = json.loads(proc.stdout)
+    assert scores["OpenVINO"]["confusion_matrix"] == scores["CPU"]["confusion_matrix"], scores
+
+
 def test_minilm_int8_backbone_stays_close(minilm_bundle):
     _, manifest = minilm_bundle
     int8 = {k: v for k, v in manifest["parity"]["max_abs_diff"].items() if "int8" in k}
