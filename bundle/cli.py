@@ -53,11 +53,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_inspect(args: argparse.Namespace) -> int:
     # raises BundleError (exit 1) if tampered, or unsigned/untrusted when --trusted-key is given
     bundle = load_bundle(args.bundle, verify=True, trusted_keys=args.trusted_keys)
+    # `--providers` (added by the device runtime's CLI, which plugs in `placement`): each graph's placement there
+    probe = getattr(args, "placement", None)
+    placed = probe(args, bundle) if probe is not None and getattr(args, "providers", None) else None
     if args.json:
         extra = {"signed_by": bundle.signed_by} if bundle.signed_by else {}
-        print(json.dumps({**bundle.manifest, "verified": True, **extra}, indent=2))
+        print(json.dumps({**bundle.manifest, "verified": True, **extra,
+                          **({"placement": placed} if placed is not None else {})}, indent=2))
     else:
         print(summary(bundle.path, bundle.manifest, verified=True, signed_by=bundle.signed_by))
+        for stage, p in (placed or {}).items():
+            where = ("CPU (fallback: " + p["fallback"] + ")") if p.get("fallback") else ", ".join(p["providers"])
+            print(f"  {stage}: {where}; {p.get('cpu_fallback_nodes')} node(s) on the CPU EP"
+                  + (f" of {p['nodes']}" if p.get("nodes") is not None else ""))
     return 0
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from ftedge.errors import UsageError
 from ftedge.runtime import tasks
-from ftedge.runtime.engines.providers import add_providers_argument
+from ftedge.runtime.engines.providers import add_providers_argument, parse_providers
 from ftedge.runtime.training.options import add_arguments
 
 
@@ -74,6 +74,13 @@ Unreadable or mismatched samples are skipped and listed in result.json.""",
     e.set_defaults(handler=run_evaluate)
     for _rows, dt in tasks.packages():
         dt.verbs(sub)
+    inspect = sub.choices.get("inspect")   # `ftedge inspect` is the bundle's; where each graph runs needs ORT
+    if inspect is not None:
+        add_providers_argument(inspect, "also open every graph on these execution providers and report where its "
+                               "nodes run (placement: providers, CPU-fallback node counts), e.g. OpenVINO")
+        inspect.add_argument("--step-providers", metavar="P1,P2", type=parse_providers,
+                             help="providers for the step and head graphs (default: --providers)")
+        inspect.set_defaults(placement=inspect_placement)
 
 
 def train_options(args: argparse.Namespace, row: Any, dt: tasks.DeviceTask) -> dict[str, Any]:
@@ -104,6 +111,12 @@ def run_train(args: argparse.Namespace) -> int:
         if result.get("skipped"):
             print(f"skipped {len(result['skipped'])} sample(s); see {args.run_dir / 'result.json'}", file=sys.stderr)
     return 0 if result["status"] == "succeeded" else 1
+
+
+def inspect_placement(args: argparse.Namespace, bundle: Any) -> dict[str, Any]:
+    from ftedge.runtime.engines.placement import Placement, probe_bundle
+
+    return probe_bundle(bundle, Placement.resolve(args.providers, args.step_providers))
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

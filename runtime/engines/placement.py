@@ -57,3 +57,37 @@ def report(*sources: Any) -> dict[str, dict[str, Any]]:
         else:
             out.update(src.placements())
     return out
+
+
+_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(int64)": "int64", "tensor(int32)": "int32",
+           "tensor(bool)": "bool", "tensor(float16)": "float16", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
+
+
+def probe_bundle(bundle: Any, placement: Placement) -> dict[str, dict[str, Any]]:
+    """Per graph of ``bundle`` (backbone, int8 backbone, the portable engine's step and head): the placement its
+    session gets on ``placement`` (``ftedge inspect --providers``). Each graph runs once on zeros (symbolic
+    dimensions 1) so the session's own profile counts the CPU fallbacks; a graph that cannot run on zeros reports
+    why (``probe_error``) with what loading alone tells."""
+    import numpy as np
+
+    from ftedge.runtime.engines.engine import bundle_engines
+    from ftedge.runtime.engines.ort_backend import InferenceModel
+
+    roles = bundle.manifest.get("roles") or {}
+    graphs = {r: (bundle.path / roles[r], placement.providers) for r in ("backbone", "backbone_int8")
+              if isinstance(roles.get(r), str)}
+    files = (bundle_engines(bundle).get("portable") or {}).get("files") or {}
+    graphs |= {r: (bundle.path / files[r], placement.step) for r in ("step", "head") if r in files}
+    out: dict[str, dict[str, Any]] = {}
+    for stage, (path, providers) in graphs.items():
+        model = InferenceModel(path, providers)
+        feeds = {}
+        for i in model.session.get_inputs():
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
+            feeds[i.name] = np.zeros(shape, _DTYPES.get(i.type, "float32"))
+        try:
+            model.run(feeds)
+            out[stage] = model.placement()
+        except Exception as exc:  # noqa: BLE001 - zeros may not be a valid input (e.g. a reshape by a value)
+            out[stage] = model.placement() | {"probe_error": " ".join(str(exc).split())[:300]}
+    return out

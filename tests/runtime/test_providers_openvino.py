@@ -89,3 +89,18 @@ def test_npu_split_int8_backbone_on_openvino_head_on_cpu(openvino_python, family
     assert row["providers"]["backbone"]["providers"][0] == OV
     assert row["providers"]["step"]["providers"] == ["CPUExecutionProvider"]
     assert row["providers"]["head"]["providers"] == ["CPUExecutionProvider"]
+
+
+def test_inspect_reports_where_each_graph_of_a_bundle_runs(openvino_python, family_bundle):
+    """``ftedge inspect --providers OpenVINO --step-providers CPU --json``: a placement per graph, measured."""
+    bundle = family_bundle("mlp-mse")
+    proc = subprocess.run([openvino_python, "-m", "ftedge", "inspect", str(bundle), "--providers", "OpenVINO",
+                           "--step-providers", "CPU", "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    placed = json.loads(proc.stdout)["placement"]
+    assert placed["backbone"]["providers"][0] == OV and placed["backbone"]["cpu_fallback_nodes"] == 0
+    assert placed["backbone"]["nodes"] >= 1
+    assert placed["step"]["providers"] == ["CPUExecutionProvider"] and placed["step"]["cpu_fallback_nodes"] == 0
+    plain = subprocess.run([openvino_python, "-m", "ftedge", "inspect", str(bundle), "--json"], capture_output=True,
+                           text=True, timeout=300)
+    assert "placement" not in json.loads(plain.stdout), "without --providers inspect opens no session"
