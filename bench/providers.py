@@ -81,19 +81,23 @@ class Placement:
 
     name: str
     flags: tuple[str, ...]
-    backbone: str          # fp32 | int8
-    needs_step_flag: bool = False
+    qdq: bool = False               # the bundle copy whose int8 backbone is static QDQ (:func:`static_int8`)
+    needs_step_flag: bool = False   # ``--step-providers``: an ftedge that places the step apart from the backbone
 
 
+_NPU_FLAGS = ("--providers", "OpenVINO", "--step-providers", "CPU", "--backbone", "int8")
 PLACEMENTS = (
-    Placement("CPU EP, fp32", ("--providers", "CPU"), "fp32"),
-    Placement("OpenVINO EP, fp32", ("--providers", "OpenVINO"), "fp32"),
-    Placement("CPU EP, int8 backbone", ("--providers", "CPU", "--backbone", "int8"), "int8"),
-    Placement("OpenVINO EP, int8 backbone", ("--providers", "OpenVINO", "--backbone", "int8"), "int8"),
-    Placement("NPU pattern: int8 backbone on OpenVINO, step + head on CPU",
-              ("--providers", "OpenVINO", "--step-providers", "CPU", "--backbone", "int8"), "int8", True),
+    Placement("CPU EP, fp32", ("--providers", "CPU")),
+    Placement("OpenVINO EP, fp32", ("--providers", "OpenVINO")),
+    Placement("CPU EP, int8 backbone (export's dynamic int8)", ("--providers", "CPU", "--backbone", "int8")),
+    Placement("OpenVINO EP, int8 backbone (dynamic)", ("--providers", "OpenVINO", "--backbone", "int8")),
+    Placement("OpenVINO EP, int8 backbone (static QDQ)", ("--providers", "OpenVINO", "--backbone", "int8"), qdq=True),
+    Placement("NPU pattern: dynamic int8 backbone on OpenVINO, step + head on CPU", _NPU_FLAGS, needs_step_flag=True),
+    Placement("NPU pattern: static QDQ int8 backbone on OpenVINO, step + head on CPU", _NPU_FLAGS, qdq=True,
+              needs_step_flag=True),
 )
-FP32_CPU, NPU = PLACEMENTS[0], PLACEMENTS[-1]
+FP32_CPU, INT8_CPU, NPU_DYNAMIC, NPU_QDQ = PLACEMENTS[0], PLACEMENTS[2], PLACEMENTS[5], PLACEMENTS[6]
+VARIANTS = {"fp32": "fp32", "int8": "int8 (export's dynamic)", "qdq": "int8 (static QDQ, bench-made)"}
 
 
 # == host half: export, data ====================================================================================
@@ -108,6 +112,62 @@ def export(name: str, out: Path) -> float:
     if proc.returncode:
         raise SystemExit(f"export of {name} failed:\n{proc.stderr[-3000:]}")
     return time.perf_counter() - t
+
+
+def static_int8(bundle: Path, out: Path, calibration: list[dict], frontend_prefix: str = "/model/frontend/") -> None:
+    """A copy of ``bundle`` whose int8 backbone is STATIC QDQ int8 instead of the export's dynamic int8: int8 weights,
+    uint8 activations whose ranges are calibrated on ``calibration`` (model-input feeds), QuantizeLinear /
+    DequantizeLinear pairs around each Conv / MatMul: the form OpenVINO and NPU EPs (QNN, VSI, ...) fuse into int8
+    kernels. Made here with onnxruntime.quantization — ``ftedge export`` has no such option yet. An in-graph audio
+    frontend stays fp32 (as the export's own int8 keeps it); the manifest's hash and size of the file are updated."""
+    import shutil
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from ftedge.bundle.hashing import sha256_file
+
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(bundle, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    rel = manifest["roles"]["backbone_int8"]
+    pre = out / "backbone.pre.onnx"
+    quant_pre_process(str(out / manifest["roles"]["backbone"]), str(pre), skip_symbolic_shape=True)
+    import onnx
+
+    exclude = [n.name for n in onnx.load(str(pre)).graph.node if n.name.startswith(frontend_prefix)]
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(calibration)
+
+        def get_next(self) -> dict | None:
+            return next(self.it, None)
+
+    quantize_static(str(pre), str(out / rel), Feeds(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+    pre.unlink()
+    manifest["files"][rel] = {"sha256": sha256_file(out / rel), "size": (out / rel).stat().st_size}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def random_calibration(bundle: Path, n: int = 16) -> list[dict]:
+    """SYNTHETIC calibration feeds (batch 1) of the bundle's inputs: enough for timings, not for accuracy."""
+    import numpy as np
+
+    from ftedge.bundle.loader import load_bundle
+
+    rng = np.random.default_rng(1)
+    return [{s.name: _random(s, 1, rng) for s in load_bundle(bundle).inputs} for _ in range(n)]
+
+
+def folder_calibration(bundle: Path, folder: Path, n: int = 32) -> list[dict]:
+    """Calibration feeds from labelled files (decoded and preprocessed as the device does), batch 1."""
+    from ftedge.bundle.loader import load_bundle
+    from ftedge.runtime.data.samples import ModelIO, load_dataset
+
+    data = load_dataset(folder, ModelIO.from_manifest(load_bundle(bundle).manifest))
+    return [{k: v[i:i + 1] for k, v in data.inputs.items()} for i in range(min(n, len(data.targets)))]
 
 
 def ov_python(path: Path) -> str:
@@ -150,8 +210,9 @@ def _random(spec: Any, n: int, rng: Any) -> Any:
     return rng.standard_normal(shape).astype(spec.dtype)
 
 
-def stage_timings(bundle_dir: Path, embed_batch: int, batch: int, repeat: int, steps: int) -> dict:
-    """Backbone ms per sample (fp32, int8) and step ms, each on the CPU EP and the OpenVINO EP."""
+def stage_timings(bundle_dir: Path, qdq_dir: Path, embed_batch: int, batch: int, repeat: int, steps: int) -> dict:
+    """Backbone ms per sample (fp32, the export's dynamic int8, static QDQ int8) and step ms, each on the CPU EP and
+    the OpenVINO EP."""
     import numpy as np
 
     from ftedge.bundle.loader import load_bundle
@@ -166,11 +227,13 @@ def stage_timings(bundle_dir: Path, embed_batch: int, batch: int, repeat: int, s
     out: dict = {"backbone": {}, "step": {}}
     step_inputs = {s.name: _random(s, batch, rng) for s in b.inputs}
     head_feeds = None
-    for variant, role in (("fp32", "backbone"), ("int8", "backbone_int8")):
+    variants = (("fp32", b.file("backbone")), ("int8", b.file("backbone_int8")),
+                ("qdq", load_bundle(qdq_dir).file("backbone_int8")))
+    for variant, path in variants:
         for ep in (CPU, OV):
             t = time.perf_counter()
             try:
-                model = InferenceModel(b.file(role), [ep, CPU] if ep != CPU else [CPU])
+                model = InferenceModel(path, [ep, CPU] if ep != CPU else [CPU])
             except RuntimeBackendError as exc:   # a measurement too: this EP cannot take this graph
                 out["backbone"][f"{variant}/{ep}"] = {"error": short_error(str(exc))}
                 continue
@@ -260,12 +323,13 @@ def fallback_text(providers: Any) -> str:
 def timing_phase(args: argparse.Namespace, work: Path, python: str, step_flag: bool) -> list[dict]:
     rows = []
     for name in args.models:
-        bundle = work / f"bundle-{name}"
+        bundle, qdq = work / f"bundle-{name}", work / f"bundle-{name}-qdq"
         export_s = export(name, bundle)
+        static_int8(bundle, qdq, random_calibration(bundle))
         say(f"{name}: exported in {export_s:.1f} s; stage timings")
         data = work / f"{name}.npz"
         proc = subprocess.run([python, "-m", "bench.providers", "--worker", json.dumps({
-            "bundle": str(bundle), "npz": str(data), "samples": args.samples, "embed_batch": args.embed_batch,
+            "bundle": str(bundle), "qdq": str(qdq), "npz": str(data), "samples": args.samples, "embed_batch": args.embed_batch,
             "batch": args.batch_size, "repeat": args.repeat, "steps": args.steps})],
             capture_output=True, text=True, cwd=ROOT, env=omp_env())
         if proc.returncode:
@@ -278,7 +342,8 @@ def timing_phase(args: argparse.Namespace, work: Path, python: str, step_flag: b
                 continue
             for mode in args.modes:
                 say(f"{name}: {placement.name}, {mode}")
-                job = train_job(python, bundle, data, work / f"run-{name}-{len(row['jobs'])}", placement, mode, extra)
+                job = train_job(python, qdq if placement.qdq else bundle, data, work / f"run-{name}-{len(row['jobs'])}",
+                                placement, mode, extra)
                 row["jobs"].append({"placement": placement.name, "mode": mode, **job})
         rows.append(row)
     return rows
@@ -287,43 +352,53 @@ def timing_phase(args: argparse.Namespace, work: Path, python: str, step_flag: b
 # == NPU phase: accuracy of the pattern vs the fp32 CPU path ====================================================
 
 def npu_phase(args: argparse.Namespace, work: Path, python: str) -> list[dict]:
-    """Accent voices (SYNTHETIC) and Fashion-MNIST (REAL): the fp32 CPU path, int8 on the CPU EP, the NPU pattern."""
-    contenders = [FP32_CPU, PLACEMENTS[2], NPU]
+    """Accent voices (SYNTHETIC) and Fashion-MNIST (REAL): the fp32 CPU path, the export's int8 on the CPU EP, and
+    the NPU pattern with the export's dynamic int8 and with a static QDQ int8 backbone (calibrated on data the
+    personalization never sees: clips of a voice the base model was pretrained on; other training photos)."""
+    contenders = [FP32_CPU, INT8_CPU, NPU_DYNAMIC, NPU_QDQ]
     rows = []
     kws_bundle, fashion_bundle = work / "bundle-kws", work / "bundle-effnet"
-    if not (kws_bundle / "manifest.json").exists():
-        export("kws", kws_bundle)
-    accent = load_module(ROOT / "bench" / "accent_personalization.py", "accent_personalization")
-    maker = load_module(ROOT / "examples" / "demo" / "make_kws_dataset.py", "make_kws_dataset")
-    kws = load_module(KWS / "model.py", "kws_model")
-    for voice in args.voices:
-        raw = work / f"{voice}-raw"
-        maker.make_dataset(raw, [voice], kws.WORDS, args.shots + 20, args.seed)
-        train_dir, test_dir = accent.split_user_data(raw, work / voice, args.shots, kws.WORDS)
-        recipe = ["--epochs", "30", "--lr", "0.01", "--batch-size", "16", "--val-fraction", "0.2", "--seed",
-                  str(args.seed)]
-        rows.append(_npu_rows(python, f"accent {voice} (SYNTHETIC, {args.shots} shots/word)", kws_bundle,
-                              train_dir, test_dir, work, contenders, recipe))
+    if args.voices:
+        if not (kws_bundle / "manifest.json").exists():
+            export("kws", kws_bundle)
+        accent = load_module(ROOT / "bench" / "accent_personalization.py", "accent_personalization")
+        maker = load_module(ROOT / "examples" / "demo" / "make_kws_dataset.py", "make_kws_dataset")
+        kws = load_module(KWS / "model.py", "kws_model")
+        maker.make_dataset(work / "calib-kws", ["en-us"], kws.WORDS, 3, 1000 + args.seed)
+        static_int8(kws_bundle, work / "bundle-kws-npu-qdq", folder_calibration(kws_bundle, work / "calib-kws"))
+        for voice in args.voices:
+            raw = work / f"{voice}-raw"
+            maker.make_dataset(raw, [voice], kws.WORDS, args.shots + 20, args.seed)
+            train_dir, test_dir = accent.split_user_data(raw, work / voice, args.shots, kws.WORDS)
+            recipe = ["--epochs", "30", "--lr", "0.01", "--batch-size", "16", "--val-fraction", "0.2", "--seed",
+                      str(args.seed)]
+            rows.append(_npu_rows(python, f"accent {voice} (SYNTHETIC speech, {args.shots} shots/word)",
+                                  (kws_bundle, work / "bundle-kws-npu-qdq"), train_dir, test_dir, work, contenders,
+                                  recipe))
     if args.fashion_n:
         if not (fashion_bundle / "manifest.json").exists():
             export("effnet", fashion_bundle)
         fm = load_module(VISION / "make_fashion.py", "make_fashion")
-        test_dir, train_dir = work / "fashion-test", work / "fashion-train"
+        test_dir, train_dir, calib_dir = work / "fashion-test", work / "fashion-train", work / "calib-fashion"
         fm.write_sample(test_dir, "test", args.fashion_test, 0)
-        fm.write_sample(train_dir, "train", args.fashion_n, 1000 + args.seed)
+        seen = fm.write_sample(train_dir, "train", args.fashion_n, 1000 + args.seed)
+        images, labels = fm.load("train")
+        fm.write(calib_dir, images, labels, fm.stratified(labels, 64, 2000 + args.seed, seen))
+        qdq = work / "bundle-effnet-npu-qdq"
+        static_int8(fashion_bundle, qdq, folder_calibration(fashion_bundle, calib_dir, 64))
         recipe = ["--epochs", "30", "--lr", "0.01", "--batch-size", "32", "--seed", str(args.seed)]
-        rows.append(_npu_rows(python, f"Fashion-MNIST (REAL), n {args.fashion_n}, {FASHION_SIZE}x{FASHION_SIZE}",
-                              fashion_bundle, train_dir, test_dir, work, contenders, recipe))
+        rows.append(_npu_rows(python, f"Fashion-MNIST (REAL photos), n {args.fashion_n}, {FASHION_SIZE}x{FASHION_SIZE}",
+                              (fashion_bundle, qdq), train_dir, test_dir, work, contenders, recipe))
     return rows
 
 
-def _npu_rows(python: str, task: str, bundle: Path, train_dir: Path, test_dir: Path, work: Path,
+def _npu_rows(python: str, task: str, bundles: tuple[Path, Path], train_dir: Path, test_dir: Path, work: Path,
               contenders: list[Placement], recipe: list[str]) -> dict:
     out = {"task": task, "runs": []}
     for p in contenders:
         say(f"{task}: {p.name}")
         run_dir = work / f"npu-{len(list(work.glob('npu-*')))}"
-        job = train_job(python, bundle, train_dir, run_dir, p, "cached", recipe)
+        job = train_job(python, bundles[p.qdq], train_dir, run_dir, p, "cached", recipe)
         if "error" in job:
             out["runs"].append({"placement": p.name, **job})
             continue
@@ -342,8 +417,8 @@ def report(res: dict) -> list[str]:
              "cores. Data for the timings: SYNTHETIC (random inputs and labels)."]
     for row in res.get("timing", []):
         bb, st = row["backbone"], row["step"]
-        stages = [(f"backbone {v}, ms per sample (open s)", bb[f"{v}/{CPU}"], bb[f"{v}/{OV}"], "ms_per_sample")
-                  for v in ("fp32", "int8")] + [("step ms (open s)", st[CPU], st[OV], "ms")]
+        stages = [(f"backbone {VARIANTS[v]}, ms per sample (open s)", bb[f"{v}/{CPU}"], bb[f"{v}/{OV}"], "ms_per_sample")
+                  for v in ("fp32", "int8", "qdq")] + [("step ms (open s)", st[CPU], st[OV], "ms")]
         lines += ["", f"**{row['model']}**: {row['about']}; int8 = `--quantize-backbone {row['quantize']}`.", "",
                   *md_table(("stage", "CPU EP", "OpenVINO EP", "OpenVINO ÷ CPU"),
                             [(name, _cell(c, key), _cell(o, key), _ratio(o.get(key), c.get(key)))
@@ -427,7 +502,7 @@ def _worker(spec: dict) -> int:
     import onnxruntime
 
     synthetic_npz(Path(spec["bundle"]), spec["samples"], Path(spec["npz"]))
-    out = stage_timings(Path(spec["bundle"]), spec["embed_batch"], spec["batch"], spec["repeat"], spec["steps"])
+    out = stage_timings(Path(spec["bundle"]), Path(spec["qdq"]), spec["embed_batch"], spec["batch"], spec["repeat"], spec["steps"])
     print(json.dumps({**out, "ort_version": onnxruntime.__version__}))
     return 0
 

@@ -19,7 +19,7 @@ def test_the_providers_bench_times_every_stage_on_both_eps(openvino_python, tmp_
     res = json.loads(out.read_text())
     [row] = res["timing"]
     assert row["model"] == "mlp" and row["ort_version"]
-    for variant in ("fp32", "int8"):   # the int8 backbone is its own graph: both load on both EPs here
+    for variant in ("fp32", "int8", "qdq"):   # each int8 backbone is its own graph: all load on both EPs here
         assert row["backbone"][f"{variant}/{CPU}"]["providers"] == [CPU]
         assert row["backbone"][f"{variant}/{OV}"]["providers"][0] == OV
         assert all(row["backbone"][f"{variant}/{ep}"]["ms_per_sample"] > 0 for ep in (CPU, OV))
