@@ -54,6 +54,7 @@ class Agent:
         d = cfg.deploy
         self.jobs = JobRunner(JobStore(self.state_dir), self.state_dir, self._emit_job, self._job_finished,
                               max_starts=cfg.jobs.max_starts, disk=self.disk, data_root=cfg.paths.data_root,
+                              train_defaults=cfg.runtime.train_defaults(),
                               trusted_keys=list(d.trusted_keys) if d.require_signed else None)
         self.replies = ReplyCache(self.state_dir / "replies.json")
         self.deployer = Deployer(cfg.deploy, cfg.paths.bundle_root)

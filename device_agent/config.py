@@ -34,7 +34,7 @@ _U32 = 2**32 - 1
 # Known keys per table ("" is the top level); a dict value is a sub-table.
 _SCHEMA: dict[str, tuple[str, ...]] = {
     "": ("device_id", "fleet", "state_dir", "log_level", "mqtt", "paths", "deploy", "outbox", "jobs", "retention",
-         "ask"),
+         "ask", "runtime"),
     "mqtt": ("url", "username", "password_file", "ca_file", "cert_file", "key_file",
              "keepalive", "session_expiry", "will_delay", "max_packet_size"),
     "jobs": ("max_starts",),
@@ -43,6 +43,7 @@ _SCHEMA: dict[str, tuple[str, ...]] = {
     "deploy": ("trusted_keys", "require_signed", "file_root", "max_bytes", "deadline_s", "keep_replaced"),
     "outbox": ("max_bytes", "max_age_s"),
     "ask": ("max_prompt_tokens", "queue", "token_deadline_s"),
+    "runtime": ("providers", "step_providers"),
 }
 _HINTS = {
     "device_id": 'add device_id = "dev-001" at the top of the file',
@@ -122,6 +123,19 @@ class AskConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    """Where the box's jobs run: execution providers for every session, and for the training step alone (the
+    ``providers`` / ``step_providers`` train options; a train command's own values win)."""
+
+    providers: tuple[str, ...] = ()       # e.g. ("OpenVINO", "CPU"); empty: the CPU EP
+    step_providers: tuple[str, ...] = ()  # empty: as providers
+
+    def train_defaults(self) -> dict[str, Any]:
+        """The options a train command without its own ``providers`` / ``step_providers`` gets."""
+        return {k: list(v) for k, v in (("providers", self.providers), ("step_providers", self.step_providers)) if v}
+
+
+@dataclass(frozen=True)
 class RetentionConfig:
     """What the agent deletes at start: the oldest beyond these caps."""
 
@@ -143,13 +157,14 @@ class AgentConfig:
     jobs: JobsConfig = field(default_factory=JobsConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     ask: AskConfig = field(default_factory=AskConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     source: Path | None = None  # the file it was loaded from
 
     def to_public_dict(self) -> dict[str, Any]:
         """JSON-ready view safe to log or publish (password redacted)."""
         out = {f.name: _public(getattr(self, f.name)) for f in fields(self) if f.name != "mqtt"}
         out["mqtt"] = self.mqtt.to_public_dict()
-        for name in ("paths", "deploy", "outbox", "jobs", "retention", "ask"):
+        for name in ("paths", "deploy", "outbox", "jobs", "retention", "ask", "runtime"):
             obj = getattr(self, name)
             out[name] = {f.name: _public(getattr(obj, f.name)) for f in fields(obj)}
         return out
@@ -317,11 +332,13 @@ class _Reader:
         outbox = self.outbox(self.table(doc, "outbox", required=False))
         jobs, retention = self.jobs(self.table(doc, "jobs", required=False)), self.retention(self.table(doc, "retention", required=False))
         ask = self.ask(self.table(doc, "ask", required=False))
+        runtime = self.runtime(self.table(doc, "runtime", required=False))
         if self.errors:
             return None
         assert state_dir is not None and mqtt is not None and paths is not None
         return AgentConfig(device_id=device_id, fleet=fleet, state_dir=state_dir, log_level=log_level.lower(),
-                           mqtt=mqtt, paths=paths, deploy=deploy, outbox=outbox, source=source, jobs=jobs, retention=retention, ask=ask)
+                           mqtt=mqtt, paths=paths, deploy=deploy, outbox=outbox, source=source, jobs=jobs, retention=retention, ask=ask,
+                           runtime=runtime)
 
     def mqtt(self, t: dict | None) -> MqttConfig | None:
         if t is None:
@@ -452,6 +469,26 @@ class _Reader:
         return AskConfig(max_prompt_tokens=self.integer(t, "ask", "max_prompt_tokens", d.max_prompt_tokens, 1, 131_072),
                          queue=self.integer(t, "ask", "queue", d.queue, 0, 1000),
                          token_deadline_s=float(deadline) if deadline is not None else d.token_deadline_s)
+
+    def runtime(self, t: dict | None) -> RuntimeConfig:
+        """``[runtime]``: provider lists checked as the train options are (names this box's onnxruntime has)."""
+        if t is None:
+            return RuntimeConfig()
+        self.unknown(t, "runtime")
+        from ftedge.runtime.training.options import COMMON
+
+        lists = {}
+        for key in ("providers", "step_providers"):
+            value = t.get(key)
+            if value is None:
+                continue
+            why = COMMON[key].problem(value)
+            if why:
+                self.err(f"runtime.{key}", f"{why}; list the execution providers this box's onnxruntime has "
+                                           "(its `meta` message names them), e.g. [\"OpenVINO\", \"CPU\"]")
+            else:
+                lists[key] = tuple(value)
+        return RuntimeConfig(**lists)
 
     def retention(self, t: dict | None) -> RetentionConfig:
         d = RetentionConfig()

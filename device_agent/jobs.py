@@ -213,8 +213,9 @@ class JobRunner:
     def __init__(self, store: JobStore, state_dir: Path, emit: Callable[[str, dict[str, Any]], None],
                  on_finished: Callable[[Job], None], max_starts: int = MAX_STARTS,
                  trusted_keys: list[Path] | None = None, disk: DiskGuard | None = None,
-                 data_root: Path | None = None) -> None:
+                 data_root: Path | None = None, train_defaults: dict[str, Any] | None = None) -> None:
         self.store, self.state_dir, self.emit, self.on_finished = store, Path(state_dir), emit, on_finished
+        self.train_defaults = dict(train_defaults or {})  # [runtime] providers: under every job's own options
         self.data_root = data_root  # a job's data may not lead reads outside it (a data.yaml's path:, symlinks)
         self.max_starts, self.trusted_keys = max_starts, trusted_keys
         self.disk = disk or DiskGuard(self.state_dir)
@@ -330,7 +331,7 @@ class JobRunner:
             row, task = tasks.for_bundle(bundle)
             callbacks.task = row
             result = task.train(tasks.TrainRequest(
-                bundle=bundle, data=job.data, run_dir=run_dir, options=job.options, resume=resume,
+                bundle=bundle, data=job.data, run_dir=run_dir, options=self.train_defaults | job.options, resume=resume,
                 cache_dir=self.state_dir / "cache", callbacks=callbacks, bundle_source=job.bundle,
                 data_root=self.data_root))
         except FtedgeError as exc:
@@ -383,6 +384,7 @@ class JobRunner:
             "duration_s": res.get("duration_s"), "error": job.error, "version": job.version,
             "skipped": (result or {}).get("skipped_count", len((result or {}).get("skipped") or [])),
             **({"tuning": res["tuning"]} if res.get("tuning") else {}),
+            **({"providers": res["providers"]} if res.get("providers") else {}),   # per stage, CPU fallbacks
         })
         try:
             self.store.save(job)

@@ -45,7 +45,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
                  "lr": "num?", "samples_per_s": "num?", "rss_mb": "num?", "task": "id?", "headline": "headline?"},
     "result": {"job": "id?", "status": "id?", "final": "metrics?", "baseline": "metrics?", "promoted": "bool?",
                "duration_s": "num?", "error": "text?", "version": "id?", "skipped": "int?", "tuning": "obj?",
-               "task": "id?", "epochs_run": "int?", "headline": "headline?"},
+               "task": "id?", "epochs_run": "int?", "headline": "headline?", "providers": "obj?"},
     "cmdres": {"cmd_id": "id", "status": "id?", "code": "id?", "job": "id?"},
 }
 METRIC_KEYS = ("accuracy", "loss", "val_accuracy", "val_loss", "val_macro_f1", "val_mae", "macro_f1", "mae",

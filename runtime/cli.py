@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
   ftedge train bundles/kws --data /data/my_voice -o runs/2026-11-22 --epochs 20 --resume   # after a crash
   ftedge train bundles/kws --data samples.npz -o runs/r2 --patience 3 --max-seconds 120 --json
   ftedge train bundles/kws --data /data/my_voice -o runs/r3 --auto --max-seconds 60   # settings by cross-validation
+  ftedge train bundles/kws --data /data/my_voice -o runs/r4 --providers OpenVINO --step-providers CPU
+      # the (int8) backbone on an NPU-class EP, the head trains on the CPU; result.json says what ran where
 
 data: a folder per label, PATH/<label>/<sample>: *.npy (any bundle), *.wav (audio bundles),
 *.png/*.jpg/*.jpeg (image bundles), *.txt (text bundles); or a .npz with one array per input name
@@ -46,8 +48,6 @@ Unreadable or mismatched samples are skipped and listed in result.json.""",
     t.add_argument("--data", required=True, metavar="PATH", help="folder per label, a .npz, or a .csv (text); "
                    "detectors: a YOLO data.yaml / dataset folder or a COCO .json; causal LMs: a Q&A .jsonl")
     t.add_argument("-o", dest="run_dir", required=True, metavar="RUN_DIR", type=Path, help="run directory to write")
-    add_providers_argument(t, "execution providers for the backbone, e.g. CUDA,CPU (unavailable ones fall back "
-                           "to CPU with a warning)")
     t.add_argument("--cache-dir", type=Path, default=None,
                    help="embedding cache (default $FTEDGE_CACHE_DIR or ~/.cache/ftedge/embeddings)")
     t.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk embedding cache")
@@ -93,7 +93,7 @@ def run_train(args: argparse.Namespace) -> int:
     options = train_options(args, row, dt)
     request = tasks.TrainRequest(
         bundle=args.bundle, data=args.data, run_dir=args.run_dir, options=options, resume=args.resume,
-        providers=args.providers, cache_dir=None if args.no_cache else (args.cache_dir or default_cache()),
+        cache_dir=None if args.no_cache else (args.cache_dir or default_cache()),
         progress=not (args.quiet or args.json))
     result = dt.train(request)
     if args.json:

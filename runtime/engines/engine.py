@@ -35,6 +35,7 @@ class Engine(Protocol):
     def save_checkpoint(self, path: str | Path, include_optimizer_state: bool = True) -> None: ...
     def parameters(self) -> dict[str, np.ndarray]: ...
     def export_inference(self, path: str | Path, output_names: Sequence[str]) -> None: ...
+    def placements(self) -> dict[str, dict[str, Any]]: ...
 
 
 def bundle_engines(bundle: Bundle) -> dict[str, dict[str, Any]]:
@@ -87,6 +88,7 @@ def resolve_engine(requested: str | None, bundle: Bundle) -> str:
 
 
 def open_engine(name: str, bundle: Bundle, checkpoint: str | Path | None, providers: Sequence[str]) -> Engine:
-    """Engine ``name`` (a key of :data:`ftedge.runtime.engines.ENGINES`) on ``bundle``, from ``checkpoint``."""
+    """Engine ``name`` (a key of :data:`ftedge.runtime.engines.ENGINES`) on ``bundle``, from ``checkpoint``; its
+    training sessions on ``providers`` (the run's step providers)."""
     module, _, cls = ENGINES[name].partition(":")
     return getattr(importlib.import_module(module), cls)(bundle, checkpoint, providers)

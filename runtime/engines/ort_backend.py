@@ -7,7 +7,11 @@ code that imports onnxruntime; the module object itself never leaves the two.
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
+import os
 import sys
+import tempfile
 import types
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,6 +20,8 @@ import numpy as np
 
 from ftedge.runtime.engines.providers import full_names
 from ftedge.errors import RuntimeBackendError
+
+log = logging.getLogger(__name__)
 
 _INSTALL_HINT = "install the device extra: pip install 'ftedge[device]' (plain onnxruntime; onnxruntime-gpu on CUDA boxes)"
 
@@ -82,43 +88,154 @@ def set_seed(seed: int) -> None:
     _onnxruntime().set_seed(int(seed))
 
 
-def _session_options(threads: int | None, prepack: bool = True) -> Any:
+CPU = "CPUExecutionProvider"
+# Where an EP keeps the tensors it reads and writes, as OrtValue names the device: GPU EPs their own memory;
+# everything else (OpenVINO, QNN, CoreML, NNAPI, XNNPACK, …) host memory, shared with the CPU EP.
+_EP_DEVICE = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
+
+
+def ep_device(providers: Sequence[str]) -> str:
+    """The OrtValue device type of a session whose first execution provider leads ``providers``."""
+    return _EP_DEVICE.get(providers[0], "cpu") if providers else "cpu"
+
+
+def _session_options(threads: int | None, prepack: bool = True, profile_prefix: str | None = None) -> Any:
     so = _onnxruntime().SessionOptions()
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
     if not prepack:  # pre-packed copies of large weights double their memory (LLM graphs)
         so.add_session_config_entry("session.disable_prepacking", "1")
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     return so
 
 
-def _open_session(path: str | Path, providers: Sequence[str] | None, threads: int | None, prepack: bool):  # noqa: ANN202
-    """An ``InferenceSession`` on ``providers`` (default CPU); ORT's own load errors become RuntimeBackendError."""
-    try:
-        return _onnxruntime().InferenceSession(
-            str(path), sess_options=_session_options(threads, prepack), providers=list(providers or ["CPUExecutionProvider"])
-        )
-    except Exception as exc:  # ORT raises its own exception types
-        raise RuntimeBackendError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+def _ep_name(providers: Sequence[str]) -> str:
+    return providers[0].removesuffix("ExecutionProvider") if providers else "CPU"
 
 
-class InferenceModel:
+class _Session:
+    """An ``InferenceSession`` on a provider list, with what the session actually did recorded in
+    :meth:`placement`.
+
+    Where another EP leads the list, the first run is profiled (then profiling stops): ORT's profile names the EP
+    that ran every node, so ``cpu_fallback_nodes`` counts what the session placed on the CPU EP — measured, not
+    guessed from an op list (an EP's fused subgraph counts as one node). Where that EP cannot load the graph, or
+    fails running it, the session is reopened on the CPU EP with a warning and the reason is reported
+    (``fallback``); on the CPU EP alone a failure is a :class:`RuntimeBackendError` naming the graph.
+    """
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | None, threads: int | None, prepack: bool) -> None:
+        self.path = Path(path)
+        self.requested = list(providers or [CPU])
+        self._args = (threads, prepack)
+        self.fallback: str | None = None
+        self.nodes: int | None = None
+        self.cpu_fallback_nodes: int | None = 0 if self.requested[0] == CPU else None
+        self._profiled = False
+        try:
+            self.session = self._open(self.requested)
+        except Exception as exc:  # ORT raises its own exception types
+            if self.requested[0] == CPU:
+                raise RuntimeBackendError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+            self._fall_back("cannot load", exc)
+
+    def _open(self, providers: list[str]) -> Any:
+        threads, prepack = self._args
+        prefix = None
+        if providers[0] != CPU:
+            prefix = os.path.join(tempfile.gettempdir(), f"ftedge-placement-{os.getpid()}-{id(self)}")
+        sess = _onnxruntime().InferenceSession(str(self.path), sess_options=_session_options(threads, prepack, prefix),
+                                               providers=providers)
+        self._profiled = prefix is not None
+        return sess
+
+    def _fall_back(self, what: str, exc: BaseException) -> None:
+        """Reopen on the CPU EP after the leading EP failed ``what`` (load / run) this graph."""
+        ep = _ep_name(self.requested)
+        reason = f"the {ep} execution provider {what} {Path(str(self.path)).name}: {' '.join(str(exc).split())[:400]}"
+        log.warning("%s; running this graph on the CPU execution provider instead", reason)
+        try:
+            self.session = self._open([CPU])
+        except Exception as exc2:
+            raise RuntimeBackendError(f"ONNX Runtime cannot load {self.path}: {exc2}") from exc2
+        self.fallback = reason
+        self.nodes = None
+        self.cpu_fallback_nodes = None
+
+    def _count_placement(self) -> None:
+        """After the first profiled run: the nodes the session ran, and how many on the CPU EP."""
+        self._profiled = False
+        try:
+            path = self.session.end_profiling()
+        except Exception:  # noqa: BLE001 - placement is a report; a failed profile never fails the run
+            return
+        try:
+            with open(path, encoding="utf-8") as f:
+                events = json.load(f)
+            placed = {e["name"]: e.get("args", {}).get("provider") for e in events if e.get("cat") == "Node"}
+            self.nodes = len(placed)
+            self.cpu_fallback_nodes = sum(1 for p in placed.values() if p == CPU)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        finally:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def placement(self) -> dict[str, Any]:
+        """What this session ran on: ``providers`` (the session's list), ``cpu_fallback_nodes`` (nodes the CPU EP
+        ran although another EP led the list; None until the first run), ``nodes`` (nodes after partitioning,
+        when profiled) and ``fallback`` (why the whole graph moved to the CPU EP, or None)."""
+        out: dict[str, Any] = {"requested": self.requested, "providers": self.providers,
+                               "cpu_fallback_nodes": self.cpu_fallback_nodes}
+        if self.nodes is not None:
+            out["nodes"] = self.nodes
+        out["fallback"] = self.fallback
+        return out
+
+    def _guarded(self, call: Any) -> Any:
+        """``call()`` on the session; the leading EP's failure moves this graph to the CPU EP (once)."""
+        try:
+            out = call()
+        except Exception as exc:
+            if self.providers[0] == CPU:
+                what = f"{_ep_name(self.requested)} fell back to CPU; " if self.fallback else ""
+                raise RuntimeBackendError(f"ONNX Runtime failed running {Path(str(self.path)).name} ({what}"
+                                          f"{' '.join(str(exc).split())[:600]})") from exc
+            self._fall_back("failed running", exc)
+            return None
+        if self._profiled:
+            self._count_placement()
+        return out
+
+
+class InferenceModel(_Session):
     """A plain ``InferenceSession`` with name-keyed inputs and outputs."""
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,
                  prepack: bool = True) -> None:
-        self.session = _open_session(path, providers, threads, prepack)
+        super().__init__(path, providers, threads, prepack)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.providers = list(self.session.get_providers())
 
     def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         names = list(outputs or self.output_names)
-        values = self.session.run(names, {k: feeds[k] for k in self.input_names})
+        picked = {k: feeds[k] for k in self.input_names}
+        values = self._guarded(lambda: self.session.run(names, picked))
+        if values is None:  # the EP failed: once more on the CPU EP
+            values = self._guarded(lambda: self.session.run(names, picked))
         return dict(zip(names, values))
 
 
-class StepSession:
+class StepSession(_Session):
     """A graph run step after step with its state kept as OrtValues on the session's device.
 
     ``state`` maps input names to OrtValues; each run feeds them plus the batch, and the outputs named
@@ -127,21 +244,20 @@ class StepSession:
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,
                  prepack: bool = True) -> None:
-        self.session = _open_session(path, providers, threads, prepack)
-        self.providers = list(self.session.get_providers())
-        self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        super().__init__(path, providers, threads, prepack)
         # initializers that are also graph inputs: bound when given, their stored value otherwise
         self.overridable = [i.name for i in self.session.get_overridable_initializers()]
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
+    @property
+    def device(self) -> str:
+        return ep_device(self.providers)
+
     def to_device(self, value: np.ndarray) -> Any:
         return _onnxruntime().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), self.device, 0)
 
-    def run(self, state: dict[str, Any], feeds: dict[str, np.ndarray], fetch: Sequence[str],
-            keep: Sequence[str] = ()) -> dict[str, Any]:
-        """Run once; ``state`` is updated in place from the ``_out`` outputs; returns ``fetch`` as numpy and
-        ``keep`` as OrtValues left on the session's device (e.g. a KV cache fed to the next run)."""
+    def _bind_and_run(self, state: dict[str, Any], feeds: dict[str, np.ndarray], fetch: Sequence[str]) -> Any:
         binding = self.session.io_binding()
         for name in self.overridable:
             if name in state:
@@ -153,10 +269,20 @@ class StepSession:
                 binding.bind_cpu_input(name, np.ascontiguousarray(feeds[name]))
         for name in self.output_names:
             binding.bind_output(name, "cpu" if name in fetch else self.device)
-        try:
-            self.session.run_with_iobinding(binding)
-        except Exception as exc:
-            raise RuntimeBackendError(f"ONNX Runtime failed to run a step: {exc}") from exc
+        self.session.run_with_iobinding(binding)
+        return binding
+
+    def run(self, state: dict[str, Any], feeds: dict[str, np.ndarray], fetch: Sequence[str],
+            keep: Sequence[str] = ()) -> dict[str, Any]:
+        """Run once; ``state`` is updated in place from the ``_out`` outputs; returns ``fetch`` as numpy and
+        ``keep`` as OrtValues left on the session's device (e.g. a KV cache fed to the next run)."""
+        before = self.device
+        binding = self._guarded(lambda: self._bind_and_run(state, feeds, fetch))
+        if binding is None:  # the EP failed: the state moves to the CPU EP's memory, and the step runs again
+            if before != self.device:
+                for name, value in state.items():
+                    state[name] = self.to_device(value.numpy())
+            binding = self._guarded(lambda: self._bind_and_run(state, feeds, fetch))
         outs = dict(zip(self.output_names, binding.get_outputs()))
         for name in state:
             if name + "_out" in outs:

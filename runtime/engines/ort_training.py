@@ -13,6 +13,10 @@ from ftedge.errors import UsageError
 from ftedge.runtime.engines import ort_backend
 from ftedge.runtime.engines.engine import bundle_engines
 
+# onnxruntime-training's Module runs on "cpu" or "cuda" only: a step on any other EP trains on the CPU (reported).
+_TRAINING_API_DEVICE = {"CUDAExecutionProvider": "cuda"}
+
+
 class OrtTrainingEngine:
     """onnxruntime-training 1.19.2's artifacts (``TrainableModel``), behind the engine interface."""
 
@@ -20,7 +24,9 @@ class OrtTrainingEngine:
 
     def __init__(self, bundle: Bundle, checkpoint: str | Path | None = None, providers: Sequence[str] = (),
                  device: str | None = None) -> None:
-        device = device or ("cuda" if "CUDAExecutionProvider" in providers else "cpu")
+        device = device or next((_TRAINING_API_DEVICE[p] for p in providers if p in _TRAINING_API_DEVICE), "cpu")
+        self.requested = list(providers or [ort_backend.CPU])
+        self.device = device
         files = bundle_engines(bundle)["ort-training"]["files"]
         self.loss = bundle.loss
         from ftedge.runtime.engines.ort_training_backend import TrainableModel
@@ -28,6 +34,12 @@ class OrtTrainingEngine:
         self.model = TrainableModel(bundle.path / files["training"], bundle.path / files["eval"],
                                     bundle.path / files["optimizer"], checkpoint or bundle.path / files["checkpoint"],
                                     device=device)
+
+    def placements(self) -> dict[str, dict]:
+        """The training sessions' placement (the training API reports no per-node placement)."""
+        used = ["CUDAExecutionProvider", ort_backend.CPU] if self.device == "cuda" else [ort_backend.CPU]
+        return {"step": {"requested": self.requested, "providers": used, "cpu_fallback_nodes": None,
+                         "fallback": None}}
 
     def train_step(self, head_feeds: list[np.ndarray], labels: np.ndarray,
                    weights: np.ndarray | None = None) -> tuple[float, np.ndarray]:

@@ -70,6 +70,13 @@ class PortableEngine:
             values = self._load(Path(checkpoint), values)
         self.state = {k: self.step.to_device(v) for k, v in values.items()}
 
+    def placements(self) -> dict[str, dict]:
+        """Per session (``step``, and ``head`` once loaded): the providers it ran on and its CPU fallbacks."""
+        out = {"step": self.step.placement()}
+        if self._head is not None:
+            out["head"] = self._head.placement()
+        return out
+
     @property
     def head(self) -> StepSession:
         """The eval graph, loaded on first use (a run that never evaluates through it never holds it)."""

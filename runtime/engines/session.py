@@ -28,10 +28,12 @@ class BundleSession:
         checkpoint: str | Path | None = None,
         backbone_variant: str = "backbone",
         engine: str = "auto",
+        step_providers: Sequence[str] | None = None,
     ) -> None:
         self.bundle = bundle
         self.engine_name = resolve_engine(engine, bundle)
         self.providers = list(providers or ["CPUExecutionProvider"])
+        self.step_providers = list(step_providers or self.providers)   # the training step's own placement
         self.backbone = InferenceModel(bundle.file(backbone_variant), providers) if bundle.layout == "split" else None
         self._checkpoint = checkpoint
         self._model: Engine | None = None
@@ -42,8 +44,13 @@ class BundleSession:
     def model(self) -> Engine:
         """The training engine, loaded on first use: an idle training session slows the backbone pass."""
         if self._model is None:
-            self._model = open_engine(self.engine_name, self.bundle, self._checkpoint, self.providers)
+            self._model = open_engine(self.engine_name, self.bundle, self._checkpoint, self.step_providers)
         return self._model
+
+    def placements(self) -> dict[str, dict]:
+        """Per stage (backbone, step, head): the providers its session ran on and its CPU fallbacks."""
+        out = {"backbone": self.backbone.placement()} if self.backbone is not None else {}
+        return out | (self._model.placements() if self._model is not None else {})
 
     def embed(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Model inputs → head inputs (backbone outputs plus passed-through inputs)."""

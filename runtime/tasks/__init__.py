@@ -31,7 +31,6 @@ class TrainRequest:
     run_dir: str | Path
     options: dict[str, Any]
     resume: bool = False
-    providers: list[str] | None = None
     cache_dir: Path | None = None      # the embedding cache (None: no on-disk cache)
     callbacks: Any = None              # progress/cancellation hooks (the agent's)
     progress: bool = False             # a progress bar on stderr (the CLI)

@@ -13,12 +13,20 @@ import argparse
 import json
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ftedge.errors import Rejected
 from ftedge.runtime.engines import ENGINES
 
-_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "a JSON boolean (true or false)"}
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "a JSON boolean (true or false)",
+               list: "a list of names"}
+MAX_LIST = 8            # names in a list option (execution providers)
+MAX_NAME = 64           # characters per name
+
+
+def comma_list(text: str) -> list[str]:
+    """A command-line ``A,B`` list option (blanks dropped)."""
+    return [p.strip() for p in text.split(",") if p.strip()]
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,8 @@ class Option:
     choices: tuple[str, ...] | None = None
     path: str | None = None                     # "file" or "any": a path under the agent's data root
     metavar: str | None = None
+    # list options: the names this box accepts, asked when a train command is checked (the EPs its ORT has)
+    available: Callable[[list[str]], list[str]] | None = None
 
     @property
     def flag(self) -> str:
@@ -47,6 +57,8 @@ class Option:
         """What is wrong with ``value`` (as JSON gives it) for this option — type, bounds, choices — or None."""
         if self.type is bool:  # JSON booleans only: "false" or 0 is not a boolean
             return None if isinstance(value, bool) else f"must be {_TYPE_WORDS[bool]}, got {value!r}"
+        if self.type is list:
+            return self._list_problem(value)
         accepted = (int, float) if self.type is float else self.type
         if isinstance(value, bool) or not isinstance(value, accepted):
             return f"must be {_TYPE_WORDS.get(self.type, 'a value')}, got {json.dumps(value)[:60]}"
@@ -57,6 +69,15 @@ class Option:
         if self.choices is not None and value not in self.choices:
             return f"must be one of {', '.join(self.choices)}, got {value!r}"
         return None
+
+    def _list_problem(self, value: Any) -> str | None:
+        if not isinstance(value, list) or not 1 <= len(value) <= MAX_LIST or not all(
+                isinstance(v, str) and 0 < len(v) <= MAX_NAME and v.replace("_", "").isalnum() for v in value):
+            return (f"must be a list of 1 to {MAX_LIST} names (letters, digits, _), got "
+                    f"{json.dumps(value)[:60]}")
+        missing = self.available(value) if self.available else []
+        return (f"names {', '.join(missing)}, which this box does not have (its meta message lists the ones it "
+                "has)") if missing else None
 
     def check(self, value: Any) -> Any:
         """``value`` from a ``train`` command, checked; else :class:`Rejected` (``bad_args``)."""
@@ -97,6 +118,13 @@ COMMON: dict[str, Option] = {o.name: o for o in (
            "bundle carries it, else ort-training", default="auto", choices=("auto", *ENGINES)),
     Option("backbone", str, "backbone variant (int8 needs export --quantize-backbone int8)", default="fp32",
            choices=("fp32", "int8")),
+    Option("providers", list, "execution providers for every session of the run (backbone, training step, head), "
+           "in order, e.g. OpenVINO,CPU or CUDA; the CPU EP always comes last (default: CPU; a train command "
+           "naming one this box lacks is refused, the CLI warns and leaves it out)", metavar="P1,P2",
+           available=lambda names: _missing_providers(names)),
+    Option("step_providers", list, "execution providers for the training step and head alone (default: "
+           "--providers), e.g. --providers OpenVINO --step-providers CPU: an NPU-class EP runs the frozen (int8) "
+           "backbone, the CPU trains", metavar="P1,P2", available=lambda names: _missing_providers(names)),
     Option("min_gain", float, "promote only if better than the untuned model by more than this (the task's "
            "headline metric)", default=0.0, bounds=(0, 1000)),
     Option("eval_data", str, "held-out data for validation and the gate: causal LMs, prompts with reference "
@@ -112,6 +140,13 @@ COMMON: dict[str, Option] = {o.name: o for o in (
     Option("flip", bool, "horizontal-flip augmentation (a random half of each epoch's images mirrored; the "
            "backbone's maps of the mirrored images are cached too)", default=True),
 )}
+
+
+def _missing_providers(names: list[str]) -> list[str]:
+    """The named execution providers this box's onnxruntime lacks (imported late: a device-side check)."""
+    from ftedge.runtime.engines.ort_backend import resolve_providers
+
+    return resolve_providers(names)[1]
 
 
 class OptionSet:
@@ -170,8 +205,8 @@ def add_arguments(parser: argparse.ArgumentParser, options: dict[str, Option],
             parser.add_argument(o.flag, dest=o.name, action="store_false" if o.default else "store_true",
                                 default=argparse.SUPPRESS, help=text)
         else:
-            parser.add_argument(o.flag, dest=o.name, type=o.type, choices=o.choices, metavar=o.metavar,
-                                default=argparse.SUPPRESS, help=text)
+            parser.add_argument(o.flag, dest=o.name, type=comma_list if o.type is list else o.type,
+                                choices=o.choices, metavar=o.metavar, default=argparse.SUPPRESS, help=text)
 
 
 def _shown(v: Any) -> str:
@@ -193,7 +228,8 @@ def markdown_table(options: dict[str, Option], defaults: dict[str, dict[str, Any
     """The options as a Markdown table (docs/train-options.md is generated from it)."""
     rows = ["| flag (agent key) | tasks | type | allowed | default | what |", "|---|---|---|---|---|---|"]
     for o in options.values():
-        allowed = ", ".join(o.choices) if o.choices else (f"{o.bounds[0]:g} … {o.bounds[1]:g}" if o.bounds else "")
+        allowed = ", ".join(o.choices) if o.choices else (f"{o.bounds[0]:g} … {o.bounds[1]:g}" if o.bounds else
+                                                          f"1 … {MAX_LIST} names" if o.type is list else "")
         per = defaults.get(o.name, {})
         dflt = "; ".join(f"{t}: {_shown(v)}" for t, v in per.items()) if len(set(map(_shown, per.values()))) > 1 \
             else _shown(next(iter(per.values()), o.default))

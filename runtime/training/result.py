@@ -38,17 +38,20 @@ class TrainResult(TypedDict, total=False):
     skipped: list[dict[str, str]]
     engine: str
     headline: Headline
+    providers: dict[str, dict[str, Any]]   # per stage: ort_backend._Session.placement()
 
 
 COMMON_KEYS = ("status", "task", "stop_reason", "epochs_run", "best_epoch", "metrics", "baseline", "promoted",
-               "duration_s", "samples", "skipped", "engine", "headline")
+               "duration_s", "samples", "skipped", "engine", "headline", "providers")
 
 
 def complete(result: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
     """``result`` with the common keys its trainer does not write itself: ``task`` and ``headline`` from the
-    bundle's task row, ``epochs_run`` (``status`` stays the first key)."""
+    bundle's task row, ``epochs_run``, ``providers`` (empty when no session was measured; ``status`` stays the
+    first key)."""
     row = task_of(manifest)
     result = {"status": result.get("status"), **result, "task": row.name}
     result.setdefault("epochs_run", result.get("epochs_done"))
+    result.setdefault("providers", {})
     result["headline"] = row.headline.of(result.get("metrics"), result.get("baseline"))
     return result

@@ -172,10 +172,11 @@ def device(tmp_path, bundles):
 
 
 class AgentProc:
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, python: str | None = None) -> None:
         self.log = log
-        # In CI the agent runs in the torch-free [device] venv, as on a box.
-        python = os.environ.get("FTEDGE_DEVICE_PYTHON") or sys.executable
+        # In CI the agent runs in the torch-free [device] venv, as on a box (or the one a test names, e.g. the
+        # onnxruntime-openvino venv).
+        python = python or os.environ.get("FTEDGE_DEVICE_PYTHON") or sys.executable
         self.proc = subprocess.Popen([python, "-m", "ftedge", "agent", "run", "--config", str(config)],
                                      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
 
@@ -192,8 +193,8 @@ class AgentProc:
 def agents(tmp_path):
     started: list[AgentProc] = []
 
-    def start(config: Path) -> AgentProc:
-        a = AgentProc(config, tmp_path / "agent.log")
+    def start(config: Path, python: str | None = None) -> AgentProc:
+        a = AgentProc(config, tmp_path / "agent.log", python)
         started.append(a)
         return a
     yield start

@@ -279,7 +279,19 @@ def test_unavailable_provider_falls_back_to_cpu_with_warning(mlp_bundle, blobs, 
                  "--providers", "CUDA,OpenVINO", "--quiet", "--no-cache"]) == 0
     assert "CUDAExecutionProvider, OpenVINOExecutionProvider" in capsys.readouterr().err
     result = json.loads((tmp_path / "r" / "result.json").read_text())
-    assert result["providers"] == {"backbone": ["CPUExecutionProvider"], "training": "cpu"}
+    cpu = {"requested": ["CPUExecutionProvider"], "providers": ["CPUExecutionProvider"], "cpu_fallback_nodes": 0,
+           "fallback": None}
+    assert result["providers"] == {"backbone": cpu, "step": cpu, "head": cpu}
+
+
+def test_step_providers_place_the_training_step_apart_from_the_backbone(mlp_bundle, blobs, tmp_path):
+    """--step-providers reaches the step and head sessions only; an unavailable one is left out, not fatal."""
+    assert main(["train", str(mlp_bundle), "--data", str(blobs), "-o", str(tmp_path / "r"), "--epochs", "1",
+                 "--providers", "CPU", "--step-providers", "NoSuchEP,CPU", "--quiet", "--no-cache"]) == 0
+    result = json.loads((tmp_path / "r" / "result.json").read_text())
+    assert set(result["providers"]) == {"backbone", "step", "head"}
+    assert result["providers"]["step"]["requested"] == ["CPUExecutionProvider"]
+    assert result["config"]["step_providers"] == ["NoSuchEP", "CPU"]
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

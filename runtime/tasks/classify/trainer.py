@@ -30,7 +30,7 @@ from ftedge.durable import atomic_write_json
 from ftedge.runtime.engines.engine import open_engine, resolve_engine
 from ftedge.runtime.tasks.classify.folds import (SMALL_CLASS, balanced_weights_for, imbalance, small_classes,
                                                  stratified_split)
-from ftedge.runtime.engines.ort_backend import resolve_providers
+from ftedge.runtime.engines.placement import Placement, report as placement_report
 from ftedge.runtime.training.personalized import write_personalized
 from ftedge.runtime.training.result import complete
 from ftedge.runtime.training.run_dir import RunDir, RunState
@@ -50,7 +50,8 @@ class TrainConfig:
     seed: int = OPTIONS.default("seed")
     max_seconds: float | None = OPTIONS.default("max_seconds")
     mode: str = OPTIONS.default("mode")  # auto | cached | full
-    providers: list[str] | None = None
+    providers: list[str] | None = OPTIONS.default("providers")            # every session (None: CPU)
+    step_providers: list[str] | None = OPTIONS.default("step_providers")  # the training step and head
     resume: bool = False
     min_gain: float = OPTIONS.default("min_gain")
     schedule: str = OPTIONS.default("schedule")  # cosine | linear | constant, after warm-up
@@ -110,7 +111,7 @@ def _fingerprint(bundle: Bundle, data: Dataset, cfg: TrainConfig) -> str:
     h.update(json.dumps(bundle.manifest["files"], sort_keys=True).encode())
     h.update("".join(data.sample_hashes()).encode())
     keep = {k: v for k, v in asdict(cfg).items()
-            if k not in ("resume", "max_seconds", "providers", "cache_dir", "engine")}
+            if k not in ("resume", "max_seconds", "providers", "step_providers", "cache_dir", "engine")}
     keep["val_fraction"] = cfg.holdout_fraction
     for k, default in _LATER_OPTIONS.items():
         if keep.get(k) == default:
@@ -160,9 +161,9 @@ class Trainer:
                                                         self.classification)
         if len(self.train_idx) == 0:
             raise FtedgeError("no training samples left after the validation split; add data or lower --val-fraction")
-        self.providers, missing = resolve_providers(config.providers)
-        if missing:
-            log.warning("execution provider(s) unavailable here: %s; using %s", ", ".join(missing), ", ".join(self.providers))
+        self.placement = Placement.resolve(config.providers, config.step_providers)
+        self.providers = self.placement.providers
+        self.search_engine: Any = None   # the --auto search's own engine (its step session is reported)
         self.engine = resolve_engine(config.engine, self.bundle)
         needs_portable = [f for f, on in (("--auto", config.auto), ("--class-weight balanced",
                           config.class_weight == "balanced"), ("--weight-decay", config.weight_decay is not None)) if on]
@@ -190,7 +191,7 @@ class Trainer:
 
     def _session(self, checkpoint: Path | None) -> BundleSession:
         return BundleSession(self.bundle, self.providers, checkpoint=checkpoint, backbone_variant=self.backbone_role,
-                             engine=self.engine)
+                             engine=self.engine, step_providers=self.placement.step)
 
     # ---- features -------------------------------------------------------------------------------
     def _prepare_features(self, session: BundleSession) -> None:
@@ -253,7 +254,8 @@ class Trainer:
         spent = time.perf_counter() - self.t0
         budget = (self.cfg.max_seconds if self.cfg.max_seconds else AUTO_BUDGET_S + spent) - spent
         imbalanced = self.bundle.loss == "cross-entropy" and imbalance(y) >= 1.5 and self.class_weight == "none"
-        engine = open_engine("portable", self.bundle, None, self.providers)
+        engine = open_engine("portable", self.bundle, None, self.placement.step)
+        self.search_engine = engine
         bar = None
         if self.show_progress:
             from tqdm import tqdm
@@ -300,7 +302,6 @@ class Trainer:
         state = self._open_state()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         session = self._session(self.ckpt.path(state.last_checkpoint))
-        self.ran_on = session.backbone.providers if session.backbone else []
         self.cache_stats = {"computed": 0, "reused": 0}
         monitor = self.val_idx if len(self.val_idx) else self.train_idx
         try:
@@ -438,7 +439,7 @@ class Trainer:
             trained_here = state.best_epoch == state.epochs_done and session._model is not None
             # Only the head is needed: a second BundleSession would load a second backbone (+170 MB for MiniLM).
             best = session.model if trained_here else open_engine(
-                self.engine, self.bundle, self.ckpt.path(state.best_checkpoint), self.providers)
+                self.engine, self.bundle, self.ckpt.path(state.best_checkpoint), self.placement.step)
             final = state.best_metrics  # measured on the same split when that epoch ended; eval is deterministic
             try:
                 write_personalized(self.bundle, best, self.run_dir / "model.onnx", self.backbone_role,
@@ -482,8 +483,7 @@ class Trainer:
             "samples": {"total": len(self.data), "train": int(len(self.train_idx)), "val": int(len(self.val_idx))},
             "skipped": self.data.skipped,
             "notes": self.data.notes,
-            "providers": {"backbone": self.ran_on,
-                          "training": "cuda" if "CUDAExecutionProvider" in self.providers else "cpu"},
+            "providers": placement_report(self.search_engine, session),
             "mode": self.mode,
             "engine": self.engine,
             "backbone": self.cfg.backbone,

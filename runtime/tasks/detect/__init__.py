@@ -10,13 +10,14 @@ from ftedge.runtime.tasks import DeviceTask, TrainRequest
 from ftedge.runtime.training.options import pick
 
 OPTIONS = pick("epochs", "batch_size", "lr", "weight_decay", "val_fraction", "patience", "seed", "max_seconds",
-               "min_gain", "mode", "eval_data", "flip", epochs=60, batch_size=8, weight_decay=1e-4, val_fraction=0.2)
+               "min_gain", "mode", "eval_data", "flip", "providers", "step_providers", epochs=60, batch_size=8,
+               weight_decay=1e-4, val_fraction=0.2)
 
 
 def _train(req: TrainRequest) -> dict[str, Any]:
     from ftedge.runtime.tasks.detect.trainer import DetTrainConfig, DetTrainer
 
-    cfg = DetTrainConfig(**OPTIONS.resolved(req.options), resume=req.resume, providers=req.providers,
+    cfg = DetTrainConfig(**OPTIONS.resolved(req.options), resume=req.resume,
                          cache_dir=req.cache_dir, bundle_source=req.bundle_source, data_root=req.data_root)
     return DetTrainer(req.bundle, req.data, req.run_dir, cfg, req.callbacks).run()
 

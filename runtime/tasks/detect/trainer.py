@@ -38,6 +38,7 @@ from ftedge.runtime.tasks.detect.data import DetDataset, load_detection
 from ftedge.runtime.tasks.detect.letterbox import letterbox_geometry, letterbox_spec, load_letterboxed, to_input_boxes
 from ftedge.runtime.tasks.detect.metrics import coco_map
 from ftedge.runtime.tasks.detect.targets import batch_targets, flip_boxes, grid_of
+from ftedge.runtime.engines.placement import Placement, report as placement_report
 from ftedge.runtime.engines.portable import PortableEngine
 from ftedge.runtime.engines.ort_backend import InferenceModel, set_seed
 from ftedge.runtime.training.personalized import write_personalized
@@ -64,7 +65,8 @@ class DetTrainConfig:
     mode: str = OPTIONS.default("mode")  # auto (= cached) | cached | full
     flip: bool = OPTIONS.default("flip")  # horizontal flips (backbone maps of the mirrored images, cached too)
     eval_data: str | None = OPTIONS.default("eval_data")  # held-out labelled images for validation and the gate
-    providers: list[str] | None = None
+    providers: list[str] | None = OPTIONS.default("providers")            # every session (None: CPU)
+    step_providers: list[str] | None = OPTIONS.default("step_providers")  # the training step and head
     threads: int | None = None
     cache_dir: str | Path | None = None
     bundle_source: str | None = None
@@ -95,6 +97,9 @@ class DetTrainer:
         if config.mode not in ("auto", "cached", "full"):
             raise UsageError(f"--mode {config.mode!r}: use auto, cached or full")
         self.cfg = config
+        self.placement = Placement.resolve(config.providers, config.step_providers)
+        self._bb: InferenceModel | None = None
+        self.engine_used: PortableEngine | None = None   # the training engine, for result.json's providers
         self.mode = "cached" if config.mode == "auto" else config.mode
         self.run_dir = Path(run_dir)
         self.callbacks = callbacks
@@ -181,8 +186,8 @@ class DetTrainer:
             s.name: np.zeros((0, *s.sample_shape), np.float32) for s in specs}
 
     def _backbone(self) -> InferenceModel:
-        if getattr(self, "_bb", None) is None:
-            self._bb = InferenceModel(self.bundle.file("backbone"), self.cfg.providers, self.cfg.threads)
+        if self._bb is None:
+            self._bb = InferenceModel(self.bundle.file("backbone"), self.placement.providers, self.cfg.threads)
         return self._bb
 
     def _image(self, sample: Any) -> tuple[np.ndarray, Any]:
@@ -258,7 +263,8 @@ class DetTrainer:
         except StopRequested:
             return self._cancelled(state)  # what was computed stays in the cache for the next start
         self.timings["features_s"] = time.perf_counter() - t0
-        engine = PortableEngine(self.bundle, self.ckpt.path(state.last_checkpoint), cfg.providers)
+        engine = PortableEngine(self.bundle, self.ckpt.path(state.last_checkpoint), self.placement.step)
+        self.engine_used = engine
         engine.set_weight_decay(cfg.weight_decay)
         base_lr = cfg.lr or float(self.bundle.manifest["optimizer"]["lr"])
         n = len(self.train_items)
@@ -334,7 +340,7 @@ class DetTrainer:
         if state.best_checkpoint is None:
             raise DataError("no epoch finished; give more --epochs or --max-seconds")
         te = time.perf_counter()
-        best = PortableEngine(self.bundle, self.ckpt.path(state.best_checkpoint), self.cfg.providers)
+        best = PortableEngine(self.bundle, self.ckpt.path(state.best_checkpoint), self.placement.step)
         should_stop = self.callbacks.should_stop if self.callbacks is not None else (lambda: False)
         try:
             write_personalized(self.bundle, best, self.run_dir / "model.onnx", should_stop=should_stop, outputs=OUTPUTS)
@@ -365,7 +371,8 @@ class DetTrainer:
             "skipped_count": self.data.skipped_count + (self.val_data.skipped_count if self.val_data else 0),
             "dropped_count": self.data.dropped_count + (self.val_data.dropped_count if self.val_data else 0),
             "format": self.data.format, "mode": self.mode, "engine": "portable", "flip": self.cfg.flip,
-            "providers": list(self.cfg.providers or ["CPUExecutionProvider"]), "cache": self.cache_stats,
+            "providers": placement_report(("backbone", self._bb), self.engine_used),
+            "cache": self.cache_stats,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "bundle": {"name": self.bundle.name, "path": self.cfg.bundle_source or str(self.bundle.path)},
             "model": {"kind": "detector", "file": "model.onnx", "outputs": OUTPUTS},

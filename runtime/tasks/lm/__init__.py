@@ -17,6 +17,7 @@ PINNED_BUNDLE = "bundle"  # in an agent's model version: its own hard-linked cop
 
 OPTIONS = pick("epochs", "batch_size", "lr", "weight_decay", "val_fraction", "seed", "max_seconds", "min_gain",
                "general", "off_topic", "min_retention", "max_new_tokens",
+               "providers", "step_providers",
                own=[replace(COMMON["eval_data"], path="file", metavar="FILE.jsonl")],  # a file here, not a folder
                epochs=10, batch_size=4, weight_decay=0.0, val_fraction=0.1)
 
@@ -24,7 +25,7 @@ OPTIONS = pick("epochs", "batch_size", "lr", "weight_decay", "val_fraction", "se
 def _train(req: TrainRequest) -> dict[str, Any]:
     from ftedge.runtime.tasks.lm.trainer import LMTrainConfig, LMTrainer
 
-    cfg = LMTrainConfig(**OPTIONS.resolved(req.options), resume=req.resume, providers=req.providers,
+    cfg = LMTrainConfig(**OPTIONS.resolved(req.options), resume=req.resume,
                         bundle_source=req.bundle_source)
     return LMTrainer(req.bundle, req.data, req.run_dir, cfg, req.callbacks).run()
 

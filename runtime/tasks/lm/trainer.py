@@ -32,6 +32,7 @@ from ftedge.durable import atomic_write_json, replace_file
 from ftedge.errors import DataError, UsageError
 from ftedge.runtime.tasks.lm.answer_metrics import normalize
 from ftedge.runtime.tasks.lm.chat import ChatTokenizer, Example, bundle_tokenizer, load_qa, prompt_of, read_rows
+from ftedge.runtime.engines.placement import Placement, report as placement_report
 from ftedge.runtime.engines.portable import PortableEngine
 from ftedge.runtime.tasks.lm.evaluate import evaluate_answers, gate, keywords_of, rows_of
 from ftedge.runtime.tasks.lm.model import ADAPTER_FILE, bundle_digest, load_adapter
@@ -58,7 +59,8 @@ class LMTrainConfig:
     eval_data: str | None = OPTIONS.default("eval_data")  # held-out prompts with reference answers (paraphrases)
     general: str | None = OPTIONS.default("general")  # general prompts for retention
     off_topic: str | None = OPTIONS.default("off_topic")  # prompts that are not the site's: the router's negatives (never trained on)
-    providers: list[str] | None = None
+    providers: list[str] | None = OPTIONS.default("providers")            # every session (None: CPU)
+    step_providers: list[str] | None = OPTIONS.default("step_providers")  # the LoRA training step
     threads: int | None = None
     bundle_source: str | None = None  # the bundle path to record (the agent trains a pinned copy of it)
 
@@ -106,6 +108,8 @@ class LMTrainer:
         if not is_causal_lm(self.bundle):
             raise UsageError(f"{self.bundle.path} is not a causal-LM bundle")
         self.cfg = config
+        self.placement = Placement.resolve(config.providers, config.step_providers)
+        self.placements: dict[str, dict[str, Any]] = {}   # result.json's providers, per stage
         self.run_dir = Path(run_dir)
         self.llm = self.bundle.manifest["llm"]
         self.tok: ChatTokenizer = bundle_tokenizer(self.bundle.path, self.bundle.manifest["preprocessing"])
@@ -167,13 +171,14 @@ class LMTrainer:
     def _hidden(self, groups: list[list[Example]]) -> list[list[np.ndarray]]:
         """Backbone hidden states per sequence. No weight pre-packing: the weights stay the file's mapped pages,
         which the kernel can drop once the pass is done, instead of a second copy on the heap."""
-        bb = InferenceModel(self.bundle.file("backbone"), self.cfg.providers, self.cfg.threads, prepack=False)
+        bb = InferenceModel(self.bundle.file("backbone"), self.placement.providers, self.cfg.threads, prepack=False)
         out = []
         for examples in groups:
             out.append([])
             for e in examples:  # one sequence per call: no padding work, lengths differ a lot
                 ids = np.asarray([e.prompt_ids + e.answer_ids], np.int64)
                 out[-1].append(bb.run({"input_ids": ids, "attention_mask": np.ones_like(ids)}, ["hidden"])["hidden"][0])
+        self.placements.update(placement_report(("backbone", bb)))
         del bb
         release_free_memory()
         return out
@@ -217,7 +222,7 @@ class LMTrainer:
             self.off_topic_notes["train_accuracy"] = round(float(right) / (len(inside) + len(outside)), 4)
         del off_h
         cache_s = time.perf_counter() - t0
-        engine = PortableEngine(self.bundle, self.ckpt.path(state.last_checkpoint), cfg.providers)
+        engine = PortableEngine(self.bundle, self.ckpt.path(state.last_checkpoint), self.placement.step)
         engine.set_weight_decay(cfg.weight_decay)
         base_lr = cfg.lr or float(self.bundle.manifest["optimizer"]["lr"])
         steps_per_epoch = math.ceil(len(self.train_examples) / cfg.batch_size)
@@ -265,6 +270,7 @@ class LMTrainer:
                 self.callbacks.on_epoch(record)
         # The step session (top blocks, LM head, optimizer state, ORT's arena) must be gone before the decoder
         # loads for evaluation: otherwise both are resident at once (measured: 1.2 GB instead of ~0.8 GB peak).
+        self.placements.update(placement_report(engine))
         del engine, train_h, val_h
         release_free_memory()
         return self._finish(state, stop_reason, cache_s, router)
@@ -310,7 +316,7 @@ class LMTrainer:
             "cache_s": round(cache_s, 3), "eval_s": round(time.perf_counter() - t_eval, 3),
             "samples": {"train": len(self.train_examples), "val": len(self.val_examples)},
             "skipped": self.data.skipped, "truncated": self.data.truncated,
-            "providers": list(self.cfg.providers or ["CPUExecutionProvider"]), "mode": "cached", "engine": "portable",
+            "providers": self.placements, "mode": "cached", "engine": "portable",
             "bundle": self.cfg.bundle_source or str(self.bundle.path.resolve()),
             "bundle_sha256": bundle_digest(self.bundle),
             "model": {"kind": "lora-adapter", "file": ADAPTER_FILE, "decoder": "decoder.onnx"},
