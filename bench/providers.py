@@ -232,17 +232,17 @@ def stage_timings(bundle_dir: Path, qdq_dir: Path, embed_batch: int, batch: int,
     for variant, path in variants:
         for ep in (CPU, OV):
             t = time.perf_counter()
-            try:
+            try:   # an EP that cannot take the graph moves it to the CPU EP (placement()["fallback"] says why)
                 model = InferenceModel(path, [ep, CPU] if ep != CPU else [CPU])
-            except RuntimeBackendError as exc:   # a measurement too: this EP cannot take this graph
+                model.run(feeds)
+            except RuntimeBackendError as exc:
                 out["backbone"][f"{variant}/{ep}"] = {"error": short_error(str(exc))}
                 continue
-            model.run(feeds)
             open_s = time.perf_counter() - t
             model.run(feeds)
             per = _median_s(lambda: model.run(feeds), repeat) / embed_batch
             out["backbone"][f"{variant}/{ep}"] = {"ms_per_sample": per * 1e3, "open_s": open_s,
-                                                  "providers": model.providers}
+                                                  "providers": model.providers, "placement": model.placement()}
             if head_feeds is None:   # the step's inputs: what the fp32 backbone makes of a batch
                 embedded = BundleSession(b, [CPU]).embed(step_inputs)
                 head_feeds = [embedded[s.name] for s in b.head_inputs]
@@ -255,7 +255,7 @@ def stage_timings(bundle_dir: Path, qdq_dir: Path, embed_batch: int, batch: int,
         for _ in range(2):
             engine.train_step(head_feeds, labels)
         out["step"][ep] = {"ms": _median_s(lambda: engine.train_step(head_feeds, labels), steps) * 1e3,
-                           "open_s": open_s, "providers": engine.step.providers}
+                           "open_s": open_s, "providers": engine.step.providers, "placement": engine.step.placement()}
     return out
 
 
@@ -303,21 +303,22 @@ def evaluate(python: str, target: Path, data: Path, providers: str) -> dict:
 
 
 def fallback_text(providers: Any) -> str:
-    """result.json's per-stage providers as ``backbone OpenVINO (3/41 on CPU EP); step CPU`` (em dash if absent)."""
+    """result.json's per-stage ``providers`` as ``backbone OpenVINO (0/1 nodes on CPU EP); step CPU`` (em dash if
+    absent)."""
     if not isinstance(providers, dict):
         return "—"
-    parts = []
-    for stage in ("backbone", "step", "head"):
-        s = providers.get(stage)
-        if isinstance(s, list):   # an ftedge before per-stage reports: the backbone's list only
-            s = {"providers": s}
-        if not isinstance(s, dict):
-            continue
-        used = ",".join(p.replace("ExecutionProvider", "") for p in s.get("providers") or [])
-        cpu = f" ({s['cpu_nodes']}/{s['nodes']} on CPU EP)" if s.get("nodes") and s.get("cpu_nodes") is not None \
-            and not used.startswith("CPU") else ""
-        parts.append(f"{stage} {used}{cpu}")
-    return "; ".join(parts) or "—"
+    return "; ".join(f"{stage} {placement_text(providers[stage])}" for stage in ("backbone", "step", "head")
+                     if isinstance(providers.get(stage), dict)) or "—"
+
+
+def placement_text(p: dict) -> str:
+    """One session's placement: the EP that led, the nodes left to the CPU EP, or why the graph moved there."""
+    if p.get("fallback"):
+        return f"CPU (whole graph moved: {short_error(p['fallback'])[-90:]})"
+    lead = (p.get("providers") or ["?"])[0].removesuffix("ExecutionProvider")
+    if lead == "CPU" or p.get("cpu_fallback_nodes") is None:
+        return lead
+    return f"{lead} ({p['cpu_fallback_nodes']}/{p.get('nodes', '?')} nodes on CPU EP)"
 
 
 def timing_phase(args: argparse.Namespace, work: Path, python: str, step_flag: bool) -> list[dict]:
@@ -417,8 +418,8 @@ def report(res: dict) -> list[str]:
              "cores. Data for the timings: SYNTHETIC (random inputs and labels)."]
     for row in res.get("timing", []):
         bb, st = row["backbone"], row["step"]
-        stages = [(f"backbone {VARIANTS[v]}, ms per sample (open s)", bb[f"{v}/{CPU}"], bb[f"{v}/{OV}"], "ms_per_sample")
-                  for v in ("fp32", "int8", "qdq")] + [("step ms (open s)", st[CPU], st[OV], "ms")]
+        stages = [(f"backbone {VARIANTS[v]}, ms per sample (open s; placement)", bb[f"{v}/{CPU}"], bb[f"{v}/{OV}"], "ms_per_sample")
+                  for v in ("fp32", "int8", "qdq")] + [("step ms (open s; placement)", st[CPU], st[OV], "ms")]
         lines += ["", f"**{row['model']}**: {row['about']}; int8 = `--quantize-backbone {row['quantize']}`.", "",
                   *md_table(("stage", "CPU EP", "OpenVINO EP", "OpenVINO ÷ CPU"),
                             [(name, _cell(c, key), _cell(o, key), _ratio(o.get(key), c.get(key)))
@@ -436,7 +437,11 @@ def report(res: dict) -> list[str]:
 
 
 def _cell(m: dict, key: str) -> str:
-    return f"fails: {m['error']}" if "error" in m else f"{m[key]:.3f} ({m['open_s']:.2f})"
+    if "error" in m:
+        return f"fails: {m['error']}"
+    p = m.get("placement") or {}
+    where = "" if (p.get("providers") or [CPU])[0] == CPU and not p.get("fallback") else f"; {placement_text(p)}"
+    return f"{m[key]:.3f} ({m['open_s']:.2f}{where})"
 
 
 def _ratio(a: float | None, b: float | None) -> str:
