@@ -123,7 +123,8 @@ def run_head(name: str, work: Path, device: str, steps: int, warmup: int) -> dic
     for label, providers in runs:
         session = BundleSession(bundle, providers, engine="portable")
         ms, loss = _time_ms(lambda s=session: s.train_step(head, y)[0], steps, warmup)
-        row[label] = {"ms": ms, "loss": loss, "providers": session.model.step.providers}
+        row[label] = {"ms": ms, "loss": loss, "providers": session.model.step.providers,
+                      "placement": session.model.step.placement()}   # nodes the CUDA EP left to the CPU EP
     opt_cfg = bundle.manifest["optimizer"]
     module = factory().head.to(device).train()
     opt = torch.optim.AdamW(module.parameters(), lr=opt_cfg["lr"], betas=tuple(opt_cfg["betas"]), eps=opt_cfg["eps"],
@@ -152,7 +153,16 @@ def report(rows: list[dict], device: str) -> list[str]:
                       [(r["head"], r["batch"], f"{r[ort]['ms']:.3f}", f"{r[ref]['ms']:.3f}",
                         f"{r[ref]['ms'] / r[ort]['ms']:.2f}×", f"{r['ort_cpu']['ms']:.3f}" if device == "cuda" else "—",
                         f"{r[ort]['loss']:.4f} / {r[ref]['loss']:.4f}",
-                        ",".join(p.replace("ExecutionProvider", "") for p in r[ort]["providers"])) for r in rows])]
+                        _where(r[ort]["placement"])) for r in rows])]
+
+
+def _where(p: dict) -> str:
+    """``CUDA (2/57 nodes on CPU EP)``, or why the graph moved to the CPU EP."""
+    if p.get("fallback"):
+        return "CPU (moved: " + p["fallback"][:80].replace("|", "/") + ")"
+    lead = p["providers"][0].removesuffix("ExecutionProvider")
+    nodes = f" ({p['cpu_fallback_nodes']}/{p['nodes']} nodes on CPU EP)" if p.get("nodes") else ""
+    return lead + nodes
 
 
 def main(argv: list[str] | None = None) -> int:
