@@ -1,27 +1,31 @@
-"""Execution providers per stage (issue 35): the CPU EP vs the OpenVINO EP, fp32 and int8 backbone, side by side in
+"""Execution providers per stage (issue 35): the CPU EP vs the OpenVINO EP, fp32 and int8 backbones, side by side in
 one run; and the NPU pattern (int8 backbone on the accelerator, fp32 head trained on the CPU EP) scored for accuracy.
 
-    .venv/bin/python -m bench.providers --json                          # timings: 3 bundles x 5 placements
-    .venv/bin/python -m bench.providers --phases npu --json             # accuracy: accent voices + Fashion-MNIST
-    .venv/bin/python -m bench.providers --models mlp --samples 64 --epochs 2 --phases timing   # smoke size
+    .venv/bin/python -m bench.providers --phases timing,npu --json      # BENCHMARKS.md §2.5 (~7 min on 2 cores)
+    .venv/bin/python -m bench.providers --json                          # timings only: 3 bundles x 7 placements
+    .venv/bin/python -m bench.providers --models mlp --samples 48 --epochs 1 --modes cached   # smoke size (the test)
 
 Two environments, one ``onnxruntime`` module each: this process (the host venv, torch) exports the bundles and
-makes the data; every timed or trained half runs in the OpenVINO venv (onnxruntime-openvino: ``$FTEDGE_OPENVINO_PYTHON``,
-default ``.venv-openvino``, which ``scripts/dev.sh setup`` builds), so the CPU EP and the OpenVINO EP are the same
-ORT build. The OpenVINO EP runs on its ``CPU`` device here (x86_64): what it measures is OpenVINO's CPU plugin
-against ORT's own CPU kernels on the same cores, not an NPU or GPU.
+makes the data; every timed or trained half runs in the OpenVINO venv (onnxruntime-openvino: ``--openvino-python``,
+default ``$FTEDGE_OPENVINO_PYTHON`` or ``.venv-openvino``), so the CPU EP and the OpenVINO EP are the same ORT
+build. The OpenVINO EP runs on its ``CPU`` device here (x86_64): what it measures is OpenVINO's CPU plugin against
+ORT's own CPU kernels on the same cores, not an NPU or GPU.
+
+Backbones: fp32; the export's dynamic int8 (``--quantize-backbone int8-conv``, ``int8`` for the MLP); and a static
+QDQ int8 made here (:func:`static_int8`: onnxruntime's ``quantize_static``, the form NPU EPs fuse; not an export
+option yet) in a copy of the bundle.
 
 Timing phase, per bundle (``--models``; SYNTHETIC inputs of the bundle's shapes, random labels):
-- backbone ms per sample: an ``InferenceModel`` of the fp32 and of the int8 backbone on each EP, batches of
-  ``--embed-batch``, median of ``--repeat`` passes after 2 untimed ones (the first, compiling pass is reported
-  apart as ``open_s``: session creation + first run);
+- backbone ms per sample: an ``InferenceModel`` of each backbone on each EP, batches of ``--embed-batch``, median of
+  ``--repeat`` passes after 2 untimed ones (the first, compiling pass is reported apart as ``open_s``: session
+  creation + first run) and the session's placement (nodes left to the CPU EP, or why the graph moved there);
 - step ms: ``PortableEngine.train_step`` (the bundle's ``step.onnx``) on each EP, batch ``--batch-size``, head inputs
   from the fp32 backbone, median of ``--steps`` after 3 untimed;
 - whole jobs: ``ftedge train --mode cached`` and ``--mode full`` (``--no-cache``: cold) as separate processes, wall
-  time and peak RSS (bench/proc_launcher.py), per placement (:data:`PLACEMENTS`); result.json's per-stage
-  ``providers`` (the EPs used and how many nodes fell back to the CPU EP) when the runtime reports them.
-NPU phase: personalization accuracy of the NPU pattern vs the fp32 CPU path on the accent benchmark's SYNTHETIC
-voices (bench/accent_personalization.py's data and recipe) and on REAL Fashion-MNIST photos
+  time and peak RSS (bench/proc_launcher.py), per placement (:data:`PLACEMENTS`), with result.json's per-stage
+  ``providers``.
+NPU phase: personalization accuracy of the NPU pattern (dynamic and static int8) vs the fp32 CPU path on the accent
+benchmark's SYNTHETIC voices (bench/accent_personalization.py's data and recipe) and on REAL Fashion-MNIST photos
 (bench/fashion_personalization.py's data and hand-set recipe), each run scored by ``ftedge evaluate`` with the
 backbone on the EP it trained with.
 
