@@ -20,7 +20,7 @@ from typing import Any
 
 from bench.proc_launcher import LAUNCHER, run_measured
 
-__all__ = ["LAUNCHER", "run_measured", "ROOT", "HOST_PY", "DEVICE_PY", "LEGACY_PY", "CLK_TCK", "median", "mean_sd",
+__all__ = ["LAUNCHER", "run_measured", "ROOT", "HOST_PY", "DEVICE_PY", "LEGACY_PY", "OPENVINO_PY", "CLK_TCK", "median", "mean_sd",
            "mean_sd_text", "percentile", "ms_summary", "timed", "median_ms", "slope_per_min", "dash", "fmt", "rounded", "md_row",
            "md_table", "proc_cpu_s", "proc_status", "rss_mib", "peak_rss_mib", "children", "cpu_times", "omp_env",
            "progress", "load_module", "read_jsonl", "last_json"]
@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 HOST_PY = ROOT / ".venv" / "bin" / "python"
 DEVICE_PY = ROOT / ".venv-device" / "bin" / "python"      # torch-free: `pip install '.[device]'`
 LEGACY_PY = ROOT / ".venv-legacy" / "bin" / "python"      # onnxruntime-training 1.19.2: the ort-training engine
+# onnxruntime-openvino (the OpenVINO EP) instead of onnxruntime; FTEDGE_OPENVINO_PYTHON names it, as for the tests
+OPENVINO_PY = Path(os.environ.get("FTEDGE_OPENVINO_PYTHON") or ROOT / ".venv-openvino" / "bin" / "python")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
