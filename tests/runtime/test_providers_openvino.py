@@ -77,20 +77,6 @@ def test_every_zoo_family_trains_with_every_stage_on_openvino(openvino_python, f
         print(family, json.dumps(stages))
 
 
-def test_npu_split_int8_backbone_on_openvino_head_on_cpu(openvino_python, family_bundle, tmp_path):
-    """--providers OpenVINO --step-providers CPU: the backbone session on OpenVINO, the step and head on the CPU."""
-    bundle = load_bundle(family_bundle("mlp-mse"))
-    np.savez(tmp_path / "d.npz", labels=random_targets(bundle, 24), **random_feeds(bundle.inputs, 24, seed=3))
-    done = _train_all(openvino_python, [{"family": "mlp-mse", "bundle": str(bundle.path), "data": str(tmp_path / "d.npz"),
-                                         "run": str(tmp_path / "run"), "options": {
-                                             "epochs": 2, "providers": ["OpenVINO"], "step_providers": ["CPU"]}}])
-    row = done["mlp-mse"]
-    assert row["status"] == "succeeded", row
-    assert row["providers"]["backbone"]["providers"][0] == OV
-    assert row["providers"]["step"]["providers"] == ["CPUExecutionProvider"]
-    assert row["providers"]["head"]["providers"] == ["CPUExecutionProvider"]
-
-
 def test_inspect_reports_where_each_graph_of_a_bundle_runs(openvino_python, family_bundle):
     """``ftedge inspect --providers OpenVINO --step-providers CPU --json``: a placement per graph, measured."""
     bundle = family_bundle("mlp-mse")
