@@ -90,3 +90,37 @@ def test_inspect_reports_where_each_graph_of_a_bundle_runs(openvino_python, fami
     plain = subprocess.run([openvino_python, "-m", "ftedge", "inspect", str(bundle), "--json"], capture_output=True,
                            text=True, timeout=300)
     assert "placement" not in json.loads(plain.stdout), "without --providers inspect opens no session"
+
+
+FALLBACK_SCRIPT = r"""
+import json, sys
+import numpy as np
+from ftedge.runtime.engines.ort_backend import InferenceModel
+m = InferenceModel(sys.argv[1], ["OpenVINOExecutionProvider", "CPUExecutionProvider"])
+y = m.run({"x": np.array([[1.0, 2.0, 3.0, 4.0]] * 2, np.float32)})["y"]
+print(json.dumps({"placement": m.placement(), "y": y.tolist()}))
+"""
+
+
+def test_a_graph_the_ep_refuses_runs_on_the_cpu_ep_with_a_warning(openvino_python, tmp_path):
+    """onnxruntime-openvino 1.24.1 refuses this valid graph (an IsNaN the EP does not take, between two nodes it
+    does: "the graph is not acyclic"); the session moves to the CPU EP, says why, and computes the right values."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]), helper.make_node("IsNaN", ["a"], ["b"]),
+             helper.make_node("Cast", ["b"], ["c"], to=TensorProto.FLOAT), helper.make_node("Add", ["a", "c"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor("w", TensorProto.FLOAT, [4, 4], np.eye(4, dtype=np.float32).ravel())])
+    path = tmp_path / "diamond.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+    proc = subprocess.run([openvino_python, "-c", FALLBACK_SCRIPT, str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["y"] == [[1.0, 2.0, 3.0, 4.0]] * 2
+    placed = out["placement"]
+    assert placed["providers"] == ["CPUExecutionProvider"] and placed["requested"][0] == OV
+    assert placed["fallback"].startswith("the OpenVINO execution provider cannot load diamond.onnx"), placed
+    assert "running this graph on the CPU execution provider instead" in proc.stderr
