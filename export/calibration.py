@@ -3,7 +3,10 @@ format of ``ftedge train --data``), or the export's own random sample inputs whe
 
 from __future__ import annotations
 
+import math
+import zipfile
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -29,34 +32,53 @@ def calibration_feeds(specs: list[TensorSpec], path: Path | None, seed: int = 0)
 
 
 def _load(path: Path, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
-    """The first CALIBRATION_SAMPLES rows of each input's array, checked against its spec (UsageError if not)."""
+    """The first CALIBRATION_SAMPLES rows of each input's array, checked against its spec (UsageError if not). Only
+    those rows are read and decompressed (memory: CALIBRATION_SAMPLES samples of the model's inputs, whatever the file
+    holds)."""
+    out: dict[str, np.ndarray] = {}
     try:
-        with np.load(path, allow_pickle=False) as z:
-            names = list(z.files)
+        with zipfile.ZipFile(path) as zf:
+            names = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
             missing = [s.name for s in specs if s.name not in names]
             if missing:
                 raise UsageError(f"--calibration-data {path} lacks array(s) {', '.join(missing)} (it has "
                                  f"{', '.join(names) or 'none'}): give one array per model input, named as --input")
-            arrays = {s.name: z[s.name][:CALIBRATION_SAMPLES] for s in specs}
+            for spec in specs:
+                with zf.open(f"{spec.name}.npy") as f:
+                    out[spec.name] = _first_rows(f, path, spec)
     except UsageError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # zipfile, zlib, numpy's header parser: a damaged or foreign file
         raise UsageError(f"cannot read --calibration-data {path}: {exc}; expected a .npz written by numpy.savez "
                          "with one array per model input") from exc
-    out: dict[str, np.ndarray] = {}
-    for spec in specs:
-        arr = arrays[spec.name]
-        if arr.ndim == 0 or list(arr.shape[1:]) != spec.sample_shape:
-            raise UsageError(f"--calibration-data {path}: array {spec.name!r} has shape {list(arr.shape)}; the input "
-                             f"takes [N, {', '.join(map(str, spec.sample_shape))}]")
-        if not np.can_cast(arr.dtype, spec.dtype, casting="same_kind"):
-            raise UsageError(f"--calibration-data {path}: array {spec.name!r} is {arr.dtype}; the input is {spec.dtype}")
-        arr = arr.astype(spec.dtype, copy=False)
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise UsageError(f"--calibration-data {path}: array {spec.name!r} holds NaN or infinite values")
-        out[spec.name] = arr
     counts = {len(a) for a in out.values()}
     if len(counts) != 1 or 0 in counts:
         raise UsageError(f"--calibration-data {path}: the arrays need the same number of rows, at least one "
                          f"(got {', '.join(f'{k}: {len(v)}' for k, v in out.items())})")
     return out
+
+
+def _first_rows(f: IO[bytes], path: Path, spec: TensorSpec) -> np.ndarray:
+    """Up to CALIBRATION_SAMPLES rows of one .npy member, its header checked against ``spec`` before any data."""
+    version = np.lib.format.read_magic(f)
+    if version not in ((1, 0), (2, 0)):
+        raise UsageError(f"--calibration-data {path}: array {spec.name!r} is .npy format {version}; save it with numpy.savez")
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(f)
+    if not shape or list(shape[1:]) != spec.sample_shape or shape[0] < 0:
+        raise UsageError(f"--calibration-data {path}: array {spec.name!r} has shape {list(shape)}; the input takes "
+                         f"[N, {', '.join(map(str, spec.sample_shape))}]")
+    if dtype.hasobject or not np.can_cast(dtype, spec.dtype, casting="same_kind"):
+        raise UsageError(f"--calibration-data {path}: array {spec.name!r} is {dtype}; the input is {spec.dtype}")
+    if fortran and len(shape) > 1:
+        raise UsageError(f"--calibration-data {path}: array {spec.name!r} is Fortran-ordered: save "
+                         "numpy.ascontiguousarray(a)")
+    rows = min(shape[0], CALIBRATION_SAMPLES)
+    count = rows * math.prod(spec.sample_shape)
+    data = f.read(count * dtype.itemsize)
+    if len(data) != count * dtype.itemsize:
+        raise UsageError(f"--calibration-data {path}: array {spec.name!r} is truncated")
+    arr = np.frombuffer(data, dtype, count).reshape([rows, *spec.sample_shape]).astype(spec.dtype)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise UsageError(f"--calibration-data {path}: array {spec.name!r} holds NaN or infinite values")
+    return arr

@@ -68,6 +68,16 @@ def test_qdq_without_calibration_data_uses_the_export_sample_inputs(tmp_path):
     assert q["quantized_nodes"], q
 
 
+def test_calibration_reads_at_most_its_sample_cap_from_a_bigger_file(tmp_path):
+    from ftedge.export.calibration import CALIBRATION_SAMPLES
+
+    np.savez_compressed(tmp_path / "c.npz", x=np.random.default_rng(1).normal(size=(5000, 20)).astype(np.float64))
+    manifest = export(f"{ZOO}:mlp", tmp_path / "b", "--input", "x:float32:1,20", "--quantize-backbone", "int8-qdq",
+                      "--calibration-data", str(tmp_path / "c.npz"))
+    assert manifest["quantization"]["backbone_int8"]["calibration"] == {
+        "method": "minmax", "samples": CALIBRATION_SAMPLES, "source": "file"}
+
+
 @pytest.mark.parametrize("arrays,extra,message", [
     ({"y": np.zeros((4, 20), np.float32)}, [], "lacks array(s) x"),
     ({"x": np.zeros((4, 21), np.float32)}, [], "has shape [4, 21]; the input takes [N, 20]"),
