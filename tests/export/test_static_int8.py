@@ -4,6 +4,7 @@ OpenVINO EP with CPU fallback disabled (``openvino_python``: onnxruntime-openvin
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import numpy as np
@@ -130,3 +131,15 @@ def test_qdq_backbone_runs_whole_on_openvino_where_dynamic_int8_conv_does_not(qd
     qdq, dyn = proc.stdout.strip().splitlines()
     assert qdq == "whole", qdq
     assert dyn.startswith("refused") and "CPU EP" in dyn, dyn
+    # the NPU pattern with it, unchanged flags: the QDQ backbone on OpenVINO (no node on the CPU EP), step + head on CPU
+    x, y = np.random.default_rng(0).normal(size=(24, 101, 40)).astype(np.float32), np.arange(24) % 4
+    np.savez(tmp_path / "d.npz", x=x, labels=y)
+    proc = subprocess.run([openvino_python, "-m", "ftedge", "train", str(out), "--data", str(tmp_path / "d.npz"), "-o",
+                           str(tmp_path / "run"), "--providers", "OpenVINO", "--step-providers", "CPU", "--backbone",
+                           "int8", "--epochs", "2", "--json"], capture_output=True, text=True, cwd=ROOT, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    backbone = result["providers"]["backbone"]
+    assert result["status"] == "succeeded" and result["backbone"] == "int8", result
+    assert backbone["providers"][0] == "OpenVINOExecutionProvider" and backbone["fallback"] is None, backbone
+    assert backbone["cpu_fallback_nodes"] == 0, backbone
