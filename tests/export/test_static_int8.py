@@ -136,7 +136,8 @@ def test_qdq_backbone_runs_whole_on_openvino_where_dynamic_int8_conv_does_not(qd
     np.savez(tmp_path / "d.npz", x=x, labels=y)
     proc = subprocess.run([openvino_python, "-m", "ftedge", "train", str(out), "--data", str(tmp_path / "d.npz"), "-o",
                            str(tmp_path / "run"), "--providers", "OpenVINO", "--step-providers", "CPU", "--backbone",
-                           "int8", "--epochs", "2", "--json"], capture_output=True, text=True, cwd=ROOT, check=False)
+                           "int8", "--epochs", "2", "--no-cache", "--json"],
+                          capture_output=True, text=True, cwd=ROOT, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     backbone = result["providers"]["backbone"]
