@@ -20,7 +20,10 @@ CALIBRATION_BATCH = 8     # samples per calibration run (the backbone takes any 
 CALIBRATION_METHOD = "minmax"
 
 
-def calibration_feeds(specs: list[TensorSpec], path: Path | None, seed: int = 0) -> tuple[list[dict[str, np.ndarray]], int]:
+Feeds = list[dict[str, np.ndarray]]
+
+
+def calibration_feeds(specs: list[TensorSpec], path: Path | None, seed: int = 0) -> tuple[Feeds, int]:
     """(feeds in batches of CALIBRATION_BATCH, the number of samples) for ``specs``: from ``path`` or synthetic."""
     if path is None:
         tensors = sample_inputs(specs, CALIBRATION_SAMPLES, seed=seed)
@@ -62,7 +65,8 @@ def _first_rows(f: IO[bytes], path: Path, spec: TensorSpec) -> np.ndarray:
     """Up to CALIBRATION_SAMPLES rows of one .npy member, its header checked against ``spec`` before any data."""
     version = np.lib.format.read_magic(f)
     if version not in ((1, 0), (2, 0)):
-        raise UsageError(f"--calibration-data {path}: array {spec.name!r} is .npy format {version}; save it with numpy.savez")
+        raise UsageError(f"--calibration-data {path}: array {spec.name!r} is .npy format {version}; save it with "
+                         "numpy.savez")
     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, fortran, dtype = read_header(f)
     if not shape or list(shape[1:]) != spec.sample_shape or shape[0] < 0:
