@@ -12,8 +12,9 @@ build. The OpenVINO EP runs on its ``CPU`` device here (x86_64): what it measure
 ORT's own CPU kernels on the same cores, not an NPU or GPU.
 
 Backbones: fp32; the export's dynamic int8 (``--quantize-backbone int8-conv``, ``int8`` for the MLP); and a static
-QDQ int8 made here (:func:`static_int8`: onnxruntime's ``quantize_static``, the form NPU EPs fuse; not an export
-option yet) in a copy of the bundle.
+QDQ int8 made here (:func:`static_int8`: onnxruntime's ``quantize_static`` of every op it can, the form NPU EPs fuse)
+in a copy of the bundle. ``ftedge export --quantize-backbone int8-qdq`` makes a static QDQ backbone too, but of
+Conv/MatMul/Gemm only (closer to fp32 on MiniLM); BENCHMARKS.md §2.5's QDQ rows are this bench's every-op form.
 
 Timing phase, per bundle (``--models``; SYNTHETIC inputs of the bundle's shapes, random labels):
 - backbone ms per sample: an ``InferenceModel`` of each backbone on each EP, batches of ``--embed-batch``, median of
@@ -122,7 +123,8 @@ def static_int8(bundle: Path, out: Path, calibration: list[dict], frontend_prefi
     """A copy of ``bundle`` whose int8 backbone is STATIC QDQ int8 instead of the export's dynamic int8: int8 weights,
     uint8 activations whose ranges are calibrated on ``calibration`` (model-input feeds), QuantizeLinear /
     DequantizeLinear pairs around each Conv / MatMul: the form OpenVINO and NPU EPs (QNN, VSI, ...) fuse into int8
-    kernels. Made here with onnxruntime.quantization — ``ftedge export`` has no such option yet. An in-graph audio
+    kernels. Made here with onnxruntime.quantization of every op it can (the export's ``int8-qdq``: Conv/MatMul/Gemm
+    only), so BENCHMARKS.md's QDQ figures stay what they measured. An in-graph audio
     frontend stays fp32 (as the export's own int8 keeps it); the manifest's hash and size of the file are updated."""
     import shutil
 

@@ -69,10 +69,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17; use 16 if a trainable block fails)")
     p.add_argument("--no-split", dest="split", action="store_false",
                    help="write one merged full-graph training bundle instead of backbone + head")
-    p.add_argument("--quantize-backbone", choices=["int8", "int8-conv"],
-                   help="also write a dynamically quantized backbone (train with --backbone int8): int8 quantizes "
-                   "MatMul weights (transformers: faster); int8-conv also Conv weights (smaller, but ORT's CPU "
-                   "ConvInteger is usually slower than fp32)")
+    p.add_argument("--quantize-backbone", choices=["int8", "int8-conv", "int8-qdq"],
+                   help="also write an int8 backbone (train with --backbone int8): int8 dynamically quantizes "
+                   "MatMul weights (transformers: faster on CPU); int8-conv also Conv weights (smaller, but ORT's CPU "
+                   "ConvInteger is usually slower than fp32); int8-qdq is static QDQ int8 (per-channel int8 weights, "
+                   "calibrated uint8 activations), the form NPU-class EPs (OpenVINO, QNN, VSI) run whole")
+    p.add_argument("--calibration-data", type=Path, metavar="FILE.npz",
+                   help="with --quantize-backbone int8-qdq: real samples to calibrate activation ranges on, one array "
+                   "per --input name (as `ftedge train --data`; labels ignored; the first 64 rows). Without it the "
+                   "export's random sample inputs are used: real samples give better ranges")
     p.add_argument("--sign-key", metavar="KEY", type=Path,
                    help="sign the manifest (which holds every file's sha256) with this Ed25519 private key PEM "
                    "(`ftedge keygen`); devices accept it with the matching public key")

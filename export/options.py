@@ -28,7 +28,8 @@ class ExportOptions:
     lr: float = 1e-3
     opset: int = 17
     split: bool = True
-    quantize_backbone: str | None = None
+    quantize_backbone: str | None = None     # int8 | int8-conv (dynamic) | int8-qdq (static, calibrated)
+    calibration_data: Path | None = None     # int8-qdq: an .npz of real samples (default: random sample inputs)
     skip_parity: bool = False
     tolerance: float = 1e-4
     name: str | None = None
@@ -79,6 +80,8 @@ def from_args(args: argparse.Namespace, images_need_size: bool = True) -> Export
         raise UsageError(f"--image-size {args.image_size!r}: give two positive integers H,W")
     if (args.mean or args.std) and size is None and images_need_size:
         raise UsageError("--mean/--std describe images: give --image-size H,W too")
+    if args.calibration_data is not None and args.quantize_backbone != "int8-qdq":
+        raise UsageError("--calibration-data calibrates the static int8 backbone: give --quantize-backbone int8-qdq too")
     if args.max_length is not None and args.tokenizer is None:
         raise UsageError("--max-length is the tokenizer's padded length: give --tokenizer too")
     return ExportOptions(
@@ -86,7 +89,8 @@ def from_args(args: argparse.Namespace, images_need_size: bool = True) -> Export
         output_name=args.output_name, head=args.head, num_classes=args.num_classes, labels=labels,
         keep_head=args.keep_head,
         trainable=args.trainable, loss=args.loss, optimizer=args.optimizer, lr=args.lr, opset=args.opset,
-        split=args.split, quantize_backbone=args.quantize_backbone, skip_parity=args.skip_parity,
+        split=args.split, quantize_backbone=args.quantize_backbone,
+        calibration_data=args.calibration_data, skip_parity=args.skip_parity,
         tolerance=args.tolerance, name=args.name, seed=args.seed, force=args.force, engine=args.engine,
         tokenizer=args.tokenizer, max_length=args.max_length,
         image_size=None if size is None else (int(size[0]), int(size[1])),

@@ -340,3 +340,37 @@ def quantize_weights(src: str | Path, dst: str | Path, op_types: Sequence[str], 
                          weight_type=QuantType.QInt8 if signed else QuantType.QUInt8, nodes_to_exclude=list(exclude))
     except Exception as exc:
         raise RuntimeBackendError(f"ONNX Runtime's quantizer failed on {src}: {exc}") from exc
+
+
+def quantize_static_qdq(src: str | Path, dst: str | Path, calibration: Sequence[dict[str, Any]],
+                        op_types: Sequence[str], exclude: Sequence[str] = (), method: str = "minmax") -> None:
+    """Static int8 quantization in QDQ form: per-channel int8 weights and uint8 activations whose ranges are
+    calibrated by running ``calibration`` (feeds of the graph's inputs) through it, written as
+    QuantizeLinear/DequantizeLinear pairs around each ``op_types`` node (what NPU-class EPs fuse into int8 kernels).
+    ``method``: "minmax" or "percentile" (99.999th). Nodes named in ``exclude`` stay fp32. Raises
+    RuntimeBackendError with ORT's reason."""
+    _onnxruntime()
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}
+
+    class _Feeds(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(calibration)
+
+        def get_next(self) -> dict | None:
+            return next(self._it, None)
+
+    pre = Path(dst).with_suffix(".pre.onnx")
+    try:
+        # shape inference (+ ORT's basic optimizations) so the quantizer knows every tensor's type
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(dst), _Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=methods[method], op_types_to_quantize=list(op_types),
+                        nodes_to_exclude=list(exclude))
+    except Exception as exc:
+        raise RuntimeBackendError(f"ONNX Runtime's static (QDQ) quantizer failed on {src}: {exc}") from exc
+    finally:
+        pre.unlink(missing_ok=True)

@@ -73,6 +73,35 @@ def test_minilm_int8_backbone_stays_close(minilm_bundle):
     assert len(int8) == 2 and all(v < 0.2 for v in int8.values()), int8
 
 
+def test_minilm_static_qdq_backbone_stays_as_close_as_the_dynamic_one(minilm_bundle, tmp_path):
+    """`--quantize-backbone int8-qdq`'s quantizer on the fixture's fp32 backbone (no second MiniLM export), calibrated
+    on the export's own random sample inputs: the sentence embeddings stay about as close to fp32 as the dynamic int8
+    backbone's (random token ids: a harsh input for both)."""
+    from ftedge.bundle.manifest import TensorSpec
+    from ftedge.export.backbone import QDQ_OPS, quantize_qdq
+    from ftedge.export.calibration import calibration_feeds
+    from ftedge.export.onnx_export import sample_inputs
+    from ftedge.runtime.engines.ort_backend import InferenceModel
+
+    out, manifest = minilm_bundle
+    specs = [TensorSpec.from_json(s) for s in manifest["inputs"]]
+    feeds, _ = calibration_feeds(specs, None)
+    ops = quantize_qdq(out / "backbone.onnx", tmp_path / "qdq.onnx", feeds)
+    assert ops.get("MatMul", 0) >= 36 and set(ops) <= set(QDQ_OPS), ops  # 6 layers x 6 weight MatMuls
+    test = {s.name: t.numpy() for s, t in zip(specs, sample_inputs(specs, 16, seed=123))}
+
+    def embed(path):
+        return next(iter(InferenceModel(path).run(test).values()))
+
+    ref = embed(out / "backbone.onnx")
+
+    def min_cosine(got):
+        return float(((got * ref).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(ref, axis=-1)).min())
+
+    qdq, dynamic = min_cosine(embed(tmp_path / "qdq.onnx")), min_cosine(embed(out / "backbone.int8.onnx"))
+    assert qdq > 0.8 and qdq > dynamic - 0.05, (qdq, dynamic)
+
+
 def test_minilm_last_encoder_block_trains(tmp_path):
     """Deeper training through LayerNorm/Dropout fix-ups, with real weights."""
     out = tmp_path / "deep"

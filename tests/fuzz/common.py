@@ -27,7 +27,7 @@ CORPUS = Path(__file__).resolve().parent / "corpus"
 DEADLINE_S = float(os.environ.get("FTEDGE_FUZZ_DEADLINE", "20"))
 MEMORY_BOUND = 64 * 2**20
 TARGETS = tuple(t for t in ("wav", "bundle", "deploy", "commands", "collector", "http", "detect_yaml",
-                           "detect_labels", "detect_coco")
+                           "detect_labels", "detect_coco", "calibration")
                 if (Path(__file__).parent / f"{t}.py").exists())
 
 

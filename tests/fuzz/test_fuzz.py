@@ -20,7 +20,7 @@ from tests.fuzz.common import TARGETS, corpus, run_budgeted
 
 # target -> examples per derandomized CI run (sized for ~60 s in all on a shared 2-core box)
 CI_EXAMPLES = {"wav": 1800, "bundle": 800, "deploy": 400, "commands": 2200, "collector": 450, "http": 400,
-               "detect_yaml": 200, "detect_labels": 120, "detect_coco": 200}
+               "detect_yaml": 200, "detect_labels": 120, "detect_coco": 200, "calibration": 150}
 # "target/file" -> reason: a bug in a module this suite does not own (signatures in tests/fuzz/known.py).
 # Empty: every bug the harnesses found is fixed and its input replays as a regression example.
 KNOWN_BUGS: dict[str, str] = {}

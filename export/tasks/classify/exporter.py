@@ -13,7 +13,8 @@ import torch
 
 from ftedge.errors import ExportError, UsageError
 from ftedge.export import artifacts as art
-from ftedge.export.backbone import quantize_int8, save_optimized
+from ftedge.export.backbone import quantize_int8, quantize_qdq, save_optimized
+from ftedge.export.calibration import CALIBRATION_METHOD, calibration_feeds
 from ftedge.export.bundle_writer import BundleStage, manifest_header
 from ftedge.export.graph_split import measure_tensors, split_graph
 from ftedge.export.tasks.classify.head import find_head, replace_head, select_trainable, set_modes
@@ -51,8 +52,11 @@ def _validate(opts: ExportOptions) -> None:
         raise UsageError(f"--num-classes {opts.num_classes} disagrees with {len(opts.labels)} --labels")
     if opts.keep_head and opts.num_classes is not None:
         raise UsageError("--keep-head names the existing head's classes with --labels; it cannot go with --num-classes")
-    if opts.quantize_backbone not in (None, "int8", "int8-conv"):
-        raise UsageError("--quantize-backbone supports int8 (MatMul weights) and int8-conv (MatMul + Conv weights)")
+    if opts.quantize_backbone not in (None, "int8", "int8-conv", "int8-qdq"):
+        raise UsageError("--quantize-backbone supports int8 (MatMul weights), int8-conv (MatMul + Conv weights) and "
+                         "int8-qdq (static QDQ int8, calibrated)")
+    if opts.calibration_data is not None and opts.quantize_backbone != "int8-qdq":
+        raise UsageError("--calibration-data calibrates the static int8 backbone: give --quantize-backbone int8-qdq too")
     if not opts.lr > 0:
         raise UsageError("--lr must be positive")
     if opts.engine not in ("auto", "portable", "ort-training", "all"):
@@ -173,19 +177,36 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
             roles["tokenizer"] = TOKENIZER_FILE
         backbones: dict[str, Path] = {}
         quantized_ops: dict[str, int] | None = None
+        quantization: dict[str, Any] | None = None  # the manifest's record of how backbone_int8 was made
         if split:
             progress("optimizing backbone")
             save_optimized(split.backbone, stage.path("backbone.onnx"))
             roles["backbone"] = "backbone.onnx"
             backbones["fp32"] = stage.path("backbone.onnx")
-            if opts.quantize_backbone in ("int8", "int8-conv"):
+            if opts.quantize_backbone:
                 from ftedge.export.frontends import LogMel
 
                 keep_fp32 = tuple(f"/model/{n.replace('.', '/')}/" for n, m in model.named_modules()
                                   if isinstance(m, LogMel))
+            if opts.quantize_backbone == "int8-qdq":
+                progress("calibrating the static int8 (QDQ) backbone")
+                feeds, n_calib = calibration_feeds(opts.inputs, opts.calibration_data, seed=opts.seed)
+                quantized_ops = quantize_qdq(stage.path("backbone.onnx"), stage.path("backbone.int8.onnx"), feeds,
+                                             keep_fp32, method=CALIBRATION_METHOD)
+                quantization = {"method": "static-qdq", "weights": "int8 per-channel", "activations": "uint8",
+                                "calibration": {"method": CALIBRATION_METHOD, "samples": n_calib,
+                                                "source": "file" if opts.calibration_data else "random sample inputs"},
+                                "quantized_nodes": quantized_ops}
+                if not quantized_ops:
+                    log.warning("--quantize-backbone int8-qdq: the backbone has no weights to quantize")
+                roles["backbone_int8"] = "backbone.int8.onnx"
+                backbones["int8"] = stage.path("backbone.int8.onnx")
+            elif opts.quantize_backbone in ("int8", "int8-conv"):
                 conv = opts.quantize_backbone == "int8-conv"
                 quantized_ops = quantize_int8(stage.path("backbone.onnx"), stage.path("backbone.int8.onnx"), keep_fp32,
                                               conv=conv)
+                quantization = {"method": "dynamic", "matmul_weights": "int8",
+                                "conv_weights": "uint8" if conv else "fp32", "quantized_nodes": quantized_ops}
                 if not quantized_ops:
                     log.warning("--quantize-backbone %s: the backbone has no %s weights to quantize%s",
                                 opts.quantize_backbone, "MatMul or Conv" if conv else "MatMul",
@@ -260,10 +281,7 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
             "layout": layout,
             "roles": roles,
             "head_inputs": [s.to_json() for s in head_inputs],
-            "quantization": None if quantized_ops is None else {
-                "backbone_int8": {"method": "dynamic", "matmul_weights": "int8",
-                                  "conv_weights": "uint8" if opts.quantize_backbone == "int8-conv" else "fp32",
-                                  "quantized_nodes": quantized_ops}},
+            "quantization": None if quantization is None else {"backbone_int8": quantization},
             "train_inputs": [s.name for s in head_inputs] + ["labels"],
             "parity": parity,
             "preprocessing": {**audio_preprocessing(model, opts.inputs), **declared, **opts.preprocessing},

@@ -36,8 +36,8 @@ def _options(args: argparse.Namespace, row: Task) -> ExportOptions:
                          "token ids and what trains is chosen by --lora-targets and --trainable-blocks")
     if args.engine not in ("auto", "portable"):
         raise UsageError("--task causal-lm writes the portable engine only (onnxruntime-training is deprecated)")
-    if args.quantize_backbone:
-        raise UsageError("--quantize-backbone is not supported with --task causal-lm yet")
+    if args.quantize_backbone or args.calibration_data:
+        raise UsageError("--quantize-backbone/--calibration-data are not supported with --task causal-lm yet")
     return ExportOptions(model=args.model, output=args.bundle, inputs=[], lr=args.lr, name=args.name, seed=args.seed,
                          force=args.force, skip_parity=args.skip_parity, tolerance=args.tolerance,
                          tokenizer=args.tokenizer, max_length=args.max_length, task=row.name,
