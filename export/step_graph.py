@@ -114,6 +114,19 @@ def clip_coefficient(grads: list[torch.Tensor], max_norm: torch.Tensor) -> torch
     return torch.where((max_norm > 0) & (coef < 1), coef, torch.ones_like(coef))
 
 
+def ep_portable_decompositions() -> dict[Any, Any]:
+    """Ops whose ONNX form only training kernels accept, written as standard ops instead.
+
+    ``aten.native_layer_norm`` exports as ``LayerNormalization`` with its mean and inverse-std outputs (the backward
+    reads them): inference EPs refuse that form (OpenVINO's frontend: "used for training, not supported"), so the
+    step graph computes them with ReduceMean / Sub / Mul / Sqrt (docs/openvino-probe.md).
+    """
+    from torch._decomp import decomposition_table
+
+    ln = torch.ops.aten.native_layer_norm.default
+    return {ln: decomposition_table[ln]}
+
+
 def _example(spec: TensorSpec, batch: int, gen: torch.Generator) -> torch.Tensor:
     shape = spec.concrete_shape(batch)
     if spec.dtype.startswith("float"):
@@ -291,7 +304,8 @@ def build_step(head_model: onnx.ModelProto, head_inputs: list[TensorSpec], outpu
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            gm = make_fx(step, decomposition_table={**core_aten_decompositions(), **decompositions()},
+            gm = make_fx(step, decomposition_table={**core_aten_decompositions(), **decompositions(),
+                                                    **ep_portable_decompositions()},
                          tracing_mode="fake", _allow_non_fake_inputs=True)(*_batch_symbolic(example, axes))
     except ExportError:
         raise

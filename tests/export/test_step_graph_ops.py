@@ -73,3 +73,18 @@ def test_an_operator_without_a_gradient_is_refused_naming_it_its_module_and_the_
     assert not out.exists()
     # frozen, the same operator stays in the backbone and the head trains
     assert main(["export", f"{ZOO}:topk_pooling", "-o", str(tmp_path / "head"), "--trainable", r"^head\.", *args]) == 0
+
+
+@pytest.mark.parametrize("family", ["transformer-last-block"])
+def test_step_graph_has_no_training_only_layernorm_outputs(family, tmp_path):
+    """Inference EPs (OpenVINO's ONNX frontend) refuse a LayerNormalization that outputs its mean and inverse std
+    ("used for training, not supported"): the step graph computes them from standard ops (docs/openvino-probe.md)."""
+    from tests.helpers.common import export
+    from tests.helpers.zoo import FAMILIES
+
+    model, args = FAMILIES[family]
+    manifest = export(f"{ZOO}:{model}", tmp_path / "b", "--engine", "portable", *args)
+    step = onnx.load(str(tmp_path / "b" / manifest["roles"]["step"]))
+    multi = [n.name for n in step.graph.node if n.op_type == "LayerNormalization" and len([o for o in n.output if o]) > 1]
+    assert not multi, multi
+    assert manifest["parity"]["step"]["max_rel_diff"] <= manifest["parity"]["step"]["tolerance"]
