@@ -73,3 +73,57 @@ def test_an_operator_without_a_gradient_is_refused_naming_it_its_module_and_the_
     assert not out.exists()
     # frozen, the same operator stays in the backbone and the head trains
     assert main(["export", f"{ZOO}:topk_pooling", "-o", str(tmp_path / "head"), "--trainable", r"^head\.", *args]) == 0
+
+
+@pytest.mark.parametrize("family", ["transformer-last-block"])
+def test_step_graph_has_no_training_only_layernorm_outputs(family, tmp_path):
+    """Inference EPs (OpenVINO's ONNX frontend) refuse a LayerNormalization that outputs its mean and inverse std
+    ("used for training, not supported"): the step graph computes them from standard ops (docs/openvino-probe.md)."""
+    from tests.helpers.common import export
+    from tests.helpers.zoo import FAMILIES
+
+    model, args = FAMILIES[family]
+    manifest = export(f"{ZOO}:{model}", tmp_path / "b", "--engine", "portable", *args)
+    step = onnx.load(str(tmp_path / "b" / manifest["roles"]["step"]))
+    multi = [n.name for n in step.graph.node if n.op_type == "LayerNormalization" and len([o for o in n.output if o]) > 1]
+    assert not multi, multi
+    assert manifest["parity"]["step"]["max_rel_diff"] <= manifest["parity"]["step"]["tolerance"]
+
+
+def test_whole_tensor_reductions_keep_dims_then_squeeze_with_the_same_values():
+    """The OpenVINO EP leaves a reduction with empty ``axes`` and ``keepdims=0`` (torch's ``sum()``) to the CPU EP:
+    the step writer rewrites it to explicit axes, ``keepdims=1`` and a ``Squeeze`` — same value, same 0-d shape."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from ftedge.export.step_graph import ep_portable_reductions
+
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 5])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [])
+    empty = onnx.numpy_helper.from_array(np.zeros(0, dtype=np.int64), "no_axes")
+    node = helper.make_node("ReduceSum", ["x", "no_axes"], ["y"], name="sum", keepdims=0)
+    model = helper.make_model(helper.make_graph([node], "g", [x], [y], [empty]),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    before = model.SerializeToString()
+    fixed = ep_portable_reductions(model)
+    ops = [(n.op_type, {a.name: a.i for a in n.attribute}) for n in fixed.graph.node]
+    assert ops == [("ReduceSum", {"keepdims": 1}), ("Squeeze", {})], ops
+    feed = {"x": np.arange(15, dtype=np.float32).reshape(3, 5)}
+    want = ort.InferenceSession(before, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    got = ort.InferenceSession(fixed.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    assert got.shape == want.shape == () and got == want == 105.0
+
+
+@pytest.mark.parametrize("family", ["gru"])
+def test_step_graph_has_no_keepdims_free_whole_tensor_reductions(family, tmp_path):
+    from tests.helpers.common import export
+    from tests.helpers.zoo import FAMILIES
+
+    model, args = FAMILIES[family]
+    manifest = export(f"{ZOO}:{model}", tmp_path / "b", "--engine", "portable", *args)
+    step = onnx.load(str(tmp_path / "b" / manifest["roles"]["step"]))
+    empty = {t.name for t in step.graph.initializer if t.data_type == onnx.TensorProto.INT64 and list(t.dims) == [0]}
+    bad = [n.name for n in step.graph.node if n.op_type.startswith("Reduce") and len(n.input) > 1
+           and n.input[1] in empty]
+    assert not bad, bad
