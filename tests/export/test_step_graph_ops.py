@@ -4,6 +4,8 @@ naming the operator, the module and the fix."""
 
 from __future__ import annotations
 
+import json
+
 import onnx
 import pytest
 import torch
@@ -127,3 +129,27 @@ def test_step_graph_has_no_keepdims_free_whole_tensor_reductions(family, tmp_pat
     bad = [n.name for n in step.graph.node if n.op_type.startswith("Reduce") and len(n.input) > 1
            and n.input[1] in empty]
     assert not bad, bad
+
+
+def _static_channels(model: onnx.ModelProto, name: str) -> bool:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for v in [*inferred.graph.value_info, *inferred.graph.input]:
+        if v.name == name and v.type.tensor_type.HasField("shape"):
+            dims = v.type.tensor_type.shape.dim
+            return len(dims) > 1 and dims[1].HasField("dim_value")
+    return False
+
+
+@pytest.mark.parametrize("family", ["groupnorm-block", "hardswish-block"])
+def test_conv_weight_gradient_keeps_channel_axes_static(family, family_bundle):
+    """A trainable Conv's weight gradient is not a Conv with the batch on its channel axis: OpenVINO's compiler
+    cannot build one ("evaluate() is not implemented for op: opset1::Convolution"), so the step graph did not load
+    on OpenVINO at all (docs/openvino-probe.md). Every Conv of the step graph has static input channels."""
+    bundle = family_bundle(family)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    step = onnx.load(str(bundle / manifest["roles"]["step"]))
+    convs = [n for n in step.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    assert convs  # the input gradients stay transposed convolutions
+    dynamic = [n.name for n in convs if not _static_channels(step, n.input[0])]
+    assert not dynamic, dynamic
+    assert manifest["parity"]["step"]["max_rel_diff"] <= manifest["parity"]["step"]["tolerance"]
