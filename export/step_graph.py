@@ -37,6 +37,7 @@ from onnx import helper, numpy_helper
 
 from ftedge.errors import ExportError
 from ftedge.export.conv_grad import decompositions
+from ftedge.export.ep_portable import ep_portable_decompositions, ep_portable_graph
 from ftedge.export.onnx_torch import GraphFunction
 from ftedge.bundle.manifest import BATCH, TensorSpec
 
@@ -112,54 +113,6 @@ def clip_coefficient(grads: list[torch.Tensor], max_norm: torch.Tensor) -> torch
     total = torch.sqrt(sum((g * g).sum() for g in grads))
     coef = max_norm / (total + 1e-6)
     return torch.where((max_norm > 0) & (coef < 1), coef, torch.ones_like(coef))
-
-
-def ep_portable_decompositions() -> dict[Any, Any]:
-    """Ops whose ONNX form only training kernels accept, written as standard ops instead.
-
-    ``aten.native_layer_norm`` exports as ``LayerNormalization`` with its mean and inverse-std outputs (the backward
-    reads them): inference EPs refuse that form (OpenVINO's frontend: "used for training, not supported"), so the
-    step graph computes them with ReduceMean / Sub / Mul / Sqrt (docs/openvino-probe.md).
-    """
-    from torch._decomp import decomposition_table
-
-    ln = torch.ops.aten.native_layer_norm.default
-    return {ln: decomposition_table[ln]}
-
-
-REDUCE_OPS = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceSumSquare", "ReduceL2")
-
-
-def ep_portable_reductions(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Reductions of a whole tensor to a 0-d scalar rewritten as ``Reduce(axes=0..r-1, keepdims=1)`` + ``Squeeze``.
-
-    torch.onnx writes ``sum()`` as a reduction with an empty ``axes`` input and ``keepdims=0``; the OpenVINO EP
-    (onnxruntime-openvino 1.24.1) leaves those nodes to the CPU EP, so no step graph loaded with CPU fallback
-    disabled (docs/openvino-probe.md). Same values; only nodes whose input rank is known are rewritten.
-    """
-    inferred = onnx.shape_inference.infer_shapes(model)
-    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.graph.value_info, *inferred.graph.input]
-            if v.type.tensor_type.HasField("shape")}
-    empty = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT64 and not any(t.dims)
-             and numpy_helper.to_array(t).size == 0}
-    nodes: list[onnx.NodeProto] = []
-    for node in model.graph.node:
-        nodes.append(node)
-        at = {a.name: a for a in node.attribute}
-        if (node.op_type not in REDUCE_OPS or len(node.input) < 2 or node.input[1] not in empty
-                or node.input[0] not in rank or "keepdims" not in at or at["keepdims"].i != 0
-                or ("noop_with_empty_axes" in at and at["noop_with_empty_axes"].i)):
-            continue
-        r = rank[node.input[0]]
-        axes = f"{node.name}__axes"
-        model.graph.initializer.append(numpy_helper.from_array(np.arange(r, dtype=np.int64), axes))
-        kept, out = f"{node.output[0]}__kept", node.output[0]
-        node.input[1], node.output[0] = axes, kept
-        at["keepdims"].i = 1
-        nodes.append(helper.make_node("Squeeze", [kept], [out], name=f"{node.name}__squeeze"))
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return model
 
 
 def _example(spec: TensorSpec, batch: int, gen: torch.Generator) -> torch.Tensor:
@@ -364,7 +317,7 @@ def build_step(head_model: onnx.ModelProto, head_inputs: list[TensorSpec], outpu
                                         output_names=out_names, dynamic_shapes=(tuple(dyn),), optimize=True,
                                         verbose=False, report=False)
             program.save(os.fspath(step_path))
-        onnx.save(ep_portable_reductions(onnx.load(os.fspath(step_path))), os.fspath(step_path))
+        onnx.save(ep_portable_graph(onnx.load(os.fspath(step_path))), os.fspath(step_path))
     except Exception as exc:
         cause = exc.__cause__ or exc
         raise ExportError(f"exporting the training-step graph failed: {type(cause).__name__}: "

@@ -13,7 +13,7 @@ from onnx import helper
 
 from ftedge.cli import main
 from ftedge.export.onnx_torch import GRADIENT_FREE, OPS, Sh
-from tests.helpers.common import ZOO
+from tests.helpers.common import ZOO, nan_guards
 
 
 def _run(op: str, *inputs: torch.Tensor, **attrs) -> object:  # noqa: ANN003
@@ -98,7 +98,7 @@ def test_whole_tensor_reductions_keep_dims_then_squeeze_with_the_same_values():
     import numpy as np
     import onnxruntime as ort
 
-    from ftedge.export.step_graph import ep_portable_reductions
+    from ftedge.export.ep_portable import ep_portable_reductions
 
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 5])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [])
@@ -153,3 +153,32 @@ def test_conv_weight_gradient_keeps_channel_axes_static(family, family_bundle):
     dynamic = [n.name for n in convs if not _static_channels(step, n.input[0])]
     assert not dynamic, dynamic
     assert manifest["parity"]["step"]["max_rel_diff"] <= manifest["parity"]["step"]["tolerance"]
+
+
+def test_isnan_is_written_as_not_equal_to_itself_with_the_same_values():
+    import numpy as np
+    import onnxruntime as ort
+
+    from ftedge.export.ep_portable import ep_portable_isnan
+
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.BOOL, ["batch", 4])
+    model = helper.make_model(helper.make_graph([helper.make_node("IsNaN", ["x"], ["y"], name="nan")], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    fixed = ep_portable_isnan(model)
+    assert [n.op_type for n in fixed.graph.node] == ["Equal", "Not"] and nan_guards(fixed) == 1
+    feed = {"x": np.array([[1.0, np.nan, np.inf, -np.inf], [0.0, -0.0, np.nan, 3.0]], dtype=np.float32)}
+    got = ort.InferenceSession(fixed.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    assert got.tolist() == np.isnan(feed["x"]).tolist()
+
+
+def test_no_graph_of_the_sdpa_bundle_has_isnan(family_bundle):
+    """The OpenVINO EP has no IsNaN: SDPA's fully-masked-row guard left sdpa-masks' step and head partly on the CPU
+    EP. The backbone, the step and the head guard with Not(Equal(x, x)) instead."""
+    bundle = family_bundle("sdpa-masks")
+    roles = json.loads((bundle / "manifest.json").read_text())["roles"]
+    graphs = {role: onnx.load(str(bundle / roles[role])) for role in ("backbone", "step", "head")}
+    assert {r: [n.name for n in g.graph.node if n.op_type == "IsNaN"] for r, g in graphs.items()} == {
+        "backbone": [], "step": [], "head": []}
+    assert nan_guards(graphs["step"]) >= 1 and nan_guards(graphs["head"]) >= 1
