@@ -3,7 +3,7 @@
 Two halves, two environments (one ``onnxruntime`` module per environment):
 
     .venv/bin/python bench/providers_probe.py export /tmp/probe            # host venv: torch + ftedge export
-    /work/venv-ov/bin/python bench/providers_probe.py probe /tmp/probe     # onnxruntime-openvino venv
+    .venv-openvino/bin/python bench/providers_probe.py probe /tmp/probe      # scripts/dev.sh setup builds it
 
 ``probe`` opens every role file of every bundle twice on ``--provider`` (default OpenVINOExecutionProvider):
 once with ``session.disable_cpu_ep_fallback=1`` (loads or not, and the error), once with the fallback on,
