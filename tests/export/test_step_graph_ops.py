@@ -12,7 +12,8 @@ import torch
 from onnx import helper
 
 from ftedge.cli import main
-from ftedge.export.onnx_torch import GRADIENT_FREE, OPS, Sh
+from ftedge.export.onnx_ops import OPS, Sh
+from ftedge.export.onnx_torch import GRADIENT_FREE
 from tests.helpers.common import ZOO, nan_guards
 
 
