@@ -183,3 +183,65 @@ def test_no_graph_of_the_sdpa_bundle_has_isnan(family_bundle):
     assert {r: [n.name for n in g.graph.node if n.op_type == "IsNaN"] for r, g in graphs.items()} == {
         "backbone": [], "step": [], "head": []}
     assert nan_guards(graphs["step"]) >= 1 and nan_guards(graphs["head"]) >= 1
+
+
+def _scatter_nd_add(data_shape: list, k: int) -> onnx.ModelProto:
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("ScatterND", ["d", "i", "u"], ["y"], name="scatter", reduction="add")], "g",
+        [vi("d", onnx.TensorProto.FLOAT, ["batch", *data_shape[1:]]), vi("i", onnx.TensorProto.INT64, ["m", k]),
+         vi("u", onnx.TensorProto.FLOAT, ["m", *data_shape[k:]])],
+        [vi("y", onnx.TensorProto.FLOAT, ["batch", *data_shape[1:]])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model
+
+
+@pytest.mark.parametrize("data_shape,k", [([5, 7, 3], 2), ([5, 3], 1), ([4, 6], 2)])
+def test_scatter_nd_add_is_written_as_scatter_elements_with_the_same_values(data_shape, k):
+    """OpenVINO's ONNX frontend refuses ScatterND with reduction="add" (an indexing op's gradient: the wide zoo's
+    GPT-2 classifier picks each row's last token) and so the whole step graph; ScatterElements adds the same way,
+    duplicate and negative indices included."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from ftedge.export.ep_portable import ep_portable_scatter_add
+
+    model = _scatter_nd_add(data_shape, k)
+    before = model.SerializeToString()
+    fixed = ep_portable_scatter_add(model)
+    ops = [n.op_type for n in fixed.graph.node]
+    assert "ScatterND" not in ops and ops.count("ScatterElements") == 1, ops
+    rng = np.random.default_rng(0)
+    m = 9  # more updates than rows: duplicates
+    feed = {"d": rng.standard_normal(data_shape).astype(np.float32),
+            "i": np.stack([rng.integers(-data_shape[j], data_shape[j], m) for j in range(k)], -1),
+            "u": rng.standard_normal([m, *data_shape[k:]]).astype(np.float32)}
+    want = ort.InferenceSession(before, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    got = ort.InferenceSession(fixed.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_step_graph_inputs_no_node_reads_are_dropped():
+    """The OpenVINO EP binds a model's inputs by position after dropping one no node reads: every later input is
+    fed the wrong tensor. The step graph declares only the inputs it reads (the runtime binds what it declares)."""
+    from ftedge.export.ep_portable import ep_portable_inputs
+
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [vi("ids", onnx.TensorProto.INT64, ["batch", 4]), vi("x", onnx.TensorProto.FLOAT, [2]),
+                               vi("state", onnx.TensorProto.FLOAT, [2])],
+                              [vi("y", onnx.TensorProto.FLOAT, [2]), vi("state", onnx.TensorProto.FLOAT, [2])])
+    fixed = ep_portable_inputs(helper.make_model(graph))
+    assert [i.name for i in fixed.graph.input] == ["x", "state"]
+
+
+@pytest.mark.parametrize("family", ["gpt2"])
+def test_wide_step_graph_has_no_scatter_nd_add_nor_unread_inputs(family, wide_bundles):
+    proc, path = wide_bundles(family)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    step = onnx.load(str(path / "portable" / "step.onnx"))
+    adds = [n.name for n in step.graph.node if n.op_type == "ScatterND"
+            and any(a.name == "reduction" and a.s == b"add" for a in n.attribute)]
+    read = {x for n in step.graph.node for x in n.input} | {o.name for o in step.graph.output}
+    assert not adds and all(i.name in read for i in step.graph.input), (adds, [i.name for i in step.graph.input])
