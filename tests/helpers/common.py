@@ -71,6 +71,12 @@ def smoke_train(bundle_path: Path, steps: int = 5, batch: int = 16) -> tuple[flo
     return before, session.eval_step(head, y)[0]
 
 
+def nan_guards(model) -> int:  # noqa: ANN001
+    """How many ``Not(Equal(x, x))`` pairs (the exporter's EP-portable IsNaN, export/ep_portable.py) ``model`` has."""
+    self_equal = {n.output[0] for n in model.graph.node if n.op_type == "Equal" and n.input[0] == n.input[1]}
+    return sum(1 for n in model.graph.node if n.op_type == "Not" and n.input[0] in self_equal)
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
     return path
