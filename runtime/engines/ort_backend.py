@@ -255,7 +255,9 @@ class StepSession(_Session):
         return ep_device(self.providers)
 
     def to_device(self, value: np.ndarray) -> Any:
-        return _onnxruntime().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), self.device, 0)
+        # np.asarray(order="C"), not np.ascontiguousarray: that one makes a 0-d array 1-d, which the CPU EP
+        # tolerates and the OpenVINO EP refuses ("the model input (shape=[]) and the tensor (shape=(1))")
+        return _onnxruntime().OrtValue.ortvalue_from_numpy(np.asarray(value, order="C"), self.device, 0)
 
     def _bind_and_run(self, state: dict[str, Any], feeds: dict[str, np.ndarray], fetch: Sequence[str]) -> Any:
         binding = self.session.io_binding()
@@ -266,7 +268,7 @@ class StepSession(_Session):
             if name in state:
                 binding.bind_ortvalue_input(name, state[name])
             else:
-                binding.bind_cpu_input(name, np.ascontiguousarray(feeds[name]))
+                binding.bind_cpu_input(name, np.asarray(feeds[name], order="C"))   # 0-d stays 0-d
         for name in self.output_names:
             binding.bind_output(name, "cpu" if name in fetch else self.device)
         self.session.run_with_iobinding(binding)
