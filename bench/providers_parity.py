@@ -1,7 +1,7 @@
 """50 portable training steps of a bundle's step graph on the CPU EP and on the OpenVINO EP (CPU fallback on),
 same feeds: prints the max relative loss difference. Run in the OpenVINO venv (scripts/dev.sh setup):
 
-    .venv-openvino/bin/python bench/providers_parity.py BUNDLE_DIR
+    .venv-openvino/bin/python -m bench.providers_parity BUNDLE_DIR
 
 Random SYNTHETIC head inputs (seeded), labels ``arange(B) % 3`` (random 0/1 floats for float targets), lr 1e-3 (the bundle's optimizer), no clipping; mask inputs all ones.
 Groundwork for issue 35 (the runtime cannot put the step on an EP yet); docs/openvino-probe.md quotes it.

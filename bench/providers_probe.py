@@ -2,8 +2,8 @@
 
 Two halves, two environments (one ``onnxruntime`` module per environment):
 
-    .venv/bin/python bench/providers_probe.py export /tmp/probe            # host venv: torch + ftedge export
-    .venv-openvino/bin/python bench/providers_probe.py probe /tmp/probe      # scripts/dev.sh setup builds it
+    .venv/bin/python -m bench.providers_probe export /tmp/probe            # host venv: torch + ftedge export
+    .venv-openvino/bin/python -m bench.providers_probe probe /tmp/probe      # scripts/dev.sh setup builds it
 
 ``probe`` opens every role file of every bundle twice on ``--provider`` (default OpenVINOExecutionProvider):
 once with ``session.disable_cpu_ep_fallback=1`` (loads or not, and the error), once with the fallback on,
@@ -28,7 +28,6 @@ ROLES = ("backbone", "step", "head")
 
 def export(out: Path) -> None:
     """Export every zoo family (tests/helpers/zoo.py FAMILIES + PORTABLE_ONLY) with the portable engine."""
-    sys.path.insert(0, str(ROOT))
     from tests.helpers.common import ZOO
     from tests.helpers.common import export as run_export
     from tests.helpers.zoo import FAMILIES, PORTABLE_ONLY
@@ -88,8 +87,8 @@ def _op_types(path: Path) -> dict[str, str]:
 
 
 def _run(path: Path, provider: str, fallback: bool) -> tuple[dict, str]:
-    proc = subprocess.run([sys.executable, __file__, "_open", str(path), provider, "1" if fallback else "0"],
-                          capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run([sys.executable, "-m", "bench.providers_probe", "_open", str(path), provider, "1" if fallback else "0"],
+                          capture_output=True, text=True, timeout=600, check=False, cwd=ROOT)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     result = json.loads(lines[-1]) if lines else {"ok": False, "error": f"crashed (rc {proc.returncode})"}
     return result, proc.stderr
