@@ -63,31 +63,32 @@ sys.exit(not (sys.platform == "linux" and platform.machine().lower() in ("x86_64
 setup_openvino() {
   local py=$1 opy=$OPENVINO_VENV/bin/python
   log "creating $OPENVINO_VENV (device venv on the OpenVINO EP: $OPENVINO_PIN instead of onnxruntime, no torch)"
-  [ -x "$opy" ] || "$py" -m venv "$OPENVINO_VENV"
-  "$opy" -m pip install -q --upgrade pip
+  rm -rf "$OPENVINO_VENV"   # no stamp: whatever is there is half-built
+  "$py" -m venv "$OPENVINO_VENV" || return 1
+  "$opy" -m pip install -q --upgrade pip || return 1
   if "$opy" -m pip show -q onnxruntime >/dev/null 2>&1; then   # both own onnxruntime/: remove both, reinstall one
     log "$OPENVINO_VENV: removing plain onnxruntime"
-    "$opy" -m pip uninstall -q -y onnxruntime onnxruntime-openvino
+    "$opy" -m pip uninstall -q -y onnxruntime onnxruntime-openvino || return 1
   fi
   rm -rf build   # see $DEVICE_VENV: setuptools would copy stale modules from ./build
-  "$opy" -m pip install -q --force-reinstall --no-deps .
+  "$opy" -m pip install -q --force-reinstall --no-deps . || return 1
   local deps
   mapfile -t deps < <("$opy" -c 'import importlib.metadata as m, re
 for req in m.requires("ftedge") or []:
     spec, _, marker = req.partition(";")
     if re.search(r"extra\s*==\s*.device.", marker) and not re.match(r"onnxruntime\b", spec.strip()):
         print(spec.strip())')
-  [ ${#deps[@]} -gt 0 ] || { log "error: no [device] dependencies in ftedge's metadata in $OPENVINO_VENV"; exit 1; }
-  "$opy" -m pip install -q "$OPENVINO_PIN" "${deps[@]}"
+  [ ${#deps[@]} -gt 0 ] || { log "error: no [device] dependencies in ftedge's metadata in $OPENVINO_VENV"; return 1; }
+  "$opy" -m pip install -q "$OPENVINO_PIN" "${deps[@]}" || return 1
   if "$opy" -m pip show -q onnxruntime >/dev/null 2>&1; then
-    log "error: plain onnxruntime ended up in $OPENVINO_VENV beside onnxruntime-openvino"; exit 1
+    log "error: plain onnxruntime ended up in $OPENVINO_VENV beside onnxruntime-openvino"; return 1
   fi
   if "$opy" -c 'import torch' 2>/dev/null; then
-    log "error: torch ended up in $OPENVINO_VENV; the [device] extra must not depend on it"; exit 1
+    log "error: torch ended up in $OPENVINO_VENV; the [device] extra must not depend on it"; return 1
   fi
   "$opy" -c 'import sys, onnxruntime as o
 sys.exit(None if "OpenVINOExecutionProvider" in o.get_available_providers() else "no OpenVINOExecutionProvider")' \
-    || { log "error: $OPENVINO_VENV's onnxruntime has no OpenVINO EP"; exit 1; }
+    || { log "error: $OPENVINO_VENV's onnxruntime has no OpenVINO EP"; return 1; }
   touch "$OPENVINO_VENV/.ftedge-stamp"
 }
 
@@ -181,7 +182,10 @@ sys.exit(None if u.find_spec("onnxruntime.training") else "onnxruntime.training 
   esac
   # The OpenVINO EP's venv (tests/runtime/test_openvino_graphs.py), only where onnxruntime-openvino has a wheel.
   if has_openvino_wheel "$py"; then
-    stamp_ok "$OPENVINO_VENV/.ftedge-stamp" || setup_openvino "$py"
+    # one retry from scratch: a failed pip step leaves a half-built venv (seen once in CI: pip's own files gone)
+    stamp_ok "$OPENVINO_VENV/.ftedge-stamp" || setup_openvino "$py" \
+      || { log "$OPENVINO_VENV: setup failed; retrying from a fresh venv"; setup_openvino "$py"; } \
+      || { log "error: could not build $OPENVINO_VENV"; exit 1; }
     export FTEDGE_OPENVINO_PYTHON="$PWD/$OPENVINO_VENV/bin/python"
   else
     log "no $OPENVINO_VENV: $OPENVINO_PIN has no wheel for this Python/arch (OpenVINO EP tests skip)"
