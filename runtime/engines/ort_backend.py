@@ -155,7 +155,7 @@ class _Session:
     def _fall_back(self, what: str, exc: BaseException) -> None:
         """Reopen on the CPU EP after the leading EP failed ``what`` (load / run) this graph."""
         ep = _ep_name(self.requested)
-        reason = f"the {ep} execution provider {what} {Path(str(self.path)).name}: {' '.join(str(exc).split())[:400]}"
+        reason = f"the {ep} execution provider {what} {self.path.name}: {' '.join(str(exc).split())[:400]}"
         log.warning("%s; running this graph on the CPU execution provider instead", reason)
         try:
             self.session = self._open([CPU])
@@ -208,7 +208,7 @@ class _Session:
         except Exception as exc:
             if self.providers[0] == CPU:
                 what = f"{_ep_name(self.requested)} fell back to CPU; " if self.fallback else ""
-                raise RuntimeBackendError(f"ONNX Runtime failed running {Path(str(self.path)).name} ({what}"
+                raise RuntimeBackendError(f"ONNX Runtime failed running {self.path.name} ({what}"
                                           f"{' '.join(str(exc).split())[:600]})") from exc
             self._fall_back("failed running", exc)
             return None

@@ -9,12 +9,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ftedge.runtime.engines.ort_backend import resolve_providers
+from ftedge.runtime.engines.ort_backend import available_providers, resolve_providers
 
 log = logging.getLogger(__name__)
-
-STAGES = ("backbone", "step", "head", "decoder")
-
 
 @dataclass(frozen=True)
 class Placement:
@@ -32,14 +29,8 @@ class Placement:
         gone = list(dict.fromkeys([*missing, *step_missing]))
         if gone:
             log.warning("execution provider(s) unavailable here: %s; left out (this onnxruntime has: %s)",
-                        ", ".join(gone), ", ".join(_available()))
+                        ", ".join(gone), ", ".join(available_providers()))
         return cls(chosen, step)
-
-
-def _available() -> list[str]:
-    from ftedge.runtime.engines.ort_backend import available_providers
-
-    return available_providers()
 
 
 def report(*sources: Any) -> dict[str, dict[str, Any]]:

@@ -87,6 +87,13 @@ class Option:
         return value
 
 
+def _missing_providers(names: list[str]) -> list[str]:
+    """The named execution providers this box's onnxruntime lacks (imported late: a device-side check)."""
+    from ftedge.runtime.engines.ort_backend import resolve_providers
+
+    return resolve_providers(names)[1]
+
+
 # Every option any built-in task takes. A task picks from these (with its own defaults) or declares its own.
 COMMON: dict[str, Option] = {o.name: o for o in (
     Option("epochs", int, "epochs", bounds=(1, 10_000)),
@@ -121,10 +128,10 @@ COMMON: dict[str, Option] = {o.name: o for o in (
     Option("providers", list, "execution providers for every session of the run (backbone, training step, head), "
            "in order, e.g. OpenVINO,CPU or CUDA; the CPU EP always comes last (default: CPU; a train command "
            "naming one this box lacks is refused, the CLI warns and leaves it out)", metavar="P1,P2",
-           available=lambda names: _missing_providers(names)),
+           available=_missing_providers),
     Option("step_providers", list, "execution providers for the training step and head alone (default: "
            "--providers), e.g. --providers OpenVINO --step-providers CPU: an NPU-class EP runs the frozen (int8) "
-           "backbone, the CPU trains", metavar="P1,P2", available=lambda names: _missing_providers(names)),
+           "backbone, the CPU trains", metavar="P1,P2", available=_missing_providers),
     Option("min_gain", float, "promote only if better than the untuned model by more than this (the task's "
            "headline metric)", default=0.0, bounds=(0, 1000)),
     Option("eval_data", str, "held-out data for validation and the gate: causal LMs, prompts with reference "
@@ -140,13 +147,6 @@ COMMON: dict[str, Option] = {o.name: o for o in (
     Option("flip", bool, "horizontal-flip augmentation (a random half of each epoch's images mirrored; the "
            "backbone's maps of the mirrored images are cached too)", default=True),
 )}
-
-
-def _missing_providers(names: list[str]) -> list[str]:
-    """The named execution providers this box's onnxruntime lacks (imported late: a device-side check)."""
-    from ftedge.runtime.engines.ort_backend import resolve_providers
-
-    return resolve_providers(names)[1]
 
 
 class OptionSet:
