@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ftedge.errors import AgentError, UsageError
+from ftedge.device_agent.policy.spec import FIELDS as POLICY_FIELDS, Policy, parse_policy
 from ftedge.mqtt.contract import BrokerSettings, device_prefix
 
 try:
@@ -34,7 +35,7 @@ _U32 = 2**32 - 1
 # Known keys per table ("" is the top level); a dict value is a sub-table.
 _SCHEMA: dict[str, tuple[str, ...]] = {
     "": ("device_id", "fleet", "state_dir", "log_level", "mqtt", "paths", "deploy", "outbox", "jobs", "retention",
-         "ask", "runtime"),
+         "ask", "runtime", "personalize"),
     "mqtt": ("url", "username", "password_file", "ca_file", "cert_file", "key_file",
              "keepalive", "session_expiry", "will_delay", "max_packet_size"),
     "jobs": ("max_starts",),
@@ -44,6 +45,7 @@ _SCHEMA: dict[str, tuple[str, ...]] = {
     "outbox": ("max_bytes", "max_age_s"),
     "ask": ("max_prompt_tokens", "queue", "token_deadline_s"),
     "runtime": ("providers", "step_providers"),
+    "personalize": tuple(s.name for s in POLICY_FIELDS),
 }
 _HINTS = {
     "device_id": 'add device_id = "dev-001" at the top of the file',
@@ -158,6 +160,7 @@ class AgentConfig:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     ask: AskConfig = field(default_factory=AskConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    personalize: Policy | None = None  # [personalize]: the box trains by itself (device_agent.policy)
     source: Path | None = None  # the file it was loaded from
 
     def to_public_dict(self) -> dict[str, Any]:
@@ -167,6 +170,7 @@ class AgentConfig:
         for name in ("paths", "deploy", "outbox", "jobs", "retention", "ask", "runtime"):
             obj = getattr(self, name)
             out[name] = {f.name: _public(getattr(obj, f.name)) for f in fields(obj)}
+        out["personalize"] = self.personalize.public() if self.personalize else None
         return out
 
 
@@ -333,12 +337,13 @@ class _Reader:
         jobs, retention = self.jobs(self.table(doc, "jobs", required=False)), self.retention(self.table(doc, "retention", required=False))
         ask = self.ask(self.table(doc, "ask", required=False))
         runtime = self.runtime(self.table(doc, "runtime", required=False))
+        personalize = self.personalize(doc)
         if self.errors:
             return None
         assert state_dir is not None and mqtt is not None and paths is not None
         return AgentConfig(device_id=device_id, fleet=fleet, state_dir=state_dir, log_level=log_level.lower(),
                            mqtt=mqtt, paths=paths, deploy=deploy, outbox=outbox, source=source, jobs=jobs, retention=retention, ask=ask,
-                           runtime=runtime)
+                           runtime=runtime, personalize=personalize)
 
     def mqtt(self, t: dict | None) -> MqttConfig | None:
         if t is None:
@@ -489,6 +494,19 @@ class _Reader:
             else:
                 lists[key] = tuple(value)
         return RuntimeConfig(**lists)
+
+    def personalize(self, doc: dict) -> Policy | None:
+        """``[personalize]`` (absent: the box trains only when told to); every problem reported with its key."""
+        if "personalize" not in doc:
+            return None
+        t = self.table(doc, "personalize", required=False)
+        if t is None:
+            return None
+        policy, problems = parse_policy(t, "config")
+        for problem in problems:
+            key, _, what = problem.partition(": ")
+            self.err(f"personalize.{key}", what)
+        return policy
 
     def retention(self, t: dict | None) -> RetentionConfig:
         d = RetentionConfig()

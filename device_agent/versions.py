@@ -38,7 +38,7 @@ from ftedge.bundle.hashing import sha256_file
 
 RUN_FILES = ("model.onnx", "model.json", "result.json")
 ADAPTER_RUN_FILES = ("adapter.safetensors", "model.json", "result.json")  # causal-LM runs
-OPTIONAL_RUN_FILES = ("tokenizer.json",)  # preprocessing files a run carries (text models)
+OPTIONAL_RUN_FILES = ("tokenizer.json", "weights.safetensors")  # preprocessing files; the trained parameters (warm start)
 _ID_RE = re.compile(r"v(\d{4,})")
 MAX_EVENTS = 1000  # entries of active.json's event log kept (newest first out)
 _CHUNK = 1 << 20
