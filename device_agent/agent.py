@@ -29,6 +29,8 @@ from ftedge.device_agent.install import DeployError, check_restore_names, restor
 from ftedge.device_agent.jobs import ACTIVE, Job, JobRunner, JobStore
 from ftedge.device_agent.mqtt_link import Incoming, LinkSettings, MqttLink
 from ftedge.device_agent.outbox import Outbox
+from ftedge.device_agent.policy.runner import PolicyRunner
+from ftedge.device_agent.policy.spec import Policy
 from ftedge.device_agent.retention import enforce_retention
 from ftedge.device_agent.versions import ModelStore
 from ftedge.errors import AgentError, FtedgeError
@@ -61,6 +63,8 @@ class Agent:
         self.asker = Asker(self.models, cfg.paths.bundle_root, cfg.ask,
                            trusted_keys=list(d.trusted_keys) if d.require_signed else None,
                            training=lambda: self.jobs.current is not None)
+        self.policy = PolicyRunner(self.state_dir, cfg.personalize, cfg.paths.data_root, self._policy_job,
+                                   self._busy, on_change=self._policy_changed)
         self.stopping = threading.Event()   # asked to stop (signal); `run` then calls `shutdown`
         self._drained = threading.Event()   # shutdown flushed the outbox: the pump thread may exit
         self.wake = threading.Event()
@@ -161,6 +165,7 @@ class Agent:
                          "python": platform.python_version()},
             "models": [v["id"] for v in self.models.list()],
             "active_version": active["id"] if active else None,
+            "personalize": self.policy.public(),
         }
 
     def status(self) -> dict[str, Any]:
@@ -177,6 +182,7 @@ class Agent:
             active, problems = None, problems + [f"model versions: {exc}"]
         return {"state": "online", "boot": self.boot, "active_version": active,
                 "current_job": current.id if current else None, "queued": self.jobs.queued(),
+                "personalize": (self.policy.public() or {}).get("state"),
                 "outbox": self.outbox.stats(), "denied_publishes": self.denied, "disk": disk, "problems": problems}
 
     def resync(self) -> None:
@@ -222,10 +228,12 @@ class Agent:
         self.asker.start()
         self.link.start()
         self.jobs.start()
+        self.policy.start()
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop jobs at the next batch (they resume on the next start), say offline, flush, disconnect."""
         self.jobs.shutting_down = True
+        self.policy.stop()
         self.jobs.stop()
         self.publish(STATUS, STATUS, {"state": "offline", "reason": "shutdown"}, retain=True)
         deadline = time.time() + timeout
@@ -391,7 +399,7 @@ class Agent:
         return "done", "ok", "retained state republished", {}
 
     def _train(self, cmd_id: str, args: dict[str, Any], incoming: Incoming) -> tuple[str, str, str, dict[str, Any]]:
-        job = train_job(args, self.cfg.paths.data_root, self.cfg.paths.bundle_root, cmd_id)
+        job = train_job(args, self.cfg.paths.data_root, self.cfg.paths.bundle_root, cmd_id, self.models)
         self.jobs.submit(job)
         return "accepted", "queued", f"job {job.id} queued", {"job": job.id}
 
@@ -424,6 +432,7 @@ class Agent:
                 raise Rejected("bad_args", f"args.bundle/args.restore: {exc}") from None
         d = self.cfg.deploy
         replaced = None
+        self.policy.hold()  # the rollout's checks come before the box's own runs
         try:
             with self.models.transaction():  # a failing bundle part puts active.json back
                 if to == NO_VERSION:
@@ -478,10 +487,79 @@ class Agent:
             reply = self._reply(incoming, cmd_id, status, code, detail, extra)
             self.replies.put(cmd_id, {k: v for k, v in reply.items() if k != "correlation"}, "deploy")
 
-        return self.deployer.submit(cmd_id, args, finish)
+        outcome = self.deployer.submit(cmd_id, args, finish)
+        self.policy.hold()  # a rollout is under way: the box's own runs wait (policy.hold_after_rollout_s)
+        return outcome
+
+    # -- the box's own policy -----------------------------------------------------------------------
+    def _policy_verb(self, cmd_id: str, args: dict[str, Any],
+                     incoming: Incoming) -> tuple[str, str, str, dict[str, Any]]:
+        """Show (no args), ``set`` (a whole policy, validated; replaces the config's), ``clear`` (back to the
+        config's) or ``check`` (evaluate now) the box's personalization policy."""
+        unknown = sorted(set(args) - {"set", "clear", "check"})
+        if unknown or len(args) > 1:
+            raise Rejected("bad_args", "policy takes one of args.set (a policy object), args.clear (true) or "
+                                       "args.check (true), or no args to show it" +
+                           (f"; unknown: {', '.join(map(str, unknown))}" if unknown else ""))
+        for key in ("clear", "check"):
+            if key in args and args[key] is not True:
+                raise Rejected("bad_args", f"args.{key} must be true")
+        if "set" in args:
+            policy = self.policy.set(args["set"])
+            detail = f"policy set: {policy.bundle} on {policy.data}"
+        elif "clear" in args:
+            policy = self.policy.clear()
+            detail = "fleet policy cleared: " + ("the config's [personalize] applies" if policy else "no policy")
+        elif "check" in args:
+            self.policy.check()
+            detail = "policy checked"
+        else:
+            detail = "policy"
+        self.publish(META, META, self.meta(), retain=True)
+        shown = self.policy.public() or {}
+        return "done", "ok", detail, {"policy": shown.get("policy"), "state": shown.get("state")}
+
+    def _policy_job(self, policy: Policy, reason: str, samples: list) -> str:
+        """Queue the policy's run: an ordinary train job (warm start from the active version where it fits)."""
+        args: dict[str, Any] = {"bundle": policy.bundle, "data": policy.data, **policy.train_options()}
+        if policy.warm_start and "warm_start" not in args:
+            source = self._warm_source(policy)
+            if source is not None:
+                args["warm_start"] = source
+        job = train_job(args, self.cfg.paths.data_root, self.cfg.paths.bundle_root, None, self.models)
+        job.trigger, job.trigger_reason = "policy", reason
+        self.jobs.submit(job)
+        return job.id
+
+    def _warm_source(self, policy: Policy) -> str | None:
+        """The active version's id when it was trained from the policy's bundle and kept its trained weights."""
+        try:
+            active = self.models.active()
+            name = json.loads((Path(self.cfg.paths.bundle_root) / policy.bundle / "manifest.json")
+                              .read_text(encoding="utf-8")).get("name")
+        except (FtedgeError, OSError, ValueError):
+            return None
+        if not active or active.get("bundle") != name:
+            return None
+        folder = self.models.root / active["id"]
+        if not any((folder / f).is_file() for f in ("weights.safetensors", "adapter.safetensors")):
+            log.info("policy: active version %s has no trained weights to continue from; training from the bundle",
+                     active["id"])
+            return None
+        return active["id"]
+
+    def _busy(self) -> bool:
+        if self.jobs.current is not None or self.deployer.current is not None:
+            return True
+        return any(j.status in ACTIVE and j.id not in self.jobs.done for j in self.jobs.store.all())
+
+    def _policy_changed(self) -> None:
+        if self.threads[0].ident is not None:  # started: meta goes out with the state
+            self.publish(META, META, self.meta(), retain=True)
 
     # -- jobs ------------------------------------------------------------------------------------------
     def _job_finished(self, job: Job) -> None:
+        self.policy.wake.set()  # the box is free again: the policy may have data waiting
         if job.status == "succeeded" and job.result and job.result.get("promoted"):
             try:
                 version = self.models.add_version(self.state_dir / "runs" / job.id, job.id)
@@ -503,4 +581,4 @@ class Agent:
 # The agent's verbs, in the order its "unknown verb" error lists them (commands.VERBS holds the same names).
 _VERBS = {"ping": Agent._ping, "status": Agent._status_verb, "resync": Agent._resync, "train": Agent._train,
           "cancel": Agent._cancel, "rollback": Agent._rollback, "deploy": Agent._deploy,
-          "ask": Agent._ask}
+          "ask": Agent._ask, "policy": Agent._policy_verb}

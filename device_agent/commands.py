@@ -24,7 +24,8 @@ from ftedge.runtime.tasks.lm import MIN_TEMPERATURE
 
 log = logging.getLogger(__name__)
 
-VERBS = ("train", "cancel", "status", "rollback", "deploy", "ping", "resync", "ask")
+VERBS = ("train", "cancel", "status", "rollback", "deploy", "ping", "resync", "ask", "policy")
+WARM_ACTIVE = "active"   # a train command's warm_start: the active version (or a version id, "v0003")
 REPLIES_KEEP = 10_000           # replies kept for idempotency …
 REPLIES_MAX_BYTES = 4 * 2**20   # … and at most this many bytes of them
 
@@ -109,7 +110,24 @@ def parse_request(payload: bytes) -> tuple[str, dict[str, Any]]:
     return cmd_id, args
 
 
-def train_job(args: dict[str, Any], data_root: Path, bundle_root: Path, cmd_id: str) -> Job:
+def warm_start_dir(value: str, models: Any) -> str:
+    """A train command's ``warm_start`` ("active" or a version id) as the version's directory; Rejected when there
+    is no such version (the box then trains from the bundle only if asked without warm_start)."""
+    if value == WARM_ACTIVE:
+        active = models.active()
+        if active is None:
+            raise Rejected("bad_args", 'args.warm_start "active": no version is active on this box; train without '
+                                       "warm_start first")
+        value = active["id"]
+    try:
+        models.get(value)
+    except FtedgeError as exc:
+        raise Rejected("bad_args", f"args.warm_start: {exc}") from None
+    return str(models.root / value)
+
+
+def train_job(args: dict[str, Any], data_root: Path, bundle_root: Path, cmd_id: str | None,
+              models: Any = None) -> Job:
     """A validated train job from command args (bundle/data resolved inside their roots).
 
     The options are checked against their declarations (:mod:`ftedge.runtime.training.options`): an unknown key,
@@ -128,6 +146,8 @@ def train_job(args: dict[str, Any], data_root: Path, bundle_root: Path, cmd_id: 
     if not data.exists():
         raise Rejected("unknown_data", f"no data {args['data']!r} under {data_root}")
     options = {key: every[key].check(args[key]) for key in every if key in args}
+    if "warm_start" in options and models is not None:
+        options["warm_start"] = warm_start_dir(options["warm_start"], models)
     try:
         from ftedge.bundle.loader import load_bundle
 

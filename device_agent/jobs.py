@@ -56,6 +56,8 @@ class Job:
     error: str | None = None
     version: str | None = None
     stalled_starts: int = 0  # starts since the last finished epoch (a crash loop shows here)
+    trigger: str = "command"          # "command" (the fleet's train) or "policy" (the box's own, [personalize])
+    trigger_reason: str | None = None  # why a policy run started
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Job":
@@ -65,7 +67,14 @@ class Job:
     def public(self) -> dict[str, Any]:
         return {"job": self.id, "status": self.status, "bundle": Path(self.bundle).name, "cmd_id": self.cmd_id,
                 "created_ms": self.created_ms, "started_ms": self.started_ms, "finished_ms": self.finished_ms,
-                "attempts": self.attempts, "version": self.version, "error": self.error}
+                "attempts": self.attempts, "version": self.version, "error": self.error, "trigger": self.trigger}
+
+
+def _warm_version(warm: Any) -> str | None:
+    """The version id a warm-started run continued from (its directory's name when the result gives none)."""
+    if not isinstance(warm, dict):
+        return None
+    return warm.get("version") or (Path(warm["from"]).name if isinstance(warm.get("from"), str) else None)
 
 
 def new_job_id() -> str:
@@ -362,7 +371,8 @@ class JobRunner:
         """Record and report the end of ``job``; every step is attempted even if an earlier one fails."""
         job.status, job.error, job.finished_ms = status, error, int(time.time() * 1000)
         job.result = None if result is None else {k: result.get(k) for k in (   # not the skipped list: it can be long
-            *(k for k in COMMON_KEYS if k != "skipped"), "gain", "mode", "gate")}
+            *(k for k in COMMON_KEYS if k != "skipped"), "gain", "mode", "gate", "warm_start", "previous",
+            "previous_gain")}
         if result is not None and isinstance(result.get("search"), dict):
             job.result["tuning"] = tuning_summary(result["search"])
         self.done.add(job.id)
@@ -385,6 +395,9 @@ class JobRunner:
             "skipped": (result or {}).get("skipped_count", len((result or {}).get("skipped") or [])),
             **({"tuning": res["tuning"]} if res.get("tuning") else {}),
             **({"providers": res["providers"]} if res.get("providers") else {}),   # per stage, CPU fallbacks
+            "trigger": job.trigger, **({"trigger_reason": job.trigger_reason} if job.trigger_reason else {}),
+            "warm_start": _warm_version(res.get("warm_start")), "previous": res.get("previous"),
+            "previous_gain": res.get("previous_gain"),
         })
         try:
             self.store.save(job)
