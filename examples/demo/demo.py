@@ -7,7 +7,9 @@
 3. Start a local Mosquitto, the fleet collector with its dashboard, and three device agents (each with its
    own state dir, data and bundle folders; torch-free ``.venv-device`` interpreter when present).
 4. `ftedge fleet train` fans one job out; each box trains on its own clips (they never leave it) and
-   reports progress and its result over MQTT; the collector turns that into the fleet table.
+   reports progress and its result over MQTT; the collector turns that into the fleet table. With ``--policy`` no
+   one sends a job: each box runs its own ``[personalize]`` policy, and starts training by itself when the user's
+   recordings arrive (docs/personalize.md).
 5. Check each box's new model on its held-out clips against the untuned model.
 6. Release a new signed bundle (a rebuild of the shipped model) and roll it out from the collector: a canary box
    deploys and trains it first; the others follow only if the canary's model beats its untuned baseline.
@@ -66,14 +68,15 @@ class _Box:
         self.data, self.bundles, self.state = root / "data", root / "bundles", root / "state"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, broker_url: str, trusted_key: Path) -> None:
+    def start(self, broker_url: str, trusted_key: Path, policy: str = "") -> None:
         from ftedge.fleet.local_broker import die_with_parent
 
         config = self.root / "agent.toml"
         config.write_text(f'device_id = "{self.name}"\nfleet = "{FLEET}"\nstate_dir = "{self.state}"\n'
                           f'[mqtt]\nurl = "{broker_url}"\nwill_delay = 2\n'
                           f'[paths]\ndata_root = "{self.data}"\nbundle_root = "{self.bundles}"\n'
-                          f'[deploy]\ntrusted_keys = ["{trusted_key}"]\n')  # boxes train only signed bundles
+                          f'[deploy]\ntrusted_keys = ["{trusted_key}"]\n'  # boxes train only signed bundles
+                          + policy)
         device_py = REPO / ".venv-device" / "bin" / "python"
         python = str(device_py) if device_py.exists() else sys.executable
         with open(self.root / "agent.log", "ab") as log:
@@ -130,11 +133,40 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _policy_table(shots: int, words: int, seed: int) -> str:
+    """The boxes' ``[personalize]`` in --policy mode: train on ``data/train`` once the user's recordings are there
+    (max_load is high: the demo's three boxes, collector and broker share this machine)."""
+    options = ", ".join(f"{k} = {json.dumps(v)}" for k, v in {**JOB, "seed": seed}.items()
+                        if k not in ("bundle", "data"))
+    return (f'[personalize]\nbundle = "{JOB["bundle"]}"\ndata = "{JOB["data"]}"\nmin_new_samples = {shots * words}\n'
+            f"min_interval_h = 0\nmax_load = 64\ncheck_interval_s = 2\noptions = {{ {options} }}\n")
+
+
+def _policy_runs(store: Any, boxes: list[_Box], timeout: float) -> list[Any]:
+    """The job each box's policy started (seen by the collector), as runs ``follow`` can watch."""
+    from ftedge.fleet.fanout import DeviceRun
+
+    runs: dict[str, Any] = {}
+
+    def started() -> bool:
+        for box in boxes:
+            jobs = store.jobs(FLEET, box.name)
+            if jobs and box.name not in runs:
+                job = jobs[0]["job"]   # no command was sent: the box's own start stands for the accepted reply
+                runs[box.name] = DeviceRun(FLEET, box.name, "policy", job=job,
+                                           reply={"status": "accepted", "job": job, "trigger": "policy"})
+        return len(runs) == len(boxes)
+
+    _wait(started, timeout, "the boxes' policies did not start their runs")
+    return [runs[b.name] for b in boxes]
+
+
 def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int = 5, seed: int = 0,
              say: Callable[[str], None] = print, http: str = "127.0.0.1:8080", serve: bool = False,
-             ready: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+             ready: Callable[[dict[str, Any]], None] | None = None, policy: bool = False) -> dict[str, Any]:
     """Run the fleet story; returns per-box and fleet-wide figures. ``serve`` keeps everything running
-    (dashboard up) until Ctrl-C / SIGTERM; ``ready`` is called with the result before that wait."""
+    (dashboard up) until Ctrl-C / SIGTERM; ``ready`` is called with the result before that wait. ``policy``: the
+    boxes start their runs themselves (``[personalize]``) when the recordings arrive, instead of `fleet train`."""
     from ftedge.export import ExportOptions, export_bundle
     from ftedge.fleet.fanout import fan_out, follow
     from ftedge.fleet.http import FleetHTTPServer
@@ -201,8 +233,12 @@ def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int
         rollouts.start(server.url)
         say(f"3/7 Mosquitto on {broker.url}, collector + dashboard on {server.url}/, "
             f"starting {len(boxes)} boxes")
+        recordings = {}
         for box in boxes:
-            box.start(broker.url, public_key)
+            if policy:  # the recordings arrive after the box is up: its policy sees them as new data
+                recordings[box.name] = box.root / "recordings"
+                shutil.move(box.data / JOB["data"], recordings[box.name])
+            box.start(broker.url, public_key, _policy_table(shots, len(kws.WORDS), seed) if policy else "")
         names = {b.name for b in boxes}
 
         def online() -> bool:
@@ -214,9 +250,16 @@ def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int
 
         _wait(online, 90, f"the boxes did not come online (see {workdir / 'boxes'}/*/agent.log)")
 
-        say(f"4/7 ftedge fleet train --devices {','.join(sorted(names))} --bundle kws --data train: "
-            f"{shots} clips per word on each box, which never leave it")
-        runs = fan_out(collector, FLEET, [b.name for b in boxes], "train", {**JOB, "seed": seed}, timeout=30)
+        if policy:
+            say(f"4/7 each user records {shots} clips per word; each box's own policy ([personalize]) starts "
+                "training by itself when they arrive (no fleet command), on clips that never leave it")
+            for box in boxes:
+                shutil.copytree(recordings[box.name], box.data / JOB["data"])
+            runs = _policy_runs(store, boxes, 120)
+        else:
+            say(f"4/7 ftedge fleet train --devices {','.join(sorted(names))} --bundle kws --data train: "
+                f"{shots} clips per word on each box, which never leave it")
+            runs = fan_out(collector, FLEET, [b.name for b in boxes], "train", {**JOB, "seed": seed}, timeout=30)
         bad = [r for r in runs if r.error]
         if bad:
             raise FtedgeError("boxes refused the job: " + "; ".join(f"{r.device}: {r.error}" for r in bad))
@@ -250,6 +293,7 @@ def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int
             rows.append({
                 "device": box.name, "voice": box.voice, "state": dev.get("state"), "job": run.job,
                 "job_status": res.get("status"), "promoted": bool(res.get("promoted")),
+                "trigger": res.get("trigger"),
                 "version": (active or {}).get("id"), "train_files": shots * len(kws.WORDS),
                 "test_clips": before["samples"], "epochs_reported": run.epochs,
                 "val_accuracy_before": (res.get("baseline") or {}).get("accuracy"),
@@ -270,6 +314,7 @@ def run_demo(workdir: Path, voices: tuple[str, ...] = DEFAULT_VOICES, shots: int
         summary = store.fleet_summary(FLEET)
         result = {
             "data": "synthetic speech (espeak-ng)", "shots": shots, "boxes": rows, "fleet": summary,
+            "trigger": "policy" if policy else "command",
             "dashboard": server.url + "/", "broker": broker.url,
             "parity_max_abs_diff": max(manifest["parity"]["max_abs_diff"].values()),
             "rollout": {"name": rollout["name"], "state": rollout["state"], "reason": rollout["reason"],
@@ -343,6 +388,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--serve", dest="serve", action="store_true", default=None,
                        help="keep the dashboard up until Ctrl-C (default when run from a terminal)")
     serve.add_argument("--no-serve", dest="serve", action="store_false", help="stop everything after the table")
+    p.add_argument("--policy", action="store_true",
+                   help="the boxes train by themselves ([personalize] policy) when the recordings arrive, instead of "
+                        "a `fleet train` command")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(handler=_run)
@@ -363,7 +411,7 @@ def _run(args: argparse.Namespace) -> int:
             print(json.dumps(result), flush=True)
 
     try:
-        result = run_demo(args.workdir, voices, args.shots, args.seed, say, args.http, serve, ready)
+        result = run_demo(args.workdir, voices, args.shots, args.seed, say, args.http, serve, ready, args.policy)
     except KeyboardInterrupt:
         print("interrupted: stopped the boxes, the collector and the broker", file=sys.stderr)
         return 130

@@ -97,3 +97,20 @@ def test_demo_without_mosquitto_says_how_to_install_it(monkeypatch, tmp_path, ca
     assert main(["demo", "--workdir", str(tmp_path / "demo"), "--no-serve", "--quiet"]) == 1
     assert "apt-get install mosquitto" in capsys.readouterr().err
     assert not (tmp_path / "demo").exists(), "nothing is written before the checks pass"
+
+
+def test_demo_policy_mode_boxes_train_by_themselves(tmp_path):
+    """`ftedge demo --policy`: no fleet train is sent; each box's [personalize] policy starts its run when the user's
+    SYNTHETIC recordings arrive, and the new model beats the untuned one on the held-out clips."""
+    proc = subprocess.run([sys.executable, "-m", "ftedge", "demo", "--workdir", str(tmp_path / "demo"), "--no-serve",
+                           "--json", "--quiet", "--policy", "--http", "127.0.0.1:0"], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["trigger"] == "policy"
+    for box in result["boxes"]:
+        assert box["trigger"] == "policy" and box["job_status"] == "succeeded" and box["promoted"], box
+        assert box["accuracy_after"] > box["accuracy_before"], box
+    for i in (1, 2, 3):   # the box's own log says why it started
+        log = (tmp_path / "demo" / "boxes" / f"box-{i}" / "agent.log").read_text(errors="replace")
+        assert "policy: queued job" in log and "50 new samples (≥ 50)" in log
