@@ -171,11 +171,17 @@ def parse_policy(doc: Any, source: str = "config") -> tuple[Policy | None, list[
     return Policy(**values, source=source), []
 
 
+def _fmt(v: float) -> str:
+    if isinstance(v, int) and v >= 2**32 and (v & (v - 1)) == 0:
+        return f"2^{v.bit_length() - 1}"
+    return f"{v:,}" if isinstance(v, int) else f"{v:g}"
+
+
 def markdown_table() -> str:
     """The settings table of docs/personalize.md."""
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for s in FIELDS:
         default = "(required)" if s.required else json.dumps(s.default)
-        bounds = f" ({s.bounds[0]:g} … {s.bounds[1]:g})" if s.bounds else ""
+        bounds = f" ({_fmt(s.bounds[0])} … {_fmt(s.bounds[1])})" if s.bounds else ""
         rows.append(f"| `{s.name}` | {s.type.__name__}{bounds} | {default} | {s.help} |")
     return "\n".join(rows)
