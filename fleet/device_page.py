@@ -74,8 +74,8 @@ def _policy(p: dict[str, Any] | None) -> str:
     state = p.get("state") or "unknown"
     facts = [f'next eligible <b class="next">{_e(when(p.get("next_eligible_ms")))}</b>',
              f'checked {_e(when(p.get("checked_ms")))}',
-             f'samples {_e(p.get("samples") if p.get("samples") is not None else "—")} '
-             f'({_e(p.get("new_samples") if p.get("new_samples") is not None else "—")} new)',
+             (f'samples {_e(p.get("samples") if p.get("samples") is not None else "—")} '
+              f'({_e(p.get("new_samples") if p.get("new_samples") is not None else "—")} new)'),
              f'runs in 24 h {_e(p.get("runs_24h") if p.get("runs_24h") is not None else "—")}']
     last = p.get("last_run") or {}
     if last:
@@ -87,7 +87,7 @@ def _policy(p: dict[str, Any] | None) -> str:
                        for k, v in (p.get("policy") or {}).items())
     return (f'<p id="policy-state" data-state="{_e(state)}" data-next="{_e(p.get("next_eligible_ms"))}">'
             f'<span class="pstate pstate-{_e(state)}">{_e(state.replace("_", " "))}</span> · '
-            f'<span class="reason">{_e(p.get("reason"))}</span></p><p class="meta">{" · ".join(facts)}</p>'
+            f'<span class="policy-reason">{_e(p.get("reason"))}</span></p><p class="meta">{" · ".join(facts)}</p>'
             f'<table id="policy"><tbody>{settings}</tbody></table>')
 
 
@@ -131,8 +131,9 @@ def personalization_section(doc: dict[str, Any]) -> str:
 def device_fragment(doc: dict[str, Any]) -> str:
     """The live part of a device's page."""
     return (f'<section id="device" data-fleet="{_e(doc["fleet"])}" data-device="{_e(doc["device"])}" '
-            f'data-state="{_e(doc.get("state"))}"><p>fleet <b>{_e(doc["fleet"])}</b> · state <b>{_e(doc.get("state"))}'
-            f'</b> · active version <b>{_e(doc.get("active_version"))}</b> · last seen '
+            f'data-state="{_e(doc.get("state"))}"><p>fleet <b>{_e(doc["fleet"])}</b> · state '
+            f'<b>{_e(doc.get("state") or "—")}</b> · active version <b>{_e(doc.get("active_version") or "—")}</b> · '
+            'last seen '
             f'{_e(when(doc.get("last_seen")))}</p></section>' + personalization_section(doc))
 
 

@@ -85,7 +85,7 @@ def _publish_history(dev: SimDevice) -> None:
 
 def _metric(text: str, name: str, **labels: str) -> float:
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    m = re.search(rf"^{re.escape(name)}{{{re.escape(want)}}} (\S+)$", text, re.M)
+    m = re.search(rf"^{re.escape(name)}{{{re.escape(want)}}} (\S+)$", text, re.MULTILINE)
     assert m, f"no {name}{{{want}}} in /metrics"
     return float(m.group(1))
 
@@ -159,7 +159,7 @@ def test_policy_runs_and_states_reach_the_device_page_metrics_and_status(db, bro
         assert rows["box-2"]["policy"]["state"] == "running" and rows["box-3"]["policy"] is None
         assert main(["fleet", "status", "--db", db]) == 0
         out = capsys.readouterr().out
-        assert re.search(r"^demo\s+box-1 .* waiting_window\s*$", out, re.M)
+        assert re.search(r"^demo\s+box-1 .* waiting_window\s*$", out, re.MULTILINE)
         assert (f"  box-1 policy: waiting_window: outside {EVIL}; next eligible 2025-12-30 01:00:00 UTC; "
                 "1 run(s) in 24 h") in out
         assert main(["fleet", "policy", "--device", "box-1", "--db", db]) == 0
