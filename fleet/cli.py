@@ -22,7 +22,7 @@ from ftedge.errors import (
     ReplyTimeoutError,
     UsageError,
 )
-from ftedge.mqtt.contract import BrokerSettings, redact_url
+from ftedge.mqtt.contract import POLICY_VERB, BrokerSettings, redact_url
 
 from ftedge.fleet import share_group
 
@@ -411,7 +411,7 @@ def _policy(args: argparse.Namespace) -> int:
     args.fleet = args.fleet or "demo"
     collector = _oneshot(args)
     try:
-        reply = collector.send(args.fleet, args.device, "policy", verb_args or {}, timeout=args.timeout)
+        reply = collector.send(args.fleet, args.device, POLICY_VERB, verb_args or {}, timeout=args.timeout)
     except TimeoutError as exc:
         if not collector.subscribed.is_set():
             raise _unreachable(collector, exc) from exc
