@@ -22,14 +22,14 @@ import math
 import re
 from typing import Any
 
-from ftedge.mqtt.contract import POLICY_STATES, TRIGGERS
+from ftedge.mqtt.contract import MAX_REASON, POLICY_STATES, TRIGGERS
 
 MAX_PAYLOAD = 64 * 1024     # bytes of one device message (default of FleetStore(max_payload_bytes=…))
 MAX_NAME = 128              # characters of a fleet, device or job name in a topic
 MAX_ID = 256                # characters of an identifier / enum-like string field
 MAX_DEPTH = 16              # nesting of objects and arrays
 MAX_BOOT = 64               # characters of an envelope's boot id
-MAX_LINE = 1024             # characters of a one-line explanation (a result's trigger_reason, a policy's reason)
+MAX_LINE = MAX_REASON       # characters of a one-line explanation (a result's trigger_reason, a policy's reason)
 BOOT_PATTERN = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_BOOT}}}")   # a boot id (fullmatch)
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")   # NUL (PostgreSQL text) and lone surrogates (UTF-8)
 _INT64 = 2**63
