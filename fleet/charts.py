@@ -15,10 +15,11 @@ MAX_BINS = 12                                   # bars of a histogram at most (â
 
 
 def svg_chart(values: list[Any], title: str, color: str, width: int = 200, height: int = 96,
-              baseline: float | None = None) -> str:
+              baseline: float | None = None, unit: str = "epochs") -> str:
     """A small line chart as inline SVG (no external library): one ``<polyline class="series">`` with one
-    point per finite value (``data-points`` says how many), min/max labels, and an optional dashed
-    ``baseline`` (e.g. the accuracy before personalization)."""
+    point per finite value (``data-points`` says how many), min/max labels, the number of points and their
+    ``unit`` (e.g. "epochs", "versions"), and an optional dashed ``baseline`` (e.g. the accuracy before
+    personalization)."""
     pts = [f for f in (finite(v) for v in values) if f is not None]
     esc = html.escape(title)
     head = (f'<svg class="chart" data-title="{esc}" data-points="{len(pts)}" width="{width}" height="{height}" '
@@ -42,7 +43,7 @@ def svg_chart(values: list[Any], title: str, color: str, width: int = 200, heigh
              f'<path class="axes" d="M{left},{top}V{height - bottom}H{width - right}" stroke="#999" fill="none"/>',
              f'<text x="{left - 3}" y="{top + 4}" font-size="9" text-anchor="end">{hi:.3g}</text>',
              f'<text x="{left - 3}" y="{height - bottom}" font-size="9" text-anchor="end">{lo:.3g}</text>',
-             f'<text x="{width - right}" y="{height - 4}" font-size="9" text-anchor="end">{len(pts)} epochs</text>']
+             f'<text x="{width - right}" y="{height - 4}" font-size="9" text-anchor="end">{len(pts)} {html.escape(unit)}</text>']
     if baseline is not None:
         parts.append(f'<line class="baseline" x1="{left}" x2="{width - right}" y1="{y(baseline):.1f}" '
                      f'y2="{y(baseline):.1f}" stroke="#777" stroke-dasharray="4 3"><title>before: {baseline:.4g}'

@@ -1,4 +1,4 @@
-"""`ftedge fleet serve|status|send|train`: the fleet collector's command line (torch-free)."""
+"""`ftedge fleet serve|status|send|train|policy`: the fleet collector's command line (torch-free)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ from ftedge.errors import (
     EXIT_REJECTED,
     EXIT_TIMEOUT,
     BrokerUnreachableError,
+    DeviceRejectedError,
     FtedgeError,
     ReplyTimeoutError,
     UsageError,
 )
-from ftedge.mqtt.contract import BrokerSettings, redact_url
+from ftedge.mqtt.contract import POLICY_VERB, BrokerSettings, redact_url
 
 from ftedge.fleet import share_group
 
@@ -121,7 +122,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog="exit codes: 0 done/accepted, 3 rejected by the device (or it answered error), "
                               "4 no reply before --timeout, 5 broker unreachable, 2 bad arguments.")
     se.add_argument("device", metavar="DEVICE")
-    se.add_argument("verb", metavar="VERB", help="ping, status, resync, train, cancel, rollback, deploy")
+    se.add_argument("verb", metavar="VERB", help="ping, status, resync, train, cancel, rollback, deploy, ask, policy")
     se.add_argument("--args", default="{}", metavar="JSON", help="command args as a JSON object")
     se.add_argument("--fleet", default="demo", help="fleet name (default demo)")
     se.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply (default 10)")
@@ -157,6 +158,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--json", action="store_true", help="print one JSON object per device")
     _mqtt_args(tr)
     tr.set_defaults(handler=_train)
+    po = fs.add_parser("policy", help="show, set, clear or check a device's personalization policy",
+                       description="Without an action, show the device's policy and its state: from the device itself "
+                                   "with --broker (the `policy` verb), else from the collector's --db (its latest "
+                                   "meta). --set/--set-json/--clear/--check send the `policy` verb and print the "
+                                   "reply: the device validates a new policy (every problem is listed), keeps it "
+                                   "across restarts (STATE/policy.json) and uses it instead of its agent.toml's "
+                                   "[personalize]; --clear goes back to that one; --check evaluates it now.",
+                       epilog="examples:\n  ftedge fleet policy --device box-1 --db fleet.sqlite\n"
+                              "  ftedge fleet policy --device box-1 --set-json '{\"bundle\": \"kws\", \"data\": "
+                              "\"user\", \"window\": \"01:00-05:00\"}' --broker mqtt://127.0.0.1:1883\n"
+                              "  ftedge fleet policy --device box-1 --clear --broker mqtt://127.0.0.1:1883\n"
+                              "settings: docs/agent.md ([personalize]). exit codes: 0 ok, 3 rejected by the device, "
+                              "4 no reply before --timeout, 5 broker unreachable, 2 bad arguments.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    po.add_argument("--device", required=True, metavar="DEVICE", help="the device id")
+    po.add_argument("--fleet", default=None, help="fleet name (default demo; with --db: the first fleet that has "
+                                                  "the device)")
+    what = po.add_mutually_exclusive_group()
+    what.add_argument("--set", dest="set_file", type=Path, metavar="FILE.json",
+                      help="replace the device's policy with the JSON object in FILE")
+    what.add_argument("--set-json", metavar="JSON", help="replace the device's policy with this JSON object")
+    what.add_argument("--clear", action="store_true", help="drop the fleet's policy: back to the agent.toml one")
+    what.add_argument("--check", action="store_true", help="evaluate the policy now (it may start a run)")
+    po.add_argument("--db", default=None, metavar="PATH|URL",
+                    help="read the policy from this collector database (default fleet.sqlite) when no --broker")
+    po.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply (default 10)")
+    po.add_argument("--json", action="store_true", help="print JSON (the reply, or the stored policy and state)")
+    _mqtt_args(po, required=False)
+    po.set_defaults(handler=_policy)
     sg = fs.add_parser("share-group", help="print a fresh random --share-group name (a secret of the fleet)",
                        description="Print a random MQTT share-group name for `serve --share-group`. Give every "
                                    "collector of the fleet the same one and keep it from devices: a broker user that "
@@ -294,8 +324,9 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(devices))
         return 0
     print(f"{'fleet':10s} {'device':14s} {'state':8s} {'job':28s} {'status':10s} {'epoch':>5s} {'loss':>8s} "
-          f"{'validation':>20s} {'version':8s} {'msgs':>8s} {'gaps':>5s}")   # headline metric, e.g. "accuracy 0.917";
-    # msgs/gaps: the device's unique messages and counted seq holes (which box loses telemetry)
+          f"{'validation':>20s} {'version':8s} {'msgs':>8s} {'gaps':>5s} {'policy':16s}")   # headline metric, e.g.
+    # "accuracy 0.917"; msgs/gaps: the device's unique messages and counted seq holes (which box loses telemetry);
+    # policy: its personalization policy's state (a line below says why and when it may run next)
     obj = lambda v: v if isinstance(v, dict) else {}  # noqa: E731
     for d in devices:
         try:
@@ -306,10 +337,122 @@ def _status(args: argparse.Namespace) -> int:
                   f"{str(job.get('status') or '-'):10s} {str(m.get('epoch', '-')):>5s} "
                   f"{_fmt(m.get('loss'), '.4f'):>8s} {val:>20s} "
                   f"{str(d.get('active_version') or '-'):8s} {_fmt(d.get('messages'), 'd'):>8s} "
-                  f"{_fmt(d.get('seq_gaps'), 'd'):>5s}")
+                  f"{_fmt(d.get('seq_gaps'), 'd'):>5s} {str(obj(d.get('policy')).get('state') or '-'):16s}")
+            if d.get("policy"):
+                print(f"  {d['device']} policy: {policy_line(d['policy'])}")
         except Exception as exc:  # noqa: BLE001 - one bad row must not hide the others
             print(f"{str(d.get('fleet')):10s} {str(d.get('device')):14s} (cannot show this device: {exc})")
     return 0
+
+
+def policy_line(p: dict) -> str:
+    """A policy state in one line: "waiting_window: outside 01:00-05:00; next eligible 2026-12-08 01:00:00 UTC"."""
+    from ftedge.fleet.device_page import when
+
+    line = f"{p.get('state') or 'unknown'}: {p.get('reason') or '-'}"
+    if p.get("next_eligible_ms") is not None:
+        line += f"; next eligible {when(p.get('next_eligible_ms'))}"
+    if p.get("runs_24h") is not None:
+        line += f"; {p.get('runs_24h')} run(s) in 24 h"
+    return line
+
+
+def _policy_args(args: argparse.Namespace) -> dict | None:
+    """The `policy` verb's args of the action given, or None (only show)."""
+    from ftedge.fleet.validate import MAX_PAYLOAD
+
+    if args.clear:
+        return {"clear": True}
+    if args.check:
+        return {"check": True}
+    if args.set_file is None and args.set_json is None:
+        return None
+    where = f"--set {args.set_file}" if args.set_file is not None else "--set-json"
+    try:
+        text = args.set_file.read_text(encoding="utf-8") if args.set_file is not None else args.set_json
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{where}: cannot read it ({exc}); give a JSON file of policy settings") from None
+    if len(text.encode()) > MAX_PAYLOAD // 2:
+        raise UsageError(f"{where}: {len(text.encode())} bytes; a policy fits in {MAX_PAYLOAD // 2} bytes")
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{where} is not JSON ({exc}); write an object such as "
+                         '{"bundle": "kws", "data": "user"}') from None
+    if not isinstance(doc, dict):
+        raise UsageError(f"{where} must be a JSON object of policy settings (bundle, data, window, …), "
+                         f"not {type(doc).__name__}")
+    return {"set": doc}
+
+
+def _print_policy(device: str, policy: object, state: object) -> None:
+    """The policy and its state, readable: one state line, then the settings."""
+    from ftedge.fleet.personalization import policy_of
+
+    p = policy_of({"personalize": {"policy": policy, "state": state}}) or {}
+    if not isinstance(state, dict) and not isinstance(policy, dict):
+        print(f"{device}: no personalization policy")
+        return
+    print(f"{device}: {policy_line(p)}")
+    if isinstance(policy, dict):
+        print("  " + " ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in policy.items()))
+    else:
+        print("  no policy")
+
+
+def _policy(args: argparse.Namespace) -> int:
+    verb_args = _policy_args(args)
+    if args.broker is None:
+        if verb_args is not None:
+            raise UsageError("--set, --set-json, --clear and --check send the `policy` verb: give --broker URL")
+        return _policy_from_db(args)
+    if args.db is not None:
+        raise UsageError("give either --broker (ask the device) or --db (its latest meta), not both")
+    args.fleet = args.fleet or "demo"
+    collector = _oneshot(args)
+    try:
+        reply = collector.send(args.fleet, args.device, POLICY_VERB, verb_args or {}, timeout=args.timeout)
+    except TimeoutError as exc:
+        if not collector.subscribed.is_set():
+            raise _unreachable(collector, exc) from exc
+        raise ReplyTimeoutError(f"{exc}") from exc
+    finally:
+        collector.stop()
+        collector.store.close()
+    if reply.get("status") in ("rejected", "error"):
+        if args.json:
+            print(json.dumps(reply))
+        raise DeviceRejectedError(f"{args.fleet}/{args.device} {reply.get('status')} the policy command "
+                                  f"({reply.get('code')}): {reply.get('detail')}")
+    if args.json:
+        print(json.dumps(reply))
+    else:
+        _print_policy(args.device, reply.get("policy"), reply.get("state"))
+    return EXIT_OK
+
+
+def _policy_from_db(args: argparse.Namespace) -> int:
+    from ftedge.fleet.store import FleetStore
+    from ftedge.fleet.store_backend import is_postgres_url
+
+    db = str(args.db or DEFAULT_DB)
+    if not is_postgres_url(db) and not Path(db).exists():
+        raise FtedgeError(f"{db} does not exist: run `ftedge fleet serve --db {db}` first, or ask the device "
+                          "with --broker URL")
+    with FleetStore(db) as store:
+        fleets = [args.fleet] if args.fleet else store.device_fleets(args.device)
+        d = store.device(fleets[0], args.device) if fleets else None
+    if d is None:
+        raise FtedgeError(f"no device {args.device!r}{' in fleet ' + repr(args.fleet) if args.fleet else ''} in "
+                          f"{db}: `ftedge fleet status --db {db}` lists the devices")
+    meta = d.get("meta") if isinstance(d.get("meta"), dict) else {}
+    pers = meta.get("personalize") if isinstance(meta.get("personalize"), dict) else {}
+    if args.json:
+        print(json.dumps({"fleet": d["fleet"], "device": d["device"], "policy": pers.get("policy"),
+                          "state": pers.get("state")}))
+    else:
+        _print_policy(args.device, pers.get("policy"), pers.get("state"))
+    return EXIT_OK
 
 
 def _oneshot(args: argparse.Namespace, listen: bool = False):  # noqa: ANN202

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlencode
 
 from . import headline
 from .charts import ACC_COLOR, LOSS_COLOR, svg_chart
+from .device_page import device_url
 from .rollout_page import rollouts_section
 from .validate import finite
 
@@ -74,7 +75,8 @@ def _device_row(d: dict[str, Any], page: int, now_ms: int) -> str:
     dev = html.escape(d["device"])
     return (f'<tr class="device" data-device="{dev}" data-fleet="{html.escape(d["fleet"])}" '
             f'data-state="{html.escape(state)}"><td>{html.escape(d["fleet"])}</td>'
-            f'<td><a href="{html.escape(_query(page, d["device"]))}">{dev}</a></td>'
+            f'<td><a href="{html.escape(_query(page, d["device"]))}">{dev}</a> '
+            f'<a class="page" href="{html.escape(device_url(d["fleet"], d["device"]))}" title="its page">›</a></td>'
             f'<td class="state state-{html.escape(state)}">{html.escape(state)}</td>'
             f'<td class="job">{html.escape(str(job.get("id") or ""))}</td>'
             f'<td class="status">{html.escape(str(job.get("status") or ""))}</td>'

@@ -45,6 +45,8 @@ class DeviceRow:
     metrics: str | None = None
     active_version: str | None = None
     status_ts: int | None = None
+    # meta.personalize.state.state when a newer meta replaced it ("" for a meta without a policy; None: unchanged)
+    policy_state: str | None = None
     marks: dict[str, int] = field(default_factory=dict)
     switched: bool = False  # current boot changed in this transaction: prune old boots
     new_messages: int = 0   # unique messages and late fills of this transaction, added to the row's totals
@@ -238,8 +240,9 @@ class TransactionState:
         for dev in devices:
             marks = "{" + ",".join([f'"{k}":{v}' for k, v in dev.marks.items()]) + "}"   # str keys, int values
             values = (dev.state, dev.reason, dev.last_seen_ms, dev.boot, dev.last_seq, dev.meta, dev.job,
-                      dev.metrics, dev.active_version, dev.status_ts, marks, dev.new_messages, dev.new_late_fills)
-            dev.meta = dev.job = dev.metrics = None   # written: unchanged from now on
+                      dev.metrics, dev.active_version, dev.status_ts, marks, dev.new_messages, dev.new_late_fills,
+                      dev.policy_state)
+            dev.meta = dev.job = dev.metrics = dev.policy_state = None   # written: unchanged from now on
             dev.new_messages = dev.new_late_fills = 0
             if dev.stored:
                 old.append((*values, dev.fleet, dev.device))
@@ -252,11 +255,12 @@ class TransactionState:
                 "UPDATE devices SET state = ?, reason = ?, last_seen_ms = ?, boot = ?, last_seq = ?,"
                 " meta_json = COALESCE(?, meta_json), job_json = COALESCE(?, job_json),"
                 " metrics_json = COALESCE(?, metrics_json), active_version = ?, status_ts = ?, marks_json = ?,"
-                " messages_total = messages_total + ?, late_fills_total = late_fills_total + ?"
-                " WHERE fleet = ? AND device = ?", old)
+                " messages_total = messages_total + ?, late_fills_total = late_fills_total + ?,"
+                " policy_state = COALESCE(?, policy_state) WHERE fleet = ? AND device = ?", old)
         if new:
-            db.executemany(f"INSERT INTO devices ({_DEVICE_COLUMNS}, messages_total, late_fills_total) VALUES"
-                           " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fleet, device) DO NOTHING", new)
+            db.executemany(f"INSERT INTO devices ({_DEVICE_COLUMNS}, messages_total, late_fills_total, policy_state)"
+                           " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fleet, device)"
+                           " DO NOTHING", new)
 
     def _prune_boots(self, db: Any, dev: DeviceRow) -> None:
         """Keep the newest ``keep_boots`` boots of a device for de-duplication."""

@@ -90,6 +90,14 @@ def of_result(body: dict[str, Any] | None) -> Headline:
                     reported=False)
 
 
+def gain(h: Headline) -> float | None:
+    """``tuned − untuned`` of a result's headline, signed so that higher is better whatever the metric (a loss
+    that fell is a positive gain); None unless both are known."""
+    if h.tuned is None or h.untuned is None:
+        return None
+    return (h.tuned - h.untuned) * (1.0 if h.higher_is_better is not False else -1.0)
+
+
 def of_progress(body: dict[str, Any] | None) -> Headline:
     """The headline of a ``progress`` body: its ``headline``, or (older agents) the guess from ``metrics``."""
     body = _obj(body)

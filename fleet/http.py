@@ -1,6 +1,7 @@
 """The collector's HTTP server: the JSON API (``/api/devices`` pages, a job, commands; ``/api/rollouts`` and
-``/api/rollouts/<name>``), ``/metrics`` (:mod:`.metrics`) and the live dashboard (``/``, ``/fragment``:
-:mod:`.dashboard`; ``/rollouts/<name>`` and its ``/fragment``: :mod:`.rollout_page`).
+``/api/rollouts/<name>``, a device's ``/api/devices/<device>/personalization``), ``/metrics`` (:mod:`.metrics`) and
+the live dashboard (``/``, ``/fragment``: :mod:`.dashboard`; ``/rollouts/<name>`` and its ``/fragment``:
+:mod:`.rollout_page`; ``/devices/<device>?fleet=F`` and its ``/fragment``: :mod:`.device_page`).
 
 Stdlib ``ThreadingHTTPServer`` bound to loopback by default; commands over HTTP need a bearer token (and
 are disabled when none is configured; compared in constant time). Every request's ``Host`` must be an IP
@@ -37,6 +38,7 @@ from urllib.parse import parse_qs, unquote, urlencode, urlparse
 from .bundle_http import MAX_BUNDLE_TRANSFERS, BundleRequests
 from .bundle_store import BundleStore
 from .dashboard import dashboard_fragment, dashboard_page, page_args
+from .device_page import device_doc, device_fragment, device_html
 from .metrics import prometheus_text
 from .rollout_page import rollout_doc, rollout_fragment, rollout_html, rollouts_list
 
@@ -308,6 +310,17 @@ class FleetHTTPServer:
                             return self._reply(404, body.encode(), "text/html; charset=utf-8")
                         page = rollout_fragment(doc) if len(parts) == 3 else rollout_html(doc)
                         self._reply(200, page.encode(), "text/html; charset=utf-8")
+                    elif parts[:1] == ["devices"] and (len(parts) == 2 or parts[2:] == ["fragment"]):
+                        doc = device_doc(outer.store, parts[1], parse_qs(url.query).get("fleet", [None])[0])
+                        if doc is None:
+                            body = (f"<!doctype html><title>no such device</title><p>no device named "
+                                    f"{html.escape(unquote(parts[1]))}: see <a href=\"/\">the dashboard</a></p>")
+                            return self._reply(404, body.encode(), "text/html; charset=utf-8")
+                        page = device_fragment(doc) if len(parts) == 3 else device_html(doc)
+                        self._reply(200, page.encode(), "text/html; charset=utf-8")
+                    elif len(parts) == 4 and parts[:2] == ["api", "devices"] and parts[3] == "personalization":
+                        doc = device_doc(outer.store, parts[2], parse_qs(url.query).get("fleet", [None])[0])
+                        self._json(200, doc) if doc else self._json(404, {"error": "no such device"})
                     elif len(parts) == 5 and parts[:2] == ["api", "devices"] and parts[3] == "jobs":
                         fleet = parse_qs(url.query).get("fleet", [None])[0] or outer._fleet_of(parts[2])
                         job = outer.store.job(fleet, parts[2], parts[4]) if fleet else None

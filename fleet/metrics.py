@@ -51,7 +51,9 @@ def prometheus_text(store: Any, instance: str | None = None,
     ``ftedge_job_loss``, ``ftedge_job_val_accuracy``, ``ftedge_job_val_map50`` (detectors) and
     ``ftedge_job_val_headline`` (label ``metric``: the job's headline metric, :mod:`~ftedge.fleet.headline`).
     Rollouts (:func:`rollout_families`): ``ftedge_rollout_devices``, ``ftedge_rollout_wave``,
-    ``ftedge_rollout_state`` and ``ftedge_rollout_leader``.
+    ``ftedge_rollout_state`` and ``ftedge_rollout_leader``. Personalization (:func:`personalization_families`):
+    ``ftedge_personalization_runs_total``, ``ftedge_personalization_promotions_total`` and
+    ``ftedge_policy_devices``.
 
     The device gauges and ``ftedge_messages*`` counters are the fleet's (from the database, the same on every
     collector sharing it). With ``instance`` (the collector's name), this process's own figures follow,
@@ -103,6 +105,7 @@ def prometheus_text(store: Any, instance: str | None = None,
             c = store.counters()
             yield from (up, seen, loss, acc, map50, headline, dev_msgs, dev_gaps, dev_late)
             yield from rollout_families(store)
+            yield from personalization_families(store)
             for name, key, doc in (("ftedge_messages", "messages_total", "device messages ingested"),
                                    ("ftedge_messages_duplicate", "duplicates_total", "duplicates dropped (dev, boot, seq)"),
                                    ("ftedge_messages_malformed", "malformed_total",
@@ -125,6 +128,31 @@ def prometheus_text(store: Any, instance: str | None = None,
     registry = CollectorRegistry()
     registry.register(_Fleet())
     return generate_latest(registry)
+
+
+def personalization_families(store: Any) -> list[Any]:
+    """Personalization (issue 36): ``ftedge_personalization_runs_total{trigger}`` and
+    ``ftedge_personalization_promotions_total{trigger}`` (fleet-wide, every trigger of the contract, 0 included:
+    :mod:`~ftedge.fleet.personalization`) and ``ftedge_policy_devices{state}`` (devices per policy state of
+    their latest meta, every state, 0 included; devices without a policy are not counted). Two queries whatever
+    the fleet's size."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    totals = store.personalization_totals()
+    runs = CounterMetricFamily("ftedge_personalization_runs", "training jobs that reported a result, by what "
+                               "started them (command: fleet train, a rollout, ftedge send; policy: the box's own "
+                               "personalization policy)", labels=["trigger"])
+    promotions = CounterMetricFamily("ftedge_personalization_promotions", "training jobs whose model was promoted "
+                                     "(it beat the untuned model and, warm-started, the active one), by trigger",
+                                     labels=["trigger"])
+    for fam, key in ((runs, "runs"), (promotions, "promotions")):
+        for trigger, n in totals[key].items():
+            fam.add_metric([trigger], float(n))
+    devices = GaugeMetricFamily("ftedge_policy_devices", "devices whose latest meta reports their personalization "
+                                "policy in this state", labels=["state"])
+    for st, n in store.policy_states().items():
+        devices.add_metric([st], float(n))
+    return [runs, promotions, devices]
 
 
 def rollout_families(store: Any, now_ms: int | None = None) -> list[Any]:

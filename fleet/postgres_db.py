@@ -28,6 +28,7 @@ except ImportError:   # pragma: no cover - the fleet extra installs it
 
 _PLACEHOLDER = re.compile(r"\?")
 _MIGRATION_LOCK = 0x66746564   # pg_advisory_xact_lock key of schema migrations ("fted")
+MIGRATION_TRIES = 5            # a migration gives up after this many lost connections
 
 
 def _sql(text: str) -> str:
@@ -139,7 +140,8 @@ def migrate(c: Connection, steps: Sequence[str], *, newer_hint: str) -> int:
     """Bring the database to schema ``len(steps)`` (table ``ftedge_schema``), step by step, each in one
     transaction under an advisory lock (collectors starting together migrate once). Returns the old version."""
     old = None
-    for attempt in range(5):
+    failures = 0
+    while True:   # one step per transaction until the last; a lost connection is retried (5 tries in all)
         try:
             with c.transaction() as tx:
                 tx.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
@@ -159,7 +161,7 @@ def migrate(c: Connection, steps: Sequence[str], *, newer_hint: str) -> int:
                 else:
                     tx.execute("UPDATE ftedge_schema SET version = ?", (version + 1,))
         except StoreUnavailable:
-            if attempt == 4:
+            failures += 1
+            if failures == MIGRATION_TRIES:
                 raise
             time.sleep(0.5)
-    return old or 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from . import personalization
 from .device_rows import DeviceRow, TransactionState
 from .envelope import Message
 from .sequence import Stream, started_later
@@ -105,6 +106,7 @@ class Precedence(TransactionState):
                 dev.meta = m.text
                 av = body.get("active_version")
                 dev.active_version = None if av is None else str(av)
+                dev.policy_state = personalization.policy_state(body)
         elif m.kind == "job":
             if current and not thinned and self._newer(dev, "job", m.seq):
                 dev.job = m.text
@@ -115,6 +117,7 @@ class Precedence(TransactionState):
                     dev.metrics = m.text
         elif m.kind == "result":
             rows["results"].append((m.fleet, m.device, m.job, m.ts, m.text))
+            rows["personalization"].append(personalization.history_row(m.fleet, m.device, m.job, m.ts, body))
         elif m.kind == "cmdres":
             cmd_id = body.get("cmd_id")
             if isinstance(cmd_id, str) and cmd_id:

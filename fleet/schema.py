@@ -201,6 +201,33 @@ _SCHEMA.append(
     ALTER TABLE replies ADD COLUMN final INTEGER NOT NULL DEFAULT 1;
     """)
 
+_SCHEMA.append(
+    # 6 (issue 36): each box's personalization history (one row per job result, newest HISTORY_PER_DEVICE kept:
+    # fleet/device_caps.py) and its policy state from its latest meta (ftedge_policy_devices counts it in SQL).
+    """
+    CREATE TABLE personalization (
+        fleet TEXT NOT NULL,
+        device TEXT NOT NULL,
+        job TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,                     -- the result's envelope ts (device clock, ms)
+        triggered_by TEXT NOT NULL,                 -- command / policy (results without one: command)
+        trigger_reason TEXT,
+        status TEXT,
+        promoted INTEGER NOT NULL DEFAULT 0,
+        version TEXT,                               -- the model version the job stored
+        metric TEXT,                                -- the headline metric and its label
+        label TEXT,
+        tuned REAL,
+        untuned REAL,
+        gain REAL,                                  -- tuned - untuned, signed so that higher is better
+        previous_gain REAL,                         -- vs the active model it warm-started from
+        warm_start TEXT,
+        PRIMARY KEY (fleet, device, job)
+    ) WITHOUT ROWID;
+    CREATE INDEX personalization_at ON personalization (fleet, device, at_ms);
+    ALTER TABLE devices ADD COLUMN policy_state TEXT;  -- meta.personalize.state.state (NULL: no policy)
+    """)
+
 # The same steps for PostgreSQL (64-bit integers for epoch milliseconds and seqs).
 POSTGRES_SCHEMA = [
     """
@@ -292,6 +319,17 @@ POSTGRES_SCHEMA = [
     CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until_ms BIGINT NOT NULL);
     ALTER TABLE replies ADD COLUMN final BIGINT NOT NULL DEFAULT 1;
     """,
+    """
+    CREATE TABLE personalization (
+        fleet TEXT NOT NULL, device TEXT NOT NULL, job TEXT NOT NULL, at_ms BIGINT NOT NULL, triggered_by TEXT NOT NULL,
+        trigger_reason TEXT, status TEXT, promoted BIGINT NOT NULL DEFAULT 0, version TEXT, metric TEXT, label TEXT,
+        tuned DOUBLE PRECISION, untuned DOUBLE PRECISION, gain DOUBLE PRECISION, previous_gain DOUBLE PRECISION,
+        warm_start TEXT,
+        PRIMARY KEY (fleet, device, job)
+    );
+    CREATE INDEX personalization_at ON personalization (fleet, device, at_ms);
+    ALTER TABLE devices ADD COLUMN policy_state TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(_SCHEMA)
-assert SCHEMA_VERSION == len(POSTGRES_SCHEMA) == 5
+assert SCHEMA_VERSION == len(POSTGRES_SCHEMA) == 6

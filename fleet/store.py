@@ -33,7 +33,8 @@ message by :mod:`.precedence`; the devices and boot streams a transaction locks,
 ``max_payload_bytes``, default 64 KiB): what fails counts in ``malformed_total`` and is stored nowhere. A
 fleet holds at most ``max_devices_per_fleet`` devices (default 100,000): messages of a further device count in
 ``rejected_total`` and create no row (so no Prometheus series). A device keeps at most ``max_jobs_per_device``
-jobs, ``max_epochs_per_job`` progress rows per job and ``max_gaps_per_device`` counted holes; the oldest are
+jobs, ``max_epochs_per_job`` progress rows per job, ``max_gaps_per_device`` counted holes and
+``max_history_per_device`` personalization history rows (:mod:`.personalization`, issue 36); the oldest are
 pruned (:mod:`.device_caps`, issue 33).
 
 **Several collectors** (issue 17). ``FleetStore(path_or_url)`` opens a SQLite file (one collector: it keeps
@@ -62,8 +63,14 @@ from typing import Any, TypeVar
 from ftedge.errors import FleetStoreError, FtedgeError, StoreUnavailable  # noqa: F401 - re-exported
 from ftedge.mqtt.contract import TOPIC_ROOT  # noqa: F401 - re-exported: fleet.store.TOPIC_ROOT
 
-from . import liveness
-from .device_caps import MAX_EPOCHS_PER_JOB, MAX_GAPS_PER_DEVICE, MAX_JOBS_PER_DEVICE, DeviceCaps
+from . import liveness, personalization
+from .device_caps import (
+    MAX_EPOCHS_PER_JOB,
+    MAX_GAPS_PER_DEVICE,
+    MAX_HISTORY_PER_DEVICE,
+    MAX_JOBS_PER_DEVICE,
+    DeviceCaps,
+)
 from .device_rows import DeviceRow, TransactionState
 from .envelope import Message, parse
 from .precedence import KINDS, Precedence, Report
@@ -95,7 +102,8 @@ class FleetStore(Precedence, TransactionState, DeviceCaps, FleetReadModel):
                  member_hold_s: float = liveness.MEMBER_HOLD_S,
                  max_replies_per_device: int = MAX_REPLIES_PER_DEVICE,
                  max_epochs_per_job: int = MAX_EPOCHS_PER_JOB, max_jobs_per_device: int = MAX_JOBS_PER_DEVICE,
-                 max_gaps_per_device: int = MAX_GAPS_PER_DEVICE) -> None:
+                 max_gaps_per_device: int = MAX_GAPS_PER_DEVICE,
+                 max_history_per_device: int = MAX_HISTORY_PER_DEVICE) -> None:
         self.max_payload_bytes = max(1024, int(max_payload_bytes))
         self.max_devices_per_fleet = max(1, int(max_devices_per_fleet))
         self.reorder_window_s = float(reorder_window_s)
@@ -111,6 +119,7 @@ class FleetStore(Precedence, TransactionState, DeviceCaps, FleetReadModel):
         self.max_epochs_per_job = max(1, int(max_epochs_per_job))
         self.max_jobs_per_device = max(1, int(max_jobs_per_device))
         self.max_gaps_per_device = max(1, int(max_gaps_per_device))
+        self.max_history_per_device = max(1, int(max_history_per_device))
         self._malformed_logged = 0
         self._hole_log = [0.0, 0, 0]   # start of the current minute, holes logged in it, holes not logged
         if is_postgres_url(str(path)):
@@ -180,7 +189,7 @@ class FleetStore(Precedence, TransactionState, DeviceCaps, FleetReadModel):
                     [m for m in parsed if (m.fleet, m.device) in later]
             else:
                 deferred = []
-            rows: dict[str, list[tuple]] = {"progress": [], "results": [], "replies": []}
+            rows: dict[str, list[tuple]] = {"progress": [], "results": [], "replies": [], "personalization": []}
             touched_devices: dict[tuple[str, str], DeviceRow] = {}
             touched_streams: dict[tuple[str, str, str], Stream] = {}
             for m in parsed:
@@ -198,6 +207,7 @@ class FleetStore(Precedence, TransactionState, DeviceCaps, FleetReadModel):
                 db.executemany("INSERT INTO results (fleet, device, job, ts, body_json) VALUES (?, ?, ?, ?, ?)"
                                " ON CONFLICT (fleet, device, job) DO UPDATE SET ts = excluded.ts,"
                                " body_json = excluded.body_json", rows["results"])
+            runs = personalization.write_history(db, rows["personalization"]) if rows["personalization"] else {}
             if rows["replies"]:
                 db.executemany("INSERT INTO replies (cmd_id, fleet, device, body_json, ts, final) VALUES"
                                " (?, ?, ?, ?, ?, ?) ON CONFLICT (fleet, device, cmd_id) DO UPDATE SET"
@@ -214,7 +224,7 @@ class FleetStore(Precedence, TransactionState, DeviceCaps, FleetReadModel):
             self._bump(db, {"messages_total": rep["messages"], "duplicates_total": rep["duplicates"],
                             "malformed_total": rep["malformed"], "ignored_total": rep["ignored"],
                             "late_fills_total": rep["late_fills"], "stale_wills_total": rep["stale_wills"],
-                            "rejected_total": rep["rejected"]})
+                            "rejected_total": rep["rejected"], **runs})
         return rep, deferred
 
     def check_gaps(self, now: float | None = None, group: str | None = None) -> list[dict[str, Any]]:

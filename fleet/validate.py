@@ -22,30 +22,36 @@ import math
 import re
 from typing import Any
 
+from ftedge.mqtt.contract import MAX_REASON, POLICY_STATES, TRIGGERS
+
 MAX_PAYLOAD = 64 * 1024     # bytes of one device message (default of FleetStore(max_payload_bytes=…))
 MAX_NAME = 128              # characters of a fleet, device or job name in a topic
 MAX_ID = 256                # characters of an identifier / enum-like string field
 MAX_DEPTH = 16              # nesting of objects and arrays
 MAX_BOOT = 64               # characters of an envelope's boot id
+MAX_LINE = MAX_REASON       # characters of a one-line explanation (a result's trigger_reason, a policy's reason)
 BOOT_PATTERN = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_BOOT}}}")   # a boot id (fullmatch)
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")   # NUL (PostgreSQL text) and lone surrogates (UTF-8)
 _INT64 = 2**63
 
 # Field types: "id" a short string, "text" a string, "int", "num" (int or float), "fin" (a finite "num"), "bool",
 # "list" (of ids), "obj" an object, "metrics" an object whose well-known keys are numbers, "headline" a job's
-# headline (HEADLINE_KEYS), "any". A trailing "?" allows null.
+# headline (HEADLINE_KEYS), "line" a string of at most MAX_LINE characters, "trigger" one of TRIGGERS,
+# "personalize" a meta's personalization (POLICY_KEYS, POLICY_STATE_KEYS), "any". A trailing "?" allows null.
 _COMMON = {"thinned": "bool?", "hist": "bool?"}
 SCHEMAS: dict[str, dict[str, str]] = {
     "status": {"state": "id?", "reason": "id?", "will": "bool?"},
     "meta": {"agent": "id?", "onnxruntime": "id?", "providers": "list?", "hardware": "obj?", "models": "list?",
-             "active_version": "id?"},
+             "active_version": "id?", "personalize": "personalize?"},
     "job": {"job": "id?", "status": "id?", "bundle": "id?", "cmd_id": "id?", "created_ms": "int?",
             "started_ms": "int?", "finished_ms": "int?", "attempts": "int?", "version": "id?", "error": "text?"},
     "progress": {"job": "id?", "epoch": "int", "step": "int?", "loss": "num?", "metrics": "metrics?",
                  "lr": "num?", "samples_per_s": "num?", "rss_mb": "num?", "task": "id?", "headline": "headline?"},
     "result": {"job": "id?", "status": "id?", "final": "metrics?", "baseline": "metrics?", "promoted": "bool?",
                "duration_s": "num?", "error": "text?", "version": "id?", "skipped": "int?", "tuning": "obj?",
-               "task": "id?", "epochs_run": "int?", "headline": "headline?", "providers": "obj?"},
+               "task": "id?", "epochs_run": "int?", "headline": "headline?", "providers": "obj?",
+               "trigger": "trigger?", "trigger_reason": "line?", "warm_start": "id?", "previous": "metrics?",
+               "previous_gain": "fin?"},
     "cmdres": {"cmd_id": "id", "status": "id?", "code": "id?", "job": "id?"},
 }
 METRIC_KEYS = ("accuracy", "loss", "val_accuracy", "val_loss", "val_macro_f1", "val_mae", "macro_f1", "mae",
@@ -54,6 +60,17 @@ METRIC_KEYS = ("accuracy", "loss", "val_accuracy", "val_loss", "val_macro_f1", "
 # A headline's keys and their types (a headline needs its metric; finite numbers: "fin?").
 HEADLINE_KEYS = {"metric": "id", "label": "id?", "higher_is_better": "bool?", "tuned": "fin?", "untuned": "fin?",
                  "value": "fin?"}
+# A meta's personalize.policy (the agent's Policy.public(): device_agent/policy/spec.py FIELDS and its source) and
+# personalize.state (the policy's state; "state" is one of POLICY_STATES).
+POLICY_KEYS = {"bundle": "id?", "data": "line?", "enabled": "bool?", "min_new_samples": "int?",
+               "min_interval_h": "fin?", "window": "id?", "max_load": "fin?", "on_battery": "bool?",
+               "max_runs_per_day": "int?", "options": "obj?", "warm_start": "bool?", "max_samples_per_label": "int?",
+               "max_bytes": "int?", "check_interval_s": "fin?", "hold_after_rollout_s": "fin?", "source": "id?"}
+POLICY_STATE_KEYS = {"state": "policy_state", "reason": "line?", "samples": "int?", "new_samples": "int?",
+                     "next_eligible_ms": "int?", "checked_ms": "int?", "runs_24h": "int?", "last_run": "last_run?",
+                     "removed": "removed?"}
+_LAST_RUN_KEYS = {"job": "id?", "at_ms": "int?"}
+_REMOVED_KEYS = {"samples": "int?", "bytes": "int?"}
 
 
 def is_int(x: Any) -> bool:
@@ -106,7 +123,20 @@ def _ok(kind: str, x: Any) -> bool:
     if kind == "headline":
         return (isinstance(x, dict) and isinstance(x.get("metric"), str) and bool(x["metric"])
                 and all(_ok(spec, x.get(k)) for k, spec in HEADLINE_KEYS.items()))
+    if kind == "line":
+        return isinstance(x, str) and len(x) <= MAX_LINE
+    if kind == "trigger":
+        return x in TRIGGERS
+    if kind == "policy_state":
+        return x in POLICY_STATES
+    if kind in _OBJECTS:
+        return isinstance(x, dict) and all(_ok(spec, x.get(k)) for k, spec in _OBJECTS[kind].items())
     return True   # "any"
+
+
+# Object kinds checked key by key (a missing key is null; "personalize" needs its state, see _ok).
+_OBJECTS = {"policy": POLICY_KEYS, "policy_status": POLICY_STATE_KEYS, "last_run": _LAST_RUN_KEYS,
+            "removed": _REMOVED_KEYS, "personalize": {"policy": "policy?", "state": "policy_status"}}
 
 
 def unstorable(x: Any) -> bool:
@@ -157,5 +187,8 @@ def _expected(spec: str) -> str:
              "fin": "a finite number", "obj": "an object",
              "metrics": f"an object whose {', '.join(METRIC_KEYS[:4])}, … are numbers",
              "headline": "an object with a metric (a non-empty string), optionally a label (a string), "
-                         "higher_is_better (true or false) and finite numbers as tuned, untuned or value"}
+                         "higher_is_better (true or false) and finite numbers as tuned, untuned or value",
+             "line": f"a string of at most {MAX_LINE} characters", "trigger": " or ".join(map(repr, TRIGGERS)),
+             "personalize": f"an object {{policy, state}} whose state.state is one of {', '.join(POLICY_STATES)} "
+                            "and whose other keys have the types of docs/mqtt.md (meta)"}
     return words.get(base, base) + (" or null" if spec.endswith("?") else "")

@@ -7,6 +7,9 @@ import json
 from contextlib import AbstractContextManager
 from typing import Any
 
+from ftedge.mqtt.contract import POLICY_STATES, TRIGGERS
+
+from . import personalization
 from .schema import COUNTERS
 from .validate import number
 
@@ -130,6 +133,32 @@ class FleetReadModel:
                  "status": (_stored_object(r, "result", []) or {}).get("status") if r else None}
                 for f, d, j, n, ts, r in rows]
 
+    def personalization(self, fleet: str, device: str,
+                        limit: int | None = None) -> list[dict[str, Any]]:
+        """A device's personalization history, newest first: one dict per job result (``HISTORY_COLUMNS`` of
+        :mod:`.personalization`), at most ``limit`` (default: every row kept)."""
+        limit = getattr(self, "max_history_per_device", 200) if limit is None else limit
+        with self._reading() as db:
+            return personalization.read_history(db, fleet, device, max(1, int(limit)))
+
+    def personalization_totals(self) -> dict[str, dict[str, int]]:
+        """Fleet-wide ``{"runs": {trigger: n}, "promotions": {trigger: n}}`` (every trigger, 0 included)."""
+        names = [personalization.counter(k, t) for k in (personalization.RUNS, personalization.PROMOTIONS)
+                 for t in TRIGGERS]
+        with self._reading() as db:
+            got = dict(db.execute(f"SELECT name, SUM(value) FROM counters WHERE name IN ({', '.join('?' * len(names))})"
+                                  " GROUP BY name", names).fetchall())
+        return {key: {t: int(got.get(personalization.counter(name, t)) or 0) for t in TRIGGERS}
+                for key, name in (("runs", personalization.RUNS), ("promotions", personalization.PROMOTIONS))}
+
+    def policy_states(self) -> dict[str, int]:
+        """Devices per policy state (their latest meta's ``personalize.state.state``; every state, 0 included;
+        devices without a policy are not counted)."""
+        with self._reading() as db:
+            rows = dict(db.execute("SELECT policy_state, COUNT(*) FROM devices WHERE policy_state IS NOT NULL"
+                                   " GROUP BY policy_state").fetchall())
+        return {st: int(rows.get(st, 0)) for st in POLICY_STATES}
+
     def counters(self) -> dict[str, int]:
         with self._reading() as db:
             rows = dict(db.execute("SELECT name, SUM(value) FROM counters GROUP BY name").fetchall())
@@ -249,6 +278,8 @@ def _device_view(row: tuple) -> dict[str, Any]:
         # per-device counts: unique messages, counted seq holes, late arrivals into counted holes
         "messages": messages, "seq_gaps": gaps, "late_fills": late,
     }
+    # its personalization policy's state (issue 36), from the meta: None without one
+    view["policy"] = personalization.policy_of(view["meta"])
     if errors:
         view["error"] = "; ".join(errors)
     return view

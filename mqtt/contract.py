@@ -52,6 +52,16 @@ COLLECTOR_WRITES = (f"{TOPIC_ROOT}/+/+/{CMD}/#",)
 ALL_DEVICES = f"{TOPIC_ROOT}/+/+/#"   # every message of every device of every fleet
 
 
+# Personalization (issue 36): why a job ran (a result's ``trigger``), and the states of a device's local policy
+# (``meta.personalize.state.state``). The fleet refuses any other value (they become Prometheus labels).
+TRIGGERS = ("command", "policy")
+POLICY_STATES = ("disabled", "waiting_data", "waiting_interval", "waiting_window", "waiting_idle", "waiting_power",
+                 "waiting_quota", "waiting_rollout", "busy", "running", "error")
+POLICY_VERB = "policy"   # cmd/policy: show, set, clear or check a device's policy (docs/mqtt.md)
+MAX_REASON = 1024        # characters of a result's trigger_reason and of a policy state's reason: the fleet refuses
+                         # a longer one (the whole message), so an agent cuts its reasons to this
+
+
 # -- topic builders --------------------------------------------------------------------------------------
 
 def device_prefix(fleet: str, device: str) -> str:

@@ -59,10 +59,7 @@ def gain_of(result: dict[str, Any]) -> tuple[float | None, float | None, float |
     """(before, after, gain) of a job result: its headline metric untuned → tuned; the gain is signed so that
     higher is better whatever the metric (a loss that fell is a positive gain)."""
     h = headline.of_result(result)
-    before, after = h.untuned, h.tuned
-    if before is None or after is None:
-        return before, after, None
-    return before, after, (after - before) * (1.0 if h.higher_is_better is not False else -1.0)
+    return h.untuned, h.tuned, headline.gain(h)
 
 
 class RolloutDriver:

@@ -36,7 +36,7 @@ def test_store_schema_and_reopen(tmp_path):
         store.ingest_batch([msg("d1", "status", env("d1", "b1", 1, state="online", reason="birth"), True),
                             msg("d1", "jobs/j1/progress", env("d1", "b1", 2, job="j1", epoch=1, loss=0.5))])
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"devices", "seen", "gaps", "progress", "results", "replies", "counters", "boots"} <= tables

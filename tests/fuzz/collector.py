@@ -1,6 +1,6 @@
 """(e) The collector's message parser: ``FleetStore.ingest_batch`` on batches of ``(topic, payload, retained)``
 (an in-memory SQLite store per input), then everything that reads what was stored: ``check_gaps``, the
-query methods, the Prometheus text and the dashboard (page and fragment).
+query methods, the Prometheus text and the dashboard (page and fragment, and a device's page).
 
 Input: JSON lines, each ``[topic, payload, retained]`` with the payload as latin-1 text (any bytes); the whole
 file is one batch, ingested twice (the second time as duplicates). Contract: no exception anywhere — a bad
@@ -10,7 +10,9 @@ message is counted in ``malformed_total`` and must not break ingest or any view.
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 
+from ftedge.fleet.device_page import device_doc, device_html
 from ftedge.fleet.store import FleetStore
 from hypothesis import strategies as st
 
@@ -35,6 +37,17 @@ FIELDS = {
     "baseline": st.fixed_dictionaries({"accuracy": st.floats(0, 1)}),
     "final": st.fixed_dictionaries({"accuracy": st.floats(0, 1)}),
     "duration_s": st.floats(0, 100), "models": st.lists(st.text(CHARS, max_size=4), max_size=2),
+    # issue 36: a result's trigger and warm start, a meta's personalization policy and state
+    "trigger": st.sampled_from(["command", "policy", "cron"]), "trigger_reason": st.text(CHARS, max_size=8),
+    "warm_start": st.sampled_from(["v1", None]), "previous_gain": st.floats(-1, 1),
+    "previous": st.fixed_dictionaries({"accuracy": st.floats(0, 1)}),
+    "headline": st.fixed_dictionaries({"metric": st.sampled_from(["accuracy", ""]), "tuned": st.floats(0, 1),
+                                       "untuned": st.floats(0, 1)}),
+    "personalize": st.none() | st.fixed_dictionaries(
+        {"policy": st.fixed_dictionaries({"bundle": st.sampled_from(["kws", "<b>"]), "window": st.text(max_size=6)}),
+         "state": st.fixed_dictionaries({"state": st.sampled_from(["waiting_data", "running", "bogus"]),
+                                         "reason": st.text(CHARS, max_size=8),
+                                         "next_eligible_ms": st.integers(-1, 2**64)})}),
 }
 
 
@@ -110,3 +123,6 @@ def check(data: bytes) -> None:
             dashboard_page(store)
             for d in devices[:3]:
                 dashboard_fragment(store, device=d["device"], now_ms=int(NOW * 1000))
+                doc = device_doc(store, quote(d["device"], safe=""), d["fleet"])   # the device's page (issue 36)
+                if doc is not None:
+                    device_html(doc)

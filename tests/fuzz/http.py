@@ -1,5 +1,6 @@
 """(f) The collector's HTTP query parsing: ``url_problem`` (the 400 for a NUL), ``page_args`` (the dashboard)
-and ``devices_api`` (``/api/devices``) and ``rollout_doc`` (``/api/rollouts/<name>``, ``/rollouts/<name>``), on any
+and ``devices_api`` (``/api/devices``), ``rollout_doc`` (``/api/rollouts/<name>``, ``/rollouts/<name>``) and
+``device_doc`` (``/devices/<device>``, ``/api/devices/<device>/personalization``), on any
 request target, against a real SQLite store holding a few devices.
 
 Input: the request target (``/PATH?QUERY``) as bytes; http.server decodes it as latin-1, and so does this.
@@ -20,6 +21,7 @@ from ftedge.fleet.http import API_PAGE_MAX, devices_api, url_problem
 from ftedge.fleet.store import FleetStore
 from hypothesis import strategies as st
 
+from ftedge.fleet.device_page import device_doc, device_html
 from ftedge.fleet.rollout_page import rollout_doc
 
 from tests.fuzz.common import corpus, guarded
@@ -51,7 +53,8 @@ def structured(draw: st.DrawFn) -> bytes:
 
 
 ROLLOUT_TARGETS = [b"/api/rollouts/r1", b"/rollouts/%00", b"/rollouts/r%2F1", b"/rollouts/%3Cscript%3E/fragment",
-                   b"/api/rollouts/..%2F"]
+                   b"/api/rollouts/..%2F", b"/devices/dev-001?fleet=lab", b"/devices/dev%00/fragment",
+                   b"/api/devices/%3Cb%3E/personalization?fleet=demo"]
 
 
 def inputs() -> st.SearchStrategy[bytes]:
@@ -84,6 +87,11 @@ def check(data: bytes) -> None:
     with guarded("rollout_doc", ()):
         for segment in [p for p in url.path.split("/") if p][-2:]:
             assert rollout_doc(STORE, segment) is None, segment   # the store has no rollout: a 404, never a 500
+    with guarded("device_doc", ()):
+        fleet = parse_qs(url.query).get("fleet", [None])[0]
+        for segment in [p for p in url.path.split("/") if p][-2:]:
+            doc = device_doc(STORE, segment, fleet)   # a device's page and /api/devices/<d>/personalization
+            assert doc is None or isinstance(device_html(doc), str), segment
     with guarded("devices_api", (ValueError,)):
         rows, headers = devices_api(STORE, url.query)
         assert isinstance(rows, list) and len(rows) <= API_PAGE_MAX and "X-Total-Count" in headers

@@ -8,6 +8,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -53,7 +54,8 @@ class SimDevice:
     """A plain paho client publishing contract messages with an envelope (no agent)."""
 
     def __init__(self, broker: Broker, device: str, fleet: str = FLEET, boot: str | None = None,
-                 t0: int | None = None, auto_reply: bool = True) -> None:
+                 t0: int | None = None, auto_reply: bool = True,
+                 responder: Callable[[str, dict], dict] | None = None) -> None:
         self.device, self.fleet = device, fleet
         self.boot = boot or uuid.uuid4().hex[:12]
         self.t0 = int(time.time() * 1000) if t0 is None else t0
@@ -62,6 +64,7 @@ class SimDevice:
         self.lock = threading.Lock()
         self.commands: list[tuple[str, dict, str | None, bytes | None]] = []
         self.auto_reply = auto_reply
+        self.responder = responder   # (verb, args) -> fields of the reply (status, code, detail, and the verb's own)
         self.infos: list[mqtt.MQTTMessageInfo] = []
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sim-{device}-{self.boot}",
                         protocol=mqtt.MQTTv5)
@@ -112,8 +115,11 @@ class SimDevice:
         corr = getattr(m.properties, "CorrelationData", None)
         self.commands.append((m.topic, body, rt, corr))
         if self.auto_reply and rt and rt.startswith(self.root + "cmdres/"):
-            reply = self.envelope({"cmd_id": body["cmd_id"], "status": "done", "code": "ok",
-                                   "detail": m.topic.rsplit("/", 1)[-1], "correlation": (corr or b"").hex()})
+            verb = m.topic.rsplit("/", 1)[-1]
+            fields = {"status": "done", "code": "ok", "detail": verb}
+            if self.responder is not None:
+                fields.update(self.responder(verb, body.get("args") or {}))
+            reply = self.envelope({"cmd_id": body["cmd_id"], **fields, "correlation": (corr or b"").hex()})
             props = Properties(PacketTypes.PUBLISH)
             if corr:
                 props.CorrelationData = corr
