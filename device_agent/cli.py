@@ -178,7 +178,7 @@ def _add_sample(args: argparse.Namespace) -> int:
             print(f"{o['file']}: {o['status']}{where}" + (f" ({o['reason']})" if o["reason"] else ""))
     refused = [o for o in outcomes if o["status"] == "refused"]
     if refused:
-        print(f"error: {len(refused)} of {len(outcomes)} file(s) refused; nothing of them was filed",
-              file=sys.stderr)
+        print(f"error: {len(refused)} of {len(outcomes)} file(s) refused and not filed (the reasons above); "
+              "fix or drop them and run add-sample again", file=sys.stderr)
         return DataError.exit_code
     return 0
