@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -303,3 +304,22 @@ def test_agent_predict_cli(tmp_path, mlp_bundle):
     r = subprocess.run([str(VENV_FTEDGE), "agent", "predict", "--config", str(cfg), str(bad)],
                        check=False, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "bad.npy: shape [3] does not match input 'x' [20]" in r.stderr
+
+
+def test_the_docs_example_runs(tmp_path, mlp_bundle, capsys):
+    """docs/app.md's Python example, extracted from the page and run as written (its two paths substituted)."""
+    page = (ROOT / "docs" / "app.md").read_text(encoding="utf-8")
+    code = re.search(r"```python\n(.*?)```", page, re.DOTALL).group(1)
+    paths = 'STATE, BUNDLE = "/var/lib/ftedge", "/var/lib/ftedge/bundles/kws"'
+    assert paths in code
+    state = tmp_path / "state"
+    code = code.replace(paths, f"STATE, BUNDLE = {str(state)!r}, {str(mlp_bundle)!r}")
+    namespace: dict = {}
+    exec(compile(code, "docs/app.md", "exec"), namespace)  # noqa: S102 - the page's own example
+    sample = tmp_path / "sample.npy"
+    np.save(sample, np.full(20, 0.5, np.float32))
+    assert namespace["on_sample"](sample) in LABELS
+    assert capsys.readouterr().out.startswith("untuned: ")
+    ModelStore(state).add_version(make_run(tmp_path, mlp_bundle, "r1", winner=1), "job-1")
+    assert wait_for(lambda: namespace["on_sample"](sample) == "b", SERVE_WITHIN_S)
+    assert capsys.readouterr().out.splitlines()[-1] == "v0001: b (1.00)"
