@@ -27,6 +27,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -41,6 +42,8 @@ from ftedge.bundle.hashing import sha256_file
 
 from ftedge.durable import atomic_write_bytes, atomic_write_json, fsync_dir
 from ftedge.errors import AgentError
+
+log = logging.getLogger(__name__)
 
 RUN_FILES = ("model.onnx", "model.json", "result.json")
 ADAPTER_RUN_FILES = ("adapter.safetensors", "model.json", "result.json")  # causal-LM runs
@@ -418,4 +421,8 @@ class ModelStore:
                 return  # an inconsistent active.json is reported by the calls that read it; the link is left alone
             if self.link_path.exists() and not self.link_path.is_symlink():
                 return  # not ours (a folder or file someone put there): never delete it
-            self._point_link(active)
+            try:
+                self._point_link(active)
+            except OSError as exc:  # e.g. `agent status` run by a user who may not write the state dir
+                log.warning("cannot repair %s to follow %s (%s); the agent repairs it on its next start",
+                            self.link_path, self.state_path, exc)

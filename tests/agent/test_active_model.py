@@ -323,3 +323,30 @@ def test_the_docs_example_runs(tmp_path, mlp_bundle, capsys):
     ModelStore(state).add_version(make_run(tmp_path, mlp_bundle, "r1", winner=1), "job-1")
     assert wait_for(lambda: namespace["on_sample"](sample) == "b", SERVE_WITHIN_S)
     assert capsys.readouterr().out.splitlines()[-1] == "v0001: b (1.00)"
+
+
+def test_generate_with_the_bundle_then_a_causal_lm_version(tmp_path, llm_bundle):
+    """A causal-LM version answers generate() with its adapter side-loaded on its base, as `ask` does."""
+    from ftedge.runtime.tasks.lm.model import open_lm
+
+    from tests.helpers.common import FACTS, write_jsonl
+
+    facts = write_jsonl(tmp_path / "facts.jsonl", [{"prompt": q, "answer": a} for q, a in FACTS])
+    run = tmp_path / "run"
+    r = subprocess.run([str(VENV_FTEDGE), "train", str(llm_bundle), "--data", str(facts), "-o", str(run),
+                        "--epochs", "1", "--quiet"], check=False, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    state = tmp_path / "state"
+    model = ActiveModel(state, bundle=llm_bundle)
+    untuned = model.generate(FACTS[0][0], max_new_tokens=4)
+    assert model.task == "causal-lm" and untuned["version"] is None and 0 < untuned["tokens"] <= 4
+    with pytest.raises(FtedgeError, match=r"predict\(\) does not fit the bundle's own model .*: it is a causal-lm "
+                                          r"model; use generate\(\)"):
+        model.predict([tmp_path / "x.npy"])
+    store = ModelStore(state)
+    version = store.add_version(run, "job-1")["id"]
+    store.activate(version)  # one epoch rarely beats the gate: activated by hand
+    assert model.reload() == version
+    tuned = model.generate(FACTS[0][0], max_new_tokens=4)
+    direct = open_lm(state / "models" / version).answer(FACTS[0][0], max_new_tokens=4)
+    assert tuned["version"] == version and tuned["text"] == direct.text and tuned["tokens"] == len(direct.ids)
