@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from ftedge.device_agent.versions import ModelStore
 from ftedge.runtime import ActiveModel
+from ftedge.runtime.active_model import CHECK_INTERVAL_S
 
 from ftedge.errors import DataError, FtedgeError
 from tests.helpers.common import ROOT, ZOO, export
@@ -124,14 +125,14 @@ def test_promotion_and_rollback_serve_within_a_second_while_a_reader_loops(tmp_p
     reader.start()
     try:
         assert wait_for(lambda: len(reader.answers) > 5)
-        promoted_at = time.monotonic()
         v2 = store.add_version(make_run(tmp_path, mlp_bundle, "r2", winner=1), "job-2")
+        promoted_at = time.monotonic()  # the promotion is done: active.json and the link are written
         assert v2["activated"] and link(state) == "v0002"
         assert wait_for(lambda: reader.first_after(promoted_at, new) is not None)
         assert reader.first_after(promoted_at, new) - promoted_at < SERVE_WITHIN_S
         assert model.version == "v0002"
-        rolled_at = time.monotonic()
         store.rollback()
+        rolled_at = time.monotonic()
         assert link(state) == "v0001"
         assert wait_for(lambda: reader.first_after(rolled_at, old) is not None)
         assert reader.first_after(rolled_at, old) - rolled_at < SERVE_WITHIN_S
@@ -203,7 +204,7 @@ def test_no_version_and_no_bundle(tmp_path, mlp_bundle):
     store.add_version(make_run(tmp_path, mlp_bundle, "r1", winner=0), "job-1")
     model = ActiveModel(state)
     store.deactivate()
-    time.sleep(0.25)
+    time.sleep(CHECK_INTERVAL_S + 0.05)
     assert model.predict(samples(1))[0]["label"] == "a"  # nothing to fall back to: the last version keeps serving
     assert model.version == "v0001" and "no bundle to fall back to" in model.last_error
 
@@ -215,7 +216,7 @@ def test_a_corrupt_new_version_keeps_the_old_one_serving(tmp_path, mlp_bundle):
     model = ActiveModel(state)
     # not an ONNX graph at all (its recorded sha256 matches: onnxruntime is what refuses it)
     store.add_version(make_run(tmp_path, mlp_bundle, "r2", winner=1, model_bytes=b"not onnx" * 8), "job-2")
-    time.sleep(0.25)
+    time.sleep(CHECK_INTERVAL_S + 0.05)
     assert model.predict(samples(2))[0]["label"] == "a" and model.version == "v0001"
     assert "cannot load" in model.last_error and "still serving v0001" in model.last_error
     with pytest.raises(FtedgeError, match="still serving v0001"):
@@ -224,7 +225,7 @@ def test_a_corrupt_new_version_keeps_the_old_one_serving(tmp_path, mlp_bundle):
     v3 = store.add_version(make_run(tmp_path, mlp_bundle, "r3", winner=2), "job-3")
     onnx_path = state / "models" / v3["id"] / "model.onnx"
     onnx_classifier(onnx_path, winner=3, seed=99)
-    time.sleep(0.25)
+    time.sleep(CHECK_INTERVAL_S + 0.05)
     assert model.predict(samples(1))[0]["label"] == "a"
     assert "does not match its recorded sha256" in model.last_error
     store.activate("v0001")  # a good version again: served, the error cleared
