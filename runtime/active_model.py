@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 from ftedge.bundle.hashing import sha256_file
-from ftedge.bundle.tasks import Task, bundle_task, task_of
+from ftedge.bundle.tasks import Task, bundle_task
 
 from ftedge.errors import DataError, FtedgeError
 
@@ -49,7 +49,7 @@ class _Opened:
     """One opened model (a version or the bundle's own) and what it can answer."""
 
     def __init__(self, version: str | None, source: Path, task: Task) -> None:
-        self.version, self.source, self.row = version, source, task
+        self.version, self.source = version, source
         self.task, self.method = task.name, method_of(task)
         self.lock = threading.Lock()   # one call at a time on one model (training-engine sessions are not reentrant)
         self.predict_fn: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None
@@ -74,18 +74,14 @@ def _open_target(version: str | None, source: Path, providers: list[str] | None,
         if digest != record.get("sha256"):
             raise FtedgeError(f"model version {version}: {model.name} does not match its recorded sha256 "
                               "(corrupted on disk?); roll back or activate another version")
-        task = bundle_task(source)
-        manifest: dict[str, Any] | None = None
-    else:
-        from ftedge.bundle.loader import load_bundle
-
-        bundle = load_bundle(source, trusted_keys=trusted_keys)
-        manifest, task = bundle.manifest, task_of(bundle.manifest, str(source))
-    opened = _Opened(version, source, task)
+    elif not (source / "manifest.json").is_file():
+        raise FtedgeError(f"bundle {source} has no manifest.json: pass the bundle folder `ftedge export` wrote")
+    # The task from the folder's own description (no hashing); each opener verifies what it opens, once.
+    opened = _Opened(version, source, bundle_task(source))
     opener = _OPENERS.get(opened.method or "")
     if opener is None:
-        raise FtedgeError(f"{opened.describe()} is a {task.name!r} model, which ActiveModel cannot serve yet")
-    opener(opened, source, manifest, providers, trusted_keys)
+        raise FtedgeError(f"{opened.describe()} is a {opened.task!r} model, which ActiveModel cannot serve yet")
+    opener(opened, source, providers, trusted_keys)
     return opened
 
 
@@ -100,11 +96,10 @@ def _version_record(folder: Path) -> dict[str, Any]:
     return record
 
 
-def _open_classifier(opened: _Opened, source: Path, manifest: dict[str, Any] | None, providers: list[str] | None,
-                     trusted_keys: Any) -> None:
+def _open_classifier(opened: _Opened, source: Path, providers: list[str] | None, trusted_keys: Any) -> None:
     from ftedge.runtime.data.samples import ModelIO
 
-    if manifest is None:  # a version: model.onnx + model.json (the bundle's inputs, output, labels, preprocessing)
+    if opened.version is not None:  # a version: model.onnx + model.json (the bundle's inputs, output, labels, preprocessing)
         from ftedge.runtime.engines.ort_backend import InferenceModel
 
         try:
@@ -123,21 +118,26 @@ def _open_classifier(opened: _Opened, source: Path, manifest: dict[str, Any] | N
         from ftedge.bundle.loader import load_bundle
         from ftedge.runtime.engines.session import BundleSession
 
-        session = BundleSession(load_bundle(source, trusted_keys=trusted_keys), providers)
-        opened.io = ModelIO.from_manifest(manifest, source)
+        bundle = load_bundle(source, trusted_keys=trusted_keys)
+        session = BundleSession(bundle, providers)
+        opened.io = ModelIO.from_manifest(bundle.manifest, bundle.path)
         opened.predict_fn = session.predict
         session.model  # noqa: B018 - open the engine now, not on the first call after the swap
 
 
-def _open_lm(opened: _Opened, source: Path, _manifest: Any, providers: list[str] | None, trusted_keys: Any) -> None:
+def _open_lm(opened: _Opened, source: Path, providers: list[str] | None, trusted_keys: Any) -> None:
     from ftedge.runtime.tasks.lm.model import open_lm
 
     opened.lm = open_lm(source, providers, trusted_keys=trusted_keys)  # a version: its adapter on its pinned base
 
 
-def _open_detector(opened: _Opened, source: Path, _manifest: Any, providers: list[str] | None,
-                   _trusted_keys: Any) -> None:
+def _open_detector(opened: _Opened, source: Path, providers: list[str] | None, trusted_keys: Any) -> None:
     from ftedge.runtime.tasks.detect.detector import Detector
+
+    if opened.version is None and trusted_keys:  # the Detector verifies the files, not the signature
+        from ftedge.bundle.loader import load_bundle
+
+        load_bundle(source, trusted_keys=trusted_keys)
 
     opened.detector = Detector(source, list(providers) if providers else None)
 

@@ -196,6 +196,16 @@ def test_deactivate_falls_back_to_the_bundle(tmp_path, mlp_bundle):
     assert {r["label"] for r in model.predict(batch)} == {"d"}
 
 
+def test_the_fallback_bundle_signature_is_checked_with_trusted_keys(tmp_path, mlp_bundle):
+    from ftedge.bundle.signing import generate_keypair
+    from ftedge.errors import BundleError
+
+    _private, public = generate_keypair(tmp_path / "fleet")
+    with pytest.raises(BundleError, match="not signed|unsigned|signature"):
+        ActiveModel(tmp_path / "state", bundle=mlp_bundle, trusted_keys=[public])
+    assert ActiveModel(tmp_path / "state", bundle=mlp_bundle).version is None  # without keys: files checked only
+
+
 def test_no_version_and_no_bundle(tmp_path, mlp_bundle):
     with pytest.raises(FtedgeError, match=r"no model version is active .* pass ActiveModel\(\.\.\., bundle="):
         ActiveModel(tmp_path / "state")
