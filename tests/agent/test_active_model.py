@@ -198,6 +198,7 @@ def test_deactivate_falls_back_to_the_bundle(tmp_path, mlp_bundle):
 
 def test_the_fallback_bundle_signature_is_checked_with_trusted_keys(tmp_path, mlp_bundle):
     from ftedge.bundle.signing import generate_keypair
+
     from ftedge.errors import BundleError
 
     _private, public = generate_keypair(tmp_path / "fleet")
