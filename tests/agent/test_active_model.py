@@ -362,3 +362,39 @@ def test_generate_with_the_bundle_then_a_causal_lm_version(tmp_path, llm_bundle)
     tuned = model.generate(FACTS[0][0], max_new_tokens=4)
     direct = open_lm(state / "models" / version).answer(FACTS[0][0], max_new_tokens=4)
     assert tuned["version"] == version and tuned["text"] == direct.text and tuned["tokens"] == len(direct.ids)
+
+
+def test_detect_with_the_bundle_then_a_detection_version(tmp_path):
+    """A detection version answers detect() as `ftedge detect` does (the same Detector), boxes per image."""
+    import sys
+
+    from ftedge.runtime.tasks.detect.detector import Detector
+
+    from ftedge.cli import main
+
+    data = tmp_path / "data" / "shop"
+    proc = subprocess.run([sys.executable, str(ROOT / "examples/detect/make_shop.py"), str(data), "--train", "8",
+                           "--heldout", "4", "--seed", "5", "--format", "yolo"],
+                          check=False, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    bundle = tmp_path / "bundles" / "shop"
+    assert main(["export", "ftedge.export.detect_sources:mobilenet_v2", "-o", str(bundle), "--task", "detect",
+                 "--labels", "sneaker,bag,ankle_boot", "--quiet"]) == 0
+    images = sorted((data / "images" / "val").iterdir())[:2]
+    state = tmp_path / "state"
+    model = ActiveModel(state, bundle=bundle)
+    untuned = model.detect(images)
+    assert model.task == "detection" and [d["file"] for d in untuned] == [str(p) for p in images]
+    with pytest.raises(FtedgeError, match=r"generate\(\) does not fit .*: it is a detection model; use detect\(\)"):
+        model.generate("hi")
+    run = tmp_path / "run"
+    assert main(["train", str(bundle), "--data", str(data), "-o", str(run), "--epochs", "1", "--quiet"]) == 0
+    store = ModelStore(state)
+    version = store.add_version(run, "job-1")["id"]
+    store.activate(version)
+    assert model.reload() == version
+    direct, _ = Detector(state / "models" / version).detect(images)
+    assert model.detect(images) == [d.to_json(["sneaker", "bag", "ankle_boot"]) for d in direct]
+    with pytest.raises(DataError, match="not a PNG or JPEG"):
+        (tmp_path / "junk.png").write_text("junk")
+        model.detect([tmp_path / "junk.png"])
