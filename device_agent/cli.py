@@ -1,4 +1,9 @@
-"""`ftedge agent run|status`: the device agent's command line (torch-free)."""
+"""`ftedge agent run|status|predict|add-sample`: the device agent's command line (torch-free).
+
+``predict`` answers with the active model version (what the box's app gets through ``ActiveModel``);
+``add-sample`` files a labelled sample into the ``[personalize]`` data set after checking it with the bundle's own
+preprocessing (docs/app.md).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
+from typing import Any
 
 
 class _JsonFormatter(logging.Formatter):
@@ -21,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("agent", help="the long-running device agent (MQTT telemetry, jobs, model versions)",
                        description="Run the device agent or show its local state.",
                        epilog="examples:\n  ftedge agent run --config /etc/ftedge/agent.toml\n"
-                              "  ftedge agent status --config /etc/ftedge/agent.toml --json",
+                              "  ftedge agent status --config /etc/ftedge/agent.toml --json\n"
+                              "  ftedge agent predict --config /etc/ftedge/agent.toml clip.wav\n"
+                              "  ftedge agent add-sample --config /etc/ftedge/agent.toml --label yes clip.wav",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     agent_sub = p.add_subparsers(dest="agent_command", metavar="ACTION")
     r = agent_sub.add_parser("run", help="connect to the broker and serve commands until SIGTERM")
@@ -33,6 +42,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--config", required=True, help="agent.toml")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(handler=_status)
+    pr = agent_sub.add_parser("predict", help="predictions of the active model version for sample files",
+                              description="Answer with the model the box's app gets (ActiveModel): the active "
+                              "version, else the bundle's own model (--bundle, default the [personalize] bundle).")
+    pr.add_argument("--config", required=True, help="agent.toml")
+    pr.add_argument("files", nargs="+", metavar="FILE", help="samples: .wav, .png/.jpg, .txt, .npy … as in training")
+    pr.add_argument("--bundle", metavar="NAME", help="bundle folder under paths.bundle_root answering while no "
+                    "version is active (default: [personalize] bundle)")
+    pr.add_argument("--json", action="store_true", help="print JSON")
+    pr.set_defaults(handler=_predict)
+    a = agent_sub.add_parser("add-sample", help="file labelled samples into the [personalize] data set",
+                             description="Check each FILE with the [personalize] bundle's own preprocessing and "
+                             "copy it to DATA/<label>/<sha256[:16]><ext>; a sample that would not train is refused "
+                             "with the reason (exit 1 if any was).")
+    a.add_argument("--config", required=True, help="agent.toml")
+    a.add_argument("--label", required=True, help="the label (one of the bundle's; a number for regression)")
+    a.add_argument("files", nargs="+", metavar="FILE")
+    a.add_argument("--json", action="store_true", help="print one JSON object per file outcome (a list)")
+    a.set_defaults(handler=_add_sample)
     p.set_defaults(handler=lambda _a: (p.print_help(sys.stderr), 2)[1])
 
 
@@ -79,4 +106,79 @@ def _status(args: argparse.Namespace) -> int:
     print(f"jobs: {len(state['jobs']['running'])} running, {len(state['jobs']['queued'])} queued; "
           f"last: {state['last_job']['job'] + ' ' + state['last_job']['status'] if jobs else '(none)'}")
     print(f"outbox: {json.dumps(state['outbox'])}")
+    return 0
+
+
+def _under(root: Path, rel: str, what: str) -> Path:
+    """``rel`` inside ``root`` (the agent's own rule); UsageError otherwise."""
+    from ftedge.device_agent.commands import _inside
+
+    from ftedge.errors import Rejected, UsageError
+
+    try:
+        return _inside(root, rel, what)
+    except Rejected as rej:
+        raise UsageError(f"{what}: {rej.detail}") from None
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ftedge.device_agent.config import load_config
+    from ftedge.runtime.active_model import ActiveModel
+    from ftedge.runtime.engines.providers import full_names
+
+    cfg = load_config(args.config)
+    name = args.bundle or (cfg.personalize.bundle if cfg.personalize else None)
+    bundle = _under(cfg.paths.bundle_root, name, "bundle") if name else None
+    keys = list(cfg.deploy.trusted_keys) if cfg.deploy.require_signed else None
+    model = ActiveModel(cfg.state_dir, bundle=bundle, providers=full_names(cfg.runtime.providers) or None,
+                        trusted_keys=keys)
+    results = model.predict(args.files)
+    if args.json:
+        print(json.dumps({"version": model.version, "task": model.task,
+                          "predictions": [{"file": f, **r} for f, r in zip(args.files, results)]}))
+        return 0
+    print(f"version {model.version or '(none: the bundle ' + str(bundle) + ')'}")
+    for f, r in zip(args.files, results):
+        print(f"{f}: {r['label']} {r['score']:.3f}" if "label" in r else f"{f}: {r['value']}")
+    return 0
+
+
+def _add_sample(args: argparse.Namespace) -> int:
+    from ftedge.bundle.loader import load_bundle
+    from ftedge.bundle.tasks import task_of
+    from ftedge.device_agent.config import load_config
+    from ftedge.runtime.active_model import method_of
+    from ftedge.runtime.data.intake import file_sample
+    from ftedge.runtime.data.samples import ModelIO
+
+    from ftedge.errors import DataError, UsageError
+
+    cfg = load_config(args.config)
+    policy = cfg.personalize
+    if policy is None:
+        raise UsageError(f"{args.config} has no [personalize] table: add-sample files samples into its data set "
+                         "(personalize.data under paths.data_root) for its bundle (personalize.bundle); add one")
+    bundle_dir = _under(cfg.paths.bundle_root, policy.bundle, "personalize.bundle")
+    data_dir = _under(cfg.paths.data_root, policy.data, "personalize.data")
+    bundle = load_bundle(bundle_dir, trusted_keys=list(cfg.deploy.trusted_keys) if cfg.deploy.require_signed
+                         else None)
+    task = task_of(bundle.manifest, str(bundle_dir))
+    if method_of(task) != "predict":  # label folders are the classify package's data (classification, regression)
+        raise UsageError(f"bundle {policy.bundle} is a {task.name} model: add-sample files label-folder data sets "
+                         "(classification and regression bundles) only; add its samples in its own format")
+    if data_dir.exists() and not data_dir.is_dir():
+        raise UsageError(f"personalize.data {data_dir} is a file: add-sample needs a folder-per-label data set")
+    io = ModelIO.from_manifest(bundle.manifest, bundle.path)
+    outcomes: list[dict[str, Any]] = [file_sample(f, args.label, data_dir, io).to_json() for f in args.files]
+    if args.json:
+        print(json.dumps(outcomes))
+    else:
+        for o in outcomes:
+            where = f" -> {o['path']}" if o["path"] else ""
+            print(f"{o['file']}: {o['status']}{where}" + (f" ({o['reason']})" if o["reason"] else ""))
+    refused = [o for o in outcomes if o["status"] == "refused"]
+    if refused:
+        print(f"error: {len(refused)} of {len(outcomes)} file(s) refused and not filed (the reasons above); "
+              "fix or drop them and run add-sample again", file=sys.stderr)
+        return DataError.exit_code
     return 0

@@ -8,12 +8,16 @@ Layout under ``STATE_DIR/models/``::
             bundle/  the base bundle it was trained on, hard-linked (a ``deploy replace`` of the base cannot
                      take it away; versions of the same base share one copy's disk blocks)
     active.json    {"active": "v0002", "history": ["v0001", "v0002"], "events": [...]}
+    active ->      v0002   (a relative symlink to the active version; absent when none is)
 
 A version is staged in a hidden temp directory (files fsynced) and renamed into place, so ``vNNNN/``
 is always complete; ``active.json`` is replaced atomically. ``history`` is the activation stack that
 ``rollback`` pops; ``events`` is an append-only log. ``deactivate()`` sets ``active`` to null and keeps the
 history (the box's app falls back to the bundle's shipped model; ``rollback`` or ``activate`` brings a version
-back). ``prune(keep)`` (agent start, ``[retention] keep_versions``) deletes the oldest versions, never the
+back). The ``active`` link follows ``active.json``: it is replaced atomically (a new link renamed over it) after every
+write that changes the active id, and re-derived from ``active.json`` when a store is opened (a crash between the
+two writes). A reader that opened a version through the link keeps a complete model when the link moves: versions
+are immutable folders. ``prune(keep)`` (agent start, ``[retention] keep_versions``) deletes the oldest versions, never the
 active one or its predecessor.
 """
 
@@ -23,23 +27,29 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from ftedge.errors import AgentError
-from ftedge.durable import atomic_write_bytes, atomic_write_json, fsync_dir
 from ftedge.bundle.hashing import sha256_file
+
+from ftedge.durable import atomic_write_bytes, atomic_write_json, fsync_dir
+from ftedge.errors import AgentError
+
+log = logging.getLogger(__name__)
 
 RUN_FILES = ("model.onnx", "model.json", "result.json")
 ADAPTER_RUN_FILES = ("adapter.safetensors", "model.json", "result.json")  # causal-LM runs
 OPTIONAL_RUN_FILES = ("tokenizer.json", "weights.safetensors")  # preprocessing files; the trained parameters (warm start)
 _ID_RE = re.compile(r"v(\d{4,})")
+ACTIVE_LINK = "active"  # STATE/models/active -> vNNNN (docs/app.md)
 MAX_EVENTS = 1000  # entries of active.json's event log kept (newest first out)
 _CHUNK = 1 << 20
 
@@ -73,7 +83,9 @@ class ModelStore:
     def __init__(self, state_dir: str | Path) -> None:
         self.root = Path(state_dir) / "models"
         self.state_path = self.root / "active.json"
+        self.link_path = self.root / ACTIVE_LINK
         self._lock = threading.RLock()
+        self._repair_link()
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -255,6 +267,7 @@ class ModelStore:
                         self.state_path.unlink(missing_ok=True)
                     else:
                         atomic_write_bytes(self.state_path, before)
+                    self._repair_link()
                 raise
 
     def rollback(self, to: str | None = None) -> dict[str, Any]:
@@ -380,3 +393,36 @@ class ModelStore:
         # The event log is an audit trail, not state: keep its newest entries so the file stays small.
         state["events"] = state["events"][-MAX_EVENTS:]
         atomic_write_json(self.state_path, state)
+        self._point_link(state["active"])  # after active.json: the file is the truth, the link follows it
+
+    def _point_link(self, version_id: str | None) -> None:
+        """Make ``models/active`` point at ``version_id`` (relative), or remove it for None; atomic either way."""
+        current = os.readlink(self.link_path) if self.link_path.is_symlink() else None
+        if current == version_id:
+            return
+        if version_id is None:
+            self.link_path.unlink(missing_ok=True)
+        else:
+            tmp = self.root / f"{ACTIVE_LINK}.tmp-{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            os.symlink(version_id, tmp)
+            fsync_dir(self.root)
+            os.replace(tmp, self.link_path)
+        fsync_dir(self.root)
+
+    def _repair_link(self) -> None:
+        """Re-derive the link from ``active.json`` (a crash between writing the two leaves them apart)."""
+        if not self.root.is_dir():
+            return
+        with self._lock:
+            try:
+                active = self._state()["active"]
+            except AgentError:
+                return  # an inconsistent active.json is reported by the calls that read it; the link is left alone
+            if self.link_path.exists() and not self.link_path.is_symlink():
+                return  # not ours (a folder or file someone put there): never delete it
+            try:
+                self._point_link(active)
+            except OSError as exc:  # e.g. `agent status` run by a user who may not write the state dir
+                log.warning("cannot repair %s to follow %s (%s); the agent repairs it on its next start",
+                            self.link_path, self.state_path, exc)
