@@ -34,7 +34,7 @@ from ftedge.device_agent.policy.spec import Policy
 from ftedge.device_agent.retention import enforce_retention
 from ftedge.device_agent.versions import ModelStore
 from ftedge.errors import AgentError, FtedgeError
-from ftedge.mqtt.contract import CMD, CMDRES, JOB, META, STATUS, job_suffix
+from ftedge.mqtt.contract import CMD, CMDRES, JOB, MAX_REASON, META, STATUS, job_suffix
 
 log = logging.getLogger(__name__)
 MAX_INFLIGHT = 100
@@ -510,11 +510,10 @@ class Agent:
         elif "clear" in args:
             policy = self.policy.clear()
             detail = "fleet policy cleared: " + ("the config's [personalize] applies" if policy else "no policy")
-        elif "check" in args:
-            self.policy.check()
-            detail = "policy checked"
         else:
-            detail = "policy"
+            detail = "policy checked" if "check" in args else "policy"
+        if args:  # the reply's state is the new policy's (set/clear/check evaluate at once; no args only shows)
+            self.policy.check()
         self.publish(META, META, self.meta(), retain=True)
         shown = self.policy.public() or {}
         return "done", "ok", detail, {"policy": shown.get("policy"), "state": shown.get("state")}
@@ -527,7 +526,7 @@ class Agent:
             if source is not None:
                 args["warm_start"] = source
         job = train_job(args, self.cfg.paths.data_root, self.cfg.paths.bundle_root, None, self.models)
-        job.trigger, job.trigger_reason = "policy", reason
+        job.trigger, job.trigger_reason = "policy", reason[:MAX_REASON]
         self.jobs.submit(job)
         return job.id
 

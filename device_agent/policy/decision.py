@@ -15,10 +15,10 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 from ftedge.device_agent.policy.spec import Policy
+from ftedge.mqtt.contract import POLICY_STATES
 
 DAY_S = 86400.0
-STATES = ("disabled", "busy", "waiting_rollout", "waiting_data", "waiting_interval", "waiting_quota",
-          "waiting_window", "waiting_power", "waiting_idle", "ready", "running", "error")
+STATES = POLICY_STATES   # what meta.personalize.state.state may say (the fleet refuses others); "ready" stays inside
 
 
 class Clock:

@@ -20,6 +20,7 @@ from ftedge.device_agent.policy.sample_set import SampleSet, signature
 from ftedge.device_agent.policy.spec import Policy, parse_policy
 from ftedge.durable import atomic_write_json
 from ftedge.errors import FtedgeError, Rejected
+from ftedge.mqtt.contract import MAX_REASON
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ class PolicyRunner:
 
     def _status(self, d: Decision, samples: int, new: int) -> dict[str, Any]:
         now = self.clock.time()
-        return {"state": d.state, "reason": d.reason, "samples": samples, "new_samples": new,
+        return {"state": d.state, "reason": d.reason[:MAX_REASON], "samples": samples, "new_samples": new,
                 "next_eligible_ms": int(d.next_eligible * 1000) if d.next_eligible else None,
                 "checked_ms": int(now * 1000), "runs_24h": sum(1 for t in self.saved["runs"] if now - t < 86400),
                 "last_run": self.saved["last_run"], "removed": dict(self.saved["removed"])}

@@ -251,3 +251,18 @@ def test_config_reports_every_personalize_problem_with_its_key(tmp_path):
     cfg.write_text(base + '[personalize]\nbundle = "kws"\ndata = "kws-data"\noptions = "auto"\n')
     loaded = load_config(cfg)
     assert loaded.personalize.options == {"auto": True} and loaded.personalize.min_new_samples == 20
+
+
+def test_a_long_reason_is_cut_to_what_the_fleet_accepts(tmp_path):
+    from ftedge.mqtt.contract import MAX_REASON, POLICY_STATES
+
+    data = tmp_path / "data"
+    _add(data, 20)
+
+    def submit(p, reason, samples):
+        raise Rejected("bad_args", "x" * 5000)
+    runner = PolicyRunner(tmp_path / "state", _policy(), data, submit, lambda: False, clock=FakeClock(),
+                          power_root=str(tmp_path / "no-power"))
+    state = runner.check()
+    assert state["state"] == "error" and len(state["reason"]) == MAX_REASON
+    assert state["state"] in POLICY_STATES
