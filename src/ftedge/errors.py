@@ -20,9 +20,9 @@ EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
     EXIT_ERROR: "error: the message on stderr says what went wrong and what to do",
     EXIT_USAGE: "usage error: a malformed argument or option",
-    EXIT_REJECTED: "fleet send/train: a device answered with an error or rejected the command; "
+    EXIT_REJECTED: "fleet send/train/policy: a device answered with an error or rejected the command; "
                    "fleet rollout start --wait: the rollout halted on a threshold",
-    EXIT_TIMEOUT: "fleet send/train: no reply (or result) before --timeout; "
+    EXIT_TIMEOUT: "fleet send/train/policy: no reply (or result) before --timeout; "
                   "fleet rollout start --wait: not finished before --timeout",
     EXIT_UNREACHABLE: "fleet: the MQTT broker cannot be reached",
     EXIT_INTERNAL: "internal error (a bug): rerun with --debug and report the traceback",
