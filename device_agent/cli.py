@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,7 @@ def _status(args: argparse.Namespace) -> int:
         "versions": [v["id"] for v in models.list()],
         "jobs": {st: [j.id for j in jobs if j.status == st] for st in ("queued", "running")},
         "last_job": jobs[-1].public() if jobs else None, "outbox": outbox.stats(),
+        "personalize": _policy_view(cfg),
     }
     if args.json:
         print(json.dumps(state))
@@ -106,7 +108,27 @@ def _status(args: argparse.Namespace) -> int:
     print(f"jobs: {len(state['jobs']['running'])} running, {len(state['jobs']['queued'])} queued; "
           f"last: {state['last_job']['job'] + ' ' + state['last_job']['status'] if jobs else '(none)'}")
     print(f"outbox: {json.dumps(state['outbox'])}")
+    p = state["personalize"]
+    if p is not None:
+        last = p["last_run"]
+        print(f"personalize ({p['source']}): {p['bundle']} on {p['data']}"
+              + ("" if p["enabled"] else " (disabled)") + "; last policy run: "
+              + (f"{last['job']} at {time.strftime('%Y-%m-%d %H:%M', time.localtime(last['at_ms'] / 1000))}"
+                 if last else "none") + f"; {p['removed']['samples']} sample(s) removed by the caps")
     return 0
+
+
+def _policy_view(cfg: Any) -> dict[str, Any] | None:
+    """The policy in effect (the fleet's, else the config's) and what its runs left on disk; the live state (what it
+    waits for) is the running agent's: its meta message, or `fleet status`."""
+    from ftedge.device_agent.policy.runner import PolicyRunner
+
+    runner = PolicyRunner(cfg.state_dir, cfg.personalize, cfg.paths.data_root, lambda *_a: "", lambda: True)
+    p = runner.policy
+    if p is None:
+        return None
+    return {"source": p.source, "bundle": p.bundle, "data": p.data, "enabled": p.enabled,
+            "last_run": runner.saved["last_run"], "runs": len(runner.saved["runs"]), "removed": runner.saved["removed"]}
 
 
 def _under(root: Path, rel: str, what: str) -> Path:

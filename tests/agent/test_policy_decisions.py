@@ -266,3 +266,23 @@ def test_a_long_reason_is_cut_to_what_the_fleet_accepts(tmp_path):
     state = runner.check()
     assert state["state"] == "error" and len(state["reason"]) == MAX_REASON
     assert state["state"] in POLICY_STATES
+
+
+def test_agent_status_shows_the_policy_in_effect(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers.common import ROOT
+
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'device_id = "d"\nfleet = "f"\nstate_dir = "{tmp_path}/s"\n[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n'
+                   f'[paths]\ndata_root = "{tmp_path}"\nbundle_root = "{tmp_path}"\n'
+                   '[personalize]\nbundle = "kws"\ndata = "user"\n')
+    out = subprocess.run([sys.executable, "-m", "ftedge", "agent", "status", "--config", str(cfg), "--json"],
+                         capture_output=True, text=True, cwd=ROOT, check=True)
+    shown = json.loads(out.stdout)["personalize"]
+    assert shown["source"] == "config" and shown["bundle"] == "kws" and shown["last_run"] is None
+    text = subprocess.run([sys.executable, "-m", "ftedge", "agent", "status", "--config", str(cfg)],
+                          capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert "personalize (config): kws on user" in text and "last policy run: none" in text
