@@ -34,6 +34,10 @@ from ftedge.errors import FtedgeError, UsageError
 WEIGHTS_FILE = "weights.safetensors"       # classification / detection runs: the promoted parameters + buffers
 ADAPTER_FILE = "adapter.safetensors"       # causal-LM runs: the LoRA adapter (and router tensors)
 RUN_COPY = "warm_start.safetensors"        # RUN_DIR's own copy of the starting weights (resume reads it)
+# A weights file larger than this many times the bundle's initial trainable values (+ slack for an adapter's router
+# tensors and the header) is not this bundle's: refused before it is read into memory.
+MAX_SIZE_FACTOR = 2
+MAX_SIZE_SLACK = 1 << 20
 _VERSION_RE = re.compile(r"v\d{4,}")
 
 
@@ -116,7 +120,34 @@ def resolve(source: str | os.PathLike[str], bundle: Any, weights_file: str, run_
     if not weights.is_file():
         raise FtedgeError(f"{what} has no {weights_file} (made by an older ftedge, or by the ort-training engine): "
                           "train without warm_start")
+    limit = MAX_SIZE_FACTOR * _init_size(bundle) + MAX_SIZE_SLACK
+    if weights.stat().st_size > limit:
+        raise FtedgeError(f"{what}: {weights_file} is {weights.stat().st_size} bytes, more than this bundle's "
+                          f"trainable part can fill ({limit}): it is not a model of this bundle; train without "
+                          "warm_start")
     return WarmStart(text, version, weights)
+
+
+def _init_size(bundle: Any) -> int:
+    """Bytes of the bundle's initial trainable values (the portable engine's ``init`` file)."""
+    from ftedge.runtime.engines.engine import bundle_engines
+
+    info = bundle_engines(bundle).get("portable")
+    if not info:
+        raise UsageError(f"--warm-start needs the portable engine, which bundle {bundle.path} does not carry: "
+                         "re-export it with this ftedge")
+    return (bundle.path / info["files"]["init"]).stat().st_size
+
+
+def summary_line(result: dict[str, Any]) -> str | None:
+    """What ``ftedge train`` prints about a warm start (None without one)."""
+    ws = result.get("warm_start")
+    if not ws:
+        return None
+    gain = result.get("previous_gain")
+    return (f"warm start from {ws.get('version') or ws.get('from')}: "
+            + ("no held-out score to compare with the previous model" if gain is None else
+               f"{gain:+.4f} over the previous model on the same validation split"))
 
 
 def load_values(path: str | Path, params: Sequence[str], buffers: Sequence[str] = ()) -> dict[str, np.ndarray]:

@@ -140,6 +140,12 @@ def test_a_warm_start_from_another_bundle_or_without_weights_is_refused(previous
     (old / "weights.safetensors").unlink()
     with pytest.raises(FtedgeError, match="version v0003 has no weights.safetensors .*train without warm_start"):
         train(mlp_bundle, data["all"], tmp_path / "r3", TrainConfig(epochs=1, warm_start=str(old)))
+    big = tmp_path / "big"
+    shutil.copytree(previous, big)
+    with open(big / "weights.safetensors", "ab") as f:   # far more than the bundle's head can fill
+        f.truncate(warm_start.MAX_SIZE_SLACK * 4)
+    with pytest.raises(FtedgeError, match="not a model of this bundle"):
+        train(mlp_bundle, data["all"], tmp_path / "r5", TrainConfig(epochs=1, warm_start=str(big)))
     with pytest.raises(UsageError, match="portable engine"):
         warm_start.resolve(previous, load_bundle(mlp_bundle), warm_start.WEIGHTS_FILE, tmp_path / "r4", False,
                            engine="ort-training")
@@ -152,7 +158,7 @@ def test_cli_warm_start_flag(previous, mlp_bundle, data, tmp_path, capsys):
     assert rc == 2 and "no such directory" in capsys.readouterr().err
     rc = main(["train", str(mlp_bundle), "--data", str(data["all"]), "-o", str(tmp_path / "ok"), "--epochs", "2",
                "--warm-start", str(previous)])
-    assert rc == 0
+    assert rc == 0 and "over the previous model on the same validation split" in capsys.readouterr().out
     assert json.loads((tmp_path / "ok" / "result.json").read_text())["warm_start"]["from"] == str(previous)
 
 
