@@ -97,9 +97,22 @@ class PortableEngine:
         return float(out["loss"]), out[self.output_name]
 
     def reset(self) -> None:
-        """Back to the bundle's initial parameters, zero optimizer moments, step 0 (a new trial of a search)."""
+        """Back to the initial parameters (the bundle's, or a warm start's), zero optimizer moments, step 0 (a new
+        trial of a search)."""
         self.state = {k: self.step.to_device(v) for k, v in self._initial.items()}
         self.steps_done = 0
+
+    def start_from(self, values: dict[str, np.ndarray]) -> None:
+        """New initial values (a warm start: ``p:NAME`` / ``b:NAME`` of a previous model), then :meth:`reset` to
+        them: zero optimizer moments, step 0. A later :meth:`reset` (the next trial of a search) returns here."""
+        for k, v in values.items():
+            if k not in self._initial or k[:2] not in ("p:", "b:"):
+                continue
+            if v.shape != self._initial[k].shape:
+                raise BundleError(f"the warm-start weights do not fit this bundle ({k}: {v.shape} vs "
+                                  f"{self._initial[k].shape}); train without warm_start")
+            self._initial[k] = np.ascontiguousarray(v, dtype=self._initial[k].dtype)
+        self.reset()
 
     def set_weight_decay(self, weight_decay: float) -> None:
         """Decoupled weight decay, fed to the step graph every step (``lr_wd``): no re-export needed."""

@@ -144,6 +144,10 @@ COMMON: dict[str, Option] = {o.name: o for o in (
     Option("min_retention", float, "with --general: promote only if at least this share of untuned answers is "
            "kept", default=0.9, bounds=(0, 1)),
     Option("max_new_tokens", int, "answer budget when evaluating", default=48, bounds=(1, 512)),
+    Option("warm_start", str, "continue from a model this box has: a model version (STATE/models/vNNNN) or a "
+           "finished run directory of the same bundle; the trainable part starts from its weights (fresh optimizer), "
+           "and the result is promoted only if it also beats that model on the same validation split (portable "
+           "engine)", metavar="DIR"),
     Option("flip", bool, "horizontal-flip augmentation (a random half of each epoch's images mirrored; the "
            "backbone's maps of the mirrored images are cached too)", default=True),
 )}

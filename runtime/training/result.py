@@ -6,7 +6,9 @@ Common keys, whatever the task: ``status`` (succeeded | cancelled | failed …),
 ``engine`` and ``headline`` — the task's headline metric, tuned and untuned
 (``{"metric", "label", "higher_is_better", "tuned", "untuned"}``), which the fleet shows without knowing the
 task. Each task adds its own keys (``search`` for ``--auto``, ``router`` for causal LMs, ``dropped_boxes`` for
-detectors …).
+detectors …). A warm-started run (every task) adds ``warm_start`` (``{"from": DIR, "version": "vNNNN" | None}``),
+``previous`` (the starting model's metrics on the same split) and ``previous_gain`` (candidate − previous on the
+task's primary metric; promoted only when it is positive): :mod:`ftedge.runtime.training.warm_start`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ class TrainResult(TypedDict, total=False):
     engine: str
     headline: Headline
     providers: dict[str, dict[str, Any]]   # per stage: ort_backend._Session.placement()
+    warm_start: dict[str, Any]             # warm-started runs: {"from": DIR, "version": "vNNNN" | None}
+    previous: dict[str, Any] | None        # the starting model's metrics on the same split
+    previous_gain: float | None            # candidate − previous, the task's primary metric
 
 
 COMMON_KEYS = ("status", "task", "stop_reason", "epochs_run", "best_epoch", "metrics", "baseline", "promoted",

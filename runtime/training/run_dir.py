@@ -38,6 +38,7 @@ class RunState:
     elapsed_s: float = 0.0
     engine: str | None = None  # the engine that wrote the checkpoints (resume uses the same)
     search: dict[str, Any] = field(default_factory=dict)  # --auto: trials, chosen settings, CV estimate
+    previous: dict[str, Any] = field(default_factory=dict)  # --warm-start: the starting model on the same split
 
 
 class CheckpointDir:

@@ -10,7 +10,7 @@ from ftedge.runtime.training.options import pick
 
 OPTIONS = pick("epochs", "batch_size", "embed_batch_size", "lr", "schedule", "val_fraction", "weight_decay",
                "class_weight", "auto", "folds", "max_trials", "patience", "seed", "max_seconds", "mode", "engine",
-               "backbone", "min_gain", "providers", "step_providers", epochs=20, batch_size=32)
+               "backbone", "min_gain", "warm_start", "providers", "step_providers", epochs=20, batch_size=32)
 
 
 def _train(req: TrainRequest) -> dict[str, Any]:

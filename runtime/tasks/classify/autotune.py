@@ -297,15 +297,19 @@ def estimate(fitter: FoldFitter, n: int, chosen: dict[str, Any], folds: int, bas
 def tune(engine: Any, features: list[np.ndarray], axes: list[int], y: np.ndarray, labels: np.ndarray, loss: str,
          label_names: list[str], *, base: Settings, batch_size: int, schedule: str, warmup_fraction: float,
          seed: int, folds: int, budget_s: float | None, max_trials: int, tune_class_weight: bool, log_path: Path,
-         should_stop: Callable[[], bool], on_trial: Callable[[Trial], None] | None = None) -> dict[str, Any]:
+         should_stop: Callable[[], bool], on_trial: Callable[[Trial], None] | None = None,
+         start: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """The whole ``--auto`` step on ``features`` (the samples the search may see, nothing else): the untuned
     model's outputs, the search, and the estimate of the chosen settings. ``engine`` is a portable engine of
-    the bundle, used (and reset) for every fit."""
+    the bundle, used (and reset) for every fit; with ``start`` (a warm start's values) every fit starts from
+    them, while the baseline stays the untuned bundle's."""
     n = len(y)
     fitter = FoldFitter(engine, features, axes, y, labels, loss, batch_size, schedule, warmup_fraction, seed,
                         should_stop)
     engine.reset()
     baseline = engine.eval_step(fitter.take(np.arange(n)), labels)[1]
+    if start is not None:
+        engine.start_from(start)
     result = search(fitter, n, base, folds, budget_s, max_trials, tune_class_weight, SearchLog(log_path), on_trial)
     t = time.perf_counter()
     result["estimate"] = estimate(fitter, n, result["chosen"], folds, baseline, label_names)

@@ -17,6 +17,10 @@ def report(result: dict[str, Any]) -> list[str]:
              f"engine {result['engine']}"]
     if result.get("search"):
         lines.append(auto_summary(result))
+    if result.get("warm_start"):
+        from ftedge.runtime.training.warm_start import summary_line
+
+        lines.append(summary_line(result))
     return lines
 
 

@@ -34,7 +34,9 @@ from ftedge.runtime.engines.placement import Placement, report as placement_repo
 from ftedge.runtime.training.personalized import write_personalized
 from ftedge.runtime.training.result import complete
 from ftedge.runtime.training.run_dir import RunDir, RunState
+from ftedge.runtime.training import warm_start
 from ftedge.runtime.training.schedule import learning_rate
+from ftedge.runtime.training.warm_start import stable_split
 from ftedge.runtime.engines.session import BundleSession
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class TrainConfig:
     auto: bool = OPTIONS.default("auto")  # choose lr, weight decay, epochs (and class weighting) by cross-validation
     folds: int = OPTIONS.default("folds")  # folds of the --auto search
     max_trials: int = OPTIONS.default("max_trials")  # trials of the --auto search at most (the time budget may stop it sooner)
+    warm_start: str | None = OPTIONS.default("warm_start")  # a model version / run dir to continue from
 
     @property
     def embed_batch(self) -> int:
@@ -73,7 +76,9 @@ class TrainConfig:
 
     @property
     def holdout_fraction(self) -> float:
-        return (0.0 if self.auto else 0.2) if self.val_fraction is None else float(self.val_fraction)
+        # a warm start is judged against the previous model on held-out samples, --auto or not
+        default = 0.0 if self.auto and not self.warm_start else 0.2
+        return default if self.val_fraction is None else float(self.val_fraction)
 
 
 SHOWN_SMALL = 20        # small classes named in the warning and in result.json
@@ -103,10 +108,10 @@ def _resolve_mode(mode: str, bundle: Bundle) -> str:
 
 # options added after runs were first fingerprinted: at their defaults they leave a run's fingerprint as it was
 _LATER_OPTIONS = {f.name: f.default for f in fields(TrainConfig)
-                  if f.name in ("weight_decay", "class_weight", "auto", "folds", "max_trials")}
+                  if f.name in ("weight_decay", "class_weight", "auto", "folds", "max_trials", "warm_start")}
 
 
-def _fingerprint(bundle: Bundle, data: Dataset, cfg: TrainConfig) -> str:
+def _fingerprint(bundle: Bundle, data: Dataset, cfg: TrainConfig, stable: bool = False) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(bundle.manifest["files"], sort_keys=True).encode())
     h.update("".join(data.sample_hashes()).encode())
@@ -116,6 +121,8 @@ def _fingerprint(bundle: Bundle, data: Dataset, cfg: TrainConfig) -> str:
     for k, default in _LATER_OPTIONS.items():
         if keep.get(k) == default:
             del keep[k]
+    if stable:   # a run begun with the older (random) split of the same samples does not resume with this one
+        keep["split"] = "stable"
     h.update(json.dumps(keep, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
@@ -157,8 +164,16 @@ class Trainer:
             log.warning("%d sample(s) %s: %s (listed in result.json notes)", len(files), note,
                         ", ".join(files[:5]) + (", …" if len(files) > 5 else ""))
         self.classification = self.io.classification
-        self.train_idx, self.val_idx = stratified_split(self.data.targets, config.holdout_fraction, config.seed,
-                                                        self.classification)
+        # Sample files (a folder per label) and warm starts: the stable split, so the run that made the previous
+        # model held out the same samples; a .npz/.csv keeps the seeded stratified split it always had.
+        self.stable_split = bool(config.warm_start) or Path(data).is_dir()
+        if self.stable_split:
+            self.train_idx, self.val_idx = stable_split(self.data.sample_hashes(), self.data.targets
+                                                        if self.classification else None, config.holdout_fraction,
+                                                        config.seed)
+        else:
+            self.train_idx, self.val_idx = stratified_split(self.data.targets, config.holdout_fraction, config.seed,
+                                                            self.classification)
         if len(self.train_idx) == 0:
             raise FtedgeError("no training samples left after the validation split; add data or lower --val-fraction")
         self.placement = Placement.resolve(config.providers, config.step_providers)
@@ -171,6 +186,9 @@ class Trainer:
             raise UsageError(f"{', '.join(needs_portable)} need(s) the portable engine (weight decay and per-sample "
                              f"weights are inputs of its step graph); this run uses {self.engine}: pass --engine "
                              "portable or re-export the bundle with this ftedge")
+        self.warm = warm_start.resolve(config.warm_start, self.bundle, warm_start.WEIGHTS_FILE, self.run_dir,
+                                       config.resume, self.engine) if config.warm_start else None
+        self.warm_values: dict[str, np.ndarray] | None = None
         if config.auto and self.mode != "cached":
             raise UsageError("--auto searches on the embedding cache: it needs a split bundle and --mode auto or "
                              "cached")
@@ -278,7 +296,7 @@ class Trainer:
                                 seed=self.cfg.seed, folds=self.cfg.folds, budget_s=max(0.0, 0.9 * budget),
                                 max_trials=self.cfg.max_trials, tune_class_weight=imbalanced,
                                 log_path=self.ckpt.dir / "search.jsonl", should_stop=self.cb.should_stop,
-                                on_trial=on_trial)
+                                on_trial=on_trial, start=self.warm_values)
         finally:
             if bar is not None:
                 bar.close()
@@ -290,6 +308,18 @@ class Trainer:
                  "%+.4f [%+.4f, %+.4f]", c["lr"], c["weight_decay"], c["epochs"], c["horizon"], c["class_weight"],
                  len(out["trials"]), out["stopped"], e["gain"], e["lo"], e["hi"])
         return out
+
+    def _warm_start(self, session: BundleSession, state: RunState, monitor: np.ndarray) -> None:
+        """Stage the warm-start weights in the run dir; a run not yet past its first epoch starts from them, and
+        the previous model is scored on the same split as the baseline (once: a resumed run keeps the score)."""
+        assert self.warm is not None
+        engine = session.model
+        path = self.warm.stage(self.run_dir)
+        self.warm_values = warm_start.load_values(path, engine.params, engine.buffers)
+        if state.last_checkpoint is None:
+            engine.start_from(self.warm_values)
+            if not state.previous:
+                state.previous = self.evaluate(session, monitor)
 
     def _apply_search(self, search: dict[str, Any]) -> None:
         c = search["chosen"]
@@ -308,6 +338,8 @@ class Trainer:
             self._prepare_features(session)
             if not state.baseline:
                 state.baseline = self.evaluate(session, monitor)  # the untuned model, same split
+            if self.warm is not None:
+                self._warm_start(session, state, monitor)
             if self.cfg.auto:
                 if not state.search.get("chosen"):
                     self.ckpt.commit(state)   # resumable from here: search.jsonl holds the finished trials
@@ -339,7 +371,8 @@ class Trainer:
 
     def _open_state(self) -> RunState:
         """The run's state: resumed (same fingerprint, compatible engine) or new (refusing a used run dir)."""
-        state = self.rundir.open(_fingerprint(self.bundle, self.data, self.cfg), self.cfg.resume, self.engine)
+        state = self.rundir.open(_fingerprint(self.bundle, self.data, self.cfg, self.stable_split), self.cfg.resume,
+                                 self.engine)
         if state.engine and state.engine != self.engine:
             if self.cfg.engine != "auto":
                 raise FtedgeError(f"{self.run_dir} was trained with the {state.engine} engine; resume it with "
@@ -446,8 +479,12 @@ class Trainer:
                                    should_stop=self.cb.should_stop)
             except StopRequested as exc:
                 return self._finish(state, "cancelled", f"cancelled: {exc}", session)
+            if self.engine == "portable":   # what a later --warm-start continues from
+                warm_start.save_weights(best, self.run_dir / warm_start.WEIGHTS_FILE)
             atomic_write_json(self.run_dir / "model.json", {
-                k: self.bundle.manifest.get(k) for k in ("name", "inputs", "output", "labels", "loss", "task", "preprocessing")})
+                **{k: self.bundle.manifest.get(k) for k in ("name", "inputs", "output", "labels", "loss", "task",
+                                                            "preprocessing")},
+                "bundle_sha256": warm_start.bundle_digest(self.bundle)})
             self.timings["export_s"] = time.perf_counter() - t
             if self.cfg.auto:
                 est = state.search["estimate"]
@@ -463,6 +500,15 @@ class Trainer:
                 if not len(self.val_idx):
                     promoted = False
                     stop_reason += "; no validation split (--val-fraction 0): not promoted"
+        previous_gain = None
+        if self.warm is not None and final:
+            # the fit's own held-out metrics (with --auto too), against the previous model's on the same samples
+            candidate = M.primary(self.bundle.loss, state.best_metrics) if len(self.val_idx) else None
+            prior = M.primary(self.bundle.loss, state.previous) if len(self.val_idx) and state.previous else None
+            previous_gain, why = warm_start.previous_gate(candidate, prior)
+            if why is not None:
+                promoted = False
+                stop_reason += f"; {why}"
         fit = {"metrics": final, "baseline": baseline}
         if self.cfg.auto and state.search.get("estimate"):
             # the gate's numbers: out-of-fold (cross-validated) metrics of the tuned settings and of the untuned
@@ -498,6 +544,9 @@ class Trainer:
         if self.cfg.auto:
             result["search"] = state.search
             result["fit"] = fit
+        if self.warm is not None:
+            result.update({"warm_start": self.warm.record(), "previous": state.previous or None,
+                           "previous_gain": previous_gain})
         return self.rundir.write_result(complete(result, self.bundle.manifest))
 
 

@@ -10,7 +10,7 @@ from ftedge.runtime.tasks import DeviceTask, TrainRequest
 from ftedge.runtime.training.options import pick
 
 OPTIONS = pick("epochs", "batch_size", "lr", "weight_decay", "val_fraction", "patience", "seed", "max_seconds",
-               "min_gain", "mode", "eval_data", "flip", "providers", "step_providers", epochs=60, batch_size=8,
+               "min_gain", "mode", "eval_data", "flip", "warm_start", "providers", "step_providers", epochs=60, batch_size=8,
                weight_decay=1e-4, val_fraction=0.2)
 
 

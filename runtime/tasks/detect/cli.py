@@ -78,7 +78,10 @@ def report(result: dict[str, Any]) -> list[str]:
 
     if result["status"] != "succeeded":
         return [f"{result['status']}: {result['epochs_run']} epoch(s), best {result['best_epoch']}"]
-    return [f"{result['status']}: {result['epochs_run']} epoch(s), best {result['best_epoch']} "
+    from ftedge.runtime.training.warm_start import summary_line
+
+    warm = summary_line(result)
+    return ([warm] if warm else []) + [f"{result['status']}: {result['epochs_run']} epoch(s), best {result['best_epoch']} "
             f"({result['stop_reason']}); val mAP@0.5 {fmt(b.get('map50'))} untuned → {fmt(m.get('map50'))} tuned "
             f"(mAP@0.5:0.95 {fmt(m.get('map50_95'))}); promoted: {result['promoted']}; "
             f"{result['samples']['train']} train / {result['samples']['val']} val images, "

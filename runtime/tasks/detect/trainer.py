@@ -44,7 +44,9 @@ from ftedge.runtime.engines.ort_backend import InferenceModel, set_seed
 from ftedge.runtime.training.personalized import write_personalized
 from ftedge.runtime.training.result import complete
 from ftedge.runtime.training.run_dir import RunDir, RunState
+from ftedge.runtime.training import warm_start
 from ftedge.runtime.training.schedule import learning_rate
+from ftedge.runtime.training.warm_start import stable_split
 
 OUTPUTS = ["det_boxes", "det_scores", "det_labels", "det_batch"]
 MAX_DETS = 100
@@ -71,6 +73,7 @@ class DetTrainConfig:
     cache_dir: str | Path | None = None
     bundle_source: str | None = None
     data_root: str | Path | None = None  # no data file outside it is read (the agent's data_root; None: anywhere)
+    warm_start: str | None = OPTIONS.default("warm_start")  # a model version / run dir to continue from
 
 
 def is_detector(bundle: Bundle) -> bool:
@@ -117,11 +120,12 @@ class DetTrainer:
             self.val_items = list(self.val_data.samples)
         else:
             self.val_data = None
+            # the stable split (by image content): the run that made a previous model held out the same images
             n = len(self.data.samples)
-            order = np.random.default_rng(config.seed).permutation(n)
-            n_val = 0 if n < 5 else max(1, round(n * config.val_fraction))
-            self.train_idx = np.sort(order[n_val:])
-            self.val_items = [self.data.samples[i] for i in np.sort(order[:n_val])]
+            fraction = 0.0 if n < 5 else config.val_fraction
+            self.train_idx, val_idx = stable_split([self._hash(s.image) for s in self.data.samples], None,
+                                                   fraction, config.seed)
+            self.val_items = [self.data.samples[i] for i in val_idx]
         self.train_items = [self.data.samples[i] for i in self.train_idx]
         if self.train_items and not any(len(s.boxes) for s in self.train_items):
             reasons = sorted({d["reason"] for d in self.data.dropped_boxes})[:3]
@@ -130,6 +134,8 @@ class DetTrainer:
                             + f"; the bundle's classes are {', '.join(self.labels)}: check the labels' class names")
         self.timings: dict[str, float] = {}
         self.cache_stats = {"computed": 0, "reused": 0}
+        self.warm = warm_start.resolve(config.warm_start, self.bundle, warm_start.WEIGHTS_FILE, self.run_dir,
+                                       config.resume) if config.warm_start else None
 
     # -- features -----------------------------------------------------------------------------------------
     def _hash(self, path: Path) -> str:
@@ -244,6 +250,8 @@ class DetTrainer:
             h.update(np.ascontiguousarray(s.boxes, np.float32).tobytes())
         h.update(json.dumps({k: v for k, v in asdict(self.cfg).items() if k in (
             "epochs", "batch_size", "lr", "weight_decay", "seed", "mode", "flip", "val_fraction")}).encode())
+        if self.cfg.warm_start:
+            h.update(f"warm_start:{self.cfg.warm_start}".encode())
         return h.hexdigest()[:16]
 
     def _open_state(self) -> RunState:
@@ -273,6 +281,12 @@ class DetTrainer:
         warmup = max(1, round(0.05 * total))
         if not state.baseline:
             state.baseline = _summary(self._val_map(engine, val_f, val_b, val_c))
+        if self.warm is not None:   # the previous model's head, fresh moments; scored once on the same split
+            values = warm_start.load_values(self.warm.stage(self.run_dir), engine.params, engine.buffers)
+            if state.last_checkpoint is None:
+                engine.start_from(values)
+                if not state.previous:
+                    state.previous = _summary(self._val_map(engine, val_f, val_b, val_c))
         width = float(self.spec.size[1])
         names = [s.name for s in self.bundle.head_inputs]
         stop_reason = "epochs"
@@ -346,10 +360,11 @@ class DetTrainer:
             write_personalized(self.bundle, best, self.run_dir / "model.onnx", should_stop=should_stop, outputs=OUTPUTS)
         except StopRequested:
             return self._cancelled(state)
+        warm_start.save_weights(best, self.run_dir / warm_start.WEIGHTS_FILE)   # what a later warm start reads
         m = self.bundle.manifest
         atomic_write_json(self.run_dir / "model.json", {
             **{k: m.get(k) for k in ("name", "inputs", "output", "labels", "loss", "task", "preprocessing", "detection")},
-            "outputs": OUTPUTS, "kind": "detector"})
+            "outputs": OUTPUTS, "kind": "detector", "bundle_sha256": warm_start.bundle_digest(self.bundle)})
         self.timings["export_s"] = time.perf_counter() - te
         final, baseline = state.best_metrics, state.baseline
         gain = None
@@ -358,6 +373,12 @@ class DetTrainer:
         promoted = gain is not None and gain > self.cfg.min_gain
         if not self.val_items:
             stop_reason += "; no validation images: not promoted"
+        previous_gain = None
+        if self.warm is not None:
+            previous_gain, why = warm_start.previous_gate(final.get("map50"), state.previous.get("map50"))
+            if why is not None:
+                promoted = False
+                stop_reason += f"; {why}"
         result = {
             "status": "succeeded", "task": "detection", "stop_reason": stop_reason, "best_epoch": state.best_epoch,
             "epochs_run": state.epochs_done, "metrics": final, "baseline": baseline, "gain": gain,
@@ -379,6 +400,9 @@ class DetTrainer:
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.cfg).items()},
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
+        if self.warm is not None:
+            result.update({"warm_start": self.warm.record(), "previous": state.previous or None,
+                           "previous_gain": previous_gain})
         return self.rundir.write_result(complete(result, self.bundle.manifest))
 
 

@@ -17,7 +17,7 @@ PINNED_BUNDLE = "bundle"  # in an agent's model version: its own hard-linked cop
 
 OPTIONS = pick("epochs", "batch_size", "lr", "weight_decay", "val_fraction", "seed", "max_seconds", "min_gain",
                "general", "off_topic", "min_retention", "max_new_tokens",
-               "providers", "step_providers",
+               "warm_start", "providers", "step_providers",
                own=[replace(COMMON["eval_data"], path="file", metavar="FILE.jsonl")],  # a file here, not a folder
                epochs=10, batch_size=4, weight_decay=0.0, val_fraction=0.1)
 

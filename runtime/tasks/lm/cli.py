@@ -78,7 +78,10 @@ def report(result: dict[str, Any]) -> list[str]:
         parts.append(f"promoted: {result['promoted']} ({result['gate']}); {result['samples']['train']} rows, "
                      f"{len(result['skipped'])} skipped, {len(result['truncated'])} truncated; "
                      f"{result['duration_s']:.1f} s")
-    return ["; ".join(parts)]
+    from ftedge.runtime.training.warm_start import summary_line
+
+    warm = summary_line(result)
+    return ["; ".join(parts)] + ([warm] if warm else [])
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

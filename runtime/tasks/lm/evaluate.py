@@ -50,8 +50,9 @@ def route_shares(**routes: list[str | None]) -> dict[str, Any]:
 
 def evaluate_answers(bundle: Bundle, tok: ChatTokenizer, initial: dict[str, np.ndarray], adapter: dict[str, np.ndarray],
                      eval_rows: list[dict[str, Any]] | None, general_rows: list[dict[str, Any]],
-                     cfg: Any) -> dict[str, Any]:
-    """Answers of the untuned and the tuned adapter: accuracy on ``eval_rows``, retention on ``general_rows``."""
+                     cfg: Any, previous: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Answers of the untuned and the tuned adapter: accuracy on ``eval_rows``, retention on ``general_rows``;
+    with ``previous`` (a warm start's adapter) also its accuracy on ``eval_rows``, as ``out["previous"]``."""
     out: dict[str, Any] = {"base": {}, "tuned": {}}
     if not eval_rows and not general_rows:
         return out
@@ -66,6 +67,10 @@ def evaluate_answers(bundle: Bundle, tok: ChatTokenizer, initial: dict[str, np.n
                           for key, rows in (("eval", eval_rows or []), ("general", general_rows))}
         if eval_rows:
             out[which] = score(answers[which]["eval"], eval_rows)
+    if previous is not None and eval_rows:   # the same held-out prompts; retention is the candidate's alone
+        decoder.set_adapter(previous)
+        out["previous"] = score(answer_all(decoder, tok, eval_rows, cfg.max_new_tokens, [],
+                                           answers["base"]["eval"]), eval_rows)
     out["routes"] = route_shares(**routes)
     if general_rows:
         out["retention"] = answer_metrics.retention(answers["base"]["general"], answers["tuned"]["general"])

@@ -17,8 +17,7 @@ from ftedge.bundle.loader import Bundle, load_bundle
 from ftedge.errors import BundleError, PromptTooLong, UsageError
 from ftedge.runtime.tasks.lm.chat import ChatTokenizer, bundle_tokenizer
 from ftedge.runtime.tasks.lm.generator import Decoder, Generation
-
-ADAPTER_FILE = "adapter.safetensors"
+from ftedge.runtime.training.warm_start import ADAPTER_FILE, bundle_digest  # noqa: F401  (re-exported)
 
 
 def load_adapter(path: str | Path) -> dict[str, Any]:
@@ -29,13 +28,6 @@ def load_adapter(path: str | Path) -> dict[str, Any]:
         return load_file(str(path))
     except Exception as exc:
         raise BundleError(f"cannot read the adapter {path}: {exc}; retrain or roll back to another version") from exc
-
-
-def bundle_digest(bundle: Bundle) -> str:
-    """One digest of a bundle's files table (every file's sha256): which exact bundle an adapter belongs to."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps(bundle.manifest.get("files", {}), sort_keys=True).encode()).hexdigest()
 
 
 def run_bundle(run_dir: Path, bundle: str | Path | None = None, trusted_keys: Any = None) -> tuple[Bundle, Path]:

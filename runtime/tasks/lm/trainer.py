@@ -40,7 +40,9 @@ from ftedge.runtime.engines.ort_backend import InferenceModel, set_seed
 from ftedge.runtime.tasks.lm.router import Router, fit_router
 from ftedge.runtime.training.result import complete
 from ftedge.runtime.training.run_dir import RunDir, RunState
+from ftedge.runtime.training import warm_start
 from ftedge.runtime.training.schedule import learning_rate
+from ftedge.runtime.training.warm_start import stable_split
 
 
 @dataclass
@@ -63,6 +65,7 @@ class LMTrainConfig:
     step_providers: list[str] | None = OPTIONS.default("step_providers")  # the LoRA training step
     threads: int | None = None
     bundle_source: str | None = None  # the bundle path to record (the agent trains a pinned copy of it)
+    warm_start: str | None = OPTIONS.default("warm_start")  # a model version / run dir to continue from
 
 
 def is_causal_lm(bundle: Bundle) -> bool:
@@ -124,10 +127,15 @@ class LMTrainer:
         for i, row in enumerate(self.eval_rows or []):  # before training, not after it
             keywords_of(row, f"--eval-data {config.eval_data} row {i + 1}")
         n = len(self.data)
-        rng = np.random.default_rng(config.seed)
-        order = rng.permutation(n)
-        n_val = 0 if config.eval_data or n < 5 else max(1, round(n * config.val_fraction))
-        self.val_idx, self.train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        if config.warm_start:   # the stable split, by row content: see ftedge.runtime.training.warm_start
+            fraction = 0.0 if config.eval_data or n < 5 else config.val_fraction
+            self.train_idx, self.val_idx = stable_split(
+                [json.dumps([e.prompt_ids, e.answer_ids]) for e in self.data.examples], None, fraction, config.seed)
+        else:
+            rng = np.random.default_rng(config.seed)
+            order = rng.permutation(n)
+            n_val = 0 if config.eval_data or n < 5 else max(1, round(n * config.val_fraction))
+            self.val_idx, self.train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
         self.val_examples = [self.data.examples[i] for i in self.val_idx]
         if self.eval_rows is not None:
             self.val_examples = load_qa(config.eval_data, self.tok).examples
@@ -137,6 +145,8 @@ class LMTrainer:
                              f"{self.bundle.path} predates it: re-export it with this ftedge")
         self.off_topic, self.off_topic_notes = (self._off_topic(config.off_topic) if config.off_topic
                                                 else ([], {}))
+        self.warm = warm_start.resolve(config.warm_start, self.bundle, ADAPTER_FILE, self.run_dir,
+                                       config.resume) if config.warm_start else None
 
     def _off_topic(self, path: str) -> tuple[list[Example], dict[str, Any]]:
         """The off-topic prompts as answer-less examples; rows that are bad, too long, or the same question as a
@@ -191,6 +201,8 @@ class LMTrainer:
             h.update(json.dumps([e.prompt_ids, e.answer_ids]).encode())
         h.update(json.dumps({k: v for k, v in asdict(self.cfg).items() if k in ("epochs", "batch_size", "lr",
                              "weight_decay", "seed")}).encode())
+        if self.cfg.warm_start:
+            h.update(f"warm_start:{self.cfg.warm_start}".encode())
         return h.hexdigest()[:16]
 
     def _val_loss(self, engine: PortableEngine, hidden: list[np.ndarray]) -> float | None:
@@ -231,6 +243,13 @@ class LMTrainer:
         if not state.baseline:
             vl = self._val_loss(engine, val_h)
             state.baseline = {"val_loss": vl, "perplexity": None if vl is None else math.exp(vl)}
+        if self.warm is not None:   # the previous adapter, fresh moments; scored once on the same held-out answers
+            values = warm_start.load_values(self.warm.stage(self.run_dir), engine.params, engine.buffers)
+            if state.last_checkpoint is None:
+                engine.start_from(values)
+                if not state.previous:
+                    vl = self._val_loss(engine, val_h)
+                    state.previous = {"val_loss": vl, "perplexity": None if vl is None else math.exp(vl)}
         stop_reason = "epochs"
         for epoch in range(state.epochs_done + 1, cfg.epochs + 1):
             if cfg.max_seconds is not None and state.elapsed_s > cfg.max_seconds:
@@ -301,11 +320,20 @@ class LMTrainer:
         replace_file(tmp, self.run_dir / ADAPTER_FILE)
         t_eval = time.perf_counter()
         initial = load_adapter(self.bundle.file("init"))
+        prior = load_adapter(self.run_dir / warm_start.RUN_COPY) if self.warm is not None else None
         quality = evaluate_answers(self.bundle, self.tok, initial, adapter, self.eval_rows, self.general_rows,
-                                   self.cfg)
+                                   self.cfg, previous=prior)
         metrics = {**state.best_metrics, **quality["tuned"], "retention": quality.get("retention", {}).get("retention")}
         baseline = {**state.baseline, **quality["base"]}
         promoted, why = gate(metrics, baseline, self.cfg)
+        previous, previous_gain = None, None
+        if self.warm is not None:
+            previous = {**state.previous, **quality.get("previous", {})}
+            previous_gain, refused = warm_start.previous_gate(*_primary(metrics, previous))
+            if refused is not None:
+                promoted = False
+                why += f"; {refused}"
+                stop_reason += f"; {refused}"
         result = {
             "status": "succeeded", "task": "causal-lm", "best_epoch": state.best_epoch, "epochs_run": state.epochs_done,
             "epochs_done": state.epochs_done,
@@ -322,6 +350,8 @@ class LMTrainer:
             "model": {"kind": "lora-adapter", "file": ADAPTER_FILE, "decoder": "decoder.onnx"},
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
+        if self.warm is not None:
+            result.update({"warm_start": self.warm.record(), "previous": previous, "previous_gain": previous_gain})
         atomic_write_json(self.run_dir / "model.json", {
             "kind": "lora-adapter", "task": "causal-lm", "name": self.bundle.name, "adapter": ADAPTER_FILE,
             "bundle": result["bundle"], "bundle_sha256": result["bundle_sha256"], "decoder": "decoder.onnx",
@@ -329,6 +359,16 @@ class LMTrainer:
             "why_side_loaded": "the adapter is ~1 MB; a merged decoder would be another full copy of the base model "
             "per version, and a routed adapter needs the untuned weights beside it anyway"})
         return self.rundir.write_result(complete(result, self.bundle.manifest))
+
+
+def _primary(candidate: dict[str, Any], previous: dict[str, Any]) -> tuple[float | None, float | None]:
+    """The two models' primary metric, higher is better: answer accuracy where both were scored on held-out
+    prompts, else the negated perplexity of the held-out answers."""
+    if candidate.get("accuracy") is not None and previous.get("accuracy") is not None:
+        return candidate["accuracy"], previous["accuracy"]
+    if candidate.get("perplexity") is not None and previous.get("perplexity") is not None:
+        return -candidate["perplexity"], -previous["perplexity"]
+    return None, None
 
 
 def _last_user(row: Any) -> str:
