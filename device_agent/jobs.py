@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 from ftedge.bundle.tasks import Task
 from ftedge.device_agent.disk import DiskGuard, is_disk_full
 from ftedge.errors import FtedgeError
+from ftedge.mqtt.contract import MAX_REASON
 from ftedge.durable import atomic_write_json, swap_dir
 from ftedge.runtime import tasks
 from ftedge.runtime.training.result import COMMON_KEYS
@@ -398,6 +399,7 @@ class JobRunner:
             "trigger": job.trigger, **({"trigger_reason": job.trigger_reason} if job.trigger_reason else {}),
             "warm_start": _warm_version(res.get("warm_start")), "previous": res.get("previous"),
             "previous_gain": res.get("previous_gain"),
+            **({"stop_reason": res["stop_reason"][:MAX_REASON]} if isinstance(res.get("stop_reason"), str) else {}),
         })
         try:
             self.store.save(job)

@@ -51,7 +51,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
                "duration_s": "num?", "error": "text?", "version": "id?", "skipped": "int?", "tuning": "obj?",
                "task": "id?", "epochs_run": "int?", "headline": "headline?", "providers": "obj?",
                "trigger": "trigger?", "trigger_reason": "line?", "warm_start": "id?", "previous": "metrics?",
-               "previous_gain": "fin?"},
+               "previous_gain": "fin?", "stop_reason": "line?"},
     "cmdres": {"cmd_id": "id", "status": "id?", "code": "id?", "job": "id?"},
 }
 METRIC_KEYS = ("accuracy", "loss", "val_accuracy", "val_loss", "val_macro_f1", "val_mae", "macro_f1", "mae",

@@ -118,3 +118,35 @@ def test_the_fleet_sets_shows_and_clears_the_policy(broker, device, agents):
     cleared = col.send("policy", {"clear": True})
     assert cleared["status"] == "done" and cleared["policy"] is None
     col.close()
+
+
+def test_a_policy_run_continues_from_the_active_version_and_is_not_promoted_unless_it_beats_it(broker, device, agents):
+    """The second policy run warm-starts from v0001. With a learning rate too small to change anything (1e-6, one
+    epoch) its validation accuracy is the active version's — far above the untuned bundle's, so it did start from
+    v0001's weights — and, not beating the active version, it is not promoted, says so, and v0001 stays active."""
+    cfg = device(broker, POLICY.format(bundle="mlp", data="blobs", extra="options = { epochs = 40 }"))
+    data = _data_root(cfg) / "blobs"
+    data.mkdir()
+    col = Collector(broker)
+    agents(cfg)
+    col.wait_online()
+    _blobs(data, per_class=5, seed=1)
+
+    def results() -> list[dict]:
+        return [b for t, b in col.topics("jobs/") if t.endswith("/result")]
+    assert col.wait(lambda: results(), 120)
+    first = results()[0]
+    assert first["promoted"] and first["version"] == "v0001" and first["warm_start"] is None, first
+    tiny = col.send("policy", {"set": {"bundle": "mlp", "data": "blobs", "min_new_samples": 20, "min_interval_h": 0,
+                                       "max_load": 64, "check_interval_s": 1,
+                                       "options": {"epochs": 1, "lr": 1e-6, "schedule": "constant"}}})
+    assert tiny["status"] == "done", tiny
+    _blobs(data, per_class=5, seed=2)   # 20 more samples: the second run
+    assert col.wait(lambda: len(results()) == 2, 120)
+    second = results()[1]
+    assert second["status"] == "succeeded" and second["trigger"] == "policy" and second["warm_start"] == "v0001"
+    assert second["previous"]["accuracy"] == second["final"]["accuracy"] > second["baseline"]["accuracy"], second
+    assert second["previous_gain"] == 0 and not second["promoted"] and second["version"] is None
+    assert "does not beat the active model" in second["stop_reason"]
+    assert col.wait(lambda: col.of("meta")[-1].get("active_version") == "v0001")
+    col.close()
