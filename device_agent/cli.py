@@ -45,7 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(handler=_status)
     pr = agent_sub.add_parser("predict", help="predictions of the active model version for sample files",
                               description="Answer with the model the box's app gets (ActiveModel): the active "
-                              "version, else the bundle's own model (--bundle, default the [personalize] bundle).")
+                              "version, else the bundle's own model (--bundle, default the [personalize] bundle).",
+                              epilog="examples:\n  ftedge agent predict --config /etc/ftedge/agent.toml clip.wav\n"
+                                     "  ftedge agent predict --config /etc/ftedge/agent.toml --json a.png b.png",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     pr.add_argument("--config", required=True, help="agent.toml")
     pr.add_argument("files", nargs="+", metavar="FILE", help="samples: .wav, .png/.jpg, .txt, .npy … as in training")
     pr.add_argument("--bundle", metavar="NAME", help="bundle folder under paths.bundle_root answering while no "
@@ -55,10 +58,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = agent_sub.add_parser("add-sample", help="file labelled samples into the [personalize] data set",
                              description="Check each FILE with the [personalize] bundle's own preprocessing and "
                              "copy it to DATA/<label>/<sha256[:16]><ext>; a sample that would not train is refused "
-                             "with the reason (exit 1 if any was).")
+                             "with the reason (exit 1 if any was).",
+                             epilog="examples:\n  ftedge agent add-sample --config /etc/ftedge/agent.toml --label yes "
+                                    "rec-0001.wav rec-0002.wav\n"
+                                    "  ftedge agent add-sample --config /etc/ftedge/agent.toml --label shoe --json "
+                                    "photo.jpg\nthe policy: docs/personalize.md; the app contract: docs/app.md",
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--config", required=True, help="agent.toml")
     a.add_argument("--label", required=True, help="the label (one of the bundle's; a number for regression)")
-    a.add_argument("files", nargs="+", metavar="FILE")
+    a.add_argument("files", nargs="+", metavar="FILE", help="samples: .wav, .png/.jpg, .txt, .npy … as in training")
     a.add_argument("--json", action="store_true", help="print one JSON object per file outcome (a list)")
     a.set_defaults(handler=_add_sample)
     p.set_defaults(handler=lambda _a: (p.print_help(sys.stderr), 2)[1])

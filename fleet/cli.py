@@ -169,7 +169,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                               "  ftedge fleet policy --device box-1 --set-json '{\"bundle\": \"kws\", \"data\": "
                               "\"user\", \"window\": \"01:00-05:00\"}' --broker mqtt://127.0.0.1:1883\n"
                               "  ftedge fleet policy --device box-1 --clear --broker mqtt://127.0.0.1:1883\n"
-                              "settings: docs/agent.md ([personalize]). exit codes: 0 ok, 3 rejected by the device, "
+                              "settings: docs/personalize.md. exit codes: 0 ok, 3 rejected by the device, "
                               "4 no reply before --timeout, 5 broker unreachable, 2 bad arguments.",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     po.add_argument("--device", required=True, metavar="DEVICE", help="the device id")
