@@ -178,6 +178,23 @@ def openvino_python() -> str:
     return python
 
 
+# -- detection: the shop detector (MobileNetV2 backbone, SYNTHETIC shop photos from examples/detect/make_shop.py) --
+
+SHOP_LABELS = ("sneaker", "bag", "ankle_boot")
+
+
+@pytest.fixture(scope="session")
+def shop_detector(tmp_path_factory) -> Path:
+    """The shop detector bundle, exported once per session (an export takes ~20 s). Shared: tests read it or train
+    from it; one that would change it copies it first."""
+    from ftedge.cli import main
+
+    out = tmp_path_factory.mktemp("det") / "shop"
+    assert main(["export", "ftedge.export.detect_sources:mobilenet_v2", "-o", str(out), "--task", "detect",
+                 "--labels", ",".join(SHOP_LABELS), "--lr", "2e-3", "--quiet"]) == 0
+    return out
+
+
 # -- causal LMs: a tiny random Llama with SmolLM2's real tokenizer (tests/helpers/tiny_llm.py) ---------------------
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -364,7 +365,7 @@ def test_generate_with_the_bundle_then_a_causal_lm_version(tmp_path, llm_bundle)
     assert tuned["version"] == version and tuned["text"] == direct.text and tuned["tokens"] == len(direct.ids)
 
 
-def test_detect_with_the_bundle_then_a_detection_version(tmp_path):
+def test_detect_with_the_bundle_then_a_detection_version(tmp_path, shop_detector):
     """A detection version answers detect() as `ftedge detect` does (the same Detector), boxes per image."""
     import sys
 
@@ -378,8 +379,7 @@ def test_detect_with_the_bundle_then_a_detection_version(tmp_path):
                           check=False, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     bundle = tmp_path / "bundles" / "shop"
-    assert main(["export", "ftedge.export.detect_sources:mobilenet_v2", "-o", str(bundle), "--task", "detect",
-                 "--labels", "sneaker,bag,ankle_boot", "--quiet"]) == 0
+    shutil.copytree(shop_detector, bundle)   # exported once per session (tests/conftest.py)
     images = sorted((data / "images" / "val").iterdir())[:2]
     state = tmp_path / "state"
     model = ActiveModel(state, bundle=bundle)

@@ -14,15 +14,14 @@ from tests.helpers.common import ROOT
 
 
 @pytest.fixture()
-def det_device(tmp_path):
+def det_device(tmp_path, shop_detector):
     data = tmp_path / "data"
     proc = subprocess.run([sys.executable, str(ROOT / "examples/detect/make_shop.py"), str(data / "shop"),
                            "--train", "16", "--heldout", "12", "--seed", "5", "--format", "yolo"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     bundles = tmp_path / "bundles"
-    assert main(["export", "ftedge.export.detect_sources:mobilenet_v2", "-o", str(bundles / "shop"), "--task",
-                 "detect", "--labels", "sneaker,bag,ankle_boot", "--lr", "2e-3", "--quiet"]) == 0
+    shutil.copytree(shop_detector, bundles / "shop")   # exported once per session (tests/conftest.py)
 
     return lambda b: agent_config(tmp_path / "state", b, data, bundles)
 

@@ -18,11 +18,8 @@ LABELS = ["sneaker", "bag", "ankle_boot"]
 
 
 @pytest.fixture(scope="module")
-def det_bundle(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("det") / "shop"
-    assert main(["export", "ftedge.export.detect_sources:mobilenet_v2", "-o", str(out), "--task", "detect",
-                 "--labels", ",".join(LABELS), "--lr", "2e-3", "--quiet"]) == 0
-    return out
+def det_bundle(shop_detector) -> Path:
+    return shop_detector   # tests/conftest.py: exported once per session
 
 
 @pytest.fixture(scope="module")
