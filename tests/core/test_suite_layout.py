@@ -3,6 +3,7 @@ agent test does not pay for numpy, onnx or torch)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -28,7 +29,8 @@ def test_conftest_imports_no_numpy_onnx_or_torch():
 
 def test_the_zoo_export_cache_restores_only_what_the_same_code_exported(tmp_path, monkeypatch):
     """A zoo bundle is exported for real once; a farm with the same code, libraries and spec restores it (the same
-    bytes); a different spec or different code is a miss; a failed export is not kept; `off` disables the cache."""
+    bytes); a different spec, libraries, or a change to a source file the export imported is a miss (code it never
+    imports is not a dependency); a failed export is not kept; `off` disables the cache."""
     from tests.helpers import bundle_cache, bundle_farm
     from tests.helpers.common import ZOO
     from tests.helpers.zoo import FAMILIES
@@ -51,7 +53,16 @@ def test_the_zoo_export_cache_restores_only_what_the_same_code_exported(tmp_path
     assert "manifest.json" in exported and restored == exported
     key = bundle_cache.key(ZOO, *FAMILIES["mlp-mse"])
     assert key != bundle_cache.key(ZOO, "mlp", ["--input", "x:float32:1,20"])  # another spec
+    entry = tmp_path / "cache" / key
+    deps = json.loads((entry / "deps.json").read_text())
+    assert {"export/bundle_writer.py", "src/ftedge/cli.py", "tests/helpers/zoo.py"} <= set(deps), sorted(deps)[:20]
+    never = {"device_agent/agent.py", "device_agent/jobs.py", "fleet/store.py", "runtime/tasks/classify/trainer.py"}
+    assert not never & set(deps)   # an export never imports them: changing them keeps the cache
+    assert bundle_cache.restore(key, tmp_path / "again", []) is not None
+    deps["export/bundle_writer.py"] = "0" * 64                                       # an imported source changed
+    (entry / "deps.json").write_text(json.dumps(deps))
+    assert bundle_cache.restore(key, tmp_path / "stale", []) is None and not (tmp_path / "stale").exists()
     monkeypatch.setattr(bundle_cache, "code_digest", lambda: "other code")
-    assert bundle_cache.key(ZOO, *FAMILIES["mlp-mse"]) != key                   # other code or libraries
+    assert bundle_cache.key(ZOO, *FAMILIES["mlp-mse"]) != key                   # other libraries or pyproject
     monkeypatch.setenv("FTEDGE_TEST_BUNDLE_CACHE", "off")
     assert bundle_cache.cache_dir() is None and bundle_cache.restore(key, tmp_path / "x", []) is None

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from tests.helpers import bundle_cache
+from tests.helpers.common import HELPERS
 
 
 class BundleFarm:
@@ -43,8 +44,9 @@ class BundleFarm:
                     return
                 name = self.pending.pop(0)
             zoo, model, args = self.specs[name]
-            cmd = [sys.executable, "-m", "ftedge.cli", "export", f"{zoo}:{model}", "-o", str(self.root / name),
-                   "--quiet", *args]
+            deps = self.root / f".{name}.deps.json"   # what the export imported (tests/helpers/traced_export.py)
+            cmd = [sys.executable, str(HELPERS / "traced_export.py"), str(deps), "export", f"{zoo}:{model}", "-o",
+                   str(self.root / name), "--quiet", *args]
             key = bundle_cache.key(zoo, model, args)
             done = bundle_cache.restore(key, self.root / name, cmd)  # the same code exported it before
             cached = done is not None
@@ -56,7 +58,7 @@ class BundleFarm:
                     self.running[name] = proc
                 out, err = proc.communicate()
                 done = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-                bundle_cache.store(key, self.root / name, done)
+                bundle_cache.store(key, self.root / name, done, bundle_cache.deps_of(deps, zoo))
             with self.cond:
                 self.cached += cached
                 self.running.pop(name, None)
