@@ -49,11 +49,11 @@ class PolicyRunner:
         self.lock = threading.RLock()
         self.wake = threading.Event()
         self.stopping = threading.Event()
-        self.hold_until = 0.0
         self.thread: threading.Thread | None = None
         self._sig: tuple = ()
         self._published: tuple[str, str, float] = ("", "", 0.0)
         self.saved = self._load_state()
+        self.hold_until = float(self.saved.get("hold_until", 0.0))   # kept across restarts: a rollout outlives one
         self.policy, problem = self._load_override()
         self.status: dict[str, Any] = self._status(Decision("error", problem) if problem else
                                                    Decision("disabled", "no policy") if self.policy is None
@@ -64,13 +64,16 @@ class PolicyRunner:
         try:
             doc = json.loads(self.state_path.read_text(encoding="utf-8"))
             if isinstance(doc, dict) and isinstance(doc.get("runs", []), list):
+                hold = doc.get("hold_until", 0.0)
                 return {"runs": [float(t) for t in doc.get("runs", []) if isinstance(t, (int, float))],
+                        "hold_until": float(hold) if isinstance(hold, (int, float)) and not isinstance(hold, bool)
+                        else 0.0,
                         "last_run": doc.get("last_run") if isinstance(doc.get("last_run"), dict) else None,
                         "removed": doc.get("removed") if isinstance(doc.get("removed"), dict)
                         else {"samples": 0, "bytes": 0}}
         except (OSError, ValueError):
             pass
-        return {"runs": [], "last_run": None, "removed": {"samples": 0, "bytes": 0}}
+        return {"runs": [], "hold_until": 0.0, "last_run": None, "removed": {"samples": 0, "bytes": 0}}
 
     def _save_state(self) -> None:
         self.saved["runs"] = self.saved["runs"][-KEEP_RUNS:]
@@ -119,7 +122,10 @@ class PolicyRunner:
         """No policy run for ``seconds`` (default: the policy's hold_after_rollout_s): a deploy or rollback."""
         p = self.policy
         span = seconds if seconds is not None else (p.hold_after_rollout_s if p else 0.0)
-        self.hold_until = max(self.hold_until, self.clock.time() + span)
+        with self.lock:
+            self.hold_until = max(self.hold_until, self.clock.time() + span)
+            self.saved["hold_until"] = self.hold_until
+            self._save_state()
 
     def public(self) -> dict[str, Any] | None:
         """``meta.personalize``: the policy and its state (None without a policy)."""

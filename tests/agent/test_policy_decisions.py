@@ -187,6 +187,8 @@ def test_never_while_another_job_runs_or_a_rollout_holds_the_box(box):
     runner.hold()
     state = runner.check()
     assert state["state"] == "waiting_rollout" and state["next_eligible_ms"] == int((T0 + 600) * 1000)
+    restarted = make(_policy(hold_after_rollout_s=600), clock)   # an agent restart keeps the hold
+    assert restarted.check()["state"] == "waiting_rollout"
     clock.t += 601
     assert runner.check()["state"] == "running" and len(runs) == 1
 
