@@ -409,16 +409,7 @@ def _policy(args: argparse.Namespace) -> int:
     if args.db is not None:
         raise UsageError("give either --broker (ask the device) or --db (its latest meta), not both")
     args.fleet = args.fleet or "demo"
-    collector = _oneshot(args)
-    try:
-        reply = collector.send(args.fleet, args.device, POLICY_VERB, verb_args or {}, timeout=args.timeout)
-    except TimeoutError as exc:
-        if not collector.subscribed.is_set():
-            raise _unreachable(collector, exc) from exc
-        raise ReplyTimeoutError(f"{exc}") from exc
-    finally:
-        collector.stop()
-        collector.store.close()
+    reply = _ask_one(args, POLICY_VERB, verb_args or {})
     if reply.get("status") in ("rejected", "error"):
         if args.json:
             print(json.dumps(reply))
@@ -544,16 +535,12 @@ def _unreachable(collector, exc: Exception) -> FtedgeError:  # noqa: ANN001
     return BrokerUnreachableError(f"{exc}; check --broker and that the broker is running")
 
 
-def _send(args: argparse.Namespace) -> int:
-    try:
-        cmd_args = json.loads(args.args)
-    except ValueError as exc:
-        raise UsageError(f"--args is not JSON: {exc}") from exc
-    if not isinstance(cmd_args, dict):
-        raise UsageError("--args must be a JSON object")
+def _ask_one(args: argparse.Namespace, verb: str, cmd_args: dict) -> dict:
+    """Send one command to ``args.device`` through a one-shot collector and return its reply (the broker
+    unreachable and no reply in time raise their own errors: the CLI's exit codes)."""
     collector = _oneshot(args)
     try:
-        reply = collector.send(args.fleet, args.device, args.verb, cmd_args, timeout=args.timeout)
+        return collector.send(args.fleet, args.device, verb, cmd_args, timeout=args.timeout)
     except TimeoutError as exc:
         if not collector.subscribed.is_set():
             raise _unreachable(collector, exc) from exc
@@ -561,5 +548,15 @@ def _send(args: argparse.Namespace) -> int:
     finally:
         collector.stop()
         collector.store.close()
+
+
+def _send(args: argparse.Namespace) -> int:
+    try:
+        cmd_args = json.loads(args.args)
+    except ValueError as exc:
+        raise UsageError(f"--args is not JSON: {exc}") from exc
+    if not isinstance(cmd_args, dict):
+        raise UsageError("--args must be a JSON object")
+    reply = _ask_one(args, args.verb, cmd_args)
     print(json.dumps(reply))
     return EXIT_REJECTED if reply.get("status") in ("rejected", "error") else EXIT_OK

@@ -16,7 +16,7 @@ import pytest
 from tests.helpers.agent_harness import agents, bundles, device  # noqa: F401  (fixtures)
 from tests.helpers.common import TINY_LLM, ZOO, ZOO_WIDE, export
 from tests.helpers.fleet_sim import running  # noqa: F401  (fixture)
-from tests.helpers.postgres import pg_server, pg_url  # noqa: F401  (fixtures)
+from tests.helpers.postgres import pg_server, pg_url, store_db  # noqa: F401  (fixtures)
 from tests.helpers.services import missing, require
 
 

@@ -47,13 +47,19 @@ def _policy_state(col: Collector) -> dict:
     return metas[-1]["personalize"]["state"] if metas else {}
 
 
-def test_twenty_new_samples_train_exactly_once_by_themselves(broker, device, agents):
-    cfg = device(broker, POLICY.format(bundle="mlp", data="blobs", extra="options = { epochs = 5 }"))
+def _mlp_box(broker, device, agents, epochs: int) -> tuple[Path, Collector]:  # noqa: ANN001
+    """An agent whose policy trains the mlp bundle on DATA/blobs (empty yet), online; (the data folder, a collector)."""
+    cfg = device(broker, POLICY.format(bundle="mlp", data="blobs", extra=f"options = {{ epochs = {epochs} }}"))
     data = _data_root(cfg) / "blobs"
     data.mkdir()
     col = Collector(broker)
     agents(cfg)
     col.wait_online()
+    return data, col
+
+
+def test_twenty_new_samples_train_exactly_once_by_themselves(broker, device, agents):
+    data, col = _mlp_box(broker, device, agents, epochs=5)
     assert col.wait(lambda: _policy_state(col).get("state") == "waiting_data", 30), col.of("meta")[-1:]
     _blobs(data, per_class=5, seed=1)   # 20 new samples
     assert col.wait(lambda: col.topics("jobs/"), 60), "no policy run started"
@@ -124,12 +130,7 @@ def test_a_policy_run_continues_from_the_active_version_and_is_not_promoted_unle
     """The second policy run warm-starts from v0001. With a learning rate too small to change anything (1e-6, one
     epoch) its validation accuracy is the active version's — far above the untuned bundle's, so it did start from
     v0001's weights — and, not beating the active version, it is not promoted, says so, and v0001 stays active."""
-    cfg = device(broker, POLICY.format(bundle="mlp", data="blobs", extra="options = { epochs = 40 }"))
-    data = _data_root(cfg) / "blobs"
-    data.mkdir()
-    col = Collector(broker)
-    agents(cfg)
-    col.wait_online()
+    data, col = _mlp_box(broker, device, agents, epochs=40)
     _blobs(data, per_class=5, seed=1)
 
     def results() -> list[dict]:

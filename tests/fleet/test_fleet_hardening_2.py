@@ -7,7 +7,6 @@ Every test runs on both databases: a SQLite file and a fresh database of a real 
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 import pytest
@@ -18,17 +17,6 @@ from ftedge.fleet.store import FleetStore
 from tests.helpers.fleet_sim import FLEET, env, msg
 
 
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db(request, tmp_path) -> str:
-    """Where a store lives: a SQLite file, or a fresh database on the module's PostgreSQL server."""
-    if request.param == "sqlite":
-        return str(tmp_path / "fleet.sqlite")
-    server = request.getfixturevalue("pg_server")
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    server.sql(f"CREATE DATABASE {name}")
-    return server.url.rsplit("/", 1)[0] + "/" + name
 
 
 def _raw(device: str, suffix: str, text: str) -> tuple[str, bytes, bool]:

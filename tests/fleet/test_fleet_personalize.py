@@ -13,7 +13,6 @@ import json
 import re
 import urllib.error
 import urllib.request
-import uuid
 
 import pytest
 from ftedge.cli import main
@@ -25,17 +24,6 @@ from ftedge.mqtt.contract import POLICY_STATES, TRIGGERS
 from tests.helpers.fleet_sim import FLEET, SimDevice, env, msg, wait_for
 
 EVIL = '<script>alert("x")</script>'
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db(request, tmp_path) -> str:
-    """Where the collector's store lives: a SQLite file, or a fresh database on the module's PostgreSQL server."""
-    if request.param == "sqlite":
-        return str(tmp_path / "fleet.sqlite")
-    server = request.getfixturevalue("pg_server")
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    server.sql(f"CREATE DATABASE {name}")
-    return server.url.rsplit("/", 1)[0] + "/" + name
 
 
 def _get(url: str) -> tuple[int, str]:

@@ -158,3 +158,12 @@ def pg_url(pg_server):
     name = f"t_{uuid.uuid4().hex[:10]}"
     pg_server.sql(f"CREATE DATABASE {name}")
     return pg_server.url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(params=["sqlite", "postgres"], name="db")
+def store_db(request, tmp_path) -> str:  # noqa: ANN001
+    """``db``: where a fleet store lives, once per backend: a SQLite file, or a fresh database on the module's
+    PostgreSQL server (one shared suite for both, as Flower tests its state backends)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "fleet.sqlite")
+    return request.getfixturevalue("pg_url")

@@ -18,11 +18,6 @@ LABELS = ["sneaker", "bag", "ankle_boot"]
 
 
 @pytest.fixture(scope="module")
-def det_bundle(shop_detector) -> Path:
-    return shop_detector   # tests/conftest.py: exported once per session
-
-
-@pytest.fixture(scope="module")
 def shop_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shopdata") / "shop"
     proc = subprocess.run([sys.executable, str(ROOT / "examples/detect/make_shop.py"), str(out), "--train", "16",
@@ -41,7 +36,8 @@ def _losses(run: Path) -> list[float]:
     return [json.loads(x)["train_loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_detector_warm_start_continues_the_head_and_is_judged_against_it(det_bundle, shop_data, tmp_path):
+def test_detector_warm_start_continues_the_head_and_is_judged_against_it(shop_detector, shop_data, tmp_path):
+    det_bundle = shop_detector   # tests/conftest.py: exported once per session
     prev = _train(det_bundle, shop_data, tmp_path / "prev", "--epochs", "8")
     assert prev["promoted"] is True and "previous" not in prev
     with safe_open(str(tmp_path / "prev" / "weights.safetensors"), framework="numpy") as f:
